@@ -1,0 +1,5 @@
+import sys
+
+from bgworker.cli import main
+
+sys.exit(main())

@@ -1,0 +1,310 @@
+"""The ``bgworker`` command. Flags override ``BGWORKER_*`` settings; ``--help`` names them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pydantic
+
+from bgworker import events, handlers, publisher, store, worker
+from bgworker import settings as settings_mod
+
+log = logging.getLogger("bgworker")
+
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a service we need is down
+EXIT_USAGE = 64  # EX_USAGE
+
+
+def _env(name: str) -> str:
+    return f"(env {settings_mod.ENV_PREFIX}{name})"
+
+
+def _install_signals(stop: Callable[[], None], what: str) -> None:
+    """First SIGTERM/SIGINT: graceful stop. Second: exit at once (leases expire, the
+    reaper requeues whatever was running)."""
+    loop = asyncio.get_running_loop()
+    calls = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            log.info(
+                "%s: %s received, stopping gracefully (again to exit at once)",
+                what,
+                signal.Signals(signum).name,
+            )
+            stop()
+        else:
+            log.warning("%s: second signal, exiting now", what)
+            logging.shutdown()
+            os._exit(1)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
+async def _cmd_worker(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    registry = handlers.load(settings.handlers)
+    limits = worker.Limits(max_jobs=args.max_jobs, max_seconds=args.max_seconds, burst=args.burst)
+    pool = worker.Worker(settings, registry, limits=limits)
+    _install_signals(pool.stop, "worker")
+    if args.metrics_port:
+        import prometheus_client
+
+        prometheus_client.start_http_server(args.metrics_port, addr=settings.web.host)
+    await pool.run()
+    return 0
+
+
+async def _cmd_serve(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from bgworker import web
+
+    stop = asyncio.Event()
+    _install_signals(stop.set, "server")
+    await web.serve(settings, stop)
+    return 0
+
+
+async def _cmd_migrate(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from bgworker.store import migrations
+
+    dsn = settings.database_url.get_secret_value()
+    if await store.ensure_database(dsn):
+        print(f"created database {dsn.rsplit('/', 1)[-1]}")
+    conn = await asyncpg.connect(dsn)
+    try:
+        applied = await migrations.apply(conn)
+    finally:
+        await conn.close()
+    for m in applied:
+        print(f"applied {m.version:04d}_{m.name}")
+    if not applied:
+        print("database is up to date")
+    return 0
+
+
+def _build_request(args: argparse.Namespace) -> events.FileRequested:
+    try:
+        criteria = json.loads(args.criteria)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--criteria is not JSON: {exc}") from None
+    requester = None
+    if args.email or args.requester_id:
+        requester = {
+            "id": args.requester_id,
+            "email": args.email,
+            "language": args.language,
+            "timezone": args.timezone,
+        }
+    raw: dict[str, Any] = {
+        "id": args.id or str(uuid.uuid4()),
+        "file_type": args.file_type,
+        "criteria": criteria,
+        "filename": args.filename or f"{args.file_type}.csv",
+        "content_type": args.content_type,
+        "description": args.description,
+        "requester": requester,
+    }
+    if args.lifetime:
+        raw["lifetime_seconds"] = args.lifetime
+    try:
+        return events.FileRequested.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise SystemExit(f"invalid request: {events.describe_validation_error(exc)}") from None
+
+
+async def _cmd_publish(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    event = _build_request(args)
+    async with publisher.Publisher(
+        settings.amqp_url.get_secret_value(),
+        namespace=settings.namespace,
+        queue_type=settings.queue_type,
+    ) as pub:
+        await pub.publish(event)
+    print(event.id)
+    return 0
+
+
+async def _cmd_cancel(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    pool = await store.create_pool(settings.database_url.get_secret_value())
+    try:
+        status = await store.Store(pool).request_cancel(args.id)
+        row = await store.Store(pool).get_request(args.id)
+    finally:
+        await pool.close()
+    if status is None:
+        state = row.status if row else "unknown to this database"
+        print(f"{args.id}: not cancellable (status: {state})", file=sys.stderr)
+        return 1
+    print(f"{args.id}: {'cancelling (running)' if status == 'running' else 'cancelled'}")
+    return 0
+
+
+async def _cmd_status(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    pool = await store.create_pool(settings.database_url.get_secret_value())
+    try:
+        db = store.Store(pool)
+        row = await db.get_request(args.id)
+        attempts = await db.list_attempts(args.id) if row else []
+    finally:
+        await pool.close()
+    if row is None:
+        print(f"{args.id}: unknown request", file=sys.stderr)
+        return 1
+    out = row.to_json()
+    out.pop("lease_token", None)
+    out["attempt_log"] = [
+        {
+            k: (
+                v.isoformat()
+                if hasattr(v, "isoformat")
+                else str(v)
+                if isinstance(v, uuid.UUID)
+                else v
+            )
+            for k, v in a.items()
+        }
+        for a in attempts
+    ]
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def _cmd_schemas(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    target = Path(args.dir)
+    target.mkdir(parents=True, exist_ok=True)
+    stale = []
+    for name, text in events.json_schemas().items():
+        path = target / name
+        current = path.read_text() if path.exists() else None
+        if args.check:
+            if current != text:
+                stale.append(name)
+        elif current != text:
+            path.write_text(text)
+            print(f"wrote {path}")
+    if stale:
+        print(f"out of date: {', '.join(stale)}; run `bgworker schemas export`", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_demo(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from bgworker import demo
+
+    return demo.main(rows=args.rows)
+
+
+def _parser() -> argparse.ArgumentParser:
+    env_table = "\n".join(f"  {name}={default}" for name, default in settings_mod.env_names())
+    p = argparse.ArgumentParser(
+        prog="bgworker",
+        description="Build files in the background and hand them out over signed links.",
+        epilog="settings (environment variables and defaults):\n" + env_table,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("worker", help="consume requests and build files")
+    w.add_argument("--concurrency", type=int, help="jobs at once " + _env("WORKER__CONCURRENCY"))
+    w.add_argument("--max-jobs", type=int, help="exit after this many jobs (batch mode)")
+    w.add_argument("--max-seconds", type=float, help="exit after this many seconds (batch mode)")
+    w.add_argument("--burst", action="store_true", help="exit when the work queue is empty")
+    w.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+
+    s = sub.add_parser("serve", help="serve downloads and status over HTTP")
+    s.add_argument("--host", help=_env("WEB__HOST"))
+    s.add_argument("--port", type=int, help=_env("WEB__PORT"))
+
+    sub.add_parser("migrate", help="create the database if needed and apply migrations")
+
+    pub = sub.add_parser("publish", help="publish a FileRequested event")
+    pub.add_argument("file_type")
+    pub.add_argument("--criteria", default="{}", help="JSON object")
+    pub.add_argument("--filename")
+    pub.add_argument("--content-type", default="text/csv")
+    pub.add_argument("--description", default="")
+    pub.add_argument("--email", help="requester email (gets the link)")
+    pub.add_argument("--requester-id", help="binds the link to this user")
+    pub.add_argument("--language", default="en")
+    pub.add_argument("--timezone", default="UTC")
+    pub.add_argument("--lifetime", type=int, help="seconds the file stays downloadable")
+    pub.add_argument("--id", help="request id (default: a new UUID)")
+
+    c = sub.add_parser("cancel", help="cancel a queued or running request")
+    c.add_argument("id", type=uuid.UUID)
+    st = sub.add_parser("status", help="show a request's row and attempts")
+    st.add_argument("id", type=uuid.UUID)
+
+    sc = sub.add_parser("schemas", help="JSON Schema files of the events")
+    sc.add_argument("action", choices=["export"])
+    sc.add_argument("--dir", default="schemas")
+    sc.add_argument("--check", action="store_true", help="fail if the files are out of date")
+
+    d = sub.add_parser("demo", help="run the whole pipeline once on this machine")
+    d.add_argument("--rows", type=int, default=20000)
+    return p
+
+
+def _apply_flags(
+    settings: settings_mod.Settings, args: argparse.Namespace
+) -> settings_mod.Settings:
+    if getattr(args, "concurrency", None):
+        settings.worker.concurrency = args.concurrency
+    if getattr(args, "host", None):
+        settings.web.host = args.host
+    if getattr(args, "port", None):
+        settings.web.port = args.port
+    return settings
+
+
+ASYNC_COMMANDS: dict[
+    str, Callable[[settings_mod.Settings, argparse.Namespace], Coroutine[Any, Any, int]]
+] = {
+    "worker": _cmd_worker,
+    "serve": _cmd_serve,
+    "migrate": _cmd_migrate,
+    "publish": _cmd_publish,
+    "cancel": _cmd_cancel,
+    "status": _cmd_status,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _apply_flags(settings_mod.Settings(), args)
+    except pydantic.ValidationError as exc:
+        print(f"bad settings: {events.describe_validation_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "schemas":
+        return _cmd_schemas(settings, args)
+    if args.command == "demo":
+        return _cmd_demo(settings, args)
+    try:
+        return asyncio.run(ASYNC_COMMANDS[args.command](settings, args))
+    except store.TRANSIENT_ERRORS as exc:
+        print(f"bgworker {args.command}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Side effects of a finished request, carried out once: emails and outgoing events.
+
+The state change that causes an effect (``ready``, ``failed``) inserts an outbox row in the
+same transaction, one per (request, kind). The dispatcher claims due rows, performs them
+and marks them done, retrying with backoff on failure. So SMTP or broker trouble never
+costs a file, and no effect is lost when a worker dies: another worker's sweep picks the
+row up when its claim runs out.
+
+At-least-once remains at the very edge: a worker killed after the SMTP server accepted a
+message but before ``done`` committed re-sends it. Emails carry a deterministic Message-ID
+and events a deterministic message_id so receivers can collapse that rare copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from aio_pika.abc import AbstractChannel
+
+from bgworker import broker, events, metrics, notify, store, tokens, topology
+
+log = logging.getLogger(__name__)
+
+EMAIL_READY: Final = "email_ready"
+EMAIL_FAILED: Final = "email_failed"
+EVENT_READY: Final = "event_ready"
+EVENT_FAILED: Final = "event_failed"
+# How long a claimed row is ours before another dispatcher may take it over.
+CLAIM_SECONDS: Final = 120.0
+SWEEP_BATCH: Final = 50
+
+
+def download_url(
+    public_url: str, signer: tokens.Signer, request_id: uuid.UUID, requester_id: str | None
+) -> str:
+    return f"{public_url.rstrip('/')}/download/{signer.for_request(request_id, requester_id)}"
+
+
+def ready_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
+    assert row.finished_at is not None and row.expires_at is not None
+    requested = events.FileRequested.model_validate(row.event)
+    common = {
+        "file_type": row.file_type,
+        "filename": row.filename,
+        "content_type": row.content_type,
+        "description": requested.description,
+        "size": row.size_bytes,
+        "sha256": row.sha256,
+        "ready_at": row.finished_at.isoformat(),
+        "expires_at": row.expires_at.isoformat(),
+        "requester_id": row.requester_id,
+    }
+    effects: list[tuple[str, dict[str, Any]]] = [(EVENT_READY, common)]
+    if requested.requester and requested.requester.email:
+        effects.append(
+            (
+                EMAIL_READY,
+                {
+                    **common,
+                    "to": requested.requester.email,
+                    "language": requested.requester.language,
+                    "timezone": requested.requester.timezone,
+                },
+            )
+        )
+    return effects
+
+
+def failed_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
+    assert row.finished_at is not None
+    common = {
+        "file_type": row.file_type or None,
+        "filename": row.filename,
+        "reason": row.failure_reason or "handler_error",
+        "error_class": row.last_error_class or "",
+        "error": row.last_error or "",
+        "attempts": row.attempts,
+        "failed_at": row.finished_at.isoformat(),
+    }
+    effects: list[tuple[str, dict[str, Any]]] = [(EVENT_FAILED, common)]
+    try:
+        requested = events.FileRequested.model_validate(row.event)
+    except ValueError:
+        return effects  # an invalid event: nobody trustworthy to email
+    if requested.requester and requested.requester.email:
+        effects.append(
+            (
+                EMAIL_FAILED,
+                {
+                    **common,
+                    "to": requested.requester.email,
+                    "language": requested.requester.language,
+                    "description": requested.description,
+                },
+            )
+        )
+    return effects
+
+
+@dataclass
+class Dispatcher:
+    db: store.Store
+    mailer: notify.Mailer
+    signer: tokens.Signer
+    channel: AbstractChannel
+    topology: topology.Topology
+    public_url: str
+    retry_seconds: list[float]
+    interval_seconds: float
+
+    def __post_init__(self) -> None:
+        self._kicks: asyncio.Queue[tuple[uuid.UUID, str]] = asyncio.Queue()
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    def kick(self, request_id: uuid.UUID, kinds: list[str]) -> None:
+        """Perform these effects now rather than at the next sweep."""
+        for kind in kinds:
+            self._kicks.put_nowait((request_id, kind))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sweep every interval; perform kicked effects as soon as they are kicked."""
+        stopped = asyncio.create_task(stop.wait(), name="outbox-stop")
+        next_sweep = 0.0
+        loop = asyncio.get_running_loop()
+        try:
+            while not stop.is_set():
+                if loop.time() >= next_sweep:
+                    await self.sweep()
+                    next_sweep = loop.time() + self.interval_seconds
+                kicked = asyncio.create_task(self._kicks.get(), name="outbox-kick")
+                done, _ = await asyncio.wait(
+                    [kicked, stopped],
+                    timeout=max(0.0, next_sweep - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if kicked in done:
+                    await self._claim_kicked(*kicked.result())
+                else:
+                    kicked.cancel()
+        finally:
+            stopped.cancel()
+        await self.drain()
+
+    async def drain(self) -> None:
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def _claim_kicked(self, request_id: uuid.UUID, kind: str) -> None:
+        try:
+            item = await self.db.claim_outbox_one(request_id, kind, CLAIM_SECONDS)
+        except store.TRANSIENT_ERRORS as exc:
+            log.warning("outbox claim failed, the sweep will retry: %s", exc)
+            return
+        if item is not None:
+            self._spawn(item)
+
+    async def sweep(self) -> int:
+        try:
+            items = await self.db.claim_outbox_due(SWEEP_BATCH, CLAIM_SECONDS)
+        except store.TRANSIENT_ERRORS as exc:
+            log.warning("outbox sweep failed, will retry: %s", exc)
+            return 0
+        for item in items:
+            self._spawn(item)
+        return len(items)
+
+    def _spawn(self, item: store.OutboxItem) -> None:
+        task = asyncio.create_task(self.perform(item), name=f"outbox-{item.kind}-{item.request_id}")
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def perform(self, item: store.OutboxItem) -> None:
+        try:
+            await self._perform(item)
+        except Exception as exc:
+            step = min(item.attempts, len(self.retry_seconds)) - 1
+            delay = self.retry_seconds[max(step, 0)]
+            log.warning(
+                "%s for %s failed (attempt %d), retry in %.0fs: %s",
+                item.kind,
+                item.request_id,
+                item.attempts,
+                delay,
+                exc,
+            )
+            metrics.OUTBOX_FAILURES.labels(item.kind).inc()
+            try:
+                await self.db.outbox_retry(item, f"{type(exc).__name__}: {exc}", delay)
+            except Exception:
+                log.exception("could not record outbox failure for %s", item.request_id)
+            return
+        await self.db.outbox_done(item)
+        metrics.OUTBOX_DONE.labels(item.kind).inc()
+
+    async def _perform(self, item: store.OutboxItem) -> None:
+        p = item.payload
+        rid = item.request_id
+        if item.kind == EVENT_READY:
+            ready = events.FileReady(
+                id=rid,
+                file_type=p["file_type"],
+                filename=p["filename"],
+                content_type=p["content_type"],
+                size=p["size"],
+                sha256=p["sha256"],
+                ready_at=datetime.fromisoformat(p["ready_at"]),
+                expires_at=datetime.fromisoformat(p["expires_at"]),
+                download_url=self._url(rid, p.get("requester_id")),
+            )
+            await broker.publish_event(self.channel, self.topology, topology.READY_KEY, ready)
+        elif item.kind == EVENT_FAILED:
+            failed = events.FileFailed(
+                id=rid,
+                file_type=p.get("file_type"),
+                reason=p["reason"],
+                error_class=p["error_class"],
+                error=p["error"],
+                attempts=p["attempts"],
+                failed_at=datetime.fromisoformat(p["failed_at"]),
+            )
+            await broker.publish_event(self.channel, self.topology, topology.FAILED_KEY, failed)
+        elif item.kind == EMAIL_READY:
+            context = {
+                **p,
+                "request_id": str(rid),
+                "download_url": self._url(rid, p.get("requester_id")),
+            }
+            await self.mailer.send(self.mailer.render("ready", p["to"], context))
+        elif item.kind == EMAIL_FAILED:
+            context = {**p, "request_id": str(rid)}
+            await self.mailer.send(self.mailer.render("failed", p["to"], context))
+        else:
+            raise ValueError(f"unknown outbox kind {item.kind!r}")
+
+    def _url(self, request_id: uuid.UUID, requester_id: str | None) -> str:
+        return download_url(self.public_url, self.signer, request_id, requester_id)

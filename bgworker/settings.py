@@ -1,0 +1,132 @@
+"""One configuration root, read from ``BGWORKER_*`` environment variables.
+
+Built once at the edge (CLI, app factory, tests) and passed down; nothing below this module
+reads ``os.environ``. Nested groups use ``__``: ``BGWORKER_SMTP__HOST``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX: Final = "BGWORKER_"
+NAMESPACE_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+def _split_list(value: object) -> object:
+    # Comma-separated in the environment, a list in code.
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class SmtpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 1025
+    username: str | None = None
+    password: SecretStr | None = None
+    use_tls: bool = False
+    start_tls: bool | None = None  # None: aiosmtplib upgrades when the server offers it
+    sender: str = "bgworker <bgworker@localhost>"
+    timeout_seconds: float = 30.0
+
+
+class WorkerSettings(BaseModel):
+    concurrency: int = Field(4, ge=1, le=1000)
+    # A claimed job holds a lease in PostgreSQL; the heartbeat renews it every third of it.
+    lease_seconds: float = Field(60.0, gt=0)
+    # How often expired leases (dead workers) are looked for and their requests re-queued.
+    reap_interval_seconds: float = Field(10.0, gt=0)
+    # A delivery waiting for a free slot longer than this goes back to the queue so another
+    # worker can take it; keeps held deliveries well under the broker's consumer timeout.
+    hold_timeout_seconds: float = Field(300.0, gt=0)
+    # Delay tiers for retries; attempt n waits retry_delays[min(n-1, len-1)] seconds.
+    retry_delays_seconds: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 30.0, 300.0]
+    )
+    max_attempts: int = Field(4, ge=1)
+    # Outbox (emails, FileReady/FileFailed events): sweep interval and retry backoff.
+    outbox_interval_seconds: float = Field(5.0, gt=0)
+    outbox_retry_seconds: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0]
+    )
+    drain_timeout_seconds: float = Field(60.0, ge=0)
+
+    _split = field_validator("retry_delays_seconds", "outbox_retry_seconds", mode="before")(
+        _split_list
+    )
+
+
+class TokenSettings(BaseModel):
+    # Newest key last: it signs; every key verifies (rotation).
+    secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    salt: str = "bgworker.download"
+    max_age_seconds: int = Field(86400, gt=0)
+
+    _split = field_validator("secret_keys", mode="before")(_split_list)
+
+
+class WebSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Base of the links put in emails and events.
+    public_url: str = "http://127.0.0.1:8080"
+    # Header set by a trusted auth proxy with the caller's user id (requester-bound links).
+    identity_header: str | None = None
+    chunk_size: int = Field(256 * 1024, ge=4096)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore"
+    )
+
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/bgworker")
+    # Prefix of every exchange and queue: two deployments (or test runs) never collide.
+    namespace: str = "bgworker"
+    # Quorum queues (replicated, RabbitMQ 3.8+) unless the broker cannot have them.
+    queue_type: Literal["quorum", "classic"] = "quorum"
+    storage_dir: Path = Path("var/files")
+    # Import paths of handler registries, "module:attribute".
+    handlers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["bgworker.examples:registry"]
+    )
+    log_level: str = "INFO"
+
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    tokens: TokenSettings = Field(default_factory=TokenSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+
+    _split = field_validator("handlers", mode="before")(_split_list)
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        if not NAMESPACE_RE.match(value):
+            raise ValueError("namespace must match " + NAMESPACE_RE.pattern)
+        return value
+
+
+def env_names() -> list[tuple[str, str]]:
+    """(variable, default) pairs for every setting, for ``--help`` and the README."""
+    rows: list[tuple[str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{prefix}{name.upper()}__")
+                continue
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, SecretStr):
+                default = "(secret)" if default.get_secret_value() else ""
+            rows.append((f"{prefix}{name.upper()}", str(default)))
+
+    walk(Settings, ENV_PREFIX)
+    return rows

@@ -1,0 +1,209 @@
+-- Named queries, parsed once by bgworker.store.queries. One block per store method.
+
+-- name: insert_request
+-- A request enters PostgreSQL the first time a worker sees its event; redeliveries and
+-- duplicate publishes hit the primary key and change nothing.
+INSERT INTO bgworker_requests
+    (id, file_type, event, filename, content_type, requester_id, requester_email,
+     requested_at, max_attempts)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: insert_invalid_request
+-- An event that failed validation but carried a usable id: recorded as failed so the
+-- producer can see why. Never overwrites a real request with the same id.
+INSERT INTO bgworker_requests
+    (id, file_type, status, event, filename, content_type, requested_at, finished_at,
+     failure_reason, last_error_class, last_error)
+VALUES ($1, $2, 'failed', $3, '', 'application/octet-stream', now(), now(), $4, $5, $6)
+ON CONFLICT (id) DO NOTHING
+RETURNING id;
+
+-- name: claim_request
+-- Take a runnable request: queued, waiting for a retry, or running under a lease that
+-- expired (its worker died). The lease token fences out a worker that lost its lease.
+UPDATE bgworker_requests
+SET status = 'running',
+    attempts = attempts + 1,
+    lease_owner = $2,
+    lease_token = gen_random_uuid(),
+    lease_expires_at = now() + make_interval(secs => $3),
+    started_at = coalesce(started_at, now()),
+    next_run_at = NULL,
+    progress = 0,
+    updated_at = now()
+WHERE id = $1
+  AND NOT cancel_requested
+  AND (status IN ('queued', 'retrying')
+       OR (status = 'running' AND lease_expires_at < now()))
+RETURNING id, attempts, lease_token, max_attempts;
+
+-- name: insert_attempt
+INSERT INTO bgworker_attempts (request_id, attempt, worker)
+VALUES ($1, $2, $3)
+ON CONFLICT (request_id, attempt) DO UPDATE SET worker = excluded.worker, started_at = now();
+
+-- name: finish_attempt
+UPDATE bgworker_attempts
+SET finished_at = now(), outcome = $3, error_class = $4, error = $5, next_run_at = $6
+WHERE request_id = $1 AND attempt = $2;
+
+-- name: heartbeat
+-- Extends the lease while the job runs; no row back means the lease is gone (cancelled or
+-- taken over), and the job must stop without touching anything.
+UPDATE bgworker_requests
+SET lease_expires_at = now() + make_interval(secs => $3),
+    progress = coalesce($4, progress),
+    updated_at = now()
+WHERE id = $1 AND lease_token = $2 AND status = 'running' AND NOT cancel_requested
+RETURNING id;
+
+-- name: mark_ready
+UPDATE bgworker_requests
+SET status = 'ready',
+    size_bytes = $3,
+    sha256 = $4,
+    storage_key = $5,
+    progress = 1,
+    finished_at = now(),
+    expires_at = now() + make_interval(secs => (event ->> 'lifetime_seconds')::double precision),
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    last_error_class = NULL, last_error = NULL,
+    updated_at = now()
+WHERE id = $1 AND lease_token = $2 AND status = 'running'
+RETURNING *;
+
+-- name: mark_retrying
+UPDATE bgworker_requests
+SET status = 'retrying',
+    last_error_class = $3,
+    last_error = $4,
+    next_run_at = $5,
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = $1 AND lease_token = $2 AND status = 'running'
+RETURNING id;
+
+-- name: mark_failed
+UPDATE bgworker_requests
+SET status = 'failed',
+    failure_reason = $3,
+    last_error_class = $4,
+    last_error = $5,
+    finished_at = now(),
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = $1 AND lease_token = $2 AND status = 'running'
+RETURNING *;
+
+-- name: mark_cancelled
+UPDATE bgworker_requests
+SET status = 'cancelled',
+    finished_at = now(),
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = $1 AND status IN ('queued', 'running', 'retrying')
+RETURNING id;
+
+-- name: release_request
+-- Hand a running job back (graceful shutdown ran out of time): queued again, its message
+-- republished by the caller in the same transaction.
+UPDATE bgworker_requests
+SET status = 'queued',
+    attempts = greatest(attempts - 1, 0),
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = $1 AND lease_token = $2 AND status = 'running'
+RETURNING event;
+
+-- name: request_cancel
+-- Queued or retrying requests are cancelled at once; a running one is flagged, and its
+-- worker stops the handler at the next heartbeat.
+UPDATE bgworker_requests
+SET cancel_requested = true,
+    status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
+    finished_at = CASE WHEN status = 'running' THEN finished_at ELSE now() END,
+    updated_at = now()
+WHERE id = $1 AND status IN ('queued', 'running', 'retrying')
+RETURNING status;
+
+-- name: get_request
+SELECT * FROM bgworker_requests WHERE id = $1;
+
+-- name: list_attempts
+SELECT * FROM bgworker_attempts WHERE request_id = $1 ORDER BY attempt;
+
+-- name: expired_leases
+-- Rows whose worker stopped heartbeating. Locked so two reapers never requeue the same one.
+SELECT id, event, cancel_requested, attempts, lease_owner
+FROM bgworker_requests
+WHERE status = 'running' AND lease_expires_at < now()
+ORDER BY lease_expires_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED;
+
+-- name: requeue_expired
+UPDATE bgworker_requests
+SET status = 'queued',
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = $1 AND status = 'running'
+RETURNING id;
+
+-- name: lose_attempt
+UPDATE bgworker_attempts
+SET finished_at = now(), outcome = 'lost', error = 'lease expired: worker ' || $3 || ' stopped'
+WHERE request_id = $1 AND attempt = $2 AND finished_at IS NULL;
+
+-- name: insert_outbox
+INSERT INTO bgworker_outbox (request_id, kind, payload)
+VALUES ($1, $2, $3)
+ON CONFLICT (request_id, kind) DO NOTHING;
+
+-- name: claim_outbox_due
+-- Due effects, claimed for a while so a second dispatcher skips them; a dispatcher that
+-- dies mid-send leaves a claim that simply runs out.
+UPDATE bgworker_outbox o
+SET claimed_until = now() + make_interval(secs => $2), attempts = o.attempts + 1
+FROM (
+    SELECT request_id, kind FROM bgworker_outbox
+    WHERE status = 'pending' AND next_attempt_at <= now()
+      AND (claimed_until IS NULL OR claimed_until < now())
+    ORDER BY next_attempt_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE o.request_id = due.request_id AND o.kind = due.kind
+RETURNING o.request_id, o.kind, o.payload, o.attempts;
+
+-- name: claim_outbox_one
+UPDATE bgworker_outbox
+SET claimed_until = now() + make_interval(secs => $3), attempts = attempts + 1
+WHERE request_id = $1 AND kind = $2 AND status = 'pending'
+  AND (claimed_until IS NULL OR claimed_until < now())
+RETURNING request_id, kind, payload, attempts;
+
+-- name: outbox_done
+WITH done AS (
+    UPDATE bgworker_outbox
+    SET status = 'done', done_at = now(), claimed_until = NULL, last_error = NULL
+    WHERE request_id = $1 AND kind = $2
+    RETURNING request_id, kind
+)
+UPDATE bgworker_requests r
+SET notified_at = now()
+FROM done
+WHERE r.id = done.request_id AND done.kind IN ('email_ready', 'email_failed');
+
+-- name: outbox_retry
+UPDATE bgworker_outbox
+SET claimed_until = NULL,
+    last_error = $3,
+    next_attempt_at = now() + make_interval(secs => $4)
+WHERE request_id = $1 AND kind = $2;
+
+-- name: list_outbox
+SELECT * FROM bgworker_outbox WHERE request_id = $1 ORDER BY kind;
+
+-- name: count_by_status
+SELECT status, count(*) AS n FROM bgworker_requests GROUP BY status ORDER BY status;

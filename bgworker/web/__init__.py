@@ -1,0 +1,84 @@
+"""The aiohttp application: downloads, status, health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import prometheus_client
+from aiohttp import web
+
+from bgworker import settings as settings_mod
+from bgworker import storage, store, tokens
+from bgworker.web import access_log, downloads
+
+log = logging.getLogger(__name__)
+
+__all__ = ["create_app", "serve"]
+
+
+async def healthz(request: web.Request) -> web.Response:
+    try:
+        async with asyncio.timeout(2):
+            await request.app[downloads.STORE].pool.fetchval("SELECT 1")
+    except Exception as exc:
+        return web.json_response({"status": "unhealthy", "database": str(exc)}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    return web.Response(
+        body=prometheus_client.generate_latest(),
+        headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
+    )
+
+
+def create_app(
+    settings: settings_mod.Settings,
+    *,
+    identity: downloads.Identity | None = None,
+    db: store.Store | None = None,
+) -> web.Application:
+    """``identity`` names the caller for requester-bound links (default: the trusted header
+    ``settings.web.identity_header``, if set). ``db`` lets an embedding app share its pool."""
+    app = web.Application()
+    app[downloads.SIGNER] = tokens.Signer(settings.tokens)
+    app[downloads.STORAGE] = storage.LocalStorage(settings.storage_dir)
+    app[downloads.IDENTITY] = identity or downloads.header_identity(settings.web.identity_header)
+    app[downloads.CHUNK_SIZE] = settings.web.chunk_size
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        if db is not None:
+            app[downloads.STORE] = db
+            yield
+            return
+        pool = await store.create_pool(settings.database_url.get_secret_value())
+        app[downloads.STORE] = store.Store(pool)
+        yield
+        await pool.close()
+
+    app.cleanup_ctx.append(database)
+    app.router.add_get("/download/{token}", downloads.download)  # GET also answers HEAD
+    app.router.add_get("/status/{token}", downloads.status)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_view)
+    return app
+
+
+async def serve(settings: settings_mod.Settings, stop: asyncio.Event) -> None:
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log_class=access_log.RedactingAccessLogger)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.web.host, settings.web.port)
+    await site.start()
+    log.info(
+        "serving on http://%s:%d (links: %s)",
+        settings.web.host,
+        settings.web.port,
+        settings.web.public_url,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

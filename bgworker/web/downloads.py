@@ -1,0 +1,114 @@
+"""``GET/HEAD /download/{token}`` and ``GET /status/{token}``.
+
+Every refusal is decided before any byte of the file is touched, and a refusal never tells
+whether some other request exists: the token is checked first, and only a token we signed
+can name a request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Final
+
+from aiohttp import web
+
+from bgworker import metrics, storage, store, tokens
+from bgworker.web import headers
+
+# Who is calling, for requester-bound links: a trusted proxy header or an app callable.
+Identity = Callable[[web.Request], Awaitable[str | None] | str | None]
+
+STORE: Final = web.AppKey("store", store.Store)
+STORAGE: Final = web.AppKey("storage", storage.LocalStorage)
+SIGNER: Final = web.AppKey("signer", tokens.Signer)
+IDENTITY: Final[web.AppKey[Identity]] = web.AppKey("identity")
+CHUNK_SIZE: Final = web.AppKey("chunk_size", int)
+
+NOT_READY: Final = frozenset({"queued", "running", "retrying"})
+
+
+def header_identity(name: str | None) -> Identity:
+    def identify(request: web.Request) -> str | None:
+        return request.headers.get(name) if name else None
+
+    return identify
+
+
+def _refuse(status: int, message: str) -> web.Response:
+    metrics.DOWNLOADS.labels(str(status)).inc()
+    return web.json_response(
+        {"error": message, "status": status}, status=status, headers=headers.SECURITY_HEADERS
+    )
+
+
+async def _grant(request: web.Request) -> tokens.Grant | web.Response:
+    caller = request.app[IDENTITY](request)
+    if inspect.isawaitable(caller):
+        caller = await caller
+    try:
+        return request.app[SIGNER].verify(request.match_info["token"], caller)
+    except tokens.SuspiciousTokenError as exc:
+        return _refuse(400, str(exc))
+    except tokens.SignatureExpiredError as exc:
+        return _refuse(410, str(exc))
+    except tokens.NotRequesterError as exc:
+        return _refuse(403, str(exc))
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    grant = await _grant(request)
+    if isinstance(grant, web.Response):
+        return grant
+    row = await request.app[STORE].get_request(grant.request_id)
+    if row is None:
+        return _refuse(404, "no such file")
+    if row.status in NOT_READY:
+        response = _refuse(409, f"the file is not ready yet (status: {row.status})")
+        response.headers["Retry-After"] = "30"
+        return response
+    if row.status != "ready" or row.storage_key is None:
+        return _refuse(410, f"the file is not available (status: {row.status})")
+    if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
+        return _refuse(410, "the file has expired")
+    path = request.app[STORAGE].path(row.storage_key)
+    if not await asyncio.to_thread(path.is_file):
+        return _refuse(410, "the file is no longer stored")
+    metrics.DOWNLOADS.labels("200").inc()
+    # FileResponse streams from disk (sendfile where it can, chunks otherwise) and handles
+    # Range/If-Range/If-None-Match itself (RFC 9110); we only add what it cannot know.
+    return web.FileResponse(
+        path,
+        chunk_size=request.app[CHUNK_SIZE],
+        headers={
+            "Content-Type": row.content_type,
+            "Content-Disposition": headers.content_disposition(row.filename),
+            **headers.SECURITY_HEADERS,
+        },
+    )
+
+
+async def status(request: web.Request) -> web.Response:
+    grant = await _grant(request)
+    if isinstance(grant, web.Response):
+        return grant
+    row = await request.app[STORE].get_request(grant.request_id)
+    if row is None:
+        return _refuse(404, "no such request")
+    body = {
+        "id": str(row.id),
+        "status": row.status,
+        "file_type": row.file_type,
+        "filename": row.filename,
+        "progress": row.progress,
+        "attempts": row.attempts,
+        "size": row.size_bytes,
+        "sha256": row.sha256,
+        "requested_at": row.requested_at.isoformat(),
+        "finished_at": row.finished_at.isoformat() if row.finished_at else None,
+        "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+        "error": row.last_error if row.status == "failed" else None,
+    }
+    return web.json_response(body, headers=headers.SECURITY_HEADERS)

@@ -1,0 +1,264 @@
+"""The consumer pool: run, stop, drain.
+
+A worker consumes the work queue with prefetch = concurrency and runs each delivery as a
+named task (see ``jobs``). Side tasks: the reaper (requeues requests whose worker died)
+and the outbox dispatcher (emails, events). The first stop request stops consuming and
+drains running jobs up to ``drain_timeout_seconds``, then releases what is left back to
+the queue; the CLI turns a second signal into an immediate exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from bgworker import (
+    broker,
+    handlers,
+    jobs,
+    metrics,
+    notify,
+    outbox,
+    storage,
+    store,
+    tokens,
+    topology,
+)
+from bgworker import settings as settings_mod
+
+log = logging.getLogger(__name__)
+
+REAP_BATCH = 100
+
+
+def make_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Limits:
+    """Batch mode (cron-style runs): stop after this many jobs or seconds, or when idle."""
+
+    max_jobs: int | None = None
+    max_seconds: float | None = None
+    burst: bool = False
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: settings_mod.Settings,
+        registry: handlers.Registry,
+        *,
+        worker_id: str | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.worker_id = worker_id or make_worker_id()
+        self.limits = limits or Limits()
+        self.topology = topology.Topology(
+            settings.namespace,
+            tuple(settings.worker.retry_delays_seconds),
+            settings.queue_type,
+        )
+        self.stopping = asyncio.Event()
+        self.outcomes: Counter[str] = Counter()
+        self.ready = asyncio.Event()  # set once consuming: tests and health checks wait on it
+        self._slots = asyncio.Semaphore(settings.worker.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: jobs.Runner | None = None
+        self._started = time.monotonic()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self) -> Counter[str]:
+        cfg = self.settings.worker
+        signer = tokens.Signer(self.settings.tokens)
+        files = storage.LocalStorage(self.settings.storage_dir)
+        files.ensure()
+        async with AsyncExitStack() as stack:
+            pool = await store.create_pool(
+                self.settings.database_url.get_secret_value(), max_size=cfg.concurrency + 4
+            )
+            stack.push_async_callback(pool.close)
+            db = store.Store(pool)
+            connection = await broker.connect(
+                self.settings.amqp_url.get_secret_value(), name=f"bgworker-worker {self.worker_id}"
+            )
+            stack.push_async_callback(connection.close)
+            channel = await broker.open_channel(connection)
+            await self.topology.declare(channel)
+            # Effects get their own channel so a slow consumer channel never delays them.
+            effects_channel = await broker.open_channel(connection)
+            dispatcher = outbox.Dispatcher(
+                db,
+                notify.Mailer(self.settings.smtp),
+                signer,
+                effects_channel,
+                self.topology,
+                self.settings.web.public_url,
+                cfg.outbox_retry_seconds,
+                cfg.outbox_interval_seconds,
+            )
+            self._runner = jobs.Runner(
+                self.settings,
+                self.registry,
+                db,
+                files,
+                channel,
+                self.topology,
+                dispatcher,
+                self.worker_id,
+            )
+            await channel.set_qos(prefetch_count=cfg.concurrency)
+            queue = await channel.get_queue(self.topology.work_queue, ensure=False)
+            side = [
+                asyncio.create_task(dispatcher.run(self.stopping), name="outbox-dispatcher"),
+                asyncio.create_task(self._reap_loop(db, channel), name="lease-reaper"),
+            ]
+            if self.limits.burst or self.limits.max_seconds:
+                side.append(asyncio.create_task(self._watch_limits(channel), name="batch-limits"))
+            tag = await queue.consume(self._on_message)
+            log.info(
+                "worker %s consuming %s (concurrency %d, handlers: %s)",
+                self.worker_id,
+                self.topology.work_queue,
+                cfg.concurrency,
+                ", ".join(self.registry.file_types),
+            )
+            self.ready.set()
+            await self._wait_until_stopped(side)
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+            await self._drain()
+            await asyncio.wait(side, timeout=cfg.outbox_interval_seconds + 5)
+            await jobs.cancel_all(side)
+        summary = ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items())) or "no jobs"
+        log.info(
+            "worker %s stopped after %.1fs: %s",
+            self.worker_id,
+            time.monotonic() - self._started,
+            summary,
+        )
+        return self.outcomes
+
+    async def _wait_until_stopped(self, side: list[asyncio.Task[Any]]) -> None:
+        stop = asyncio.create_task(self.stopping.wait(), name="stop-event")
+        done, _ = await asyncio.wait([stop, *side], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stop and not task.cancelled() and task.exception() is not None:
+                # A side task died: stop rather than run without a reaper or dispatcher.
+                log.error("side task %s crashed", task.get_name(), exc_info=task.exception())
+                self.stopping.set()
+        stop.cancel()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self.stopping.is_set():
+            await message.nack(requeue=True)
+            return
+        try:
+            async with asyncio.timeout(self.settings.worker.hold_timeout_seconds):
+                await self._slots.acquire()
+        except TimeoutError:
+            # Every slot is busy with long jobs: let another worker have this one.
+            await message.nack(requeue=True)
+            return
+        if self.stopping.is_set():
+            self._slots.release()
+            await message.nack(requeue=True)
+            return
+        task = asyncio.create_task(self._process(message), name=f"job-{message.message_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        assert self._runner is not None
+        try:
+            outcome = await self._runner.handle(message)
+        except asyncio.CancelledError:
+            outcome = "interrupted"
+            raise
+        except Exception:
+            # Infrastructure failure (database or broker away): the delivery is not acked, or
+            # the lease will expire, so the request comes back; never crash the pool.
+            log.exception(
+                "delivery %s: processing failed; it will be redelivered", message.message_id
+            )
+            outcome = "error"
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+        finally:
+            self._slots.release()
+        self.outcomes[outcome] += 1
+        if self.limits.max_jobs and self._finished_jobs() >= self.limits.max_jobs:
+            self.stop()
+
+    def _finished_jobs(self) -> int:
+        return sum(n for k, n in self.outcomes.items() if k != "duplicate")
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        grace = self.settings.worker.drain_timeout_seconds
+        log.info("draining %d job(s), up to %.0fs", len(self._tasks), grace)
+        _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
+        if pending:
+            assert self._runner is not None
+            log.warning("drain timeout: releasing %d job(s) back to the queue", len(pending))
+            self._runner.releasing = True
+            await jobs.cancel_all(list(pending))
+
+    async def _reap_loop(self, db: store.Store, channel: AbstractChannel) -> None:
+        async def republish(event: dict[str, Any]) -> None:
+            await broker.publish(
+                channel,
+                self.topology.requests_exchange,
+                topology.REQUESTED_KEY,
+                broker.request_message(event, str(event.get("id"))),
+            )
+
+        while not self.stopping.is_set():
+            try:
+                requeued, cancelled = await db.reap_expired_leases(REAP_BATCH, republish)
+            except Exception as exc:
+                log.warning("reaper: %s", exc)
+            else:
+                if requeued or cancelled:
+                    metrics.REAPED.inc(requeued)
+                    log.warning(
+                        "reaper: requeued %d request(s) whose worker stopped, cancelled %d",
+                        requeued,
+                        cancelled,
+                    )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.worker.reap_interval_seconds):
+                    await self.stopping.wait()
+
+    async def _watch_limits(self, channel: AbstractChannel) -> None:
+        deadline = (time.monotonic() + self.limits.max_seconds) if self.limits.max_seconds else None
+        while not self.stopping.is_set():
+            if deadline and time.monotonic() >= deadline:
+                log.info("batch mode: --max-seconds reached")
+                self.stop()
+                return
+            if self.limits.burst and not self._tasks:
+                if not await broker.queue_depth(channel, self.topology.work_queue):
+                    log.info("batch mode: queue empty, exiting (--burst)")
+                    self.stop()
+                    return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self.stopping.wait()
