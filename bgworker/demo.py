@@ -115,7 +115,7 @@ async def run(rows: int) -> None:
         try:
             await _exercise(amqp_url, dsn, namespace, sink, port, rows)
         finally:
-            for name, proc in procs.items():
+            for proc in procs.values():
                 proc.send_signal(signal.SIGTERM)
             for name, proc in procs.items():
                 code = proc.wait(timeout=60)
@@ -130,7 +130,7 @@ async def _exercise(
         id=uuid.uuid4(),
         file_type="login_events",
         criteria={"rows": rows, "seed": 42},
-        filename="login events – demo.csv",
+        filename="login events \u2013 demo.csv",
         content_type="text/csv",
         description="Login events, demo run",
         requester=events.Requester(
@@ -146,9 +146,8 @@ async def _exercise(
     except TimeoutError:
         raise DemoError("no email arrived within 120s: see worker.log") from None
     mail = messages[0]
-    say(
-        f"email received after {time.monotonic() - started:.2f}s: {mail['Subject']!r} to {mail['To']}"
-    )
+    elapsed = time.monotonic() - started
+    say(f"email received after {elapsed:.2f}s: {mail['Subject']!r} to {mail['To']}")
     match = LINK_RE.search(text_body(mail))
     if not match:
         raise DemoError("the email holds no download link")

@@ -1,0 +1,44 @@
+# One task runner for people and CI. `make demo` and `make test` set everything up themselves.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-faults lint typecheck schemas bench services
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Make sure RabbitMQ and PostgreSQL run on this machine (no-op when they already do).
+services:
+	@bash scripts/services.sh
+
+demo: $(STAMP) services
+	$(BIN)/bgworker demo
+
+# The main suite: everything except the tests that restart the shared services.
+test: $(STAMP) services
+	$(BIN)/ruff check bgworker tests bench
+	$(BIN)/ruff format --check bgworker tests bench
+	$(BIN)/mypy bgworker
+	$(BIN)/bgworker schemas export --check
+	$(BIN)/pytest -m "not faults"
+
+# Restarts RabbitMQ and PostgreSQL mid-run: run alone, never next to another test run.
+test-faults: $(STAMP) services
+	$(BIN)/pytest -m faults
+
+lint:
+	$(BIN)/ruff check bgworker tests bench
+	$(BIN)/ruff format --check bgworker tests bench
+
+typecheck:
+	$(BIN)/mypy bgworker
+
+schemas: $(STAMP)
+	$(BIN)/bgworker schemas export
