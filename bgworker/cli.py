@@ -65,7 +65,7 @@ async def _cmd_worker(settings: settings_mod.Settings, args: argparse.Namespace)
 
         prometheus_client.start_http_server(args.metrics_port, addr=settings.web.host)
     await pool.run()
-    return 0
+    return 1 if pool.crashed else 0
 
 
 async def _cmd_serve(settings: settings_mod.Settings, args: argparse.Namespace) -> int:

@@ -235,7 +235,7 @@ class Runner:
             await asyncio.sleep(interval)
             try:
                 alive = await self.db.heartbeat(claim, self._lease, ctx.progress)
-            except store.TRANSIENT_ERRORS as exc:
+            except Exception as exc:  # a dead heartbeat would lose the lease
                 # PostgreSQL unreachable: keep working and keep trying; if it stays away past
                 # the lease, the fenced finalize refuses and the reaper requeues.
                 log.warning("request %s: heartbeat failed: %s", claim.request_id, exc)

@@ -153,7 +153,7 @@ class Dispatcher:
     async def _claim_kicked(self, request_id: uuid.UUID, kind: str) -> None:
         try:
             item = await self.db.claim_outbox_one(request_id, kind, self.claim_seconds)
-        except store.TRANSIENT_ERRORS as exc:
+        except Exception as exc:  # the sweep retries; the loop must not die
             log.warning("outbox claim failed, the sweep will retry: %s", exc)
             return
         if item is not None:
@@ -162,7 +162,7 @@ class Dispatcher:
     async def sweep(self) -> int:
         try:
             items = await self.db.claim_outbox_due(SWEEP_BATCH, self.claim_seconds)
-        except store.TRANSIENT_ERRORS as exc:
+        except Exception as exc:  # next sweep retries; the loop must not die
             log.warning("outbox sweep failed, will retry: %s", exc)
             return 0
         for item in items:

@@ -83,6 +83,7 @@ class Worker:
         self._runner: jobs.Runner | None = None
         self._started = time.monotonic()
         self.health: dict[str, bool] = {}
+        self.crashed = False  # a side task died: the CLI exits non-zero
 
     def stop(self) -> None:
         self.stopping.set()
@@ -167,6 +168,11 @@ class Worker:
             if task is not stop and not task.cancelled() and task.exception() is not None:
                 # A side task died: stop rather than run without a reaper or dispatcher.
                 log.error("side task %s crashed", task.get_name(), exc_info=task.exception())
+                self.crashed = True
+                self.stopping.set()
+            elif task is not stop:
+                log.error("side task %s ended unexpectedly", task.get_name())
+                self.crashed = True
                 self.stopping.set()
         stop.cancel()
 

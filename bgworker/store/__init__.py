@@ -17,8 +17,14 @@ from bgworker import events
 from bgworker.store.queries import QUERIES
 
 Q: Final = QUERIES
-# Failures that mean "the database is away for now": retry later, never crash.
-TRANSIENT_ERRORS: Final = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# Failures that mean "the database is away for now": retry later, never crash. asyncpg
+# raises InternalClientError too when a connection dies mid-operation (server restart).
+TRANSIENT_ERRORS: Final = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 PostgresError: Final = asyncpg.PostgresError
 
 
