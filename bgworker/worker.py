@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -233,7 +234,7 @@ class Worker:
             await jobs.cancel_all(list(pending))
 
     async def _reap_loop(self, db: store.Store, channel: AbstractChannel) -> None:
-        async def republish(event: dict[str, Any]) -> None:
+        async def requeue(event: dict[str, Any]) -> None:
             await broker.publish(
                 channel,
                 self.topology.requests_exchange,
@@ -241,19 +242,37 @@ class Worker:
                 broker.request_message(event, str(event.get("id"))),
             )
 
+        async def dead_letter(row: store.RequestRow) -> None:
+            letter = jobs.DeadLetter(
+                "worker_lost", "WorkerLostError", row.last_error or "", row.attempts
+            )
+            body = json.dumps(row.event, separators=(",", ":")).encode()
+            message = jobs.dead_letter_message(
+                body, letter, worker_id=self.worker_id, message_id=str(row.id), routing_key=None
+            )
+            await broker.publish(channel, self.topology.dead_exchange, "", message)
+            metrics.DEAD_LETTERS.labels(letter.reason).inc()
+
         while not self.stopping.is_set():
             try:
-                requeued, cancelled = await db.reap_expired_leases(REAP_BATCH, republish)
-            except Exception as exc:
+                report = await db.reap_expired_leases(
+                    REAP_BATCH, requeue, dead_letter, outbox.failed_effects
+                )
+            except Exception as exc:  # database or broker away: try next round
                 log.warning("reaper: %s", exc)
             else:
-                if requeued or cancelled:
-                    metrics.REAPED.inc(requeued)
+                if report.requeued or report.cancelled or report.failed:
+                    metrics.REAPED.inc(report.requeued)
                     log.warning(
-                        "reaper: requeued %d request(s) whose worker stopped, cancelled %d",
-                        requeued,
-                        cancelled,
+                        "reaper: expired leases: requeued %d, cancelled %d, failed %d "
+                        "(out of attempts)",
+                        report.requeued,
+                        report.cancelled,
+                        len(report.failed),
                     )
+                for rid in report.failed:
+                    assert self._runner is not None
+                    self._runner.dispatcher.kick(rid, [outbox.EVENT_FAILED, outbox.EMAIL_FAILED])
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.worker.reap_interval_seconds):
                     await self.stopping.wait()

@@ -60,3 +60,12 @@ async def slow(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
         await asyncio.sleep(seconds / steps)
         ctx.report_progress(i + 1, steps)
     await out.write(f"slept {seconds}s\n".encode())
+
+
+@registry.handler("crash", max_attempts=2)
+async def crash(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
+    """Kills its own process, as a handler exhausting memory would (subprocess tests only)."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -86,6 +86,13 @@ class Claim:
     attempt: int
     lease_token: uuid.UUID
     max_attempts: int | None
+
+
+@dataclass
+class ReapReport:
+    requeued: int = 0
+    cancelled: int = 0
+    failed: list[uuid.UUID] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -329,26 +336,42 @@ class Store:
     # -- recovery -----------------------------------------------------------------------
 
     async def reap_expired_leases(
-        self, limit: int, publish: Callable[[dict[str, Any]], Awaitable[None]]
-    ) -> tuple[int, int]:
-        """Requeue requests whose worker died (lease expired): (requeued, cancelled)."""
-        requeued = cancelled = 0
+        self,
+        limit: int,
+        requeue: Callable[[dict[str, Any]], Awaitable[None]],
+        dead_letter: Callable[[RequestRow], Awaitable[None]],
+        effects: Effects,
+    ) -> ReapReport:
+        """Requests whose worker died (lease expired): requeued, or failed once they have
+        used all their attempts that way (a handler that kills its process every time)."""
+        report = ReapReport()
         async with self.transaction() as conn:
             for row in await conn.fetch(Q["expired_leases"], limit):
-                await conn.execute(
-                    Q["lose_attempt"], row["id"], row["attempts"], row["lease_owner"] or "?"
-                )
+                rid, attempts = row["id"], row["attempts"]
+                owner = row["lease_owner"] or "?"
+                await conn.execute(Q["lose_attempt"], rid, attempts, owner)
                 if row["cancel_requested"]:
-                    await conn.execute(Q["mark_cancelled"], row["id"])
-                    cancelled += 1
-                    continue
-                # Publish before the update commits: a crash in between leaves the row
-                # running-and-expired, so the next reaper publishes again (a duplicate
-                # message, which claiming makes harmless) rather than never.
-                await publish(row["event"])
-                await conn.execute(Q["requeue_expired"], row["id"])
-                requeued += 1
-        return requeued, cancelled
+                    await conn.execute(Q["mark_cancelled"], rid)
+                    report.cancelled += 1
+                elif attempts >= (row["max_attempts"] or 1):
+                    error = (
+                        f"attempt {attempts} of {row['max_attempts']}: worker {owner} "
+                        "stopped while running it (lease expired)"
+                    )
+                    failed = RequestRow.from_record(
+                        await conn.fetchrow(Q["fail_expired"], rid, error)
+                    )
+                    await self._insert_effects(conn, rid, effects(failed))
+                    await dead_letter(failed)
+                    report.failed.append(rid)
+                else:
+                    # Publish before the update commits: a crash in between leaves the row
+                    # running-and-expired, so the next reaper publishes again (a duplicate
+                    # message, which claiming makes harmless) rather than never.
+                    await requeue(row["event"])
+                    await conn.execute(Q["requeue_expired"], rid)
+                    report.requeued += 1
+        return report
 
     # -- outbox -------------------------------------------------------------------------
 

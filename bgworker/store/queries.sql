@@ -135,7 +135,7 @@ SELECT * FROM bgworker_attempts WHERE request_id = $1 ORDER BY attempt;
 
 -- name: expired_leases
 -- Rows whose worker stopped heartbeating. Locked so two reapers never requeue the same one.
-SELECT id, event, cancel_requested, attempts, lease_owner
+SELECT id, event, cancel_requested, attempts, max_attempts, lease_owner
 FROM bgworker_requests
 WHERE status = 'running' AND lease_expires_at < now()
 ORDER BY lease_expires_at
@@ -149,6 +149,20 @@ SET status = 'queued',
     updated_at = now()
 WHERE id = $1 AND status = 'running'
 RETURNING id;
+
+-- name: fail_expired
+-- A request whose every attempt ended with its worker gone (a handler that crashes or
+-- exhausts the process): failed, so it cannot loop forever.
+UPDATE bgworker_requests
+SET status = 'failed',
+    failure_reason = 'worker_lost',
+    last_error_class = 'WorkerLostError',
+    last_error = $2,
+    finished_at = now(),
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = $1 AND status = 'running'
+RETURNING *;
 
 -- name: lose_attempt
 UPDATE bgworker_attempts
