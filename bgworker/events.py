@@ -54,7 +54,7 @@ class Requester(_Event):
     @field_validator("language")
     @classmethod
     def _check_language(cls, value: str) -> str:
-        if not _LANGUAGE_RE.match(value):
+        if not _LANGUAGE_RE.fullmatch(value):
             raise ValueError("language must be a BCP 47 tag such as 'en' or 'pt-BR'")
         return value
 
