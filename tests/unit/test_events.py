@@ -59,6 +59,11 @@ def test_a_valid_event_parses() -> None:
         ({"content_type": "not a mime type"}, "content_type"),
         ({"lifetime_seconds": 1}, "lifetime_seconds"),
         ({"id": "not-a-uuid"}, "id"),
+        ({"description": "nul \x00 here"}, "description"),
+        ({"criteria": {"q": ["ok", {"deep": "nul \x00"}]}}, "criteria"),
+        ({"criteria": {"key\x00": 1}}, "criteria"),
+        ({"content_type": "text/plain; x=\x00"}, "content_type"),
+        ({"requester": {"id": "u\x00"}}, "requester.id"),
         ({"unexpected": 1}, "unexpected"),
         ({"requester": {"email": "a@example.com", "nickname": "a"}}, "requester.nickname"),
     ],
@@ -89,6 +94,16 @@ def test_criteria_at_the_limit_is_accepted_and_one_byte_more_is_not() -> None:
     over = {"k": "x" * (events.MAX_CRITERIA_BYTES - overhead + 1)}
     with pytest.raises(ValidationError, match="criteria"):
         events.FileRequested.model_validate(_valid(criteria=over))
+
+
+def test_nul_error_names_where_it_is() -> None:
+    with pytest.raises(ValidationError, match=r"NUL characters \(U\+0000\) \(at q\.1\.deep\)"):
+        events.FileRequested.model_validate(_valid(criteria={"q": ["ok", {"deep": "\x00"}]}))
+
+
+def test_strip_nul_makes_a_body_storable() -> None:
+    raw = {"a\x00": ["x\x00y", {"b": "\x00"}], "n": 1, "t": None}
+    assert events.strip_nul(raw) == {"a\ufffd": ["x\ufffdy", {"b": "\ufffd"}], "n": 1, "t": None}
 
 
 def test_unicode_filename_is_allowed() -> None:
