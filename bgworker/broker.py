@@ -62,7 +62,14 @@ async def publish(
     try:
         ex = await channel.get_exchange(exchange, ensure=False)
         await ex.publish(message, routing_key, mandatory=mandatory, timeout=PUBLISH_TIMEOUT)
-    except (aio_pika.exceptions.DeliveryError, TimeoutError) as exc:
+    except (
+        aio_pika.exceptions.DeliveryError,
+        # No such exchange (topology not declared): the broker closes the channel, and until
+        # aio-pika has restored it in the background, publishing finds it closed.
+        aio_pika.exceptions.ChannelNotFoundEntity,
+        aio_pika.exceptions.ChannelInvalidStateError,
+        TimeoutError,
+    ) as exc:
         raise PublishError(f"{exchange}/{routing_key}: not confirmed ({exc!r})") from exc
 
 

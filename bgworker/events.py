@@ -38,6 +38,45 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _nul_path(value: object, path: str = "") -> str | None:
+    """Where a NUL character (U+0000) hides in a JSON-like value, or None. PostgreSQL text
+    and jsonb cannot hold it, so an event carrying one could never be recorded."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items: list[tuple[object, object]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                return f"{path}.{key!r}" if path else repr(key)
+            items.append((key, item))
+    elif isinstance(value, list):
+        items = list(enumerate(value))
+    for key, item in items:
+        found = _nul_path(item, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
+
+
+def _no_nul(value: Any) -> Any:
+    where = _nul_path(value)
+    if where is not None:
+        at = f" (at {where})" if where else ""
+        raise ValueError(f"must not contain NUL characters (U+0000){at}")
+    return value
+
+
+def strip_nul(value: Any) -> Any:
+    """``value`` with every NUL replaced by U+FFFD, so a rejected body can still be stored."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {strip_nul(k): strip_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [strip_nul(v) for v in value]
+    return value
+
+
 class _Event(BaseModel):
     # Strict contract: unknown fields are an error, not silently dropped.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -51,10 +90,12 @@ class Requester(_Event):
     language: str = "en"
     timezone: str = "UTC"
 
+    _nul = field_validator("id")(_no_nul)
+
     @field_validator("language")
     @classmethod
     def _check_language(cls, value: str) -> str:
-        if not _LANGUAGE_RE.match(value):
+        if not _LANGUAGE_RE.fullmatch(value):
             raise ValueError("language must be a BCP 47 tag such as 'en' or 'pt-BR'")
         return value
 
@@ -91,6 +132,8 @@ class FileRequested(_Event):
         le=MAX_LIFETIME_SECONDS,
         description="How long the file stays downloadable once ready.",
     )
+
+    _nul = field_validator("criteria", "content_type", "description")(_no_nul)
 
     @field_validator("criteria")
     @classmethod

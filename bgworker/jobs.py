@@ -141,7 +141,8 @@ class Runner:
         log.warning("rejecting message %s: %s: %s", message.message_id, exc.reason, exc)
         if exc.request_id is not None:
             try:
-                raw: object = json.loads(message.body)
+                # NUL characters (rejected by validation) cannot be stored in jsonb either.
+                raw: object = events.strip_nul(json.loads(message.body))
             except ValueError:
                 raw = {"body": message.body.decode("utf-8", "replace")[:2000]}
             inserted = await self.db.insert_invalid_request(

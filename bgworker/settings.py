@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     @field_validator("namespace")
     @classmethod
     def _check_namespace(cls, value: str) -> str:
-        if not NAMESPACE_RE.match(value):
+        if not NAMESPACE_RE.fullmatch(value):
             raise ValueError("namespace must match " + NAMESPACE_RE.pattern)
         return value
 

@@ -114,7 +114,7 @@ class LocalStorage:
 
     def path(self, key: str) -> Path:
         # Keys come from our own rows, but check anyway: a path outside root is never served.
-        if not _KEY_RE.match(key):
+        if not _KEY_RE.fullmatch(key):  # fullmatch: `$` alone lets a trailing newline in
             raise StorageError(f"not a storage key: {key!r}")
         return self.root / key
 

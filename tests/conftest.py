@@ -20,11 +20,14 @@ from typing import Any
 import aio_pika
 import asyncpg
 import pytest
+from aiohttp import web
 
 from bgworker import broker, events, handlers, publisher, store, topology, worker
 from bgworker import settings as settings_mod
+from bgworker import web as web_app
 from bgworker.smtp_sink import SmtpSink
 from bgworker.store import migrations
+from bgworker.web import access_log
 
 AMQP_URL = os.environ.get("BGWORKER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 PG_ADMIN = os.environ.get("BGWORKER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -253,6 +256,38 @@ async def event_log(
     yield seen
     with contextlib.suppress(Exception):
         await queue.cancel(tag)
+
+
+@pytest.fixture
+async def start_server(
+    settings: settings_mod.Settings,
+) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """start_server(**create_app kwargs) -> base URL of ``create_app(settings)`` served on a
+    free port over a real socket, with the production access logger. Settings are read when
+    it starts (set ``settings.web.identity_header`` first). Stopped at teardown."""
+    runners: list[web.AppRunner] = []
+
+    async def _start(**kwargs: Any) -> str:
+        runner = web.AppRunner(
+            web_app.create_app(settings, **kwargs),
+            access_log_class=access_log.RedactingAccessLogger,
+        )
+        await runner.setup()
+        runners.append(runner)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    yield _start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def server(start_server: Callable[..., Awaitable[str]]) -> str:
+    """Base URL of the download server with default settings."""
+    return await start_server()
 
 
 async def wait_for_status(

@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Final
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
 
 from bgworker import metrics, storage, store, tokens
 from bgworker.web import headers
@@ -28,6 +29,23 @@ IDENTITY: Final[web.AppKey[Identity]] = web.AppKey("identity")
 CHUNK_SIZE: Final = web.AppKey("chunk_size", int)
 
 NOT_READY: Final = frozenset({"queued", "running", "retrying"})
+
+
+class _FileResponse(web.FileResponse):
+    """aiohttp evaluates ``If-Range`` only as a date and ignores an entity tag, so a resumed
+    download with a stale ETag would get a range of another representation. RFC 9110
+    section 13.1.5: unless the entity tag matches strongly, ignore ``Range`` (send it all)."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if_range = request.headers.get(hdrs.IF_RANGE, "").strip()
+        if if_range.startswith(('"', "W/")) and hdrs.RANGE in request.headers:
+            st = await asyncio.to_thread(self._path.stat)
+            # aiohttp's ETag for a file (web_fileresponse): mtime_ns and size, strong.
+            if if_range != f'"{st.st_mtime_ns:x}-{st.st_size:x}"':
+                without_range = request.headers.copy()
+                del without_range[hdrs.RANGE]
+                request = request.clone(headers=without_range)
+        return await super().prepare(request)
 
 
 def header_identity(name: str | None) -> Identity:
@@ -78,8 +96,9 @@ async def download(request: web.Request) -> web.StreamResponse:
         return _refuse(410, "the file is no longer stored")
     metrics.DOWNLOADS.labels("200").inc()
     # FileResponse streams from disk (sendfile where it can, chunks otherwise) and handles
-    # Range/If-Range/If-None-Match itself (RFC 9110); we only add what it cannot know.
-    return web.FileResponse(
+    # Range/If-None-Match and date If-Range itself (RFC 9110); _FileResponse adds entity-tag
+    # If-Range, and we add the headers it cannot know.
+    return _FileResponse(
         path,
         chunk_size=request.app[CHUNK_SIZE],
         headers={

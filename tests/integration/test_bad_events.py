@@ -1,0 +1,171 @@
+"""Poison messages: each lands in the dead-letter queue with its reason, the worker goes on."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import aio_pika
+import pytest
+
+from bgworker import store, topology
+from tests.conftest import wait_for_status, wait_until
+
+
+def _event(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "file_type": "blob",
+        "criteria": {"size": 100},
+        "filename": "x.bin",
+    }
+    body.update(overrides)
+    return body
+
+
+def _raw(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode()
+
+
+class DeadLetters:
+    """Reads ``{namespace}.dead`` with basic.get; messages are kept in arrival order."""
+
+    def __init__(self, channel: aio_pika.abc.AbstractChannel, namespace: str) -> None:
+        self.channel = channel
+        self.name = topology.Topology(namespace).dead_queue
+        self.seen: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+    async def wait_for(self, n: int) -> list[aio_pika.abc.AbstractIncomingMessage]:
+        queue = await self.channel.get_queue(self.name, ensure=False)
+
+        async def enough() -> bool:
+            message = await queue.get(no_ack=True, fail=False)
+            if message is not None:
+                self.seen.append(message)
+            return len(self.seen) >= n
+
+        await wait_until(enough)
+        return self.seen
+
+    def by_body(self, body: bytes) -> aio_pika.abc.AbstractIncomingMessage:
+        [message] = [m for m in self.seen if m.body == body]
+        return message
+
+
+@pytest.fixture
+def dead(amqp: aio_pika.abc.AbstractChannel, namespace: str) -> DeadLetters:
+    return DeadLetters(amqp, namespace)
+
+
+async def test_bad_events_are_dead_lettered_with_reasons_and_the_worker_goes_on(
+    db: store.Store, publish, publish_raw, start_worker, event_log, dead: DeadLetters
+):
+    w = await start_worker()
+    bad_email_id, version_id, unknown_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    cases = {
+        b"{not json": ("malformed_json", None),
+        b"\xff\xfe not utf-8": ("malformed_json", None),
+        b"[1, 2, 3]": ("invalid_schema", None),
+        _raw(_event(id=str(bad_email_id), requester={"email": "not-an-email"})): (
+            "invalid_schema",
+            bad_email_id,
+        ),
+        _raw(_event(id=str(version_id), schema_version=99)): (
+            "unsupported_schema_version",
+            version_id,
+        ),
+        _raw(_event(id=str(unknown_id), file_type="no_such_handler")): (
+            "unknown_file_type",
+            unknown_id,
+        ),
+    }
+    for body in cases:
+        await publish_raw(body)
+    good = await publish("blob", {"size": 5000, "seed": 1})
+
+    # The good request, published last, is still built: nothing blocked or crashed the pool.
+    ready = await wait_for_status(db, good.id, "ready")
+    assert ready.size_bytes == 5000
+
+    await dead.wait_for(len(cases))
+    for body, (reason, request_id) in cases.items():
+        message = dead.by_body(body)
+        headers = message.headers
+        assert headers["x-bgworker-reason"] == reason, body
+        assert headers["x-bgworker-error-class"] in {"InvalidEventError", "UnknownFileTypeError"}
+        assert headers["x-bgworker-error"]
+        assert headers["x-bgworker-routing-key"] == topology.REQUESTED_KEY
+        if reason == "invalid_schema" and request_id is not None:
+            assert "requester.email" in str(headers["x-bgworker-error"])
+        if reason == "unknown_file_type":
+            assert headers["x-bgworker-error-class"] == "UnknownFileTypeError"
+            assert "no_such_handler" in str(headers["x-bgworker-error"])
+        else:
+            assert headers["x-bgworker-error-class"] == "InvalidEventError"
+    # Each went to the dead-letter queue once, never looped back.
+    assert len(dead.seen) == len(cases)
+
+    # A parseable id gives the producer a failed row and a FileFailed event.
+    with_id = {rid: reason for reason, rid in cases.values() if rid is not None}
+    for rid, reason in with_id.items():
+        row = await db.get_request(rid)
+        assert row is not None and row.status == "failed"
+        assert row.failure_reason == reason
+        assert row.last_error
+
+    def failed_events() -> dict[str, dict[str, Any]]:
+        return {body["id"]: body for key, body in event_log if key == topology.FAILED_KEY}
+
+    await wait_until(lambda: set(failed_events()) >= {str(rid) for rid in with_id})
+    for rid, reason in with_id.items():
+        event = failed_events()[str(rid)]
+        assert event["reason"] == reason
+        assert event["error"]
+    assert failed_events()[str(unknown_id)]["file_type"] == "no_such_handler"
+    # Only those: the bodies without an id had nobody to tell, the good one became ready.
+    assert len(failed_events()) == len(with_id)
+    assert [k for k, b in event_log if b["id"] == str(good.id)] == [topology.READY_KEY]
+    # Counted once each, just after the delivery is settled.
+    await wait_until(lambda: w.outcomes["invalid"] == 5 and w.outcomes["failed"] == 1)
+    assert w.outcomes["error"] == 0
+
+
+async def test_bad_event_reusing_a_real_id_changes_nothing(
+    db: store.Store, publish, publish_raw, start_worker, dead: DeadLetters
+):
+    await start_worker()
+    good = await publish("blob", {"size": 100})
+    before = await wait_for_status(db, good.id, "ready")
+    body = _raw(_event(id=str(good.id), filename="../../etc/passwd"))
+    await publish_raw(body)
+    [letter] = await dead.wait_for(1)
+    assert letter.body == body
+    assert letter.headers["x-bgworker-reason"] == "invalid_schema"
+    assert await db.get_request(good.id) == before
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"filename": "nul\x00.bin"},  # invalid: the rejected body must still be recordable
+        {"description": "nul \x00 in description"},  # valid for pydantic
+        {"criteria": {"q": "nul \x00 in criteria"}},
+    ],
+    ids=["invalid-filename", "valid-description", "valid-criteria"],
+)
+async def test_nul_characters_do_not_poison_the_queue(
+    db: store.Store, publish, publish_raw, start_worker, dead: DeadLetters, overrides
+):
+    """PostgreSQL text and jsonb cannot hold U+0000: such an event must end somewhere
+    (dead letter or a file), not be redelivered in a loop."""
+    w = await start_worker()
+    rid = uuid.uuid4()
+    body = _raw(_event(id=str(rid), **overrides))
+    await publish_raw(body)
+    good = await publish("blob", {"size": 100})
+    await wait_for_status(db, good.id, "ready")
+    [letter] = await dead.wait_for(1)
+    assert letter.body == body
+    assert letter.headers["x-bgworker-reason"] in {"invalid_schema", "unsupported_characters"}
+    assert w.outcomes["error"] == 0

@@ -1,0 +1,144 @@
+"""Publishing FileRequested: the sync facade for code without an event loop, and refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+
+import aio_pika
+import pytest
+
+from bgworker import broker, events, publisher, store, topology
+from tests.conftest import AMQP_URL, wait_for_status, wait_until
+
+
+def _request(**fields: object) -> events.FileRequested:
+    return events.FileRequested(
+        id=uuid.uuid4(),
+        file_type="blob",
+        criteria={"size": 2048, "seed": 9},
+        filename="b.bin",
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def test_sync_publisher_from_a_thread_without_a_loop(settings, db: store.Store, start_worker):
+    await start_worker()
+    first, second = _request(), _request()
+    seen: dict[str, object] = {}
+
+    def wsgi_view() -> None:
+        # What a Django/Flask view does: no running loop in this thread.
+        with pytest.raises(RuntimeError):
+            asyncio.get_running_loop()
+        seen["thread"] = threading.current_thread().name
+        with publisher.SyncPublisher(AMQP_URL, namespace=settings.namespace) as pub:
+            pub.publish(first)
+            pub.publish(second)
+
+    await asyncio.to_thread(wsgi_view)
+    assert seen["thread"] != threading.current_thread().name
+    for event in (first, second):
+        row = await wait_for_status(db, event.id, "ready")
+        assert row.size_bytes == 2048
+
+
+async def test_sync_publisher_is_shared_by_threads(settings, db: store.Store, start_worker):
+    await start_worker()
+    requests = [_request() for _ in range(6)]
+    pub = await asyncio.to_thread(publisher.SyncPublisher, AMQP_URL, namespace=settings.namespace)
+    try:
+        await asyncio.gather(*(asyncio.to_thread(pub.publish, r) for r in requests))
+    finally:
+        await asyncio.to_thread(pub.close)
+    for r in requests:
+        await wait_for_status(db, r.id, "ready")
+
+
+async def test_sync_publisher_connect_failure_raises_and_cleans_up() -> None:
+    def loop_threads() -> int:
+        return sum(t.name == "bgworker-publisher" for t in threading.enumerate())
+
+    before = loop_threads()
+    with pytest.raises(Exception) as info:
+        await asyncio.to_thread(
+            publisher.SyncPublisher, "amqp://guest:guest@127.0.0.1:1/", timeout=10
+        )
+    assert not isinstance(info.value, TimeoutError)  # refused at once, not after a timeout
+    # Its private loop thread is gone: nothing leaks per failed construction.
+    assert loop_threads() == before
+
+
+async def test_publish_without_declared_topology_raises(namespace: str) -> None:
+    """Nothing declared for this namespace and declare=False: the publish is refused, not
+    silently dropped."""
+    missing = f"{namespace}-none"
+    async with publisher.Publisher(AMQP_URL, namespace=missing, declare=False) as pub:
+        with pytest.raises(broker.PublishError, match="no exchange"):
+            await pub.publish(_request())
+        # Once the topology exists, the same publisher delivers (its channel is restored).
+        topo = topology.Topology(missing)
+        connection = await aio_pika.connect(AMQP_URL)
+        try:
+            await topo.declare_intake(await connection.channel())
+            event = _request()
+
+            async def delivered() -> bool:
+                try:
+                    await pub.publish(event)
+                except broker.PublishError:
+                    return False
+                return True
+
+            await wait_until(delivered)
+            assert await broker.queue_depth(await connection.channel(), topo.work_queue) == 1
+        finally:
+            await topo.delete(await connection.channel())
+            await connection.close()
+
+
+async def test_unroutable_publish_raises(namespace: str) -> None:
+    """The exchange exists but no queue is bound (work queue deleted): mandatory + confirms
+    turn the broker's return into PublishError."""
+    ns = f"{namespace}-unbound"
+    topo = topology.Topology(ns)
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        await channel.declare_exchange(
+            topo.requests_exchange, aio_pika.ExchangeType.DIRECT, auto_delete=True
+        )
+        async with publisher.Publisher(AMQP_URL, namespace=ns, declare=False) as pub:
+            with pytest.raises(broker.PublishError, match="not confirmed"):
+                await pub.publish(_request())
+    finally:
+        await connection.close()
+
+
+async def test_publisher_declares_intake_on_an_empty_broker(
+    settings, namespace: str, db: store.Store
+):
+    """declare=True (default): the first publish works before any worker ever ran, and the
+    message waits in the work queue."""
+    ns = f"{namespace}-fresh"
+    topo = topology.Topology(ns)
+    event = _request()
+    try:
+        async with publisher.Publisher(AMQP_URL, namespace=ns) as pub:
+            await pub.publish(event)
+        connection = await aio_pika.connect(AMQP_URL)
+        try:
+            channel = await connection.channel()
+            assert await broker.queue_depth(channel, topo.work_queue) == 1
+            queue = await channel.get_queue(topo.work_queue, ensure=False)
+            message = await queue.get(no_ack=True)
+            assert events.parse_file_requested(message.body) == event
+        finally:
+            await connection.close()
+    finally:
+        connection = await aio_pika.connect(AMQP_URL)
+        try:
+            await topo.delete(await connection.channel())
+        finally:
+            await connection.close()

@@ -1,0 +1,173 @@
+"""FileRequested validation: every rejection names the field and the reason code."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from bgworker import events
+
+
+def _valid(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "file_type": "blob",
+        "criteria": {"size": 10},
+        "filename": "report.csv",
+        "content_type": "text/csv",
+        "requester": {"id": "u1", "email": "ann@example.com", "timezone": "Europe/Paris"},
+    }
+    body.update(overrides)
+    return body
+
+
+def _error_fields(exc: ValidationError) -> set[str]:
+    return {".".join(str(p) for p in err["loc"]) for err in exc.errors()}
+
+
+def test_a_valid_event_parses() -> None:
+    body = _valid()
+    event = events.parse_file_requested(json.dumps(body).encode())
+    assert str(event.id) == body["id"]
+    assert event.requester is not None and event.requester.timezone == "Europe/Paris"
+    assert event.schema_version == events.SCHEMA_VERSION
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"requester": {"email": "not-an-email"}}, "requester.email"),
+        ({"requester": {"timezone": "Mars/Olympus_Mons"}}, "requester.timezone"),
+        ({"requester": {"language": "english!"}}, "requester.language"),
+        ({"requester": {"language": "en\n"}}, "requester.language"),
+        ({"filename": "../etc/passwd"}, "filename"),
+        ({"filename": "dir\\file.csv"}, "filename"),
+        ({"filename": 'say "hi".csv'}, "filename"),
+        ({"filename": "line\nbreak.csv"}, "filename"),
+        ({"filename": "tab\there.csv"}, "filename"),
+        ({"filename": "nul\x00.csv"}, "filename"),
+        ({"filename": ".."}, "filename"),
+        ({"filename": " padded.csv"}, "filename"),
+        ({"filename": ""}, "filename"),
+        ({"criteria": {"blob": "x" * (events.MAX_CRITERIA_BYTES + 1)}}, "criteria"),
+        ({"file_type": "Bad Type!"}, "file_type"),
+        ({"file_type": ""}, "file_type"),
+        ({"content_type": "not a mime type"}, "content_type"),
+        ({"lifetime_seconds": 1}, "lifetime_seconds"),
+        ({"id": "not-a-uuid"}, "id"),
+        ({"description": "nul \x00 here"}, "description"),
+        ({"criteria": {"q": ["ok", {"deep": "nul \x00"}]}}, "criteria"),
+        ({"criteria": {"key\x00": 1}}, "criteria"),
+        ({"content_type": "text/plain; x=\x00"}, "content_type"),
+        ({"requester": {"id": "u\x00"}}, "requester.id"),
+        ({"unexpected": 1}, "unexpected"),
+        ({"requester": {"email": "a@example.com", "nickname": "a"}}, "requester.nickname"),
+    ],
+)
+def test_invalid_field_is_named(overrides: dict[str, Any], field: str) -> None:
+    body = _valid(**overrides)
+    with pytest.raises(ValidationError) as info:
+        events.FileRequested.model_validate(body)
+    assert field in _error_fields(info.value)
+    # The same body through the worker's parser: reason code and the field in the message.
+    with pytest.raises(events.InvalidEventError) as parsed:
+        events.parse_file_requested(json.dumps(body).encode())
+    assert parsed.value.reason == "invalid_schema"
+    assert str(parsed.value).startswith(field + ":") or f"; {field}:" in str(parsed.value)
+
+
+def test_filename_error_names_the_offending_characters() -> None:
+    with pytest.raises(ValidationError) as info:
+        events.FileRequested.model_validate(_valid(filename="a/b.csv"))
+    assert "path separators" in str(info.value)
+    assert "'/'" in str(info.value)
+
+
+def test_criteria_at_the_limit_is_accepted_and_one_byte_more_is_not() -> None:
+    overhead = len(json.dumps({"k": ""}, separators=(",", ":")).encode())
+    at_limit = {"k": "x" * (events.MAX_CRITERIA_BYTES - overhead)}
+    assert events.FileRequested.model_validate(_valid(criteria=at_limit)).criteria == at_limit
+    over = {"k": "x" * (events.MAX_CRITERIA_BYTES - overhead + 1)}
+    with pytest.raises(ValidationError, match="criteria"):
+        events.FileRequested.model_validate(_valid(criteria=over))
+
+
+def test_nul_error_names_where_it_is() -> None:
+    with pytest.raises(ValidationError, match=r"NUL characters \(U\+0000\) \(at q\.1\.deep\)"):
+        events.FileRequested.model_validate(_valid(criteria={"q": ["ok", {"deep": "\x00"}]}))
+
+
+def test_strip_nul_makes_a_body_storable() -> None:
+    raw = {"a\x00": ["x\x00y", {"b": "\x00"}], "n": 1, "t": None}
+    assert events.strip_nul(raw) == {"a\ufffd": ["x\ufffdy", {"b": "\ufffd"}], "n": 1, "t": None}
+
+
+def test_unicode_filename_is_allowed() -> None:
+    event = events.FileRequested.model_validate(_valid(filename="Résumé 2024 — 東京.pdf"))
+    assert event.filename == "Résumé 2024 — 東京.pdf"
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe\x00", b""])
+def test_malformed_json(body: bytes) -> None:
+    with pytest.raises(events.InvalidEventError) as info:
+        events.parse_file_requested(body)
+    assert info.value.reason == "malformed_json"
+    assert info.value.request_id is None
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b'"text"', b"42", b"null"])
+def test_json_that_is_not_an_object(body: bytes) -> None:
+    with pytest.raises(events.InvalidEventError) as info:
+        events.parse_file_requested(body)
+    assert info.value.reason == "invalid_schema"
+
+
+@pytest.mark.parametrize("version", [2, 0, "1", None])
+def test_unsupported_schema_version(version: object) -> None:
+    body = _valid(schema_version=version)
+    with pytest.raises(events.InvalidEventError) as info:
+        events.parse_file_requested(json.dumps(body).encode())
+    assert info.value.reason == "unsupported_schema_version"
+    assert "schema_version" in str(info.value)
+    # The id is still recovered, so the producer can be told.
+    assert info.value.request_id == uuid.UUID(body["id"])
+
+
+def test_invalid_schema_keeps_a_parseable_id() -> None:
+    body = _valid(requester={"email": "nope"})
+    with pytest.raises(events.InvalidEventError) as info:
+        events.parse_file_requested(json.dumps(body).encode())
+    assert info.value.request_id == uuid.UUID(body["id"])
+    assert "requester.email" in str(info.value)
+
+
+def test_invalid_schema_without_a_usable_id() -> None:
+    body = _valid(id="nope", filename="a/b")
+    with pytest.raises(events.InvalidEventError) as info:
+        events.parse_file_requested(json.dumps(body).encode())
+    assert info.value.request_id is None
+    assert "id:" in str(info.value) and "filename:" in str(info.value)
+
+
+def test_missing_required_fields_are_named() -> None:
+    with pytest.raises(events.InvalidEventError) as info:
+        events.parse_file_requested(b"{}")
+    message = str(info.value)
+    for field in ("id", "file_type", "filename"):
+        assert f"{field}: Field required" in message
+
+
+def test_naive_requested_at_is_rejected() -> None:
+    with pytest.raises(ValidationError) as info:
+        events.FileRequested.model_validate(_valid(requested_at="2024-01-01T00:00:00"))
+    assert "requested_at" in _error_fields(info.value)
+
+
+def test_events_are_frozen() -> None:
+    event = events.FileRequested.model_validate(_valid())
+    with pytest.raises(ValidationError):
+        event.filename = "other.csv"  # type: ignore[misc]

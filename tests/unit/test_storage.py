@@ -1,0 +1,131 @@
+"""Local storage: atomic streaming writes, and keys that cannot escape the root."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bgworker import storage
+
+RID = "ab0c62f4-5a3e-4a43-9c55-6f3cb2a1d7e9"
+LEASE = "0f4d8e1c2b3a49d7a6e5f4c3b2a1d0e9"
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> storage.LocalStorage:
+    s = storage.LocalStorage(tmp_path / "files")
+    s.ensure()
+    return s
+
+
+def _visible(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and ".tmp" not in p.relative_to(root).parts]
+
+
+def _temps(root: Path) -> list[Path]:
+    return list((root / ".tmp").iterdir())
+
+
+def test_a_well_formed_key_is_accepted(files: storage.LocalStorage) -> None:
+    assert files.path(f"ab/{RID}.{LEASE}") == files.root / "ab" / f"{RID}.{LEASE}"
+
+
+def test_key_for_matches_the_pattern() -> None:
+    rid, lease = uuid.uuid4(), uuid.uuid4()
+    key = storage.key_for(rid, lease)
+    assert key == f"{str(rid)[:2]}/{rid}.{lease.hex}"
+    assert storage.key_for(rid, uuid.uuid4()) != key  # one file per attempt
+
+
+async def test_finish_makes_the_complete_file_appear(files: storage.LocalStorage) -> None:
+    key = storage.key_for(uuid.uuid4(), uuid.uuid4())
+    chunks = [os.urandom(700_000), b"", os.urandom(900_000), b"tail"]
+    writer = files.writer(key)
+    for chunk in chunks:
+        await writer.write(chunk)
+        # Nothing is visible under the final name until finish().
+        assert not files.path(key).exists()
+    assert len(_temps(files.root)) == 1
+    size, digest = await writer.finish()
+
+    data = b"".join(chunks)
+    assert size == len(data) == files.path(key).stat().st_size
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert files.path(key).read_bytes() == data
+    assert _temps(files.root) == []
+    assert _visible(files.root) == [files.path(key)]
+
+
+async def test_empty_file(files: storage.LocalStorage) -> None:
+    key = storage.key_for(uuid.uuid4(), uuid.uuid4())
+    writer = files.writer(key)
+    size, digest = await writer.finish()
+    assert (size, digest) == (0, hashlib.sha256(b"").hexdigest())
+    assert files.path(key).read_bytes() == b""
+
+
+async def test_abort_leaves_no_file(files: storage.LocalStorage) -> None:
+    key = storage.key_for(uuid.uuid4(), uuid.uuid4())
+    writer = files.writer(key)
+    await writer.write(os.urandom(storage.BUFFER_SIZE + 10))  # some bytes reached the disk
+    assert _temps(files.root) and _temps(files.root)[0].stat().st_size > 0
+    await writer.abort()
+    assert not files.path(key).exists()
+    assert _temps(files.root) == []
+    assert _visible(files.root) == []
+
+
+async def test_two_writers_for_one_key_never_mix(files: storage.LocalStorage) -> None:
+    key = storage.key_for(uuid.uuid4(), uuid.uuid4())
+    first, second = files.writer(key), files.writer(key)
+    await first.write(b"first")
+    await second.write(b"second")
+    await second.abort()
+    await first.finish()
+    assert files.path(key).read_bytes() == b"first"
+
+
+async def test_delete(files: storage.LocalStorage) -> None:
+    key = storage.key_for(uuid.uuid4(), uuid.uuid4())
+    writer = files.writer(key)
+    await writer.write(b"x")
+    await writer.finish()
+    assert await files.delete(key) is True
+    assert not files.path(key).exists()
+    assert await files.delete(key) is False
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "ab/../../x",
+        "",
+        "ab",
+        f"zz/{RID}.{LEASE}",  # prefix not hex
+        f"ab/{RID}",  # no lease part
+        f"ab/{RID}.{LEASE}/../../x",
+        f"ab/{RID}.{LEASE}\n",  # a trailing newline is not part of a key
+        f"ab/{RID}.{LEASE}\nx",
+        f"AB/{RID.upper()}.{LEASE}",
+    ],
+)
+async def test_keys_outside_the_pattern_are_refused(files: storage.LocalStorage, key: str) -> None:
+    with pytest.raises(storage.StorageError):
+        files.path(key)
+    with pytest.raises(storage.StorageError):
+        files.writer(key)
+    with pytest.raises(storage.StorageError):
+        await files.delete(key)
+    assert _temps(files.root) == []
+
+
+def test_path_stays_under_root(files: storage.LocalStorage) -> None:
+    key = storage.key_for(uuid.uuid4(), uuid.uuid4())
+    path = files.path(key)
+    assert path.resolve().is_relative_to(files.root)
