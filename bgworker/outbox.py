@@ -30,8 +30,6 @@ EMAIL_READY: Final = "email_ready"
 EMAIL_FAILED: Final = "email_failed"
 EVENT_READY: Final = "event_ready"
 EVENT_FAILED: Final = "event_failed"
-# How long a claimed row is ours before another dispatcher may take it over.
-CLAIM_SECONDS: Final = 120.0
 SWEEP_BATCH: Final = 50
 
 
@@ -112,6 +110,7 @@ class Dispatcher:
     public_url: str
     retry_seconds: list[float]
     interval_seconds: float
+    claim_seconds: float
 
     def __post_init__(self) -> None:
         self._kicks: asyncio.Queue[tuple[uuid.UUID, str]] = asyncio.Queue()
@@ -152,7 +151,7 @@ class Dispatcher:
 
     async def _claim_kicked(self, request_id: uuid.UUID, kind: str) -> None:
         try:
-            item = await self.db.claim_outbox_one(request_id, kind, CLAIM_SECONDS)
+            item = await self.db.claim_outbox_one(request_id, kind, self.claim_seconds)
         except store.TRANSIENT_ERRORS as exc:
             log.warning("outbox claim failed, the sweep will retry: %s", exc)
             return
@@ -161,7 +160,7 @@ class Dispatcher:
 
     async def sweep(self) -> int:
         try:
-            items = await self.db.claim_outbox_due(SWEEP_BATCH, CLAIM_SECONDS)
+            items = await self.db.claim_outbox_due(SWEEP_BATCH, self.claim_seconds)
         except store.TRANSIENT_ERRORS as exc:
             log.warning("outbox sweep failed, will retry: %s", exc)
             return 0
