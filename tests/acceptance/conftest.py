@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,21 +32,24 @@ WORKER_READY = re.compile(r"worker \S+ consuming ")
 @dataclass
 class Proc:
     name: str
-    popen: subprocess.Popen[bytes]
+    process: asyncio.subprocess.Process
     log_path: Path
     log_file: IO[bytes]
     port: int | None = None
 
     @property
     def pid(self) -> int:
-        return self.popen.pid
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process.returncode is None
 
     def log(self) -> str:
         self.log_file.flush()
         return self.log_path.read_text(errors="replace")
 
     def signal(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        self.popen.send_signal(sig)
+        self.process.send_signal(sig)
 
     def peak_rss_mib(self) -> float:
         """Peak resident set size (VmHWM) so far; read it before the process exits."""
@@ -61,9 +63,9 @@ class Proc:
         try:
             async with asyncio.timeout(timeout):
                 while not regex.search(self.log()):
-                    if self.popen.poll() is not None:
+                    if not self.running():
                         raise AssertionError(
-                            f"{self.name} exited ({self.popen.returncode}) before logging "
+                            f"{self.name} exited ({self.process.returncode}) before logging "
                             f"{regex.pattern!r}:\n{self.log()}"
                         )
                     await asyncio.sleep(0.05)
@@ -76,13 +78,11 @@ class Proc:
         """The exit code; fails the test if the process is still running after ``timeout``."""
         try:
             async with asyncio.timeout(timeout):
-                while self.popen.poll() is None:
-                    await asyncio.sleep(0.05)
+                return await self.process.wait()
         except TimeoutError:
             raise AssertionError(
                 f"{self.name} still running {timeout}s later:\n{self.log()}"
             ) from None
-        return self.popen.returncode
 
 
 Spawn = Callable[..., Awaitable[Proc]]
@@ -98,18 +98,19 @@ async def spawn(settings: settings_mod.Settings, tmp_path: Path) -> AsyncIterato
         log_path = tmp_path / f"{name}.log"
         log_file = log_path.open("wb")
         port = None
-        argv = [sys.executable, "-m", "bgworker", command, *args]
+        argv = ["-m", "bgworker", command, *args]
         if command == "serve":
             port = free_port()
             argv += ["--port", str(port)]
-        popen = subprocess.Popen(
-            argv,
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *argv,
             env={**settings_env(settings), **(env or {})},
             cwd=REPO,
             stdout=log_file,
-            stderr=subprocess.STDOUT,
+            stderr=asyncio.subprocess.STDOUT,
         )
-        proc = Proc(name, popen, log_path, log_file, port)
+        proc = Proc(name, process, log_path, log_file, port)
         procs.append(proc)
         if command == "worker":
             await proc.wait_for_log(WORKER_READY)
@@ -119,9 +120,9 @@ async def spawn(settings: settings_mod.Settings, tmp_path: Path) -> AsyncIterato
 
     yield _spawn
     for proc in procs:
-        if proc.popen.poll() is None:
-            proc.popen.kill()
-        proc.popen.wait()
+        if proc.running():
+            proc.process.kill()
+        await proc.process.wait()
         proc.log_file.close()
 
 
@@ -134,7 +135,7 @@ async def _wait_healthy(proc: Proc, timeout: float = 30) -> None:
                 async with session.get(url) as response:
                     if response.status == 200:
                         return
-            if proc.popen.poll() is not None or time.monotonic() > deadline:
+            if not proc.running() or time.monotonic() > deadline:
                 raise AssertionError(f"{proc.name} never answered {url}:\n{proc.log()}")
             await asyncio.sleep(0.1)
 
