@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -174,8 +175,12 @@ class Dispatcher:
         task.add_done_callback(self._inflight.discard)
 
     async def perform(self, item: store.OutboxItem) -> None:
+        async def done() -> None:
+            await self.db.outbox_done(item)
+            metrics.OUTBOX_DONE.labels(item.kind).inc()
+
         try:
-            await self._perform(item)
+            await self._perform(item, done)
         except Exception as exc:
             step = min(item.attempts, len(self.retry_seconds)) - 1
             delay = self.retry_seconds[max(step, 0)]
@@ -193,10 +198,9 @@ class Dispatcher:
             except Exception:
                 log.exception("could not record outbox failure for %s", item.request_id)
             return
-        await self.db.outbox_done(item)
-        metrics.OUTBOX_DONE.labels(item.kind).inc()
 
-    async def _perform(self, item: store.OutboxItem) -> None:
+    async def _perform(self, item: store.OutboxItem, done: Callable[[], Awaitable[None]]) -> None:
+        """Carry out one effect and call ``done`` the moment it has taken effect."""
         p = item.payload
         rid = item.request_id
         if item.kind == EVENT_READY:
@@ -212,6 +216,7 @@ class Dispatcher:
                 download_url=self._url(rid, p.get("requester_id")),
             )
             await broker.publish_event(self.channel, self.topology, topology.READY_KEY, ready)
+            await done()
         elif item.kind == EVENT_FAILED:
             failed = events.FileFailed(
                 id=rid,
@@ -223,16 +228,17 @@ class Dispatcher:
                 failed_at=datetime.fromisoformat(p["failed_at"]),
             )
             await broker.publish_event(self.channel, self.topology, topology.FAILED_KEY, failed)
+            await done()
         elif item.kind == EMAIL_READY:
             context = {
                 **p,
                 "request_id": str(rid),
                 "download_url": self._url(rid, p.get("requester_id")),
             }
-            await self.mailer.send(self.mailer.render("ready", p["to"], context))
+            await self.mailer.send(self.mailer.render("ready", p["to"], context), done)
         elif item.kind == EMAIL_FAILED:
             context = {**p, "request_id": str(rid)}
-            await self.mailer.send(self.mailer.render("failed", p["to"], context))
+            await self.mailer.send(self.mailer.render("failed", p["to"], context), done)
         else:
             raise ValueError(f"unknown outbox kind {item.kind!r}")
 
