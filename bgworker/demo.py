@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,9 @@ import time
 import uuid
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
+import aio_pika
 import aiohttp
 import asyncpg
 
@@ -33,6 +36,7 @@ from bgworker.store import migrations
 
 PG_HINT: Final = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 RABBIT_HINT: Final = "rabbitmq-server -detached"
+SERVICES_HINT: Final = "`make services` starts both"
 DEMO_DB: Final = "postgresql://postgres@127.0.0.1:5432/bgworker_demo"
 IDENTITY_HEADER: Final = "X-Demo-User"
 LINK_RE: Final = re.compile(r"https?://\S+/download/\S+")
@@ -40,6 +44,18 @@ LINK_RE: Final = re.compile(r"https?://\S+/download/\S+")
 
 class DemoError(Exception):
     pass
+
+
+def _unreachable(service: str, url: str, variable: str, exc: BaseException, hint: str) -> DemoError:
+    # Name the address tried (never the password) and both ways out: start the service, or
+    # point the setting at one that runs.
+    parts = urlsplit(url)
+    where = f"{parts.hostname or '?'}:{parts.port or '(default port)'}"
+    return DemoError(
+        f"{service} is not reachable at {where} ({exc}).\n"
+        f"  Start it: {hint}  ({SERVICES_HINT})\n"
+        f"  or set {variable} to a running {service}."
+    )
 
 
 def say(message: str) -> None:
@@ -51,15 +67,18 @@ async def _check_services(amqp_url: str, dsn: str) -> None:
         await store.ensure_database(dsn)
         conn = await asyncpg.connect(dsn, timeout=5)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise DemoError(f"PostgreSQL is not reachable ({exc}).\n  Start it: {PG_HINT}") from None
+        raise _unreachable("PostgreSQL", dsn, "BGWORKER_DATABASE_URL", exc, PG_HINT) from None
     try:
         await migrations.apply(conn)
     finally:
         await conn.close()
     try:
-        connection = await broker.connect(amqp_url, name="bgworker-demo-check")
+        # A plain connection: a robust one would log "reconnecting" although we give up here.
+        connection = await aio_pika.connect(
+            amqp_url, client_properties={"connection_name": "bgworker-demo-check"}
+        )
     except (OSError, TimeoutError, ConnectionError) as exc:
-        raise DemoError(f"RabbitMQ is not reachable ({exc}).\n  Start it: {RABBIT_HINT}") from None
+        raise _unreachable("RabbitMQ", amqp_url, "BGWORKER_AMQP_URL", exc, RABBIT_HINT) from None
     await connection.close()
 
 
@@ -122,6 +141,8 @@ async def run(rows: int) -> None:
                 code = proc.wait(timeout=60)
                 say(f"{name} stopped (exit {code})")
             await _remove_topology(amqp_url, namespace)
+            # The logs stay for inspection; the built files go, as the docstring promises.
+            shutil.rmtree(work / "files", ignore_errors=True)
 
 
 async def _exercise(
