@@ -101,3 +101,9 @@ async def list_actions(db: Store, request_id: uuid.UUID) -> list[dict[str, Any]]
 
 async def list_requests(db: Store, status: str, limit: int = 100) -> list[dict[str, Any]]:
     return [dict(r) for r in await db.pool.fetch(Q["list_requests_by_status"], status, limit)]
+
+
+async def request_marks(db: Store, request_id: uuid.UUID) -> dict[str, Any]:
+    """The DLQ columns of a request row (replay count, last replay, purge time)."""
+    record = await db.pool.fetchrow(Q["dlq_request_marks"], request_id)
+    return {} if record is None else dict(record)

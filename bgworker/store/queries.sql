@@ -257,3 +257,6 @@ FROM bgworker_requests
 WHERE status = $1
 ORDER BY updated_at DESC
 LIMIT $2;
+
+-- name: dlq_request_marks
+SELECT replay_count, last_replayed_at, dlq_purged_at FROM bgworker_requests WHERE id = $1;
