@@ -213,11 +213,11 @@ def _print_report(report: dlq.Report, args: argparse.Namespace) -> None:
         if o.result not in ("replayed", "purged"):
             print(f"{o.key}: {o.result}{': ' + o.detail if o.detail else ''}")
     counts = ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items())) or "nothing matched"
-    verb = "would change" if report.dry_run else "removed from the queue"
-    print(
-        f"{report.action}{' (dry run)' if report.dry_run else ''}: {counts}; "
-        f"scanned {report.scanned}, {verb}: {report.removed}"
-    )
+    if report.dry_run:
+        tail = f"scanned {report.scanned}; dry run: nothing changed"
+    else:
+        tail = f"scanned {report.scanned}, removed from the queue: {report.removed}"
+    print(f"{report.action}: {counts}; {tail}")
 
 
 async def _act(

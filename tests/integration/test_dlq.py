@@ -162,7 +162,7 @@ async def test_replay_after_the_fix_makes_each_request_ready_once(
     assert (await db.get_request(ids[0])).attempts == 2
 
     code, out, _ = await cli("dlq", "replay", "--all", "--dry-run")
-    assert code == 0 and "would-replay 4" in out
+    assert code == 0 and "would-replay 4" in out and "dry run: nothing changed" in out
     assert await depth(amqp, dead_queue.name) == 4
     code, _, err = await cli("dlq", "replay")
     assert code == 64 and "--all" in err  # no selection: refused, nothing touched
