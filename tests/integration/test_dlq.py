@@ -13,7 +13,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from bgworker import broker, dlq, events, store, topology
+from bgworker import broker, dlq, events, jobs, store, topology
 from bgworker import settings as settings_mod
 from bgworker.store import dlq as dlq_store
 from tests import dlq_handlers
@@ -322,3 +322,50 @@ async def test_invalid_letters_are_kept_not_replayed(
     [outcome] = report.outcomes
     assert outcome.result == "kept" and "still invalid" in outcome.detail
     assert await depth(amqp, dead_queue.name) == 1
+
+
+async def test_broker_dead_lettered_messages_show_x_death_and_replay(
+    settings, db, amqp, publish, dead_queue, start_worker
+):
+    # The work queue dead-letters to the same exchange: a rejected delivery arrives with
+    # RabbitMQ's x-death header instead of ours.
+    event = await publish("blob", {"size": 10})
+    work = await amqp.get_queue(topology.Topology(settings.namespace).work_queue, ensure=False)
+    message = await work.get(no_ack=False)
+    await message.reject(requeue=False)
+    await wait_depth(amqp, dead_queue.name, 1)
+
+    [letter] = [letter async for letter in dlq.letters(dead_queue)]
+    assert (letter.key, letter.error_class, letter.reason) == (str(event.id), "x-death", "rejected")
+    assert letter.first_death is not None and letter.file_type == "blob"
+    shown = await dlq.show(dead_queue, str(event.id))
+    assert shown is not None and shown["headers"]["x-death"][0]["reason"] == "rejected"
+
+    report = await dlq.replay(dead_queue, db, dlq.Selection(everything=True), actor="t")
+    assert report.counts == Counter({"replayed": 1})  # never recorded: replayed as is
+    await start_worker()
+    await wait_for_status(db, event.id, "ready")
+
+
+async def test_thousands_of_letters(settings, db, amqp, dead_queue):
+    """Read, count and select among 2000 letters; reads leave all of them in place."""
+    channel = await broker.open_channel(dead_queue.connection)  # type: ignore[arg-type]
+    n = 2000
+    for i in range(n):
+        body = json.dumps({"id": str(uuid.uuid4()), "file_type": f"t{i % 4}"}).encode()
+        letter = jobs.DeadLetter("max_attempts", f"E{i % 3}", "boom", attempts=3)
+        message = jobs.dead_letter_message(
+            body, letter, worker_id="w", message_id=None, routing_key=None
+        )
+        await broker.publish(channel, dead_queue.topology.dead_exchange, "", message)
+    await wait_depth(amqp, dead_queue.name, n)
+
+    result = await dlq.stats(dead_queue)
+    assert result.total == n and result.by_group[("t0", "E0")] == 167
+    selected = [x async for x in dlq.letters(dead_queue, dlq.Selection(error_class="E1"))]
+    assert len(selected) == 667
+    report = await dlq.purge(
+        dead_queue, db, dlq.Selection(error_class="E2"), actor="t", dry_run=True
+    )
+    assert report.counts == Counter({"would-purge": 666}) and report.scanned == n
+    assert await depth(amqp, dead_queue.name) == n
