@@ -182,6 +182,31 @@ async def _cmd_status(settings: settings_mod.Settings, args: argparse.Namespace)
     return 0
 
 
+async def _cmd_clean(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from bgworker import cleanup, storage
+
+    pool = await store.create_pool(settings.database_url.get_secret_value())
+    try:
+        report = await cleanup.clean(
+            store.Store(pool),
+            storage.LocalStorage(settings.storage_dir),
+            leeway_seconds=args.leeway,
+            orphan_age_seconds=args.orphan_age,
+            timeout_seconds=args.timeout,
+            sleep_seconds=args.sleep,
+            dry_run=args.dry_run,
+        )
+    finally:
+        await pool.close()
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"{verb}: {report.expired} expired file(s), {report.orphans} orphaned file(s), "
+        f"{report.temp_parts} temp part(s); {report.bytes_freed} bytes freed"
+        + ("; stopped at --timeout" if report.stopped_early else "")
+    )
+    return 0
+
+
 def _cmd_schemas(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     target = Path(args.dir)
     target.mkdir(parents=True, exist_ok=True)
@@ -248,6 +273,23 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show a request's row and attempts")
     st.add_argument("id", type=uuid.UUID)
 
+    cl = sub.add_parser("clean", help="delete expired and orphaned files")
+    cl.add_argument(
+        "--leeway",
+        type=float,
+        default=3600,
+        help="keep files this many seconds past expiry (default 3600)",
+    )
+    cl.add_argument(
+        "--orphan-age",
+        type=float,
+        default=86400,
+        help="delete unreferenced files older than this (default 86400 s)",
+    )
+    cl.add_argument("--timeout", type=float, help="stop after this many seconds")
+    cl.add_argument("--sleep", type=float, default=0.0, help="pause between deletions (s)")
+    cl.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+
     sc = sub.add_parser("schemas", help="JSON Schema files of the events")
     sc.add_argument("action", choices=["export"])
     sc.add_argument("--dir", default="schemas")
@@ -281,6 +323,7 @@ ASYNC_COMMANDS: dict[
     "publish": _cmd_publish,
     "cancel": _cmd_cancel,
     "status": _cmd_status,
+    "clean": _cmd_clean,
     "dlq": dlq_cli.run,
 }
 

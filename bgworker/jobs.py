@@ -118,10 +118,10 @@ class Runner:
         if claim is None:
             # Ready, failed, cancelled, or running under another worker's live lease: this
             # delivery is a duplicate (redelivery, double publish). PostgreSQL has it covered.
-            await message.ack()
+            await _ack(message)
             log.info("request %s: not runnable (duplicate delivery), acked", event.id)
             return "duplicate"
-        await message.ack()
+        await _ack(message)
         if registration is None:
             await self._fail(
                 claim,
@@ -156,7 +156,7 @@ class Runner:
                 self.dispatcher.kick(exc.request_id, [outbox.EVENT_FAILED])
         letter = DeadLetter(exc.reason, "InvalidEventError", str(exc), attempts=0)
         await self._dead_letter(message.body, letter, message.message_id, message.routing_key)
-        await message.ack()
+        await message.ack()  # only after the dead letter is confirmed: raise if we cannot
 
     async def _dead_letter(
         self, body: bytes, letter: DeadLetter, message_id: str | None, routing_key: str | None
@@ -345,6 +345,19 @@ class Runner:
         )
         self.dispatcher.kick(claim.request_id, [outbox.EVENT_FAILED, outbox.EMAIL_FAILED])
         return "failed"
+
+
+async def _ack(message: AbstractIncomingMessage) -> None:
+    """Ack after the claim committed. If the channel died meanwhile (broker restart), the
+    message comes back and is recognised as a duplicate: the job still runs here."""
+    try:
+        await message.ack()
+    except Exception as exc:
+        log.warning(
+            "ack of %s failed (%s); its redelivery will be dropped as a duplicate",
+            message.message_id,
+            exc,
+        )
 
 
 async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:

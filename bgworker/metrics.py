@@ -21,3 +21,6 @@ OUTBOX_FAILURES: Final = Counter(
     "bgworker_outbox_failures_total", "Effect attempts failed", ["kind"]
 )
 DOWNLOADS: Final = Counter("bgworker_downloads_total", "Download responses by status", ["status"])
+DEPENDENCY_UP: Final = Gauge(
+    "bgworker_dependency_up", "1 when the worker reaches the dependency", ["dependency"]
+)

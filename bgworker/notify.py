@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -64,19 +66,30 @@ class Mailer:
     def __init__(self, config: settings_mod.SmtpSettings) -> None:
         self.config = config
 
-    async def send(self, message: EmailMessage) -> None:
+    async def send(
+        self, message: EmailMessage, on_accepted: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Send; ``on_accepted`` runs as soon as the server has accepted the message, before
+        QUIT, to keep the window in which a crash would make a retry re-send it small."""
         c = self.config
+        client = aiosmtplib.SMTP(
+            hostname=c.host,
+            port=c.port,
+            username=c.username,
+            password=c.password.get_secret_value() if c.password else None,
+            use_tls=c.use_tls,
+            start_tls=c.start_tls,
+            timeout=c.timeout_seconds,
+        )
         try:
-            await aiosmtplib.send(
-                message,
-                hostname=c.host,
-                port=c.port,
-                username=c.username,
-                password=c.password.get_secret_value() if c.password else None,
-                use_tls=c.use_tls,
-                start_tls=c.start_tls,
-                timeout=c.timeout_seconds,
-            )
+            await client.connect()
+            try:
+                await client.send_message(message)
+                if on_accepted is not None:
+                    await on_accepted()
+            finally:
+                with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                    await client.quit()
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise NotifyError(f"SMTP {c.host}:{c.port}: {exc}") from exc
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -30,8 +31,6 @@ EMAIL_READY: Final = "email_ready"
 EMAIL_FAILED: Final = "email_failed"
 EVENT_READY: Final = "event_ready"
 EVENT_FAILED: Final = "event_failed"
-# How long a claimed row is ours before another dispatcher may take it over.
-CLAIM_SECONDS: Final = 120.0
 SWEEP_BATCH: Final = 50
 
 
@@ -112,6 +111,7 @@ class Dispatcher:
     public_url: str
     retry_seconds: list[float]
     interval_seconds: float
+    claim_seconds: float
 
     def __post_init__(self) -> None:
         self._kicks: asyncio.Queue[tuple[uuid.UUID, str]] = asyncio.Queue()
@@ -152,7 +152,7 @@ class Dispatcher:
 
     async def _claim_kicked(self, request_id: uuid.UUID, kind: str) -> None:
         try:
-            item = await self.db.claim_outbox_one(request_id, kind, CLAIM_SECONDS)
+            item = await self.db.claim_outbox_one(request_id, kind, self.claim_seconds)
         except store.TRANSIENT_ERRORS as exc:
             log.warning("outbox claim failed, the sweep will retry: %s", exc)
             return
@@ -161,7 +161,7 @@ class Dispatcher:
 
     async def sweep(self) -> int:
         try:
-            items = await self.db.claim_outbox_due(SWEEP_BATCH, CLAIM_SECONDS)
+            items = await self.db.claim_outbox_due(SWEEP_BATCH, self.claim_seconds)
         except store.TRANSIENT_ERRORS as exc:
             log.warning("outbox sweep failed, will retry: %s", exc)
             return 0
@@ -175,8 +175,12 @@ class Dispatcher:
         task.add_done_callback(self._inflight.discard)
 
     async def perform(self, item: store.OutboxItem) -> None:
+        async def done() -> None:
+            await self.db.outbox_done(item)
+            metrics.OUTBOX_DONE.labels(item.kind).inc()
+
         try:
-            await self._perform(item)
+            await self._perform(item, done)
         except Exception as exc:
             step = min(item.attempts, len(self.retry_seconds)) - 1
             delay = self.retry_seconds[max(step, 0)]
@@ -194,10 +198,9 @@ class Dispatcher:
             except Exception:
                 log.exception("could not record outbox failure for %s", item.request_id)
             return
-        await self.db.outbox_done(item)
-        metrics.OUTBOX_DONE.labels(item.kind).inc()
 
-    async def _perform(self, item: store.OutboxItem) -> None:
+    async def _perform(self, item: store.OutboxItem, done: Callable[[], Awaitable[None]]) -> None:
+        """Carry out one effect and call ``done`` the moment it has taken effect."""
         p = item.payload
         rid = item.request_id
         if item.kind == EVENT_READY:
@@ -213,6 +216,7 @@ class Dispatcher:
                 download_url=self._url(rid, p.get("requester_id")),
             )
             await broker.publish_event(self.channel, self.topology, topology.READY_KEY, ready)
+            await done()
         elif item.kind == EVENT_FAILED:
             failed = events.FileFailed(
                 id=rid,
@@ -224,16 +228,17 @@ class Dispatcher:
                 failed_at=datetime.fromisoformat(p["failed_at"]),
             )
             await broker.publish_event(self.channel, self.topology, topology.FAILED_KEY, failed)
+            await done()
         elif item.kind == EMAIL_READY:
             context = {
                 **p,
                 "request_id": str(rid),
                 "download_url": self._url(rid, p.get("requester_id")),
             }
-            await self.mailer.send(self.mailer.render("ready", p["to"], context))
+            await self.mailer.send(self.mailer.render("ready", p["to"], context), done)
         elif item.kind == EMAIL_FAILED:
             context = {**p, "request_id": str(rid)}
-            await self.mailer.send(self.mailer.render("failed", p["to"], context))
+            await self.mailer.send(self.mailer.render("failed", p["to"], context), done)
         else:
             raise ValueError(f"unknown outbox kind {item.kind!r}")
 

@@ -54,6 +54,9 @@ class WorkerSettings(BaseModel):
     outbox_retry_seconds: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [5.0, 30.0, 120.0, 600.0]
     )
+    # A dispatcher owns a claimed effect this long; then another may retry it. Keep it above
+    # the SMTP timeout, or a slow send could be repeated by a second dispatcher.
+    outbox_claim_seconds: float = Field(120.0, gt=0)
     drain_timeout_seconds: float = Field(60.0, ge=0)
 
     _split = field_validator("retry_delays_seconds", "outbox_retry_seconds", mode="before")(

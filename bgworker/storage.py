@@ -37,6 +37,10 @@ class FileWriter(Protocol):
     async def write(self, data: bytes) -> None: ...
 
 
+def is_key(text: str) -> bool:
+    return bool(_KEY_RE.match(text))
+
+
 def key_for(request_id: uuid.UUID, lease_token: uuid.UUID) -> str:
     """Derived from ids we made, never from user input. The lease token makes each attempt's
     file distinct, so a worker that lost its lease can never overwrite the file served."""

@@ -21,7 +21,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from bgworker import (
     broker,
@@ -40,6 +40,8 @@ from bgworker import settings as settings_mod
 log = logging.getLogger(__name__)
 
 REAP_BATCH = 100
+INFRA_BACKOFF_SECONDS = 1.0
+HEALTH_INTERVAL_SECONDS = 5.0
 
 
 def make_worker_id() -> str:
@@ -80,6 +82,7 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: jobs.Runner | None = None
         self._started = time.monotonic()
+        self.health: dict[str, bool] = {}
 
     def stop(self) -> None:
         self.stopping.set()
@@ -112,6 +115,7 @@ class Worker:
                 self.settings.web.public_url,
                 cfg.outbox_retry_seconds,
                 cfg.outbox_interval_seconds,
+                cfg.outbox_claim_seconds,
             )
             self._runner = jobs.Runner(
                 self.settings,
@@ -128,6 +132,7 @@ class Worker:
             side = [
                 asyncio.create_task(dispatcher.run(self.stopping), name="outbox-dispatcher"),
                 asyncio.create_task(self._reap_loop(db, channel), name="lease-reaper"),
+                asyncio.create_task(self._health_loop(db, connection), name="health"),
             ]
             if self.limits.burst or self.limits.max_seconds:
                 side.append(asyncio.create_task(self._watch_limits(channel), name="batch-limits"))
@@ -245,6 +250,22 @@ class Worker:
                     )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.worker.reap_interval_seconds):
+                    await self.stopping.wait()
+
+    async def _health_loop(self, db: store.Store, connection: AbstractRobustConnection) -> None:
+        """Keep ``health`` and the ``bgworker_dependency_up`` gauge true to the connections."""
+        while not self.stopping.is_set():
+            try:
+                async with asyncio.timeout(2):
+                    await db.pool.fetchval("SELECT 1")
+                database = True
+            except Exception:
+                database = False
+            self.health = {"database": database, "broker": not connection.is_closed}
+            for name, up in self.health.items():
+                metrics.DEPENDENCY_UP.labels(name).set(1 if up else 0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HEALTH_INTERVAL_SECONDS):
                     await self.stopping.wait()
 
     async def _watch_limits(self, channel: AbstractChannel) -> None:

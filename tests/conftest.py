@@ -25,7 +25,6 @@ from bgworker import broker, events, handlers, publisher, store, topology, worke
 from bgworker import settings as settings_mod
 from bgworker.smtp_sink import SmtpSink
 from bgworker.store import migrations
-from tests import handlers as test_handlers
 
 AMQP_URL = os.environ.get("BGWORKER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 PG_ADMIN = os.environ.get("BGWORKER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -116,6 +115,7 @@ def settings(
             max_attempts=4,
             outbox_interval_seconds=0.5,
             outbox_retry_seconds=[0.3, 0.6, 1.0],
+            outbox_claim_seconds=12,
             drain_timeout_seconds=10,
         ),
         tokens=settings_mod.TokenSettings(secret_keys=[secrets.token_urlsafe(16)]),
@@ -143,6 +143,7 @@ def settings_env(settings: settings_mod.Settings) -> dict[str, str]:
         "BGWORKER_WORKER__OUTBOX_INTERVAL_SECONDS": str(w.outbox_interval_seconds),
         "BGWORKER_WORKER__OUTBOX_RETRY_SECONDS": ",".join(map(str, w.outbox_retry_seconds)),
         "BGWORKER_WORKER__DRAIN_TIMEOUT_SECONDS": str(w.drain_timeout_seconds),
+        "BGWORKER_WORKER__OUTBOX_CLAIM_SECONDS": str(w.outbox_claim_seconds),
         "BGWORKER_WORKER__CONCURRENCY": str(w.concurrency),
     }
     base = {k: v for k, v in os.environ.items() if not k.startswith("BGWORKER_")}

@@ -18,7 +18,9 @@ from bgworker import handlers, storage
 registry = handlers.Registry()
 
 MAX_ROWS: Final = 50_000_000
-BATCH_ROWS: Final = 5_000
+# Rows per write: small enough that the event loop (heartbeats, other jobs) is never
+# blocked for more than a few milliseconds.
+BATCH_ROWS: Final = 500
 _EPOCH: Final = datetime(2026, 1, 1, tzinfo=UTC)
 HEADERS: Final[dict[str, tuple[str, ...]]] = {
     "en": ("timestamp", "user", "ip_address", "result", "user_agent"),

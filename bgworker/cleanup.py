@@ -1,0 +1,125 @@
+"""``bgworker clean``: delete expired files and files no request points to.
+
+Parity with dj-bgfiles' ``bgfiles clean --timeout --sleep --leeway``, without its swapped
+arguments: ``leeway`` keeps recently expired files for last-minute downloads, ``timeout``
+bounds the whole run, ``sleep`` pauses between deletions to spare the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bgworker import storage, store
+from bgworker.store import Q
+
+log = logging.getLogger(__name__)
+
+BATCH = 100
+
+
+@dataclass
+class CleanReport:
+    expired: int = 0
+    orphans: int = 0
+    temp_parts: int = 0
+    bytes_freed: int = 0
+    stopped_early: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+def _scan(root: Path, older_than: float) -> tuple[list[str], list[Path]]:
+    """Stored keys and temp parts whose mtime is older than ``older_than`` (epoch)."""
+    keys: list[str] = []
+    parts: list[Path] = []
+    for path in root.rglob("*"):
+        if not path.is_file() or path.stat().st_mtime >= older_than:
+            continue
+        relative = path.relative_to(root)
+        if relative.parts[0] == ".tmp":
+            parts.append(path)
+        elif storage.is_key(relative.as_posix()):
+            keys.append(relative.as_posix())
+    return keys, parts
+
+
+def _unlink(path: Path) -> int:
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return size
+
+
+@dataclass
+class _Run:
+    db: store.Store
+    files: storage.LocalStorage
+    sleep_seconds: float
+    dry_run: bool
+    deadline: float | None
+    report: CleanReport = field(default_factory=CleanReport)
+
+    def out_of_time(self) -> bool:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.report.stopped_early = True
+        return self.report.stopped_early
+
+    async def remove(self, path: Path) -> None:
+        if not self.dry_run:
+            self.report.bytes_freed += await asyncio.to_thread(_unlink, path)
+            if self.sleep_seconds:
+                await asyncio.sleep(self.sleep_seconds)
+
+    async def expired(self, leeway_seconds: float) -> None:
+        if self.dry_run:
+            self.report.expired = await self.db.pool.fetchval(Q["count_expirable"], leeway_seconds)
+            return
+        while not self.out_of_time():
+            rows = await self.db.pool.fetch(Q["expire_ready"], leeway_seconds, BATCH)
+            for row in rows:
+                if row["storage_key"]:
+                    await self.remove(self.files.path(row["storage_key"]))
+                self.report.expired += 1
+            if len(rows) < BATCH:
+                return
+
+    async def orphans(self, age_seconds: float) -> None:
+        # Files of attempts that lost their lease or died between rename and commit. The
+        # age threshold protects an attempt that is finalizing right now.
+        keys, parts = await asyncio.to_thread(_scan, self.files.root, time.time() - age_seconds)
+        for start in range(0, len(keys), 1000):
+            if self.out_of_time():
+                return
+            batch = keys[start : start + 1000]
+            rows = await self.db.pool.fetch(Q["referenced_keys"], batch)
+            referenced = {r["storage_key"] for r in rows}
+            for key in batch:
+                if key not in referenced:
+                    self.report.orphans += 1
+                    await self.remove(self.files.path(key))
+        for part in parts:
+            self.report.temp_parts += 1
+            await self.remove(part)
+
+
+async def clean(
+    db: store.Store,
+    files: storage.LocalStorage,
+    *,
+    leeway_seconds: float = 3600,
+    orphan_age_seconds: float = 86400,
+    timeout_seconds: float | None = None,
+    sleep_seconds: float = 0.0,
+    dry_run: bool = False,
+) -> CleanReport:
+    deadline = time.monotonic() + timeout_seconds if timeout_seconds else None
+    run = _Run(db, files, sleep_seconds, dry_run, deadline)
+    await run.expired(leeway_seconds)
+    await run.orphans(orphan_age_seconds)
+    log.info("clean: %s", run.report)
+    return run.report

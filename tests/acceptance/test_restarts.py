@@ -1,0 +1,153 @@
+"""RabbitMQ and PostgreSQL restarted mid-run: nothing lost, nothing duplicated.
+
+These restart the machine's shared services, so they are marked ``faults`` and run in their
+own CI stage (`make test-faults`), never next to another test run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aio_pika
+import pytest
+
+from bgworker import broker, events, publisher, store, topology
+from bgworker.smtp_sink import SmtpSink
+from tests.acceptance.workers import WorkerProcs, make_requests, verify_all_ready
+from tests.conftest import AMQP_URL, settings_env, wait_until
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+REQUESTS = 120
+
+
+def _run(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, timeout=180)
+
+
+async def restart_rabbitmq(down_seconds: float) -> None:
+    await asyncio.to_thread(_run, "rabbitmqctl", "stop_app")
+    await asyncio.sleep(down_seconds)  # the outage itself, not a wait for a condition
+    await asyncio.to_thread(_run, "rabbitmqctl", "start_app")
+    await asyncio.to_thread(_run, "rabbitmqctl", "await_startup")
+
+
+async def restart_postgres(down_seconds: float) -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    ctl = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
+    await asyncio.to_thread(_run, *ctl, "stop", "--mode=fast")
+    await asyncio.sleep(down_seconds)
+    await asyncio.to_thread(_run, *ctl, "start")
+
+    def ready() -> bool:
+        return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], timeout=10).returncode == 0
+
+    await wait_until(lambda: asyncio.to_thread(ready), timeout=60)
+
+
+async def _publish_with_retry(pub: publisher.Publisher, event: events.FileRequested) -> int:
+    """A producer's duty: publish until confirmed. Returns how many tries failed."""
+    failures = 0
+    while True:
+        try:
+            await pub.publish(event)
+            return failures
+        except (broker.PublishError, aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError):
+            failures += 1
+            await asyncio.sleep(0.5)
+
+
+async def _count_ready(db: store.Store) -> int:
+    try:
+        return (await db.count_by_status()).get("ready", 0)
+    except store.TRANSIENT_ERRORS:
+        return -1  # PostgreSQL is restarting; ask again
+
+
+async def _run_through_outage(
+    settings,
+    db: store.Store,
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
+    outage: Callable[[], Awaitable[None]],
+) -> None:
+    ns = settings.namespace
+    connection = await aio_pika.connect_robust(AMQP_URL)
+    channel = await connection.channel()
+    # Durable, not exclusive: it must keep FileReady messages across the broker restart.
+    events_queue = await channel.declare_queue(f"{ns}.restart-events", durable=True)
+    await events_queue.bind(topology.Topology(ns).events_exchange, "file.ready")
+    procs = WorkerProcs(settings_env(settings), tmp_path)
+    procs.start()
+    procs.start()
+    requests = make_requests(REQUESTS, rows=2000)
+    publish_failures = 0
+    try:
+        async with publisher.Publisher(AMQP_URL, namespace=ns) as pub:
+            for event in requests[: REQUESTS // 2]:
+                publish_failures += await _publish_with_retry(pub, event)
+            await wait_until(lambda: _count_ready_at_least(db, 5), timeout=60)
+            outage_task = asyncio.create_task(outage())
+            for event in requests[REQUESTS // 2 :]:
+                publish_failures += await _publish_with_retry(pub, event)
+            await outage_task
+
+        async def all_ready() -> bool:
+            return await _count_ready(db) == REQUESTS
+
+        await wait_until(all_ready, timeout=240)
+        await smtp_sink.wait_for(REQUESTS, timeout=180)
+        ready_ids: Counter[str] = Counter()
+
+        async def drain_events() -> bool:
+            while (message := await events_queue.get(fail=False)) is not None:
+                ready_ids[message.message_id or ""] += 1
+                await message.ack()
+            return len(ready_ids) == REQUESTS
+
+        await wait_until(drain_events, timeout=120)
+    except TimeoutError:
+        pytest.fail(f"run did not settle: {await db.count_by_status()}\n{procs.logs()}")
+    finally:
+        codes = procs.stop_all()
+        with contextlib.suppress(Exception):
+            await events_queue.delete(if_unused=False, if_empty=False)
+        await connection.close()
+
+    report = await verify_all_ready(db, settings.storage_dir, requests)
+    emails = Counter(m["To"] for m in smtp_sink.messages)
+    extra = sum(emails.values()) - len(emails) + sum(ready_ids.values()) - len(ready_ids)
+    print(
+        f"\n{outage.__name__}: {REQUESTS} requests, publish retries {publish_failures}, "
+        f"{report}, emails {sum(emails.values())}, FileReady {sum(ready_ids.values())}, "
+        f"copies {extra}, worker exits {codes}"
+    )
+    assert set(emails) == {f"user{i}@example.com" for i in range(REQUESTS)}
+    assert set(ready_ids) == {f"{e.id}.file.ready" for e in requests}
+    # An outage is not a crash: every effect's completion was recorded, so no copies.
+    assert extra == 0
+    assert codes == [0, 0]
+
+
+async def _count_ready_at_least(db: store.Store, n: int) -> bool:
+    return await _count_ready(db) >= n
+
+
+async def test_rabbitmq_restart_mid_run(settings, db, amqp, smtp_sink, tmp_path):
+    async def rabbitmq_restart() -> None:
+        await restart_rabbitmq(down_seconds=3)
+
+    await _run_through_outage(settings, db, smtp_sink, tmp_path, rabbitmq_restart)
+
+
+async def test_postgres_restart_mid_run(settings, db, amqp, smtp_sink, tmp_path):
+    async def postgres_restart() -> None:
+        await restart_postgres(down_seconds=3)
+
+    await _run_through_outage(settings, db, smtp_sink, tmp_path, postgres_restart)
