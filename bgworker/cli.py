@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import pydantic
 
-from bgworker import events, handlers, publisher, store, worker
+from bgworker import dlq_cli, events, handlers, publisher, store, worker
 from bgworker import settings as settings_mod
 
 log = logging.getLogger("bgworker")
@@ -295,6 +295,8 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--dir", default="schemas")
     sc.add_argument("--check", action="store_true", help="fail if the files are out of date")
 
+    dlq_cli.add_parser(sub)
+
     d = sub.add_parser("demo", help="run the whole pipeline once on this machine")
     d.add_argument("--rows", type=int, default=20000)
     return p
@@ -322,6 +324,7 @@ ASYNC_COMMANDS: dict[
     "cancel": _cmd_cancel,
     "status": _cmd_status,
     "clean": _cmd_clean,
+    "dlq": dlq_cli.run,
 }
 
 

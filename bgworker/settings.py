@@ -81,6 +81,10 @@ class WebSettings(BaseModel):
     # Header set by a trusted auth proxy with the caller's user id (requester-bound links).
     identity_header: str | None = None
     chunk_size: int = Field(256 * 1024, ge=4096)
+    # The admin console (/admin/) is mounted only when a password is set.
+    admin_user: str = "admin"
+    admin_password: SecretStr | None = None
+    admin_session_seconds: int = Field(8 * 3600, gt=0)
 
 
 class Settings(BaseSettings):

@@ -243,3 +243,56 @@ WHERE status = 'ready' AND expires_at < now() - make_interval(secs => $1);
 
 -- name: referenced_keys
 SELECT storage_key FROM bgworker_requests WHERE storage_key = ANY($1::text[]);
+
+-- Dead-letter queue (bgworker.store.dlq) ---------------------------------------------------
+
+-- name: dlq_lock_request
+SELECT id, status, attempts, replay_count FROM bgworker_requests WHERE id = $1 FOR UPDATE;
+
+-- name: dlq_take_attempts
+-- A replay that resets the attempt counter starts numbering at 1 again: the old attempt
+-- rows move into the action record instead of being overwritten.
+WITH gone AS (
+    DELETE FROM bgworker_attempts WHERE request_id = $1 RETURNING *
+)
+SELECT coalesce(jsonb_agg(to_jsonb(gone) - 'request_id' ORDER BY attempt), '[]'::jsonb)
+FROM gone;
+
+-- name: dlq_requeue
+UPDATE bgworker_requests
+SET status = 'queued',
+    attempts = CASE WHEN $2 THEN attempts ELSE 0 END,
+    failure_reason = NULL,
+    finished_at = NULL,
+    next_run_at = NULL,
+    progress = NULL,
+    replay_count = replay_count + 1,
+    last_replayed_at = now(),
+    updated_at = now()
+WHERE id = $1 AND status = 'failed'
+RETURNING replay_count;
+
+-- name: dlq_mark_purged
+UPDATE bgworker_requests SET dlq_purged_at = now(), updated_at = now() WHERE id = $1
+RETURNING status;
+
+-- name: dlq_insert_action
+INSERT INTO bgworker_dlq_actions
+    (request_id, letter_key, action, actor, detail, previous_status, previous_attempts,
+     reason, error_class, error, letter_failed_at, attempt_log)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12);
+
+-- name: dlq_list_actions
+SELECT * FROM bgworker_dlq_actions WHERE request_id = $1 ORDER BY at, id;
+
+-- name: list_requests_by_status
+SELECT id, file_type, status, filename, attempts, max_attempts, progress, last_error_class,
+       last_error, failure_reason, received_at, started_at, finished_at, next_run_at,
+       replay_count, updated_at
+FROM bgworker_requests
+WHERE status = $1
+ORDER BY updated_at DESC
+LIMIT $2;
+
+-- name: dlq_request_marks
+SELECT replay_count, last_replayed_at, dlq_purged_at FROM bgworker_requests WHERE id = $1;

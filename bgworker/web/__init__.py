@@ -1,4 +1,4 @@
-"""The aiohttp application: downloads, status, health and metrics."""
+"""The aiohttp application: downloads, status, health, metrics and (if configured) admin."""
 
 from __future__ import annotations
 
@@ -63,6 +63,10 @@ def create_app(
     app.router.add_get("/status/{token}", downloads.status)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
+    if settings.web.admin_password is not None:
+        from bgworker.web import admin
+
+        app.add_subapp("/admin/", admin.create_admin(settings))
     return app
 
 

@@ -1,0 +1,274 @@
+"""``bgworker dlq list|show|stats|replay|purge``: the dead-letter queue from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import json
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, TextIO
+
+from bgworker import dlq, store
+from bgworker import settings as settings_mod
+from bgworker.store import dlq as dlq_store
+
+EXIT_UNAVAILABLE: Final = 69
+EXIT_USAGE: Final = 64
+EXIT_NOT_FOUND: Final = 1
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``dlq`` on the main parser's subparsers."""
+    p = sub.add_parser("dlq", help="inspect, replay and purge dead letters")
+    actions = p.add_subparsers(dest="dlq_command", required=True)
+
+    def filters(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--file-type", help="only letters of this file type")
+        q.add_argument("--error-class", help="only letters with this error class")
+        q.add_argument("--reason", help="only letters with this reason (max_attempts, ...)")
+        q.add_argument("--older-than", type=dlq.parse_age, help="last death before: 30m, 2h, 3d")
+        q.add_argument("--newer-than", type=dlq.parse_age, help="last death within: 30m, 2h")
+
+    ls = actions.add_parser("list", help="a table of dead letters (changes nothing)")
+    filters(ls)
+    ls.add_argument("--json", action="store_true", help="one JSON array, for scripts")
+
+    show = actions.add_parser("show", help="payload, all headers and traceback of one letter")
+    show.add_argument("id", help="request id (the ID column of `dlq list`)")
+
+    st = actions.add_parser("stats", help="counts by file type and error class")
+    filters(st)
+    st.add_argument("--json", action="store_true")
+
+    for name, text in (("replay", "republish to the work queue"), ("purge", "delete for good")):
+        a = actions.add_parser(name, help=f"{text}: by id, filter, or --all")
+        a.add_argument("ids", nargs="*", metavar="ID", help="request ids")
+        filters(a)
+        a.add_argument("--all", action="store_true", help="every letter (with the filters)")
+        a.add_argument("--dry-run", action="store_true", help="say what would happen")
+        a.add_argument("--json", action="store_true", help="the report as JSON")
+        if name == "replay":
+            a.add_argument(
+                "--keep-attempts",
+                action="store_true",
+                help="keep the attempt counter (default: reset to 0)",
+            )
+        else:
+            a.add_argument("--yes", "-y", action="store_true", help="do not ask")
+
+
+def _selection(args: argparse.Namespace) -> dlq.Selection:
+    return dlq.Selection(
+        ids=frozenset(getattr(args, "ids", None) or ()),
+        file_type=args.file_type,
+        error_class=args.error_class,
+        reason=args.reason,
+        older_than=args.older_than,
+        newer_than=args.newer_than,
+        everything=bool(getattr(args, "all", False)),
+    )
+
+
+def actor() -> str:
+    with contextlib.suppress(Exception):
+        return f"cli:{getpass.getuser()}@{socket.gethostname()}"
+    return "cli"
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _age(value: timedelta | None) -> str:
+    if value is None:
+        return "-"
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _cut(text: str | None, width: int) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_table(rows: list[list[str]], out: TextIO) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+@contextlib.asynccontextmanager
+async def _store(settings: settings_mod.Settings) -> AsyncIterator[store.Store]:
+    pool = await store.create_pool(settings.database_url.get_secret_value(), max_size=2)
+    try:
+        yield store.Store(pool)
+    finally:
+        await pool.close()
+
+
+class StderrProgress:
+    """``replay 120/500 [#####.....]`` on a terminal; silent when stderr is not one."""
+
+    def __init__(self, what: str, stream: TextIO = sys.stderr) -> None:
+        self.what = what
+        self.stream = stream
+        self.enabled = stream.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        filled = int(30 * min(done, total) / total)
+        bar = "#" * filled + "." * (30 - filled)
+        self.stream.write(f"\r{self.what} {done}/{total} [{bar}]")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+async def _list(q: dlq.DeadLetterQueue, args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    if args.json:
+        # Streamed: one element per letter as it is read.
+        sys.stdout.write("[")
+        first = True
+        async for letter in dlq.letters(q, _selection(args)):
+            sys.stdout.write(("\n" if first else ",\n") + json.dumps(letter.to_json()))
+            first = False
+        sys.stdout.write("\n]\n")
+        return 0
+    rows = [["ID", "FILE TYPE", "REASON", "ERROR CLASS", "TRIES", "FIRST DEATH", "LAST DEATH"]]
+    rows[0] += ["AGE", "MESSAGE"]
+    async for letter in dlq.letters(q, _selection(args)):
+        rows.append(
+            [
+                letter.key,
+                letter.file_type or "?",
+                letter.reason,
+                letter.error_class,
+                "-" if letter.attempts is None else str(letter.attempts),
+                _when(letter.first_death),
+                _when(letter.last_death),
+                _age(letter.age(now)),
+                _cut(letter.error, 50),
+            ]
+        )
+    print_table(rows, sys.stdout)
+    print(f"{len(rows) - 1} dead letter(s) in {q.name}", file=sys.stderr)
+    return 0
+
+
+async def _show(
+    q: dlq.DeadLetterQueue, settings: settings_mod.Settings, args: argparse.Namespace
+) -> int:
+    found = await dlq.show(q, args.id)
+    if found is None:
+        print(f"no dead letter {args.id} in {q.name}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    request_id = found.get("request_id")
+    if request_id:
+        with contextlib.suppress(*store.TRANSIENT_ERRORS):
+            async with _store(settings) as db:
+                row = await db.get_request(uuid.UUID(request_id))
+                found["request"] = (
+                    None
+                    if row is None
+                    else {k: row.to_json()[k] for k in ("status", "attempts", "max_attempts")}
+                )
+                found["dlq_actions"] = dlq.jsonable(
+                    await dlq_store.list_actions(db, uuid.UUID(request_id))
+                )
+    print(json.dumps(found, indent=2, default=str))
+    return 0
+
+
+async def _stats(q: dlq.DeadLetterQueue, args: argparse.Namespace) -> int:
+    result = await dlq.stats(q, _selection(args))
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    rows = [["FILE TYPE", "ERROR CLASS", "COUNT"]]
+    for group in result.to_json()["groups"]:
+        rows.append([group["file_type"], group["error_class"], str(group["count"])])
+    print_table(rows, sys.stdout)
+    reasons = ", ".join(f"{r}={n}" for r, n in result.by_reason.most_common()) or "-"
+    print(f"\ntotal {result.total} in {q.name}; by reason: {reasons}")
+    print(f"oldest {_when(result.oldest)}  newest {_when(result.newest)}")
+    return 0
+
+
+def _print_report(report: dlq.Report, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return
+    for o in report.outcomes:
+        if o.result not in ("replayed", "purged"):
+            print(f"{o.key}: {o.result}{': ' + o.detail if o.detail else ''}")
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items())) or "nothing matched"
+    if report.dry_run:
+        tail = f"scanned {report.scanned}; dry run: nothing changed"
+    else:
+        tail = f"scanned {report.scanned}, removed from the queue: {report.removed}"
+    print(f"{report.action}: {counts}; {tail}")
+
+
+async def _act(
+    q: dlq.DeadLetterQueue, settings: settings_mod.Settings, args: argparse.Namespace
+) -> int:
+    selection = _selection(args)
+    if selection.is_empty:
+        print(f"dlq {args.dlq_command}: name ids, give a filter, or pass --all", file=sys.stderr)
+        return EXIT_USAGE
+    async with _store(settings) as db:
+        if args.dlq_command == "purge" and not (args.yes or args.dry_run):
+            preview = await dlq.purge(q, db, selection, actor=actor(), dry_run=True)
+            if not preview.outcomes:
+                print("purge: nothing matched")
+                return 0
+            question = f"purge {len(preview.outcomes)} dead letter(s) for good? [y/N] "
+            answer = await asyncio.to_thread(input, question)
+            if answer.strip().lower() not in ("y", "yes"):
+                print("purge: cancelled")
+                return 1
+        progress = StderrProgress(args.dlq_command)
+        if args.dlq_command == "replay":
+            report = await dlq.replay(
+                q,
+                db,
+                selection,
+                actor=actor(),
+                keep_attempts=args.keep_attempts,
+                dry_run=args.dry_run,
+                progress=progress,
+            )
+        else:
+            report = await dlq.purge(
+                q, db, selection, actor=actor(), dry_run=args.dry_run, progress=progress
+            )
+    _print_report(report, args)
+    return 0
+
+
+async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    try:
+        async with dlq.DeadLetterQueue(
+            settings.amqp_url.get_secret_value(), settings.namespace
+        ) as q:
+            if args.dlq_command == "list":
+                return await _list(q, args)
+            if args.dlq_command == "show":
+                return await _show(q, settings, args)
+            if args.dlq_command == "stats":
+                return await _stats(q, args)
+            return await _act(q, settings, args)
+    except dlq.DlqError as exc:
+        print(f"bgworker dlq {args.dlq_command}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE

@@ -1,0 +1,301 @@
+"""The admin console under ``/admin/``: dead letters (list, detail, replay, purge) and
+requests by status, as server-rendered HTML and as JSON under ``/admin/api/``.
+
+Mounted by ``create_app`` only when ``BGWORKER_WEB__ADMIN_PASSWORD`` is set. Every page
+reads the broker afresh with the same non-destructive scan as ``bgworker dlq list``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from bgworker import dlq, store
+from bgworker import settings as settings_mod
+from bgworker.store import dlq as dlq_store
+from bgworker.web import admin_auth, downloads
+
+AUTH: Final = web.AppKey("admin_auth", admin_auth.Auth)
+AMQP: Final = web.AppKey("admin_amqp", tuple)  # (url, namespace)
+STATUSES: Final = ("queued", "running", "retrying", "failed", "ready")
+PAGE_LIMIT: Final = 1000  # letters rendered on one page; the counts cover all of them
+ACTIONS: Final = ("replay", "purge")
+
+
+def create_admin(settings: settings_mod.Settings) -> web.Application:
+    assert settings.web.admin_password is not None
+    auth = admin_auth.Auth(
+        settings.web.admin_user,
+        settings.web.admin_password.get_secret_value(),
+        settings.web.admin_session_seconds,
+    )
+    app = web.Application(middlewares=[admin_auth.middleware(auth, frozenset({"/admin/login"}))])
+    app[AUTH] = auth
+    app[AMQP] = (settings.amqp_url.get_secret_value(), settings.namespace)
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.PackageLoader("bgworker", "templates/admin"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env = aiohttp_jinja2.get_env(app)
+    env.filters["when"] = lambda v: v.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if v else "-"
+    app.router.add_get("/", index)
+    app.router.add_get("/login", login_form)
+    app.router.add_post("/login", login)
+    app.router.add_post("/logout", logout)
+    app.router.add_get("/dead-letters", dead_letters_page)
+    app.router.add_get("/dead-letters/{key}", letter_page)
+    app.router.add_post("/dead-letters/action", letter_action)
+    app.router.add_get("/requests", requests_page)
+    app.router.add_get("/api/dead-letters", dead_letters_json)
+    app.router.add_get("/api/dead-letters/stats", stats_json)
+    app.router.add_get("/api/dead-letters/{key}", letter_json)
+    app.router.add_get("/api/requests", requests_json)
+    return app
+
+
+def user_of(request: web.Request) -> str | None:
+    return request.app[AUTH].user_of(request)[0]
+
+
+def render(
+    name: str, request: web.Request, context: dict[str, Any], status: int = 200
+) -> web.Response:
+    """A template with what every page needs (no aiohttp_jinja2 context processors: they
+    keep state under string request keys, which aiohttp 3.14 warns about)."""
+    auth = request.app[AUTH]
+    base = {
+        "user": user_of(request),
+        "csrf": auth.session_csrf(request) or "",
+        "path": request.path,
+    }
+    return aiohttp_jinja2.render_template(name, request, base | context, status=status)
+
+
+def _db(request: web.Request) -> store.Store:
+    return request.config_dict[downloads.STORE]
+
+
+@contextlib.asynccontextmanager
+async def _dlq(request: web.Request) -> AsyncIterator[dlq.DeadLetterQueue]:
+    url, namespace = request.app[AMQP]
+    try:
+        async with dlq.DeadLetterQueue(url, namespace) as q:
+            yield q
+    except dlq.DlqError as exc:
+        if "/api/" in request.path:
+            raise web.HTTPServiceUnavailable(
+                text=f'{{"error": "{exc}"}}', content_type="application/json"
+            ) from exc
+        response = render("error.html.j2", request, {"error": str(exc)}, status=503)
+        raise web.HTTPServiceUnavailable(text=response.text, content_type="text/html") from exc
+
+
+def _selection(query: Any) -> dlq.Selection:
+    """Filters from a query string or form; a bad age is a 400, not a crash."""
+
+    def text(name: str) -> str | None:
+        value = query.get(name)
+        return value.strip() if isinstance(value, str) and value.strip() else None
+
+    try:
+        older = dlq.parse_age(v) if (v := text("older_than")) else None
+        newer = dlq.parse_age(v) if (v := text("newer_than")) else None
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from exc
+    return dlq.Selection(
+        file_type=text("file_type"),
+        error_class=text("error_class"),
+        reason=text("reason"),
+        older_than=older,
+        newer_than=newer,
+    )
+
+
+def _filters(query: Any) -> dict[str, str]:
+    names = ("file_type", "error_class", "reason", "older_than", "newer_than")
+    return {n: str(query.get(n, "")).strip() for n in names}
+
+
+# -- login ------------------------------------------------------------------------------
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPSeeOther("/admin/dead-letters")
+
+
+async def login_form(request: web.Request, *, error: str = "") -> web.StreamResponse:
+    auth = request.app[AUTH]
+    response = web.Response(content_type="text/html")
+    nonce = auth.login_nonce(request, response)
+    context = {"login_csrf": auth.csrf_token(nonce), "error": error, "user": None, "path": ""}
+    response.text = aiohttp_jinja2.render_string("login.html.j2", request, context)
+    if error:
+        response.set_status(401)
+    return response
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    auth = request.app[AUTH]
+    form = await request.post()
+    token = form.get("csrf")
+    if not auth.csrf_ok(token if isinstance(token, str) else None, auth.login_nonce(request, None)):
+        return web.Response(status=403, text="403: missing or invalid CSRF token")
+    user, password = str(form.get("user", "")), str(form.get("password", ""))
+    if not auth.check_password(user, password):
+        return await login_form(request, error="Wrong user or password.")
+    response = web.HTTPSeeOther("/admin/dead-letters")
+    auth.new_session(response, request)
+    raise response
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    response = web.HTTPSeeOther("/admin/login")
+    request.app[AUTH].end_session(response)
+    raise response
+
+
+# -- dead letters -----------------------------------------------------------------------
+
+
+async def _grouped(request: web.Request) -> tuple[dlq.Stats, dict[str, list[dlq.Letter]]]:
+    stats = dlq.Stats()
+    groups: dict[str, list[dlq.Letter]] = {}
+    async with _dlq(request) as q:
+        async for letter in dlq.letters(q, _selection(request.query)):
+            stats.add(letter)
+            if stats.total <= PAGE_LIMIT:
+                groups.setdefault(letter.error_class, []).append(letter)
+    return stats, groups
+
+
+async def dead_letters_page(request: web.Request) -> web.Response:
+    stats, groups = await _grouped(request)
+    counts = {ec: 0 for ec in groups}
+    for (_, ec), n in stats.by_group.items():
+        counts[ec] = counts.get(ec, 0) + n
+    context = {
+        "stats": stats,
+        "groups": sorted(groups.items(), key=lambda kv: -counts[kv[0]]),
+        "counts": counts,
+        "filters": _filters(request.query),
+        "limit": PAGE_LIMIT,
+        "now": datetime.now(UTC),
+    }
+    return render("dead_letters.html.j2", request, context)
+
+
+async def _detail(request: web.Request) -> dict[str, Any]:
+    key = request.match_info["key"]
+    async with _dlq(request) as q:
+        found = await dlq.show(q, key)
+    if found is None:
+        raise web.HTTPNotFound(text=f"no dead letter {key}")
+    found["request"] = None
+    found["dlq_actions"] = []
+    if found.get("request_id"):
+        request_id = uuid.UUID(found["request_id"])
+        row = await _db(request).get_request(request_id)
+        if row is not None:
+            marks = await dlq_store.request_marks(_db(request), request_id)
+            found["request"] = dlq.jsonable(row.to_json() | marks)
+        found["dlq_actions"] = dlq.jsonable(await dlq_store.list_actions(_db(request), request_id))
+    return found
+
+
+async def letter_page(request: web.Request) -> web.Response:
+    return render("letter.html.j2", request, {"letter": await _detail(request)})
+
+
+async def letter_action(request: web.Request) -> web.StreamResponse:
+    """One form, three scopes: ``action`` is ``replay|purge:one|selected|group[:arg]``."""
+    form = await request.post()
+    action, _, rest = str(form.get("action", "")).partition(":")
+    scope, _, arg = rest.partition(":")
+    if action not in ACTIONS or scope not in ("one", "selected", "group"):
+        raise web.HTTPBadRequest(text="unknown action")
+    base = _selection(form)
+    if scope == "one":
+        selection = dlq.Selection(ids=frozenset({arg}))
+    elif scope == "selected":
+        ids = frozenset(str(v) for v in form.getall("id", []))
+        if not ids:
+            return _render_outcome(request, None, "Nothing selected.")
+        selection = dlq.Selection(ids=ids)
+    else:
+        selection = dlq.Selection(
+            file_type=base.file_type,
+            error_class=arg,
+            reason=base.reason,
+            older_than=base.older_than,
+            newer_than=base.newer_than,
+        )
+    actor = f"web:{user_of(request)}"
+    async with _dlq(request) as q:
+        if action == "purge" and form.get("confirm") != "yes":
+            preview = await dlq.purge(q, _db(request), selection, actor=actor, dry_run=True)
+            fields = [(k, str(v)) for k, v in form.items() if k != "csrf"]
+            return render("confirm.html.j2", request, {"preview": preview, "fields": fields})
+        if action == "replay":
+            report = await dlq.replay(q, _db(request), selection, actor=actor)
+        else:
+            report = await dlq.purge(q, _db(request), selection, actor=actor)
+    return _render_outcome(request, report, "")
+
+
+def _render_outcome(request: web.Request, report: dlq.Report | None, note: str) -> web.Response:
+    return render("outcome.html.j2", request, {"report": report, "note": note})
+
+
+# -- requests ---------------------------------------------------------------------------
+
+
+async def _requests(request: web.Request) -> dict[str, Any]:
+    wanted = request.query.get("status")
+    statuses = (wanted,) if wanted in STATUSES else STATUSES
+    limit = 200 if wanted else 25
+    db = _db(request)
+    return {
+        "counts": await db.count_by_status(),
+        "rows": {s: await dlq_store.list_requests(db, s, limit) for s in statuses},
+        "statuses": STATUSES,
+        "selected": wanted if wanted in STATUSES else None,
+    }
+
+
+async def requests_page(request: web.Request) -> web.Response:
+    return render("requests.html.j2", request, await _requests(request))
+
+
+# -- JSON -------------------------------------------------------------------------------
+
+
+async def dead_letters_json(request: web.Request) -> web.Response:
+    stats, groups = await _grouped(request)
+    letters = [letter.to_json() for group in groups.values() for letter in group]
+    return web.json_response(
+        {"stats": stats.to_json(), "letters": letters, "truncated": stats.total > PAGE_LIMIT}
+    )
+
+
+async def stats_json(request: web.Request) -> web.Response:
+    async with _dlq(request) as q:
+        result = await dlq.stats(q, _selection(request.query))
+    return web.json_response(result.to_json())
+
+
+async def letter_json(request: web.Request) -> web.Response:
+    return web.json_response(await _detail(request))
+
+
+async def requests_json(request: web.Request) -> web.Response:
+    data = await _requests(request)
+    return web.json_response(dlq.jsonable(data["counts"] | {"rows": data["rows"]}))

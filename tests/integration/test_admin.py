@@ -1,0 +1,255 @@
+"""The admin console: access control, CSRF, JSON endpoints, and a real headless browser."""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
+
+from bgworker import broker, dlq
+from bgworker import web as web_app
+from tests import dlq_handlers
+from tests.conftest import wait_for_status
+from tests.integration.test_dlq import depth, fixable_handler, make_letters
+
+__all__ = ["fixable_handler"]  # the autouse fixture, shared with test_dlq
+
+PASSWORD = "correct horse battery"
+CHROMIUM = Path("/usr/bin/chromium")
+CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.fixture
+async def console(settings, db, amqp, unused_tcp_port) -> AsyncIterator[str]:
+    """The app (downloads + admin) served on a local port; yields its base URL."""
+    settings.web.admin_password = SecretStr(PASSWORD)
+    runner = web.AppRunner(web_app.create_app(settings, db=db))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    yield f"http://127.0.0.1:{unused_tcp_port}"
+    await runner.cleanup()
+
+
+def client() -> aiohttp.ClientSession:
+    # unsafe=True: keep cookies set by an IP-address host (127.0.0.1).
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+async def log_in(http: aiohttp.ClientSession, base: str) -> str:
+    """Log in through the form; returns the session's CSRF token (from a page)."""
+    async with http.get(f"{base}/admin/login") as r:
+        token = CSRF_RE.search(await r.text())[1]
+    form = {"csrf": token, "user": "admin", "password": PASSWORD}
+    async with http.post(f"{base}/admin/login", data=form, allow_redirects=False) as r:
+        assert r.status == 303, await r.text()
+    async with http.get(f"{base}/admin/requests") as r:
+        assert r.status == 200
+        return CSRF_RE.search(await r.text())[1]
+
+
+async def test_console_is_absent_without_a_password(settings, db, unused_tcp_port):
+    runner = web.AppRunner(web_app.create_app(settings, db=db))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for path in ("/admin/", "/admin/login", "/admin/api/dead-letters"):
+                async with http.get(f"http://127.0.0.1:{unused_tcp_port}{path}") as r:
+                    assert r.status == 404
+    finally:
+        await runner.cleanup()
+
+
+async def test_no_access_without_the_credential(console, settings):
+    forged = {"bgworker_admin": "eyJ1IjoiYWRtaW4iLCJuIjoieCJ9.forged.sig"}
+    async with client() as http:
+        for path in ("/admin/", "/admin/dead-letters", "/admin/requests", "/admin/dead-letters/x"):
+            async with http.get(console + path, allow_redirects=False) as r:
+                assert r.status == 303 and r.headers["Location"] in (
+                    "/admin/login",
+                    "/admin/dead-letters",
+                )
+        async with http.get(f"{console}/admin/dead-letters", allow_redirects=False) as r:
+            assert r.headers["Location"] == "/admin/login"
+        async with http.get(
+            f"{console}/admin/dead-letters", cookies=forged, allow_redirects=False
+        ) as r:
+            assert r.status == 303
+        async with http.get(f"{console}/admin/api/dead-letters") as r:
+            assert r.status == 401 and "Basic" in r.headers["WWW-Authenticate"]
+        wrong = basic("admin", "nope")
+        async with http.get(f"{console}/admin/api/requests", headers=wrong) as r:
+            assert r.status == 401
+        async with http.post(f"{console}/admin/dead-letters/action", data={"action": "x"}) as r:
+            assert r.status in (303, 200) and "Log in" in await r.text()
+        right = basic("admin", PASSWORD)
+        async with http.get(f"{console}/admin/api/requests", headers=right) as r:
+            assert r.status == 200 and "rows" in await r.json()
+        # Wrong password through the form: refused, no session cookie.
+        async with http.get(f"{console}/admin/login") as r:
+            token = CSRF_RE.search(await r.text())[1]
+        form = {"csrf": token, "user": "admin", "password": "guess"}
+        async with http.post(f"{console}/admin/login", data=form, allow_redirects=False) as r:
+            assert r.status == 401 and "Wrong user or password" in await r.text()
+        async with http.get(f"{console}/admin/requests", allow_redirects=False) as r:
+            assert r.status == 303
+
+
+async def test_posts_without_csrf_token_are_rejected(
+    console, settings, db, amqp, publish, start_worker
+):
+    await start_worker()
+    [request_id] = await make_letters(db, amqp, f"{settings.namespace}.dead", publish, "fixable", 1)
+    dlq_handlers.FIXED["value"] = True
+    dead = f"{settings.namespace}.dead"
+    async with client() as http:
+        # The login form itself needs its token.
+        form = {"user": "admin", "password": PASSWORD}
+        async with http.post(f"{console}/admin/login", data=form, allow_redirects=False) as r:
+            assert r.status == 403
+        token = await log_in(http, console)
+        action = {"action": f"replay:one:{request_id}"}
+        for data in (action, {**action, "csrf": "forged"}, {**action, "csrf": token + "x"}):
+            async with http.post(f"{console}/admin/dead-letters/action", data=data) as r:
+                assert r.status == 403
+        # Basic credentials cannot POST (a browser would replay them cross-site).
+        async with aiohttp.ClientSession() as plain:
+            auth = basic("admin", PASSWORD)
+            async with plain.post(
+                f"{console}/admin/dead-letters/action", data={**action, "csrf": token}, headers=auth
+            ) as r:
+                assert r.status == 403
+        assert await depth(amqp, dead) == 1
+        assert (await db.get_request(request_id)).status == "failed"
+
+        # With the token, the same POST replays.
+        async with http.post(
+            f"{console}/admin/dead-letters/action", data={**action, "csrf": token}
+        ) as r:
+            assert r.status == 200
+            assert "<b>replayed</b> 1" in await r.text()
+        await wait_for_status(db, request_id, "ready")
+        assert await depth(amqp, dead) == 0
+
+
+async def test_json_endpoints_and_purge_confirmation(
+    console, settings, db, amqp, publish, start_worker
+):
+    await start_worker()
+    dead = f"{settings.namespace}.dead"
+    ids = await make_letters(db, amqp, dead, publish, "permanent", 2)
+    auth = basic("admin", PASSWORD)
+    async with client() as http:
+        async with http.get(f"{console}/admin/api/dead-letters/stats", headers=auth) as r:
+            assert (await r.json())["total"] == 2
+        async with http.get(
+            f"{console}/admin/api/dead-letters",
+            params={"error_class": "PermanentError"},
+            headers=auth,
+        ) as r:
+            body = await r.json()
+            assert sorted(x["key"] for x in body["letters"]) == sorted(map(str, ids))
+        async with http.get(f"{console}/admin/api/dead-letters/{ids[0]}", headers=auth) as r:
+            letter = await r.json()
+            assert letter["payload"]["id"] == str(ids[0])
+            assert letter["request"]["status"] == "failed"
+            assert "criteria make no sense" in letter["traceback"]
+        async with http.get(f"{console}/admin/api/dead-letters/{uuid.uuid4()}", headers=auth) as r:
+            assert r.status == 404
+        async with http.get(f"{console}/admin/api/requests?status=failed", headers=auth) as r:
+            assert {x["id"] for x in (await r.json())["rows"]["failed"]} == set(map(str, ids))
+        assert await depth(amqp, dead) == 2  # reads changed nothing
+
+        token = await log_in(http, console)
+        data = {"csrf": token, "action": "purge:group:PermanentError"}
+        async with http.post(f"{console}/admin/dead-letters/action", data=data) as r:
+            page = await r.text()
+            assert "Purge 2 dead letter(s)?" in page
+        assert await depth(amqp, dead) == 2  # asking is not doing
+        async with http.post(
+            f"{console}/admin/dead-letters/action", data={**data, "confirm": "yes"}
+        ) as r:
+            assert "<b>purged</b> 2" in await r.text()
+        assert await depth(amqp, dead) == 0
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (apt-get install -y chromium)"
+)
+async def test_browser_login_view_replay(
+    console, settings, db, amqp, publish, start_worker, tmp_path
+):
+    from playwright.async_api import async_playwright
+
+    await start_worker()
+    dead = f"{settings.namespace}.dead"
+    ids = await make_letters(db, amqp, dead, publish, "fixable", 2)
+    await make_letters(db, amqp, dead, publish, "permanent", 1)
+    target = str(ids[0])
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 900})
+            await page.goto(f"{console}/admin/")
+            assert page.url.endswith("/admin/login")
+            await page.fill("input[name=user]", "admin")
+            await page.fill("input[name=password]", PASSWORD)
+            await page.click("button[type=submit]")
+            await page.wait_for_url("**/admin/dead-letters")
+            text = await page.inner_text("main")
+            assert "ExportBugError" in text and "PermanentError" in text and target in text
+            await page.screenshot(path=tmp_path / "dead-letters.png", full_page=True)
+
+            await page.click(f"a[href='/admin/dead-letters/{target}']")
+            await page.wait_for_url(f"**/admin/dead-letters/{target}")
+            text = await page.inner_text("main")
+            assert "bug in the export" in text and "Traceback" in text
+            assert await page.inner_text("#request-status") == "failed"
+            await page.screenshot(path=tmp_path / "letter.png", full_page=True)
+
+            dlq_handlers.FIXED["value"] = True  # deploy the fix, then replay from the page
+            await page.click("button[value^='replay:one:']")
+            await page.wait_for_selector("#outcome-summary")
+            summary = await page.inner_text("#outcome-summary")
+            assert "replayed 1" in summary and "removed from the queue 1" in summary
+            await page.screenshot(path=tmp_path / "outcome.png", full_page=True)
+
+            await wait_for_status(db, ids[0], "ready")
+            await page.goto(f"{console}/admin/requests?status=ready")
+            assert target in await page.inner_text("main")
+            await page.screenshot(path=tmp_path / "requests.png", full_page=True)
+        finally:
+            await browser.close()
+
+    async with dlq.DeadLetterQueue(settings.amqp_url.get_secret_value(), settings.namespace) as q:
+        left = [letter.key async for letter in dlq.letters(q)]
+    assert target not in left and len(left) == 2
+    assert await broker.queue_depth(amqp, dead) == 2
+    for name in ("dead-letters", "letter", "outcome", "requests"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    print(f"screenshots in {tmp_path}")

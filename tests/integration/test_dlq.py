@@ -1,0 +1,371 @@
+"""`bgworker dlq`: dead letters made by the real worker, read and replayed on real services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import pytest
+
+from bgworker import broker, dlq, events, jobs, store, topology
+from bgworker import settings as settings_mod
+from bgworker.store import dlq as dlq_store
+from tests import dlq_handlers
+from tests.conftest import AMQP_URL, REPO, settings_env, wait_for_status, wait_until
+
+CliResult = tuple[int, str, str]
+
+
+@pytest.fixture(autouse=True)
+def fixable_handler(settings: settings_mod.Settings) -> Any:
+    settings.handlers.append("tests.dlq_handlers:registry")
+    dlq_handlers.FIXED["value"] = False
+    yield
+    dlq_handlers.FIXED["value"] = False
+
+
+@pytest.fixture
+def cli(settings: settings_mod.Settings) -> Callable[..., Awaitable[CliResult]]:
+    """Run the real `bgworker` command in a subprocess (without blocking the test's loop,
+    where the worker runs)."""
+
+    async def _run(*argv: str, stdin: str = "", **env: str) -> CliResult:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bgworker",
+            *argv,
+            cwd=REPO,
+            env={**settings_env(settings), "BGWORKER_LOG_LEVEL": "WARNING", **env},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 120)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    return _run
+
+
+@pytest.fixture
+async def dead_queue(
+    settings: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
+) -> AsyncIterator[dlq.DeadLetterQueue]:
+    async with dlq.DeadLetterQueue(AMQP_URL, settings.namespace) as q:
+        yield q
+
+
+async def depth(channel: aio_pika.abc.AbstractChannel, name: str) -> int:
+    return await broker.queue_depth(channel, name)
+
+
+async def wait_depth(channel: aio_pika.abc.AbstractChannel, name: str, n: int) -> None:
+    async def reached() -> bool:
+        return await depth(channel, name) == n
+
+    await wait_until(reached)
+
+
+async def drain(channel: aio_pika.abc.AbstractChannel, name: str) -> list[aio_pika.Message]:
+    """Take every message out of a queue, for good, in queue order."""
+    queue = await channel.get_queue(name, ensure=False)
+    taken = []
+    while (message := await queue.get(no_ack=True, fail=False)) is not None:
+        taken.append(message)
+    return taken
+
+
+async def make_letters(
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    dead: str,
+    publish: Callable[..., Awaitable[events.FileRequested]],
+    file_type: str,
+    n: int,
+) -> list[uuid.UUID]:
+    before = await depth(amqp, dead)
+    ids = [(await publish(file_type, {"n": i})).id for i in range(n)]
+    for request_id in ids:
+        await wait_for_status(db, request_id, "failed")
+    await wait_depth(amqp, dead, before + n)
+    return ids
+
+
+async def test_list_and_show_leave_the_queue_as_it_was(
+    settings, db, amqp, publish, publish_raw, start_worker, dead_queue, cli
+):
+    await start_worker()
+    failing = await make_letters(db, amqp, dead_queue.name, publish, "always_fails", 3)
+    unknown = await publish("no_such_type")
+    await wait_for_status(db, unknown.id, "failed")
+    await publish_raw(b"{not json")
+    await wait_depth(amqp, dead_queue.name, 5)
+
+    first = [letter async for letter in dlq.letters(dead_queue)]
+    assert len(first) == 5
+    by_key = {letter.key: letter for letter in first}
+    for request_id in failing:
+        letter = by_key[str(request_id)]
+        assert (letter.reason, letter.error_class, letter.attempts) == (
+            "max_attempts",
+            "RuntimeError",
+            3,
+        )
+        assert letter.file_type == "always_fails" and letter.last_death is not None
+    assert by_key[str(unknown.id)].reason == "unknown_file_type"
+    [poison] = [letter for letter in first if letter.request_id is None]
+    assert poison.key.startswith("msg-") and poison.error_class == "InvalidEventError"
+
+    # Many reads, through the CLI and the API.
+    code, out, err = await cli("dlq", "list")
+    assert code == 0, err
+    assert all(str(i) in out for i in failing) and poison.key in out
+    assert "5 dead letter(s)" in err
+    code, out, _ = await cli("dlq", "list", "--json", "--error-class", "RuntimeError")
+    assert code == 0
+    assert sorted(r["key"] for r in json.loads(out)) == sorted(map(str, failing))
+    code, out, _ = await cli("dlq", "show", str(failing[0]))
+    assert code == 0
+    shown = json.loads(out)
+    assert shown["payload"]["id"] == str(failing[0])
+    assert shown["headers"]["x-bgworker-attempts"] == 3
+    assert "this handler always fails" in shown["traceback"]
+    assert shown["request"]["status"] == "failed"
+    assert await dlq.show(dead_queue, poison.key) is not None
+    code, out, _ = await cli("dlq", "stats", "--json")
+    assert code == 0
+    stats = json.loads(out)
+    assert stats["total"] == 5
+    assert {"file_type": "always_fails", "error_class": "RuntimeError", "count": 3} in stats[
+        "groups"
+    ]
+
+    # Same messages, same order: the first read saw the original order (nothing had been
+    # requeued yet), and a destructive drain after all the reads finds exactly that.
+    assert await depth(amqp, dead_queue.name) == 5
+    left = [dlq.Letter.from_message(m) for m in await drain(amqp, dead_queue.name)]  # type: ignore[arg-type]
+    assert [letter.key for letter in left] == [letter.key for letter in first]
+
+
+async def test_replay_after_the_fix_makes_each_request_ready_once(
+    settings, db, amqp, publish, start_worker, dead_queue, event_log, cli
+):
+    await start_worker()
+    ids = await make_letters(db, amqp, dead_queue.name, publish, "fixable", 4)
+    assert (await db.get_request(ids[0])).attempts == 2
+
+    code, out, _ = await cli("dlq", "replay", "--all", "--dry-run")
+    assert code == 0 and "would-replay 4" in out and "dry run: nothing changed" in out
+    assert await depth(amqp, dead_queue.name) == 4
+    code, _, err = await cli("dlq", "replay")
+    assert code == 64 and "--all" in err  # no selection: refused, nothing touched
+
+    dlq_handlers.FIXED["value"] = True  # the fix is deployed
+    code, out, err = await cli("dlq", "replay", "--all")
+    assert code == 0, err
+    assert "replayed 4" in out and "removed from the queue: 4" in out
+    assert await depth(amqp, dead_queue.name) == 0
+
+    for request_id in ids:
+        row = await wait_for_status(db, request_id, "ready")
+        assert row.attempts == 1  # counter reset by the replay
+        actions = await dlq_store.list_actions(db, request_id)
+        assert [a["action"] for a in actions] == ["replay"]
+        assert actions[0]["previous_status"] == "failed"
+        assert [a["outcome"] for a in actions[0]["attempt_log"]] == ["retrying", "failed"]
+        attempts = await db.list_attempts(request_id)
+        assert [a["outcome"] for a in attempts] == ["ready"]
+    await wait_until(lambda: len([k for k, _ in event_log if k == "file.ready"]) >= 4)
+    ready = Counter(body["id"] for key, body in event_log if key == "file.ready")
+    assert ready == Counter({str(i): 1 for i in ids})
+
+
+async def test_keep_attempts_and_filters(settings, db, amqp, publish, start_worker, dead_queue):
+    await start_worker()
+    [kept] = await make_letters(db, amqp, dead_queue.name, publish, "fixable", 1)
+    [other] = await make_letters(db, amqp, dead_queue.name, publish, "permanent", 1)
+    dlq_handlers.FIXED["value"] = True
+
+    # By id, keeping the counter: attempt 3 of max 2 is allowed to run once more.
+    report = await dlq.replay(
+        dead_queue,
+        db,
+        dlq.Selection(ids=frozenset({str(kept)})),
+        actor="test",
+        keep_attempts=True,
+    )
+    assert report.counts == Counter({"replayed": 1})
+    row = await wait_for_status(db, kept, "ready")
+    assert row.attempts == 3 and [a["attempt"] for a in await db.list_attempts(kept)] == [1, 2, 3]
+    # The other letter is untouched, and a filter that matches nothing does nothing.
+    report = await dlq.replay(
+        dead_queue, db, dlq.Selection(file_type="nothing-like-this"), actor="test"
+    )
+    assert report.outcomes == [] and report.scanned == 1
+    assert [letter.key async for letter in dlq.letters(dead_queue)] == [str(other)]
+
+
+async def test_worker_stopped_mid_replay_loses_nothing(
+    settings, db, amqp, publish, start_worker, dead_queue, event_log, monkeypatch
+):
+    first_worker = await start_worker()
+    ids = await make_letters(db, amqp, dead_queue.name, publish, "fixable", 6)
+    dlq_handlers.FIXED["value"] = True
+
+    # The worker is stopped after the 2nd letter; the replay itself "crashes" on the 4th
+    # letter after its republish is confirmed and its row committed, before the ack.
+    acks = 0
+    real_ack = dlq.Held.ack
+
+    async def crashing_ack(self: dlq.Held) -> None:
+        nonlocal acks
+        acks += 1
+        if acks == 4:
+            raise RuntimeError("replay process died")
+        await real_ack(self)
+
+    def progress(done: int, total: int) -> None:
+        if done == 2:
+            first_worker.stop()
+
+    monkeypatch.setattr(dlq.Held, "ack", crashing_ack)
+    with pytest.raises(RuntimeError, match="replay process died"):
+        await dlq.replay(
+            dead_queue, db, dlq.Selection(everything=True), actor="t", progress=progress
+        )
+    monkeypatch.undo()
+    assert first_worker.stopping.is_set()
+
+    # Three letters replayed and gone, the 4th replayed but still in the queue, 5-6 untouched.
+    left = [letter.key async for letter in dlq.letters(dead_queue)]
+    assert len(left) == 3
+    assert {(await db.get_request(i)).status for i in ids if str(i) in left[1:]} == {"failed"}
+
+    await start_worker()
+    interrupted = uuid.UUID(left[0])
+    replayed_first = [i for i in ids if str(i) not in left[1:]]
+    assert interrupted in replayed_first and len(replayed_first) == 4
+    for request_id in replayed_first:
+        await wait_for_status(db, request_id, "ready")
+
+    # Running the replay again finishes the job: the interrupted one is ready, so it is
+    # skipped (and its stale letter removed), the others are replayed.
+    report = await dlq.replay(dead_queue, db, dlq.Selection(everything=True), actor="t")
+    assert report.counts == Counter({"replayed": 2, "skipped": 1})
+    [skipped] = [o for o in report.outcomes if o.result == "skipped"]
+    assert skipped.key == str(interrupted) and "ready" in skipped.detail and skipped.removed
+    assert await depth(amqp, dead_queue.name) == 0
+
+    for request_id in ids:
+        await wait_for_status(db, request_id, "ready")
+    await wait_until(lambda: len([k for k, _ in event_log if k == "file.ready"]) >= 6)
+    await wait_depth(amqp, topology.Topology(settings.namespace).work_queue, 0)
+    ready = Counter(body["id"] for key, body in event_log if key == "file.ready")
+    assert ready == Counter({str(i): 1 for i in ids})
+    for request_id in ids:
+        outcomes = [a["outcome"] for a in await db.list_attempts(request_id)]
+        assert outcomes.count("ready") == 1
+
+
+async def test_purge_asks_then_removes_and_records(
+    settings, db, amqp, publish, start_worker, dead_queue, cli
+):
+    await start_worker()
+    doomed = await make_letters(db, amqp, dead_queue.name, publish, "permanent", 2)
+    [kept] = await make_letters(db, amqp, dead_queue.name, publish, "fixable", 1)
+
+    code, out, _ = await cli("dlq", "purge", "--file-type", "permanent", stdin="n\n")
+    assert code == 1 and "purge 2 dead letter(s) for good?" in out and "cancelled" in out
+    assert await depth(amqp, dead_queue.name) == 3
+
+    code, out, err = await cli("dlq", "purge", "--file-type", "permanent", stdin="y\n")
+    assert code == 0, err
+    assert "purged 2" in out
+    assert [letter.key async for letter in dlq.letters(dead_queue)] == [str(kept)]
+    for request_id in doomed:
+        row = await db.pool.fetchrow(
+            "SELECT status, dlq_purged_at FROM bgworker_requests WHERE id = $1", request_id
+        )
+        assert row["status"] == "failed" and row["dlq_purged_at"] is not None
+        [action] = await dlq_store.list_actions(db, request_id)
+        assert action["action"] == "purge" and action["actor"].startswith("cli:")
+
+    code, out, _ = await cli("dlq", "purge", "--all", "--yes")
+    assert code == 0 and "purged 1" in out
+    assert await depth(amqp, dead_queue.name) == 0
+
+
+async def test_clear_errors(settings, amqp, cli):
+    code, _, err = await cli("dlq", "list", BGWORKER_NAMESPACE=f"nope-{uuid.uuid4().hex[:8]}")
+    assert code == 69 and "does not exist" in err and "Traceback" not in err
+    code, _, err = await cli("dlq", "stats", BGWORKER_AMQP_URL="amqp://guest:secretpw@127.0.0.1:1/")
+    assert code == 69 and "cannot reach RabbitMQ at 127.0.0.1:1" in err
+    assert "secretpw" not in err and "Traceback" not in err
+    code, _, err = await cli("dlq", "show", str(uuid.uuid4()))
+    assert code == 1 and "no dead letter" in err
+
+
+async def test_invalid_letters_are_kept_not_replayed(
+    settings, db, amqp, publish_raw, start_worker, dead_queue
+):
+    await start_worker()
+    await publish_raw(b'{"id": "%s", "file_type": 5}' % str(uuid.uuid4()).encode())
+    await wait_depth(amqp, dead_queue.name, 1)
+    report = await dlq.replay(dead_queue, db, dlq.Selection(everything=True), actor="t")
+    [outcome] = report.outcomes
+    assert outcome.result == "kept" and "still invalid" in outcome.detail
+    assert await depth(amqp, dead_queue.name) == 1
+
+
+async def test_broker_dead_lettered_messages_show_x_death_and_replay(
+    settings, db, amqp, publish, dead_queue, start_worker
+):
+    # The work queue dead-letters to the same exchange: a rejected delivery arrives with
+    # RabbitMQ's x-death header instead of ours.
+    event = await publish("blob", {"size": 10})
+    work = await amqp.get_queue(topology.Topology(settings.namespace).work_queue, ensure=False)
+    message = await work.get(no_ack=False)
+    await message.reject(requeue=False)
+    await wait_depth(amqp, dead_queue.name, 1)
+
+    [letter] = [letter async for letter in dlq.letters(dead_queue)]
+    assert (letter.key, letter.error_class, letter.reason) == (str(event.id), "x-death", "rejected")
+    assert letter.first_death is not None and letter.file_type == "blob"
+    shown = await dlq.show(dead_queue, str(event.id))
+    assert shown is not None and shown["headers"]["x-death"][0]["reason"] == "rejected"
+
+    report = await dlq.replay(dead_queue, db, dlq.Selection(everything=True), actor="t")
+    assert report.counts == Counter({"replayed": 1})  # never recorded: replayed as is
+    await start_worker()
+    await wait_for_status(db, event.id, "ready")
+
+
+async def test_thousands_of_letters(settings, db, amqp, dead_queue):
+    """Read, count and select among 2000 letters; reads leave all of them in place."""
+    channel = await broker.open_channel(dead_queue.connection)  # type: ignore[arg-type]
+    n = 2000
+    for i in range(n):
+        body = json.dumps({"id": str(uuid.uuid4()), "file_type": f"t{i % 4}"}).encode()
+        letter = jobs.DeadLetter("max_attempts", f"E{i % 3}", "boom", attempts=3)
+        message = jobs.dead_letter_message(
+            body, letter, worker_id="w", message_id=None, routing_key=None
+        )
+        await broker.publish(channel, dead_queue.topology.dead_exchange, "", message)
+    await wait_depth(amqp, dead_queue.name, n)
+
+    result = await dlq.stats(dead_queue)
+    assert result.total == n and result.by_group[("t0", "E0")] == 167
+    selected = [x async for x in dlq.letters(dead_queue, dlq.Selection(error_class="E1"))]
+    assert len(selected) == 667
+    report = await dlq.purge(
+        dead_queue, db, dlq.Selection(error_class="E2"), actor="t", dry_run=True
+    )
+    assert report.counts == Counter({"would-purge": 666}) and report.scanned == n
+    assert await depth(amqp, dead_queue.name) == n
