@@ -165,16 +165,20 @@ class Worker:
     async def _wait_until_stopped(self, side: list[asyncio.Task[Any]]) -> None:
         stop = asyncio.create_task(self.stopping.wait(), name="stop-event")
         done, _ = await asyncio.wait([stop, *side], return_when=asyncio.FIRST_COMPLETED)
+        asked_to_stop = self.stopping.is_set()
         for task in done:
-            if task is not stop and not task.cancelled() and task.exception() is not None:
-                # A side task died: stop rather than run without a reaper or dispatcher.
+            if task is stop or task.cancelled():
+                continue
+            # Side tasks run until the stop event: one that ended first crashed or returned
+            # by mistake. Stop rather than run without a reaper or dispatcher.
+            if task.exception() is not None:
                 log.error("side task %s crashed", task.get_name(), exc_info=task.exception())
-                self.crashed = True
-                self.stopping.set()
-            elif task is not stop:
+            elif not asked_to_stop:
                 log.error("side task %s ended unexpectedly", task.get_name())
-                self.crashed = True
-                self.stopping.set()
+            else:
+                continue
+            self.crashed = True
+            self.stopping.set()
         stop.cancel()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:

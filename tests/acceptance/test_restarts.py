@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import subprocess
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -151,3 +152,72 @@ async def test_postgres_restart_mid_run(settings, db, amqp, smtp_sink, tmp_path)
         await restart_postgres(down_seconds=3)
 
     await _run_through_outage(settings, db, smtp_sink, tmp_path, postgres_restart)
+
+
+def _set_consumer_timeout(ms: int, tick_ms: int) -> None:
+    # Broker-wide settings (the per-queue x-consumer-timeout argument needs RabbitMQ 3.12+).
+    # The timeout is checked on the channel tick (60 s by default): shorten it so the check
+    # happens within the test; channels opened afterwards pick it up.
+    _run("rabbitmqctl", "eval", f"application:set_env(rabbit, consumer_timeout, {ms}).")
+    _run("rabbitmqctl", "eval", f"application:set_env(rabbit, channel_tick_interval, {tick_ms}).")
+
+
+async def _assert_broker_enforces_timeout(namespace: str) -> None:
+    """Control: a consumer that holds a delivery unacked has its channel closed."""
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"{namespace}.control", auto_delete=True)
+        await channel.default_exchange.publish(aio_pika.Message(b"x"), queue.name)
+        held: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+        async def hold(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            held.append(message)  # never acked
+
+        await queue.consume(hold)
+        await wait_until(lambda: channel.is_closed, timeout=30)
+        assert held, "the control consumer never got its message"
+    finally:
+        await connection.close()
+
+
+async def test_job_longer_than_broker_consumer_timeout_completes_once(
+    settings, db: store.Store, amqp, smtp_sink, tmp_path
+):
+    """RabbitMQ closes the channel of a consumer that holds a delivery unacked past
+    consumer_timeout. bgworker acks once the claim is committed, so a job may run far longer:
+    here a 3 s broker timeout, a 2 s lease, and an 8 s job."""
+    settings.worker.lease_seconds = 2
+    await asyncio.to_thread(_set_consumer_timeout, 3000, 1000)
+    procs = WorkerProcs(settings_env(settings), tmp_path)
+    try:
+        await _assert_broker_enforces_timeout(settings.namespace)
+        procs.start()
+        procs.start()
+        async with publisher.Publisher(AMQP_URL, namespace=settings.namespace) as pub:
+            event = events.FileRequested(
+                id=uuid.uuid4(),
+                file_type="slow",
+                criteria={"seconds": 8},
+                filename="slow.txt",
+                requester={"email": "slow@example.com"},
+            )
+            await pub.publish(event)
+        row = None
+
+        async def ready() -> bool:
+            nonlocal row
+            row = await db.get_request(event.id)
+            return row is not None and row.status == "ready"
+
+        await wait_until(ready, timeout=60)
+        await smtp_sink.wait_for(1, timeout=30)
+    finally:
+        await asyncio.to_thread(_set_consumer_timeout, 1800000, 60000)
+        codes = procs.stop_all()
+    assert row is not None and row.attempts == 1
+    assert [a["outcome"] for a in await db.list_attempts(event.id)] == ["ready"]
+    assert len(smtp_sink.messages) == 1
+    assert codes == [0, 0]
+    # The channel stayed open: no worker logged a consumer-timeout channel closure.
+    assert "PRECONDITION_FAILED" not in procs.logs()
