@@ -175,13 +175,18 @@ class Dispatcher:
         task.add_done_callback(self._inflight.discard)
 
     async def perform(self, item: store.OutboxItem) -> None:
+        took_effect = False
+
         async def done() -> None:
-            await self.db.outbox_done(item)
-            metrics.OUTBOX_DONE.labels(item.kind).inc()
+            nonlocal took_effect
+            took_effect = True
+            await self._record_done(item)
 
         try:
             await self._perform(item, done)
         except Exception as exc:
+            if took_effect:
+                return  # sent and recorded (or recording gave up and logged): never resend
             step = min(item.attempts, len(self.retry_seconds)) - 1
             delay = self.retry_seconds[max(step, 0)]
             log.warning(
@@ -197,6 +202,30 @@ class Dispatcher:
                 await self.db.outbox_retry(item, f"{type(exc).__name__}: {exc}", delay)
             except Exception:
                 log.exception("could not record outbox failure for %s", item.request_id)
+
+    async def _record_done(self, item: store.OutboxItem) -> None:
+        """The effect happened: record it, retrying while PostgreSQL is away (a restart)
+        rather than letting the claim run out, which would send it again. Gives up only when
+        the claim is about to expire, since another dispatcher may then take the row."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.claim_seconds * 0.8
+        delay = 0.2
+        while True:
+            try:
+                await self.db.outbox_done(item)
+            except Exception as exc:
+                if loop.time() + delay >= give_up:
+                    log.error(
+                        "%s for %s took effect but could not be recorded: %s; it may be repeated",
+                        item.kind,
+                        item.request_id,
+                        exc,
+                    )
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            metrics.OUTBOX_DONE.labels(item.kind).inc()
             return
 
     async def _perform(self, item: store.OutboxItem, done: Callable[[], Awaitable[None]]) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from aio_pika.abc import AbstractChannel, ExchangeType
+from aio_pika.abc import AbstractChannel, AbstractQueue, ExchangeType
 
 REQUESTED_KEY: Final = "file.requested"
 READY_KEY: Final = "file.ready"
@@ -77,8 +77,10 @@ class Topology:
             args["x-delivery-limit"] = DELIVERY_LIMIT
         return args
 
-    async def declare_intake(self, channel: AbstractChannel) -> None:
-        """The part producers need: requests exchange -> work queue (and its dead letters)."""
+    async def declare_intake(self, channel: AbstractChannel) -> AbstractQueue:
+        """The part producers need: requests exchange -> work queue (and its dead letters).
+        Returns the work queue: consume from this object, since on a robust channel only
+        declared queues have their consumers restored after a reconnect."""
         requests = await channel.declare_exchange(
             self.requests_exchange, ExchangeType.DIRECT, durable=True
         )
@@ -89,10 +91,11 @@ class Topology:
             self.work_queue, durable=True, arguments=self._work_arguments()
         )
         await work.bind(requests, REQUESTED_KEY)
+        return work
 
-    async def declare(self, channel: AbstractChannel) -> None:
+    async def declare(self, channel: AbstractChannel) -> AbstractQueue:
         """Everything; idempotent (redeclaring with the same arguments is a no-op)."""
-        await self.declare_intake(channel)
+        work = await self.declare_intake(channel)
         retry = await channel.declare_exchange(
             self.retry_exchange, ExchangeType.DIRECT, durable=True
         )
@@ -108,6 +111,7 @@ class Topology:
             )
             await queue.bind(retry, self.retry_key(delay))
         await channel.declare_exchange(self.events_exchange, ExchangeType.TOPIC, durable=True)
+        return work
 
     async def delete(self, channel: AbstractChannel) -> None:
         """Remove everything ``declare`` made (tests, uninstall)."""

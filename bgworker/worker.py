@@ -105,7 +105,7 @@ class Worker:
             )
             stack.push_async_callback(connection.close)
             channel = await broker.open_channel(connection)
-            await self.topology.declare(channel)
+            queue = await self.topology.declare(channel)
             # Effects get their own channel so a slow consumer channel never delays them.
             effects_channel = await broker.open_channel(connection)
             dispatcher = outbox.Dispatcher(
@@ -130,7 +130,6 @@ class Worker:
                 self.worker_id,
             )
             await channel.set_qos(prefetch_count=cfg.concurrency)
-            queue = await channel.get_queue(self.topology.work_queue, ensure=False)
             side = [
                 asyncio.create_task(dispatcher.run(self.stopping), name="outbox-dispatcher"),
                 asyncio.create_task(self._reap_loop(db, channel), name="lease-reaper"),
@@ -201,26 +200,46 @@ class Worker:
         task.add_done_callback(self._tasks.discard)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
-        assert self._runner is not None
         try:
-            outcome = await self._runner.handle(message)
-        except asyncio.CancelledError:
-            outcome = "interrupted"
-            raise
-        except Exception:
-            # Infrastructure failure (database or broker away): the delivery is not acked, or
-            # the lease will expire, so the request comes back; never crash the pool.
-            log.exception(
-                "delivery %s: processing failed; it will be redelivered", message.message_id
-            )
-            outcome = "error"
-            with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
+            outcome = await self._handle_until_settled(message)
         finally:
             self._slots.release()
         self.outcomes[outcome] += 1
         if self.limits.max_jobs and self._finished_jobs() >= self.limits.max_jobs:
             self.stop()
+
+    async def _handle_until_settled(self, message: AbstractIncomingMessage) -> str:
+        """Run the delivery; on an infrastructure failure (database away) before it was
+        acked, keep it and retry here with backoff. Handing it back at once would spin it
+        through the queue, and a quorum queue dead-letters a message after 20 deliveries."""
+        assert self._runner is not None
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.settings.worker.hold_timeout_seconds
+        delay = INFRA_BACKOFF_SECONDS
+        while True:
+            try:
+                return await self._runner.handle(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if message.processed:
+                    # Acked after the claim: the lease expires and the reaper requeues it.
+                    log.exception(
+                        "request %s: failed after its claim; the reaper will requeue "
+                        "it when the lease expires",
+                        message.message_id,
+                    )
+                    return "error"
+                if self.stopping.is_set() or loop.time() + delay > give_up:
+                    log.warning(
+                        "delivery %s: giving it back to the queue: %s", message.message_id, exc
+                    )
+                    with contextlib.suppress(Exception):
+                        await message.nack(requeue=True)
+                    return "error"
+                log.warning("delivery %s: %s; retrying in %.1fs", message.message_id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     def _finished_jobs(self) -> int:
         return sum(n for k, n in self.outcomes.items() if k != "duplicate")
