@@ -201,7 +201,7 @@ class Runner:
             if lost.is_set():
                 return await self._after_lost_lease(claim)
             if self.releasing:
-                return await self._release(claim, body)
+                return await self._release(claim)
             raise
         except Exception as exc:
             await writer.abort()
@@ -257,7 +257,7 @@ class Runner:
         metrics.JOBS.labels("lost").inc()
         return "lost"
 
-    async def _release(self, claim: store.Claim, body: bytes) -> str:
+    async def _release(self, claim: store.Claim) -> str:
         async def republish(event: dict[str, Any]) -> None:
             await broker.publish(
                 self.channel,

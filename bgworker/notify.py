@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from email.message import EmailMessage
@@ -95,7 +94,3 @@ class Mailer:
 
     def render(self, template: str, to: str, context: dict[str, Any]) -> EmailMessage:
         return render(template, to, self.config.sender, context)
-
-
-def email_context(row_id: uuid.UUID, **values: Any) -> dict[str, Any]:
-    return {"request_id": str(row_id), **values}
