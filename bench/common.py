@@ -250,7 +250,24 @@ class Child:
 
 
 def python_child(name: str, module_args: list[str], env: dict[str, str], logdir: Path) -> Child:
-    return Child(name, [sys.executable, "-m", *module_args], env, logdir)
+    child = Child(name, [sys.executable, "-m", *module_args], env, logdir)
+    _maybe_profile(child)
+    return child
+
+
+def _maybe_profile(child: Child) -> None:
+    """BENCH_PROFILE=<substring of a child's name>: py-spy records that child (folded stacks,
+    ``--idle`` included) into BENCH_PROFILE_DIR (default /tmp) for BENCH_PROFILE_SECONDS."""
+    wanted = os.environ.get("BENCH_PROFILE")
+    pyspy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if not wanted or wanted not in child.name or pyspy is None:
+        return
+    out = Path(os.environ.get("BENCH_PROFILE_DIR", "/tmp")) / f"{child.name}.folded"
+    seconds = os.environ.get("BENCH_PROFILE_SECONDS", "10")
+    argv = [pyspy, "record", "--pid", str(child.pid), "-d", seconds, "-r", "200"]
+    argv += ["--format", "raw", "--idle", "-o", str(out), "--nonblocking"]
+    log(f"profiling {child.name} into {out}")
+    subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def tree_pids(pid: int) -> list[int]:
