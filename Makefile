@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-faults lint typecheck schemas bench services
+.PHONY: install demo test test-faults lint typecheck schemas bench bench-quick services
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,18 @@ typecheck:
 
 schemas: $(STAMP)
 	$(BIN)/bgworker schemas export
+
+# Benchmarks (BENCHMARKS.md): not part of `make test`. Needs nginx and wrk from Debian
+# (apt-get install nginx-light wrk); Celery and the profiler come with the `bench` extra.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) services
+	$(BIN)/python -m bench run
+
+# Every benchmark briefly (a smoke run; no timing is asserted anywhere).
+bench-quick: $(BENCH_STAMP) services
+	$(BIN)/python -m bench run --quick

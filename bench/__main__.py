@@ -99,8 +99,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             common.storage_dir(common.DISK, "disk") as disk,
         ):
             if "throughput" in only:
+                storages = {"tmpfs": shm, "disk": disk}
+                if args.storage:
+                    storages = {args.storage: storages[args.storage]}
                 result["throughput"] = await throughput.run(
-                    dsn, {"tmpfs": shm, "disk": disk}, n, reps, logdir
+                    dsn, storages, n, reps, logdir, args.contenders
                 )
             if "latency" in only:
                 runs = [
@@ -128,6 +131,8 @@ def main() -> None:
     r.add_argument("--reps", type=int, help="repetitions of each figure (default 3)")
     r.add_argument("--rate", type=float, default=50.0, help="latency: offered req/s")
     r.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    r.add_argument("--contenders", help="throughput: substring filter on contender names")
+    r.add_argument("--storage", help="throughput: tmpfs or disk (default both)")
     r.add_argument("--out", type=Path, help="JSON path (default bench/results/<time>.json)")
     t = sub.add_parser("table", help="print the table of a results JSON file")
     t.add_argument("path", type=Path)

@@ -272,18 +272,24 @@ async def trial(c: Contender, setup: Setup, storage: Path, n: int, tag: str) -> 
 
 
 async def run(
-    dsn: str, storages: dict[str, Path], n: int, reps: int, logdir: Path
+    dsn: str,
+    storages: dict[str, Path],
+    n: int,
+    reps: int,
+    logdir: Path,
+    only: str | None = None,
 ) -> dict[str, Any]:
+    contenders = [c for c in CONTENDERS if not only or any(o in c.name for o in only.split(","))]
     setup = Setup(dsn, f"bgw_bench_{uuid.uuid4().hex[:8]}", logdir)
     await declare(setup)
     results: dict[str, dict[str, dict[str, common.Series]]] = {
-        where: {c.name: {} for c in CONTENDERS} for where in storages
+        where: {c.name: {} for c in contenders} for where in storages
     }
     try:
         for rep in range(reps):
             for where, storage in storages.items():
                 # Interleaved: every contender sees the same stretch of machine noise.
-                for c in CONTENDERS:
+                for c in contenders:
                     tag = f"r{rep}-{where}-{c.kind}{c.processes}{c.pool}"
                     got = await trial(c, setup, storage, n, tag)
                     for k, v in got.items():
@@ -299,16 +305,18 @@ async def run(
     for where, by_name in results.items():
         rows = {name: {k: s.to_json() for k, s in m.items()} for name, m in by_name.items()}
         med = {name: m["msg_per_s"].median for name, m in by_name.items()}
-        best_celery = max(v for k, v in med.items() if k.startswith("celery"))
-        floor = next(v for k, v in med.items() if k.startswith("floor"))
+        best_celery = max((v for k, v in med.items() if k.startswith("celery")), default=None)
+        floor = next((v for k, v in med.items() if k.startswith("floor")), None)
+        ratios: dict[str, float] = {}
+        for name in med:
+            if name.startswith("bgworker") and best_celery:
+                ratios[f"{name} / best celery"] = med[name] / best_celery
+        for name in med:
+            if name.startswith("bgworker") and floor:
+                ratios[f"{name} / floor"] = med[name] / floor
         out["storage"][where] = {
             "contenders": rows,
-            "ratios": {
-                f"{name} / best celery": med[name] / best_celery
-                for name in med
-                if name.startswith("bgworker")
-            }
-            | {f"{name} / floor": med[name] / floor for name in med if name.startswith("bgworker")},
+            "ratios": ratios,
         }
     return out
 
