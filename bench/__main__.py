@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.metadata
 import os
 import platform
@@ -106,8 +107,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     dsn, storages, n, reps, logdir, args.contenders
                 )
             if "latency" in only:
+                seconds = 3 if quick else 20
                 runs = [
-                    await latency.run(dsn, shm, args.rate, 3 if quick else 20, logdir)
+                    await common.retrying(
+                        "latency",
+                        functools.partial(latency.run, dsn, shm, args.rate, seconds, logdir),
+                    )
                     for _ in range(reps)
                 ]
                 result["latency"] = latency.summarize(runs)
@@ -117,7 +122,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         "the download benchmark needs nginx and wrk: apt-get install nginx wrk"
                     )
                 size = 64 * large.MIB if quick else large.GIB
-                result["large"] = await large.run(dsn, shm, size, reps, 1 if quick else 10, logdir)
+                wrk_seconds = 1 if quick else 10
+                result["large"] = await common.retrying(
+                    "large files and downloads",
+                    functools.partial(large.run, dsn, shm, size, reps, wrk_seconds, logdir),
+                )
     shutil.rmtree(logdir, ignore_errors=True)
     return result
 

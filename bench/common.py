@@ -14,10 +14,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import aio_pika
 import asyncpg
@@ -26,6 +26,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from bench import workload
 from bgworker.store import migrations
 
+T = TypeVar("T")
 REPO: Final = Path(__file__).resolve().parent.parent
 AMQP_URL: Final = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 PG_ADMIN: Final = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -33,6 +34,45 @@ TMPFS: Final = Path(os.environ.get("BENCH_TMPFS_DIR", "/dev/shm"))
 DISK: Final = Path(os.environ.get("BENCH_DISK_DIR", "/var/tmp"))
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 PUBLISH_WINDOW: Final = 256  # publishes awaiting their confirm at once
+
+
+# A shared RabbitMQ or PostgreSQL restarting mid-trial: wait for it, then run the trial again.
+INTERRUPTIONS: Final = (
+    OSError,
+    ConnectionError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    aio_pika.exceptions.AMQPError,
+)
+RETRIES: Final = 2
+
+
+async def wait_for_services(timeout: float = 180) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                conn = await asyncpg.connect(PG_ADMIN, timeout=5)
+                await conn.close()
+                amqp = await aio_pika.connect(AMQP_URL, timeout=5)
+                await amqp.close()
+                return
+            except Exception:
+                await asyncio.sleep(1)
+
+
+async def retrying(what: str, make: Callable[[], Awaitable[T]]) -> T:
+    """Run ``make()``; if a service went away meanwhile, wait for it and run it again."""
+    for attempt in range(RETRIES + 1):
+        try:
+            return await make()
+        except INTERRUPTIONS as exc:
+            if attempt == RETRIES:
+                raise
+            log(f"{what}: interrupted ({type(exc).__name__}: {exc}); waiting for the services")
+            await wait_for_services()
+    raise AssertionError("unreachable")
 
 
 def log(message: str) -> None:
@@ -100,6 +140,7 @@ async def bench_database() -> AsyncIterator[str]:
             await conn.close()
         yield db_url(name)
     finally:
+        await wait_for_services()
         admin = await asyncpg.connect(PG_ADMIN)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

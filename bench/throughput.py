@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 import sys
@@ -229,6 +230,7 @@ async def cleanup(setup: Setup) -> None:
 
 async def trial(c: Contender, setup: Setup, storage: Path, n: int, tag: str) -> dict[str, Any]:
     """One timed run: fresh processes, ``n`` requests, back to an empty table."""
+    await declare(setup)
     await common.reset_tables(setup.dsn)
     common.empty_dir(storage)
     exchange, key, queue, factory = route(c, setup)
@@ -291,7 +293,10 @@ async def run(
                 # Interleaved: every contender sees the same stretch of machine noise.
                 for c in contenders:
                     tag = f"r{rep}-{where}-{c.kind}{c.processes}{c.pool}"
-                    got = await trial(c, setup, storage, n, tag)
+                    got = await common.retrying(
+                        f"{c.name} {where}",
+                        functools.partial(trial, c, setup, storage, n, tag),
+                    )
                     for k, v in got.items():
                         results[where][c.name].setdefault(k, common.Series()).add(v)
                     common.log(
@@ -300,6 +305,7 @@ async def run(
                         f"({got['worker_cpu_ms_per_job']:.2f} ms CPU/job)"
                     )
     finally:
+        await common.wait_for_services()
         await cleanup(setup)
     out: dict[str, Any] = {"requests": n, "repetitions": reps, "storage": {}}
     for where, by_name in results.items():
