@@ -45,8 +45,9 @@ INTERRUPTIONS: Final = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     aio_pika.exceptions.AMQPError,
+    RuntimeError,  # aio-pika: "connection closed" while a robust connection reconnects
 )
-RETRIES: Final = 2
+RETRIES: Final = 3
 
 
 async def wait_for_services(timeout: float = 180) -> None:
