@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-faults lint typecheck schemas bench services
+.PHONY: install demo test test-faults lint typecheck schemas bench bench-quick services
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,8 @@ demo: $(STAMP) services
 
 # The main suite: everything except the tests that restart the shared services.
 test: $(STAMP) services
-	$(BIN)/ruff check bgworker tests bench
-	$(BIN)/ruff format --check bgworker tests bench
+	$(BIN)/ruff check bgworker tests bench scripts
+	$(BIN)/ruff format --check bgworker tests bench scripts
 	$(BIN)/mypy bgworker
 	$(BIN)/bgworker schemas export --check
 	$(BIN)/pytest -m "not faults"
@@ -34,11 +34,26 @@ test-faults: $(STAMP) services
 	$(BIN)/pytest -m faults
 
 lint:
-	$(BIN)/ruff check bgworker tests bench
-	$(BIN)/ruff format --check bgworker tests bench
+	$(BIN)/ruff check bgworker tests bench scripts
+	$(BIN)/ruff format --check bgworker tests bench scripts
 
 typecheck:
 	$(BIN)/mypy bgworker
 
 schemas: $(STAMP)
 	$(BIN)/bgworker schemas export
+
+# Benchmarks (BENCHMARKS.md): not part of `make test`. Needs nginx and wrk from Debian
+# (apt-get install nginx-light wrk); Celery and the profiler come with the `bench` extra.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) services
+	$(BIN)/python -m bench run
+
+# Every benchmark briefly (a smoke run; no timing is asserted anywhere).
+bench-quick: $(BENCH_STAMP) services
+	$(BIN)/python -m bench run --quick

@@ -6,6 +6,7 @@ export``); a test fails when the committed files drift from them.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
@@ -82,6 +83,13 @@ class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+@functools.cache
+def _timezones() -> frozenset[str]:
+    # available_timezones() walks the tz database on disk (~600 files) on every call: once
+    # per process is enough (it was most of a worker's CPU with requesters in the events).
+    return frozenset(available_timezones())
+
+
 class Requester(_Event):
     """Who asked: drives the email, the language and timezone of the output, and bound links."""
 
@@ -106,7 +114,7 @@ class Requester(_Event):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown IANA timezone {value!r}") from None
-        if value not in available_timezones() and value != "UTC":
+        if value not in _timezones() and value != "UTC":
             raise ValueError(f"unknown IANA timezone {value!r}")
         return value
 

@@ -200,11 +200,10 @@ class Store:
     # -- running ------------------------------------------------------------------------
 
     async def claim(self, request_id: uuid.UUID, worker: str, lease_seconds: float) -> Claim | None:
-        async with self.transaction() as conn:
-            row = await conn.fetchrow(Q["claim_request"], request_id, worker, lease_seconds)
-            if row is None:
-                return None
-            await conn.execute(Q["insert_attempt"], request_id, row["attempts"], worker)
+        # One statement claims and records the attempt: no BEGIN/COMMIT round trips.
+        row = await self.pool.fetchrow(Q["claim_request"], request_id, worker, lease_seconds)
+        if row is None:
+            return None
         return Claim(row["id"], row["attempts"], row["lease_token"], row["max_attempts"])
 
     async def heartbeat(self, claim: Claim, lease_seconds: float, progress: float | None) -> bool:
@@ -225,14 +224,17 @@ class Store:
         """Commit ``ready`` with its outbox rows, or None when the lease was lost."""
         async with self.transaction() as conn:
             record = await conn.fetchrow(
-                Q["mark_ready"], claim.request_id, claim.lease_token, size, sha256, storage_key
+                Q["mark_ready"],
+                claim.request_id,
+                claim.lease_token,
+                size,
+                sha256,
+                storage_key,
+                claim.attempt,
             )
             if record is None:
                 return None
             row = RequestRow.from_record(record)
-            await conn.execute(
-                Q["finish_attempt"], claim.request_id, claim.attempt, "ready", None, None, None
-            )
             await self._insert_effects(conn, row.id, effects(row))
         return row
 
@@ -379,8 +381,9 @@ class Store:
     async def _insert_effects(
         conn: asyncpg.Connection, request_id: uuid.UUID, items: list[tuple[str, dict[str, Any]]]
     ) -> None:
-        for kind, payload in items:
-            await conn.execute(Q["insert_outbox"], request_id, kind, payload)
+        if items:
+            kinds = [kind for kind, _ in items]
+            await conn.execute(Q["insert_outbox"], request_id, kinds, [p for _, p in items])
 
     async def claim_outbox_due(self, limit: int, claim_seconds: float) -> list[OutboxItem]:
         rows = await self.pool.fetch(Q["claim_outbox_due"], limit, claim_seconds)

@@ -22,21 +22,29 @@ RETURNING id;
 -- name: claim_request
 -- Take a runnable request: queued, waiting for a retry, or running under a lease that
 -- expired (its worker died). The lease token fences out a worker that lost its lease.
-UPDATE bgworker_requests
-SET status = 'running',
-    attempts = attempts + 1,
-    lease_owner = $2,
-    lease_token = gen_random_uuid(),
-    lease_expires_at = now() + make_interval(secs => $3),
-    started_at = coalesce(started_at, now()),
-    next_run_at = NULL,
-    progress = 0,
-    updated_at = now()
-WHERE id = $1
-  AND NOT cancel_requested
-  AND (status IN ('queued', 'retrying')
-       OR (status = 'running' AND lease_expires_at < now()))
-RETURNING id, attempts, lease_token, max_attempts;
+-- The attempt row is written by the same statement: atomic, and one round trip.
+WITH claimed AS (
+    UPDATE bgworker_requests
+    SET status = 'running',
+        attempts = attempts + 1,
+        lease_owner = $2,
+        lease_token = gen_random_uuid(),
+        lease_expires_at = now() + make_interval(secs => $3),
+        started_at = coalesce(started_at, now()),
+        next_run_at = NULL,
+        progress = 0,
+        updated_at = now()
+    WHERE id = $1
+      AND NOT cancel_requested
+      AND (status IN ('queued', 'retrying')
+           OR (status = 'running' AND lease_expires_at < now()))
+    RETURNING id, attempts, lease_token, max_attempts
+), attempt AS (
+    INSERT INTO bgworker_attempts (request_id, attempt, worker)
+    SELECT id, attempts, $2 FROM claimed
+    ON CONFLICT (request_id, attempt) DO UPDATE SET worker = excluded.worker, started_at = now()
+)
+SELECT id, attempts, lease_token, max_attempts FROM claimed;
 
 -- name: insert_attempt
 INSERT INTO bgworker_attempts (request_id, attempt, worker)
@@ -59,19 +67,29 @@ WHERE id = $1 AND lease_token = $2 AND status = 'running' AND NOT cancel_request
 RETURNING id;
 
 -- name: mark_ready
-UPDATE bgworker_requests
-SET status = 'ready',
-    size_bytes = $3,
-    sha256 = $4,
-    storage_key = $5,
-    progress = 1,
-    finished_at = now(),
-    expires_at = now() + make_interval(secs => (event ->> 'lifetime_seconds')::double precision),
-    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
-    last_error_class = NULL, last_error = NULL,
-    updated_at = now()
-WHERE id = $1 AND lease_token = $2 AND status = 'running'
-RETURNING *;
+-- Also closes attempt $6 in the same statement (one round trip fewer).
+WITH ready AS (
+    UPDATE bgworker_requests
+    SET status = 'ready',
+        size_bytes = $3,
+        sha256 = $4,
+        storage_key = $5,
+        progress = 1,
+        finished_at = now(),
+        expires_at = now() + make_interval(
+            secs => (event ->> 'lifetime_seconds')::double precision),
+        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+        last_error_class = NULL, last_error = NULL,
+        updated_at = now()
+    WHERE id = $1 AND lease_token = $2 AND status = 'running'
+    RETURNING *
+), attempt AS (
+    UPDATE bgworker_attempts
+    SET finished_at = now(), outcome = 'ready', error_class = NULL, error = NULL,
+        next_run_at = NULL
+    WHERE request_id = (SELECT id FROM ready) AND attempt = $6
+)
+SELECT * FROM ready;
 
 -- name: mark_retrying
 UPDATE bgworker_requests
@@ -170,8 +188,9 @@ SET finished_at = now(), outcome = 'lost', error = 'lease expired: worker ' || $
 WHERE request_id = $1 AND attempt = $2 AND finished_at IS NULL;
 
 -- name: insert_outbox
+-- Every effect of one state change in one statement: kinds $2 and payloads $3, in pairs.
 INSERT INTO bgworker_outbox (request_id, kind, payload)
-VALUES ($1, $2, $3)
+SELECT $1, e.kind, e.payload FROM unnest($2::text[], $3::jsonb[]) AS e (kind, payload)
 ON CONFLICT (request_id, kind) DO NOTHING;
 
 -- name: claim_outbox_due

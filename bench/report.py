@@ -1,0 +1,155 @@
+"""The results as a text table, with the issue's goals checked against the ratios."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def load(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def _fig(s: dict[str, Any] | None, fmt: str = ".0f") -> str:
+    if not s or s.get("median") is None:
+        return "-"
+    med, lo, hi = s["median"], s["min"], s["max"]
+    if len(s.get("runs", [])) <= 1:
+        return f"{med:{fmt}}"
+    return f"{med:{fmt}} [{lo:{fmt}}-{hi:{fmt}}]"
+
+
+def _goal(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def _rows(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+    out = [f"\n{title}", "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), line]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return out
+
+
+def table(result: dict[str, Any]) -> str:
+    m = result.get("machine", {})
+    lines = [
+        f"bgworker benchmarks ({result.get('mode')}, {result.get('started')}): "
+        f"{m.get('nproc')} CPUs, {m.get('memory_gib')} GiB, Linux {m.get('kernel')}, "
+        f"Python {m.get('python')}, RabbitMQ {m.get('rabbitmq')}, PostgreSQL {m.get('postgresql')}",
+        "figures: median [min-max] over the repetitions",
+    ]
+    goals: list[list[str]] = []
+    if "throughput" in result:
+        tp = result["throughput"]
+        for where, data in tp["storage"].items():
+            rows = [
+                [
+                    name,
+                    _fig(c["msg_per_s"]),
+                    _fig(c["worker_cpu_ms_per_job"], ".2f"),
+                    _fig(c["publish_seconds"], ".2f"),
+                ]
+                for name, c in data["contenders"].items()
+            ]
+            rows += [[f"ratio {k}", f"{v:.2f}", "", ""] for k, v in data["ratios"].items()]
+            lines += _rows(
+                f"1. small files ({tp['requests']} x 10 KiB CSV, storage {where})",
+                ["contender", "msg/s", "worker CPU ms/job", "publish s"],
+                rows,
+            )
+            r = data["ratios"]
+            best = max((v for k, v in r.items() if k.endswith("best celery")), default=None)
+            if best is not None:
+                goals.append(
+                    [
+                        f"throughput {where}: best bgworker / best Celery >= 1.5",
+                        f"{best:.2f}",
+                        _goal(best >= 1.5),
+                    ]
+                )
+            x1 = r.get("bgworker x1 / floor")
+            if x1 is not None:
+                goals.append(
+                    [
+                        f"throughput {where}: bgworker x1 / floor >= 0.75",
+                        f"{x1:.2f}",
+                        _goal(x1 >= 0.75),
+                    ]
+                )
+    if "latency" in result:
+        lat = result["latency"]
+        rows = [[f"publish -> ready {q}", _fig(s, ".1f")] for q, s in lat["ready_ms"].items()]
+        rows += [[f"publish -> email {q}", _fig(s, ".1f")] for q, s in lat["email_ms"].items()]
+        lines += _rows(
+            f"2. latency at {lat['offered_rate']:.0f} req/s offered, tmpfs "
+            f"({lat['requests_per_run']} requests per run)",
+            ["figure", "ms"],
+            rows,
+        )
+        p99 = lat["ready_ms"]["p99"]["median"]
+        goals.append(["latency publish -> ready p99 < 50 ms", f"{p99:.1f} ms", _goal(p99 < 50)])
+    if "large" in result:
+        lg = result["large"]
+        gen = lg["generate"]
+        rss = lg["server_rss"]
+        rows = [
+            ["generate: worker throughput MiB/s", _fig(gen["mib_per_s"])],
+            ["generate: publish -> ready s", _fig(gen["publish_to_ready_s"], ".2f")],
+            ["worker VmHWM MiB", f"{gen['worker_vmhwm_mib']:.0f}"],
+        ]
+        rows += [[f"{srv} VmHWM MiB", f"{v['vmhwm_mib']:.0f}"] for srv, v in rss.items()]
+        lines += _rows(
+            f"3. large file ({gen['size_bytes'] / 1024**2:.0f} MiB, tmpfs)",
+            ["figure", "value"],
+            rows,
+        )
+        peak = max([gen["worker_vmhwm_mib"]] + [v["vmhwm_mib"] for v in rss.values()])
+        goals.append(
+            ["large file: every process VmHWM < 100 MiB", f"{peak:.0f} MiB", _goal(peak < 100)]
+        )
+        rows = []
+        for test, d in lg["downloads"].items():
+            for srv, s in d["servers"].items():
+                rows.append(
+                    [
+                        test,
+                        srv,
+                        _fig(s["mib_per_s"]),
+                        _fig(s.get("req_per_s")),
+                        _fig(s["cpu_s_per_gib"], ".2f"),
+                    ]
+                )
+            ratio = d["ratios"]
+            rows.append(
+                [
+                    test,
+                    "ratio bgworker/nginx",
+                    f"{ratio['throughput bgworker/nginx']:.2f}",
+                    f"{ratio['req/s bgworker/nginx']:.2f}"
+                    if "req/s bgworker/nginx" in ratio
+                    else "",
+                    f"{ratio['cpu per GiB bgworker/nginx']:.2f}"
+                    if "cpu per GiB bgworker/nginx" in ratio
+                    else "",
+                ]
+            )
+            t = ratio["throughput bgworker/nginx"]
+            goals.append(
+                [f"download {test}: throughput >= 0.9x nginx", f"{t:.2f}", _goal(t >= 0.9)]
+            )
+            c = ratio.get("cpu per GiB bgworker/nginx")
+            if c is not None:
+                goals.append(
+                    [f"download {test}: CPU/GiB <= 1.3x nginx", f"{c:.2f}", _goal(c <= 1.3)]
+                )
+        lines += _rows(
+            "4. downloads (server side; same client for both)",
+            ["test", "server", "MiB/s", "req/s", "server CPU s/GiB"],
+            rows,
+        )
+    if goals:
+        lines += _rows("goals (issue 5)", ["goal", "measured", "status"], goals)
+    return "\n".join(lines)

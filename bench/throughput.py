@@ -1,0 +1,336 @@
+"""Benchmark 1: small-file throughput, first publish -> last ``ready`` row, per contender."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import secrets
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import aio_pika
+import asyncpg
+from aio_pika.abc import DeliveryMode
+
+from bench import celery_app, common
+from bgworker import broker, events, topology
+
+READY_SQL: Final = {
+    "bgworker_requests": "SELECT count(*) FILTER (WHERE status = 'ready'), "
+    "extract(epoch FROM max(finished_at)) FROM bgworker_requests",
+    "bench_jobs": "SELECT count(*) FILTER (WHERE status = 'ready'), "
+    "extract(epoch FROM max(finished_at)) FROM bench_jobs",
+}
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    kind: str  # bgworker | celery | floor
+    processes: int = 1
+    pool: str = ""  # celery: prefork | threads
+    concurrency: int = 4
+
+    @property
+    def table(self) -> str:
+        return "bgworker_requests" if self.kind == "bgworker" else "bench_jobs"
+
+
+CONTENDERS: Final = (
+    Contender("bgworker x1", "bgworker", processes=1),
+    Contender("bgworker x2", "bgworker", processes=2),
+    Contender("celery prefork -c2", "celery", pool="prefork", concurrency=2),
+    Contender("celery threads -c20", "celery", pool="threads", concurrency=20),
+    Contender("floor (aio-pika+asyncpg)", "floor", concurrency=4),
+)
+
+
+@dataclass(frozen=True)
+class Setup:
+    dsn: str
+    namespace: str
+    logdir: Path
+
+    @property
+    def floor_queue(self) -> str:
+        return f"{self.namespace}.floor"
+
+    @property
+    def celery_queue(self) -> str:
+        return f"{self.namespace}.celery"
+
+
+def bgworker_env(setup: Setup, storage: Path, **extra: str) -> dict[str, str]:
+    return common.child_env(
+        {
+            "BGWORKER_AMQP_URL": common.AMQP_URL,
+            "BGWORKER_DATABASE_URL": setup.dsn,
+            "BGWORKER_NAMESPACE": setup.namespace,
+            "BGWORKER_STORAGE_DIR": str(storage),
+            "BGWORKER_HANDLERS": "bench.handlers:registry",
+            "BGWORKER_TOKENS__SECRET_KEYS": secrets.token_urlsafe(24),
+            "BGWORKER_LOG_LEVEL": "WARNING",
+            **extra,
+        }
+    )
+
+
+def start(c: Contender, setup: Setup, storage: Path, tag: str) -> list[common.Child]:
+    if c.kind == "bgworker":
+        env = bgworker_env(setup, storage)
+        return [
+            common.python_child(f"{tag}-bgworker-{i}", ["bgworker", "worker"], env, setup.logdir)
+            for i in range(c.processes)
+        ]
+    if c.kind == "celery":
+        env = common.child_env(
+            {
+                "BENCH_AMQP_URL": common.AMQP_URL,
+                "BENCH_DSN": setup.dsn,
+                "BENCH_STORAGE": str(storage),
+                "BENCH_CELERY_QUEUE": setup.celery_queue,
+            }
+        )
+        argv = [
+            "celery",
+            "-A",
+            "bench.celery_app",
+            "worker",
+            "-P",
+            c.pool,
+            "-c",
+            str(c.concurrency),
+            "-Q",
+            setup.celery_queue,
+            "-l",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+        return [common.python_child(f"{tag}-celery-{c.pool}", argv, env, setup.logdir)]
+    argv = [
+        "bench.floor",
+        "--queue",
+        setup.floor_queue,
+        "--dsn",
+        setup.dsn,
+        "--storage",
+        str(storage),
+        "--prefetch",
+        str(c.concurrency),
+        "--amqp-url",
+        common.AMQP_URL,
+    ]
+    return [common.python_child(f"{tag}-floor", argv, common.child_env({}), setup.logdir)]
+
+
+def _bgworker_message(request_id: uuid.UUID, seed: int) -> aio_pika.Message:
+    event = events.FileRequested(
+        id=request_id,
+        file_type="bench_csv",
+        criteria={"seed": seed},
+        filename=f"bench-{seed}.csv",
+        content_type="text/csv",
+    )
+    return broker.request_message(event.model_dump(mode="json"), str(request_id))
+
+
+def _bgworker_message_for(event: events.FileRequested) -> aio_pika.Message:
+    return broker.request_message(event.model_dump(mode="json"), str(event.id))
+
+
+def _floor_message(request_id: uuid.UUID, seed: int) -> aio_pika.Message:
+    body = json.dumps({"id": str(request_id), "seed": seed}).encode()
+    return aio_pika.Message(
+        body,
+        content_type="application/json",
+        delivery_mode=DeliveryMode.PERSISTENT,
+        message_id=str(request_id),
+    )
+
+
+def _celery_message(request_id: uuid.UUID, seed: int) -> aio_pika.Message:
+    """Celery's task message protocol 2, as ``apply_async`` sends it."""
+    task_id = str(request_id)
+    body = json.dumps(
+        [[task_id, seed], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    ).encode()
+    headers: dict[str, Any] = {
+        "lang": "py",
+        "task": celery_app.TASK_NAME,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": task_id,
+        "parent_id": None,
+        "argsrepr": repr((task_id, seed)),
+        "kwargsrepr": "{}",
+        "origin": "bench",
+        "ignore_result": True,
+    }
+    return aio_pika.Message(
+        body,
+        content_type="application/json",
+        content_encoding="utf-8",
+        delivery_mode=DeliveryMode.PERSISTENT,
+        correlation_id=task_id,
+        headers=headers,
+        priority=0,
+    )
+
+
+def route(c: Contender, setup: Setup) -> tuple[str, str, str, Callable[..., aio_pika.Message]]:
+    """(exchange, routing key, queue, message factory) for a contender."""
+    if c.kind == "bgworker":
+        topo = topology.Topology(setup.namespace)
+        return topo.requests_exchange, topology.REQUESTED_KEY, topo.work_queue, _bgworker_message
+    if c.kind == "celery":
+        return "", setup.celery_queue, setup.celery_queue, _celery_message
+    return "", setup.floor_queue, setup.floor_queue, _floor_message
+
+
+async def declare(setup: Setup) -> None:
+    """Queues exist before any worker starts, so publishing never races a declare."""
+    connection = await common.amqp_connect("bench-declare")
+    try:
+        channel = await connection.channel()
+        await topology.Topology(setup.namespace).declare(channel)
+        # The floor gets bgworker's queue type (quorum); Celery its own default (classic).
+        await channel.declare_queue(
+            setup.floor_queue, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await channel.declare_queue(setup.celery_queue, durable=True)
+    finally:
+        await connection.close()
+
+
+async def cleanup(setup: Setup) -> None:
+    connection = await common.amqp_connect("bench-cleanup")
+    try:
+        channel = await connection.channel()
+        await topology.Topology(setup.namespace).delete(channel)
+    finally:
+        await connection.close()
+    await common.delete_queues(
+        [setup.floor_queue, setup.celery_queue], exchanges=[setup.celery_queue]
+    )
+
+
+async def trial(c: Contender, setup: Setup, storage: Path, n: int, tag: str) -> dict[str, Any]:
+    """One timed run: fresh processes, ``n`` requests, back to an empty table."""
+    await declare(setup)
+    await common.reset_tables(setup.dsn)
+    common.empty_dir(storage)
+    exchange, key, queue, factory = route(c, setup)
+    seeds = range(n)
+    messages = [factory(uuid.uuid4(), seed) for seed in seeds]
+    children = start(c, setup, storage, tag)
+    connection = await common.amqp_connect("bench-publisher")
+    # A broker restart that everyone rides out still ruins the timing: run the trial again.
+    restarted: list[object] = []
+    connection.reconnect_callbacks.add(lambda *_: restarted.append(True))
+    db = await asyncpg.connect(setup.dsn)
+    try:
+        await common.wait_consumers(connection, queue, 1)
+        if c.kind == "bgworker":
+            await common.wait_consumers(connection, queue, c.processes)
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        cpu_before = common.cpu_seconds(p for ch in children for p in common.tree_pids(ch.pid))
+        t0 = time.time()
+        await common.publish_all(channel, exchange, key, messages)
+        published = time.time() - t0
+        deadline = time.monotonic() + 60 + n / 10
+        while True:
+            ready, last = await db.fetchrow(READY_SQL[c.table])
+            if ready >= n:
+                break
+            for child in children:
+                child.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{c.name}: {ready}/{n} ready after the deadline")
+            await asyncio.sleep(0.05)
+        cpu = common.cpu_seconds(p for ch in children for p in common.tree_pids(ch.pid))
+        elapsed = float(last) - t0
+        if restarted:
+            raise ConnectionError("RabbitMQ restarted during the trial")
+    finally:
+        await db.close()
+        await connection.close()
+        for child in children:
+            await child.stop()
+    return {
+        "msg_per_s": n / elapsed,
+        "seconds": elapsed,
+        "publish_seconds": published,
+        "worker_cpu_ms_per_job": (cpu - cpu_before) * 1000 / n,
+    }
+
+
+async def run(
+    dsn: str,
+    storages: dict[str, Path],
+    n: int,
+    reps: int,
+    logdir: Path,
+    only: str | None = None,
+) -> dict[str, Any]:
+    contenders = [c for c in CONTENDERS if not only or any(o in c.name for o in only.split(","))]
+    setup = Setup(dsn, f"bgw_bench_{uuid.uuid4().hex[:8]}", logdir)
+    await declare(setup)
+    results: dict[str, dict[str, dict[str, common.Series]]] = {
+        where: {c.name: {} for c in contenders} for where in storages
+    }
+    try:
+        for rep in range(reps):
+            for where, storage in storages.items():
+                # Interleaved: every contender sees the same stretch of machine noise.
+                for c in contenders:
+                    tag = f"r{rep}-{where}-{c.kind}{c.processes}{c.pool}"
+                    got = await common.retrying(
+                        f"{c.name} {where}",
+                        functools.partial(trial, c, setup, storage, n, tag),
+                    )
+                    for k, v in got.items():
+                        results[where][c.name].setdefault(k, common.Series()).add(v)
+                    common.log(
+                        f"throughput {where:5} rep {rep + 1}/{reps} {c.name:26} "
+                        f"{got['msg_per_s']:8.0f} msg/s  "
+                        f"({got['worker_cpu_ms_per_job']:.2f} ms CPU/job)"
+                    )
+    finally:
+        await common.wait_for_services()
+        await cleanup(setup)
+    out: dict[str, Any] = {"requests": n, "repetitions": reps, "storage": {}}
+    for where, by_name in results.items():
+        rows = {name: {k: s.to_json() for k, s in m.items()} for name, m in by_name.items()}
+        med = {name: m["msg_per_s"].median for name, m in by_name.items()}
+        best_celery = max((v for k, v in med.items() if k.startswith("celery")), default=None)
+        floor = next((v for k, v in med.items() if k.startswith("floor")), None)
+        ratios: dict[str, float] = {}
+        for name in med:
+            if name.startswith("bgworker") and best_celery:
+                ratios[f"{name} / best celery"] = med[name] / best_celery
+        for name in med:
+            if name.startswith("bgworker") and floor:
+                ratios[f"{name} / floor"] = med[name] / floor
+        out["storage"][where] = {
+            "contenders": rows,
+            "ratios": ratios,
+        }
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit("run through `python -m bench run`")
