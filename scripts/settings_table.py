@@ -42,7 +42,9 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_WORKER__CONCURRENCY": "jobs at once per worker process (= prefetch)",
     "BGWORKER_WORKER__LEASE_SECONDS": "lease of a claimed job; the heartbeat renews it",
     "BGWORKER_WORKER__REAP_INTERVAL_SECONDS": "how often expired leases are requeued",
-    "BGWORKER_WORKER__HOLD_TIMEOUT_SECONDS": "requeue a delivery held this long (no slot, no database)",
+    "BGWORKER_WORKER__HOLD_TIMEOUT_SECONDS": (
+        "requeue a delivery held this long (no free slot, or the database away)"
+    ),
     "BGWORKER_WORKER__RETRY_DELAYS_SECONDS": "retry delay tiers, comma-separated",
     "BGWORKER_WORKER__MAX_ATTEMPTS": "attempts before a request fails (a handler may set its own)",
     "BGWORKER_WORKER__OUTBOX_INTERVAL_SECONDS": "outbox sweep interval (emails, events)",
