@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from email.message import EmailMessage
@@ -64,6 +65,9 @@ def render(template: str, to: str, sender: str, context: dict[str, Any]) -> Emai
 class Mailer:
     def __init__(self, config: settings_mod.SmtpSettings) -> None:
         self.config = config
+        # aiosmtplib otherwise calls socket.getfqdn() for every EHLO, a blocking lookup that
+        # cost ~1.8 ms of event-loop time per email in the benchmark profile.
+        self._local_hostname = socket.getfqdn()
 
     async def send(
         self, message: EmailMessage, on_accepted: Callable[[], Awaitable[None]] | None = None
@@ -79,6 +83,7 @@ class Mailer:
             use_tls=c.use_tls,
             start_tls=c.start_tls,
             timeout=c.timeout_seconds,
+            local_hostname=self._local_hostname,
         )
         try:
             await client.connect()
