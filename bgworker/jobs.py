@@ -113,8 +113,7 @@ class Runner:
         max_attempts = (registration.max_attempts if registration else None) or (
             self.settings.worker.max_attempts
         )
-        await self.db.insert_request(event, max_attempts)
-        claim = await self.db.claim(event.id, self.worker_id, self._lease)
+        claim = await self.db.record_and_claim(event, max_attempts, self.worker_id, self._lease)
         if claim is None:
             # Ready, failed, cancelled, or running under another worker's live lease: this
             # delivery is a duplicate (redelivery, double publish). PostgreSQL has it covered.

@@ -206,6 +206,29 @@ class Store:
             return None
         return Claim(row["id"], row["attempts"], row["lease_token"], row["max_attempts"])
 
+    async def record_and_claim(
+        self, event: events.FileRequested, max_attempts: int, worker: str, lease_seconds: float
+    ) -> Claim | None:
+        """Insert the request if new and claim it if runnable, in one statement."""
+        requester = event.requester
+        row = await self.pool.fetchrow(
+            Q["record_and_claim"],
+            event.id,
+            event.file_type,
+            event.model_dump(mode="json"),
+            event.filename,
+            event.content_type,
+            requester.id if requester else None,
+            requester.email if requester else None,
+            event.requested_at,
+            max_attempts,
+            worker,
+            lease_seconds,
+        )
+        if row is None:
+            return None
+        return Claim(row["id"], row["attempts"], row["lease_token"], row["max_attempts"])
+
     async def heartbeat(self, claim: Claim, lease_seconds: float, progress: float | None) -> bool:
         row = await self.pool.fetchval(
             Q["heartbeat"], claim.request_id, claim.lease_token, lease_seconds, progress

@@ -46,6 +46,38 @@ WITH claimed AS (
 )
 SELECT id, attempts, lease_token, max_attempts FROM claimed;
 
+-- name: record_and_claim
+-- What a worker runs for each delivery: the first sighting inserts the row already claimed,
+-- a later one claims it under the same conditions as claim_request. One round trip instead
+-- of an insert followed by a claim. No row back: not runnable (a duplicate delivery).
+WITH claimed AS (
+    INSERT INTO bgworker_requests AS r
+        (id, file_type, event, filename, content_type, requester_id, requester_email,
+         requested_at, max_attempts, status, attempts, lease_owner, lease_token,
+         lease_expires_at, started_at, progress)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'running', 1, $10, gen_random_uuid(),
+            now() + make_interval(secs => $11), now(), 0)
+    ON CONFLICT (id) DO UPDATE
+    SET status = 'running',
+        attempts = r.attempts + 1,
+        lease_owner = excluded.lease_owner,
+        lease_token = gen_random_uuid(),
+        lease_expires_at = excluded.lease_expires_at,
+        started_at = coalesce(r.started_at, now()),
+        next_run_at = NULL,
+        progress = 0,
+        updated_at = now()
+    WHERE NOT r.cancel_requested
+      AND (r.status IN ('queued', 'retrying')
+           OR (r.status = 'running' AND r.lease_expires_at < now()))
+    RETURNING id, attempts, lease_token, max_attempts
+), attempt AS (
+    INSERT INTO bgworker_attempts (request_id, attempt, worker)
+    SELECT id, attempts, $10 FROM claimed
+    ON CONFLICT (request_id, attempt) DO UPDATE SET worker = excluded.worker, started_at = now()
+)
+SELECT id, attempts, lease_token, max_attempts FROM claimed;
+
 -- name: insert_attempt
 INSERT INTO bgworker_attempts (request_id, attempt, worker)
 VALUES ($1, $2, $3)
