@@ -144,7 +144,7 @@ class Runner:
                 raw: object = events.strip_nul(json.loads(message.body))
             except ValueError:
                 raw = {"body": message.body.decode("utf-8", "replace")[:2000]}
-            inserted = await self.db.insert_invalid_request(
+            await self.db.insert_invalid_request(
                 exc.request_id,
                 raw,
                 exc.reason,
@@ -152,8 +152,6 @@ class Runner:
                 str(exc),
                 effects=outbox.failed_effects,
             )
-            if inserted:
-                self.dispatcher.kick(exc.request_id, [outbox.EVENT_FAILED])
         letter = DeadLetter(exc.reason, "InvalidEventError", str(exc), attempts=0)
         await self._dead_letter(message.body, letter, message.message_id, message.routing_key)
         await message.ack()  # only after the dead letter is confirmed: raise if we cannot
@@ -220,7 +218,6 @@ class Runner:
             return "lost"
         metrics.JOBS.labels("ready").inc()
         log.info("request %s: ready (%d bytes, sha256 %s)", event.id, size, digest[:12])
-        self.dispatcher.kick(event.id, [outbox.EVENT_READY, outbox.EMAIL_READY])
         return "ready"
 
     async def _heartbeat(
@@ -343,7 +340,6 @@ class Runner:
             error_class,
             error,
         )
-        self.dispatcher.kick(claim.request_id, [outbox.EVENT_FAILED, outbox.EMAIL_FAILED])
         return "failed"
 
 

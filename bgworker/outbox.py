@@ -1,10 +1,11 @@
 """Side effects of a finished request, carried out once: emails and outgoing events.
 
 The state change that causes an effect (``ready``, ``failed``) inserts an outbox row in the
-same transaction, one per (request, kind). The dispatcher claims due rows, performs them
-and marks them done, retrying with backoff on failure. So SMTP or broker trouble never
-costs a file, and no effect is lost when a worker dies: another worker's sweep picks the
-row up when its claim runs out.
+same transaction, one per (request, kind), already claimed by the worker that wrote it;
+after the commit that worker's dispatcher performs it and marks it done, or records the
+failure for a retry with backoff. So SMTP or broker trouble never costs a file, and no
+effect is lost when a worker dies: another worker's sweep picks the row up when its claim
+runs out.
 
 At-least-once remains at the very edge: a worker killed after the SMTP server accepted a
 message but before ``done`` committed re-sends it. Emails carry a deterministic Message-ID
@@ -14,6 +15,7 @@ and events a deterministic message_id so receivers can collapse that rare copy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -114,50 +116,25 @@ class Dispatcher:
     claim_seconds: float
 
     def __post_init__(self) -> None:
-        self._kicks: asyncio.Queue[tuple[uuid.UUID, str]] = asyncio.Queue()
         self._inflight: set[asyncio.Task[None]] = set()
 
-    def kick(self, request_id: uuid.UUID, kinds: list[str]) -> None:
-        """Perform these effects now rather than at the next sweep."""
-        for kind in kinds:
-            self._kicks.put_nowait((request_id, kind))
+    def take(self, items: list[store.OutboxItem]) -> None:
+        """Perform effects this process already holds the claim on (just committed)."""
+        for item in items:
+            self._spawn(item)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Sweep every interval; perform kicked effects as soon as they are kicked."""
-        stopped = asyncio.create_task(stop.wait(), name="outbox-stop")
-        next_sweep = 0.0
-        loop = asyncio.get_running_loop()
-        try:
-            while not stop.is_set():
-                if loop.time() >= next_sweep:
-                    await self.sweep()
-                    next_sweep = loop.time() + self.interval_seconds
-                kicked = asyncio.create_task(self._kicks.get(), name="outbox-kick")
-                done, _ = await asyncio.wait(
-                    [kicked, stopped],
-                    timeout=max(0.0, next_sweep - loop.time()),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if kicked in done:
-                    await self._claim_kicked(*kicked.result())
-                else:
-                    kicked.cancel()
-        finally:
-            stopped.cancel()
+        """Sweep for due effects (failed earlier, or left by a worker that died)."""
+        while not stop.is_set():
+            await self.sweep()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval_seconds):
+                    await stop.wait()
         await self.drain()
 
     async def drain(self) -> None:
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
-
-    async def _claim_kicked(self, request_id: uuid.UUID, kind: str) -> None:
-        try:
-            item = await self.db.claim_outbox_one(request_id, kind, self.claim_seconds)
-        except Exception as exc:  # the sweep retries; the loop must not die
-            log.warning("outbox claim failed, the sweep will retry: %s", exc)
-            return
-        if item is not None:
-            self._spawn(item)
 
     async def sweep(self) -> int:
         try:

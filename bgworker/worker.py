@@ -119,6 +119,10 @@ class Worker:
                 cfg.outbox_interval_seconds,
                 cfg.outbox_claim_seconds,
             )
+            # Outbox rows this worker writes start claimed by it and go straight to its
+            # dispatcher after their commit; the sweep covers the rest.
+            db.claim_effects_seconds = cfg.outbox_claim_seconds
+            db.on_effects = dispatcher.take
             self._runner = jobs.Runner(
                 self.settings,
                 self.registry,
@@ -293,9 +297,6 @@ class Worker:
                         report.cancelled,
                         len(report.failed),
                     )
-                for rid in report.failed:
-                    assert self._runner is not None
-                    self._runner.dispatcher.kick(rid, [outbox.EVENT_FAILED, outbox.EMAIL_FAILED])
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.worker.reap_interval_seconds):
                     await self.stopping.wait()

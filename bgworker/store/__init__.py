@@ -145,8 +145,19 @@ async def ensure_database(dsn: str) -> bool:
 
 
 class Store:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        claim_effects_seconds: float | None = None,
+        on_effects: Callable[[list[OutboxItem]], None] | None = None,
+    ) -> None:
+        """``claim_effects_seconds``: outbox rows start claimed by this process for that
+        long, and ``on_effects`` gets them once their transaction committed (a worker's
+        dispatcher performs them at once). Without it they wait for a dispatcher's sweep."""
         self.pool = pool
+        self.claim_effects_seconds = claim_effects_seconds
+        self.on_effects = on_effects
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -194,7 +205,8 @@ class Store:
             if inserted is None:
                 return False
             row = RequestRow.from_record(await conn.fetchrow(Q["get_request"], request_id))
-            await self._insert_effects(conn, row.id, effects(row))
+            claimed = await self._insert_effects(conn, row.id, effects(row))
+        self._announce(claimed)
         return True
 
     # -- running ------------------------------------------------------------------------
@@ -258,7 +270,8 @@ class Store:
             if record is None:
                 return None
             row = RequestRow.from_record(record)
-            await self._insert_effects(conn, row.id, effects(row))
+            claimed = await self._insert_effects(conn, row.id, effects(row))
+        self._announce(claimed)
         return row
 
     async def mark_retrying(
@@ -325,8 +338,9 @@ class Store:
                 error,
                 None,
             )
-            await self._insert_effects(conn, row.id, effects(row))
+            claimed = await self._insert_effects(conn, row.id, effects(row))
             await publish()
+        self._announce(claimed)
         return row
 
     async def mark_cancelled(self, claim: Claim) -> bool:
@@ -370,6 +384,7 @@ class Store:
         """Requests whose worker died (lease expired): requeued, or failed once they have
         used all their attempts that way (a handler that kills its process every time)."""
         report = ReapReport()
+        claimed: list[OutboxItem] = []
         async with self.transaction() as conn:
             for row in await conn.fetch(Q["expired_leases"], limit):
                 rid, attempts = row["id"], row["attempts"]
@@ -386,7 +401,7 @@ class Store:
                     failed = RequestRow.from_record(
                         await conn.fetchrow(Q["fail_expired"], rid, error)
                     )
-                    await self._insert_effects(conn, rid, effects(failed))
+                    claimed += await self._insert_effects(conn, rid, effects(failed))
                     await dead_letter(failed)
                     report.failed.append(rid)
                 else:
@@ -396,31 +411,35 @@ class Store:
                     await requeue(row["event"])
                     await conn.execute(Q["requeue_expired"], rid)
                     report.requeued += 1
+        self._announce(claimed)
         return report
 
     # -- outbox -------------------------------------------------------------------------
 
-    @staticmethod
     async def _insert_effects(
-        conn: asyncpg.Connection, request_id: uuid.UUID, items: list[tuple[str, dict[str, Any]]]
-    ) -> None:
-        if items:
-            kinds = [kind for kind, _ in items]
-            await conn.execute(Q["insert_outbox"], request_id, kinds, [p for _, p in items])
+        self, conn: asyncpg.Connection, request_id: uuid.UUID, items: list[tuple[str, Any]]
+    ) -> list[OutboxItem]:
+        if not items:
+            return []
+        rows = await conn.fetch(
+            Q["insert_outbox"],
+            request_id,
+            [kind for kind, _ in items],
+            [payload for _, payload in items],
+            self.claim_effects_seconds,
+        )
+        if self.claim_effects_seconds is None:
+            return []
+        return [OutboxItem(r["request_id"], r["kind"], r["payload"], r["attempts"]) for r in rows]
+
+    def _announce(self, claimed: list[OutboxItem]) -> None:
+        # Called after the commit only: an effect must never run for a rolled-back change.
+        if claimed and self.on_effects is not None:
+            self.on_effects(claimed)
 
     async def claim_outbox_due(self, limit: int, claim_seconds: float) -> list[OutboxItem]:
         rows = await self.pool.fetch(Q["claim_outbox_due"], limit, claim_seconds)
         return [OutboxItem(r["request_id"], r["kind"], r["payload"], r["attempts"]) for r in rows]
-
-    async def claim_outbox_one(
-        self, request_id: uuid.UUID, kind: str, claim_seconds: float
-    ) -> OutboxItem | None:
-        r = await self.pool.fetchrow(Q["claim_outbox_one"], request_id, kind, claim_seconds)
-        return (
-            None
-            if r is None
-            else OutboxItem(r["request_id"], r["kind"], r["payload"], r["attempts"])
-        )
 
     async def outbox_done(self, item: OutboxItem) -> None:
         await self.pool.execute(Q["outbox_done"], item.request_id, item.kind)

@@ -221,9 +221,14 @@ WHERE request_id = $1 AND attempt = $2 AND finished_at IS NULL;
 
 -- name: insert_outbox
 -- Every effect of one state change in one statement: kinds $2 and payloads $3, in pairs.
-INSERT INTO bgworker_outbox (request_id, kind, payload)
-SELECT $1, e.kind, e.payload FROM unnest($2::text[], $3::jsonb[]) AS e (kind, payload)
-ON CONFLICT (request_id, kind) DO NOTHING;
+-- With $4 (seconds) the rows start claimed by the inserting worker, which performs them
+-- right after the commit: no separate claim round trip. NULL leaves them to the sweep.
+INSERT INTO bgworker_outbox (request_id, kind, payload, claimed_until, attempts)
+SELECT $1, e.kind, e.payload, now() + make_interval(secs => $4::double precision),
+       CASE WHEN $4::double precision IS NULL THEN 0 ELSE 1 END
+FROM unnest($2::text[], $3::jsonb[]) AS e (kind, payload)
+ON CONFLICT (request_id, kind) DO NOTHING
+RETURNING request_id, kind, payload, attempts;
 
 -- name: claim_outbox_due
 -- Due effects, claimed for a while so a second dispatcher skips them; a dispatcher that
@@ -240,13 +245,6 @@ FROM (
 ) due
 WHERE o.request_id = due.request_id AND o.kind = due.kind
 RETURNING o.request_id, o.kind, o.payload, o.attempts;
-
--- name: claim_outbox_one
-UPDATE bgworker_outbox
-SET claimed_until = now() + make_interval(secs => $3), attempts = attempts + 1
-WHERE request_id = $1 AND kind = $2 AND status = 'pending'
-  AND (claimed_until IS NULL OR claimed_until < now())
-RETURNING request_id, kind, payload, attempts;
 
 -- name: outbox_done
 WITH done AS (
