@@ -156,6 +156,10 @@ class Worker:
             await self._drain()
             await asyncio.wait(side, timeout=cfg.outbox_interval_seconds + 5)
             await jobs.cancel_all(side)
+            # Jobs that finished during the drain handed their effects to the dispatcher
+            # after its loop ended: let them complete before the pool and channel close, or
+            # their claims would run out and another worker would repeat them.
+            await dispatcher.drain()
         summary = ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items())) or "no jobs"
         log.info(
             "worker %s stopped after %.1fs: %s",

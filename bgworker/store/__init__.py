@@ -166,10 +166,11 @@ class Store:
 
     # -- intake -------------------------------------------------------------------------
 
-    async def insert_request(self, event: events.FileRequested, max_attempts: int) -> None:
+    @staticmethod
+    def _request_columns(event: events.FileRequested, max_attempts: int) -> tuple[Any, ...]:
+        """$1..$9 of insert_request and record_and_claim."""
         requester = event.requester
-        await self.pool.execute(
-            Q["insert_request"],
+        return (
             event.id,
             event.file_type,
             event.model_dump(mode="json"),
@@ -180,6 +181,9 @@ class Store:
             event.requested_at,
             max_attempts,
         )
+
+    async def insert_request(self, event: events.FileRequested, max_attempts: int) -> None:
+        await self.pool.execute(Q["insert_request"], *self._request_columns(event, max_attempts))
 
     async def insert_invalid_request(
         self,
@@ -222,18 +226,9 @@ class Store:
         self, event: events.FileRequested, max_attempts: int, worker: str, lease_seconds: float
     ) -> Claim | None:
         """Insert the request if new and claim it if runnable, in one statement."""
-        requester = event.requester
         row = await self.pool.fetchrow(
             Q["record_and_claim"],
-            event.id,
-            event.file_type,
-            event.model_dump(mode="json"),
-            event.filename,
-            event.content_type,
-            requester.id if requester else None,
-            requester.email if requester else None,
-            event.requested_at,
-            max_attempts,
+            *self._request_columns(event, max_attempts),
             worker,
             lease_seconds,
         )

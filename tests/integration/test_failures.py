@@ -231,3 +231,23 @@ async def test_graceful_stop_releases_unfinished_jobs(
     w2 = await start_worker(worker_id=f"second-{uuid.uuid4().hex[:4]}")
     row = await wait_for_status(db, event.id, "running", timeout=20)
     assert row.lease_owner == w2.worker_id
+
+
+async def test_stop_during_a_job_sends_its_email_before_exiting(
+    db: store.Store, publish, settings, amqp, smtp_sink: SmtpSink
+):
+    w = worker.Worker(settings, handlers.load(settings.handlers))
+    run = asyncio.create_task(w.run())
+    await asyncio.wait_for(w.ready.wait(), 30)
+    event = await publish("slow", {"seconds": 1.5}, requester={"email": "eve@example.com"})
+    await wait_for_status(db, event.id, "running")
+    w.stop()  # the job finishes during the drain, after the dispatcher's loop has ended
+    await asyncio.wait_for(run, 60)
+    # When run() returns, the job's effects are done and recorded: nothing is left to a
+    # claim that would expire and be repeated by another worker.
+    assert (await db.get_request(event.id)).status == "ready"
+    assert [m["To"] for m in smtp_sink.messages] == ["eve@example.com"]
+    assert {o["kind"]: o["status"] for o in await db.list_outbox(event.id)} == {
+        "email_ready": "done",
+        "event_ready": "done",
+    }
