@@ -138,12 +138,9 @@ async def _cmd_publish(settings: settings_mod.Settings, args: argparse.Namespace
 
 
 async def _cmd_cancel(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    pool = await store.create_pool(settings.database_url.get_secret_value())
-    try:
-        status = await store.Store(pool).request_cancel(args.id)
-        row = await store.Store(pool).get_request(args.id)
-    finally:
-        await pool.close()
+    async with store.opened(settings.database_url.get_secret_value()) as db:
+        status = await db.request_cancel(args.id)
+        row = await db.get_request(args.id)
     if status is None:
         state = row.status if row else "unknown to this database"
         print(f"{args.id}: not cancellable (status: {state})", file=sys.stderr)
@@ -153,42 +150,31 @@ async def _cmd_cancel(settings: settings_mod.Settings, args: argparse.Namespace)
 
 
 async def _cmd_status(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    pool = await store.create_pool(settings.database_url.get_secret_value())
-    try:
-        db = store.Store(pool)
+    async with store.opened(settings.database_url.get_secret_value()) as db:
         row = await db.get_request(args.id)
         attempts = await db.list_attempts(args.id) if row else []
-    finally:
-        await pool.close()
     if row is None:
         print(f"{args.id}: unknown request", file=sys.stderr)
         return 1
     out = row.to_json()
     out.pop("lease_token", None)
-    out["attempt_log"] = [
-        {
-            k: (
-                v.isoformat()
-                if hasattr(v, "isoformat")
-                else str(v)
-                if isinstance(v, uuid.UUID)
-                else v
-            )
-            for k, v in a.items()
-        }
-        for a in attempts
-    ]
-    print(json.dumps(out, indent=2, default=str))
+    out["attempt_log"] = attempts
+    print(json.dumps(out, indent=2, default=_json_value))
     return 0
+
+
+def _json_value(value: object) -> str:
+    # Timestamps as ISO 8601, anything else (UUIDs) as text.
+    isoformat = getattr(value, "isoformat", None)
+    return str(isoformat()) if callable(isoformat) else str(value)
 
 
 async def _cmd_clean(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     from bgworker import cleanup, storage
 
-    pool = await store.create_pool(settings.database_url.get_secret_value())
-    try:
+    async with store.opened(settings.database_url.get_secret_value()) as db:
         report = await cleanup.clean(
-            store.Store(pool),
+            db,
             storage.LocalStorage(settings.storage_dir),
             leeway_seconds=args.leeway,
             orphan_age_seconds=args.orphan_age,
@@ -196,8 +182,6 @@ async def _cmd_clean(settings: settings_mod.Settings, args: argparse.Namespace) 
             sleep_seconds=args.sleep,
             dry_run=args.dry_run,
         )
-    finally:
-        await pool.close()
     verb = "would remove" if args.dry_run else "removed"
     print(
         f"{verb}: {report.expired} expired file(s), {report.orphans} orphaned file(s), "

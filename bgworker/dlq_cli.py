@@ -10,7 +10,6 @@ import json
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TextIO
 
@@ -106,15 +105,6 @@ def print_table(rows: list[list[str]], out: TextIO) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
 
 
-@contextlib.asynccontextmanager
-async def _store(settings: settings_mod.Settings) -> AsyncIterator[store.Store]:
-    pool = await store.create_pool(settings.database_url.get_secret_value(), max_size=2)
-    try:
-        yield store.Store(pool)
-    finally:
-        await pool.close()
-
-
 class StderrProgress:
     """``replay 120/500 [#####.....]`` on a terminal; silent when stderr is not one."""
 
@@ -176,7 +166,7 @@ async def _show(
     request_id = found.get("request_id")
     if request_id:
         with contextlib.suppress(*store.TRANSIENT_ERRORS):
-            async with _store(settings) as db:
+            async with store.opened(settings.database_url.get_secret_value()) as db:
                 row = await db.get_request(uuid.UUID(request_id))
                 found["request"] = (
                     None
@@ -227,7 +217,7 @@ async def _act(
     if selection.is_empty:
         print(f"dlq {args.dlq_command}: name ids, give a filter, or pass --all", file=sys.stderr)
         return EXIT_USAGE
-    async with _store(settings) as db:
+    async with store.opened(settings.database_url.get_secret_value()) as db:
         if args.dlq_command == "purge" and not (args.yes or args.dry_run):
             preview = await dlq.purge(q, db, selection, actor=actor(), dry_run=True)
             if not preview.outcomes:

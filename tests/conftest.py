@@ -44,11 +44,7 @@ def pg_template() -> Iterator[str]:
     name = f"bgw_tmpl_{uuid.uuid4().hex[:10]}"
 
     async def create() -> None:
-        admin = await asyncpg.connect(PG_ADMIN)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
+        await create_database(name)
         conn = await asyncpg.connect(_db_url(name))
         try:
             await migrations.apply(conn)
@@ -58,6 +54,15 @@ def pg_template() -> Iterator[str]:
     asyncio.run(create())
     yield name
     asyncio.run(_drop_database(name))
+
+
+async def create_database(name: str, template: str | None = None) -> None:
+    admin = await asyncpg.connect(PG_ADMIN)
+    try:
+        clause = f' TEMPLATE "{template}"' if template else ""
+        await admin.execute(f'CREATE DATABASE "{name}"{clause}')
+    finally:
+        await admin.close()
 
 
 async def _drop_database(name: str) -> None:
@@ -71,11 +76,7 @@ async def _drop_database(name: str) -> None:
 @pytest.fixture
 async def database_url(pg_template: str) -> AsyncIterator[str]:
     name = f"bgw_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
-    finally:
-        await admin.close()
+    await create_database(name, template=pg_template)
     yield _db_url(name)
     await _drop_database(name)
 

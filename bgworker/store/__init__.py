@@ -122,6 +122,16 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
     return pool
 
 
+@asynccontextmanager
+async def opened(dsn: str, *, max_size: int = 2) -> AsyncIterator[Store]:
+    """A small pool for one-shot commands (CLI), closed on exit."""
+    pool = await create_pool(dsn, max_size=max_size)
+    try:
+        yield Store(pool)
+    finally:
+        await pool.close()
+
+
 async def ensure_database(dsn: str) -> bool:
     """Create the database named in ``dsn`` if it is missing; True when it was created."""
     try:
@@ -214,13 +224,6 @@ class Store:
         return True
 
     # -- running ------------------------------------------------------------------------
-
-    async def claim(self, request_id: uuid.UUID, worker: str, lease_seconds: float) -> Claim | None:
-        # One statement claims and records the attempt: no BEGIN/COMMIT round trips.
-        row = await self.pool.fetchrow(Q["claim_request"], request_id, worker, lease_seconds)
-        if row is None:
-            return None
-        return Claim(row["id"], row["attempts"], row["lease_token"], row["max_attempts"])
 
     async def record_and_claim(
         self, event: events.FileRequested, max_attempts: int, worker: str, lease_seconds: float

@@ -19,37 +19,12 @@ VALUES ($1, $2, 'failed', $3, '', 'application/octet-stream', now(), now(), $4, 
 ON CONFLICT (id) DO NOTHING
 RETURNING id;
 
--- name: claim_request
--- Take a runnable request: queued, waiting for a retry, or running under a lease that
--- expired (its worker died). The lease token fences out a worker that lost its lease.
--- The attempt row is written by the same statement: atomic, and one round trip.
-WITH claimed AS (
-    UPDATE bgworker_requests
-    SET status = 'running',
-        attempts = attempts + 1,
-        lease_owner = $2,
-        lease_token = gen_random_uuid(),
-        lease_expires_at = now() + make_interval(secs => $3),
-        started_at = coalesce(started_at, now()),
-        next_run_at = NULL,
-        progress = 0,
-        updated_at = now()
-    WHERE id = $1
-      AND NOT cancel_requested
-      AND (status IN ('queued', 'retrying')
-           OR (status = 'running' AND lease_expires_at < now()))
-    RETURNING id, attempts, lease_token, max_attempts
-), attempt AS (
-    INSERT INTO bgworker_attempts (request_id, attempt, worker)
-    SELECT id, attempts, $2 FROM claimed
-    ON CONFLICT (request_id, attempt) DO UPDATE SET worker = excluded.worker, started_at = now()
-)
-SELECT id, attempts, lease_token, max_attempts FROM claimed;
-
 -- name: record_and_claim
--- What a worker runs for each delivery: the first sighting inserts the row already claimed,
--- a later one claims it under the same conditions as claim_request. One round trip instead
--- of an insert followed by a claim. No row back: not runnable (a duplicate delivery).
+-- What a worker runs for each delivery: the first sighting inserts the row already claimed;
+-- a later one takes it if runnable: queued, waiting for a retry, or running under a lease
+-- that expired (its worker died). The lease token fences out a worker that lost its lease.
+-- The attempt row is written by the same statement. No row back: not runnable (a duplicate
+-- delivery, or a cancelled request).
 WITH claimed AS (
     INSERT INTO bgworker_requests AS r
         (id, file_type, event, filename, content_type, requester_id, requester_email,
@@ -77,11 +52,6 @@ WITH claimed AS (
     ON CONFLICT (request_id, attempt) DO UPDATE SET worker = excluded.worker, started_at = now()
 )
 SELECT id, attempts, lease_token, max_attempts FROM claimed;
-
--- name: insert_attempt
-INSERT INTO bgworker_attempts (request_id, attempt, worker)
-VALUES ($1, $2, $3)
-ON CONFLICT (request_id, attempt) DO UPDATE SET worker = excluded.worker, started_at = now();
 
 -- name: finish_attempt
 UPDATE bgworker_attempts

@@ -297,9 +297,9 @@ async def test_request_not_ready_is_409_with_retry_after(
 ):
     queued = await new_event(db)
     running = await new_event(db)
-    assert await db.claim(running.id, "test-worker", 60) is not None
+    assert await db.record_and_claim(running, 3, "test-worker", 60) is not None
     retrying = await new_event(db)
-    claim = await db.claim(retrying.id, "test-worker", 60)
+    claim = await db.record_and_claim(retrying, 3, "test-worker", 60)
     assert claim is not None
 
     async def no_publish() -> None:

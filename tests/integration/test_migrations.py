@@ -10,18 +10,14 @@ import asyncpg
 import pytest
 
 from bgworker.store import migrations
-from tests.conftest import PG_ADMIN, _db_url, _drop_database, wait_until
+from tests.conftest import _db_url, _drop_database, create_database, wait_until
 
 
 @pytest.fixture
 async def empty_database_url() -> AsyncIterator[str]:
     """A brand-new database with nothing in it (not cloned from the migrated template)."""
     name = f"bgw_m_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+    await create_database(name)
     yield _db_url(name)
     await _drop_database(name)
 
