@@ -147,7 +147,10 @@ async def ensure_database(dsn: str) -> bool:
     admin = await asyncpg.connect(dsn, database="postgres")
     try:
         await admin.execute(f'CREATE DATABASE "{name.replace(chr(34), "")}"')
-    except asyncpg.DuplicateDatabaseError:
+    except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+        # Two `migrate` runs racing on a new database: the loser's CREATE DATABASE fails on
+        # pg_database's unique name index (UniqueViolation) rather than with
+        # DuplicateDatabase when both passed the existence check at the same instant.
         return False
     finally:
         await admin.close()

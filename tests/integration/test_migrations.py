@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 
@@ -100,3 +102,35 @@ async def test_concurrent_apply_without_coordination(empty_database_url: str) ->
     finally:
         for c in conns:
             await c.close()
+
+
+async def test_eight_concurrent_migrate_commands_create_and_migrate_a_new_database() -> None:
+    """`bgworker migrate` from eight processes at once on a database that does not exist yet:
+    every one exits 0 (the losers of CREATE DATABASE used to exit 69 on UniqueViolation)."""
+    name = f"bgw_mc_{uuid.uuid4().hex[:12]}"
+    env = {**os.environ, "BGWORKER_DATABASE_URL": _db_url(name)}
+    try:
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bgworker",
+                "migrate",
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            for _ in range(8)
+        ]
+        outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 120)
+        codes = [p.returncode for p in procs]
+        assert codes == [0] * 8, [err.decode()[-500:] for _, err in outputs]
+        created = [out for out, _ in outputs if b"created database" in out]
+        assert len(created) == 1
+        conn = await asyncpg.connect(_db_url(name))
+        try:
+            assert await migrations.pending(conn) == []
+        finally:
+            await conn.close()
+    finally:
+        await _drop_database(name)
