@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import traceback
 import uuid
@@ -25,13 +26,23 @@ from typing import Any, Final
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from bgworker import broker, events, handlers, metrics, outbox, storage, store, topology
+from bgworker import broker, events, faults, handlers, metrics, outbox, storage, store, topology
 from bgworker import settings as settings_mod
 
 log = logging.getLogger(__name__)
 
 TRACEBACK_LIMIT: Final = 2000
 ERROR_LIMIT: Final = 1000
+# Dead-letter reasons decided here (validation's own are on events.InvalidEventError).
+UNSTORABLE: Final = "unstorable"
+CONFLICTING_DUPLICATE: Final = "conflicting_duplicate"
+# A request that failed for one of these reasons never ran: publishing a valid event under
+# the same id replaces it. Anything else that failed for good comes back only by replay.
+SUPERSEDABLE: Final = frozenset(
+    {"invalid_schema", "unsupported_schema_version", "malformed_json", UNSTORABLE}
+)
+_RECORD_BODY_LIMIT: Final = 2000
+_RECORD_DEPTH_LIMIT: Final = 64
 
 
 class LeaseLostError(Exception):
@@ -55,6 +66,55 @@ def _short(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _header_text(text: str, limit: int) -> str:
+    """Valid UTF-8 for an AMQP header: a lone surrogate in an error text (quoting a hostile
+    event) would make the dead letter itself unpublishable."""
+    return _short(text, limit).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def same_request(recorded: dict[str, Any], event: events.FileRequested) -> bool:
+    """Whether ``event`` is the request already recorded under its id (the same comparison
+    as record_and_claim's: jsonb equality, requested_at only when the producer set it)."""
+    return not differing_fields(recorded, event)
+
+
+def differing_fields(recorded: dict[str, Any], event: events.FileRequested) -> list[str]:
+    new = event.model_dump(mode="json")
+    names = set(recorded) | set(new)
+    if "requested_at" not in event.model_fields_set:
+        names.discard("requested_at")
+    return sorted(n for n in names if recorded.get(n) != new.get(n))
+
+
+def _recordable(value: Any, depth: int = 0) -> Any:
+    """``value`` as something jsonb stores: NUL and lone surrogates replaced, non-finite
+    numbers dropped, nesting capped."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict | list) and depth >= _RECORD_DEPTH_LIMIT:
+        return "(nested too deep)"
+    if isinstance(value, dict):
+        return {_recordable(str(k)): _recordable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_recordable(v, depth + 1) for v in value]
+    return value
+
+
+def recordable_body(body: bytes) -> dict[str, Any]:
+    """A rejected body as a JSON object PostgreSQL accepts, for the failed request row."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        parsed = None
+    if isinstance(parsed, dict):
+        out: dict[str, Any] = _recordable(parsed)
+        return out
+    text = body[: _RECORD_BODY_LIMIT * 4].decode("utf-8", "replace")[:_RECORD_BODY_LIMIT]
+    return {"body": _recordable(text)}
+
+
 def dead_letter_message(
     body: bytes,
     letter: DeadLetter,
@@ -67,14 +127,14 @@ def dead_letter_message(
     headers: dict[str, Any] = {
         "x-bgworker-reason": letter.reason,
         "x-bgworker-error-class": letter.error_class,
-        "x-bgworker-error": _short(letter.error, ERROR_LIMIT),
+        "x-bgworker-error": _header_text(letter.error, ERROR_LIMIT),
         "x-bgworker-attempts": letter.attempts,
         "x-bgworker-worker": worker_id,
         "x-bgworker-failed-at": datetime.now(UTC).isoformat(),
         "x-bgworker-routing-key": routing_key or topology.REQUESTED_KEY,
     }
     if letter.traceback:
-        headers["x-bgworker-traceback"] = _short(letter.traceback, TRACEBACK_LIMIT)
+        headers["x-bgworker-traceback"] = _header_text(letter.traceback, TRACEBACK_LIMIT)
     return aio_pika.Message(
         body,
         content_type="application/json",
@@ -103,23 +163,39 @@ class Runner:
         return self.settings.worker.lease_seconds
 
     async def handle(self, message: AbstractIncomingMessage) -> str:
-        """Process one delivery; returns the outcome (for logs, metrics and tests)."""
+        """Process one delivery; returns the outcome (for logs, metrics and tests).
+
+        Before the ack, only infrastructure errors (``faults.is_infrastructure``) escape, for
+        the worker to hold the delivery and retry it in place; anything else the message
+        causes ends as a dead letter with a reason, now."""
         try:
             event = events.parse_file_requested(message.body)
         except events.InvalidEventError as exc:
-            await self._reject_invalid(message, exc)
+            await self.reject(message, exc.reason, "InvalidEventError", str(exc), exc.request_id)
             return "invalid"
         registration = self.registry.find(event.file_type)
         max_attempts = (registration.max_attempts if registration else None) or (
             self.settings.worker.max_attempts
         )
-        claim = await self.db.record_and_claim(event, max_attempts, self.worker_id, self._lease)
-        if claim is None:
-            # Ready, failed, cancelled, or running under another worker's live lease: this
-            # delivery is a duplicate (redelivery, double publish). PostgreSQL has it covered.
-            await _ack(message)
-            log.info("request %s: not runnable (duplicate delivery), acked", event.id)
-            return "duplicate"
+        try:
+            claim = await self.db.record_and_claim(event, max_attempts, self.worker_id, self._lease)
+            if claim is None:
+                claim = await self._not_runnable(message, event, max_attempts)
+                if claim is None:
+                    return "duplicate"
+        except Exception as exc:
+            if faults.is_infrastructure(exc):
+                raise
+            # Valid as JSON Schema goes, but PostgreSQL refuses it (a value out of its range,
+            # text it cannot hold): it would fail the same way on every delivery.
+            await self.reject(
+                message,
+                UNSTORABLE,
+                type(exc).__name__,
+                f"the event could not be recorded: {exc}",
+                event.id,
+            )
+            return "unstorable"
         await _ack(message)
         if registration is None:
             await self._fail(
@@ -134,27 +210,82 @@ class Runner:
             return "failed"
         return await self._run(event, claim, registration, message.body)
 
-    async def _reject_invalid(
-        self, message: AbstractIncomingMessage, exc: events.InvalidEventError
-    ) -> None:
-        log.warning("rejecting message %s: %s: %s", message.message_id, exc.reason, exc)
-        if exc.request_id is not None:
-            try:
-                # NUL characters (rejected by validation) cannot be stored in jsonb either.
-                raw: object = events.strip_nul(json.loads(message.body))
-            except ValueError:
-                raw = {"body": message.body.decode("utf-8", "replace")[:2000]}
-            await self.db.insert_invalid_request(
-                exc.request_id,
-                raw,
-                exc.reason,
-                "InvalidEventError",
-                str(exc),
-                effects=outbox.failed_effects,
+    async def _not_runnable(
+        self, message: AbstractIncomingMessage, event: events.FileRequested, max_attempts: int
+    ) -> store.Claim | None:
+        """The id is recorded and the claim refused. Returns a claim when this event
+        supersedes a request that failed validation; otherwise settles the delivery as a
+        duplicate or, when its body differs from the recorded one, a conflicting duplicate."""
+        row = await self.db.get_request(event.id)
+        if row is not None and row.status == "failed" and row.failure_reason in SUPERSEDABLE:
+            claim = await self.db.supersede_invalid(
+                event, max_attempts, self.worker_id, self._lease, SUPERSEDABLE
             )
-        letter = DeadLetter(exc.reason, "InvalidEventError", str(exc), attempts=0)
+            if claim is not None:
+                log.info(
+                    "request %s: a valid event superseded the one rejected (%s)",
+                    event.id,
+                    row.failure_reason,
+                )
+                return claim
+        if row is not None and not same_request(row.event, event):
+            fields = ", ".join(differing_fields(row.event, event)) or "?"
+            await self.reject(
+                message,
+                CONFLICTING_DUPLICATE,
+                "ConflictingDuplicateError",
+                f"request {event.id} is already recorded ({row.status}) with a different body "
+                f"(fields that differ: {fields}); the recorded request is unchanged",
+                None,  # never touch the recorded request's row
+            )
+            return None
+        # Ready, failed, cancelled, or running under another worker's live lease: this
+        # delivery is a duplicate (redelivery, double publish). PostgreSQL has it covered.
+        await _ack(message)
+        log.info("request %s: not runnable (duplicate delivery), acked", event.id)
+        return None
+
+    async def reject(
+        self,
+        message: AbstractIncomingMessage,
+        reason: str,
+        error_class: str,
+        error: str,
+        request_id: uuid.UUID | None,
+    ) -> None:
+        """Dead-letter a delivery that can never be processed, with its reason; when it
+        carries a usable id that is not taken yet, record a failed row (and so FileFailed and
+        the failure email). Acked only once the dead letter is confirmed."""
+        log.warning("rejecting message %s: %s: %s", message.message_id, reason, error)
+        if request_id is not None:
+            await self._record_rejected(request_id, message.body, reason, error_class, error)
+        letter = DeadLetter(reason, error_class, error, attempts=0)
         await self._dead_letter(message.body, letter, message.message_id, message.routing_key)
         await message.ack()  # only after the dead letter is confirmed: raise if we cannot
+
+    async def _record_rejected(
+        self, request_id: uuid.UUID, body: bytes, reason: str, error_class: str, error: str
+    ) -> None:
+        raw = recordable_body(body)
+        try:
+            await self.db.insert_invalid_request(
+                request_id, raw, reason, error_class, error, effects=outbox.failed_effects
+            )
+        except Exception as exc:
+            if faults.is_infrastructure(exc):
+                raise
+            # Even the cleaned-up body was refused: keep the reason, drop the body.
+            log.warning(
+                "request %s: body not recordable (%s); recorded without it", request_id, exc
+            )
+            await self.db.insert_invalid_request(
+                request_id,
+                {"body": "(not recordable)"},
+                reason,
+                error_class,
+                _short(error.encode("ascii", "backslashreplace").decode(), ERROR_LIMIT),
+                effects=outbox.failed_effects,
+            )
 
     async def _dead_letter(
         self, body: bytes, letter: DeadLetter, message_id: str | None, routing_key: str | None
@@ -212,10 +343,10 @@ class Runner:
             claim, size=size, sha256=digest, storage_key=key, effects=outbox.ready_effects
         )
         if row is None:
-            # Lease lost between the last heartbeat and now: another attempt owns the request.
+            # A cancel arrived while the handler ran (cancellation wins), or the lease was
+            # lost between the last heartbeat and now: either way this file is not served.
             await self.files.delete(key)
-            metrics.JOBS.labels("lost").inc()
-            return "lost"
+            return await self._cancelled_or_lost(claim)
         metrics.JOBS.labels("ready").inc()
         log.info("request %s: ready (%d bytes, sha256 %s)", event.id, size, digest[:12])
         return "ready"
@@ -238,20 +369,28 @@ class Runner:
                 log.warning("request %s: heartbeat failed: %s", claim.request_id, exc)
                 continue
             if not alive:
-                log.warning("request %s: lease lost, stopping the handler", claim.request_id)
+                # Cancelled, or taken over after the lease expired: _cancelled_or_lost says
+                # which once the handler has stopped.
+                log.info("request %s: lease gone, stopping the handler", claim.request_id)
                 lost.set()
                 job.cancel()
                 return
 
-    async def _after_lost_lease(self, claim: store.Claim) -> str:
-        row = await self.db.get_request(claim.request_id)
-        if row is not None and row.cancel_requested and row.status == "running":
-            await self.db.mark_cancelled(claim)
+    async def _cancelled_or_lost(self, claim: store.Claim) -> str:
+        """A fenced outcome was refused: end the attempt as cancelled if a cancel is pending
+        and the lease is still ours, else it was lost to another worker."""
+        if await self.db.cancel_claimed(claim):
             metrics.JOBS.labels("cancelled").inc()
             log.info("request %s: cancelled while running", claim.request_id)
             return "cancelled"
         metrics.JOBS.labels("lost").inc()
+        log.warning(
+            "request %s: lease lost; another attempt owns the request now", claim.request_id
+        )
         return "lost"
+
+    async def _after_lost_lease(self, claim: store.Claim) -> str:
+        return await self._cancelled_or_lost(claim)
 
     async def _release(self, claim: store.Claim) -> str:
         async def republish(event: dict[str, Any]) -> None:
@@ -262,7 +401,8 @@ class Runner:
                 broker.request_message(event, str(claim.request_id)),
             )
 
-        await self.db.release(claim, republish)
+        if not await self.db.release(claim, republish):
+            return await self._cancelled_or_lost(claim)
         metrics.JOBS.labels("released").inc()
         log.info("request %s: released back to the queue (shutdown)", claim.request_id)
         return "released"
@@ -286,13 +426,15 @@ class Runner:
                 broker.request_message(body, str(claim.request_id)),
             )
 
-        await self.db.mark_retrying(
+        retrying = await self.db.mark_retrying(
             claim,
             error_class=type(exc).__name__,
             error=error,
             next_run_at=next_run,
             publish=publish_retry,
         )
+        if not retrying:
+            return await self._cancelled_or_lost(claim)
         metrics.JOBS.labels("retrying").inc()
         log.warning(
             "request %s: attempt %d failed (%s: %s); retry in %.1fs",
@@ -330,7 +472,7 @@ class Runner:
             publish=publish_dead_letter,
         )
         if row is None:
-            return "lost"
+            return await self._cancelled_or_lost(claim)
         metrics.JOBS.labels("failed").inc()
         log.warning(
             "request %s: failed (%s) after %d attempt(s): %s: %s",

@@ -16,6 +16,9 @@ JOB_SECONDS: Final = Histogram(
 IN_FLIGHT: Final = Gauge("bgworker_jobs_in_flight", "Jobs running in this process")
 DEAD_LETTERS: Final = Counter("bgworker_dead_letters_total", "Messages dead-lettered", ["reason"])
 REAPED: Final = Counter("bgworker_leases_reaped_total", "Expired leases requeued")
+RECOVERED: Final = Counter(
+    "bgworker_requests_recovered_total", "Waiting requests republished after their message was lost"
+)
 OUTBOX_DONE: Final = Counter("bgworker_outbox_done_total", "Effects performed", ["kind"])
 OUTBOX_FAILURES: Final = Counter(
     "bgworker_outbox_failures_total", "Effect attempts failed", ["kind"]

@@ -59,6 +59,11 @@ class WorkerSettings(BaseModel):
     # the SMTP timeout, or a slow send could be repeated by a second dispatcher.
     outbox_claim_seconds: float = Field(120.0, gt=0)
     drain_timeout_seconds: float = Field(60.0, ge=0)
+    # A queued request unclaimed this long, or a retrying one this long past its next run,
+    # has lost its message (delivery limit, broker failure, a removed dead letter): the
+    # reaper republishes it, at most once per this period. Keep it above the longest wait
+    # a healthy backlog causes; an early republish only costs a duplicate message.
+    recovery_grace_seconds: float = Field(600.0, gt=0)
 
     _split = field_validator("retry_delays_seconds", "outbox_retry_seconds", mode="before")(
         _split_list

@@ -26,6 +26,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 
 from bgworker import (
     broker,
+    faults,
     handlers,
     jobs,
     metrics,
@@ -219,7 +220,8 @@ class Worker:
     async def _handle_until_settled(self, message: AbstractIncomingMessage) -> str:
         """Run the delivery; on an infrastructure failure (database away) before it was
         acked, keep it and retry here with backoff. Handing it back at once would spin it
-        through the queue, and a quorum queue dead-letters a message after 20 deliveries."""
+        through the queue, and a quorum queue dead-letters a message after 20 deliveries.
+        Any other failure before the ack is the message's: dead-lettered at once."""
         assert self._runner is not None
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.settings.worker.hold_timeout_seconds
@@ -238,6 +240,8 @@ class Worker:
                         message.message_id,
                     )
                     return "error"
+                if not faults.is_infrastructure(exc):
+                    return await self._reject_unprocessable(message, exc)
                 if self.stopping.is_set() or loop.time() + delay > give_up:
                     log.warning(
                         "delivery %s: giving it back to the queue: %s", message.message_id, exc
@@ -248,6 +252,27 @@ class Worker:
                 log.warning("delivery %s: %s; retrying in %.1fs", message.message_id, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    async def _reject_unprocessable(self, message: AbstractIncomingMessage, exc: Exception) -> str:
+        """Last line of defence: an error ``Runner.handle`` did not classify, raised before
+        the ack. Holding it would loop on the same poison; dead-letter it instead."""
+        assert self._runner is not None
+        log.error(
+            "delivery %s: unexpected %s before its claim; dead-lettering it",
+            message.message_id,
+            type(exc).__name__,
+            exc_info=exc,
+        )
+        try:
+            await self._runner.reject(
+                message, "unprocessable", type(exc).__name__, str(exc) or repr(exc), None
+            )
+        except Exception as again:  # the broker is away: hand it back, it comes again
+            log.warning("delivery %s: could not dead-letter it: %s", message.message_id, again)
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            return "error"
+        return "unprocessable"
 
     def _finished_jobs(self) -> int:
         return sum(n for k, n in self.outcomes.items() if k != "duplicate")
@@ -289,6 +314,9 @@ class Worker:
                 report = await db.reap_expired_leases(
                     REAP_BATCH, requeue, dead_letter, outbox.failed_effects
                 )
+                recovered = await db.recover_stalled(
+                    self.settings.worker.recovery_grace_seconds, REAP_BATCH, requeue
+                )
             except Exception as exc:  # database or broker away: try next round
                 log.warning("reaper: %s", exc)
             else:
@@ -300,6 +328,15 @@ class Worker:
                         report.requeued,
                         report.cancelled,
                         len(report.failed),
+                    )
+                if recovered.republished or recovered.cancelled:
+                    metrics.RECOVERED.inc(len(recovered.republished))
+                    log.warning(
+                        "recovery: republished %d waiting request(s) whose message had gone "
+                        "missing (%s); ended %d waiting request(s) with a pending cancel",
+                        len(recovered.republished),
+                        ", ".join(map(str, recovered.republished[:5])),
+                        recovered.cancelled,
                     )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.worker.reap_interval_seconds):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -93,6 +93,12 @@ class ReapReport:
     requeued: int = 0
     cancelled: int = 0
     failed: list[uuid.UUID] = field(default_factory=list)
+
+
+@dataclass
+class RecoveryReport:
+    republished: list[uuid.UUID] = field(default_factory=list)
+    cancelled: int = 0
 
 
 @dataclass(frozen=True)
@@ -231,12 +237,35 @@ class Store:
     async def record_and_claim(
         self, event: events.FileRequested, max_attempts: int, worker: str, lease_seconds: float
     ) -> Claim | None:
-        """Insert the request if new and claim it if runnable, in one statement."""
+        """Insert the request if new and claim it if runnable, in one statement. None: not
+        runnable (done, running elsewhere, cancelled, or a different body under this id)."""
         row = await self.pool.fetchrow(
             Q["record_and_claim"],
             *self._request_columns(event, max_attempts),
             worker,
             lease_seconds,
+            "requested_at" in event.model_fields_set,
+        )
+        if row is None:
+            return None
+        return Claim(row["id"], row["attempts"], row["lease_token"], row["max_attempts"])
+
+    async def supersede_invalid(
+        self,
+        event: events.FileRequested,
+        max_attempts: int,
+        worker: str,
+        lease_seconds: float,
+        reasons: Iterable[str],
+    ) -> Claim | None:
+        """Replace a request recorded as failed for one of ``reasons`` (validation) by
+        ``event`` and claim it; None when the row is not such a request."""
+        row = await self.pool.fetchrow(
+            Q["supersede_invalid"],
+            *self._request_columns(event, max_attempts),
+            worker,
+            lease_seconds,
+            list(reasons),
         )
         if row is None:
             return None
@@ -344,6 +373,18 @@ class Store:
         self._announce(claimed)
         return row
 
+    async def cancel_claimed(self, claim: Claim) -> bool:
+        """End a claimed attempt whose request has a pending cancel (cancellation wins over
+        whatever the handler did); False when the lease is no longer ours."""
+        async with self.transaction() as conn:
+            row = await conn.fetchval(Q["cancel_claimed"], claim.request_id, claim.lease_token)
+            if row is None:
+                return False
+            await conn.execute(
+                Q["finish_attempt"], claim.request_id, claim.attempt, "cancelled", None, None, None
+            )
+        return True
+
     async def mark_cancelled(self, claim: Claim) -> bool:
         async with self.transaction() as conn:
             row = await conn.fetchval(Q["mark_cancelled"], claim.request_id)
@@ -413,6 +454,24 @@ class Store:
                     await conn.execute(Q["requeue_expired"], rid)
                     report.requeued += 1
         self._announce(claimed)
+        return report
+
+    async def recover_stalled(
+        self,
+        grace_seconds: float,
+        limit: int,
+        republish: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> RecoveryReport:
+        """Republish waiting requests whose message has gone missing (see the query), and end
+        waiting requests with a pending cancel. Each republish is confirmed inside the
+        transaction that records it, so a crash leaves the row eligible again."""
+        report = RecoveryReport()
+        async with self.transaction() as conn:
+            report.cancelled = len(await conn.fetch(Q["cancel_waiting"]))
+            for row in await conn.fetch(Q["stalled_requests"], grace_seconds, limit):
+                await republish(row["event"])
+                await conn.execute(Q["mark_recovered"], row["id"])
+                report.republished.append(row["id"])
         return report
 
     # -- outbox -------------------------------------------------------------------------

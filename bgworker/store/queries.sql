@@ -45,6 +45,11 @@ WITH claimed AS (
     WHERE NOT r.cancel_requested
       AND (r.status IN ('queued', 'retrying')
            OR (r.status = 'running' AND r.lease_expires_at < now()))
+      -- Only the recorded request may run under its id: a different body published under
+      -- it (a conflicting duplicate) claims nothing. requested_at is compared only when the
+      -- producer set it ($12): left out, it defaults to the time each copy is parsed.
+      AND CASE WHEN $12 THEN r.event = excluded.event
+               ELSE (r.event - 'requested_at') = (excluded.event - 'requested_at') END
     RETURNING id, attempts, lease_token, max_attempts
 ), attempt AS (
     INSERT INTO bgworker_attempts (request_id, attempt, worker)
@@ -83,7 +88,7 @@ WITH ready AS (
         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
         last_error_class = NULL, last_error = NULL,
         updated_at = now()
-    WHERE id = $1 AND lease_token = $2 AND status = 'running'
+    WHERE id = $1 AND lease_token = $2 AND status = 'running' AND NOT cancel_requested
     RETURNING *
 ), attempt AS (
     UPDATE bgworker_attempts
@@ -101,7 +106,7 @@ SET status = 'retrying',
     next_run_at = $5,
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
     updated_at = now()
-WHERE id = $1 AND lease_token = $2 AND status = 'running'
+WHERE id = $1 AND lease_token = $2 AND status = 'running' AND NOT cancel_requested
 RETURNING id;
 
 -- name: mark_failed
@@ -113,7 +118,7 @@ SET status = 'failed',
     finished_at = now(),
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
     updated_at = now()
-WHERE id = $1 AND lease_token = $2 AND status = 'running'
+WHERE id = $1 AND lease_token = $2 AND status = 'running' AND NOT cancel_requested
 RETURNING *;
 
 -- name: mark_cancelled
@@ -133,8 +138,45 @@ SET status = 'queued',
     attempts = greatest(attempts - 1, 0),
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
     updated_at = now()
-WHERE id = $1 AND lease_token = $2 AND status = 'running'
+WHERE id = $1 AND lease_token = $2 AND status = 'running' AND NOT cancel_requested
 RETURNING event;
+
+-- name: cancel_claimed
+-- Cancellation wins: the fenced outcomes above (ready, retrying, failed, released) refuse a
+-- row with a pending cancel, and the attempt that holds the lease ends it here instead.
+UPDATE bgworker_requests
+SET status = 'cancelled',
+    finished_at = now(),
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = $1 AND lease_token = $2 AND status = 'running' AND cancel_requested
+RETURNING id;
+
+-- name: supersede_invalid
+-- A request that failed validation ($12: the reasons that may be superseded), published
+-- again under the same id with a valid event: the new event replaces the rejected body and
+-- is claimed at once. The rejected version's failure effects are dropped so the new
+-- version gets its own FileReady or FileFailed.
+WITH claimed AS (
+    UPDATE bgworker_requests
+    SET file_type = $2, event = $3, filename = $4, content_type = $5, requester_id = $6,
+        requester_email = $7, requested_at = $8, max_attempts = $9,
+        status = 'running', attempts = 1, lease_owner = $10, lease_token = gen_random_uuid(),
+        lease_expires_at = now() + make_interval(secs => $11), started_at = now(),
+        finished_at = NULL, notified_at = NULL, failure_reason = NULL,
+        last_error_class = NULL, last_error = NULL, progress = 0, next_run_at = NULL,
+        received_at = now(), updated_at = now()
+    WHERE id = $1 AND status = 'failed' AND failure_reason = ANY($12::text[])
+      AND NOT cancel_requested
+    RETURNING id, attempts, lease_token, max_attempts
+), dropped AS (
+    DELETE FROM bgworker_outbox WHERE request_id IN (SELECT id FROM claimed)
+), attempt AS (
+    INSERT INTO bgworker_attempts (request_id, attempt, worker)
+    SELECT id, attempts, $10 FROM claimed
+    ON CONFLICT (request_id, attempt) DO UPDATE SET worker = excluded.worker, started_at = now()
+)
+SELECT id, attempts, lease_token, max_attempts FROM claimed;
 
 -- name: request_cancel
 -- Queued or retrying requests are cancelled at once; a running one is flagged, and its
@@ -183,6 +225,34 @@ SET status = 'failed',
     updated_at = now()
 WHERE id = $1 AND status = 'running'
 RETURNING *;
+
+-- name: stalled_requests
+-- Recovery: PostgreSQL is the source of truth for every non-terminal request. A queued
+-- row nobody claimed for $1 seconds, or a retrying row $1 seconds past its next run, has
+-- lost its message (dropped at a delivery limit, lost in a broker failure, removed from the
+-- dead-letter queue): the caller republishes it. At most once per $1 seconds per row
+-- (recovered_at); a message that was only slow turns into a duplicate, which claiming
+-- makes harmless.
+SELECT id, event, status FROM bgworker_requests
+WHERE ((status = 'queued' AND updated_at < now() - make_interval(secs => $1))
+       OR (status = 'retrying' AND next_run_at < now() - make_interval(secs => $1)))
+  AND (recovered_at IS NULL OR recovered_at < now() - make_interval(secs => $1))
+  AND NOT cancel_requested
+ORDER BY updated_at
+LIMIT $2
+FOR UPDATE SKIP LOCKED;
+
+-- name: mark_recovered
+UPDATE bgworker_requests SET recovered_at = now(), recoveries = recoveries + 1
+WHERE id = $1;
+
+-- name: cancel_waiting
+-- Waiting rows with a pending cancel (left by an older version, or by a replay) end
+-- cancelled: nothing will ever claim them.
+UPDATE bgworker_requests
+SET status = 'cancelled', finished_at = now(), next_run_at = NULL, updated_at = now()
+WHERE status IN ('queued', 'retrying') AND cancel_requested
+RETURNING id;
 
 -- name: lose_attempt
 UPDATE bgworker_attempts
