@@ -100,14 +100,21 @@ def namespace() -> str:
 
 
 @pytest.fixture
+def queue_type() -> str:
+    """The work queue's type; a test parametrizes it to run on both."""
+    return "quorum"
+
+
+@pytest.fixture
 def settings(
-    database_url: str, namespace: str, tmp_path: Path, smtp_sink: SmtpSink
+    database_url: str, namespace: str, tmp_path: Path, smtp_sink: SmtpSink, queue_type: str
 ) -> settings_mod.Settings:
     """Fast settings for tests: short leases, sub-second retry tiers."""
     return settings_mod.Settings(
         amqp_url=AMQP_URL,
         database_url=database_url,
         namespace=namespace,
+        queue_type=queue_type,
         storage_dir=tmp_path / "files",
         handlers=["bgworker.examples:registry", "tests.handlers:registry"],
         smtp=settings_mod.SmtpSettings(port=smtp_sink.port, timeout_seconds=5),
@@ -134,6 +141,7 @@ def settings_env(settings: settings_mod.Settings) -> dict[str, str]:
         "BGWORKER_AMQP_URL": settings.amqp_url.get_secret_value(),
         "BGWORKER_DATABASE_URL": settings.database_url.get_secret_value(),
         "BGWORKER_NAMESPACE": settings.namespace,
+        "BGWORKER_QUEUE_TYPE": settings.queue_type,
         "BGWORKER_STORAGE_DIR": str(settings.storage_dir),
         "BGWORKER_HANDLERS": ",".join(settings.handlers),
         "BGWORKER_SMTP__PORT": str(settings.smtp.port),
@@ -159,7 +167,9 @@ async def amqp(settings: settings_mod.Settings) -> AsyncIterator[aio_pika.abc.Ab
     """A channel on the test's namespace; the topology is declared, then deleted after."""
     connection = await aio_pika.connect(AMQP_URL)
     channel = await connection.channel()
-    topo = topology.Topology(settings.namespace, tuple(settings.worker.retry_delays_seconds))
+    topo = topology.Topology(
+        settings.namespace, tuple(settings.worker.retry_delays_seconds), settings.queue_type
+    )
     await topo.declare(channel)
     yield channel
     with contextlib.suppress(Exception):
@@ -173,7 +183,9 @@ async def publish(
     settings: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
 ) -> AsyncIterator[Callable[..., Awaitable[events.FileRequested]]]:
     """publish(file_type, criteria=..., **fields) -> the event, confirmed by the broker."""
-    async with publisher.Publisher(AMQP_URL, namespace=settings.namespace) as pub:
+    async with publisher.Publisher(
+        AMQP_URL, namespace=settings.namespace, queue_type=settings.queue_type
+    ) as pub:
 
         async def _publish(
             file_type: str, criteria: dict[str, Any] | None = None, **fields: Any

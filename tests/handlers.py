@@ -69,3 +69,13 @@ async def crash(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
     import signal
 
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@registry.handler("fail_after")
+async def fail_after(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
+    """Writes, waits ``seconds``, then fails (``permanent``: with a PermanentError)."""
+    await out.write(b"partial")
+    await asyncio.sleep(float(ctx.criteria.get("seconds", 1.0)))  # type: ignore[arg-type]
+    if ctx.criteria.get("permanent"):
+        raise handlers.PermanentError("failed for good after a while")
+    raise RuntimeError("failed after a while")
