@@ -51,7 +51,7 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_WORKER__OUTBOX_RETRY_SECONDS": "outbox retry backoff, comma-separated",
     "BGWORKER_WORKER__OUTBOX_CLAIM_SECONDS": "how long a dispatcher owns a claimed effect",
     "BGWORKER_WORKER__DRAIN_TIMEOUT_SECONDS": "on SIGTERM, wait this long for running jobs",
-    "BGWORKER_WORKER__RECOVERY_GRACE_SECONDS": "a waiting request unclaimed this long has lost its message and is republished",
+    "BGWORKER_WORKER__RECOVERY_GRACE_SECONDS": "republish a waiting request unclaimed this long",
     "BGWORKER_TOKENS__SECRET_KEYS": "signing keys, comma-separated, newest last (required)",
     "BGWORKER_TOKENS__SALT": "token salt",
     "BGWORKER_TOKENS__MAX_AGE_SECONDS": "lifetime of a download link",
