@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import aio_pika
 from bgworker import settings as settings_mod
 from bgworker import storage, store
 from tests import handlers as test_handlers
-from tests.conftest import AMQP_URL, wait_for_status, wait_until
+from tests.conftest import AMQP_URL, REPO, settings_env, wait_for_status, wait_until
 
 
 def _user_files(settings: settings_mod.Settings) -> list[Path]:
@@ -57,15 +58,19 @@ async def test_sync_handler_blocking_for_three_leases_completes_in_one_attempt(
 
     # While the thread sleeps, the loop runs: this test polls, and the lease moves on.
     expiries: set[object] = set()
+    progress: set[float | None] = set()
 
     async def lease_renewed_while_blocked() -> bool:
         row = await db.get_request(event.id)
         assert row is not None and row.status == "running", row
         expiries.add(row.lease_expires_at)
+        progress.add(row.progress)
         return len(expiries) >= 4 or log.returned.is_set()
 
     await wait_until(lease_renewed_while_blocked, timeout=30)
     assert not log.returned.is_set(), "the handler returned before 4 lease renewals were seen"
+    # ctx.report_progress(1, 2) from the handler thread, saved by a heartbeat meanwhile.
+    assert 0.5 in progress
 
     row = await wait_for_status(db, event.id, {"ready", "failed"}, timeout=60)
     assert row.status == "ready", (row.status, row.failure_reason, row.last_error)
@@ -197,3 +202,33 @@ async def test_the_watchdog_can_be_turned_off(start_worker, settings: settings_m
     settings.worker.loop_block_warning_seconds = 0
     await start_worker()
     assert "loop-watchdog" not in {t.get_name() for t in asyncio.all_tasks()}
+
+
+async def test_a_runaway_handler_thread_does_not_keep_a_stopped_worker_process_alive(
+    db: store.Store, publish, settings: settings_mod.Settings, amqp
+):
+    # The handler sleeps 120 s and ignores the stop; the worker process (the real CLI, told
+    # to stop after one job) must still exit once its attempt ended at the 1 s limit: handler
+    # threads are daemon threads, unlike a ThreadPoolExecutor's, which exit joins.
+    event = await publish("sync_hang", {"seconds": 120})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bgworker",
+        "worker",
+        "--max-jobs",
+        "1",
+        cwd=REPO,
+        env={**settings_env(settings), "BGWORKER_LOG_LEVEL": "WARNING"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        row = await wait_for_status(db, event.id, "failed", timeout=60)
+        assert row.last_error_class == "TimeLimitError"
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
