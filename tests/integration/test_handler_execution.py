@@ -44,14 +44,14 @@ async def _dead_letters(queue_name: str) -> list[aio_pika.abc.AbstractIncomingMe
 async def test_sync_handler_blocking_for_three_leases_completes_in_one_attempt(
     db: store.Store, publish, start_worker, settings: settings_mod.Settings
 ):
-    # A 1 s lease, renewed every 1/3 s; the handler blocks in time.sleep for 3.5 leases.
+    # A 1.5 s lease, renewed every 0.5 s; the handler blocks in time.sleep for 3.3 leases.
     # On the event loop that would starve the heartbeat and the second worker's reaper
     # would take the job (finding 4); on its own thread the lease stays renewed.
-    settings.worker.lease_seconds = 1.0
+    settings.worker.lease_seconds = 1.5
     first = await start_worker()
     second = await start_worker()
     size = 3 * storage.BUFFER_SIZE + 17  # several buffer flushes from the handler thread
-    event = await publish("sync_sleep", {"seconds": 3.5, "size": size, "seed": 7})
+    event = await publish("sync_sleep", {"seconds": 5.0, "size": size, "seed": 7})
 
     await wait_until(lambda: str(event.id) in test_handlers.THREADS, timeout=30)
     log = test_handlers.THREADS[str(event.id)]
