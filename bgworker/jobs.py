@@ -157,6 +157,13 @@ class Runner:
     # Job tasks by request id, so shutdown can cancel and release them.
     running: dict[uuid.UUID, asyncio.Task[None]] = field(default_factory=dict)
     releasing: bool = False
+    # Runs the handlers: sync ones on threads, time limits (see handlers.Execution).
+    execution: handlers.Execution = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.execution = handlers.Execution(
+            self.settings.worker.concurrency, self.settings.worker.time_limit_seconds
+        )
 
     @property
     def _lease(self) -> float:
@@ -322,7 +329,8 @@ class Runner:
         metrics.IN_FLIGHT.inc()
         log.info("request %s: attempt %d of %s started", event.id, claim.attempt, event.file_type)
         try:
-            await registration.handler(ctx, writer)
+            # Raises handlers.TimeLimitError past the time limit: an ordinary error below.
+            await self.execution.call(registration, ctx, writer)
             size, digest = await writer.finish()
         except asyncio.CancelledError:
             await writer.abort()

@@ -64,6 +64,12 @@ class WorkerSettings(BaseModel):
     # reaper republishes it, at most once per this period. Keep it above the longest wait
     # a healthy backlog causes; an early republish only costs a duplicate message.
     recovery_grace_seconds: float = Field(600.0, gt=0)
+    # Default time limit of a handler call; a file type may set its own
+    # (`@registry.handler("x", time_limit=30)`). 0: no limit.
+    time_limit_seconds: float = Field(3600.0, ge=0, allow_inf_nan=False)
+    # Log a warning naming the running handler when the event loop is blocked this long
+    # (an `async def` handler calling blocking code). 0: no watchdog.
+    loop_block_warning_seconds: float = Field(1.0, ge=0, allow_inf_nan=False)
 
     _split = field_validator("retry_delays_seconds", "outbox_retry_seconds", mode="before")(
         _split_list

@@ -11,7 +11,9 @@ import asyncio
 import hashlib
 import os
 import re
+import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -35,6 +37,12 @@ class FileWriter(Protocol):
     """What a handler writes to. Bytes only; the file is never held whole in memory."""
 
     async def write(self, data: bytes) -> None: ...
+
+
+class SyncFileWriter(Protocol):
+    """What a synchronous handler writes to, from its own thread: ``write`` blocks."""
+
+    def write(self, data: bytes) -> None: ...
 
 
 def is_key(text: str) -> bool:
@@ -64,6 +72,13 @@ class LocalWriter:
             # Disk writes and hashing block; hashlib and file I/O release the GIL in a thread.
             await asyncio.to_thread(self._write_sync, chunk)
 
+    def write_blocking(self, data: bytes) -> None:
+        """``write`` for a caller already off the event loop (``BlockingWriter``)."""
+        self._buffer += data
+        if len(self._buffer) >= BUFFER_SIZE:
+            chunk, self._buffer = bytes(self._buffer), bytearray()
+            self._write_sync(chunk)
+
     def _write_sync(self, chunk: bytes) -> None:
         self._file.write(chunk)
         self._hash.update(chunk)
@@ -89,6 +104,70 @@ class LocalWriter:
     def _abort_sync(self) -> None:
         self._file.close()
         self._temp.unlink(missing_ok=True)
+
+
+def _nothing() -> None:
+    return None
+
+
+class BlockingWriter:
+    """The writer a synchronous handler gets, used from its thread: the same temp file and
+    the same size and sha256 accounting as the ``LocalWriter`` it wraps (which the worker
+    then finishes or aborts on the loop, as for an async handler).
+
+    ``check`` runs before every write and raises once the attempt has ended (the job
+    context's ``check``). ``close`` waits for a write in progress and refuses any later one,
+    so the worker can abort the temp file while a handler thread that ignored the stop is
+    still running.
+    """
+
+    def __init__(self, writer: LocalWriter, check: Callable[[], None] = _nothing) -> None:
+        self._writer = writer
+        self._check = check
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        self._check()
+        with self._lock:
+            if self._closed:
+                raise StorageError("this writer is closed: its attempt has ended")
+            self._writer.write_blocking(data)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+
+class _Memory:
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    @property
+    def data(self) -> bytes:
+        return bytes(self._data)
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self._data).hexdigest()
+
+
+class MemoryWriter(_Memory):
+    """A ``FileWriter`` that keeps the bytes in memory: for unit tests of async handlers."""
+
+    async def write(self, data: bytes) -> None:
+        self._data += data
+
+
+class SyncMemoryWriter(_Memory):
+    """A ``SyncFileWriter`` that keeps the bytes in memory: for unit tests of sync handlers."""
+
+    def write(self, data: bytes) -> None:
+        self._data += data
 
 
 def _fsync_dir(path: Path) -> None:

@@ -29,6 +29,7 @@ from bgworker import (
     faults,
     handlers,
     jobs,
+    loopwatch,
     metrics,
     notify,
     outbox,
@@ -140,6 +141,9 @@ class Worker:
                 asyncio.create_task(self._reap_loop(db, channel), name="lease-reaper"),
                 asyncio.create_task(self._health_loop(db, connection), name="health"),
             ]
+            if cfg.loop_block_warning_seconds > 0:
+                watch = loopwatch.LoopWatch(cfg.loop_block_warning_seconds, self._runner.execution)
+                side.append(asyncio.create_task(watch.run(self.stopping), name="loop-watchdog"))
             if self.limits.burst or self.limits.max_seconds:
                 side.append(asyncio.create_task(self._watch_limits(channel), name="batch-limits"))
             tag = await queue.consume(self._on_message)

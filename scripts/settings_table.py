@@ -52,6 +52,12 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_WORKER__OUTBOX_CLAIM_SECONDS": "how long a dispatcher owns a claimed effect",
     "BGWORKER_WORKER__DRAIN_TIMEOUT_SECONDS": "on SIGTERM, wait this long for running jobs",
     "BGWORKER_WORKER__RECOVERY_GRACE_SECONDS": "republish a waiting request unclaimed this long",
+    "BGWORKER_WORKER__TIME_LIMIT_SECONDS": (
+        "default time limit of a handler call (a file type may set its own); 0: none"
+    ),
+    "BGWORKER_WORKER__LOOP_BLOCK_WARNING_SECONDS": (
+        "warn, naming the handler, when the event loop is blocked this long; 0: off"
+    ),
     "BGWORKER_TOKENS__SECRET_KEYS": "signing keys, comma-separated, newest last (required)",
     "BGWORKER_TOKENS__SALT": "token salt",
     "BGWORKER_TOKENS__MAX_AGE_SECONDS": "lifetime of a download link",

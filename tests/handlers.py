@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from bgworker import handlers, storage
 
@@ -79,3 +84,85 @@ async def fail_after(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
     if ctx.criteria.get("permanent"):
         raise handlers.PermanentError("failed for good after a while")
     raise RuntimeError("failed after a while")
+
+
+# --- Synchronous handlers, time limits, the loop watchdog (tests/integration/
+# test_handler_execution.py). What a handler thread saw is kept here, by request id, for the
+# tests to read: they run the worker in-process.
+
+
+@dataclass
+class ThreadLog:
+    started: threading.Event = field(default_factory=threading.Event)
+    returned: threading.Event = field(default_factory=threading.Event)
+    raised: str | None = None  # class name of what ended the call, if anything
+    thread: str = ""
+
+
+THREADS: dict[str, ThreadLog] = {}
+
+
+def _log(ctx: handlers.JobContext) -> ThreadLog:
+    entry = THREADS.setdefault(str(ctx.id), ThreadLog())
+    entry.thread = threading.current_thread().name
+    entry.started.set()
+    return entry
+
+
+@contextmanager
+def _recorded(ctx: handlers.JobContext) -> Iterator[None]:
+    entry = _log(ctx)
+    try:
+        yield
+    except BaseException as exc:
+        entry.raised = type(exc).__name__
+        raise
+    finally:
+        entry.returned.set()
+
+
+@registry.handler("sync_sleep")
+def sync_sleep(ctx: handlers.JobContext, out: storage.SyncFileWriter) -> None:
+    """A plain def: half the blob, ``seconds`` of time.sleep (blocking), the other half."""
+    with _recorded(ctx):
+        size = int(ctx.criteria.get("size", 1024))  # type: ignore[arg-type]
+        data = blob_bytes(size, int(ctx.criteria.get("seed", 0)))  # type: ignore[arg-type]
+        half = len(data) // 2
+        out.write(data[:half])
+        ctx.report_progress(1, 2)
+        time.sleep(float(ctx.criteria.get("seconds", 1.0)))  # type: ignore[arg-type]
+        for start in range(half, len(data), CHUNK // 3):  # several writes, odd sizes
+            out.write(data[start : start + CHUNK // 3])
+        ctx.report_progress(2, 2)
+
+
+@registry.handler("hang", time_limit=1.0, max_attempts=2)
+async def hang(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
+    """A hung await: only the time limit ends it."""
+    await out.write(b"partial bytes that must never be visible")
+    await asyncio.Event().wait()
+
+
+@registry.handler("sync_hang", time_limit=1.0, max_attempts=1)
+def sync_hang(ctx: handlers.JobContext, out: storage.SyncFileWriter) -> None:
+    """Ignores the stop: sleeps ``seconds`` in one blocking call, then tries to write."""
+    with _recorded(ctx):
+        out.write(b"partial bytes that must never be visible")
+        time.sleep(float(ctx.criteria.get("seconds", 3.0)))  # type: ignore[arg-type]
+        out.write(b"written after the time limit")
+
+
+@registry.handler("sync_cooperative", time_limit=1.0, max_attempts=1)
+def sync_cooperative(ctx: handlers.JobContext, out: storage.SyncFileWriter) -> None:
+    """Computes forever in small steps, checking ``ctx`` between them."""
+    with _recorded(ctx):
+        while True:
+            ctx.check()
+            time.sleep(0.02)
+
+
+@registry.handler("block_loop")
+async def block_loop(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
+    """The mistake the watchdog is for: blocking code in an async handler."""
+    time.sleep(float(ctx.criteria.get("seconds", 1.0)))  # type: ignore[arg-type]  # noqa: ASYNC251
+    await out.write(b"blocked the loop\n")
