@@ -6,14 +6,14 @@ import argparse
 import asyncio
 import contextlib
 import getpass
-import json
+import io
 import socket
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TextIO
 
-from bgworker import dlq, store
+from bgworker import dlq, dlq_letter, store
 from bgworker import settings as settings_mod
 from bgworker.store import dlq as dlq_store
 
@@ -39,7 +39,7 @@ def add_parser(sub: Any) -> None:
     ls.add_argument("--json", action="store_true", help="one JSON array, for scripts")
 
     show = actions.add_parser("show", help="payload, all headers and traceback of one letter")
-    show.add_argument("id", help="request id (the ID column of `dlq list`)")
+    show.add_argument("id", help="request id or msg-<hash> key (the ID column of `dlq list`)")
 
     st = actions.add_parser("stats", help="counts by file type and error class")
     filters(st)
@@ -47,7 +47,7 @@ def add_parser(sub: Any) -> None:
 
     for name, text in (("replay", "republish to the work queue"), ("purge", "delete for good")):
         a = actions.add_parser(name, help=f"{text}: by id, filter, or --all")
-        a.add_argument("ids", nargs="*", metavar="ID", help="request ids")
+        a.add_argument("ids", nargs="*", metavar="ID", help="request ids or msg-<hash> keys")
         filters(a)
         a.add_argument("--all", action="store_true", help="every letter (with the filters)")
         a.add_argument("--dry-run", action="store_true", help="say what would happen")
@@ -57,6 +57,11 @@ def add_parser(sub: Any) -> None:
                 "--keep-attempts",
                 action="store_true",
                 help="keep the attempt counter (default: reset to 0)",
+            )
+            a.add_argument(
+                "--force",
+                action="store_true",
+                help="replay cancelled requests too: clear the cancel and run them",
             )
         else:
             a.add_argument("--yes", "-y", action="store_true", help="do not ask")
@@ -131,7 +136,7 @@ async def _list(q: dlq.DeadLetterQueue, args: argparse.Namespace) -> int:
         sys.stdout.write("[")
         first = True
         async for letter in dlq.letters(q, _selection(args)):
-            sys.stdout.write(("\n" if first else ",\n") + json.dumps(letter.to_json()))
+            sys.stdout.write(("\n" if first else ",\n") + dlq_letter.dumps(letter.to_json()))
             first = False
         sys.stdout.write("\n]\n")
         return 0
@@ -173,17 +178,15 @@ async def _show(
                     if row is None
                     else {k: row.to_json()[k] for k in ("status", "attempts", "max_attempts")}
                 )
-                found["dlq_actions"] = dlq.jsonable(
-                    await dlq_store.list_actions(db, uuid.UUID(request_id))
-                )
-    print(json.dumps(found, indent=2, default=str))
+                found["dlq_actions"] = await dlq_store.list_actions(db, uuid.UUID(request_id))
+    print(dlq_letter.dumps(found, indent=2))
     return 0
 
 
 async def _stats(q: dlq.DeadLetterQueue, args: argparse.Namespace) -> int:
     result = await dlq.stats(q, _selection(args))
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        print(dlq_letter.dumps(result.to_json(), indent=2))
         return 0
     rows = [["FILE TYPE", "ERROR CLASS", "COUNT"]]
     for group in result.to_json()["groups"]:
@@ -197,7 +200,7 @@ async def _stats(q: dlq.DeadLetterQueue, args: argparse.Namespace) -> int:
 
 def _print_report(report: dlq.Report, args: argparse.Namespace) -> None:
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        print(dlq_letter.dumps(report.to_json(), indent=2))
         return
     for o in report.outcomes:
         if o.result not in ("replayed", "purged"):
@@ -236,6 +239,7 @@ async def _act(
                 selection,
                 actor=actor(),
                 keep_attempts=args.keep_attempts,
+                force=args.force,
                 dry_run=args.dry_run,
                 progress=progress,
             )
@@ -244,10 +248,18 @@ async def _act(
                 q, db, selection, actor=actor(), dry_run=args.dry_run, progress=progress
             )
     _print_report(report, args)
-    return 0
+    refused = [o for o in report.outcomes if o.result == "refused"]
+    for outcome in refused:
+        print(f"bgworker dlq replay: {outcome.detail}", file=sys.stderr)
+    return EXIT_NOT_FOUND if refused else 0
 
 
 async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    # Everything printed is valid UTF-8 (dlq_letter replaces what is not); on a terminal
+    # whose encoding is not UTF-8, characters it lacks become "?" rather than a crash.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="replace")
     try:
         async with dlq.DeadLetterQueue(
             settings.amqp_url.get_secret_value(), settings.namespace
