@@ -268,9 +268,9 @@ class Letter:
         table = _table(headers, notes)
         document, body_error = parse_body(body)
         doc = document if isinstance(document, dict) else {}
-        if body_error is None and not isinstance(document, dict):
-            body_error = f"not a JSON object: {type(document).__name__}"
-        request_id = _as_uuid(message_id) or _as_uuid(doc.get("id"))
+        # The body's id first: it is what replay acts on, and a letter published without a
+        # message id by aiormq carries a random one (aiormq.channel.Channel.basic_publish).
+        request_id = _as_uuid(doc.get("id")) or _as_uuid(message_id)
         # Letters the broker dead-lettered itself (work queue delivery limit, rejects)
         # carry x-death instead of our headers
         # (https://www.rabbitmq.com/docs/dlx#effects).
