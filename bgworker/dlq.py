@@ -50,6 +50,22 @@ class DlqError(Exception):
     """An operator-facing failure: broker unreachable, queue missing, publish refused."""
 
 
+class UndecodableLetterError(DlqError):
+    """A letter whose AMQP frames the client library cannot decode (pamqp refuses, for
+    example, a timestamp header beyond the year 9999 or a short string property that is
+    not UTF-8). aiormq then closes the whole connection, so neither it nor any letter
+    behind it can be read; ``purge_undecodable`` removes it."""
+
+    def __init__(self, queue: str, position: int, error: str) -> None:
+        self.position = position  # letters before it in the queue
+        self.error = error
+        super().__init__(
+            f"letter #{position + 1} in {queue} cannot be decoded by this AMQP client "
+            f"({error}); it and the letters behind it cannot be read. Look at it in the "
+            "RabbitMQ management UI, then remove it with `bgworker dlq purge --undecodable`"
+        )
+
+
 def parse_age(text: str) -> timedelta:
     """``90s``, ``15m``, ``2h``, ``3d``, ``1w`` -> timedelta."""
     match = _AGE_RE.match(text.strip())
@@ -128,6 +144,13 @@ class DeadLetterQueue:
         return self.topology.dead_queue
 
     async def __aenter__(self) -> DeadLetterQueue:
+        await self.connect()
+        return self
+
+    async def connect(self) -> None:
+        """(Re)open the connection; a letter that cannot be decoded closes it."""
+        if self._connection is not None and not self._connection.is_closed:
+            await self._connection.close()
         try:
             # A plain connection, not a robust one: an operator command should fail clearly
             # rather than reconnect and silently re-read.
@@ -141,7 +164,6 @@ class DeadLetterQueue:
         except BaseException:
             await self._connection.close()
             raise
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._connection is not None:
@@ -185,8 +207,11 @@ class DeadLetterQueue:
         channel = await self.connection.channel()
         try:
             queue = await channel.get_queue(self.name, ensure=False)
-            for _ in range(total):
-                message = await queue.get(no_ack=False, fail=False, timeout=GET_TIMEOUT)
+            for position in range(total):
+                try:
+                    message = await queue.get(no_ack=False, fail=False, timeout=GET_TIMEOUT)
+                except aiormq.exceptions.InvalidFrameError as exc:
+                    raise UndecodableLetterError(self.name, position, str(exc)) from exc
                 if message is None:  # another reader holds the rest
                     break
                 yield Held(dlq_letter.Letter.from_message(message), message)
@@ -489,3 +514,82 @@ async def purge(
             if progress is not None:
                 progress(report.scanned, total)
     return report
+
+
+async def purge_undecodable(
+    dlq: DeadLetterQueue, db: store_mod.Store, *, actor: str, dry_run: bool = False
+) -> Report:
+    """Remove the first letter the client cannot decode (see ``UndecodableLetterError``).
+
+    It cannot be read, so it is found by position: the letters before it are taken and
+    held unacknowledged, then it is taken with ``no_ack``: the broker forgets a message
+    the moment it sends it in that mode
+    (https://www.rabbitmq.com/docs/confirms#acknowledgement-modes), so decoding it is not
+    needed. Its failure to decode closes the connection, which returns the held letters
+    to their places. Should the queue have changed in between, so that the letter taken
+    decodes after all, it is published back to the dead-letter exchange (confirmed) and
+    reported, not lost.
+    """
+    report = Report("purge", dry_run)
+    try:
+        async with contextlib.aclosing(dlq.scan()) as held:
+            async for _ in held:
+                report.scanned += 1
+    except UndecodableLetterError as exc:
+        position, error = exc.position, exc.error
+    else:
+        return report  # every letter decodes: nothing to do
+    await dlq.connect()
+    key = f"undecodable#{position + 1}"
+    if dry_run:
+        report.outcomes.append(Outcome(key, "would-purge", error))
+        return report
+    channel = await dlq.connection.channel()
+    queue = await channel.get_queue(dlq.name, ensure=False)
+    try:
+        for _ in range(position):
+            if await queue.get(no_ack=False, fail=False, timeout=GET_TIMEOUT) is None:
+                raise DlqError("the dead-letter queue changed meanwhile: run it again")
+        taken = await queue.get(no_ack=True, fail=False, timeout=GET_TIMEOUT)
+    except aiormq.exceptions.InvalidFrameError:
+        await dlq.connect()
+        await dlq_store.record_purge(db, _undecodable_letter(key, error), actor=actor)
+        report.outcomes.append(Outcome(key, "purged", error, removed=True))
+        return report
+    else:
+        if taken is not None:
+            await _put_back(dlq, taken)
+        report.outcomes.append(Outcome(key, "skipped", "the queue changed meanwhile: run it again"))
+    await dlq.connect()
+    return report
+
+
+def _undecodable_letter(key: str, error: str) -> dlq_letter.Letter:
+    return dlq_letter.Letter(
+        key=key,
+        request_id=None,
+        file_type=None,
+        reason="undecodable",
+        error_class="InvalidFrameError",
+        error=dlq_letter.clean(error),
+        attempts=None,
+        first_death=None,
+        last_death=None,
+        worker=None,
+        size=0,
+    )
+
+
+async def _put_back(dlq: DeadLetterQueue, message: AbstractIncomingMessage) -> None:
+    copy = aio_pika.Message(
+        message.body,
+        headers=message.headers,
+        content_type=message.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+    )
+    channel = await broker.open_channel(dlq.connection)  # type: ignore[arg-type]
+    try:
+        await broker.publish(channel, dlq.topology.dead_exchange, "", copy)
+    finally:
+        await channel.close()

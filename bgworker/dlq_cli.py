@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import getpass
 import io
+import logging
 import socket
 import sys
 import uuid
@@ -65,6 +66,11 @@ def add_parser(sub: Any) -> None:
             )
         else:
             a.add_argument("--yes", "-y", action="store_true", help="do not ask")
+            a.add_argument(
+                "--undecodable",
+                action="store_true",
+                help="remove the first letter the AMQP client cannot decode (by position)",
+            )
 
 
 def _selection(args: argparse.Namespace) -> dlq.Selection:
@@ -135,10 +141,12 @@ async def _list(q: dlq.DeadLetterQueue, args: argparse.Namespace) -> int:
         # Streamed: one element per letter as it is read.
         sys.stdout.write("[")
         first = True
-        async for letter in dlq.letters(q, _selection(args)):
-            sys.stdout.write(("\n" if first else ",\n") + dlq_letter.dumps(letter.to_json()))
-            first = False
-        sys.stdout.write("\n]\n")
+        try:
+            async for letter in dlq.letters(q, _selection(args)):
+                sys.stdout.write(("\n" if first else ",\n") + dlq_letter.dumps(letter.to_json()))
+                first = False
+        finally:
+            sys.stdout.write("\n]\n")  # valid JSON even when a letter stops the scan
         return 0
     rows = [["ID", "FILE TYPE", "REASON", "ERROR CLASS", "TRIES", "FIRST DEATH", "LAST DEATH"]]
     rows[0] += ["AGE", "MESSAGE"]
@@ -217,6 +225,8 @@ async def _act(
     q: dlq.DeadLetterQueue, settings: settings_mod.Settings, args: argparse.Namespace
 ) -> int:
     selection = _selection(args)
+    if getattr(args, "undecodable", False):
+        return await _purge_undecodable(q, settings, args)
     if selection.is_empty:
         print(f"dlq {args.dlq_command}: name ids, give a filter, or pass --all", file=sys.stderr)
         return EXIT_USAGE
@@ -254,12 +264,38 @@ async def _act(
     return EXIT_NOT_FOUND if refused else 0
 
 
+async def _purge_undecodable(
+    q: dlq.DeadLetterQueue, settings: settings_mod.Settings, args: argparse.Namespace
+) -> int:
+    async with store.opened(settings.database_url.get_secret_value()) as db:
+        preview = await dlq.purge_undecodable(q, db, actor=actor(), dry_run=True)
+        if not preview.outcomes:
+            print(f"purge: every letter in {q.name} decodes; nothing to do")
+            return 0
+        [found] = preview.outcomes
+        if args.dry_run:
+            _print_report(preview, args)
+            return 0
+        if not args.yes:
+            question = f"purge {found.key} ({found.detail}) for good, unread? [y/N] "
+            answer = await asyncio.to_thread(input, question)
+            if answer.strip().lower() not in ("y", "yes"):
+                print("purge: cancelled")
+                return 1
+        report = await dlq.purge_undecodable(q, db, actor=actor())
+    _print_report(report, args)
+    return 0
+
+
 async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     # Everything printed is valid UTF-8 (dlq_letter replaces what is not); on a terminal
     # whose encoding is not UTF-8, characters it lacks become "?" rather than a crash.
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="replace")
+    # aiormq logs its reader's traceback when a frame cannot be decoded (or the broker
+    # goes away); the same error reaches us and is reported in one plain line.
+    logging.getLogger("aiormq.connection").setLevel(logging.ERROR)
     try:
         async with dlq.DeadLetterQueue(
             settings.amqp_url.get_secret_value(), settings.namespace
@@ -271,6 +307,9 @@ async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
             if args.dlq_command == "stats":
                 return await _stats(q, args)
             return await _act(q, settings, args)
+    except dlq.UndecodableLetterError as exc:
+        print(f"bgworker dlq {args.dlq_command}: {exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND
     except dlq.DlqError as exc:
         print(f"bgworker dlq {args.dlq_command}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

@@ -20,7 +20,7 @@ import pytest
 from bgworker import broker, dlq, dlq_letter
 from bgworker import settings as settings_mod
 from tests.integration.test_admin import CSRF_RE, basic, client, console, log_in
-from tests.integration.test_dlq import cli, dead_queue, depth, fixable_handler
+from tests.integration.test_dlq import cli, dead_queue, depth, drain, fixable_handler
 
 __all__ = ["cli", "console", "dead_queue", "fixable_handler"]  # fixtures shared with them
 
@@ -248,3 +248,84 @@ async def test_console_lists_shows_and_purges_any_letter(settings, db, amqp, hos
             assert r.status == 200
             assert f"<b>purged</b> {n - 1}" in await r.text()
     assert await depth(amqp, f"{settings.namespace}.dead") == 0
+
+
+class RawTimestamp(int):
+    """A timestamp header of any 64-bit value: pamqp decodes it with
+    ``datetime.fromtimestamp``, which refuses years past 9999."""
+
+
+# A short string property with this value is sent as two bytes that are not UTF-8
+# (aio-pika turns str subclasses into str, so a marker value it is).
+NOT_UTF8_SHORT_STRING = "send-as-invalid-utf8"
+
+
+@pytest.fixture
+def undecodable_encoders(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_value = pamqp.encode.encode_table_value
+    real_short = pamqp.encode.METHODS["shortstr"]
+
+    def encode_value(value: Any) -> bytes:
+        if isinstance(value, RawTimestamp):
+            return b"T" + struct.pack(">Q", int(value))
+        return real_value(value)
+
+    def encode_short(value: str) -> bytes:
+        if value == NOT_UTF8_SHORT_STRING:
+            return b"\x02\xff\xfe"
+        return real_short(value)
+
+    monkeypatch.setattr(pamqp.encode, "encode_table_value", encode_value)
+    monkeypatch.setitem(pamqp.encode.METHODS, "shortstr", encode_short)
+
+
+async def test_letters_the_client_cannot_decode_are_named_and_purged(
+    settings, db, amqp, dead_queue, undecodable_encoders, cli, console
+):
+    """pamqp cannot decode these frames at all, and aiormq then drops the connection:
+    the tools say which letter it is (no traceback) and `purge --undecodable` removes it
+    by position, leaving the others in place and in order."""
+    channel = await broker.open_channel(dead_queue.connection)  # type: ignore[arg-type]
+    letters = [
+        aio_pika.Message(b'"first"', message_id="first"),
+        aio_pika.Message(b"t", headers={"x-bgworker-failed-at": RawTimestamp(2**63 - 1)}),
+        aio_pika.Message(b'"middle"', message_id="middle"),
+        aio_pika.Message(b"s", correlation_id=NOT_UTF8_SHORT_STRING, message_id="s"),
+        aio_pika.Message(b'"last"', message_id="last"),
+    ]
+    for message in letters:
+        await broker.publish(channel, dead_queue.topology.dead_exchange, "", message)
+    await channel.close()
+    dead = f"{settings.namespace}.dead"
+
+    code, out, err = await cli("dlq", "list", "--json")
+    assert code == 1 and "Traceback" not in err
+    assert "letter #2 in" in err and "cannot be decoded" in err and "--undecodable" in err
+    assert len(strict_json(out)) == 1  # what could be read, as valid JSON
+    async with client() as http:
+        async with http.get(f"{console}/admin/api/dead-letters", headers=PASSWORD_AUTH) as r:
+            assert r.status == 503 and "cannot be decoded" in strict_json(await r.text())["error"]
+    assert await depth(amqp, dead) == 5
+
+    code, out, err = await cli("dlq", "purge", "--undecodable", "--dry-run")
+    assert code == 0 and "would-purge 1" in out and await depth(amqp, dead) == 5
+    code, out, err = await cli("dlq", "purge", "--undecodable", "--yes")
+    assert code == 0, err
+    assert "purged 1" in out
+    code, _, err = await cli("dlq", "stats")
+    assert code == 1 and "letter #3 in" in err  # the next one
+    code, out, err = await cli("dlq", "purge", "--undecodable", stdin="y\n")
+    assert code == 0 and "purged 1" in out, err
+    code, out, err = await cli("dlq", "purge", "--undecodable", "--yes")
+    assert code == 0 and "nothing to do" in out
+
+    code, out, err = await cli("dlq", "list", "--json")
+    assert code == 0, err
+    assert [row["size"] for row in strict_json(out)] == [7, 8, 6]
+    left = await drain(amqp, dead)  # the readable ones, still in their order
+    assert [m.body for m in left] == [b'"first"', b'"middle"', b'"last"']
+    actions = await db.pool.fetch("SELECT letter_key, reason FROM bgworker_dlq_actions")
+    assert sorted((a["letter_key"], a["reason"]) for a in actions) == [
+        ("undecodable#2", "undecodable"),
+        ("undecodable#3", "undecodable"),
+    ]
