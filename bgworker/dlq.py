@@ -17,15 +17,12 @@ re-running a replay skips the requests the interrupted one already put back.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import enum
 import re
-import uuid
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -33,15 +30,18 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from bgworker import broker, events, topology
+from bgworker import broker, dlq_letter, events, topology
 from bgworker import store as store_mod
 from bgworker.store import dlq as dlq_store
 
 GET_TIMEOUT: Final = 30.0
-# Request states whose dead letter is stale: the request was served or is being worked on
-# again (an earlier replay, a new publish). Their letters are removed, never replayed.
+# Request states whose dead letter is stale: the request was served. Their letters are
+# removed, never replayed.
 DONE: Final = frozenset({"ready", "expired"})
-IN_PROGRESS: Final = frozenset({"queued", "running", "retrying"})
+# Request states that wait for a message on the work queue. That message may be gone (the
+# quorum queue's delivery limit dead-lettered it, a retry message was lost with a broker),
+# so replay republishes rather than trusting it is there.
+WAITING: Final = frozenset({"queued", "retrying"})
 _AGE_RE: Final = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _AGE_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -50,143 +50,28 @@ class DlqError(Exception):
     """An operator-facing failure: broker unreachable, queue missing, publish refused."""
 
 
+class UndecodableLetterError(DlqError):
+    """A letter whose AMQP frames the client library cannot decode (pamqp refuses, for
+    example, a timestamp header beyond the year 9999 or a short string property that is
+    not UTF-8). aiormq then closes the whole connection, so neither it nor any letter
+    behind it can be read; ``purge_undecodable`` removes it."""
+
+    def __init__(self, queue: str, position: int, error: str) -> None:
+        self.position = position  # letters before it in the queue
+        self.error = error
+        super().__init__(
+            f"letter #{position + 1} in {queue} cannot be decoded by this AMQP client "
+            f"({error}); it and the letters behind it cannot be read. Look at it in the "
+            "RabbitMQ management UI, then remove it with `bgworker dlq purge --undecodable`"
+        )
+
+
 def parse_age(text: str) -> timedelta:
     """``90s``, ``15m``, ``2h``, ``3d``, ``1w`` -> timedelta."""
     match = _AGE_RE.match(text.strip())
     if not match:
         raise ValueError(f"not an age: {text!r} (use e.g. 30s, 15m, 2h, 3d, 1w)")
     return timedelta(seconds=float(match[1]) * _AGE_UNITS[match[2]])
-
-
-def jsonable(value: Any) -> Any:
-    """AMQP header values (bytes, datetimes, decimals, nested tables) as JSON values."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _as_uuid(value: Any) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(_text(value)))
-    except ValueError:
-        return None
-
-
-def _as_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    text = _text(value)
-    if not text:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Letter:
-    """A summary of one dead letter: what ``list`` shows; the body is not kept."""
-
-    key: str  # the request id, or a content hash for letters that carry none
-    request_id: uuid.UUID | None
-    file_type: str | None
-    reason: str
-    error_class: str
-    error: str
-    attempts: int | None
-    first_death: datetime | None
-    last_death: datetime | None
-    worker: str | None
-    size: int
-
-    def age(self, now: datetime) -> timedelta | None:
-        return None if self.last_death is None else now - self.last_death
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = jsonable(self.__dict__)
-        return out
-
-    @classmethod
-    def from_message(cls, message: AbstractIncomingMessage) -> Letter:
-        headers = dict(message.headers or {})
-        body: Any = None
-        with contextlib.suppress(ValueError):
-            body = json.loads(message.body)
-        body = body if isinstance(body, dict) else {}
-        request_id = _as_uuid(message.message_id) or _as_uuid(body.get("id"))
-        # Letters the broker dead-lettered itself (work queue delivery limit, rejects)
-        # carry x-death instead of our headers.
-        raw_deaths = headers.get("x-death")
-        deaths = (
-            [d for d in raw_deaths if isinstance(d, dict)] if isinstance(raw_deaths, list) else []
-        )
-        death_times = [t for t in (_as_time(d.get("time")) for d in deaths) if t]
-        failed_at = _as_time(headers.get("x-bgworker-failed-at"))
-        times = sorted([*death_times, *([failed_at] if failed_at else [])])
-        if request_id is not None:
-            key = str(request_id)
-        else:
-            digest = hashlib.sha256(message.body)
-            digest.update(str(headers.get("x-bgworker-failed-at")).encode())
-            key = "msg-" + digest.hexdigest()[:16]
-        attempts = headers.get("x-bgworker-attempts")
-        file_type = body.get("file_type")
-        return cls(
-            key=key,
-            request_id=request_id,
-            file_type=file_type if isinstance(file_type, str) else None,
-            reason=_text(headers.get("x-bgworker-reason"))
-            or (_text(deaths[0].get("reason")) if deaths else None)
-            or "unknown",
-            error_class=_text(headers.get("x-bgworker-error-class"))
-            or ("x-death" if deaths else "unknown"),
-            error=_text(headers.get("x-bgworker-error")) or "",
-            attempts=int(attempts) if isinstance(attempts, int) else None,
-            first_death=times[0] if times else None,
-            last_death=times[-1] if times else None,
-            worker=_text(headers.get("x-bgworker-worker")),
-            size=len(message.body),
-        )
-
-
-def detail(message: AbstractIncomingMessage) -> dict[str, Any]:
-    """Everything about one letter: summary, payload, all headers, traceback."""
-    letter = Letter.from_message(message)
-    try:
-        payload: Any = json.loads(message.body)
-    except ValueError:
-        payload = message.body.decode("utf-8", "replace")
-    headers = jsonable(dict(message.headers or {}))
-    return {
-        **letter.to_json(),
-        "payload": payload,
-        "headers": headers,
-        "traceback": headers.get("x-bgworker-traceback", ""),
-        "properties": {
-            "message_id": message.message_id,
-            "content_type": message.content_type,
-            "delivery_mode": int(message.delivery_mode or 0),
-            "redelivered": bool(message.redelivered),
-        },
-    }
 
 
 @dataclass(frozen=True)
@@ -214,7 +99,7 @@ class Selection:
             or self.newer_than
         )
 
-    def matches(self, letter: Letter, now: datetime) -> bool:
+    def matches(self, letter: dlq_letter.Letter, now: datetime) -> bool:
         if self.ids and letter.key not in self.ids:
             return False
         if self.file_type is not None and letter.file_type != self.file_type:
@@ -233,7 +118,7 @@ class Selection:
 class Held:
     """A letter taken from the queue but not acknowledged: ``ack`` removes it for good."""
 
-    letter: Letter
+    letter: dlq_letter.Letter
     message: AbstractIncomingMessage
 
     async def ack(self) -> None:
@@ -259,6 +144,13 @@ class DeadLetterQueue:
         return self.topology.dead_queue
 
     async def __aenter__(self) -> DeadLetterQueue:
+        await self.connect()
+        return self
+
+    async def connect(self) -> None:
+        """(Re)open the connection; a letter that cannot be decoded closes it."""
+        if self._connection is not None and not self._connection.is_closed:
+            await self._connection.close()
         try:
             # A plain connection, not a robust one: an operator command should fail clearly
             # rather than reconnect and silently re-read.
@@ -272,7 +164,6 @@ class DeadLetterQueue:
         except BaseException:
             await self._connection.close()
             raise
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._connection is not None:
@@ -316,11 +207,14 @@ class DeadLetterQueue:
         channel = await self.connection.channel()
         try:
             queue = await channel.get_queue(self.name, ensure=False)
-            for _ in range(total):
-                message = await queue.get(no_ack=False, fail=False, timeout=GET_TIMEOUT)
+            for position in range(total):
+                try:
+                    message = await queue.get(no_ack=False, fail=False, timeout=GET_TIMEOUT)
+                except aiormq.exceptions.InvalidFrameError as exc:
+                    raise UndecodableLetterError(self.name, position, str(exc)) from exc
                 if message is None:  # another reader holds the rest
                     break
-                yield Held(Letter.from_message(message), message)
+                yield Held(dlq_letter.Letter.from_message(message), message)
         finally:
             if not channel.is_closed:
                 await channel.close()
@@ -328,7 +222,7 @@ class DeadLetterQueue:
 
 async def letters(
     dlq: DeadLetterQueue, selection: Selection | None = None
-) -> AsyncIterator[Letter]:
+) -> AsyncIterator[dlq_letter.Letter]:
     """Summaries of the letters matching ``selection`` (all by default); changes nothing."""
     now = datetime.now(UTC)
     async with contextlib.aclosing(dlq.scan()) as held:
@@ -342,7 +236,7 @@ async def show(dlq: DeadLetterQueue, key: str) -> dict[str, Any] | None:
     async with contextlib.aclosing(dlq.scan()) as held:
         async for item in held:
             if item.letter.key == key:
-                return detail(item.message)
+                return dlq_letter.detail(item.message)
     return None
 
 
@@ -354,7 +248,7 @@ class Stats:
     oldest: datetime | None = None
     newest: datetime | None = None
 
-    def add(self, letter: Letter) -> None:
+    def add(self, letter: dlq_letter.Letter) -> None:
         self.total += 1
         self.by_group[(letter.file_type or "?", letter.error_class)] += 1
         self.by_reason[letter.reason] += 1
@@ -372,8 +266,8 @@ class Stats:
                 for (ft, ec), n in sorted(self.by_group.items(), key=lambda kv: -kv[1])
             ],
             "by_reason": dict(self.by_reason.most_common()),
-            "oldest": jsonable(self.oldest),
-            "newest": jsonable(self.newest),
+            "oldest": dlq_letter.plain(self.oldest),
+            "newest": dlq_letter.plain(self.newest),
         }
 
 
@@ -424,6 +318,68 @@ class Report:
 Progress = Callable[[int, int], None]  # (letters scanned, letters in the queue at start)
 
 
+class Plan(enum.StrEnum):
+    """What replay does with one letter, decided from its request row."""
+
+    REPLAY = "replay"  # failed or unrecorded: row back to queued, body republished
+    REPUBLISH = "republish"  # queued/retrying: body republished, row left as it is
+    FORCE = "force"  # cancelled, --force: cancel cleared, row queued, body republished
+    DROP = "drop"  # stale letter: removed, nothing to run
+    KEEP = "keep"  # letter kept, nothing done
+    REFUSE = "refuse"  # cancelled, no --force: letter kept
+
+    @property
+    def publishes(self) -> bool:
+        return self in (Plan.REPLAY, Plan.REPUBLISH, Plan.FORCE)
+
+
+@dataclass(frozen=True)
+class Decision:
+    plan: Plan
+    why: str
+
+    @property
+    def removes(self) -> bool:
+        """The letter leaves the queue (after its republish, if any, is confirmed)."""
+        return self.plan.publishes or self.plan is Plan.DROP
+
+
+def decide(
+    request_id: str,
+    status: str | None,
+    *,
+    cancel_requested: bool = False,
+    lease_live: bool = False,
+    force: bool = False,
+) -> Decision:
+    """The replay rule. A letter is removed only when the request is runnable afterwards
+    (its message is on the work queue, confirmed) or has nothing left to run."""
+    if status in DONE:
+        return Decision(Plan.DROP, f"request is {status}: not run twice")
+    if status == "cancelled" or cancel_requested:
+        if force:
+            return Decision(Plan.FORCE, "forced: cancel cleared")
+        return Decision(
+            Plan.REFUSE,
+            f"request {request_id} was cancelled; "
+            "replay with --force to clear the cancel and run it",
+        )
+    if status is None or status == "failed":
+        return Decision(Plan.REPLAY, f"status {status or 'unrecorded'}")
+    if status in WAITING:
+        # A duplicate message is harmless: the claim runs the request once.
+        return Decision(Plan.REPUBLISH, f"request is {status}: its message republished")
+    if status == "running":
+        if lease_live:
+            return Decision(Plan.DROP, "request is running under a live lease")
+        return Decision(
+            Plan.KEEP,
+            "request is running but its lease expired: a worker's reaper requeues it; "
+            "replay again later",
+        )
+    return Decision(Plan.KEEP, f"request is {status}")
+
+
 async def replay(
     dlq: DeadLetterQueue,
     db: store_mod.Store,
@@ -431,6 +387,7 @@ async def replay(
     *,
     actor: str,
     keep_attempts: bool = False,
+    force: bool = False,
     dry_run: bool = False,
     progress: Progress | None = None,
 ) -> Report:
@@ -444,7 +401,14 @@ async def replay(
             report.scanned += 1
             if selection.matches(item.letter, now):
                 outcome = await _replay_one(
-                    dlq, db, item, replayed, actor=actor, keep=keep_attempts, dry_run=dry_run
+                    dlq,
+                    db,
+                    item,
+                    replayed,
+                    actor=actor,
+                    keep=keep_attempts,
+                    force=force,
+                    dry_run=dry_run,
                 )
                 report.outcomes.append(outcome)
             if progress is not None:
@@ -460,15 +424,18 @@ async def _replay_one(
     *,
     actor: str,
     keep: bool,
+    force: bool,
     dry_run: bool,
 ) -> Outcome:
     letter = item.letter
     try:
         event = events.parse_file_requested(item.message.body)
-    except events.InvalidEventError as exc:
+    except (events.InvalidEventError, ValueError, RecursionError) as exc:
         # Replaying would only dead-letter it again (and a failed row must not be left
         # queued with no runnable message): keep it until it is fixed or purged.
-        return Outcome(letter.key, "kept", f"still invalid ({exc.reason}): {exc}")
+        why = getattr(exc, "reason", type(exc).__name__)
+        text = dlq_letter.cut(dlq_letter.clean(f"{exc}"), 500, dlq_letter.Notes(), "error")
+        return Outcome(letter.key, "kept", f"still invalid ({why}): {text}")
     key = str(event.id)
     if key in replayed:
         # A second letter for a request already put back in this run (a dead letter
@@ -478,48 +445,47 @@ async def _replay_one(
         return Outcome(letter.key, "duplicate", "request already replayed", removed=not dry_run)
     if dry_run:
         row = await db.get_request(event.id)
-        status = row.status if row else None
-        verdict = _verdict(status)
-        if verdict is None:
+        lease = row.lease_expires_at if row else None
+        decision = decide(
+            key,
+            row.status if row else None,
+            cancel_requested=bool(row and row.cancel_requested),
+            lease_live=lease is not None and lease > datetime.now(UTC),
+            force=force,
+        )
+        if decision.plan.publishes:
             replayed.add(key)
-            return Outcome(letter.key, "would-replay", f"status {status or 'unrecorded'}")
-        return Outcome(letter.key, "would-skip", verdict[0])
+            return Outcome(letter.key, "would-replay", decision.why)
+        result = "would-refuse" if decision.plan is Plan.REFUSE else "would-skip"
+        return Outcome(letter.key, result, decision.why)
 
     async def publish(replays: int) -> None:
         await dlq.publish_request(item.message.body, key, replays)
 
+    def rule(status: str | None, cancel_requested: bool, lease_live: bool) -> Decision:
+        return decide(
+            key, status, cancel_requested=cancel_requested, lease_live=lease_live, force=force
+        )
+
     try:
-        status, replays = await dlq_store.requeue(
+        decision, replays = await dlq_store.requeue(
             db,
             event.id,
             letter=letter,
             actor=actor,
             keep_attempts=keep,
-            verdict=_verdict,
+            decide=rule,
             publish=publish,
         )
     except broker.PublishError as exc:
         raise DlqError(f"replay of {key} stopped: {exc}") from exc
-    verdict = _verdict(status)
-    if verdict is None:
+    if decision.removes:
+        await item.ack()  # only now: any republish is confirmed and the row committed
+    if decision.plan.publishes:
         replayed.add(key)
-        await item.ack()  # only now: the republish is confirmed and the row committed
-        return Outcome(letter.key, "replayed", f"replay #{replays}", removed=True)
-    why, remove = verdict
-    if remove:
-        await item.ack()
-    return Outcome(letter.key, "skipped", why, removed=remove)
-
-
-def _verdict(status: str | None) -> tuple[str, bool] | None:
-    """None: replay. Otherwise (why it is skipped, whether the stale letter is removed)."""
-    if status is None or status == "failed":
-        return None
-    if status in DONE:
-        return (f"request is {status}: not run twice", True)
-    if status in IN_PROGRESS:
-        return (f"request is {status} again (replayed or republished)", True)
-    return (f"request is {status}", False)
+        return Outcome(letter.key, "replayed", f"{decision.why} (replay #{replays})", removed=True)
+    result = "refused" if decision.plan is Plan.REFUSE else "skipped"
+    return Outcome(letter.key, result, decision.why, removed=decision.removes)
 
 
 async def purge(
@@ -548,3 +514,82 @@ async def purge(
             if progress is not None:
                 progress(report.scanned, total)
     return report
+
+
+async def purge_undecodable(
+    dlq: DeadLetterQueue, db: store_mod.Store, *, actor: str, dry_run: bool = False
+) -> Report:
+    """Remove the first letter the client cannot decode (see ``UndecodableLetterError``).
+
+    It cannot be read, so it is found by position: the letters before it are taken and
+    held unacknowledged, then it is taken with ``no_ack``: the broker forgets a message
+    the moment it sends it in that mode
+    (https://www.rabbitmq.com/docs/confirms#acknowledgement-modes), so decoding it is not
+    needed. Its failure to decode closes the connection, which returns the held letters
+    to their places. Should the queue have changed in between, so that the letter taken
+    decodes after all, it is published back to the dead-letter exchange (confirmed) and
+    reported, not lost.
+    """
+    report = Report("purge", dry_run)
+    try:
+        async with contextlib.aclosing(dlq.scan()) as held:
+            async for _ in held:
+                report.scanned += 1
+    except UndecodableLetterError as exc:
+        position, error = exc.position, exc.error
+    else:
+        return report  # every letter decodes: nothing to do
+    await dlq.connect()
+    key = f"undecodable#{position + 1}"
+    if dry_run:
+        report.outcomes.append(Outcome(key, "would-purge", error))
+        return report
+    channel = await dlq.connection.channel()
+    queue = await channel.get_queue(dlq.name, ensure=False)
+    try:
+        for _ in range(position):
+            if await queue.get(no_ack=False, fail=False, timeout=GET_TIMEOUT) is None:
+                raise DlqError("the dead-letter queue changed meanwhile: run it again")
+        taken = await queue.get(no_ack=True, fail=False, timeout=GET_TIMEOUT)
+    except aiormq.exceptions.InvalidFrameError:
+        await dlq.connect()
+        await dlq_store.record_purge(db, _undecodable_letter(key, error), actor=actor)
+        report.outcomes.append(Outcome(key, "purged", error, removed=True))
+        return report
+    else:
+        if taken is not None:
+            await _put_back(dlq, taken)
+        report.outcomes.append(Outcome(key, "skipped", "the queue changed meanwhile: run it again"))
+    await dlq.connect()
+    return report
+
+
+def _undecodable_letter(key: str, error: str) -> dlq_letter.Letter:
+    return dlq_letter.Letter(
+        key=key,
+        request_id=None,
+        file_type=None,
+        reason="undecodable",
+        error_class="InvalidFrameError",
+        error=dlq_letter.clean(error),
+        attempts=None,
+        first_death=None,
+        last_death=None,
+        worker=None,
+        size=0,
+    )
+
+
+async def _put_back(dlq: DeadLetterQueue, message: AbstractIncomingMessage) -> None:
+    copy = aio_pika.Message(
+        message.body,
+        headers=message.headers,
+        content_type=message.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+    )
+    channel = await broker.open_channel(dlq.connection)  # type: ignore[arg-type]
+    try:
+        await broker.publish(channel, dlq.topology.dead_exchange, "", copy)
+    finally:
+        await channel.close()

@@ -6,14 +6,15 @@ import argparse
 import asyncio
 import contextlib
 import getpass
-import json
+import io
+import logging
 import socket
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TextIO
 
-from bgworker import dlq, store
+from bgworker import dlq, dlq_letter, store
 from bgworker import settings as settings_mod
 from bgworker.store import dlq as dlq_store
 
@@ -39,7 +40,7 @@ def add_parser(sub: Any) -> None:
     ls.add_argument("--json", action="store_true", help="one JSON array, for scripts")
 
     show = actions.add_parser("show", help="payload, all headers and traceback of one letter")
-    show.add_argument("id", help="request id (the ID column of `dlq list`)")
+    show.add_argument("id", help="request id or msg-<hash> key (the ID column of `dlq list`)")
 
     st = actions.add_parser("stats", help="counts by file type and error class")
     filters(st)
@@ -47,7 +48,7 @@ def add_parser(sub: Any) -> None:
 
     for name, text in (("replay", "republish to the work queue"), ("purge", "delete for good")):
         a = actions.add_parser(name, help=f"{text}: by id, filter, or --all")
-        a.add_argument("ids", nargs="*", metavar="ID", help="request ids")
+        a.add_argument("ids", nargs="*", metavar="ID", help="request ids or msg-<hash> keys")
         filters(a)
         a.add_argument("--all", action="store_true", help="every letter (with the filters)")
         a.add_argument("--dry-run", action="store_true", help="say what would happen")
@@ -58,8 +59,18 @@ def add_parser(sub: Any) -> None:
                 action="store_true",
                 help="keep the attempt counter (default: reset to 0)",
             )
+            a.add_argument(
+                "--force",
+                action="store_true",
+                help="replay cancelled requests too: clear the cancel and run them",
+            )
         else:
             a.add_argument("--yes", "-y", action="store_true", help="do not ask")
+            a.add_argument(
+                "--undecodable",
+                action="store_true",
+                help="remove the first letter the AMQP client cannot decode (by position)",
+            )
 
 
 def _selection(args: argparse.Namespace) -> dlq.Selection:
@@ -130,10 +141,12 @@ async def _list(q: dlq.DeadLetterQueue, args: argparse.Namespace) -> int:
         # Streamed: one element per letter as it is read.
         sys.stdout.write("[")
         first = True
-        async for letter in dlq.letters(q, _selection(args)):
-            sys.stdout.write(("\n" if first else ",\n") + json.dumps(letter.to_json()))
-            first = False
-        sys.stdout.write("\n]\n")
+        try:
+            async for letter in dlq.letters(q, _selection(args)):
+                sys.stdout.write(("\n" if first else ",\n") + dlq_letter.dumps(letter.to_json()))
+                first = False
+        finally:
+            sys.stdout.write("\n]\n")  # valid JSON even when a letter stops the scan
         return 0
     rows = [["ID", "FILE TYPE", "REASON", "ERROR CLASS", "TRIES", "FIRST DEATH", "LAST DEATH"]]
     rows[0] += ["AGE", "MESSAGE"]
@@ -173,17 +186,15 @@ async def _show(
                     if row is None
                     else {k: row.to_json()[k] for k in ("status", "attempts", "max_attempts")}
                 )
-                found["dlq_actions"] = dlq.jsonable(
-                    await dlq_store.list_actions(db, uuid.UUID(request_id))
-                )
-    print(json.dumps(found, indent=2, default=str))
+                found["dlq_actions"] = await dlq_store.list_actions(db, uuid.UUID(request_id))
+    print(dlq_letter.dumps(found, indent=2))
     return 0
 
 
 async def _stats(q: dlq.DeadLetterQueue, args: argparse.Namespace) -> int:
     result = await dlq.stats(q, _selection(args))
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        print(dlq_letter.dumps(result.to_json(), indent=2))
         return 0
     rows = [["FILE TYPE", "ERROR CLASS", "COUNT"]]
     for group in result.to_json()["groups"]:
@@ -197,7 +208,7 @@ async def _stats(q: dlq.DeadLetterQueue, args: argparse.Namespace) -> int:
 
 def _print_report(report: dlq.Report, args: argparse.Namespace) -> None:
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        print(dlq_letter.dumps(report.to_json(), indent=2))
         return
     for o in report.outcomes:
         if o.result not in ("replayed", "purged"):
@@ -214,6 +225,8 @@ async def _act(
     q: dlq.DeadLetterQueue, settings: settings_mod.Settings, args: argparse.Namespace
 ) -> int:
     selection = _selection(args)
+    if getattr(args, "undecodable", False):
+        return await _purge_undecodable(q, settings, args)
     if selection.is_empty:
         print(f"dlq {args.dlq_command}: name ids, give a filter, or pass --all", file=sys.stderr)
         return EXIT_USAGE
@@ -236,6 +249,7 @@ async def _act(
                 selection,
                 actor=actor(),
                 keep_attempts=args.keep_attempts,
+                force=args.force,
                 dry_run=args.dry_run,
                 progress=progress,
             )
@@ -244,10 +258,44 @@ async def _act(
                 q, db, selection, actor=actor(), dry_run=args.dry_run, progress=progress
             )
     _print_report(report, args)
+    refused = [o for o in report.outcomes if o.result == "refused"]
+    for outcome in refused:
+        print(f"bgworker dlq replay: {outcome.detail}", file=sys.stderr)
+    return EXIT_NOT_FOUND if refused else 0
+
+
+async def _purge_undecodable(
+    q: dlq.DeadLetterQueue, settings: settings_mod.Settings, args: argparse.Namespace
+) -> int:
+    async with store.opened(settings.database_url.get_secret_value()) as db:
+        preview = await dlq.purge_undecodable(q, db, actor=actor(), dry_run=True)
+        if not preview.outcomes:
+            print(f"purge: every letter in {q.name} decodes; nothing to do")
+            return 0
+        [found] = preview.outcomes
+        if args.dry_run:
+            _print_report(preview, args)
+            return 0
+        if not args.yes:
+            question = f"purge {found.key} ({found.detail}) for good, unread? [y/N] "
+            answer = await asyncio.to_thread(input, question)
+            if answer.strip().lower() not in ("y", "yes"):
+                print("purge: cancelled")
+                return 1
+        report = await dlq.purge_undecodable(q, db, actor=actor())
+    _print_report(report, args)
     return 0
 
 
 async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    # Everything printed is valid UTF-8 (dlq_letter replaces what is not); on a terminal
+    # whose encoding is not UTF-8, characters it lacks become "?" rather than a crash.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="replace")
+    # aiormq logs its reader's traceback when a frame cannot be decoded (or the broker
+    # goes away); the same error reaches us and is reported in one plain line.
+    logging.getLogger("aiormq.connection").setLevel(logging.ERROR)
     try:
         async with dlq.DeadLetterQueue(
             settings.amqp_url.get_secret_value(), settings.namespace
@@ -259,6 +307,9 @@ async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
             if args.dlq_command == "stats":
                 return await _stats(q, args)
             return await _act(q, settings, args)
+    except dlq.UndecodableLetterError as exc:
+        print(f"bgworker dlq {args.dlq_command}: {exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND
     except dlq.DlqError as exc:
         print(f"bgworker dlq {args.dlq_command}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any
 from bgworker.store import Q, Store
 
 if TYPE_CHECKING:
-    from bgworker.dlq import Letter
+    from bgworker.dlq import Decision
+    from bgworker.dlq_letter import Letter
 
-Verdict = Callable[[str | None], "tuple[str, bool] | None"]
+# (status or None, cancel_requested, lease live) -> what to do; the rule lives in bgworker.dlq.
+Rule = Callable[[str | None, bool, bool], "Decision"]
 
 
 def _letter_args(letter: Letter) -> tuple[Any, ...]:
@@ -25,55 +27,67 @@ async def requeue(
     letter: Letter,
     actor: str,
     keep_attempts: bool,
-    verdict: Verdict,
+    decide: Rule,
     publish: Callable[[int], Awaitable[None]],
-) -> tuple[str | None, int]:
-    """Put a failed request back to ``queued`` and republish it, as one unit.
+) -> tuple[Decision, int]:
+    """Apply the replay rule to one request, as one unit.
 
-    The row is locked, changed and recorded, then ``publish`` runs inside the transaction:
-    the change commits only once the broker has confirmed the message (a refused publish
-    rolls it back). Returns (status before, replay number); when ``verdict`` says the
-    request is not to be replayed, only the skip is recorded and nothing is published.
+    The row is locked and ``decide`` says what to do. When the request is to run again,
+    the row is changed (failed or forced: back to ``queued``; queued/retrying: left as it
+    is) and the replay recorded, then ``publish`` runs inside the transaction: the change
+    commits only once the broker has confirmed the message (a refused publish rolls it
+    back). Otherwise only the skip is recorded and nothing is published. Returns the
+    decision and the replay number (0 when nothing was published).
     """
     async with db.transaction() as conn:
         row = await conn.fetchrow(Q["dlq_lock_request"], request_id)
         status: str | None = row["status"] if row else None
         attempts: int | None = row["attempts"] if row else None
-        skip = verdict(status)
-        if skip is not None:
+        decision = decide(
+            status, bool(row and row["cancel_requested"]), bool(row and row["lease_live"])
+        )
+        forced = decision.plan == "force"
+        if decision.plan in ("replay", "force"):
+            history = None
+            replays = 1
+            if row is not None:
+                if not keep_attempts:
+                    history = await conn.fetchval(Q["dlq_take_attempts"], request_id)
+                replays = await conn.fetchval(Q["dlq_requeue"], request_id, keep_attempts, forced)
+            detail = "attempts kept" if keep_attempts else "attempts reset"
+            detail = f"forced: cancel cleared, {detail}" if forced else detail
+        elif decision.plan == "republish":
+            history = None
+            replays = await conn.fetchval(Q["dlq_mark_republished"], request_id)
+            detail = f"republished: row left {status}"
+        else:
             await conn.execute(
                 Q["dlq_insert_action"],
                 request_id if row else None,
                 letter.key,
                 "skip",
                 actor,
-                skip[0],
+                decision.why,
                 status,
                 attempts,
                 *_letter_args(letter),
                 None,
             )
-            return status, 0
-        history = None
-        replays = 1
-        if row is not None:
-            if not keep_attempts:
-                history = await conn.fetchval(Q["dlq_take_attempts"], request_id)
-            replays = await conn.fetchval(Q["dlq_requeue"], request_id, keep_attempts)
+            return decision, 0
         await conn.execute(
             Q["dlq_insert_action"],
             request_id,
             letter.key,
             "replay",
             actor,
-            "attempts kept" if keep_attempts else "attempts reset",
+            detail,
             status,
             attempts,
             *_letter_args(letter),
             history,
         )
         await publish(replays)
-    return status, replays
+    return decision, replays
 
 
 async def record_purge(db: Store, letter: Letter, *, actor: str) -> None:

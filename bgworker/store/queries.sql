@@ -336,7 +336,10 @@ SELECT storage_key FROM bgworker_requests WHERE storage_key = ANY($1::text[]);
 -- Dead-letter queue (bgworker.store.dlq) ---------------------------------------------------
 
 -- name: dlq_lock_request
-SELECT id, status, attempts, replay_count FROM bgworker_requests WHERE id = $1 FOR UPDATE;
+-- The lease is judged by the database clock, like the reaper does.
+SELECT id, status, attempts, replay_count, cancel_requested,
+       coalesce(lease_expires_at > now(), false) AS lease_live
+FROM bgworker_requests WHERE id = $1 FOR UPDATE;
 
 -- name: dlq_take_attempts
 -- A replay that resets the attempt counter starts numbering at 1 again: the old attempt
@@ -348,6 +351,8 @@ SELECT coalesce(jsonb_agg(to_jsonb(gone) - 'request_id' ORDER BY attempt), '[]':
 FROM gone;
 
 -- name: dlq_requeue
+-- $3 (forced): any row, its cancel cleared; the lease is dropped too, so an attempt still
+-- running is fenced out (its heartbeat and finalize match on the lease token).
 UPDATE bgworker_requests
 SET status = 'queued',
     attempts = CASE WHEN $2 THEN attempts ELSE 0 END,
@@ -355,10 +360,12 @@ SET status = 'queued',
     finished_at = NULL,
     next_run_at = NULL,
     progress = NULL,
+    cancel_requested = false,
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
     replay_count = replay_count + 1,
     last_replayed_at = now(),
     updated_at = now()
-WHERE id = $1 AND status = 'failed'
+WHERE id = $1 AND (status = 'failed' OR $3)
 RETURNING replay_count;
 
 -- name: dlq_mark_purged
@@ -385,3 +392,11 @@ LIMIT $2;
 
 -- name: dlq_request_marks
 SELECT replay_count, last_replayed_at, dlq_purged_at FROM bgworker_requests WHERE id = $1;
+
+-- name: dlq_mark_republished
+-- Replay of a queued or retrying request: its message may be gone, so it is published
+-- again; the row keeps its state and attempts, and only counts the replay.
+UPDATE bgworker_requests
+SET replay_count = replay_count + 1, last_replayed_at = now(), updated_at = now()
+WHERE id = $1
+RETURNING replay_count;

@@ -17,7 +17,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from bgworker import dlq, store
+from bgworker import dlq, dlq_letter, store
 from bgworker import settings as settings_mod
 from bgworker.store import dlq as dlq_store
 from bgworker.web import admin_auth, downloads
@@ -93,7 +93,7 @@ async def _dlq(request: web.Request) -> AsyncIterator[dlq.DeadLetterQueue]:
     except dlq.DlqError as exc:
         if "/api/" in request.path:
             raise web.HTTPServiceUnavailable(
-                text=f'{{"error": "{exc}"}}', content_type="application/json"
+                text=dlq_letter.dumps({"error": str(exc)}), content_type="application/json"
             ) from exc
         response = render("error.html.j2", request, {"error": str(exc)}, status=503)
         raise web.HTTPServiceUnavailable(text=response.text, content_type="text/html") from exc
@@ -166,9 +166,9 @@ async def logout(request: web.Request) -> web.StreamResponse:
 # -- dead letters -----------------------------------------------------------------------
 
 
-async def _grouped(request: web.Request) -> tuple[dlq.Stats, dict[str, list[dlq.Letter]]]:
+async def _grouped(request: web.Request) -> tuple[dlq.Stats, dict[str, list[dlq_letter.Letter]]]:
     stats = dlq.Stats()
-    groups: dict[str, list[dlq.Letter]] = {}
+    groups: dict[str, list[dlq_letter.Letter]] = {}
     async with _dlq(request) as q:
         async for letter in dlq.letters(q, _selection(request.query)):
             stats.add(letter)
@@ -206,8 +206,9 @@ async def _detail(request: web.Request) -> dict[str, Any]:
         row = await _db(request).get_request(request_id)
         if row is not None:
             marks = await dlq_store.request_marks(_db(request), request_id)
-            found["request"] = dlq.jsonable(row.to_json() | marks)
-        found["dlq_actions"] = dlq.jsonable(await dlq_store.list_actions(_db(request), request_id))
+            found["request"] = dlq_letter.plain(row.to_json() | marks)
+        actions = await dlq_store.list_actions(_db(request), request_id)
+        found["dlq_actions"] = dlq_letter.plain(actions)
     return found
 
 
@@ -245,7 +246,8 @@ async def letter_action(request: web.Request) -> web.StreamResponse:
             fields = [(k, str(v)) for k, v in form.items() if k != "csrf"]
             return render("confirm.html.j2", request, {"preview": preview, "fields": fields})
         if action == "replay":
-            report = await dlq.replay(q, _db(request), selection, actor=actor)
+            force = form.get("force") == "yes"
+            report = await dlq.replay(q, _db(request), selection, actor=actor, force=force)
         else:
             report = await dlq.purge(q, _db(request), selection, actor=actor)
     return _render_outcome(request, report, "")
@@ -278,10 +280,15 @@ async def requests_page(request: web.Request) -> web.Response:
 # -- JSON -------------------------------------------------------------------------------
 
 
+def _json(data: Any) -> web.Response:
+    """Strict JSON whatever a letter held (no NaN, no lone surrogates: see dlq_letter)."""
+    return web.json_response(data, dumps=dlq_letter.dumps)
+
+
 async def dead_letters_json(request: web.Request) -> web.Response:
     stats, groups = await _grouped(request)
     letters = [letter.to_json() for group in groups.values() for letter in group]
-    return web.json_response(
+    return _json(
         {"stats": stats.to_json(), "letters": letters, "truncated": stats.total > PAGE_LIMIT}
     )
 
@@ -289,13 +296,13 @@ async def dead_letters_json(request: web.Request) -> web.Response:
 async def stats_json(request: web.Request) -> web.Response:
     async with _dlq(request) as q:
         result = await dlq.stats(q, _selection(request.query))
-    return web.json_response(result.to_json())
+    return _json(result.to_json())
 
 
 async def letter_json(request: web.Request) -> web.Response:
-    return web.json_response(await _detail(request))
+    return _json(await _detail(request))
 
 
 async def requests_json(request: web.Request) -> web.Response:
     data = await _requests(request)
-    return web.json_response(dlq.jsonable(data["counts"] | {"rows": data["rows"]}))
+    return _json(data["counts"] | {"rows": data["rows"]})

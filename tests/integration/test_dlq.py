@@ -13,7 +13,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from bgworker import broker, dlq, events, jobs, store, topology
+from bgworker import broker, dlq, dlq_letter, events, jobs, store, topology
 from bgworker import settings as settings_mod
 from bgworker.store import dlq as dlq_store
 from tests import dlq_handlers
@@ -150,7 +150,7 @@ async def test_list_and_show_leave_the_queue_as_it_was(
     # Same messages, same order: the first read saw the original order (nothing had been
     # requeued yet), and a destructive drain after all the reads finds exactly that.
     assert await depth(amqp, dead_queue.name) == 5
-    left = [dlq.Letter.from_message(m) for m in await drain(amqp, dead_queue.name)]  # type: ignore[arg-type]
+    left = [dlq_letter.Letter.from_message(m) for m in await drain(amqp, dead_queue.name)]  # type: ignore[arg-type]
     assert [letter.key for letter in left] == [letter.key for letter in first]
 
 

@@ -1,0 +1,232 @@
+"""Replay never strands a request, and never runs a cancelled one by accident.
+
+Issue 8: a letter whose row was ``queued``/``retrying`` used to be removed as "in
+progress" although no message for the request existed anywhere, so it waited forever; and
+a cancelled request was skipped silently. Real RabbitMQ and PostgreSQL throughout.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+
+import aio_pika
+import pytest
+
+from bgworker import dlq, events, topology
+from bgworker.store import dlq as dlq_store
+from tests import dlq_handlers
+from tests.conftest import wait_for_status, wait_until
+from tests.integration.test_admin import client, console, log_in
+from tests.integration.test_dlq import (
+    cli,
+    dead_queue,
+    depth,
+    drain,
+    fixable_handler,
+    make_letters,
+    wait_depth,
+)
+
+__all__ = ["cli", "console", "dead_queue", "fixable_handler"]  # fixtures shared with them
+
+
+async def nothing(*_: object) -> None:
+    """A publish that never reaches the broker: the message lost with a broker failure."""
+
+
+async def dead_letter_from_work_queue(
+    amqp: aio_pika.abc.AbstractChannel, settings, event: events.FileRequested
+) -> None:
+    """The request's only message leaves the work queue for ``{ns}.dead`` the way the
+    broker moves it at a delivery limit: dead-lettered by RabbitMQ itself (x-death)."""
+    work = await amqp.get_queue(topology.Topology(settings.namespace).work_queue, ensure=False)
+    message = await work.get(no_ack=False)
+    assert message is not None and message.message_id == str(event.id)
+    await message.reject(requeue=False)
+    dead = f"{settings.namespace}.dead"
+
+    async def arrived() -> bool:
+        return await depth(amqp, dead) == 1
+
+    await wait_until(arrived)
+
+
+async def lose_messages(amqp: aio_pika.abc.AbstractChannel, settings) -> None:
+    """No message for any request anywhere: work queue and every retry tier empty."""
+    topo = topology.Topology(settings.namespace, tuple(settings.worker.retry_delays_seconds))
+    for name in [topo.work_queue, *map(topo.retry_queue, topo.retry_delays_seconds)]:
+        await drain(amqp, name)
+        assert await depth(amqp, name) == 0
+
+
+@pytest.mark.parametrize("status", ["retrying", "queued"])
+async def test_replay_republishes_a_request_whose_message_is_gone(
+    settings, db, amqp, publish, start_worker, dead_queue, event_log, cli, status
+):
+    dlq_handlers.FIXED["value"] = True
+    event = await publish("fixable")
+    # A worker claimed it, then its retry (or, at shutdown, its requeue) message was lost.
+    claim = await db.record_and_claim(event, 2, "gone-worker", 30)
+    assert claim is not None
+    if status == "retrying":
+        await db.mark_retrying(
+            claim,
+            error_class="ExportBugError",
+            error="boom",
+            next_run_at=datetime.now(UTC),
+            publish=nothing,
+        )
+    else:
+        assert await db.release(claim, nothing)
+    # Its first message reached the delivery limit and was dead-lettered by the broker.
+    await dead_letter_from_work_queue(amqp, settings, event)
+    await lose_messages(amqp, settings)
+    assert (await db.get_request(event.id)).status == status
+
+    code, out, err = await cli("dlq", "replay", str(event.id))
+    assert code == 0, err
+    assert "replayed 1" in out and "removed from the queue: 1" in out
+    assert await depth(amqp, dead_queue.name) == 0
+    [action] = await dlq_store.list_actions(db, event.id)
+    assert (action["action"], action["detail"]) == ("replay", f"republished: row left {status}")
+
+    await start_worker()
+    row = await wait_for_status(db, event.id, "ready")
+    await wait_until(lambda: any(k == "file.ready" for k, _ in event_log))
+    await wait_depth(amqp, topology.Topology(settings.namespace).work_queue, 0)
+    ready = Counter(body["id"] for key, body in event_log if key == "file.ready")
+    assert ready == Counter({str(event.id): 1})
+    outcomes = [a["outcome"] for a in await db.list_attempts(event.id)]
+    assert outcomes.count("ready") == 1 and row.attempts == len(outcomes)
+
+
+async def test_replay_of_a_cancelled_request_refuses_then_force_runs_it(
+    settings, db, amqp, publish, start_worker, dead_queue, cli
+):
+    await start_worker()
+    [cancelled, flagged] = await make_letters(db, amqp, dead_queue.name, publish, "fixable", 2)
+    # One ended cancelled; on the other a cancel arrived while its handler failed for good.
+    await db.pool.execute(
+        "UPDATE bgworker_requests SET status = 'cancelled', cancel_requested = true WHERE id = $1",
+        cancelled,
+    )
+    await db.pool.execute(
+        "UPDATE bgworker_requests SET cancel_requested = true WHERE id = $1", flagged
+    )
+    dlq_handlers.FIXED["value"] = True
+
+    for request_id in (cancelled, flagged):
+        code, out, err = await cli("dlq", "replay", str(request_id))
+        assert code == 1
+        message = (
+            f"request {request_id} was cancelled; "
+            "replay with --force to clear the cancel and run it"
+        )
+        assert message in err and "refused" in out
+    code, out, err = await cli("dlq", "replay", "--all", "--dry-run")
+    assert code == 0 and "would-refuse 2" in out
+    assert await depth(amqp, dead_queue.name) == 2  # both letters kept
+    assert (await db.get_request(cancelled)).status == "cancelled"
+    assert (await db.get_request(flagged)).status == "failed"
+
+    code, out, err = await cli("dlq", "replay", "--all", "--force")
+    assert code == 0, err
+    assert "replayed 2" in out and "removed from the queue: 2" in out
+    for request_id in (cancelled, flagged):
+        row = await wait_for_status(db, request_id, "ready")
+        assert not row.cancel_requested and row.attempts == 1
+        actions = await dlq_store.list_actions(db, request_id)
+        assert [a["action"] for a in actions] == ["skip", "replay"]
+        assert actions[-1]["detail"].startswith("forced")
+        assert actions[-1]["actor"].startswith("cli:")
+    assert await depth(amqp, dead_queue.name) == 0
+
+
+async def test_console_refuses_a_cancelled_request_unless_forced(
+    settings, db, amqp, publish, start_worker, dead_queue, console
+):
+    await start_worker()
+    [request_id] = await make_letters(db, amqp, dead_queue.name, publish, "fixable", 1)
+    await db.pool.execute(
+        "UPDATE bgworker_requests SET status = 'cancelled', cancel_requested = true WHERE id = $1",
+        request_id,
+    )
+    dlq_handlers.FIXED["value"] = True
+    async with client() as http:
+        token = await log_in(http, console)
+        async with http.get(f"{console}/admin/dead-letters/{request_id}") as r:
+            page = await r.text()
+        assert 'id="force-replay"' in page and "(cancel requested)" in page
+        action = {"csrf": token, "action": f"replay:one:{request_id}"}
+        async with http.post(f"{console}/admin/dead-letters/action", data=action) as r:
+            page = await r.text()
+        assert "<b>refused</b> 1" in page and "replay with --force to clear the cancel" in page
+        assert await depth(amqp, dead_queue.name) == 1
+        async with http.post(
+            f"{console}/admin/dead-letters/action", data={**action, "force": "yes"}
+        ) as r:
+            assert "<b>replayed</b> 1" in await r.text()
+    await wait_for_status(db, request_id, "ready")
+    [*_, forced] = await dlq_store.list_actions(db, request_id)
+    assert forced["detail"].startswith("forced") and forced["actor"] == "web:admin"
+
+
+async def test_running_request_letter_removed_only_under_a_live_lease(
+    settings, db, amqp, publish, dead_queue
+):
+    live = await publish("fixable")
+    expired = await publish("fixable")
+    await lose_messages(amqp, settings)
+    live_claim = await db.record_and_claim(live, 2, "busy-worker", 60)
+    dead_claim = await db.record_and_claim(expired, 2, "dead-worker", 0.001)
+    assert live_claim is not None and dead_claim is not None
+    channel = await dead_queue.connection.channel()
+    exchange = await channel.get_exchange(dead_queue.topology.dead_exchange)
+    for event in (live, expired):
+        body = event.model_dump_json().encode()
+        headers = {"x-death": [{"reason": "delivery_limit", "count": 20}]}
+        await exchange.publish(
+            aio_pika.Message(body, message_id=str(event.id), headers=headers), ""
+        )
+
+    report = await dlq.replay(dead_queue, db, dlq.Selection(everything=True), actor="t")
+    by_key = {o.key: o for o in report.outcomes}
+    assert by_key[str(live.id)].removed and by_key[str(live.id)].result == "skipped"
+    kept = by_key[str(expired.id)]
+    assert not kept.removed and "reaper" in kept.detail
+    assert [letter.key async for letter in dlq.letters(dead_queue)] == [str(expired.id)]
+    # Neither request was touched: the live attempt keeps its lease, the reaper owns the other.
+    for event, claim in ((live, live_claim), (expired, dead_claim)):
+        row = await db.get_request(event.id)
+        assert (row.status, row.lease_token) == ("running", claim.lease_token)
+    await channel.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "cancel", "lease", "force", "plan"),
+    [
+        (None, False, False, False, dlq.Plan.REPLAY),
+        ("failed", False, False, False, dlq.Plan.REPLAY),
+        ("queued", False, False, False, dlq.Plan.REPUBLISH),
+        ("retrying", False, False, False, dlq.Plan.REPUBLISH),
+        ("running", False, True, False, dlq.Plan.DROP),
+        ("running", False, False, False, dlq.Plan.KEEP),
+        ("ready", False, False, False, dlq.Plan.DROP),
+        ("expired", False, False, True, dlq.Plan.DROP),
+        ("ready", True, False, True, dlq.Plan.DROP),  # served: never run twice, even forced
+        ("cancelled", False, False, False, dlq.Plan.REFUSE),
+        ("retrying", True, False, False, dlq.Plan.REFUSE),
+        ("failed", True, False, False, dlq.Plan.REFUSE),
+        ("running", True, True, False, dlq.Plan.REFUSE),
+        ("cancelled", True, False, True, dlq.Plan.FORCE),
+        ("retrying", True, False, True, dlq.Plan.FORCE),
+    ],
+)
+def test_the_replay_rule(status, cancel, lease, force, plan):
+    decision = dlq.decide("r1", status, cancel_requested=cancel, lease_live=lease, force=force)
+    assert decision.plan is plan
+    # A letter leaves the queue only if the request is runnable afterwards (republished,
+    # confirmed) or has nothing left to run (served, or running under a live lease).
+    assert decision.removes == (plan.publishes or plan is dlq.Plan.DROP)
+    assert decision.removes != (plan in (dlq.Plan.KEEP, dlq.Plan.REFUSE))
