@@ -237,7 +237,7 @@ def decode_json(body: bytes) -> object:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidEventError("malformed_json", f"body is not UTF-8: {exc.reason}") from None
+        raise InvalidEventError("malformed_json", f"body: not UTF-8 ({exc.reason})") from None
     if _too_deep(text, MAX_JSON_DEPTH):
         raise InvalidEventError(
             "malformed_json", f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels"
@@ -253,7 +253,7 @@ def decode_json(body: bytes) -> object:
     except _DuplicateKeyError as exc:
         raise InvalidEventError("malformed_json", f"body: {exc}") from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
-        raise InvalidEventError("malformed_json", f"body is not JSON: {exc}") from None
+        raise InvalidEventError("malformed_json", f"body: not JSON ({exc})") from None
 
 
 def _path(parent: str, key: object) -> str:
@@ -664,7 +664,7 @@ def parse_file_requested(body: bytes) -> FileRequested:
     field and is itself storable (printable, at most MAX_ERROR_CHARS characters)."""
     raw = decode_json(body)
     if not isinstance(raw, dict):
-        raise InvalidEventError("invalid_schema", "body must be a JSON object")
+        raise InvalidEventError("invalid_schema", "body: must be a JSON object")
     request_id = _maybe_uuid(raw.get("id"))
     version = raw.get("schema_version", SCHEMA_VERSION)
     if isinstance(version, bool) or version != SCHEMA_VERSION:
