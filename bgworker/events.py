@@ -491,7 +491,9 @@ _CRITERIA_VALUE_SCHEMA: Final[dict[str, Any]] = {
 Uuid = Annotated[
     uuid.UUID,
     BeforeValidator(_uuid),
-    WithJsonSchema({"type": "string", "format": "uuid", "pattern": UUID_PATTERN}),
+    WithJsonSchema(
+        {"type": "string", "format": "uuid", "pattern": UUID_PATTERN, **_NO_LINE_BREAKS}
+    ),
 ]
 FileType = Annotated[
     str,
