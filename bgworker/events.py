@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.resources
-import itertools
 import json
-import math
 import re
 import uuid
 from collections.abc import Callable
@@ -38,15 +36,16 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from bgworker import strict_json
+
 SCHEMA_VERSION: Final = 1
-# Handler input, measured as the UTF-8 bytes of its compact JSON (see _json_size).
+# Handler input, measured as the UTF-8 bytes of its compact JSON (strict_json.json_size).
 MAX_CRITERIA_BYTES: Final = 64 * 1024
 # Levels of nesting in criteria; the criteria object itself is level 1.
 MAX_CRITERIA_DEPTH: Final = 32
-# Nesting of a whole body, checked before parsing: far below the interpreter's recursion
-# limit (json.loads and pydantic recurse), above criteria's limit plus the levels around it,
-# so a deep criteria value is reported by its field rather than as bad JSON.
-MAX_JSON_DEPTH: Final = 64
+# Nesting of a whole body, checked before parsing: above criteria's limit plus the levels
+# around it, so a deep criteria value is reported by its field rather than as bad JSON.
+MAX_JSON_DEPTH: Final = strict_json.MAX_DEPTH
 # A valid body is at most ~70 KiB compact; this leaves room for pretty-printing and bounds
 # the work spent on any message.
 MAX_BODY_BYTES: Final = 1024 * 1024
@@ -111,7 +110,6 @@ _SPACE: Final = r"[\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u
 _FILENAME_SEPARATORS: Final = r'[/\\"]'
 
 _LINE_BREAKING_RE: Final = re.compile(_LINE_BREAKING)
-_SURROGATE_RE: Final = re.compile(r"[\ud800-\udfff]")
 _BIDI_RE: Final = re.compile(_BIDI)
 _FILENAME_SEPARATORS_RE: Final = re.compile(_FILENAME_SEPARATORS)
 _SPACE_RE: Final = re.compile(rf"^{_SPACE}|{_SPACE}$")
@@ -146,194 +144,12 @@ def _error(message: str) -> PydanticCustomError:
     return PydanticCustomError("bgworker_contract", message)
 
 
-def show(value: object, limit: int = 60) -> str:
-    """A short, printable, storable rendering of any value for error messages."""
-    text = ascii(value) if not isinstance(value, Unrepresentable) else value.text
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _found(chars: set[str]) -> str:
     # Code points, with the character itself only when it is visible ASCII: a bidi control
     # or line separator copied into a log line would garble it.
     return ", ".join(
         f"{c!r} U+{ord(c):04X}" if "!" <= c <= "~" else f"U+{ord(c):04X}" for c in sorted(chars)
     )
-
-
-# -- JSON that can be carried ---------------------------------------------------------------
-
-
-class Unrepresentable:
-    """A JSON number with no finite IEEE 754 double: NaN, Infinity, 1e999, a 5,000-digit
-    integer. jsonb refuses the first ones, Python refuses to print the last; I-JSON (RFC
-    7493 section 2.2) asks for numbers a double can hold. Kept as the parser's placeholder so
-    the error can name the field."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
-
-    def __repr__(self) -> str:
-        return f"Unrepresentable({self.text!r})"
-
-
-class _DuplicateKeyError(ValueError):
-    pass
-
-
-def _parse_int(text: str) -> int | Unrepresentable:
-    # Checked before int(): Python refuses to convert more than 4300 digits (ValueError).
-    if len(text) > 310:
-        return Unrepresentable(text)
-    number = int(text)
-    try:
-        float(number)
-    except OverflowError:
-        return Unrepresentable(text)
-    return number
-
-
-def _parse_float(text: str) -> float | Unrepresentable:
-    number = float(text)
-    return number if math.isfinite(number) else Unrepresentable(text)
-
-
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Duplicate names are legal JSON that parsers resolve differently (RFC 8259 section 4):
-    # a producer's validator may see the first value and the worker the last.
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise _DuplicateKeyError(f"duplicate key {show(dup)}")
-    return out
-
-
-# A JSON string literal, written as an unrolled loop (no alternation per character).
-_STRING_RE: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_STEP: Final = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
-_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in _STEP)
-
-
-def _too_deep(text: str, limit: int) -> bool:
-    """Whether JSON text nests deeper than ``limit``, found without recursion (a 100,000
-    deep body would raise RecursionError inside json.loads)."""
-    if text.count("[") + text.count("{") <= limit:
-        return False  # the usual event: a handful of brackets
-    # Outside string literals valid JSON is ASCII; keep its brackets only. The running sum
-    # of +1/-1 is the depth; translate, map and accumulate keep the loops in C.
-    outside = _STRING_RE.sub('""', text).encode("ascii", "ignore")
-    steps = map(_STEP.__getitem__, outside.translate(None, _NOT_BRACKETS))
-    return max(itertools.accumulate(steps), default=0) > limit
-
-
-def decode_json(body: bytes) -> object:
-    """Parse a message body as strict JSON (RFC 8259 in UTF-8, no duplicate names, nesting at
-    most MAX_JSON_DEPTH). Numbers a double cannot hold come back as ``Unrepresentable``.
-    Raises InvalidEventError (``malformed_json`` or ``invalid_schema``) and nothing else."""
-    if len(body) > MAX_BODY_BYTES:
-        raise InvalidEventError(
-            "invalid_schema", f"body: {len(body)} bytes; the limit is {MAX_BODY_BYTES}"
-        )
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidEventError("malformed_json", f"body: not UTF-8 ({exc.reason})") from None
-    if _too_deep(text, MAX_JSON_DEPTH):
-        raise InvalidEventError(
-            "malformed_json", f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels"
-        )
-    try:
-        return json.loads(
-            text,
-            parse_int=_parse_int,
-            parse_float=_parse_float,
-            parse_constant=Unrepresentable,
-            object_pairs_hook=_object,
-        )
-    except _DuplicateKeyError as exc:
-        raise InvalidEventError("malformed_json", f"body: {exc}") from None
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
-        raise InvalidEventError("malformed_json", f"body: not JSON ({exc})") from None
-
-
-def _path(parent: str, key: object) -> str:
-    key_text = str(key) if isinstance(key, int) else key if _plain_key(key) else show(key)
-    return f"{parent}.{key_text}" if parent else str(key_text)
-
-
-def _plain_key(key: object) -> bool:
-    return isinstance(key, str) and 0 < len(key) <= 60 and key.isprintable()
-
-
-def _string_problem(text: str) -> str | None:
-    if "\x00" in text:
-        return "must not contain NUL characters (U+0000)"
-    if _SURROGATE_RE.search(text):
-        return "must not contain lone UTF-16 surrogates (U+D800-DFFF)"
-    return None
-
-
-# A place in a value as a linked list (parent, key), turned into text only for an error.
-_Where = tuple["_Where", object] | None
-
-
-def _spell(where: _Where, root: str) -> str:
-    keys: list[object] = []
-    while where is not None:
-        where, key = where
-        keys.append(key)
-    path = root
-    for key in reversed(keys):
-        path = _path(path, key)
-    return path
-
-
-def unstorable(
-    value: object, path: str = "", max_depth: int | None = None
-) -> list[tuple[str, str]]:
-    """Where a JSON-like value holds what PostgreSQL or strict JSON cannot carry: a NUL or a
-    lone surrogate in a string or key, a non-finite number, a key that is not a string, a
-    type JSON does not have, or nesting deeper than ``max_depth``. (path, problem) pairs, at
-    most 10; iterative, so any depth is safe."""
-    problems: list[tuple[str, str]] = []
-    stack: list[tuple[object, _Where, int]] = [(value, None, 1)]
-    while stack and len(problems) < 10:
-        item, where, depth = stack.pop()
-        if isinstance(item, str):
-            if problem := _string_problem(item):
-                problems.append((_spell(where, path), problem))
-        elif isinstance(item, dict | list) and max_depth is not None and depth > max_depth:
-            problems.append((_spell(where, path), f"nested deeper than {max_depth} levels"))
-        elif isinstance(item, dict):
-            for key, child in item.items():
-                problem = _string_problem(key) if isinstance(key, str) else "is not a string"
-                if problem:
-                    problems.append((_spell((where, key), path), f"key {problem}"))
-                stack.append((child, (where, key), depth + 1))
-        elif isinstance(item, list):
-            stack.extend((child, (where, i), depth + 1) for i, child in enumerate(item))
-        elif problem := _scalar_problem(item):
-            problems.append((_spell(where, path), problem))
-    problems.sort()
-    return problems
-
-
-def _scalar_problem(item: object) -> str | None:
-    if item is None or isinstance(item, bool | int):
-        return None
-    if isinstance(item, float):
-        return None if math.isfinite(item) else f"{item} is not a finite number"
-    if isinstance(item, Unrepresentable):
-        return f"{item.text} is not a finite number (I-JSON, RFC 7493)"
-    return f"{type(item).__name__} is not a JSON value"
-
-
-def _json_size(value: object) -> int:
-    """UTF-8 bytes of the compact JSON text (no whitespace, non-ASCII not escaped): the
-    measure of ``x-bgworker-max-json-bytes``."""
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 # -- Field types: each validates and states the same rule in the schema -------------------
@@ -346,7 +162,7 @@ def _text_rule(extra: Callable[[str], str | None] | None = None) -> Callable[[st
     ``extra``, which returns a problem or None."""
 
     def check(value: str) -> str:
-        bad = set(_LINE_BREAKING_RE.findall(value)) | set(_SURROGATE_RE.findall(value))
+        bad = set(_LINE_BREAKING_RE.findall(value)) | set(strict_json.SURROGATE_RE.findall(value))
         if bad:
             raise _error(
                 f"must not contain control characters, line or paragraph separators "
@@ -415,7 +231,7 @@ def _check_email(value: str) -> str | None:
 
 
 def _check_timezone(value: str) -> str | None:
-    return None if value in _TIMEZONE_SET else f"unknown IANA timezone {show(value)}"
+    return None if value in _TIMEZONE_SET else f"unknown IANA timezone {strict_json.show(value)}"
 
 
 def _uuid(value: object) -> object:
@@ -462,10 +278,10 @@ def _check_criteria(value: object) -> dict[str, JsonValue]:
     # value; this walk does the same and more in one pass).
     if not isinstance(value, dict):
         raise _error("must be a JSON object")
-    problems = unstorable(value, max_depth=MAX_CRITERIA_DEPTH)
+    problems = strict_json.unstorable(value, max_depth=MAX_CRITERIA_DEPTH)
     if problems:
         raise _error("; ".join(f"{p} (at {w})" if w else p for w, p in problems))
-    size = _json_size(value)
+    size = strict_json.json_size(value)
     if size > MAX_CRITERIA_BYTES:
         raise _error(f"{size} bytes as JSON; the limit is {MAX_CRITERIA_BYTES}")
     return value  # every key and value checked above
@@ -683,6 +499,19 @@ class InvalidEventError(Exception):
         self.request_id = request_id
 
 
+def decode_json(body: bytes) -> object:
+    """A message body as strict JSON (``strict_json.decode``), at most MAX_BODY_BYTES.
+    Raises InvalidEventError (``malformed_json`` or ``invalid_schema``) and nothing else."""
+    if len(body) > MAX_BODY_BYTES:
+        raise InvalidEventError(
+            "invalid_schema", f"body: {len(body)} bytes; the limit is {MAX_BODY_BYTES}"
+        )
+    try:
+        return strict_json.decode(body, MAX_JSON_DEPTH)
+    except strict_json.DecodeError as exc:
+        raise InvalidEventError("malformed_json", f"body: {exc}") from None
+
+
 def parse_file_requested(body: bytes) -> FileRequested:
     """Decode a message body, naming the problem precisely when it is not acceptable.
 
@@ -696,13 +525,13 @@ def parse_file_requested(body: bytes) -> FileRequested:
     if isinstance(version, bool) or version != SCHEMA_VERSION:
         raise InvalidEventError(
             "unsupported_schema_version",
-            f"schema_version: {show(version)} is not supported "
+            f"schema_version: {strict_json.show(version)} is not supported "
             f"(this worker reads {SCHEMA_VERSION})",
             request_id,
         )
     # What the models cannot see: placeholders for unrepresentable numbers, lone surrogates
     # in keys (an unknown field named with one would otherwise end up in the error text).
-    problems = unstorable(raw)
+    problems = strict_json.unstorable(raw)
     if problems:
         text = "; ".join(f"{where or '(body)'}: {problem}" for where, problem in problems)
         raise InvalidEventError("invalid_schema", _cap(text), request_id)
@@ -720,13 +549,13 @@ def describe_validation_error(exc: ValidationError) -> str:
     for err in exc.errors(include_url=False, include_input=False):
         field = ""
         for part in err["loc"]:
-            field = _path(field, part)
+            field = strict_json.path(field, part)
         parts.append(f"{field or '(body)'}: {err['msg']}")
     return _cap("; ".join(parts))
 
 
 def _cap(text: str) -> str:
-    text = _LINE_BREAKING_RE.sub("\ufffd", _SURROGATE_RE.sub("\ufffd", text))
+    text = _LINE_BREAKING_RE.sub("\ufffd", strict_json.SURROGATE_RE.sub("\ufffd", text))
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
@@ -740,42 +569,10 @@ def _maybe_uuid(value: object) -> uuid.UUID | None:
 # -- Storing what was rejected ----------------------------------------------------------------
 
 MAX_STORED_BYTES: Final = 256 * 1024
-RAW_BODY_CHARS: Final = 2000
-
-
-def storable(value: object, _depth: int = 1) -> JsonValue:
-    """``value`` (parsed or not) as a JSON value PostgreSQL jsonb accepts: NUL and lone
-    surrogates become U+FFFD, non-finite or oversized numbers their text, other objects
-    their repr, and containers nested deeper than MAX_JSON_DEPTH a marker string."""
-    if isinstance(value, str):
-        return _SURROGATE_RE.sub("\ufffd", value.replace("\x00", "\ufffd"))
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        try:
-            float(value)
-        except OverflowError:
-            # str() would refuse past 4300 digits; log10(2) gives the count closely enough.
-            return f"<integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, Unrepresentable):
-        return value.text
-    if isinstance(value, dict | list | tuple):
-        if _depth > MAX_JSON_DEPTH:
-            return f"<nested deeper than {MAX_JSON_DEPTH} levels>"
-        if isinstance(value, dict):
-            return {str(storable(str(k))): storable(v, _depth + 1) for k, v in value.items()}
-        return [storable(v, _depth + 1) for v in value]
-    return storable(show(value, 200))
-
-
-def raw_body(body: bytes) -> dict[str, JsonValue]:
-    """A body that is not a JSON object, as a storable object: its first RAW_BODY_CHARS
-    characters, decoded as UTF-8 with U+FFFD for what does not decode (and for NUL)."""
-    text = body[: RAW_BODY_CHARS * 4].decode("utf-8", "replace")[:RAW_BODY_CHARS]
-    return {"body": text.replace("\x00", "\ufffd")}
+# The helpers the worker uses to record a rejected body (strict_json has the details).
+storable = strict_json.storable
+raw_body = strict_json.raw_body
+RAW_BODY_CHARS: Final = strict_json.RAW_BODY_CHARS
 
 
 def storable_body(body: bytes) -> dict[str, JsonValue]:
@@ -789,7 +586,7 @@ def storable_body(body: bytes) -> dict[str, JsonValue]:
         return raw_body(body)
     stored = storable(raw)
     assert isinstance(stored, dict)
-    if _json_size(stored) > MAX_STORED_BYTES:
+    if strict_json.json_size(stored) > MAX_STORED_BYTES:
         return raw_body(body)
     return stored
 

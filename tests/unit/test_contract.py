@@ -15,6 +15,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +249,7 @@ def assert_carriable(event: events.FileRequested) -> None:
         assert not {unicodedata.category(c) for c in value} & UNSAFE_CATEGORIES, value
     assert 1970 <= event.requested_at.year <= 9998
     # The UTC conversion asyncpg does must not overflow.
-    event.requested_at.astimezone(events.UTC)
+    event.requested_at.astimezone(UTC)
 
 
 def parse_outcome(body: bytes) -> events.FileRequested | None:

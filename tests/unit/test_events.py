@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from bgworker import events
+from bgworker import events, strict_json
 
 
 def _valid(**overrides: Any) -> dict[str, Any]:
@@ -218,7 +218,7 @@ def _nested(levels: int) -> list[object]:
         {"inf": float("inf"), "ninf": float("-inf"), "big": 10**5000, "small": -(10**400)},
         {"deep": _nested(10_000)},
         {"bytes": b"\x00\xff", "obj": object(), "tuple": (1, "\x00")},
-        {"number": events.Unrepresentable("1e999")},
+        {"number": strict_json.Unrepresentable("1e999")},
         {5: "int key", None: "none key"},
     ],
     ids=["nul-surrogates-nan", "numbers", "deep", "other-types", "placeholder", "keys"],
