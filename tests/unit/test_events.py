@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from bgworker import events
+from bgworker import events, strict_json
 
 
 def _valid(**overrides: Any) -> dict[str, Any]:
@@ -77,7 +78,12 @@ def test_invalid_field_is_named(overrides: dict[str, Any], field: str) -> None:
     with pytest.raises(events.InvalidEventError) as parsed:
         events.parse_file_requested(json.dumps(body).encode())
     assert parsed.value.reason == "invalid_schema"
-    assert str(parsed.value).startswith(field + ":") or f"; {field}:" in str(parsed.value)
+    assert _names(str(parsed.value), field)
+
+
+def _names(message: str, field: str) -> bool:
+    """The message names ``field`` (or a place inside it, ``criteria.q.1``) as a subject."""
+    return re.search(rf"(^|; ){re.escape(field)}[.:]", message) is not None
 
 
 def test_filename_error_names_the_offending_characters() -> None:
@@ -171,3 +177,143 @@ def test_events_are_frozen() -> None:
     event = events.FileRequested.model_validate(_valid())
     with pytest.raises(ValidationError):
         event.filename = "other.csv"  # type: ignore[misc]
+
+
+def _depth(value: object) -> int:
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+    return depth - 1
+
+
+def _assert_jsonb_safe(value: object) -> None:
+    # What asyncpg's json codec and PostgreSQL's jsonb need: strict JSON text in UTF-8
+    # without NUL, nested no deeper than the stated cap.
+    text = json.dumps(value, allow_nan=False)
+    json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    assert "\\u0000" not in text
+    assert _depth(value) <= events.MAX_JSON_DEPTH + 1
+
+
+def _nested(levels: int) -> list[object]:
+    root: list[object] = []
+    inner = root
+    for _ in range(levels):
+        child: list[object] = []
+        inner.append(child)
+        inner = child
+    return root
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a\x00": ["x\x00y", "\ud800", {"\udfff": float("nan")}]},
+        {"inf": float("inf"), "ninf": float("-inf"), "big": 10**5000, "small": -(10**400)},
+        {"deep": _nested(10_000)},
+        {"bytes": b"\x00\xff", "obj": object(), "tuple": (1, "\x00")},
+        {"number": strict_json.Unrepresentable("1e999")},
+        {5: "int key", None: "none key"},
+    ],
+    ids=["nul-surrogates-nan", "numbers", "deep", "other-types", "placeholder", "keys"],
+)
+def test_storable_makes_anything_jsonb_safe(value: object) -> None:
+    stored = events.storable(value)
+    assert isinstance(stored, dict)
+    _assert_jsonb_safe(stored)
+
+
+def test_storable_keeps_what_it_can() -> None:
+    stored = events.storable({"n": 1, "f": 1.5, "t": True, "z": None, "s": "ok", "l": [1]})
+    assert stored == {"n": 1, "f": 1.5, "t": True, "z": None, "s": "ok", "l": [1]}
+    assert events.storable({"x": "a\x00\ud800"}) == {"x": "a\ufffd\ufffd"}
+    assert events.storable(float("nan")) == "nan"
+
+
+def test_raw_body_is_a_short_storable_object() -> None:
+    stored = events.raw_body(b"\x00\xff" * 5000)
+    assert set(stored) == {"body"}
+    assert isinstance(stored["body"], str) and len(stored["body"]) == events.RAW_BODY_CHARS
+    _assert_jsonb_safe(stored)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"id": 1, "criteria": {"n": NaN, "s": "\\ud800", "z": "\\u0000"}}', None),
+        (b"[" * 100_000 + b"]" * 100_000, {"body": "[" * events.RAW_BODY_CHARS}),
+        (b"[1, 2]", {"body": "[1, 2]"}),
+        (b"\xff{", {"body": "\ufffd{"}),
+        (b'{"a": 1, "a": 2}', {"body": '{"a": 1, "a": 2}'}),
+        (b'{"big": "' + b"x" * (events.MAX_STORED_BYTES + 1) + b'"}', None),
+    ],
+    ids=["unrepresentable", "deep", "array", "not-utf8", "duplicate", "too-big"],
+)
+def test_storable_body(body: bytes, expected: dict[str, object] | None) -> None:
+    stored = events.storable_body(body)
+    _assert_jsonb_safe(stored)
+    if expected is not None:
+        assert stored == expected
+    elif body.startswith(b'{"id"'):
+        assert stored == {"id": 1, "criteria": {"n": "NaN", "s": "\ufffd", "z": "\ufffd"}}
+    else:
+        assert set(stored) == {"body"} and len(str(stored["body"])) == events.RAW_BODY_CHARS
+
+
+def test_error_messages_are_printable_and_capped() -> None:
+    fields = {f"bad\u202e\x00{i}": 1 for i in range(500)}
+    with pytest.raises(events.InvalidEventError) as info:
+        events.parse_file_requested(json.dumps(_valid(**fields)).encode())
+    message = str(info.value)
+    assert len(message) <= events.MAX_ERROR_CHARS
+    assert message.isprintable() or "\ufffd" in message
+    assert "\x00" not in message and "\u202e" not in message
+
+
+def test_schema_version_true_is_not_version_one() -> None:
+    with pytest.raises(events.InvalidEventError) as info:
+        events.parse_file_requested(json.dumps(_valid(schema_version=True)).encode())
+    assert info.value.reason == "unsupported_schema_version"
+    with pytest.raises(ValidationError, match="schema_version"):
+        events.FileRequested.model_validate(_valid(schema_version=True))
+
+
+def test_python_callers_still_pass_native_types() -> None:
+    """Producers in Python pass UUID, datetime and Requester objects, not JSON strings."""
+    from datetime import UTC, datetime
+
+    event = events.FileRequested(
+        id=uuid.uuid4(),
+        file_type="blob",
+        filename="a.csv",
+        requested_at=datetime(2026, 1, 1, tzinfo=UTC),
+        requester=events.Requester(email="ann@example.com", timezone="Europe/Paris"),
+    )
+    again = events.parse_file_requested(event.model_dump_json().encode())
+    assert again == event
+    with pytest.raises(ValidationError, match="requested_at"):
+        events.FileRequested(
+            id=uuid.uuid4(),
+            file_type="blob",
+            filename="a.csv",
+            requested_at=datetime(1, 1, 1, tzinfo=UTC),
+        )
+
+
+def test_timezones_come_from_the_pinned_tzdata_package() -> None:
+    from importlib.metadata import version
+    from zoneinfo import ZoneInfo
+
+    assert "Europe/Paris" in events.TIMEZONES and "UTC" in events.TIMEZONES
+    schema = json.loads(events.json_schemas()["FileRequested.json"])
+    timezone = schema["$defs"]["Requester"]["properties"]["timezone"]
+    assert timezone["enum"] == list(events.TIMEZONES)
+    assert timezone["x-bgworker-tzdata"] == version("tzdata")
+    for name in events.TIMEZONES:  # every listed name can be loaded on this machine
+        ZoneInfo(name)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,3 +57,35 @@ def test_drift_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(events.EVENT_MODELS, "FileRequested", FileRequested)
     committed = (SCHEMAS / "FileRequested.json").read_text(encoding="utf-8")
     assert events.json_schemas()["FileRequested.json"] != committed
+
+
+def _string_properties(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    found = {}
+    objects = {"": schema, "requester.": schema["$defs"]["Requester"]}
+    for prefix, obj in objects.items():
+        for name, prop in obj["properties"].items():
+            variants = prop.get("anyOf", [prop])
+            if any(v.get("type") == "string" for v in variants):
+                found[prefix + name] = prop
+    return found
+
+
+def test_every_string_field_outside_criteria_refuses_line_breaking_characters() -> None:
+    """Cc, U+2028 and U+2029 reach headers: the schema refuses them in every such field."""
+    schema = json.loads((SCHEMAS / "FileRequested.json").read_text(encoding="utf-8"))
+    fields = _string_properties(schema)
+    assert set(fields) >= {"id", "filename", "content_type", "requester.email", "requested_at"}
+    for name, prop in fields.items():
+        text = json.dumps(prop)
+        assert r"[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]" in text, name
+
+
+def test_every_x_keyword_is_documented_in_the_readme() -> None:
+    readme = (SCHEMAS.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## The event contract", 1)[1].split("\n## ", 1)[0]
+    keywords = set()
+    for name in events.json_schemas():
+        keywords |= set(re.findall(r'"(x-bgworker-[a-z-]+)"', events.json_schemas()[name]))
+    assert keywords >= {"x-bgworker-max-json-bytes", "x-bgworker-max-depth"}
+    for keyword in keywords:
+        assert f"`{keyword}`" in section, keyword
