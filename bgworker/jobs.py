@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import time
 import traceback
 import uuid
@@ -41,8 +39,6 @@ CONFLICTING_DUPLICATE: Final = "conflicting_duplicate"
 SUPERSEDABLE: Final = frozenset(
     {"invalid_schema", "unsupported_schema_version", "malformed_json", UNSTORABLE}
 )
-_RECORD_BODY_LIMIT: Final = 2000
-_RECORD_DEPTH_LIMIT: Final = 64
 
 
 class LeaseLostError(Exception):
@@ -84,35 +80,6 @@ def differing_fields(recorded: dict[str, Any], event: events.FileRequested) -> l
     if "requested_at" not in event.model_fields_set:
         names.discard("requested_at")
     return sorted(n for n in names if recorded.get(n) != new.get(n))
-
-
-def _recordable(value: Any, depth: int = 0) -> Any:
-    """``value`` as something jsonb stores: NUL and lone surrogates replaced, non-finite
-    numbers dropped, nesting capped."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict | list) and depth >= _RECORD_DEPTH_LIMIT:
-        return "(nested too deep)"
-    if isinstance(value, dict):
-        return {_recordable(str(k)): _recordable(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_recordable(v, depth + 1) for v in value]
-    return value
-
-
-def recordable_body(body: bytes) -> dict[str, Any]:
-    """A rejected body as a JSON object PostgreSQL accepts, for the failed request row."""
-    try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError):
-        parsed = None
-    if isinstance(parsed, dict):
-        out: dict[str, Any] = _recordable(parsed)
-        return out
-    text = body[: _RECORD_BODY_LIMIT * 4].decode("utf-8", "replace")[:_RECORD_BODY_LIMIT]
-    return {"body": _recordable(text)}
 
 
 def dead_letter_message(
@@ -273,7 +240,7 @@ class Runner:
     async def _record_rejected(
         self, request_id: uuid.UUID, body: bytes, reason: str, error_class: str, error: str
     ) -> None:
-        raw = recordable_body(body)
+        raw = events.storable_body(body)
         try:
             await self.db.insert_invalid_request(
                 request_id, raw, reason, error_class, error, effects=outbox.failed_effects
