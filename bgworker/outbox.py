@@ -42,14 +42,22 @@ def download_url(
     return f"{public_url.rstrip('/')}/download/{signer.for_request(request_id, requester_id)}"
 
 
+def _requester(event: dict[str, Any]) -> dict[str, Any]:
+    """The recorded event's requester, read as stored: it was validated when recorded, and
+    validating it again against today's (possibly stricter) rules could make a request
+    recorded by an older version impossible to finish."""
+    requester = event.get("requester")
+    return requester if isinstance(requester, dict) else {}
+
+
 def ready_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
     assert row.finished_at is not None and row.expires_at is not None
-    requested = events.FileRequested.model_validate(row.event)
+    requester = _requester(row.event)
     common = {
         "file_type": row.file_type,
         "filename": row.filename,
         "content_type": row.content_type,
-        "description": requested.description,
+        "description": str(row.event.get("description") or ""),
         "size": row.size_bytes,
         "sha256": row.sha256,
         "ready_at": row.finished_at.isoformat(),
@@ -57,15 +65,15 @@ def ready_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
         "requester_id": row.requester_id,
     }
     effects: list[tuple[str, dict[str, Any]]] = [(EVENT_READY, common)]
-    if requested.requester and requested.requester.email:
+    if requester.get("email"):
         effects.append(
             (
                 EMAIL_READY,
                 {
                     **common,
-                    "to": requested.requester.email,
-                    "language": requested.requester.language,
-                    "timezone": requested.requester.timezone,
+                    "to": requester["email"],
+                    "language": requester.get("language") or "en",
+                    "timezone": requester.get("timezone") or "UTC",
                 },
             )
         )
