@@ -159,7 +159,9 @@ async def amqp(settings: settings_mod.Settings) -> AsyncIterator[aio_pika.abc.Ab
     """A channel on the test's namespace; the topology is declared, then deleted after."""
     connection = await aio_pika.connect(AMQP_URL)
     channel = await connection.channel()
-    topo = topology.Topology(settings.namespace, tuple(settings.worker.retry_delays_seconds))
+    topo = topology.Topology(
+        settings.namespace, tuple(settings.worker.retry_delays_seconds), settings.queue_type
+    )
     await topo.declare(channel)
     yield channel
     with contextlib.suppress(Exception):
@@ -173,7 +175,9 @@ async def publish(
     settings: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
 ) -> AsyncIterator[Callable[..., Awaitable[events.FileRequested]]]:
     """publish(file_type, criteria=..., **fields) -> the event, confirmed by the broker."""
-    async with publisher.Publisher(AMQP_URL, namespace=settings.namespace) as pub:
+    async with publisher.Publisher(
+        AMQP_URL, namespace=settings.namespace, queue_type=settings.queue_type
+    ) as pub:
 
         async def _publish(
             file_type: str, criteria: dict[str, Any] | None = None, **fields: Any
