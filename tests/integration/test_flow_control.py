@@ -80,7 +80,7 @@ async def test_an_idle_worker_gets_the_job_a_busy_worker_cannot_start(
     assert idle.intake.counts["redelivered"] == 0
     assert busy.intake.counts["taken"] == 1
     assert busy.intake.counts["returned"] == 0
-    assert not busy.intake.consuming  # one slot, busy: no consumer open
+    assert busy.intake.consumers == 0  # its one slot is busy: no consumer open
     status = await db.get_request(slow.id)
     assert status is not None and status.status == "running"
 
@@ -145,9 +145,9 @@ async def test_stop_cancels_the_consumer_and_leaves_the_queue_to_others(
     db: store.Store, publish, start_worker, settings, amqp
 ):
     w = await start_worker()
-    assert w.intake is not None and w.intake.consuming
+    assert w.intake is not None and w.intake.consumers > 0
     w.stop()
-    await wait_until(lambda: not w.intake.consuming, timeout=10)
+    await wait_until(lambda: w.intake.consumers == 0, timeout=10)
     event = await publish("blob", {"size": 10})
     other = await start_worker()
     await wait_for_status(db, event.id, "ready", timeout=10)
