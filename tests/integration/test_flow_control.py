@@ -6,6 +6,8 @@ classic work queue."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import uuid
 from typing import Any
 
 import aio_pika
@@ -153,3 +155,79 @@ async def test_stop_cancels_the_consumer_and_leaves_the_queue_to_others(
     await wait_for_status(db, event.id, "ready", timeout=10)
     assert other.intake is not None and other.intake.counts["redelivered"] == 0
     assert w.intake.counts["taken"] == 0
+
+
+def _rabbitmqctl(*args: str) -> list[list[str]]:
+    table = ["-q", "--no-table-headers"] if args[0].startswith("list_") else []
+    out = subprocess.run(
+        ["rabbitmqctl", *table, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return [line.split("\t") for line in out.splitlines() if line]
+
+
+def _connection_of(worker_id: str) -> tuple[str, int] | None:
+    """(pid, open channels) of the worker's broker connection, by its client-provided name."""
+    name = f'{{"connection_name","bgworker-worker {worker_id}"}}'
+    for pid, channels, properties in _rabbitmqctl(
+        "list_connections", "pid", "channels", "client_properties"
+    ):
+        if name in properties:
+            return pid, int(channels)
+    return None
+
+
+async def _drop_connection(worker_id: str) -> None:
+    """Close the worker's connection from the broker side (as a network cut would end it)
+    and wait until aio-pika has reconnected and reopened both of its channels."""
+    before = await asyncio.to_thread(_connection_of, worker_id)
+    assert before is not None
+    await asyncio.to_thread(_rabbitmqctl, "close_connection", before[0], "flow control test")
+
+    async def reconnected() -> bool:
+        now = await asyncio.to_thread(_connection_of, worker_id)
+        return now is not None and now[0] != before[0] and now[1] >= 2
+
+    await wait_until(reconnected, timeout=60)
+
+
+async def _consumer_tags(queue: str) -> list[str]:
+    rows = await asyncio.to_thread(_rabbitmqctl, "list_consumers", "queue_name", "consumer_tag")
+    return [tag for name, tag in rows if name == queue]
+
+
+async def test_a_reconnect_restores_the_consumer_only_while_a_slot_is_free(
+    db: store.Store, publish, start_worker, settings, amqp
+):
+    settings.worker.concurrency = 1
+    work_queue = topology.Topology(settings.namespace).work_queue
+    worker_id = f"flow-{uuid.uuid4().hex[:8]}"
+    w = await start_worker(worker_id=worker_id)
+    assert w.intake is not None
+    # Long enough to outlast aio-pika's reconnect (5 s between attempts).
+    slow = await publish("slow", {"seconds": 12})
+    await wait_for_status(db, slow.id, "running", timeout=10)
+    assert w.intake.consumers == 0
+
+    # Cut while the consumer is cancelled: the reconnect must not bring it back.
+    await _drop_connection(worker_id)
+    waiting = await publish("blob", {"size": 10})
+    assert await _consumer_tags(work_queue) == []
+    assert await _depth(amqp, settings) == 1
+    # The slot frees: the worker consumes again, on the restored channel.
+    row = await wait_for_status(db, waiting.id, "ready", timeout=30)
+    assert row.attempts == 1
+    slow_row = await wait_for_status(db, slow.id, "ready", timeout=30)
+    assert slow_row.attempts == 1
+
+    # Cut while the consumer is open: the reconnect restores it.
+    await wait_until(lambda: w.intake is not None and w.intake.consumers == 1, timeout=10)
+    await _drop_connection(worker_id)
+    assert len(await _consumer_tags(work_queue)) == 1
+    after = await publish("blob", {"size": 10, "seed": 1})
+    await wait_for_status(db, after.id, "ready", timeout=30)
+    assert w.intake.counts["redelivered"] == 0
+    assert w.intake.counts["returned"] == 0
