@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 PREFETCH: Final = 1  # per consumer; the invariant above depends on it
 CONSUMERS: Final = 1  # open at most (never more than the free slots)
 RETRY_SECONDS: Final = 1.0
+# aio-pika waits for a lost connection to come back before sending a consume or cancel: bound
+# it, so a stop during a broker outage (or a delivery's cancel) does not wait for the broker.
+RPC_TIMEOUT: Final = 10.0
 
 Deliver = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
@@ -105,9 +108,9 @@ class Intake:
         return max(room, 0)
 
     async def sync(self, arrived_on: ConsumerTag | None = None) -> None:
-        """Open or cancel consumers to fit the room. Only two consumers may be cancelled: the
-        one ``arrived_on`` (its one delivery is in hand, so nothing else is on its way to
-        it), and, on stop, all."""
+        """Open or cancel consumers to fit the room. Only these may be cancelled: the one a
+        delivery ``arrived_on`` (that delivery is in hand, so nothing else is on its way to
+        that consumer), and, on stop, all."""
         async with self._lock:
             room = self._room()
             if len(self._tags) > room:
@@ -117,12 +120,21 @@ class Intake:
                     doomed = {arrived_on}
                 else:
                     doomed = set()
+                failed: Exception | None = None
                 for tag in doomed:
                     self._tags.discard(tag)  # robust queue: never restored from here on
                     self.counts["cancelled"] += 1
-                    await self._queue.cancel(tag)
+                    try:
+                        async with asyncio.timeout(RPC_TIMEOUT):
+                            await self._queue.cancel(tag)
+                    except Exception as exc:  # the others still get theirs
+                        failed = exc
+                if failed is not None:
+                    raise failed
             while len(self._tags) < self._room():  # a delivery may arrive meanwhile
-                self._tags.add(await self._queue.consume(self._on_message))
+                async with asyncio.timeout(RPC_TIMEOUT):
+                    tag = await self._queue.consume(self._on_message)
+                self._tags.add(tag)
                 self.counts["opened"] += 1
 
     async def run(self) -> None:
