@@ -113,6 +113,24 @@ async def test_max_jobs_runs_exactly_n_and_leaves_the_rest_undelivered(
     assert later.intake.counts["redelivered"] == 0
 
 
+async def test_max_jobs_does_not_count_a_duplicate_delivery(
+    db: store.Store, publish, start_worker, settings, amqp
+):
+    done = await publish("blob", {"size": 10})
+    first = await start_worker()
+    await wait_for_status(db, done.id, "ready", timeout=10)
+    first.stop()
+    await wait_until(lambda: first.intake is not None and first.intake.consumers == 0)
+
+    await publish("blob", {"size": 10}, id=done.id)  # a double publish: runs nothing
+    fresh = await publish("blob", {"size": 10, "seed": 2})
+    w = worker.Worker(settings, handlers.load(settings.handlers), limits=worker.Limits(max_jobs=1))
+    outcomes = await asyncio.wait_for(w.run(), timeout=60)
+    assert dict(outcomes) == {"duplicate": 1, "ready": 1}
+    row = await db.get_request(fresh.id)
+    assert row is not None and row.status == "ready"
+
+
 async def test_a_full_worker_leaves_the_rest_in_the_queue_and_never_hands_back(
     db: store.Store, publish, start_worker, settings, amqp
 ):
