@@ -41,9 +41,9 @@ class WorkerSettings(BaseModel):
     lease_seconds: float = Field(60.0, gt=0)
     # How often expired leases (dead workers) are looked for and their requests re-queued.
     reap_interval_seconds: float = Field(10.0, gt=0)
-    # A delivery waiting for a free slot (or for the database to come back) longer than this
-    # goes back to the queue so another worker can take it; keeps held deliveries well under
-    # the broker's consumer timeout.
+    # A delivery whose claim keeps failing (the database away) is retried in place this long,
+    # then goes back to the queue; keeps held deliveries well under the broker's consumer
+    # timeout. No delivery waits for a slot: one is taken only into a free slot (intake).
     hold_timeout_seconds: float = Field(300.0, gt=0)
     # Delay tiers for retries; attempt n waits retry_delays[min(n-1, len-1)] seconds.
     retry_delays_seconds: Annotated[list[float], NoDecode] = Field(

@@ -1,10 +1,11 @@
 """The consumer pool: run, stop, drain.
 
-A worker consumes the work queue with prefetch = concurrency and runs each delivery as a
-named task (see ``jobs``). Side tasks: the reaper (requeues requests whose worker died)
-and the outbox dispatcher (emails, events). The first stop request stops consuming and
-drains running jobs up to ``drain_timeout_seconds``, then releases what is left back to
-the queue; the CLI turns a second signal into an immediate exit.
+A worker consumes the work queue only while it has a free slot (see ``intake``) and runs
+each delivery as a named task (see ``jobs``). Side tasks: the intake (reopens the consumer
+when a slot frees), the reaper (requeues requests whose worker died) and the outbox
+dispatcher (emails, events). The first stop request cancels the consumer and drains
+running jobs up to ``drain_timeout_seconds``, then releases what is left back to the
+queue; the CLI turns a second signal into an immediate exit.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from bgworker import (
     broker,
     faults,
     handlers,
+    intake,
     jobs,
     loopwatch,
     metrics,
@@ -81,7 +83,7 @@ class Worker:
         self.stopping = asyncio.Event()
         self.outcomes: Counter[str] = Counter()
         self.ready = asyncio.Event()  # set once consuming: tests and health checks wait on it
-        self._slots = asyncio.Semaphore(settings.worker.concurrency)
+        self.intake: intake.Intake | None = None  # set once consuming
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: jobs.Runner | None = None
         self._started = time.monotonic()
@@ -135,8 +137,18 @@ class Worker:
                 dispatcher,
                 self.worker_id,
             )
-            await channel.set_qos(prefetch_count=cfg.concurrency)
+            # Prefetch 1, whatever the concurrency: see ``intake`` (flow control).
+            await channel.set_qos(prefetch_count=intake.PREFETCH)
+            self.intake = intake.Intake(
+                queue,
+                self._on_message,
+                slots=cfg.concurrency,
+                limit=self.limits.max_jobs,
+                stopping=self.stopping,
+            )
+            await self.intake.sync()  # consuming from here on
             side = [
+                asyncio.create_task(self.intake.run(), name="intake"),
                 asyncio.create_task(dispatcher.run(self.stopping), name="outbox-dispatcher"),
                 asyncio.create_task(self._reap_loop(db, channel), name="lease-reaper"),
                 asyncio.create_task(self._health_loop(db, connection), name="health"),
@@ -146,7 +158,6 @@ class Worker:
                 side.append(asyncio.create_task(watch.run(self.stopping), name="loop-watchdog"))
             if self.limits.burst or self.limits.max_seconds:
                 side.append(asyncio.create_task(self._watch_limits(channel), name="batch-limits"))
-            tag = await queue.consume(self._on_message)
             log.info(
                 "worker %s consuming %s (concurrency %d, handlers: %s)",
                 self.worker_id,
@@ -156,8 +167,10 @@ class Worker:
             )
             self.ready.set()
             await self._wait_until_stopped(side)
-            with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+            try:
+                await self.intake.close()
+            except Exception as exc:  # channel gone: it took its consumer with it
+                log.warning("cancelling the consumer: %s", exc)
             await self._drain()
             await asyncio.wait(side, timeout=cfg.outbox_interval_seconds + 5)
             await jobs.cancel_all(side)
@@ -166,11 +179,13 @@ class Worker:
             # their claims would run out and another worker would repeat them.
             await dispatcher.drain()
         summary = ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items())) or "no jobs"
+        flow = ", ".join(f"{k}={v}" for k, v in sorted(self.intake.counts.items()))
         log.info(
-            "worker %s stopped after %.1fs: %s",
+            "worker %s stopped after %.1fs: %s (deliveries: %s)",
             self.worker_id,
             time.monotonic() - self._started,
             summary,
+            flow or "none",
         )
         return self.outcomes
 
@@ -194,29 +209,19 @@ class Worker:
         stop.cancel()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        if self.stopping.is_set():
-            await message.nack(requeue=True)
-            return
-        try:
-            async with asyncio.timeout(self.settings.worker.hold_timeout_seconds):
-                await self._slots.acquire()
-        except TimeoutError:
-            # Every slot is busy with long jobs: let another worker have this one.
-            await message.nack(requeue=True)
-            return
-        if self.stopping.is_set():
-            self._slots.release()
-            await message.nack(requeue=True)
-            return
+        """The intake admitted this delivery into a free slot: start it."""
         task = asyncio.create_task(self._process(message), name=f"job-{message.message_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
+        assert self.intake is not None
+        outcome = "error"
         try:
             outcome = await self._handle_until_settled(message)
         finally:
-            self._slots.release()
+            # A duplicate ran nothing: it does not count towards --max-jobs.
+            self.intake.release(counted=outcome != "duplicate")
         self.outcomes[outcome] += 1
         if self.limits.max_jobs and self._finished_jobs() >= self.limits.max_jobs:
             self.stop()
@@ -369,7 +374,7 @@ class Worker:
                 log.info("batch mode: --max-seconds reached")
                 self.stop()
                 return
-            if self.limits.burst and not self._tasks:
+            if self.limits.burst and self.intake is not None and not self.intake.busy:
                 if not await broker.queue_depth(channel, self.topology.work_queue):
                     log.info("batch mode: queue empty, exiting (--burst)")
                     self.stop()

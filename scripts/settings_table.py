@@ -39,11 +39,11 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_SMTP__START_TLS": "STARTTLS: true/false; unset upgrades when offered",
     "BGWORKER_SMTP__SENDER": "From: address of the emails",
     "BGWORKER_SMTP__TIMEOUT_SECONDS": "SMTP timeout",
-    "BGWORKER_WORKER__CONCURRENCY": "jobs at once per worker process (= prefetch)",
+    "BGWORKER_WORKER__CONCURRENCY": "jobs at once per worker process",
     "BGWORKER_WORKER__LEASE_SECONDS": "lease of a claimed job; the heartbeat renews it",
     "BGWORKER_WORKER__REAP_INTERVAL_SECONDS": "how often expired leases are requeued",
     "BGWORKER_WORKER__HOLD_TIMEOUT_SECONDS": (
-        "requeue a delivery held this long (no free slot, or the database away)"
+        "database away: retry a delivery in place this long, then requeue it"
     ),
     "BGWORKER_WORKER__RETRY_DELAYS_SECONDS": "retry delay tiers, comma-separated",
     "BGWORKER_WORKER__MAX_ATTEMPTS": "attempts before a request fails (a handler may set its own)",
