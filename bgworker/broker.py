@@ -8,9 +8,12 @@ from typing import Any, Final
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection, DeliveryMode
 
-from bgworker import events, topology
+from bgworker import amqp_frames, events, topology
 
 PUBLISH_TIMEOUT: Final = 30.0
+
+# Before any connection exists: a frame pamqp cannot decode must not close it (see there).
+amqp_frames.install()
 
 
 class PublishError(Exception):

@@ -3,11 +3,12 @@ list, count, show and purge every one of them, and what they print is valid UTF-
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import struct
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -17,8 +18,9 @@ import aio_pika
 import pamqp.encode
 import pytest
 
-from bgworker import broker, dlq, dlq_letter
+from bgworker import amqp_frames, broker, dlq, dlq_letter
 from bgworker import settings as settings_mod
+from tests.conftest import REPO
 from tests.integration.test_admin import CSRF_RE, basic, client, console, log_in
 from tests.integration.test_dlq import cli, dead_queue, depth, drain, fixable_handler
 
@@ -261,7 +263,7 @@ NOT_UTF8_SHORT_STRING = "send-as-invalid-utf8"
 
 
 @pytest.fixture
-def undecodable_encoders(monkeypatch: pytest.MonkeyPatch) -> None:
+def undecodable_encoders(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     real_value = pamqp.encode.encode_table_value
     real_short = pamqp.encode.METHODS["shortstr"]
 
@@ -277,14 +279,50 @@ def undecodable_encoders(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(pamqp.encode, "encode_table_value", encode_value)
     monkeypatch.setitem(pamqp.encode.METHODS, "shortstr", encode_short)
+    # bgworker reads these two leniently (bgworker.amqp_frames); with pamqp's strict
+    # decoders back they stand for a frame that no decoder can read.
+    amqp_frames.uninstall()
+    yield
+    amqp_frames.install()
+
+
+async def test_letters_pamqp_refuses_are_read_leniently(
+    settings, db, amqp, dead_queue, undecodable_encoders, cli
+):
+    """A timestamp header past 9999 and a short string that is not UTF-8: pamqp alone
+    refuses the frame, bgworker (amqp_frames, installed in every bgworker process) reads
+    it, so the letters are listed and purged like any other."""
+    amqp_frames.install()  # this process too (the fixture removed it)
+    channel = await broker.open_channel(dead_queue.connection)  # type: ignore[arg-type]
+    for message in [
+        aio_pika.Message(b"t", headers={"x-bgworker-failed-at": RawTimestamp(2**63 - 1)}),
+        aio_pika.Message(b"s", correlation_id=NOT_UTF8_SHORT_STRING, message_id="s"),
+    ]:
+        await broker.publish(channel, dead_queue.topology.dead_exchange, "", message)
+    await channel.close()
+    code, out, err = await cli("dlq", "list", "--json")
+    assert code == 0, err
+    assert sorted(row["size"] for row in strict_json(out)) == [1, 1]
+    code, out, err = await cli("dlq", "purge", "--all", "--yes")
+    assert code == 0 and "purged 2" in out, err
+    assert await depth(amqp, f"{settings.namespace}.dead") == 0
 
 
 async def test_letters_the_client_cannot_decode_are_named_and_purged(
-    settings, db, amqp, dead_queue, undecodable_encoders, cli, console
+    settings, db, amqp, dead_queue, undecodable_encoders, cli, console, tmp_path
 ):
-    """pamqp cannot decode these frames at all, and aiormq then drops the connection:
-    the tools say which letter it is (no traceback) and `purge --undecodable` removes it
-    by position, leaving the others in place and in order."""
+    """A frame no decoder can read (simulated: pamqp's strict decoders, in this process and,
+    through a sitecustomize, in the CLI's): aiormq drops the connection, the tools say which
+    letter it is (no traceback) and `purge --undecodable` removes it by position, leaving
+    the others in place and in order."""
+    strict = tmp_path / "strict"
+    strict.mkdir()
+    (strict / "sitecustomize.py").write_text(
+        "from bgworker import amqp_frames\n"
+        "amqp_frames.uninstall()\n"
+        "amqp_frames.install = lambda: None\n"
+    )
+    cli = functools.partial(cli, PYTHONPATH=f"{strict}:{REPO}")
     channel = await broker.open_channel(dead_queue.connection)  # type: ignore[arg-type]
     letters = [
         aio_pika.Message(b'"first"', message_id="first"),
