@@ -174,18 +174,16 @@ async def _exercise(
     if not match:
         raise DemoError("the email holds no download link")
     link = match.group(0)
-    conn = await asyncpg.connect(dsn)
+    pool = await store.create_pool(dsn, min_size=1, max_size=1)
     try:
-        row = await conn.fetchrow(
-            "SELECT status, size_bytes, sha256, attempts FROM bgworker_requests WHERE id = $1",
-            request.id,
-        )
+        row = await store.Store(pool).get_request(request.id)
     finally:
-        await conn.close()
-    assert row is not None
+        await pool.close()
+    if row is None or row.sha256 is None or row.size_bytes is None:
+        raise DemoError(f"request {request.id} is not recorded as built: see worker.log")
     say(
-        f"request row: status={row['status']} attempts={row['attempts']} "
-        f"size={row['size_bytes']} sha256={row['sha256'][:16]}..."
+        f"request row: status={row.status} attempts={row.attempts} "
+        f"size={row.size_bytes} sha256={row.sha256[:16]}..."
     )
     digest = hashlib.sha256()
     size = 0
@@ -201,10 +199,9 @@ async def _exercise(
                 digest.update(chunk)
                 size += len(chunk)
     say(f"downloaded {size} bytes ({disposition})")
-    if digest.hexdigest() != row["sha256"] or size != row["size_bytes"]:
+    if digest.hexdigest() != row.sha256 or size != row.size_bytes:
         raise DemoError(
-            f"downloaded bytes do not match: sha256 {digest.hexdigest()} "
-            f"vs recorded {row['sha256']}"
+            f"downloaded bytes do not match: sha256 {digest.hexdigest()} vs recorded {row.sha256}"
         )
     say(f"sha256 verified: {digest.hexdigest()}")
     say(f"done in {time.monotonic() - started:.2f}s: published -> built -> emailed -> downloaded")
