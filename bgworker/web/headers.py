@@ -1,8 +1,9 @@
 """Response headers: the security headers of every response, and Content-Disposition.
 
 One definition each. ``SECURITY_HEADERS`` goes on every response the app writes itself
-(downloads, status, refusals, health); the admin console sends ``CONSOLE_HEADERS``, the
-same plus what only an HTML page needs (framing and script policy).
+(downloads, status, refusals, health); the admin console sends ``CONSOLE_HEADERS``: the
+same names, two values relaxed where the console's pages need less, plus what only an HTML
+page needs (framing and script policy).
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ SECURITY_HEADERS: Final[Mapping[str, str]] = MappingProxyType(
 CONSOLE_HEADERS: Final[Mapping[str, str]] = MappingProxyType(
     {
         **SECURITY_HEADERS,
+        # The console's pages hold no requester data a browser might keep, only operator
+        # views that must not be cached either: no-store alone says so.
+        "Cache-Control": "no-store",
+        # Console URLs carry no token (the session is a cookie), so the console's own pages
+        # may see where a click came from; other sites may not.
+        "Referrer-Policy": "same-origin",
         # No other site may frame the console (clickjacking); CSP frame-ancestors says the
         # same to browsers that read it, X-Frame-Options to older ones.
         "X-Frame-Options": "DENY",
