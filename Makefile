@@ -27,6 +27,7 @@ test: $(STAMP) services
 	$(BIN)/ruff format --check bgworker tests bench scripts
 	$(BIN)/mypy bgworker
 	$(BIN)/bgworker schemas export --check
+	$(BIN)/lint-imports --no-logo --no-cache
 	$(BIN)/pytest -m "not faults"
 
 # Restarts RabbitMQ and PostgreSQL mid-run: run alone, never next to another test run.
@@ -36,6 +37,7 @@ test-faults: $(STAMP) services
 lint:
 	$(BIN)/ruff check bgworker tests bench scripts
 	$(BIN)/ruff format --check bgworker tests bench scripts
+	$(BIN)/lint-imports --no-logo --no-cache
 
 typecheck:
 	$(BIN)/mypy bgworker

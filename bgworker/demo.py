@@ -29,9 +29,8 @@ import aio_pika
 import aiohttp
 import asyncpg
 
-from bgworker import broker, events, publisher, store, topology
+from bgworker import broker, events, publisher, smtp_sink, store, topology
 from bgworker import settings as settings_mod
-from bgworker.smtp_sink import SmtpSink, free_port, text_body
 from bgworker.store import migrations
 
 PG_HINT: Final = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
@@ -113,7 +112,7 @@ async def run(rows: int) -> None:
     await _check_services(amqp_url, dsn)
     namespace = f"bgworker-demo-{uuid.uuid4().hex[:8]}"
     work = Path(tempfile.mkdtemp(prefix="bgworker-demo-"))
-    port = free_port()
+    port = smtp_sink.free_port()
     env = {
         **os.environ,
         "BGWORKER_AMQP_URL": amqp_url,
@@ -125,7 +124,7 @@ async def run(rows: int) -> None:
         "BGWORKER_WEB__PUBLIC_URL": f"http://127.0.0.1:{port}",
         "BGWORKER_WEB__IDENTITY_HEADER": IDENTITY_HEADER,
     }
-    async with SmtpSink() as sink:
+    async with smtp_sink.SmtpSink() as sink:
         env["BGWORKER_SMTP__PORT"] = str(sink.port)
         say(f"namespace {namespace}; SMTP sink on :{sink.port}; server on :{port}; logs in {work}")
         procs = {
@@ -146,7 +145,7 @@ async def run(rows: int) -> None:
 
 
 async def _exercise(
-    amqp_url: str, dsn: str, namespace: str, sink: SmtpSink, port: int, rows: int
+    amqp_url: str, dsn: str, namespace: str, sink: smtp_sink.SmtpSink, port: int, rows: int
 ) -> None:
     request = events.FileRequested(
         id=uuid.uuid4(),
@@ -170,22 +169,20 @@ async def _exercise(
     mail = messages[0]
     elapsed = time.monotonic() - started
     say(f"email received after {elapsed:.2f}s: {mail['Subject']!r} to {mail['To']}")
-    match = LINK_RE.search(text_body(mail))
+    match = LINK_RE.search(smtp_sink.text_body(mail))
     if not match:
         raise DemoError("the email holds no download link")
     link = match.group(0)
-    conn = await asyncpg.connect(dsn)
+    pool = await store.create_pool(dsn, min_size=1, max_size=1)
     try:
-        row = await conn.fetchrow(
-            "SELECT status, size_bytes, sha256, attempts FROM bgworker_requests WHERE id = $1",
-            request.id,
-        )
+        row = await store.Store(pool).get_request(request.id)
     finally:
-        await conn.close()
-    assert row is not None
+        await pool.close()
+    if row is None or row.sha256 is None or row.size_bytes is None:
+        raise DemoError(f"request {request.id} is not recorded as built: see worker.log")
     say(
-        f"request row: status={row['status']} attempts={row['attempts']} "
-        f"size={row['size_bytes']} sha256={row['sha256'][:16]}..."
+        f"request row: status={row.status} attempts={row.attempts} "
+        f"size={row.size_bytes} sha256={row.sha256[:16]}..."
     )
     digest = hashlib.sha256()
     size = 0
@@ -201,10 +198,9 @@ async def _exercise(
                 digest.update(chunk)
                 size += len(chunk)
     say(f"downloaded {size} bytes ({disposition})")
-    if digest.hexdigest() != row["sha256"] or size != row["size_bytes"]:
+    if digest.hexdigest() != row.sha256 or size != row.size_bytes:
         raise DemoError(
-            f"downloaded bytes do not match: sha256 {digest.hexdigest()} "
-            f"vs recorded {row['sha256']}"
+            f"downloaded bytes do not match: sha256 {digest.hexdigest()} vs recorded {row.sha256}"
         )
     say(f"sha256 verified: {digest.hexdigest()}")
     say(f"done in {time.monotonic() - started:.2f}s: published -> built -> emailed -> downloaded")

@@ -5,26 +5,32 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Final
 
 import prometheus_client
 from aiohttp import web
 
 from bgworker import settings as settings_mod
 from bgworker import storage, store, tokens
-from bgworker.web import access_log, downloads
+from bgworker.web import access_log, downloads, keys, responses
+from bgworker.web import identity as identity_mod
 
 log = logging.getLogger(__name__)
 
 __all__ = ["create_app", "serve"]
 
 
+# A load balancer's probe must get an answer before its own timeout, database or not.
+HEALTH_TIMEOUT_SECONDS: Final = 2.0
+
+
 async def healthz(request: web.Request) -> web.Response:
     try:
-        async with asyncio.timeout(2):
-            await request.app[downloads.STORE].pool.fetchval("SELECT 1")
+        async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
+            await request.app[keys.STORE].pool.fetchval("SELECT 1")
     except Exception as exc:
-        return web.json_response({"status": "unhealthy", "database": str(exc)}, status=503)
-    return web.json_response({"status": "ok"})
+        return responses.json_response({"status": "unhealthy", "database": str(exc)}, status=503)
+    return responses.json_response({"status": "ok"})
 
 
 async def metrics_view(request: web.Request) -> web.Response:
@@ -37,24 +43,24 @@ async def metrics_view(request: web.Request) -> web.Response:
 def create_app(
     settings: settings_mod.Settings,
     *,
-    identity: downloads.Identity | None = None,
+    identity: identity_mod.Identity | None = None,
     db: store.Store | None = None,
 ) -> web.Application:
     """``identity`` names the caller for requester-bound links (default: the trusted header
     ``settings.web.identity_header``, if set). ``db`` lets an embedding app share its pool."""
     app = web.Application()
-    app[downloads.SIGNER] = tokens.Signer(settings.tokens)
-    app[downloads.STORAGE] = storage.LocalStorage(settings.storage_dir)
-    app[downloads.IDENTITY] = identity or downloads.header_identity(settings.web.identity_header)
-    app[downloads.CHUNK_SIZE] = settings.web.chunk_size
+    app[keys.SIGNER] = tokens.Signer(settings.tokens)
+    app[keys.STORAGE] = storage.LocalStorage(settings.storage_dir)
+    app[keys.IDENTITY] = identity or identity_mod.header_identity(settings.web.identity_header)
+    app[keys.CHUNK_SIZE] = settings.web.chunk_size
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         if db is not None:
-            app[downloads.STORE] = db
+            app[keys.STORE] = db
             yield
             return
         pool = await store.create_pool(settings.database_url.get_secret_value())
-        app[downloads.STORE] = store.Store(pool)
+        app[keys.STORE] = store.Store(pool)
         yield
         await pool.close()
 

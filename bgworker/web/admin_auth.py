@@ -19,6 +19,8 @@ from typing import Any, Final
 import itsdangerous
 from aiohttp import web
 
+from bgworker.web import headers, responses
+
 SESSION_COOKIE: Final = "bgworker_admin"
 LOGIN_COOKIE: Final = "bgworker_admin_login"
 COOKIE_PATH: Final = "/admin"
@@ -134,17 +136,6 @@ class Auth:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-SECURITY_HEADERS: Final = {
-    "Cache-Control": "no-store",
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
-}
-
 
 def middleware(auth: Auth, open_paths: frozenset[str]) -> Any:
     """Everything under /admin/ needs a user; every POST needs a valid CSRF token."""
@@ -152,7 +143,7 @@ def middleware(auth: Auth, open_paths: frozenset[str]) -> Any:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await _guarded(request, handler)
-        response.headers.update(SECURITY_HEADERS)
+        response.headers.update(headers.CONSOLE_HEADERS)
         return response
 
     async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -161,7 +152,7 @@ def middleware(auth: Auth, open_paths: frozenset[str]) -> Any:
         user, via_session = auth.user_of(request)
         if user is None:
             if "/api/" in request.path:
-                return web.json_response(
+                return responses.json_response(
                     {"error": "authentication required"},
                     status=401,
                     headers={"WWW-Authenticate": 'Basic realm="bgworker admin"'},

@@ -8,27 +8,22 @@ can name a request id.
 from __future__ import annotations
 
 import asyncio
-import inspect
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Final
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
-from bgworker import metrics, storage, store, tokens
-from bgworker.web import headers
+from bgworker import metrics, states, tokens
+from bgworker.web import headers, identity, keys, responses
 
-# Who is calling, for requester-bound links: a trusted proxy header or an app callable.
-Identity = Callable[[web.Request], Awaitable[str | None] | str | None]
+# The admin console (web/admin.py) still reads the store through this name; the key itself
+# lives in web/keys.py. Remove once admin.py reads keys.STORE.
+STORE: Final = keys.STORE
 
-STORE: Final = web.AppKey("store", store.Store)
-STORAGE: Final = web.AppKey("storage", storage.LocalStorage)
-SIGNER: Final = web.AppKey("signer", tokens.Signer)
-IDENTITY: Final[web.AppKey[Identity]] = web.AppKey("identity")
-CHUNK_SIZE: Final = web.AppKey("chunk_size", int)
-
-NOT_READY: Final = frozenset({"queued", "running", "retrying"})
+# RFC 9110 section 10.2.3: how long a client should wait before asking again for a file
+# that is still being built.
+RETRY_AFTER_SECONDS: Final = 30
 
 
 class _FileResponse(web.FileResponse):
@@ -48,26 +43,15 @@ class _FileResponse(web.FileResponse):
         return await super().prepare(request)
 
 
-def header_identity(name: str | None) -> Identity:
-    def identify(request: web.Request) -> str | None:
-        return request.headers.get(name) if name else None
-
-    return identify
-
-
 def _refuse(status: int, message: str) -> web.Response:
     metrics.DOWNLOADS.labels(str(status)).inc()
-    return web.json_response(
-        {"error": message, "status": status}, status=status, headers=headers.SECURITY_HEADERS
-    )
+    return responses.json_response({"error": message, "status": status}, status=status)
 
 
 async def _grant(request: web.Request) -> tokens.Grant | web.Response:
-    caller = request.app[IDENTITY](request)
-    if inspect.isawaitable(caller):
-        caller = await caller
+    caller = await identity.caller(request.app[keys.IDENTITY], request)
     try:
-        return request.app[SIGNER].verify(request.match_info["token"], caller)
+        return request.app[keys.SIGNER].verify(request.match_info["token"], caller)
     except tokens.SuspiciousTokenError as exc:
         return _refuse(400, str(exc))
     except tokens.SignatureExpiredError as exc:
@@ -80,18 +64,18 @@ async def download(request: web.Request) -> web.StreamResponse:
     grant = await _grant(request)
     if isinstance(grant, web.Response):
         return grant
-    row = await request.app[STORE].get_request(grant.request_id)
+    row = await request.app[keys.STORE].get_request(grant.request_id)
     if row is None:
         return _refuse(404, "no such file")
-    if row.status in NOT_READY:
+    if row.status in states.IN_PROGRESS:
         response = _refuse(409, f"the file is not ready yet (status: {row.status})")
-        response.headers["Retry-After"] = "30"
+        response.headers[hdrs.RETRY_AFTER] = str(RETRY_AFTER_SECONDS)
         return response
-    if row.status != "ready" or row.storage_key is None:
+    if row.status != states.Status.READY or row.storage_key is None:
         return _refuse(410, f"the file is not available (status: {row.status})")
     if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
         return _refuse(410, "the file has expired")
-    path = request.app[STORAGE].path(row.storage_key)
+    path = request.app[keys.STORAGE].path(row.storage_key)
     if not await asyncio.to_thread(path.is_file):
         return _refuse(410, "the file is no longer stored")
     metrics.DOWNLOADS.labels("200").inc()
@@ -100,7 +84,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     # If-Range, and we add the headers it cannot know.
     return _FileResponse(
         path,
-        chunk_size=request.app[CHUNK_SIZE],
+        chunk_size=request.app[keys.CHUNK_SIZE],
         headers={
             "Content-Type": row.content_type,
             "Content-Disposition": headers.content_disposition(row.filename),
@@ -113,7 +97,7 @@ async def status(request: web.Request) -> web.Response:
     grant = await _grant(request)
     if isinstance(grant, web.Response):
         return grant
-    row = await request.app[STORE].get_request(grant.request_id)
+    row = await request.app[keys.STORE].get_request(grant.request_id)
     if row is None:
         return _refuse(404, "no such request")
     body = {
@@ -128,6 +112,6 @@ async def status(request: web.Request) -> web.Response:
         "requested_at": row.requested_at.isoformat(),
         "finished_at": row.finished_at.isoformat() if row.finished_at else None,
         "expires_at": row.expires_at.isoformat() if row.expires_at else None,
-        "error": row.last_error if row.status == "failed" else None,
+        "error": row.last_error if row.status == states.Status.FAILED else None,
     }
-    return web.json_response(body, headers=headers.SECURITY_HEADERS)
+    return responses.json_response(body)

@@ -1,8 +1,16 @@
-"""Response headers for downloads."""
+"""Response headers: the security headers of every response, and Content-Disposition.
+
+One definition each. ``SECURITY_HEADERS`` goes on every response the app writes itself
+(downloads, status, refusals, health); the admin console sends ``CONSOLE_HEADERS``: the
+same names, two values relaxed where the console's pages need less, plus what only an HTML
+page needs (framing and script policy).
+"""
 
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final
 from urllib.parse import quote
 
@@ -10,13 +18,38 @@ from urllib.parse import quote
 # escaping is poorly supported, so drop rather than escape), as dj-bgfiles also did.
 _FALLBACK_DROP: Final = frozenset('"\\/;')
 
-SECURITY_HEADERS: Final = {
-    # The body is the requester's data: never stored by shared caches or browsers' history.
-    "Cache-Control": "private, no-store",
-    # The link carries the token: do not leak it to sites the file links to.
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-}
+# Read-only: a shared constant that a handler could mutate would change every response.
+SECURITY_HEADERS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        # The body is the requester's data: never stored by shared caches or browsers'
+        # history. RFC 9111 section 5.2.2.5: no-store forbids every cache to keep it.
+        "Cache-Control": "private, no-store",
+        # The URL carries the token: never send it on to a site the page or file links to.
+        "Referrer-Policy": "no-referrer",
+        # Browsers must not guess an HTML type from a file's bytes (MIME sniffing).
+        "X-Content-Type-Options": "nosniff",
+    }
+)
+
+CONSOLE_HEADERS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        **SECURITY_HEADERS,
+        # The console's pages hold no requester data a browser might keep, only operator
+        # views that must not be cached either: no-store alone says so.
+        "Cache-Control": "no-store",
+        # Console URLs carry no token (the session is a cookie), so the console's own pages
+        # may see where a click came from; other sites may not.
+        "Referrer-Policy": "same-origin",
+        # No other site may frame the console (clickjacking); CSP frame-ancestors says the
+        # same to browsers that read it, X-Frame-Options to older ones.
+        "X-Frame-Options": "DENY",
+        # The pages are server-rendered with inline styles and no scripts at all.
+        "Content-Security-Policy": (
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        ),
+    }
+)
 
 
 def content_disposition(filename: str, disposition: str = "attachment") -> str:

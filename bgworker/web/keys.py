@@ -1,0 +1,27 @@
+"""Typed application state: every ``web.AppKey`` the app stores, in one place.
+
+aiohttp keys state by ``AppKey`` objects rather than strings, so a lookup is typed and two
+modules cannot collide on a name (aiohttp 3.9+; a string key warns since 3.10). A sub-app
+reads the parent's values through ``request.config_dict``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+
+from bgworker import storage, store, tokens
+from bgworker.web import admin_auth, identity
+
+# Set by create_app for every route.
+STORE: Final = web.AppKey("store", store.Store)
+STORAGE: Final = web.AppKey("storage", storage.LocalStorage)
+SIGNER: Final = web.AppKey("signer", tokens.Signer)
+IDENTITY: Final[web.AppKey[identity.Identity]] = web.AppKey("identity")
+CHUNK_SIZE: Final = web.AppKey("chunk_size", int)
+
+# Set by the admin console's sub-app (web/admin.py).
+ADMIN_AUTH: Final = web.AppKey("admin_auth", admin_auth.Auth)
+# (AMQP URL, namespace): the console opens its own broker connection per page.
+ADMIN_AMQP: Final[web.AppKey[tuple[str, str]]] = web.AppKey("admin_amqp")
