@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 
 from bgworker import states
 from bgworker.store import dead_letters
@@ -30,7 +31,7 @@ class Plan(enum.StrEnum):
 
 
 # How each plan changes the request row (the store applies it).
-_ROW_CHANGE: dict[Plan, dead_letters.RowChange] = {
+_ROW_CHANGE: Final[dict[Plan, dead_letters.RowChange]] = {
     Plan.REPLAY: dead_letters.RowChange.REQUEUE,
     Plan.FORCE: dead_letters.RowChange.FORCE,
     Plan.REPUBLISH: dead_letters.RowChange.REPUBLISH,

@@ -14,13 +14,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import asyncpg
 
 from bgworker.store import queries
 
-Q = queries.QUERIES
+Q: Final = queries.QUERIES
 
 
 class ActionKind(StrEnum):

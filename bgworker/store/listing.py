@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 
 from bgworker import states
 from bgworker.store import queries
 
-Q = queries.QUERIES
+Q: Final = queries.QUERIES
 
 
 class Listing:
