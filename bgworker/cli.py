@@ -17,8 +17,9 @@ from typing import Any
 import asyncpg
 import pydantic
 
-from bgworker import dlq_cli, events, handlers, publisher, store, worker
+from bgworker import events, handlers, publisher, store, worker
 from bgworker import settings as settings_mod
+from bgworker.deadletters import cli as dlq_cli
 
 log = logging.getLogger("bgworker")
 

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 from bgworker import events
+from bgworker.store import dead_letters, listing
 from bgworker.store.queries import QUERIES
 
 Q: Final = QUERIES
@@ -177,6 +178,8 @@ class Store:
         self.pool = pool
         self.claim_effects_seconds = claim_effects_seconds
         self.on_effects = on_effects
+        self.dead_letters = dead_letters.DeadLetterRecords(pool)
+        self.listing = listing.Listing(pool)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:

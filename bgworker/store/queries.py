@@ -1,4 +1,4 @@
-"""Named SQL blocks from ``queries.sql``, parsed once at import."""
+"""Named SQL blocks from every ``.sql`` file in the store package, parsed once at import."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import Final
 _NAME_RE: Final = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 
-def parse(text: str) -> dict[str, str]:
-    """Split ``-- name: x`` blocks; a block runs until the next name line."""
+def parse(text: str, queries: dict[str, str] | None = None) -> dict[str, str]:
+    """Split ``-- name: x`` blocks; a block runs until the next name line. Into ``queries``
+    when given (a name defined twice, in one file or across files, is refused)."""
+    queries = {} if queries is None else queries
     parts = _NAME_RE.split(text)
-    queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in queries:
             raise ValueError(f"query {name!r} is defined twice")
@@ -20,4 +21,15 @@ def parse(text: str) -> dict[str, str]:
     return queries
 
 
-QUERIES: Final = parse(resources.files("bgworker.store").joinpath("queries.sql").read_text())
+def load() -> dict[str, str]:
+    """Every query block of ``bgworker/store/*.sql`` (one file per concept); each file is
+    parsed on its own, so a file's leading comment never joins another file's last block."""
+    queries: dict[str, str] = {}
+    files = sorted(resources.files("bgworker.store").iterdir(), key=lambda f: f.name)
+    for file in files:
+        if file.is_file() and file.name.endswith(".sql"):
+            parse(file.read_text(), queries)
+    return queries
+
+
+QUERIES: Final = load()

@@ -17,14 +17,20 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from bgworker import dlq, dlq_letter, store
 from bgworker import settings as settings_mod
-from bgworker.store import dlq as dlq_store
+from bgworker import states, store, wire
+from bgworker.deadletters import actions, letters, queue, reading, selection
 from bgworker.web import admin_auth, downloads
 
 AUTH: Final = web.AppKey("admin_auth", admin_auth.Auth)
 AMQP: Final = web.AppKey("admin_amqp", tuple)  # (url, namespace)
-STATUSES: Final = ("queued", "running", "retrying", "failed", "ready")
+STATUSES: Final = (
+    states.Status.QUEUED,
+    states.Status.RUNNING,
+    states.Status.RETRYING,
+    states.Status.FAILED,
+    states.Status.READY,
+)
 PAGE_LIMIT: Final = 1000  # letters rendered on one page; the counts cover all of them
 ACTIONS: Final = ("replay", "purge")
 
@@ -47,6 +53,8 @@ def create_admin(settings: settings_mod.Settings) -> web.Application:
     )
     env = aiohttp_jinja2.get_env(app)
     env.filters["when"] = lambda v: v.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if v else "-"
+    # Templates name states, results and headers by these, never by literals.
+    env.globals.update(Status=states.Status, Result=actions.Result, TRACEBACK_HEADER=wire.TRACEBACK)
     app.router.add_get("/", index)
     app.router.add_get("/login", login_form)
     app.router.add_post("/login", login)
@@ -85,21 +93,21 @@ def _db(request: web.Request) -> store.Store:
 
 
 @contextlib.asynccontextmanager
-async def _dlq(request: web.Request) -> AsyncIterator[dlq.DeadLetterQueue]:
+async def _dlq(request: web.Request) -> AsyncIterator[queue.DeadLetterQueue]:
     url, namespace = request.app[AMQP]
     try:
-        async with dlq.DeadLetterQueue(url, namespace) as q:
+        async with queue.DeadLetterQueue(url, namespace) as q:
             yield q
-    except dlq.DlqError as exc:
+    except queue.DlqError as exc:
         if "/api/" in request.path:
             raise web.HTTPServiceUnavailable(
-                text=dlq_letter.dumps({"error": str(exc)}), content_type="application/json"
+                text=_json_text({"error": str(exc)}), content_type="application/json"
             ) from exc
         response = render("error.html.j2", request, {"error": str(exc)}, status=503)
         raise web.HTTPServiceUnavailable(text=response.text, content_type="text/html") from exc
 
 
-def _selection(query: Any) -> dlq.Selection:
+def _selection(query: Any) -> selection.Selection:
     """Filters from a query string or form; a bad age is a 400, not a crash."""
 
     def text(name: str) -> str | None:
@@ -107,11 +115,11 @@ def _selection(query: Any) -> dlq.Selection:
         return value.strip() if isinstance(value, str) and value.strip() else None
 
     try:
-        older = dlq.parse_age(v) if (v := text("older_than")) else None
-        newer = dlq.parse_age(v) if (v := text("newer_than")) else None
+        older = selection.parse_age(v) if (v := text("older_than")) else None
+        newer = selection.parse_age(v) if (v := text("newer_than")) else None
     except ValueError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from exc
-    return dlq.Selection(
+    return selection.Selection(
         file_type=text("file_type"),
         error_class=text("error_class"),
         reason=text("reason"),
@@ -166,11 +174,13 @@ async def logout(request: web.Request) -> web.StreamResponse:
 # -- dead letters -----------------------------------------------------------------------
 
 
-async def _grouped(request: web.Request) -> tuple[dlq.Stats, dict[str, list[dlq_letter.Letter]]]:
-    stats = dlq.Stats()
-    groups: dict[str, list[dlq_letter.Letter]] = {}
+async def _grouped(
+    request: web.Request,
+) -> tuple[reading.Stats, dict[str, list[letters.Letter]]]:
+    stats = reading.Stats()
+    groups: dict[str, list[letters.Letter]] = {}
     async with _dlq(request) as q:
-        async for letter in dlq.letters(q, _selection(request.query)):
+        async for letter in reading.matching(q, _selection(request.query)):
             stats.add(letter)
             if stats.total <= PAGE_LIMIT:
                 groups.setdefault(letter.error_class, []).append(letter)
@@ -196,19 +206,20 @@ async def dead_letters_page(request: web.Request) -> web.Response:
 async def _detail(request: web.Request) -> dict[str, Any]:
     key = request.match_info["key"]
     async with _dlq(request) as q:
-        found = await dlq.show(q, key)
+        found = await reading.show(q, key)
     if found is None:
         raise web.HTTPNotFound(text=f"no dead letter {key}")
     found["request"] = None
     found["dlq_actions"] = []
     if found.get("request_id"):
         request_id = uuid.UUID(found["request_id"])
-        row = await _db(request).get_request(request_id)
+        db = _db(request)
+        row = await db.get_request(request_id)
         if row is not None:
-            marks = await dlq_store.request_marks(_db(request), request_id)
-            found["request"] = dlq_letter.plain(row.to_json() | marks)
-        actions = await dlq_store.list_actions(_db(request), request_id)
-        found["dlq_actions"] = dlq_letter.plain(actions)
+            marks = await db.dead_letters.request_marks(request_id)
+            found["request"] = letters.plain(row.to_json() | marks)
+        history = await db.dead_letters.list_actions(request_id)
+        found["dlq_actions"] = letters.plain(history)
     return found
 
 
@@ -225,14 +236,14 @@ async def letter_action(request: web.Request) -> web.StreamResponse:
         raise web.HTTPBadRequest(text="unknown action")
     base = _selection(form)
     if scope == "one":
-        selection = dlq.Selection(ids=frozenset({arg}))
+        chosen = selection.Selection(ids=frozenset({arg}))
     elif scope == "selected":
         ids = frozenset(str(v) for v in form.getall("id", []))
         if not ids:
             return _render_outcome(request, None, "Nothing selected.")
-        selection = dlq.Selection(ids=ids)
+        chosen = selection.Selection(ids=ids)
     else:
-        selection = dlq.Selection(
+        chosen = selection.Selection(
             file_type=base.file_type,
             error_class=arg,
             reason=base.reason,
@@ -242,18 +253,18 @@ async def letter_action(request: web.Request) -> web.StreamResponse:
     actor = f"web:{user_of(request)}"
     async with _dlq(request) as q:
         if action == "purge" and form.get("confirm") != "yes":
-            preview = await dlq.purge(q, _db(request), selection, actor=actor, dry_run=True)
+            preview = await actions.purge(q, _db(request), chosen, actor=actor, dry_run=True)
             fields = [(k, str(v)) for k, v in form.items() if k != "csrf"]
             return render("confirm.html.j2", request, {"preview": preview, "fields": fields})
         if action == "replay":
             force = form.get("force") == "yes"
-            report = await dlq.replay(q, _db(request), selection, actor=actor, force=force)
+            report = await actions.replay(q, _db(request), chosen, actor=actor, force=force)
         else:
-            report = await dlq.purge(q, _db(request), selection, actor=actor)
+            report = await actions.purge(q, _db(request), chosen, actor=actor)
     return _render_outcome(request, report, "")
 
 
-def _render_outcome(request: web.Request, report: dlq.Report | None, note: str) -> web.Response:
+def _render_outcome(request: web.Request, report: actions.Report | None, note: str) -> web.Response:
     return render("outcome.html.j2", request, {"report": report, "note": note})
 
 
@@ -262,14 +273,15 @@ def _render_outcome(request: web.Request, report: dlq.Report | None, note: str) 
 
 async def _requests(request: web.Request) -> dict[str, Any]:
     wanted = request.query.get("status")
-    statuses = (wanted,) if wanted in STATUSES else STATUSES
+    selected = states.Status(wanted) if wanted in STATUSES else None
+    statuses = (selected,) if selected is not None else STATUSES
     limit = 200 if wanted else 25
     db = _db(request)
     return {
         "counts": await db.count_by_status(),
-        "rows": {s: await dlq_store.list_requests(db, s, limit) for s in statuses},
+        "rows": {s: await db.listing.requests_by_status(s, limit) for s in statuses},
         "statuses": STATUSES,
-        "selected": wanted if wanted in STATUSES else None,
+        "selected": selected,
     }
 
 
@@ -280,22 +292,27 @@ async def requests_page(request: web.Request) -> web.Response:
 # -- JSON -------------------------------------------------------------------------------
 
 
+def _json_text(data: Any) -> str:
+    """Strict JSON whatever a letter held (no NaN, no lone surrogates: see
+    ``deadletters.letters``): every JSON body of the console is made here."""
+    return letters.dumps(data)
+
+
 def _json(data: Any) -> web.Response:
-    """Strict JSON whatever a letter held (no NaN, no lone surrogates: see dlq_letter)."""
-    return web.json_response(data, dumps=dlq_letter.dumps)
+    return web.json_response(data, dumps=_json_text)
 
 
 async def dead_letters_json(request: web.Request) -> web.Response:
     stats, groups = await _grouped(request)
-    letters = [letter.to_json() for group in groups.values() for letter in group]
+    summaries = [letter.to_json() for group in groups.values() for letter in group]
     return _json(
-        {"stats": stats.to_json(), "letters": letters, "truncated": stats.total > PAGE_LIMIT}
+        {"stats": stats.to_json(), "letters": summaries, "truncated": stats.total > PAGE_LIMIT}
     )
 
 
 async def stats_json(request: web.Request) -> web.Response:
     async with _dlq(request) as q:
-        result = await dlq.stats(q, _selection(request.query))
+        result = await reading.stats(q, _selection(request.query))
     return _json(result.to_json())
 
 

@@ -13,8 +13,9 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from bgworker import broker, dlq
+from bgworker import broker
 from bgworker import web as web_app
+from bgworker.deadletters import queue, reading
 from tests import dlq_handlers
 from tests.conftest import wait_for_status
 from tests.integration.test_dlq import depth, fixable_handler, make_letters
@@ -246,8 +247,8 @@ async def test_browser_login_view_replay(
         finally:
             await browser.close()
 
-    async with dlq.DeadLetterQueue(settings.amqp_url.get_secret_value(), settings.namespace) as q:
-        left = [letter.key async for letter in dlq.letters(q)]
+    async with queue.DeadLetterQueue(settings.amqp_url.get_secret_value(), settings.namespace) as q:
+        left = [letter.key async for letter in reading.matching(q)]
     assert target not in left and len(left) == 2
     assert await broker.queue_depth(amqp, dead) == 2
     for name in ("dead-letters", "letter", "outcome", "requests"):

@@ -13,9 +13,9 @@ from typing import Any
 import aio_pika
 import pytest
 
-from bgworker import broker, dlq, dlq_letter, events, jobs, store, topology
+from bgworker import broker, events, jobs, store, topology
 from bgworker import settings as settings_mod
-from bgworker.store import dlq as dlq_store
+from bgworker.deadletters import actions, letters, queue, reading, selection
 from tests import dlq_handlers
 from tests.conftest import AMQP_URL, REPO, settings_env, wait_for_status, wait_until
 
@@ -57,8 +57,8 @@ def cli(settings: settings_mod.Settings) -> Callable[..., Awaitable[CliResult]]:
 @pytest.fixture
 async def dead_queue(
     settings: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
-) -> AsyncIterator[dlq.DeadLetterQueue]:
-    async with dlq.DeadLetterQueue(AMQP_URL, settings.namespace) as q:
+) -> AsyncIterator[queue.DeadLetterQueue]:
+    async with queue.DeadLetterQueue(AMQP_URL, settings.namespace) as q:
         yield q
 
 
@@ -75,9 +75,9 @@ async def wait_depth(channel: aio_pika.abc.AbstractChannel, name: str, n: int) -
 
 async def drain(channel: aio_pika.abc.AbstractChannel, name: str) -> list[aio_pika.Message]:
     """Take every message out of a queue, for good, in queue order."""
-    queue = await channel.get_queue(name, ensure=False)
+    source = await channel.get_queue(name, ensure=False)
     taken = []
-    while (message := await queue.get(no_ack=True, fail=False)) is not None:
+    while (message := await source.get(no_ack=True, fail=False)) is not None:
         taken.append(message)
     return taken
 
@@ -108,7 +108,7 @@ async def test_list_and_show_leave_the_queue_as_it_was(
     await publish_raw(b"{not json")
     await wait_depth(amqp, dead_queue.name, 5)
 
-    first = [letter async for letter in dlq.letters(dead_queue)]
+    first = [letter async for letter in reading.matching(dead_queue)]
     assert len(first) == 5
     by_key = {letter.key: letter for letter in first}
     for request_id in failing:
@@ -138,7 +138,7 @@ async def test_list_and_show_leave_the_queue_as_it_was(
     assert shown["headers"]["x-bgworker-attempts"] == 3
     assert "this handler always fails" in shown["traceback"]
     assert shown["request"]["status"] == "failed"
-    assert await dlq.show(dead_queue, poison.key) is not None
+    assert await reading.show(dead_queue, poison.key) is not None
     code, out, _ = await cli("dlq", "stats", "--json")
     assert code == 0
     stats = json.loads(out)
@@ -150,7 +150,7 @@ async def test_list_and_show_leave_the_queue_as_it_was(
     # Same messages, same order: the first read saw the original order (nothing had been
     # requeued yet), and a destructive drain after all the reads finds exactly that.
     assert await depth(amqp, dead_queue.name) == 5
-    left = [dlq_letter.Letter.from_message(m) for m in await drain(amqp, dead_queue.name)]  # type: ignore[arg-type]
+    left = [letters.Letter.from_message(m) for m in await drain(amqp, dead_queue.name)]  # type: ignore[arg-type]
     assert [letter.key for letter in left] == [letter.key for letter in first]
 
 
@@ -176,7 +176,7 @@ async def test_replay_after_the_fix_makes_each_request_ready_once(
     for request_id in ids:
         row = await wait_for_status(db, request_id, "ready")
         assert row.attempts == 1  # counter reset by the replay
-        actions = await dlq_store.list_actions(db, request_id)
+        actions = await db.dead_letters.list_actions(request_id)
         assert [a["action"] for a in actions] == ["replay"]
         assert actions[0]["previous_status"] == "failed"
         assert [a["outcome"] for a in actions[0]["attempt_log"]] == ["retrying", "failed"]
@@ -194,10 +194,10 @@ async def test_keep_attempts_and_filters(settings, db, amqp, publish, start_work
     dlq_handlers.FIXED["value"] = True
 
     # By id, keeping the counter: attempt 3 of max 2 is allowed to run once more.
-    report = await dlq.replay(
+    report = await actions.replay(
         dead_queue,
         db,
-        dlq.Selection(ids=frozenset({str(kept)})),
+        selection.Selection(ids=frozenset({str(kept)})),
         actor="test",
         keep_attempts=True,
     )
@@ -205,11 +205,11 @@ async def test_keep_attempts_and_filters(settings, db, amqp, publish, start_work
     row = await wait_for_status(db, kept, "ready")
     assert row.attempts == 3 and [a["attempt"] for a in await db.list_attempts(kept)] == [1, 2, 3]
     # The other letter is untouched, and a filter that matches nothing does nothing.
-    report = await dlq.replay(
-        dead_queue, db, dlq.Selection(file_type="nothing-like-this"), actor="test"
+    report = await actions.replay(
+        dead_queue, db, selection.Selection(file_type="nothing-like-this"), actor="test"
     )
     assert report.outcomes == [] and report.scanned == 1
-    assert [letter.key async for letter in dlq.letters(dead_queue)] == [str(other)]
+    assert [letter.key async for letter in reading.matching(dead_queue)] == [str(other)]
 
 
 async def test_worker_stopped_mid_replay_loses_nothing(
@@ -222,9 +222,9 @@ async def test_worker_stopped_mid_replay_loses_nothing(
     # The worker is stopped after the 2nd letter; the replay itself "crashes" on the 4th
     # letter after its republish is confirmed and its row committed, before the ack.
     acks = 0
-    real_ack = dlq.Held.ack
+    real_ack = queue.Held.ack
 
-    async def crashing_ack(self: dlq.Held) -> None:
+    async def crashing_ack(self: queue.Held) -> None:
         nonlocal acks
         acks += 1
         if acks == 4:
@@ -235,16 +235,16 @@ async def test_worker_stopped_mid_replay_loses_nothing(
         if done == 2:
             first_worker.stop()
 
-    monkeypatch.setattr(dlq.Held, "ack", crashing_ack)
+    monkeypatch.setattr(queue.Held, "ack", crashing_ack)
     with pytest.raises(RuntimeError, match="replay process died"):
-        await dlq.replay(
-            dead_queue, db, dlq.Selection(everything=True), actor="t", progress=progress
+        await actions.replay(
+            dead_queue, db, selection.Selection(everything=True), actor="t", progress=progress
         )
     monkeypatch.undo()
     assert first_worker.stopping.is_set()
 
     # Three letters replayed and gone, the 4th replayed but still in the queue, 5-6 untouched.
-    left = [letter.key async for letter in dlq.letters(dead_queue)]
+    left = [letter.key async for letter in reading.matching(dead_queue)]
     assert len(left) == 3
     assert {(await db.get_request(i)).status for i in ids if str(i) in left[1:]} == {"failed"}
 
@@ -257,7 +257,7 @@ async def test_worker_stopped_mid_replay_loses_nothing(
 
     # Running the replay again finishes the job: the interrupted one is ready, so it is
     # skipped (and its stale letter removed), the others are replayed.
-    report = await dlq.replay(dead_queue, db, dlq.Selection(everything=True), actor="t")
+    report = await actions.replay(dead_queue, db, selection.Selection(everything=True), actor="t")
     assert report.counts == Counter({"replayed": 2, "skipped": 1})
     [skipped] = [o for o in report.outcomes if o.result == "skipped"]
     assert skipped.key == str(interrupted) and "ready" in skipped.detail and skipped.removed
@@ -288,13 +288,13 @@ async def test_purge_asks_then_removes_and_records(
     code, out, err = await cli("dlq", "purge", "--file-type", "permanent", stdin="y\n")
     assert code == 0, err
     assert "purged 2" in out
-    assert [letter.key async for letter in dlq.letters(dead_queue)] == [str(kept)]
+    assert [letter.key async for letter in reading.matching(dead_queue)] == [str(kept)]
     for request_id in doomed:
         row = await db.pool.fetchrow(
             "SELECT status, dlq_purged_at FROM bgworker_requests WHERE id = $1", request_id
         )
         assert row["status"] == "failed" and row["dlq_purged_at"] is not None
-        [action] = await dlq_store.list_actions(db, request_id)
+        [action] = await db.dead_letters.list_actions(request_id)
         assert action["action"] == "purge" and action["actor"].startswith("cli:")
 
     code, out, _ = await cli("dlq", "purge", "--all", "--yes")
@@ -318,7 +318,7 @@ async def test_invalid_letters_are_kept_not_replayed(
     await start_worker()
     await publish_raw(b'{"id": "%s", "file_type": 5}' % str(uuid.uuid4()).encode())
     await wait_depth(amqp, dead_queue.name, 1)
-    report = await dlq.replay(dead_queue, db, dlq.Selection(everything=True), actor="t")
+    report = await actions.replay(dead_queue, db, selection.Selection(everything=True), actor="t")
     [outcome] = report.outcomes
     assert outcome.result == "kept" and "still invalid" in outcome.detail
     assert await depth(amqp, dead_queue.name) == 1
@@ -335,13 +335,13 @@ async def test_broker_dead_lettered_messages_show_x_death_and_replay(
     await message.reject(requeue=False)
     await wait_depth(amqp, dead_queue.name, 1)
 
-    [letter] = [letter async for letter in dlq.letters(dead_queue)]
+    [letter] = [letter async for letter in reading.matching(dead_queue)]
     assert (letter.key, letter.error_class, letter.reason) == (str(event.id), "x-death", "rejected")
     assert letter.first_death is not None and letter.file_type == "blob"
-    shown = await dlq.show(dead_queue, str(event.id))
+    shown = await reading.show(dead_queue, str(event.id))
     assert shown is not None and shown["headers"]["x-death"][0]["reason"] == "rejected"
 
-    report = await dlq.replay(dead_queue, db, dlq.Selection(everything=True), actor="t")
+    report = await actions.replay(dead_queue, db, selection.Selection(everything=True), actor="t")
     assert report.counts == Counter({"replayed": 1})  # never recorded: replayed as is
     await start_worker()
     await wait_for_status(db, event.id, "ready")
@@ -360,12 +360,13 @@ async def test_thousands_of_letters(settings, db, amqp, dead_queue):
         await broker.publish(channel, dead_queue.topology.dead_exchange, "", message)
     await wait_depth(amqp, dead_queue.name, n)
 
-    result = await dlq.stats(dead_queue)
+    result = await reading.stats(dead_queue)
     assert result.total == n and result.by_group[("t0", "E0")] == 167
-    selected = [x async for x in dlq.letters(dead_queue, dlq.Selection(error_class="E1"))]
+    e1 = selection.Selection(error_class="E1")
+    selected = [x async for x in reading.matching(dead_queue, e1)]
     assert len(selected) == 667
-    report = await dlq.purge(
-        dead_queue, db, dlq.Selection(error_class="E2"), actor="t", dry_run=True
+    report = await actions.purge(
+        dead_queue, db, selection.Selection(error_class="E2"), actor="t", dry_run=True
     )
     assert report.counts == Counter({"would-purge": 666}) and report.scanned == n
     assert await depth(amqp, dead_queue.name) == n

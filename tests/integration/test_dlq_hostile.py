@@ -18,8 +18,9 @@ import aio_pika
 import pamqp.encode
 import pytest
 
-from bgworker import amqp_frames, broker, dlq, dlq_letter
+from bgworker import amqp_frames, broker
 from bgworker import settings as settings_mod
+from bgworker.deadletters import letters, queue, reading
 from tests.conftest import REPO
 from tests.integration.test_admin import CSRF_RE, basic, client, console, log_in
 from tests.integration.test_dlq import cli, dead_queue, depth, drain, fixable_handler
@@ -106,7 +107,7 @@ def raw_long_strings(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 async def hostile(
     settings: settings_mod.Settings,
-    dead_queue: dlq.DeadLetterQueue,
+    dead_queue: queue.DeadLetterQueue,
     raw_long_strings: None,
     amqp: aio_pika.abc.AbstractChannel,
 ) -> dict[str, str]:
@@ -120,7 +121,7 @@ async def hostile(
         )
         await broker.publish(channel, dead_queue.topology.dead_exchange, "", message)
     await channel.close()
-    read = [letter async for letter in dlq.letters(dead_queue)]
+    read = [letter async for letter in reading.matching(dead_queue)]
     assert len(read) == len(letters)
     return {h.name: r.key for h, r in zip(letters, read, strict=True)}
 
@@ -181,7 +182,7 @@ async def test_cli_lists_shows_counts_and_purges_any_letter(
     nan = strict_json((await cli("dlq", "show", hostile["NaN"]))[1])
     assert nan["payload"]["criteria"] == {"x": "nan"}
     huge = strict_json((await cli("dlq", "show", hostile["huge"]))[1])
-    assert huge["size"] > 6 * 1024 * 1024 and len(huge["body"]) == dlq_letter.SHOW_BYTES
+    assert huge["size"] > 6 * 1024 * 1024 and len(huge["body"]) == letters.SHOW_BYTES
     assert await depth(amqp, f"{settings.namespace}.dead") == n  # reads changed nothing
 
     # Replay survives them too: each is kept as invalid, or (valid JSON with no id) replayed.

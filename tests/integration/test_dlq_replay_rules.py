@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 import aio_pika
 import pytest
 
-from bgworker import dlq, events, topology
-from bgworker.store import dlq as dlq_store
+from bgworker import events, topology
+from bgworker.deadletters import actions, reading, rule, selection
 from tests import dlq_handlers
 from tests.conftest import wait_for_status, wait_until
 from tests.integration.test_admin import client, console, log_in
@@ -88,7 +88,7 @@ async def test_replay_republishes_a_request_whose_message_is_gone(
     assert code == 0, err
     assert "replayed 1" in out and "removed from the queue: 1" in out
     assert await depth(amqp, dead_queue.name) == 0
-    [action] = await dlq_store.list_actions(db, event.id)
+    [action] = await db.dead_letters.list_actions(event.id)
     assert (action["action"], action["detail"]) == ("replay", f"republished: row left {status}")
 
     await start_worker()
@@ -136,7 +136,7 @@ async def test_replay_of_a_cancelled_request_refuses_then_force_runs_it(
     for request_id in (cancelled, flagged):
         row = await wait_for_status(db, request_id, "ready")
         assert not row.cancel_requested and row.attempts == 1
-        actions = await dlq_store.list_actions(db, request_id)
+        actions = await db.dead_letters.list_actions(request_id)
         assert [a["action"] for a in actions] == ["skip", "replay"]
         assert actions[-1]["detail"].startswith("forced")
         assert actions[-1]["actor"].startswith("cli:")
@@ -168,7 +168,7 @@ async def test_console_refuses_a_cancelled_request_unless_forced(
         ) as r:
             assert "<b>replayed</b> 1" in await r.text()
     await wait_for_status(db, request_id, "ready")
-    [*_, forced] = await dlq_store.list_actions(db, request_id)
+    [*_, forced] = await db.dead_letters.list_actions(request_id)
     assert forced["detail"].startswith("forced") and forced["actor"] == "web:admin"
 
 
@@ -190,12 +190,12 @@ async def test_running_request_letter_removed_only_under_a_live_lease(
             aio_pika.Message(body, message_id=str(event.id), headers=headers), ""
         )
 
-    report = await dlq.replay(dead_queue, db, dlq.Selection(everything=True), actor="t")
+    report = await actions.replay(dead_queue, db, selection.Selection(everything=True), actor="t")
     by_key = {o.key: o for o in report.outcomes}
     assert by_key[str(live.id)].removed and by_key[str(live.id)].result == "skipped"
     kept = by_key[str(expired.id)]
     assert not kept.removed and "reaper" in kept.detail
-    assert [letter.key async for letter in dlq.letters(dead_queue)] == [str(expired.id)]
+    assert [letter.key async for letter in reading.matching(dead_queue)] == [str(expired.id)]
     # Neither request was touched: the live attempt keeps its lease, the reaper owns the other.
     for event, claim in ((live, live_claim), (expired, dead_claim)):
         row = await db.get_request(event.id)
@@ -206,27 +206,27 @@ async def test_running_request_letter_removed_only_under_a_live_lease(
 @pytest.mark.parametrize(
     ("status", "cancel", "lease", "force", "plan"),
     [
-        (None, False, False, False, dlq.Plan.REPLAY),
-        ("failed", False, False, False, dlq.Plan.REPLAY),
-        ("queued", False, False, False, dlq.Plan.REPUBLISH),
-        ("retrying", False, False, False, dlq.Plan.REPUBLISH),
-        ("running", False, True, False, dlq.Plan.DROP),
-        ("running", False, False, False, dlq.Plan.KEEP),
-        ("ready", False, False, False, dlq.Plan.DROP),
-        ("expired", False, False, True, dlq.Plan.DROP),
-        ("ready", True, False, True, dlq.Plan.DROP),  # served: never run twice, even forced
-        ("cancelled", False, False, False, dlq.Plan.REFUSE),
-        ("retrying", True, False, False, dlq.Plan.REFUSE),
-        ("failed", True, False, False, dlq.Plan.REFUSE),
-        ("running", True, True, False, dlq.Plan.REFUSE),
-        ("cancelled", True, False, True, dlq.Plan.FORCE),
-        ("retrying", True, False, True, dlq.Plan.FORCE),
+        (None, False, False, False, rule.Plan.REPLAY),
+        ("failed", False, False, False, rule.Plan.REPLAY),
+        ("queued", False, False, False, rule.Plan.REPUBLISH),
+        ("retrying", False, False, False, rule.Plan.REPUBLISH),
+        ("running", False, True, False, rule.Plan.DROP),
+        ("running", False, False, False, rule.Plan.KEEP),
+        ("ready", False, False, False, rule.Plan.DROP),
+        ("expired", False, False, True, rule.Plan.DROP),
+        ("ready", True, False, True, rule.Plan.DROP),  # served: never run twice, even forced
+        ("cancelled", False, False, False, rule.Plan.REFUSE),
+        ("retrying", True, False, False, rule.Plan.REFUSE),
+        ("failed", True, False, False, rule.Plan.REFUSE),
+        ("running", True, True, False, rule.Plan.REFUSE),
+        ("cancelled", True, False, True, rule.Plan.FORCE),
+        ("retrying", True, False, True, rule.Plan.FORCE),
     ],
 )
 def test_the_replay_rule(status, cancel, lease, force, plan):
-    decision = dlq.decide("r1", status, cancel_requested=cancel, lease_live=lease, force=force)
+    decision = rule.decide("r1", status, cancel_requested=cancel, lease_live=lease, force=force)
     assert decision.plan is plan
     # A letter leaves the queue only if the request is runnable afterwards (republished,
     # confirmed) or has nothing left to run (served, or running under a live lease).
-    assert decision.removes == (plan.publishes or plan is dlq.Plan.DROP)
-    assert decision.removes != (plan in (dlq.Plan.KEEP, dlq.Plan.REFUSE))
+    assert decision.removes == (plan.publishes or plan is rule.Plan.DROP)
+    assert decision.removes != (plan in (rule.Plan.KEEP, rule.Plan.REFUSE))

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pamqp import commands, header
 
-from bgworker import dlq_letter
+from bgworker.deadletters import letters
 
 # Anything but newline and tab that a reader could trip over: controls, lone surrogates.
 UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -93,12 +93,12 @@ def assert_printable(value: Any) -> None:
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in output")) == value
 
 
-def read(msg: Any) -> tuple[dlq_letter.Letter, dict[str, Any]]:
-    letter = dlq_letter.Letter.from_message(msg)
-    shown = dlq_letter.detail(msg)
+def read(msg: Any) -> tuple[letters.Letter, dict[str, Any]]:
+    letter = letters.Letter.from_message(msg)
+    shown = letters.detail(msg)
     assert_printable(letter.to_json())
     assert_printable(shown)
-    assert dlq_letter.Letter.from_message(msg) == letter  # the key is stable
+    assert letters.Letter.from_message(msg) == letter  # the key is stable
     if letter.request_id is None:
         assert re.fullmatch(r"msg-[0-9a-f]{16}", letter.key)
     else:
@@ -200,7 +200,7 @@ def test_any_letter_reads_as_printable_json(
     letter, shown = read(message(body, headers, message_id))
     assert letter.size == len(body) and shown["body_sha256"]
     # A body that is not a JSON object says so; one that is, is shown as a payload.
-    if letter.body_error is None and len(body) <= dlq_letter.SHOW_BYTES:
+    if letter.body_error is None and len(body) <= letters.SHOW_BYTES:
         assert shown["body"] is None
     else:
         assert shown["payload"] is None and isinstance(shown["body"], str)
@@ -238,9 +238,9 @@ def test_any_letter_reads_as_printable_json(
 )
 def test_pure_reading_takes_any_python_values(body: bytes, headers: Any, message_id: Any) -> None:
     """Beyond what the wire can carry: the pure functions are total too."""
-    letter = dlq_letter.Letter.from_parts(body, headers, message_id)
+    letter = letters.Letter.from_parts(body, headers, message_id)
     assert_printable(letter.to_json())
-    assert_printable(dlq_letter.detail_of(body, headers, {"message_id": message_id}))
+    assert_printable(letters.detail_of(body, headers, {"message_id": message_id}))
 
 
 @pytest.mark.parametrize(
@@ -292,5 +292,5 @@ def test_huge_body_is_shown_in_part() -> None:
     body = json.dumps({"id": str(uuid.uuid4()), "pad": "x" * (3 * 1024 * 1024)}).encode()
     letter, shown = read(message(body, None))
     assert letter.size == len(body) and letter.body_error is None
-    assert shown["payload"] is None and len(shown["body"]) == dlq_letter.SHOW_BYTES
+    assert shown["payload"] is None and len(shown["body"]) == letters.SHOW_BYTES
     assert any("the first 262144 shown" in n for n in shown["notes"])

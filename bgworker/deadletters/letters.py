@@ -29,6 +29,8 @@ from typing import Any, Final
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from bgworker import wire
+
 REPLACEMENT: Final = "\ufffd"
 # Nesting shown by ``detail``; deeper subtrees become a marker. Kept far below Python's
 # recursion limit, so rendering (json.dumps, Jinja's tojson) can never hit it either.
@@ -41,6 +43,8 @@ FIELD_CHARS: Final = 200
 # An int JSON cannot print: str(int) refuses more than sys.int_info.default_max_str_digits
 # (4300) digits. 14,000 bits is about 4,200 digits.
 MAX_INT_BITS: Final = 14_000
+# Reason and error class of a letter that says neither (no header of ours, no x-death).
+UNKNOWN: Final = "unknown"
 
 # Lone UTF-16 surrogates: a JSON escape such as "\ud800" parses (RFC 8259 section 8.2
 # allows it) into a str that cannot be encoded as UTF-8.
@@ -220,7 +224,7 @@ def content_key(body: bytes, headers: Mapping[str, Any]) -> str:
     """The key of a letter with no usable request id: the same letter always gets the
     same key (body and failure time), so ``show`` and ``purge`` can name it."""
     digest = hashlib.sha256(body)
-    digest.update(_key_text(headers.get("x-bgworker-failed-at")))
+    digest.update(_key_text(headers.get(wire.FAILED_AT)))
     return "msg-" + digest.hexdigest()[:16]
 
 
@@ -274,24 +278,26 @@ class Letter:
         # Letters the broker dead-lettered itself (work queue delivery limit, rejects)
         # carry x-death instead of our headers
         # (https://www.rabbitmq.com/docs/dlx#effects).
-        raw_deaths = table.get("x-death")
+        raw_deaths = table.get(wire.X_DEATH)
         deaths = (
             [d for d in raw_deaths if isinstance(d, Mapping)]
             if isinstance(raw_deaths, list)
             else []
         )
         times = [t for t in (_as_time(d.get("time")) for d in deaths) if t]
-        if (failed_at := _as_time(table.get("x-bgworker-failed-at"))) is not None:
+        if (failed_at := _as_time(table.get(wire.FAILED_AT))) is not None:
             times.append(failed_at)
         times.sort()
-        attempts = table.get("x-bgworker-attempts")
+        attempts = table.get(wire.ATTEMPTS)
         file_type = doc.get("file_type")
 
         def text(name: str) -> str | None:
             return _header_text(table.get(name), notes, f"header {name}")
 
         death_reason = (
-            _header_text(deaths[0].get("reason"), notes, "header x-death") if deaths else None
+            _header_text(deaths[0].get("reason"), notes, f"header {wire.X_DEATH}")
+            if deaths
+            else None
         )
         return cls(
             key=str(request_id) if request_id is not None else content_key(body, table),
@@ -301,12 +307,12 @@ class Letter:
                 if isinstance(file_type, str)
                 else None
             ),
-            reason=text("x-bgworker-reason") or death_reason or "unknown",
-            error_class=text("x-bgworker-error-class") or ("x-death" if deaths else "unknown"),
+            reason=text(wire.REASON) or death_reason or UNKNOWN,
+            error_class=text(wire.ERROR_CLASS) or (wire.X_DEATH if deaths else UNKNOWN),
             error=_header_text(
-                table.get("x-bgworker-error"),
+                table.get(wire.ERROR),
                 notes,
-                "header x-bgworker-error",
+                f"header {wire.ERROR}",
                 ERROR_CHARS,
                 lines=True,
             )
@@ -316,7 +322,7 @@ class Letter:
             ),
             first_death=times[0] if times else None,
             last_death=times[-1] if times else None,
-            worker=text("x-bgworker-worker"),
+            worker=text(wire.WORKER),
             size=len(body),
             body_error=None if body_error is None else clean(body_error, notes, "body"),
             notes=tuple(notes.items),
@@ -351,7 +357,7 @@ def detail_of(body: bytes, headers: Any, properties: Mapping[str, Any]) -> dict[
         clean(name, notes, "header name"): plain(value, notes, f"header {clean(name)}")
         for name, value in _table(headers, notes).items()
     }
-    traceback = shown_headers.get("x-bgworker-traceback")
+    traceback = shown_headers.get(wire.TRACEBACK)
     return {
         **letter.to_json(),
         "payload": payload,

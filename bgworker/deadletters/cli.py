@@ -14,9 +14,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TextIO
 
-from bgworker import dlq, dlq_letter, store
 from bgworker import settings as settings_mod
-from bgworker.store import dlq as dlq_store
+from bgworker import store
+from bgworker.deadletters import actions, letters, queue, reading, selection
 
 EXIT_UNAVAILABLE: Final = 69
 EXIT_USAGE: Final = 64
@@ -26,28 +26,29 @@ EXIT_NOT_FOUND: Final = 1
 def add_parser(sub: Any) -> None:
     """Register ``dlq`` on the main parser's subparsers."""
     p = sub.add_parser("dlq", help="inspect, replay and purge dead letters")
-    actions = p.add_subparsers(dest="dlq_command", required=True)
+    commands = p.add_subparsers(dest="dlq_command", required=True)
 
     def filters(q: argparse.ArgumentParser) -> None:
         q.add_argument("--file-type", help="only letters of this file type")
         q.add_argument("--error-class", help="only letters with this error class")
         q.add_argument("--reason", help="only letters with this reason (max_attempts, ...)")
-        q.add_argument("--older-than", type=dlq.parse_age, help="last death before: 30m, 2h, 3d")
-        q.add_argument("--newer-than", type=dlq.parse_age, help="last death within: 30m, 2h")
+        age = selection.parse_age
+        q.add_argument("--older-than", type=age, help="last death before: 30m, 2h, 3d")
+        q.add_argument("--newer-than", type=age, help="last death within: 30m, 2h")
 
-    ls = actions.add_parser("list", help="a table of dead letters (changes nothing)")
+    ls = commands.add_parser("list", help="a table of dead letters (changes nothing)")
     filters(ls)
     ls.add_argument("--json", action="store_true", help="one JSON array, for scripts")
 
-    show = actions.add_parser("show", help="payload, all headers and traceback of one letter")
+    show = commands.add_parser("show", help="payload, all headers and traceback of one letter")
     show.add_argument("id", help="request id or msg-<hash> key (the ID column of `dlq list`)")
 
-    st = actions.add_parser("stats", help="counts by file type and error class")
+    st = commands.add_parser("stats", help="counts by file type and error class")
     filters(st)
     st.add_argument("--json", action="store_true")
 
     for name, text in (("replay", "republish to the work queue"), ("purge", "delete for good")):
-        a = actions.add_parser(name, help=f"{text}: by id, filter, or --all")
+        a = commands.add_parser(name, help=f"{text}: by id, filter, or --all")
         a.add_argument("ids", nargs="*", metavar="ID", help="request ids or msg-<hash> keys")
         filters(a)
         a.add_argument("--all", action="store_true", help="every letter (with the filters)")
@@ -73,8 +74,8 @@ def add_parser(sub: Any) -> None:
             )
 
 
-def _selection(args: argparse.Namespace) -> dlq.Selection:
-    return dlq.Selection(
+def _selection(args: argparse.Namespace) -> selection.Selection:
+    return selection.Selection(
         ids=frozenset(getattr(args, "ids", None) or ()),
         file_type=args.file_type,
         error_class=args.error_class,
@@ -135,22 +136,22 @@ class StderrProgress:
         self.stream.flush()
 
 
-async def _list(q: dlq.DeadLetterQueue, args: argparse.Namespace) -> int:
+async def _list(q: queue.DeadLetterQueue, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     if args.json:
         # Streamed: one element per letter as it is read.
         sys.stdout.write("[")
         first = True
         try:
-            async for letter in dlq.letters(q, _selection(args)):
-                sys.stdout.write(("\n" if first else ",\n") + dlq_letter.dumps(letter.to_json()))
+            async for letter in reading.matching(q, _selection(args)):
+                sys.stdout.write(("\n" if first else ",\n") + letters.dumps(letter.to_json()))
                 first = False
         finally:
             sys.stdout.write("\n]\n")  # valid JSON even when a letter stops the scan
         return 0
     rows = [["ID", "FILE TYPE", "REASON", "ERROR CLASS", "TRIES", "FIRST DEATH", "LAST DEATH"]]
     rows[0] += ["AGE", "MESSAGE"]
-    async for letter in dlq.letters(q, _selection(args)):
+    async for letter in reading.matching(q, _selection(args)):
         rows.append(
             [
                 letter.key,
@@ -170,9 +171,9 @@ async def _list(q: dlq.DeadLetterQueue, args: argparse.Namespace) -> int:
 
 
 async def _show(
-    q: dlq.DeadLetterQueue, settings: settings_mod.Settings, args: argparse.Namespace
+    q: queue.DeadLetterQueue, settings: settings_mod.Settings, args: argparse.Namespace
 ) -> int:
-    found = await dlq.show(q, args.id)
+    found = await reading.show(q, args.id)
     if found is None:
         print(f"no dead letter {args.id} in {q.name}", file=sys.stderr)
         return EXIT_NOT_FOUND
@@ -186,15 +187,15 @@ async def _show(
                     if row is None
                     else {k: row.to_json()[k] for k in ("status", "attempts", "max_attempts")}
                 )
-                found["dlq_actions"] = await dlq_store.list_actions(db, uuid.UUID(request_id))
-    print(dlq_letter.dumps(found, indent=2))
+                found["dlq_actions"] = await db.dead_letters.list_actions(uuid.UUID(request_id))
+    print(letters.dumps(found, indent=2))
     return 0
 
 
-async def _stats(q: dlq.DeadLetterQueue, args: argparse.Namespace) -> int:
-    result = await dlq.stats(q, _selection(args))
+async def _stats(q: queue.DeadLetterQueue, args: argparse.Namespace) -> int:
+    result = await reading.stats(q, _selection(args))
     if args.json:
-        print(dlq_letter.dumps(result.to_json(), indent=2))
+        print(letters.dumps(result.to_json(), indent=2))
         return 0
     rows = [["FILE TYPE", "ERROR CLASS", "COUNT"]]
     for group in result.to_json()["groups"]:
@@ -206,12 +207,12 @@ async def _stats(q: dlq.DeadLetterQueue, args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_report(report: dlq.Report, args: argparse.Namespace) -> None:
+def _print_report(report: actions.Report, args: argparse.Namespace) -> None:
     if args.json:
-        print(dlq_letter.dumps(report.to_json(), indent=2))
+        print(letters.dumps(report.to_json(), indent=2))
         return
     for o in report.outcomes:
-        if o.result not in ("replayed", "purged"):
+        if o.result not in (actions.Result.REPLAYED, actions.Result.PURGED):
             print(f"{o.key}: {o.result}{': ' + o.detail if o.detail else ''}")
     counts = ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items())) or "nothing matched"
     if report.dry_run:
@@ -222,17 +223,17 @@ def _print_report(report: dlq.Report, args: argparse.Namespace) -> None:
 
 
 async def _act(
-    q: dlq.DeadLetterQueue, settings: settings_mod.Settings, args: argparse.Namespace
+    q: queue.DeadLetterQueue, settings: settings_mod.Settings, args: argparse.Namespace
 ) -> int:
-    selection = _selection(args)
+    chosen = _selection(args)
     if getattr(args, "undecodable", False):
         return await _purge_undecodable(q, settings, args)
-    if selection.is_empty:
+    if chosen.is_empty:
         print(f"dlq {args.dlq_command}: name ids, give a filter, or pass --all", file=sys.stderr)
         return EXIT_USAGE
     async with store.opened(settings.database_url.get_secret_value()) as db:
         if args.dlq_command == "purge" and not (args.yes or args.dry_run):
-            preview = await dlq.purge(q, db, selection, actor=actor(), dry_run=True)
+            preview = await actions.purge(q, db, chosen, actor=actor(), dry_run=True)
             if not preview.outcomes:
                 print("purge: nothing matched")
                 return 0
@@ -243,10 +244,10 @@ async def _act(
                 return 1
         progress = StderrProgress(args.dlq_command)
         if args.dlq_command == "replay":
-            report = await dlq.replay(
+            report = await actions.replay(
                 q,
                 db,
-                selection,
+                chosen,
                 actor=actor(),
                 keep_attempts=args.keep_attempts,
                 force=args.force,
@@ -254,21 +255,21 @@ async def _act(
                 progress=progress,
             )
         else:
-            report = await dlq.purge(
-                q, db, selection, actor=actor(), dry_run=args.dry_run, progress=progress
+            report = await actions.purge(
+                q, db, chosen, actor=actor(), dry_run=args.dry_run, progress=progress
             )
     _print_report(report, args)
-    refused = [o for o in report.outcomes if o.result == "refused"]
+    refused = [o for o in report.outcomes if o.result is actions.Result.REFUSED]
     for outcome in refused:
         print(f"bgworker dlq replay: {outcome.detail}", file=sys.stderr)
     return EXIT_NOT_FOUND if refused else 0
 
 
 async def _purge_undecodable(
-    q: dlq.DeadLetterQueue, settings: settings_mod.Settings, args: argparse.Namespace
+    q: queue.DeadLetterQueue, settings: settings_mod.Settings, args: argparse.Namespace
 ) -> int:
     async with store.opened(settings.database_url.get_secret_value()) as db:
-        preview = await dlq.purge_undecodable(q, db, actor=actor(), dry_run=True)
+        preview = await actions.purge_undecodable(q, db, actor=actor(), dry_run=True)
         if not preview.outcomes:
             print(f"purge: every letter in {q.name} decodes; nothing to do")
             return 0
@@ -282,13 +283,13 @@ async def _purge_undecodable(
             if answer.strip().lower() not in ("y", "yes"):
                 print("purge: cancelled")
                 return 1
-        report = await dlq.purge_undecodable(q, db, actor=actor())
+        report = await actions.purge_undecodable(q, db, actor=actor())
     _print_report(report, args)
     return 0
 
 
 async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    # Everything printed is valid UTF-8 (dlq_letter replaces what is not); on a terminal
+    # Everything printed is valid UTF-8 (deadletters.letters replaces what is not); on a terminal
     # whose encoding is not UTF-8, characters it lacks become "?" rather than a crash.
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
@@ -297,7 +298,7 @@ async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     # goes away); the same error reaches us and is reported in one plain line.
     logging.getLogger("aiormq.connection").setLevel(logging.ERROR)
     try:
-        async with dlq.DeadLetterQueue(
+        async with queue.DeadLetterQueue(
             settings.amqp_url.get_secret_value(), settings.namespace
         ) as q:
             if args.dlq_command == "list":
@@ -307,9 +308,9 @@ async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
             if args.dlq_command == "stats":
                 return await _stats(q, args)
             return await _act(q, settings, args)
-    except dlq.UndecodableLetterError as exc:
+    except queue.UndecodableLetterError as exc:
         print(f"bgworker dlq {args.dlq_command}: {exc}", file=sys.stderr)
         return EXIT_NOT_FOUND
-    except dlq.DlqError as exc:
+    except queue.DlqError as exc:
         print(f"bgworker dlq {args.dlq_command}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
