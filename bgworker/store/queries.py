@@ -36,11 +36,14 @@ class Query:
         """``values`` in placeholder order; every declared name exactly once."""
         if not self.params:
             raise TypeError(f"query {self.name!r} ({self.file}) declares no parameter names")
+        if len(values) == len(self.params):  # the hot path: no sets built
+            try:
+                return tuple([values[p] for p in self.params])
+            except KeyError:
+                pass
         missing = [p for p in self.params if p not in values]
         unknown = sorted(set(values) - set(self.params))
-        if missing or unknown:
-            raise TypeError(f"query {self.name!r}: missing {missing}, unknown {unknown}")
-        return tuple(values[p] for p in self.params)
+        raise TypeError(f"query {self.name!r}: missing {missing}, unknown {unknown}")
 
 
 def placeholders(sql: str) -> int:
