@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bgworker import storage, store
-from bgworker.store import Q
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +76,15 @@ class _Run:
 
     async def expired(self, leeway_seconds: float) -> None:
         if self.dry_run:
-            self.report.expired = await self.db.pool.fetchval(Q["count_expirable"], leeway_seconds)
+            self.report.expired = await self.db.count_expirable(leeway_seconds)
             return
         while not self.out_of_time():
-            rows = await self.db.pool.fetch(Q["expire_ready"], leeway_seconds, BATCH)
-            for row in rows:
-                if row["storage_key"]:
-                    await self.remove(self.files.path(row["storage_key"]))
+            expired = await self.db.expire_ready(leeway_seconds, BATCH)
+            for item in expired:
+                if item.storage_key:
+                    await self.remove(self.files.path(item.storage_key))
                 self.report.expired += 1
-            if len(rows) < BATCH:
+            if len(expired) < BATCH:
                 return
 
     async def orphans(self, age_seconds: float) -> None:
@@ -96,8 +95,7 @@ class _Run:
             if self.out_of_time():
                 return
             batch = keys[start : start + 1000]
-            rows = await self.db.pool.fetch(Q["referenced_keys"], batch)
-            referenced = {r["storage_key"] for r in rows}
+            referenced = await self.db.referenced_keys(batch)
             for key in batch:
                 if key not in referenced:
                     self.report.orphans += 1

@@ -1,4 +1,7 @@
-"""Numbered SQL migrations: applied in order, recorded, safe to run from two processes."""
+"""Numbered SQL migrations: applied in order, recorded, safe to run from two processes.
+
+The bookkeeping queries are in ``migrations.sql`` like every other query: a query file is
+parsed at import and needs no table, so it can serve the code that creates the tables."""
 
 from __future__ import annotations
 
@@ -10,6 +13,9 @@ from typing import Final
 
 import asyncpg
 
+from bgworker.store import queries
+
+Q: Final = queries.QUERIES
 log = logging.getLogger(__name__)
 
 _FILE_RE: Final = re.compile(r"^(\d{4})_(\w+)\.sql$")
@@ -44,31 +50,22 @@ async def apply(conn: asyncpg.Connection) -> list[Migration]:
     async with conn.transaction():
         # A transaction-scoped advisory lock serialises concurrent `migrate` runs: the second
         # waits, then sees the first one's rows and has nothing left to do.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
-        await conn.execute(
-            """CREATE TABLE IF NOT EXISTS bgworker_migrations (
-                   version integer PRIMARY KEY,
-                   name text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now())"""
-        )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM bgworker_migrations")}
+        await conn.execute(Q["migration_lock"], _LOCK_KEY)
+        await conn.execute(Q["create_migration_table"])
+        done = {r["version"] for r in await conn.fetch(Q["applied_migrations"])}
         for migration in available():
             if migration.version in done:
                 continue
             log.info("applying migration %04d_%s", migration.version, migration.name)
             await conn.execute(migration.sql)
-            await conn.execute(
-                "INSERT INTO bgworker_migrations (version, name) VALUES ($1, $2)",
-                migration.version,
-                migration.name,
-            )
+            await conn.execute(Q["record_migration"], migration.version, migration.name)
             applied.append(migration)
     return applied
 
 
 async def pending(conn: asyncpg.Connection) -> list[Migration]:
-    exists = await conn.fetchval("SELECT to_regclass('bgworker_migrations') IS NOT NULL")
+    exists = await conn.fetchval(Q["migration_table_exists"])
     done: set[int] = set()
     if exists:
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM bgworker_migrations")}
+        done = {r["version"] for r in await conn.fetch(Q["applied_migrations"])}
     return [m for m in available() if m.version not in done]

@@ -1,0 +1,98 @@
+"""The asyncpg pool every part of the store shares, and the database it connects to."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Final
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+
+from bgworker.store import queries, rows
+
+Q: Final = queries.QUERIES
+# Failures that mean "the database is away for now": retry later, never crash. asyncpg
+# raises InternalClientError too when a connection dies mid-operation (server restart).
+TRANSIENT_ERRORS: Final = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+PostgresError: Final = asyncpg.PostgresError
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    # asyncpg's default reset runs a round trip (RESET ALL, UNLISTEN, ...) on every release.
+    # bgworker keeps no session state (only transaction-scoped locks), so skip it.
+    return None
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset
+    )
+    assert pool is not None
+    return pool
+
+
+async def ensure_database(dsn: str) -> bool:
+    """Create the database named in ``dsn`` if it is missing; True when it was created."""
+    try:
+        conn = await asyncpg.connect(dsn)
+    except asyncpg.InvalidCatalogNameError:
+        pass
+    else:
+        await conn.close()
+        return False
+    name = unquote(urlsplit(dsn).path.lstrip("/"))
+    if not name:
+        raise ValueError("the database URL names no database")
+    admin = await asyncpg.connect(dsn, database="postgres")
+    try:
+        # An identifier cannot be a parameter: PostgreSQL quotes it (format's %I). Double
+        # quotes were always dropped from the name; they still are.
+        statement = await admin.fetchval(Q["create_database_statement"], name.replace('"', ""))
+        await admin.execute(statement)
+    except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+        # Two `migrate` runs racing on a new database: the loser's CREATE DATABASE fails on
+        # pg_database's unique name index (UniqueViolation) rather than with
+        # DuplicateDatabase when both passed the existence check at the same instant.
+        return False
+    finally:
+        await admin.close()
+    return True
+
+
+EffectsHook = Callable[[list[rows.OutboxItem]], None]
+
+
+class Connected:
+    """The state each part of the store (requests, recovery, outbox, maintenance) works on:
+    the pool, and how the outbox rows a transaction writes reach a dispatcher."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        claim_effects_seconds: float | None = None,
+        on_effects: EffectsHook | None = None,
+    ) -> None:
+        """``claim_effects_seconds``: outbox rows start claimed by this process for that
+        long, and ``on_effects`` gets them once their transaction committed (a worker's
+        dispatcher performs them at once). Without it they wait for a dispatcher's sweep."""
+        self.pool = pool
+        self.claim_effects_seconds = claim_effects_seconds
+        self.on_effects = on_effects
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn

@@ -1,0 +1,6 @@
+-- The database itself (bgworker.store.connection).
+
+-- name: create_database_statement
+-- CREATE DATABASE takes no parameters: PostgreSQL builds the statement, quoting the name
+-- as an identifier where it must (%I, like quote_ident), so no name can inject SQL.
+SELECT format('CREATE DATABASE %I', $1::text);

@@ -1,0 +1,30 @@
+-- Maintenance: liveness, counts, and expiry for `bgworker clean` (bgworker.store.maintenance).
+
+-- name: ping
+-- Liveness of the database for health checks: one round trip, touching no table.
+SELECT 1;
+
+-- name: count_by_status
+SELECT status, count(*) AS n FROM bgworker_requests GROUP BY status ORDER BY status;
+
+-- name: expire_ready
+-- Ready files past their expiry plus the leeway (last-minute downloads). Marked expired in
+-- the same statement that returns their keys, so no download can start on them afterwards.
+UPDATE bgworker_requests r
+SET status = 'expired', updated_at = now()
+FROM (
+    SELECT id FROM bgworker_requests
+    WHERE status = 'ready' AND expires_at < now() - make_interval(secs => $1)
+    ORDER BY expires_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE r.id = due.id
+RETURNING r.id, r.storage_key;
+
+-- name: count_expirable
+SELECT count(*) FROM bgworker_requests
+WHERE status = 'ready' AND expires_at < now() - make_interval(secs => $1);
+
+-- name: referenced_keys
+SELECT storage_key FROM bgworker_requests WHERE storage_key = ANY($1::text[]);

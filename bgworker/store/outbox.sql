@@ -1,0 +1,51 @@
+-- Outbox: the side effects of a state change, one row per (request, kind)
+-- (bgworker.store.outbox).
+
+-- name: insert_outbox
+-- Every effect of one state change in one statement: kinds $2 and payloads $3, in pairs.
+-- With $4 (seconds) the rows start claimed by the inserting worker, which performs them
+-- right after the commit: no separate claim round trip. NULL leaves them to the sweep.
+INSERT INTO bgworker_outbox (request_id, kind, payload, claimed_until, attempts)
+SELECT $1, e.kind, e.payload, now() + make_interval(secs => $4::double precision),
+       CASE WHEN $4::double precision IS NULL THEN 0 ELSE 1 END
+FROM unnest($2::text[], $3::jsonb[]) AS e (kind, payload)
+ON CONFLICT (request_id, kind) DO NOTHING
+RETURNING request_id, kind, payload, attempts;
+
+-- name: claim_outbox_due
+-- Due effects, claimed for a while so a second dispatcher skips them; a dispatcher that
+-- dies mid-send leaves a claim that simply runs out.
+UPDATE bgworker_outbox o
+SET claimed_until = now() + make_interval(secs => $2), attempts = o.attempts + 1
+FROM (
+    SELECT request_id, kind FROM bgworker_outbox
+    WHERE status = 'pending' AND next_attempt_at <= now()
+      AND (claimed_until IS NULL OR claimed_until < now())
+    ORDER BY next_attempt_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE o.request_id = due.request_id AND o.kind = due.kind
+RETURNING o.request_id, o.kind, o.payload, o.attempts;
+
+-- name: outbox_done
+WITH done AS (
+    UPDATE bgworker_outbox
+    SET status = 'done', done_at = now(), claimed_until = NULL, last_error = NULL
+    WHERE request_id = $1 AND kind = $2
+    RETURNING request_id, kind
+)
+UPDATE bgworker_requests r
+SET notified_at = now()
+FROM done
+WHERE r.id = done.request_id AND done.kind IN ('email_ready', 'email_failed');
+
+-- name: outbox_retry
+UPDATE bgworker_outbox
+SET claimed_until = NULL,
+    last_error = $3,
+    next_attempt_at = now() + make_interval(secs => $4)
+WHERE request_id = $1 AND kind = $2;
+
+-- name: list_outbox
+SELECT * FROM bgworker_outbox WHERE request_id = $1 ORDER BY kind;

@@ -1,0 +1,289 @@
+"""A request's life in ``bgworker_requests``: intake, the claim, the heartbeat, and every
+outcome of an attempt (queries in ``requests.sql``).
+
+Invariants: a request is recorded and claimed in one statement; every outcome after the
+claim is fenced by the lease token (``WHERE lease_token = $token``), so a worker that lost
+its lease changes nothing; a pending cancel wins over whatever the handler did; a message
+published with an outcome (retry, dead letter, release) is confirmed inside the
+transaction that records it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
+from typing import Any, Final
+
+from bgworker import events, states
+from bgworker.store import outbox, queries, rows
+
+Q: Final = queries.QUERIES
+bind: Final = queries.bind
+
+
+def request_columns(event: events.FileRequested, max_attempts: int) -> dict[str, Any]:
+    """The columns an event fills: the first nine parameters of insert_request,
+    record_and_claim and supersede_invalid."""
+    requester = event.requester
+    return {
+        "id": event.id,
+        "file_type": event.file_type,
+        "event": event.model_dump(mode="json"),
+        "filename": event.filename,
+        "content_type": event.content_type,
+        "requester_id": requester.id if requester else None,
+        "requester_email": requester.email if requester else None,
+        "requested_at": event.requested_at,
+        "max_attempts": max_attempts,
+    }
+
+
+class Requests(outbox.Outbox):
+    # -- intake -------------------------------------------------------------------------
+
+    async def insert_request(self, event: events.FileRequested, max_attempts: int) -> None:
+        await self.pool.execute(*bind("insert_request", **request_columns(event, max_attempts)))
+
+    async def insert_invalid_request(
+        self,
+        request_id: uuid.UUID,
+        raw: object,
+        reason: str,
+        error_class: str,
+        error: str,
+        effects: rows.Effects,
+    ) -> bool:
+        """Record a rejected event as failed (with its outbox rows) unless the id is taken."""
+        file_type = raw.get("file_type") if isinstance(raw, dict) else None
+        async with self.transaction() as conn:
+            inserted = await conn.fetchval(
+                *bind(
+                    "insert_invalid_request",
+                    id=request_id,
+                    file_type=file_type if isinstance(file_type, str) else "",
+                    event=raw if raw is not None else {},
+                    failure_reason=reason,
+                    error_class=error_class,
+                    error=error,
+                )
+            )
+            if inserted is None:
+                return False
+            row = rows.RequestRow.from_record(await conn.fetchrow(Q["get_request"], request_id))
+            claimed = await self._insert_effects(conn, row.id, effects(row))
+        self._announce(claimed)
+        return True
+
+    # -- running ------------------------------------------------------------------------
+
+    async def record_and_claim(
+        self, event: events.FileRequested, max_attempts: int, worker: str, lease_seconds: float
+    ) -> rows.Claim | None:
+        """Insert the request if new and claim it if runnable, in one statement. None: not
+        runnable (done, running elsewhere, cancelled, or a different body under this id)."""
+        record = await self.pool.fetchrow(
+            *bind(
+                "record_and_claim",
+                **request_columns(event, max_attempts),
+                worker=worker,
+                lease_seconds=lease_seconds,
+                requested_at_set="requested_at" in event.model_fields_set,
+            )
+        )
+        return None if record is None else rows.Claim.from_record(record)
+
+    async def supersede_invalid(
+        self,
+        event: events.FileRequested,
+        max_attempts: int,
+        worker: str,
+        lease_seconds: float,
+        reasons: Iterable[str],
+    ) -> rows.Claim | None:
+        """Replace a request recorded as failed for one of ``reasons`` (validation) by
+        ``event`` and claim it; None when the row is not such a request."""
+        record = await self.pool.fetchrow(
+            *bind(
+                "supersede_invalid",
+                **request_columns(event, max_attempts),
+                worker=worker,
+                lease_seconds=lease_seconds,
+                reasons=list(reasons),
+            )
+        )
+        return None if record is None else rows.Claim.from_record(record)
+
+    async def heartbeat(
+        self, claim: rows.Claim, lease_seconds: float, progress: float | None
+    ) -> bool:
+        row = await self.pool.fetchval(
+            Q["heartbeat"], claim.request_id, claim.lease_token, lease_seconds, progress
+        )
+        return row is not None
+
+    # -- outcomes (fenced by the lease token) -------------------------------------------
+
+    async def mark_ready(
+        self,
+        claim: rows.Claim,
+        *,
+        size: int,
+        sha256: str,
+        storage_key: str,
+        effects: rows.Effects,
+    ) -> rows.RequestRow | None:
+        """Commit ``ready`` with its outbox rows, or None when the lease was lost."""
+        async with self.transaction() as conn:
+            record = await conn.fetchrow(
+                *bind(
+                    "mark_ready",
+                    request_id=claim.request_id,
+                    lease_token=claim.lease_token,
+                    size=size,
+                    sha256=sha256,
+                    storage_key=storage_key,
+                    attempt=claim.attempt,
+                )
+            )
+            if record is None:
+                return None
+            row = rows.RequestRow.from_record(record)
+            claimed = await self._insert_effects(conn, row.id, effects(row))
+        self._announce(claimed)
+        return row
+
+    async def mark_retrying(
+        self,
+        claim: rows.Claim,
+        *,
+        error_class: str,
+        error: str,
+        next_run_at: datetime,
+        publish: Callable[[], Awaitable[None]],
+    ) -> bool:
+        """Record the retry and, inside the same transaction, put the retry message on the
+        broker: if the publish is not confirmed, the row stays running and its lease expires
+        into the reaper, so the request is never left waiting for a message that is not there.
+        """
+        async with self.transaction() as conn:
+            row = await conn.fetchval(
+                *bind(
+                    "mark_retrying",
+                    request_id=claim.request_id,
+                    lease_token=claim.lease_token,
+                    error_class=error_class,
+                    error=error,
+                    next_run_at=next_run_at,
+                )
+            )
+            if row is None:
+                return False
+            await conn.execute(
+                *_finish_attempt(
+                    claim,
+                    states.AttemptOutcome.RETRYING,
+                    error_class=error_class,
+                    error=error,
+                    next_run_at=next_run_at,
+                )
+            )
+            await publish()
+        return True
+
+    async def mark_failed(
+        self,
+        claim: rows.Claim,
+        *,
+        reason: str,
+        error_class: str,
+        error: str,
+        effects: rows.Effects,
+        publish: Callable[[], Awaitable[None]],
+    ) -> rows.RequestRow | None:
+        """Commit ``failed`` with its outbox rows; ``publish`` (the dead letter) runs inside
+        the transaction, so the row is failed only once the broker confirmed the letter."""
+        async with self.transaction() as conn:
+            record = await conn.fetchrow(
+                *bind(
+                    "mark_failed",
+                    request_id=claim.request_id,
+                    lease_token=claim.lease_token,
+                    failure_reason=reason,
+                    error_class=error_class,
+                    error=error,
+                )
+            )
+            if record is None:
+                return None
+            row = rows.RequestRow.from_record(record)
+            await conn.execute(
+                *_finish_attempt(
+                    claim, states.AttemptOutcome.FAILED, error_class=error_class, error=error
+                )
+            )
+            claimed = await self._insert_effects(conn, row.id, effects(row))
+            await publish()
+        self._announce(claimed)
+        return row
+
+    async def cancel_claimed(self, claim: rows.Claim) -> bool:
+        """End a claimed attempt whose request has a pending cancel (cancellation wins over
+        whatever the handler did); False when the lease is no longer ours."""
+        async with self.transaction() as conn:
+            row = await conn.fetchval(Q["cancel_claimed"], claim.request_id, claim.lease_token)
+            if row is None:
+                return False
+            await conn.execute(*_finish_attempt(claim, states.AttemptOutcome.CANCELLED))
+        return True
+
+    async def mark_cancelled(self, claim: rows.Claim) -> bool:
+        async with self.transaction() as conn:
+            row = await conn.fetchval(Q["mark_cancelled"], claim.request_id)
+            await conn.execute(*_finish_attempt(claim, states.AttemptOutcome.CANCELLED))
+        return row is not None
+
+    async def release(
+        self, claim: rows.Claim, publish: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> bool:
+        """Give a running job back to the queue (shutdown): row and message together."""
+        async with self.transaction() as conn:
+            event = await conn.fetchval(Q["release_request"], claim.request_id, claim.lease_token)
+            if event is None:
+                return False
+            await conn.execute(Q["drop_attempt"], claim.request_id, claim.attempt)
+            await publish(event)
+        return True
+
+    async def request_cancel(self, request_id: uuid.UUID) -> states.Status | None:
+        """Cancel a request; returns its status afterwards, or None if it is not cancellable."""
+        status: str | None = await self.pool.fetchval(Q["request_cancel"], request_id)
+        return None if status is None else states.Status(status)
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def get_request(self, request_id: uuid.UUID) -> rows.RequestRow | None:
+        record = await self.pool.fetchrow(Q["get_request"], request_id)
+        return None if record is None else rows.RequestRow.from_record(record)
+
+    async def list_attempts(self, request_id: uuid.UUID) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self.pool.fetch(Q["list_attempts"], request_id)]
+
+
+def _finish_attempt(
+    claim: rows.Claim,
+    outcome: states.AttemptOutcome,
+    *,
+    error_class: str | None = None,
+    error: str | None = None,
+    next_run_at: datetime | None = None,
+) -> tuple[Any, ...]:
+    return bind(
+        "finish_attempt",
+        request_id=claim.request_id,
+        attempt=claim.attempt,
+        outcome=outcome,
+        error_class=error_class,
+        error=error,
+        next_run_at=next_run_at,
+    )

@@ -1,0 +1,213 @@
+-- Requests: intake, claim, heartbeat and the fenced outcomes of an attempt (bgworker.store.requests).
+-- A block whose query takes more than four parameters names them in a `-- params:` line
+-- ($1, $2, ... in order); the Python side binds them by keyword (bgworker.store.queries.bind).
+
+-- name: insert_request
+-- params: id, file_type, event, filename, content_type, requester_id, requester_email,
+--         requested_at, max_attempts
+-- A request enters PostgreSQL the first time a worker sees its event; redeliveries and
+-- duplicate publishes hit the primary key and change nothing.
+INSERT INTO bgworker_requests
+    (id, file_type, event, filename, content_type, requester_id, requester_email,
+     requested_at, max_attempts)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: insert_invalid_request
+-- params: id, file_type, event, failure_reason, error_class, error
+-- An event that failed validation but carried a usable id: recorded as failed so the
+-- producer can see why. Never overwrites a real request with the same id.
+INSERT INTO bgworker_requests
+    (id, file_type, status, event, filename, content_type, requested_at, finished_at,
+     failure_reason, last_error_class, last_error)
+VALUES ($1, $2, 'failed', $3, '', 'application/octet-stream', now(), now(), $4, $5, $6)
+ON CONFLICT (id) DO NOTHING
+RETURNING id;
+
+-- name: record_and_claim
+-- params: id, file_type, event, filename, content_type, requester_id, requester_email,
+--         requested_at, max_attempts, worker, lease_seconds, requested_at_set
+-- What a worker runs for each delivery: the first sighting inserts the row already claimed;
+-- a later one takes it if runnable: queued, waiting for a retry, or running under a lease
+-- that expired (its worker died). The lease token fences out a worker that lost its lease.
+-- The attempt row is written by the same statement. No row back: not runnable (a duplicate
+-- delivery, or a cancelled request).
+WITH claimed AS (
+    INSERT INTO bgworker_requests AS r
+        (id, file_type, event, filename, content_type, requester_id, requester_email,
+         requested_at, max_attempts, status, attempts, lease_owner, lease_token,
+         lease_expires_at, started_at, progress)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'running', 1, $10, gen_random_uuid(),
+            now() + make_interval(secs => $11), now(), 0)
+    ON CONFLICT (id) DO UPDATE
+    SET status = 'running',
+        attempts = r.attempts + 1,
+        lease_owner = excluded.lease_owner,
+        lease_token = gen_random_uuid(),
+        lease_expires_at = excluded.lease_expires_at,
+        started_at = coalesce(r.started_at, now()),
+        next_run_at = NULL,
+        progress = 0,
+        updated_at = now()
+    WHERE NOT r.cancel_requested
+      AND (r.status IN ('queued', 'retrying')
+           OR (r.status = 'running' AND r.lease_expires_at < now()))
+      -- Only the recorded request may run under its id: a different body published under
+      -- it (a conflicting duplicate) claims nothing. requested_at is compared only when the
+      -- producer set it ($12): left out, it defaults to the time each copy is parsed.
+      AND CASE WHEN $12 THEN r.event = excluded.event
+               ELSE (r.event - 'requested_at') = (excluded.event - 'requested_at') END
+    RETURNING id, attempts, lease_token, max_attempts
+), attempt AS (
+    INSERT INTO bgworker_attempts (request_id, attempt, worker)
+    SELECT id, attempts, $10 FROM claimed
+    ON CONFLICT (request_id, attempt) DO UPDATE SET worker = excluded.worker, started_at = now()
+)
+SELECT id, attempts, lease_token, max_attempts FROM claimed;
+
+-- name: supersede_invalid
+-- params: id, file_type, event, filename, content_type, requester_id, requester_email,
+--         requested_at, max_attempts, worker, lease_seconds, reasons
+-- A request that failed validation ($12: the reasons that may be superseded), published
+-- again under the same id with a valid event: the new event replaces the rejected body and
+-- is claimed at once. The rejected version's failure effects are dropped so the new
+-- version gets its own FileReady or FileFailed.
+WITH claimed AS (
+    UPDATE bgworker_requests
+    SET file_type = $2, event = $3, filename = $4, content_type = $5, requester_id = $6,
+        requester_email = $7, requested_at = $8, max_attempts = $9,
+        status = 'running', attempts = 1, lease_owner = $10, lease_token = gen_random_uuid(),
+        lease_expires_at = now() + make_interval(secs => $11), started_at = now(),
+        finished_at = NULL, notified_at = NULL, failure_reason = NULL,
+        last_error_class = NULL, last_error = NULL, progress = 0, next_run_at = NULL,
+        received_at = now(), updated_at = now()
+    WHERE id = $1 AND status = 'failed' AND failure_reason = ANY($12::text[])
+      AND NOT cancel_requested
+    RETURNING id, attempts, lease_token, max_attempts
+), dropped AS (
+    DELETE FROM bgworker_outbox WHERE request_id IN (SELECT id FROM claimed)
+), attempt AS (
+    INSERT INTO bgworker_attempts (request_id, attempt, worker)
+    SELECT id, attempts, $10 FROM claimed
+    ON CONFLICT (request_id, attempt) DO UPDATE SET worker = excluded.worker, started_at = now()
+)
+SELECT id, attempts, lease_token, max_attempts FROM claimed;
+
+-- name: finish_attempt
+-- params: request_id, attempt, outcome, error_class, error, next_run_at
+UPDATE bgworker_attempts
+SET finished_at = now(), outcome = $3, error_class = $4, error = $5, next_run_at = $6
+WHERE request_id = $1 AND attempt = $2;
+
+-- name: heartbeat
+-- Extends the lease while the job runs; no row back means the lease is gone (cancelled or
+-- taken over), and the job must stop without touching anything.
+UPDATE bgworker_requests
+SET lease_expires_at = now() + make_interval(secs => $3),
+    progress = coalesce($4, progress),
+    updated_at = now()
+WHERE id = $1 AND lease_token = $2 AND status = 'running' AND NOT cancel_requested
+RETURNING id;
+
+-- name: mark_ready
+-- params: request_id, lease_token, size, sha256, storage_key, attempt
+-- Also closes attempt $6 in the same statement (one round trip fewer).
+WITH ready AS (
+    UPDATE bgworker_requests
+    SET status = 'ready',
+        size_bytes = $3,
+        sha256 = $4,
+        storage_key = $5,
+        progress = 1,
+        finished_at = now(),
+        expires_at = now() + make_interval(
+            secs => (event ->> 'lifetime_seconds')::double precision),
+        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+        last_error_class = NULL, last_error = NULL,
+        updated_at = now()
+    WHERE id = $1 AND lease_token = $2 AND status = 'running' AND NOT cancel_requested
+    RETURNING *
+), attempt AS (
+    UPDATE bgworker_attempts
+    SET finished_at = now(), outcome = 'ready', error_class = NULL, error = NULL,
+        next_run_at = NULL
+    WHERE request_id = (SELECT id FROM ready) AND attempt = $6
+)
+SELECT * FROM ready;
+
+-- name: mark_retrying
+-- params: request_id, lease_token, error_class, error, next_run_at
+UPDATE bgworker_requests
+SET status = 'retrying',
+    last_error_class = $3,
+    last_error = $4,
+    next_run_at = $5,
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = $1 AND lease_token = $2 AND status = 'running' AND NOT cancel_requested
+RETURNING id;
+
+-- name: mark_failed
+-- params: request_id, lease_token, failure_reason, error_class, error
+UPDATE bgworker_requests
+SET status = 'failed',
+    failure_reason = $3,
+    last_error_class = $4,
+    last_error = $5,
+    finished_at = now(),
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = $1 AND lease_token = $2 AND status = 'running' AND NOT cancel_requested
+RETURNING *;
+
+-- name: mark_cancelled
+UPDATE bgworker_requests
+SET status = 'cancelled',
+    finished_at = now(),
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = $1 AND status IN ('queued', 'running', 'retrying')
+RETURNING id;
+
+-- name: cancel_claimed
+-- Cancellation wins: the fenced outcomes above (ready, retrying, failed, released) refuse a
+-- row with a pending cancel, and the attempt that holds the lease ends it here instead.
+UPDATE bgworker_requests
+SET status = 'cancelled',
+    finished_at = now(),
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = $1 AND lease_token = $2 AND status = 'running' AND cancel_requested
+RETURNING id;
+
+-- name: release_request
+-- Hand a running job back (graceful shutdown ran out of time): queued again, its message
+-- republished by the caller in the same transaction.
+UPDATE bgworker_requests
+SET status = 'queued',
+    attempts = greatest(attempts - 1, 0),
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = $1 AND lease_token = $2 AND status = 'running' AND NOT cancel_requested
+RETURNING event;
+
+-- name: drop_attempt
+-- A released attempt (shutdown) is not counted: its row goes with the release.
+DELETE FROM bgworker_attempts WHERE request_id = $1 AND attempt = $2;
+
+-- name: request_cancel
+-- Queued or retrying requests are cancelled at once; a running one is flagged, and its
+-- worker stops the handler at the next heartbeat.
+UPDATE bgworker_requests
+SET cancel_requested = true,
+    status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
+    finished_at = CASE WHEN status = 'running' THEN finished_at ELSE now() END,
+    updated_at = now()
+WHERE id = $1 AND status IN ('queued', 'running', 'retrying')
+RETURNING status;
+
+-- name: get_request
+SELECT * FROM bgworker_requests WHERE id = $1;
+
+-- name: list_attempts
+SELECT * FROM bgworker_attempts WHERE request_id = $1 ORDER BY attempt;

@@ -1,0 +1,116 @@
+"""What the store's queries return: typed rows and reports, no database access."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from bgworker import states
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    id: uuid.UUID
+    file_type: str
+    status: states.Status
+    event: dict[str, Any]
+    filename: str
+    content_type: str
+    requester_id: str | None
+    requester_email: str | None
+    attempts: int
+    max_attempts: int | None
+    last_error_class: str | None
+    last_error: str | None
+    failure_reason: str | None
+    progress: float | None
+    size_bytes: int | None
+    sha256: str | None
+    storage_key: str | None
+    requested_at: datetime
+    received_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    notified_at: datetime | None
+    expires_at: datetime | None
+    next_run_at: datetime | None
+    cancel_requested: bool
+    lease_owner: str | None
+    lease_token: uuid.UUID | None
+    lease_expires_at: datetime | None
+    updated_at: datetime
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> RequestRow:
+        values = {f.name: record[f.name] for f in fields(cls)}
+        # The column's CHECK constraint holds exactly these values (tests/.../test_states.py).
+        values["status"] = states.Status(values["status"])
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, uuid.UUID):
+                value = str(value)
+            elif isinstance(value, states.Status):
+                value = value.value
+            out[f.name] = value
+        return out
+
+
+# Builds the outbox rows (kind, payload) a state change causes, from the updated row.
+Effects = Callable[[RequestRow], list[tuple[str, dict[str, Any]]]]
+
+
+@dataclass(frozen=True)
+class Claim:
+    request_id: uuid.UUID
+    attempt: int
+    lease_token: uuid.UUID
+    max_attempts: int | None
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> Claim:
+        return cls(record["id"], record["attempts"], record["lease_token"], record["max_attempts"])
+
+
+@dataclass
+class ReapReport:
+    requeued: int = 0
+    cancelled: int = 0
+    failed: list[uuid.UUID] = field(default_factory=list)
+
+
+@dataclass
+class RecoveryReport:
+    republished: list[uuid.UUID] = field(default_factory=list)
+    cancelled: int = 0
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    request_id: uuid.UUID
+    kind: states.EffectKind
+    payload: dict[str, Any]
+    attempts: int
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> OutboxItem:
+        kind = states.EffectKind(record["kind"])
+        return cls(record["request_id"], kind, record["payload"], record["attempts"])
+
+
+@dataclass(frozen=True)
+class ExpiredFile:
+    """A ready request just marked expired, and the file to delete (None: it had none)."""
+
+    request_id: uuid.UUID
+    storage_key: str | None
