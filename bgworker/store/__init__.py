@@ -22,7 +22,6 @@ from typing import Final
 
 import asyncpg
 
-from bgworker import states
 from bgworker.store import (
     connection,
     dead_letters,
@@ -79,9 +78,7 @@ class Store(requests.Requests, recovery.Recovery, maintenance.Maintenance):
         claim_effects_seconds: float | None = None,
         on_effects: connection.EffectsHook | None = None,
     ) -> None:
-        super().__init__(
-            pool, claim_effects_seconds=claim_effects_seconds, on_effects=on_effects
-        )
+        super().__init__(pool, claim_effects_seconds=claim_effects_seconds, on_effects=on_effects)
         self.dead_letters = dead_letters.DeadLetterRecords(pool)
         self.listing = listing.Listing(pool)
 

@@ -99,4 +99,4 @@ def test_every_sql_file_is_loaded_and_a_name_defined_twice_is_refused() -> None:
         queries.QUERIES
     )
     with pytest.raises(ValueError, match="defined twice"):
-        queries.parse("-- name: get_request\nSELECT 1;", dict(queries.QUERIES))
+        queries.parse("-- name: twice\nSELECT 1;\n-- name: twice\nSELECT 2;")
