@@ -194,10 +194,7 @@ class DeadLetterQueue:
         """Back onto the requests exchange, confirmed (raises broker.PublishError)."""
         if self._confirm is None or self._confirm.is_closed:
             self._confirm = await broker.open_channel(self.connection)  # type: ignore[arg-type]
-        message = broker.request_message(body, request_id, **{"x-bgworker-replay": replays})
-        await broker.publish(
-            self._confirm, self.topology.requests_exchange, topology.REQUESTED_KEY, message
-        )
+        await broker.put_back(self._confirm, self.topology, body, request_id, replays=replays)
 
     async def scan(self) -> AsyncGenerator[Held, None]:
         """Every message present when the scan starts, in queue order, held unacknowledged
