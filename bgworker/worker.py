@@ -33,10 +33,10 @@ from bgworker import (
     broker,
     faults,
     handlers,
+    health,
     intake,
     jobs,
     loopwatch,
-    metrics,
     notify,
     outbox,
     reaper,
@@ -51,7 +51,6 @@ from bgworker import settings as settings_mod
 log = logging.getLogger(__name__)
 
 INFRA_BACKOFF_SECONDS = 1.0
-HEALTH_INTERVAL_SECONDS = 5.0
 
 
 def make_worker_id() -> str:
@@ -91,7 +90,7 @@ class Worker:
         self.intake: intake.Intake | None = None  # set once consuming
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = time.monotonic()
-        self.health: dict[str, bool] = {}
+        self.health: dict[str, bool] = {}  # see health.Health
         self.crashed = False  # a side task died: the CLI exits non-zero
 
     def stop(self) -> None:
@@ -99,6 +98,7 @@ class Worker:
 
     async def run(self) -> Counter[states.JobOutcome]:
         """Open the resources, consume until stopped, then drain and close in reverse."""
+        signer = tokens.Signer(self.settings.tokens)  # no keys: fail before connecting
         files = storage.LocalStorage(self.settings.storage_dir)
         files.ensure()
         async with AsyncExitStack() as stack:
@@ -108,7 +108,7 @@ class Worker:
             connection = await self._connect(stack)
             channel = await broker.open_channel(connection)
             queue = await self.topology.declare(channel)
-            dispatcher = await self._make_dispatcher(db, handoff, connection)
+            dispatcher = await self._make_dispatcher(db, handoff, connection, signer)
             runner = self._make_runner(db, files, channel)
             consuming = await self._consume(queue, runner)
             side = self._start_side_tasks(db, connection, channel, dispatcher, runner, consuming)
@@ -139,13 +139,17 @@ class Worker:
         return connection
 
     async def _make_dispatcher(
-        self, db: store.Store, handoff: outbox.Handoff, connection: AbstractRobustConnection
+        self,
+        db: store.Store,
+        handoff: outbox.Handoff,
+        connection: AbstractRobustConnection,
+        signer: tokens.Signer,
     ) -> outbox.Dispatcher:
         return outbox.Dispatcher(
             db=db,
             handoff=handoff,
             mailer=notify.Mailer(self.settings.smtp),
-            signer=tokens.Signer(self.settings.tokens),
+            signer=signer,
             # Effects get their own channel so a slow consumer channel never delays them.
             channel=await broker.open_channel(connection),
             topology=self.topology,
@@ -202,11 +206,12 @@ class Worker:
         reaping = reaper.Reaper(
             db=db, channel=channel, topology=self.topology, worker_id=self.worker_id, config=cfg
         )
+        watching = health.Health(db=db, connection=connection, status=self.health)
         side = [
             asyncio.create_task(consuming.run(), name="intake"),
             asyncio.create_task(dispatcher.run(self.stopping), name="outbox-dispatcher"),
             asyncio.create_task(reaping.run(self.stopping), name="lease-reaper"),
-            asyncio.create_task(self._health_loop(db, connection), name="health"),
+            asyncio.create_task(watching.run(self.stopping), name="health"),
         ]
         if cfg.loop_block_warning_seconds > 0:
             watch = loopwatch.LoopWatch(cfg.loop_block_warning_seconds, runner.execution)
@@ -365,22 +370,6 @@ class Worker:
             log.warning("drain timeout: releasing %d job(s) back to the queue", len(pending))
             runner.releasing = True
             await jobs.cancel_all(list(pending))
-
-    async def _health_loop(self, db: store.Store, connection: AbstractRobustConnection) -> None:
-        """Keep ``health`` and the ``bgworker_dependency_up`` gauge true to the connections."""
-        while not self.stopping.is_set():
-            try:
-                async with asyncio.timeout(2):
-                    await db.pool.fetchval("SELECT 1")
-                database = True
-            except Exception:
-                database = False
-            self.health = {"database": database, "broker": not connection.is_closed}
-            for name, up in self.health.items():
-                metrics.DEPENDENCY_UP.labels(name).set(1 if up else 0)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(HEALTH_INTERVAL_SECONDS):
-                    await self.stopping.wait()
 
     async def _watch_limits(self, channel: AbstractChannel) -> None:
         deadline = (time.monotonic() + self.limits.max_seconds) if self.limits.max_seconds else None
