@@ -19,7 +19,7 @@ import asyncpg
 from aio_pika.abc import DeliveryMode
 
 from bench import celery_app, common
-from bgworker import broker, events, topology
+from bgworker import events, topology, wire
 
 READY_SQL: Final = {
     "bgworker_requests": "SELECT count(*) FILTER (WHERE status = 'ready'), "
@@ -139,11 +139,11 @@ def _bgworker_message(request_id: uuid.UUID, seed: int) -> aio_pika.Message:
         filename=f"bench-{seed}.csv",
         content_type="text/csv",
     )
-    return broker.request_message(event.model_dump(mode="json"), str(request_id))
+    return wire.request(event.model_dump(mode="json"), str(request_id))
 
 
 def _bgworker_message_for(event: events.FileRequested) -> aio_pika.Message:
-    return broker.request_message(event.model_dump(mode="json"), str(event.id))
+    return wire.request(event.model_dump(mode="json"), str(event.id))
 
 
 def _floor_message(request_id: uuid.UUID, seed: int) -> aio_pika.Message:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection, DeliveryMode
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from bgworker import amqp_frames, events, topology
+from bgworker import amqp_frames, events, metrics, topology, wire
 
 PUBLISH_TIMEOUT: Final = 30.0
 
@@ -29,20 +28,6 @@ async def open_channel(connection: AbstractRobustConnection) -> AbstractChannel:
     # Confirms + on_return_raises: publish() returns only once the broker has the message,
     # and a mandatory message nobody could route raises instead of vanishing.
     return await connection.channel(publisher_confirms=True, on_return_raises=True)
-
-
-def request_message(
-    body: dict[str, Any] | bytes, message_id: str, **headers: Any
-) -> aio_pika.Message:
-    raw = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
-    return aio_pika.Message(
-        raw,
-        content_type="application/json",
-        delivery_mode=DeliveryMode.PERSISTENT,
-        message_id=message_id,
-        type="FileRequested",
-        headers=headers or None,
-    )
 
 
 async def queue_depth(channel: AbstractChannel, name: str) -> int:
@@ -76,11 +61,51 @@ async def publish(
         raise PublishError(f"{exchange}/{routing_key}: not confirmed ({exc!r})") from exc
 
 
+async def put_back(
+    channel: AbstractChannel,
+    topo: topology.Topology,
+    body: dict[str, Any] | bytes,
+    request_id: str,
+    *,
+    replays: int | None = None,
+) -> None:
+    """Publish a request onto the requests exchange, confirmed: the one way a request goes
+    (back) to the work queue (producers, release, reaper, recovery, dead-letter replay)."""
+    message = wire.request(body, request_id, replays=replays)
+    await publish(channel, topo.requests_exchange, topology.REQUESTED_KEY, message)
+
+
 async def publish_request(
     channel: AbstractChannel, topo: topology.Topology, event: events.FileRequested
 ) -> None:
-    message = request_message(event.model_dump(mode="json"), str(event.id))
-    await publish(channel, topo.requests_exchange, topology.REQUESTED_KEY, message)
+    await put_back(channel, topo, event.model_dump(mode="json"), str(event.id))
+
+
+async def publish_retry(
+    channel: AbstractChannel, topo: topology.Topology, body: bytes, request_id: str, delay: float
+) -> None:
+    """To the retry queue of the ``delay`` tier, whose TTL dead-letters it back to the
+    requests exchange (see ``topology``)."""
+    message = wire.request(body, request_id)
+    await publish(channel, topo.retry_exchange, topo.retry_key(delay), message)
+
+
+async def publish_dead_letter(
+    channel: AbstractChannel,
+    topo: topology.Topology,
+    body: bytes,
+    letter: wire.DeadLetter,
+    *,
+    worker_id: str,
+    message_id: str | None,
+    routing_key: str | None,
+) -> None:
+    """To the dead-letter exchange, confirmed, with headers that say why."""
+    message = wire.dead_letter(
+        body, letter, worker_id=worker_id, message_id=message_id, routing_key=routing_key
+    )
+    await publish(channel, topo.dead_exchange, "", message)
+    metrics.DEAD_LETTERS.labels(letter.reason).inc()
 
 
 async def publish_event(
@@ -89,13 +114,6 @@ async def publish_event(
     routing_key: str,
     event: events.FileReady | events.FileFailed,
 ) -> None:
-    # Events go to whoever bound a queue; none bound is fine, so not mandatory. The message
-    # id is the request id: one per request, for consumers that deduplicate.
-    message = aio_pika.Message(
-        event.model_dump_json().encode(),
-        content_type="application/json",
-        delivery_mode=DeliveryMode.PERSISTENT,
-        message_id=f"{event.id}.{routing_key}",
-        type=type(event).__name__,
-    )
+    # Events go to whoever bound a queue; none bound is fine, so not mandatory.
+    message = wire.event(event, routing_key)
     await publish(channel, topo.events_exchange, routing_key, message, mandatory=False)

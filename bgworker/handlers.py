@@ -199,20 +199,8 @@ class Registry:
 
         return decorate
 
-    def get(self, file_type: str) -> Registration:
-        try:
-            return self._by_type[file_type]
-        except KeyError:
-            known = ", ".join(sorted(self._by_type)) or "none"
-            raise UnknownFileTypeError(
-                f"no handler for file_type {file_type!r} (registered: {known})"
-            ) from None
-
     def find(self, file_type: str) -> Registration | None:
         return self._by_type.get(file_type)
-
-    def __contains__(self, file_type: object) -> bool:
-        return file_type in self._by_type
 
     @property
     def file_types(self) -> list[str]:

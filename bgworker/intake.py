@@ -51,6 +51,8 @@ from typing import Final
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, ConsumerTag
 
+from bgworker import wire
+
 log = logging.getLogger(__name__)
 
 PREFETCH: Final = 1  # per consumer; the invariant above depends on it
@@ -163,8 +165,7 @@ class Intake:
         await self.sync()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        redelivered = message.redelivered or bool((message.headers or {}).get("x-delivery-count"))
-        if redelivered:
+        if wire.redelivered(message):
             self.counts["redelivered"] += 1
         if self._stopping.is_set():
             # On its way before the cancel.

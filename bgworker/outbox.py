@@ -25,14 +25,10 @@ from typing import Any, Final
 
 from aio_pika.abc import AbstractChannel
 
-from bgworker import broker, events, metrics, notify, store, tokens, topology
+from bgworker import broker, events, metrics, notify, settings, states, store, tokens, topology
 
 log = logging.getLogger(__name__)
 
-EMAIL_READY: Final = "email_ready"
-EMAIL_FAILED: Final = "email_failed"
-EVENT_READY: Final = "event_ready"
-EVENT_FAILED: Final = "event_failed"
 SWEEP_BATCH: Final = 50
 
 
@@ -64,11 +60,11 @@ def ready_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
         "expires_at": row.expires_at.isoformat(),
         "requester_id": row.requester_id,
     }
-    effects: list[tuple[str, dict[str, Any]]] = [(EVENT_READY, common)]
+    effects: list[tuple[str, dict[str, Any]]] = [(states.EffectKind.EVENT_READY, common)]
     if requester.get("email"):
         effects.append(
             (
-                EMAIL_READY,
+                states.EffectKind.EMAIL_READY,
                 {
                     **common,
                     "to": requester["email"],
@@ -91,7 +87,7 @@ def failed_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
         "attempts": row.attempts,
         "failed_at": row.finished_at.isoformat(),
     }
-    effects: list[tuple[str, dict[str, Any]]] = [(EVENT_FAILED, common)]
+    effects: list[tuple[str, dict[str, Any]]] = [(states.EffectKind.EVENT_FAILED, common)]
     try:
         requested = events.FileRequested.model_validate(row.event)
     except ValueError:
@@ -99,7 +95,7 @@ def failed_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
     if requested.requester and requested.requester.email:
         effects.append(
             (
-                EMAIL_FAILED,
+                states.EffectKind.EMAIL_FAILED,
                 {
                     **common,
                     "to": requested.requester.email,
@@ -111,42 +107,88 @@ def failed_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
     return effects
 
 
-@dataclass
+class Handoff:
+    """Effects a worker's own transactions wrote, already claimed by it, passed from the
+    store to the dispatcher after their commit. Made first and given to both, so neither is
+    changed after it is built: the store calls ``put`` (a plain callable, it knows nothing
+    of the dispatcher), the dispatcher takes them out."""
+
+    def __init__(self) -> None:
+        self._items: list[store.OutboxItem] = []
+        self.arrived = asyncio.Event()  # set while items wait
+
+    def put(self, items: list[store.OutboxItem]) -> None:
+        self._items.extend(items)
+        self.arrived.set()
+
+    def take(self) -> list[store.OutboxItem]:
+        items, self._items = self._items, []
+        self.arrived.clear()
+        return items
+
+
+@dataclass(kw_only=True)
 class Dispatcher:
     db: store.Store
+    handoff: Handoff
     mailer: notify.Mailer
     signer: tokens.Signer
     channel: AbstractChannel
     topology: topology.Topology
     public_url: str
-    retry_seconds: list[float]
-    interval_seconds: float
-    claim_seconds: float
+    # retry backoff, sweep interval and claim length: outbox_* of the worker settings
+    config: settings.WorkerSettings
 
     def __post_init__(self) -> None:
         self._inflight: set[asyncio.Task[None]] = set()
-
-    def take(self, items: list[store.OutboxItem]) -> None:
-        """Perform effects this process already holds the claim on (just committed)."""
-        for item in items:
-            self._spawn(item)
+        self._closing = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Sweep for due effects (failed earlier, or left by a worker that died)."""
-        while not stop.is_set():
-            await self.sweep()
+        """Perform handed-off effects as they come, and sweep for due ones (failed earlier,
+        or left by a worker that died) every ``outbox_interval_seconds`` until ``stop``.
+        Handed-off effects are still performed after ``stop`` (jobs finishing during the
+        worker's drain), until ``close``."""
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time()
+        while True:
+            self._take_handed_off()
+            if self._closing.is_set():
+                break
+            timeout = None
+            if not stop.is_set():
+                if loop.time() >= next_sweep:
+                    await self.sweep()
+                    next_sweep = loop.time() + self.config.outbox_interval_seconds
+                    continue  # take what arrived during the sweep
+                timeout = next_sweep - loop.time()
+            events_ = [self.handoff.arrived, self._closing]
+            if timeout is not None:
+                events_.append(stop)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval_seconds):
-                    await stop.wait()
+                async with asyncio.timeout(timeout):
+                    await _first(events_)
+        await self.drain()
+
+    async def close(self) -> None:
+        """End ``run`` once every effect in hand is done (the worker calls it after its
+        drain, before the pool and channel close)."""
+        self._closing.set()
         await self.drain()
 
     async def drain(self) -> None:
-        if self._inflight:
+        """Finish every effect in hand, including ones handed off meanwhile."""
+        self._take_handed_off()
+        while self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
+            self._take_handed_off()
+
+    def _take_handed_off(self) -> None:
+        for item in self.handoff.take():
+            self._spawn(item)
 
     async def sweep(self) -> int:
         try:
-            items = await self.db.claim_outbox_due(SWEEP_BATCH, self.claim_seconds)
+            items = await self.db.claim_outbox_due(SWEEP_BATCH, self.config.outbox_claim_seconds)
         except Exception as exc:  # next sweep retries; the loop must not die
             log.warning("outbox sweep failed, will retry: %s", exc)
             return 0
@@ -172,8 +214,9 @@ class Dispatcher:
         except Exception as exc:
             if took_effect:
                 return  # sent and recorded (or recording gave up and logged): never resend
-            step = min(item.attempts, len(self.retry_seconds)) - 1
-            delay = self.retry_seconds[max(step, 0)]
+            retry_seconds = self.config.outbox_retry_seconds
+            step = min(item.attempts, len(retry_seconds)) - 1
+            delay = retry_seconds[max(step, 0)]
             log.warning(
                 "%s for %s failed (attempt %d), retry in %.0fs: %s",
                 item.kind,
@@ -193,7 +236,7 @@ class Dispatcher:
         rather than letting the claim run out, which would send it again. Gives up only when
         the claim is about to expire, since another dispatcher may then take the row."""
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.claim_seconds * 0.8
+        give_up = loop.time() + self.config.outbox_claim_seconds * 0.8
         delay = 0.2
         while True:
             try:
@@ -217,7 +260,7 @@ class Dispatcher:
         """Carry out one effect and call ``done`` the moment it has taken effect."""
         p = item.payload
         rid = item.request_id
-        if item.kind == EVENT_READY:
+        if item.kind == states.EffectKind.EVENT_READY:
             ready = events.FileReady(
                 id=rid,
                 file_type=p["file_type"],
@@ -231,7 +274,7 @@ class Dispatcher:
             )
             await broker.publish_event(self.channel, self.topology, topology.READY_KEY, ready)
             await done()
-        elif item.kind == EVENT_FAILED:
+        elif item.kind == states.EffectKind.EVENT_FAILED:
             failed = events.FileFailed(
                 id=rid,
                 file_type=p.get("file_type"),
@@ -243,14 +286,14 @@ class Dispatcher:
             )
             await broker.publish_event(self.channel, self.topology, topology.FAILED_KEY, failed)
             await done()
-        elif item.kind == EMAIL_READY:
+        elif item.kind == states.EffectKind.EMAIL_READY:
             context = {
                 **p,
                 "request_id": str(rid),
                 "download_url": self._url(rid, p.get("requester_id")),
             }
             await self.mailer.send(self.mailer.render("ready", p["to"], context), done)
-        elif item.kind == EMAIL_FAILED:
+        elif item.kind == states.EffectKind.EMAIL_FAILED:
             context = {**p, "request_id": str(rid)}
             await self.mailer.send(self.mailer.render("failed", p["to"], context), done)
         else:
@@ -258,3 +301,13 @@ class Dispatcher:
 
     def _url(self, request_id: uuid.UUID, requester_id: str | None) -> str:
         return download_url(self.public_url, self.signer, request_id, requester_id)
+
+
+async def _first(flags: list[asyncio.Event]) -> None:
+    """Wait until one of ``flags`` is set."""
+    tasks = [asyncio.create_task(flag.wait(), name="outbox-wait") for flag in flags]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

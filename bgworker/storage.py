@@ -14,7 +14,6 @@ import re
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -24,13 +23,6 @@ _KEY_RE: Final = re.compile(r"^[0-9a-f]{2}/[0-9a-f-]{36}\.[0-9a-f]{32}$")
 
 class StorageError(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    key: str
-    size: int
-    sha256: str
 
 
 class FileWriter(Protocol):

@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from bgworker import broker, events, handlers, publisher, store, topology, worker
+from bgworker import broker, events, handlers, publisher, store, topology, wire, worker
 from bgworker import settings as settings_mod
 from bgworker import web as web_app
 from bgworker.smtp_sink import SmtpSink
@@ -217,7 +217,7 @@ async def publish_raw(
             confirm,
             topo.requests_exchange,
             topology.REQUESTED_KEY,
-            broker.request_message(body, "raw"),
+            wire.request(body, "raw"),
         )
 
     yield _publish

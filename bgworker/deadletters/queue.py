@@ -20,7 +20,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from bgworker import broker, topology, wire
+from bgworker import broker, topology
 from bgworker.deadletters import letters
 
 GET_TIMEOUT: Final = 30.0
@@ -126,10 +126,7 @@ class DeadLetterQueue:
         """Back onto the requests exchange, confirmed (raises broker.PublishError)."""
         if self._confirm is None or self._confirm.is_closed:
             self._confirm = await broker.open_channel(self.connection)  # type: ignore[arg-type]
-        message = broker.request_message(body, request_id, **{wire.REPLAY: replays})
-        await broker.publish(
-            self._confirm, self.topology.requests_exchange, topology.REQUESTED_KEY, message
-        )
+        await broker.put_back(self._confirm, self.topology, body, request_id, replays=replays)
 
     async def drop_undecodable(self, position: int) -> bool:
         """Remove the letter at ``position`` unread (see ``UndecodableLetterError``); True

@@ -13,7 +13,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from bgworker import broker, events, jobs, store, topology
+from bgworker import broker, events, store, topology, wire
 from bgworker import settings as settings_mod
 from bgworker.deadletters import actions, letters, queue, reading, selection
 from tests import dlq_handlers
@@ -353,10 +353,8 @@ async def test_thousands_of_letters(settings, db, amqp, dead_queue):
     n = 2000
     for i in range(n):
         body = json.dumps({"id": str(uuid.uuid4()), "file_type": f"t{i % 4}"}).encode()
-        letter = jobs.DeadLetter("max_attempts", f"E{i % 3}", "boom", attempts=3)
-        message = jobs.dead_letter_message(
-            body, letter, worker_id="w", message_id=None, routing_key=None
-        )
+        letter = wire.DeadLetter("max_attempts", f"E{i % 3}", "boom", attempts=3)
+        message = wire.dead_letter(body, letter, worker_id="w", message_id=None, routing_key=None)
         await broker.publish(channel, dead_queue.topology.dead_exchange, "", message)
     await wait_depth(amqp, dead_queue.name, n)
 

@@ -63,6 +63,12 @@ def test_a_sync_handler_unit_tested_with_the_sync_memory_writer() -> None:
 # --- Registration -------------------------------------------------------------------------
 
 
+def _registered(registry: handlers.Registry, file_type: str) -> handlers.Registration:
+    registration = registry.find(file_type)
+    assert registration is not None, file_type
+    return registration
+
+
 class _AsyncCallable:
     async def __call__(self, ctx: handlers.JobContext, out: storage.FileWriter) -> None:
         await out.write(b"x")
@@ -78,15 +84,15 @@ def test_sync_is_detected_from_the_function() -> None:
     def s(ctx: handlers.JobContext, out: storage.SyncFileWriter) -> None: ...
 
     registry.register("c", _AsyncCallable())
-    assert registry.get("a").sync is False
-    assert registry.get("c").sync is False
-    assert registry.get("s").sync is True
-    assert registry.get("s").time_limit == 2.5
-    assert registry.get("a").time_limit is None  # the worker's default
+    assert _registered(registry, "a").sync is False
+    assert _registered(registry, "c").sync is False
+    assert _registered(registry, "s").sync is True
+    assert _registered(registry, "s").time_limit == 2.5
+    assert _registered(registry, "a").time_limit is None  # the worker's default
 
     merged = handlers.Registry()
     merged.merge(registry)
-    assert merged.get("s") == registry.get("s")
+    assert _registered(merged, "s") == _registered(registry, "s")
 
 
 def test_sync_true_on_an_async_handler_is_refused() -> None:
@@ -188,7 +194,7 @@ async def test_a_plain_def_returning_a_coroutine_is_an_error(files: storage.Loca
     registry.register("w", wrapper)  # looks synchronous
     _, writer = _writer(files)
     with pytest.raises(TypeError, match="sync=False"):
-        await handlers.Execution(1).call(registry.get("w"), _ctx(), writer)
+        await handlers.Execution(1).call(_registered(registry, "w"), _ctx(), writer)
     await writer.abort()
 
 
