@@ -27,7 +27,7 @@ class Health:
         while not stopping.is_set():
             try:
                 async with asyncio.timeout(PING_TIMEOUT_SECONDS):
-                    await self.db.pool.fetchval("SELECT 1")
+                    await self.db.ping()
                 database = True
             except Exception:
                 database = False

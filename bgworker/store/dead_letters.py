@@ -71,21 +71,22 @@ class Action:
     # The attempt rows a replay with reset attempts cleared (jsonb), kept as history.
     attempt_log: list[dict[str, Any]] | None = None
 
-    def params(self) -> tuple[Any, ...]:
-        """``$1..$12`` of ``dlq_insert_action``, in its column order."""
-        return (
-            self.request_id,
-            self.letter.key,
-            self.kind.value,
-            self.actor,
-            self.detail,
-            self.previous_status,
-            self.previous_attempts,
-            self.letter.reason,
-            self.letter.error_class,
-            self.letter.error,
-            self.letter.failed_at,
-            self.attempt_log,
+    def insert(self) -> tuple[Any, ...]:
+        """``(sql, $1..$12)`` of ``dlq_insert_action``, bound by column name."""
+        return queries.bind(
+            "dlq_insert_action",
+            request_id=self.request_id,
+            letter_key=self.letter.key,
+            action=self.kind.value,
+            actor=self.actor,
+            detail=self.detail,
+            previous_status=self.previous_status,
+            previous_attempts=self.previous_attempts,
+            reason=self.letter.reason,
+            error_class=self.letter.error_class,
+            error=self.letter.error,
+            letter_failed_at=self.letter.failed_at,
+            attempt_log=self.attempt_log,
         )
 
 
@@ -172,7 +173,7 @@ class DeadLetterRecords:
                     previous_status=state.status,
                     previous_attempts=state.attempts,
                 )
-                await conn.execute(Q["dlq_insert_action"], *skip.params())
+                await conn.execute(*skip.insert())
                 return verdict, 0
             replay = Action(
                 kind=ActionKind.REPLAY,
@@ -184,7 +185,7 @@ class DeadLetterRecords:
                 previous_attempts=state.attempts,
                 attempt_log=history,
             )
-            await conn.execute(Q["dlq_insert_action"], *replay.params())
+            await conn.execute(*replay.insert())
             await publish(replays)
         return verdict, replays
 
@@ -201,7 +202,7 @@ class DeadLetterRecords:
                 request_id=letter.request_id,
                 previous_status=status,
             )
-            await conn.execute(Q["dlq_insert_action"], *purge.params())
+            await conn.execute(*purge.insert())
 
     async def list_actions(self, request_id: uuid.UUID) -> list[dict[str, Any]]:
         """Every replay, skip and purge of one request, oldest first."""

@@ -47,8 +47,10 @@ UPDATE bgworker_requests SET dlq_purged_at = now(), updated_at = now() WHERE id 
 RETURNING status;
 
 -- name: dlq_insert_action
+-- params: request_id, letter_key, action, actor, detail, previous_status,
+--         previous_attempts, reason, error_class, error, letter_failed_at, attempt_log
 -- One row per replay, skip or purge; the Python side builds it from a keyword-constructed
--- dead_letters.Action (the parameters below are in its insert order).
+-- dead_letters.Action and binds it by name.
 INSERT INTO bgworker_dlq_actions
     (request_id, letter_key, action, actor, detail, previous_status, previous_attempts,
      reason, error_class, error, letter_failed_at, attempt_log)

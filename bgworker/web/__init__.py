@@ -27,7 +27,7 @@ HEALTH_TIMEOUT_SECONDS: Final = 2.0
 async def healthz(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
-            await request.app[keys.STORE].pool.fetchval("SELECT 1")
+            await request.app[keys.STORE].ping()
     except Exception as exc:
         return responses.json_response({"status": "unhealthy", "database": str(exc)}, status=503)
     return responses.json_response({"status": "ok"})

@@ -20,10 +20,8 @@ from aiohttp import web
 from bgworker import settings as settings_mod
 from bgworker import states, store, wire
 from bgworker.deadletters import actions, letters, queue, reading, selection
-from bgworker.web import admin_auth, downloads
+from bgworker.web import admin_auth, keys
 
-AUTH: Final = web.AppKey("admin_auth", admin_auth.Auth)
-AMQP: Final = web.AppKey("admin_amqp", tuple)  # (url, namespace)
 STATUSES: Final = (
     states.Status.QUEUED,
     states.Status.RUNNING,
@@ -43,8 +41,8 @@ def create_admin(settings: settings_mod.Settings) -> web.Application:
         settings.web.admin_session_seconds,
     )
     app = web.Application(middlewares=[admin_auth.middleware(auth, frozenset({"/admin/login"}))])
-    app[AUTH] = auth
-    app[AMQP] = (settings.amqp_url.get_secret_value(), settings.namespace)
+    app[keys.ADMIN_AUTH] = auth
+    app[keys.ADMIN_AMQP] = (settings.amqp_url.get_secret_value(), settings.namespace)
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.PackageLoader("bgworker", "templates/admin"),
@@ -71,7 +69,7 @@ def create_admin(settings: settings_mod.Settings) -> web.Application:
 
 
 def user_of(request: web.Request) -> str | None:
-    return request.app[AUTH].user_of(request)[0]
+    return request.app[keys.ADMIN_AUTH].user_of(request)[0]
 
 
 def render(
@@ -79,7 +77,7 @@ def render(
 ) -> web.Response:
     """A template with what every page needs (no aiohttp_jinja2 context processors: they
     keep state under string request keys, which aiohttp 3.14 warns about)."""
-    auth = request.app[AUTH]
+    auth = request.app[keys.ADMIN_AUTH]
     base = {
         "user": user_of(request),
         "csrf": auth.session_csrf(request) or "",
@@ -89,12 +87,12 @@ def render(
 
 
 def _db(request: web.Request) -> store.Store:
-    return request.config_dict[downloads.STORE]
+    return request.config_dict[keys.STORE]
 
 
 @contextlib.asynccontextmanager
 async def _dlq(request: web.Request) -> AsyncIterator[queue.DeadLetterQueue]:
-    url, namespace = request.app[AMQP]
+    url, namespace = request.app[keys.ADMIN_AMQP]
     try:
         async with queue.DeadLetterQueue(url, namespace) as q:
             yield q
@@ -141,7 +139,7 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 async def login_form(request: web.Request, *, error: str = "") -> web.StreamResponse:
-    auth = request.app[AUTH]
+    auth = request.app[keys.ADMIN_AUTH]
     response = web.Response(content_type="text/html")
     nonce = auth.login_nonce(request, response)
     context = {"login_csrf": auth.csrf_token(nonce), "error": error, "user": None, "path": ""}
@@ -152,7 +150,7 @@ async def login_form(request: web.Request, *, error: str = "") -> web.StreamResp
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    auth = request.app[AUTH]
+    auth = request.app[keys.ADMIN_AUTH]
     form = await request.post()
     token = form.get("csrf")
     if not auth.csrf_ok(token if isinstance(token, str) else None, auth.login_nonce(request, None)):
@@ -167,7 +165,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 async def logout(request: web.Request) -> web.StreamResponse:
     response = web.HTTPSeeOther("/admin/login")
-    request.app[AUTH].end_session(response)
+    request.app[keys.ADMIN_AUTH].end_session(response)
     raise response
 
 

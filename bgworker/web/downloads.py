@@ -17,10 +17,6 @@ from aiohttp.abc import AbstractStreamWriter
 from bgworker import metrics, states, tokens
 from bgworker.web import headers, identity, keys, responses
 
-# The admin console (web/admin.py) still reads the store through this name; the key itself
-# lives in web/keys.py. Remove once admin.py reads keys.STORE.
-STORE: Final = keys.STORE
-
 # RFC 9110 section 10.2.3: how long a client should wait before asking again for a file
 # that is still being built.
 RETRY_AFTER_SECONDS: Final = 30

@@ -76,7 +76,9 @@ def test_an_action_fills_the_columns_its_fields_name() -> None:
     listed = re.search(r"INSERT INTO bgworker_dlq_actions\s*\(([^)]*)\)", sql)
     assert listed is not None
     columns = [c.strip() for c in listed[1].split(",")]
-    assert dict(zip(columns, action.params(), strict=True)) == {
+    bound_sql, *values = action.insert()
+    assert bound_sql == sql
+    assert dict(zip(columns, values, strict=True)) == {
         "request_id": request_id,
         "letter_key": str(request_id),
         "action": "replay",

@@ -20,10 +20,10 @@ PACKAGE: Final = Path(bgworker.__file__).parent
 # Queries that take more than four parameters but do not name them yet: the dead-letter
 # blocks moved verbatim into dead_letters.sql, whose owner (the dead-letter package) names
 # them.
-UNNAMED_PENDING: Final = {"dlq_insert_action"}
+UNNAMED_PENDING: Final[set[str]] = set()
 # Modules whose inline SQL other parts of issue 13 replace (``Store.ping()``, the façade):
 # remove each entry once its module runs its queries through the store.
-INLINE_SQL_PENDING: Final = {"worker.py", "web/__init__.py", "demo.py"}
+INLINE_SQL_PENDING: Final[set[str]] = set()
 SQL_START: Final = re.compile(
     r"^\s*(SELECT|INSERT\s+INTO|UPDATE\s+\w+|DELETE\s+FROM|WITH\s+\w+\s+AS|"
     r"CREATE\s+(TABLE|DATABASE|INDEX)|ALTER\s+TABLE|DROP\s+)\b"
