@@ -23,7 +23,7 @@ import pytest
 
 from bgworker import settings as settings_mod
 from bgworker.smtp_sink import free_port
-from tests.conftest import REPO, settings_env
+from tests.helpers import REPO, settings_env
 
 # Logged by the worker once it consumes (bgworker.worker.Worker.run).
 WORKER_READY = re.compile(r"worker \S+ consuming ")

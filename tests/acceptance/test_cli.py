@@ -14,7 +14,7 @@ from bgworker import settings as settings_mod
 from bgworker.smtp_sink import SmtpSink
 from bgworker.store import migrations
 from tests.acceptance.conftest import Spawn, run_cli
-from tests.conftest import REPO, _db_url, _drop_database, settings_env, wait_for_status
+from tests.helpers import REPO, db_url, drop_database, settings_env, wait_for_status
 
 
 async def test_publish_prints_the_id_and_a_worker_makes_it_ready(
@@ -63,7 +63,7 @@ async def test_publish_rejects_bad_criteria_and_bad_email(settings, amqp):
 
 async def test_migrate_creates_a_fresh_database_and_is_idempotent(settings):
     name = f"bgw_cli_{uuid.uuid4().hex[:10]}"
-    env = {**settings_env(settings), "BGWORKER_DATABASE_URL": _db_url(name)}
+    env = {**settings_env(settings), "BGWORKER_DATABASE_URL": db_url(name)}
     try:
         first = await run_cli("migrate", env=env)
         assert first.code == 0, first.err
@@ -76,7 +76,7 @@ async def test_migrate_creates_a_fresh_database_and_is_idempotent(settings):
         assert "database is up to date" in second.out
         assert "applied" not in second.out
 
-        conn = await asyncpg.connect(_db_url(name))
+        conn = await asyncpg.connect(db_url(name))
         try:
             versions = await conn.fetch("SELECT version FROM bgworker_migrations")
             assert await conn.fetchval("SELECT to_regclass('bgworker_requests') IS NOT NULL")
@@ -84,7 +84,7 @@ async def test_migrate_creates_a_fresh_database_and_is_idempotent(settings):
             await conn.close()
         assert sorted(r["version"] for r in versions) == [m.version for m in migrations.available()]
     finally:
-        await _drop_database(name)
+        await drop_database(name)
 
 
 async def test_schemas_check_passes_on_the_repo_and_fails_when_stale(tmp_path: Path):

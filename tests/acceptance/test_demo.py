@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.conftest import run_cli
-from tests.conftest import AMQP_URL, _db_url, _drop_database
+from tests.helpers import AMQP_URL, db_url, drop_database
 
 
 @pytest.fixture
@@ -21,8 +21,8 @@ async def demo_env() -> AsyncIterator[dict[str, str]]:
     database of its own that is dropped afterwards."""
     name = f"bgw_demo_{uuid.uuid4().hex[:10]}"
     base = {k: v for k, v in os.environ.items() if not k.startswith("BGWORKER_")}
-    yield {**base, "BGWORKER_AMQP_URL": AMQP_URL, "BGWORKER_DATABASE_URL": _db_url(name)}
-    await _drop_database(name)
+    yield {**base, "BGWORKER_AMQP_URL": AMQP_URL, "BGWORKER_DATABASE_URL": db_url(name)}
+    await drop_database(name)
 
 
 async def test_demo_runs_end_to_end(demo_env: dict[str, str]):

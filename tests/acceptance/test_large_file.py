@@ -11,8 +11,8 @@ import pytest
 
 from bgworker import store, tokens
 from tests.acceptance.conftest import Spawn
-from tests.conftest import wait_for_status
 from tests.handlers import CHUNK
+from tests.helpers import wait_for_status
 
 SIZE = 200 * 1024 * 1024
 SEED = 2026

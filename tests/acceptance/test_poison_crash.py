@@ -6,7 +6,7 @@ import aio_pika
 
 from bgworker import store
 from tests.acceptance.workers import WorkerProcs
-from tests.conftest import AMQP_URL, settings_env, wait_for_status, wait_until
+from tests.helpers import AMQP_URL, settings_env, wait_for_status, wait_until
 
 
 async def test_handler_that_kills_its_worker_is_failed_after_max_attempts(

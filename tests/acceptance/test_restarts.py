@@ -21,7 +21,7 @@ import pytest
 from bgworker import broker, events, publisher, store, topology
 from bgworker.smtp_sink import SmtpSink
 from tests.acceptance.workers import WorkerProcs, make_requests, verify_all_ready
-from tests.conftest import AMQP_URL, settings_env, wait_until
+from tests.helpers import AMQP_URL, settings_env, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

@@ -7,7 +7,7 @@ import signal
 
 from bgworker import store
 from tests.acceptance.conftest import Spawn
-from tests.conftest import wait_for_status
+from tests.helpers import wait_for_status
 
 
 async def test_sigterm_lets_the_running_job_finish_and_exits_0(

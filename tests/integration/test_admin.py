@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from bgworker import broker, dlq
 from bgworker import web as web_app
 from tests import dlq_handlers
-from tests.conftest import wait_for_status
+from tests.helpers import wait_for_status
 from tests.integration.test_dlq import depth, fixable_handler, make_letters
 
 __all__ = ["fixable_handler"]  # the autouse fixture, shared with test_dlq

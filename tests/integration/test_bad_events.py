@@ -10,8 +10,7 @@ import aio_pika
 import pytest
 
 from bgworker import store, topology
-from tests.conftest import wait_for_status, wait_until
-from tests.deadletters import DeadLetters
+from tests.helpers import DeadLetters, wait_for_status, wait_until
 
 
 def _event(**overrides: Any) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import os
 import time
 
 from bgworker import cleanup, storage, store
-from tests.conftest import wait_for_status
+from tests.helpers import wait_for_status
 
 
 async def _expire(db: store.Store, request_id, seconds_ago: float) -> None:

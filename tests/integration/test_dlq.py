@@ -17,7 +17,7 @@ from bgworker import broker, dlq, dlq_letter, events, jobs, store, topology
 from bgworker import settings as settings_mod
 from bgworker.store import dlq as dlq_store
 from tests import dlq_handlers
-from tests.conftest import AMQP_URL, REPO, settings_env, wait_for_status, wait_until
+from tests.helpers import AMQP_URL, REPO, settings_env, wait_for_status, wait_until
 
 CliResult = tuple[int, str, str]
 

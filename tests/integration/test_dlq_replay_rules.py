@@ -16,7 +16,7 @@ import pytest
 from bgworker import dlq, events, topology
 from bgworker.store import dlq as dlq_store
 from tests import dlq_handlers
-from tests.conftest import wait_for_status, wait_until
+from tests.helpers import wait_for_status, wait_until
 from tests.integration.test_admin import client, console, log_in
 from tests.integration.test_dlq import (
     cli,

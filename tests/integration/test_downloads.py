@@ -22,8 +22,8 @@ from bgworker import events, storage, store, tokens
 from bgworker import settings as settings_mod
 from bgworker import web as web_app
 from bgworker.web import headers as web_headers
-from tests.conftest import wait_for_status, wait_until
 from tests.handlers import blob_bytes
+from tests.helpers import wait_for_status, wait_until
 
 SIZE = 300_001
 SEED = 5

@@ -12,7 +12,7 @@ import pytest
 
 from bgworker import handlers, store, worker
 from bgworker.smtp_sink import SmtpSink
-from tests.conftest import AMQP_URL, wait_for_status, wait_until
+from tests.helpers import AMQP_URL, wait_for_status, wait_until
 
 
 async def _dead_letters(queue_name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:

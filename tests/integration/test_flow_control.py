@@ -15,7 +15,7 @@ import pytest
 
 from bgworker import broker, handlers, store, topology, worker
 from bgworker import settings as settings_mod
-from tests.conftest import wait_for_status, wait_until
+from tests.helpers import wait_for_status, wait_until
 
 
 @pytest.fixture(params=["quorum", "classic"])

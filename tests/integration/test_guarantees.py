@@ -14,8 +14,7 @@ import pytest
 from bgworker import events, store, topology
 from bgworker import settings as settings_mod
 from bgworker.smtp_sink import SmtpSink
-from tests.conftest import wait_for_status, wait_until
-from tests.deadletters import DeadLetters
+from tests.helpers import DeadLetters, wait_for_status, wait_until
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import aio_pika
 from bgworker import settings as settings_mod
 from bgworker import storage, store
 from tests import handlers as test_handlers
-from tests.conftest import AMQP_URL, REPO, settings_env, wait_for_status, wait_until
+from tests.helpers import AMQP_URL, REPO, settings_env, wait_for_status, wait_until
 
 
 def _user_files(settings: settings_mod.Settings) -> list[Path]:

@@ -15,8 +15,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from bgworker import store
-from tests.conftest import wait_until
-from tests.deadletters import DeadLetters
+from tests.helpers import DeadLetters, wait_until
 
 SAMPLE = 40
 

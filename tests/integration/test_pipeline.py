@@ -12,8 +12,8 @@ from aiohttp import web
 from bgworker import storage, store
 from bgworker import web as web_app
 from bgworker.smtp_sink import SmtpSink, text_body
-from tests.conftest import wait_for_status, wait_until
 from tests.handlers import blob_bytes
+from tests.helpers import wait_for_status, wait_until
 
 
 async def test_request_becomes_ready_file_with_event(

@@ -10,7 +10,7 @@ import aio_pika
 import pytest
 
 from bgworker import broker, events, publisher, store, topology
-from tests.conftest import AMQP_URL, wait_for_status, wait_until
+from tests.helpers import AMQP_URL, wait_for_status, wait_until
 
 
 def _request(**fields: object) -> events.FileRequested:

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from bgworker import events, handlers, storage
 from bgworker.examples import login_events
 from tests import handlers as test_handlers
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 
 def _ctx(file_type: str = "x", **criteria: object) -> handlers.JobContext:
