@@ -25,7 +25,7 @@ demo: $(STAMP) services
 test: $(STAMP) services
 	$(BIN)/ruff check bgworker tests bench scripts
 	$(BIN)/ruff format --check bgworker tests bench scripts
-	$(BIN)/mypy bgworker
+	$(BIN)/mypy bgworker tests
 	$(BIN)/bgworker schemas export --check
 	$(BIN)/pytest -m "not faults"
 
@@ -38,7 +38,7 @@ lint:
 	$(BIN)/ruff format --check bgworker tests bench scripts
 
 typecheck:
-	$(BIN)/mypy bgworker
+	$(BIN)/mypy bgworker tests
 
 schemas: $(STAMP)
 	$(BIN)/bgworker schemas export

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Final
 import aio_pika
 import asyncpg
 
-from bgworker import events, store, topology, worker
+from bgworker import events, storage, store, topology, worker
 from bgworker import settings as settings_mod
 
 AMQP_URL: Final = os.environ.get("BGWORKER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -137,3 +138,30 @@ class DeadLetters:
     def by_body(self, body: bytes) -> aio_pika.abc.AbstractIncomingMessage:
         [message] = [m for m in self.seen if m.body == body]
         return message
+
+
+async def get_row(db: store.Store, request_id: uuid.UUID) -> store.RequestRow:
+    """The request's row, which the test knows exists."""
+    row = await db.get_request(request_id)
+    assert row is not None, f"no row for request {request_id}"
+    return row
+
+
+def stored_path(files: storage.LocalStorage, row: store.RequestRow) -> Path:
+    """Where the file of a row that has one is stored."""
+    assert row.storage_key is not None, f"request {row.id} has no stored file"
+    return files.path(row.storage_key)
+
+
+def text_header(headers: aio_pika.abc.HeadersType, name: str) -> str:
+    """A header the test knows is a string (AMQP header values may be any field type)."""
+    value = headers[name]
+    assert isinstance(value, str), f"{name} is {value!r}, not a string"
+    return value
+
+
+def must_match(pattern: str | re.Pattern[str], text: str) -> re.Match[str]:
+    """The first match of ``pattern`` in ``text``, which the test knows is there."""
+    match = re.search(pattern, text)
+    assert match is not None, f"{pattern!r} not in {text[:2000]!r}"
+    return match

@@ -25,7 +25,7 @@ async def demo_env() -> AsyncIterator[dict[str, str]]:
     await drop_database(name)
 
 
-async def test_demo_runs_end_to_end(demo_env: dict[str, str]):
+async def test_demo_runs_end_to_end(demo_env: dict[str, str]) -> None:
     result = await run_cli("demo", "--rows", "500", env=demo_env, timeout=240)
     logs = re.search(r"logs in (\S+)", result.out)
     if logs:
@@ -40,7 +40,7 @@ async def test_demo_runs_end_to_end(demo_env: dict[str, str]):
     assert "server stopped (exit 0)" in result.out
 
 
-async def test_demo_names_rabbitmq_and_how_to_start_it(demo_env: dict[str, str]):
+async def test_demo_names_rabbitmq_and_how_to_start_it(demo_env: dict[str, str]) -> None:
     env = {**demo_env, "BGWORKER_AMQP_URL": "amqp://guest:sesame@127.0.0.1:1/"}
     result = await run_cli("demo", "--rows", "10", env=env, timeout=60)
     assert result.code != 0
@@ -50,7 +50,7 @@ async def test_demo_names_rabbitmq_and_how_to_start_it(demo_env: dict[str, str])
     assert "sha256 verified" not in result.out
 
 
-async def test_demo_names_postgresql_and_how_to_start_it(demo_env: dict[str, str]):
+async def test_demo_names_postgresql_and_how_to_start_it(demo_env: dict[str, str]) -> None:
     env = {**demo_env, "BGWORKER_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/bgw_demo"}
     result = await run_cli("demo", "--rows", "10", env=env, timeout=60)
     assert result.code != 0

@@ -10,7 +10,15 @@ import aio_pika
 import pytest
 
 from bgworker import store, topology
-from tests.helpers import DeadLetters, wait_for_status, wait_until
+from tests.helpers import (
+    DeadLetters,
+    EventLog,
+    Publish,
+    PublishRaw,
+    StartWorker,
+    wait_for_status,
+    wait_until,
+)
 
 
 def _event(**overrides: Any) -> dict[str, Any]:
@@ -34,8 +42,13 @@ def dead(amqp: aio_pika.abc.AbstractChannel, namespace: str) -> DeadLetters:
 
 
 async def test_bad_events_are_dead_lettered_with_reasons_and_the_worker_goes_on(
-    db: store.Store, publish, publish_raw, start_worker, event_log, dead: DeadLetters
-):
+    db: store.Store,
+    publish: Publish,
+    publish_raw: PublishRaw,
+    start_worker: StartWorker,
+    event_log: EventLog,
+    dead: DeadLetters,
+) -> None:
     w = await start_worker()
     bad_email_id, version_id, unknown_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     cases = {
@@ -107,8 +120,12 @@ async def test_bad_events_are_dead_lettered_with_reasons_and_the_worker_goes_on(
 
 
 async def test_bad_event_reusing_a_real_id_changes_nothing(
-    db: store.Store, publish, publish_raw, start_worker, dead: DeadLetters
-):
+    db: store.Store,
+    publish: Publish,
+    publish_raw: PublishRaw,
+    start_worker: StartWorker,
+    dead: DeadLetters,
+) -> None:
     await start_worker()
     good = await publish("blob", {"size": 100})
     before = await wait_for_status(db, good.id, "ready")
@@ -130,8 +147,13 @@ async def test_bad_event_reusing_a_real_id_changes_nothing(
     ids=["invalid-filename", "valid-description", "valid-criteria"],
 )
 async def test_nul_characters_do_not_poison_the_queue(
-    db: store.Store, publish, publish_raw, start_worker, dead: DeadLetters, overrides
-):
+    db: store.Store,
+    publish: Publish,
+    publish_raw: PublishRaw,
+    start_worker: StartWorker,
+    dead: DeadLetters,
+    overrides: dict[str, Any],
+) -> None:
     """PostgreSQL text and jsonb cannot hold U+0000: such an event must end somewhere
     (dead letter or a file), not be redelivered in a loop."""
     w = await start_worker()

@@ -7,7 +7,6 @@ import json
 import re
 import struct
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -17,10 +16,10 @@ import aio_pika
 import pamqp.encode
 import pytest
 
-from bgworker import broker, dlq, dlq_letter
+from bgworker import broker, dlq, dlq_letter, store
 from bgworker import settings as settings_mod
 from tests.integration.test_admin import CSRF_RE, basic, client, console, log_in
-from tests.integration.test_dlq import cli, dead_queue, depth, drain, fixable_handler
+from tests.integration.test_dlq import Cli, cli, dead_queue, depth, drain, fixable_handler
 
 __all__ = ["cli", "console", "dead_queue", "fixable_handler"]  # fixtures shared with them
 
@@ -138,8 +137,12 @@ def assert_clean(text: str) -> None:
 
 
 async def test_cli_lists_shows_counts_and_purges_any_letter(
-    settings, db, amqp, hostile, cli: Callable[..., Awaitable[tuple[int, str, str]]]
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    hostile: dict[str, str],
+    cli: Cli,
+) -> None:
     n = len(hostile)
     keys = set(hostile.values())
     assert len(keys) == n  # every letter has its own stable key
@@ -198,7 +201,13 @@ async def test_cli_lists_shows_counts_and_purges_any_letter(
     assert {(a["letter_key"], a["action"]) for a in actions} == {(k, "purge") for k in keys}
 
 
-async def test_console_lists_shows_and_purges_any_letter(settings, db, amqp, hostile, console):
+async def test_console_lists_shows_and_purges_any_letter(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    hostile: dict[str, str],
+    console: str,
+) -> None:
     n = len(hostile)
     async with client() as http:
         async with http.get(f"{console}/admin/dead-letters", headers=PASSWORD_AUTH) as r:
@@ -280,8 +289,14 @@ def undecodable_encoders(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_letters_the_client_cannot_decode_are_named_and_purged(
-    settings, db, amqp, dead_queue, undecodable_encoders, cli, console
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    dead_queue: dlq.DeadLetterQueue,
+    undecodable_encoders: None,
+    cli: Cli,
+    console: str,
+) -> None:
     """pamqp cannot decode these frames at all, and aiormq then drops the connection:
     the tools say which letter it is (no traceback) and `purge --undecodable` removes it
     by position, leaving the others in place and in order."""

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,15 +23,13 @@ from bgworker import settings as settings_mod
 from bgworker import web as web_app
 from bgworker.web import headers as web_headers
 from tests.handlers import blob_bytes
-from tests.helpers import wait_for_status, wait_until
+from tests.helpers import Publish, StartServer, StartWorker, wait_for_status, wait_until
 
 SIZE = 300_001
 SEED = 5
 FILENAME = "Résumé data;1.bin"
 CONTENT_TYPE = "application/x-blob"
 IDENTITY = "X-Auth-User"
-
-StartServer = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
@@ -40,7 +38,7 @@ def signer(settings: settings_mod.Settings) -> tokens.Signer:
 
 
 @pytest.fixture
-async def ready(db: store.Store, publish: Any, start_worker: Any) -> store.RequestRow:
+async def ready(db: store.Store, publish: Publish, start_worker: StartWorker) -> store.RequestRow:
     """A request made ready by a real worker, owned by requester ``alice``."""
     await start_worker()
     event = await publish(
@@ -105,7 +103,9 @@ def assert_refusal(status: int, hdrs: Headers, body: bytes, expected: int) -> di
 # -- serving a ready file ---------------------------------------------------------------
 
 
-async def test_get_streams_the_whole_file(server: str, ready: store.RequestRow, signer):
+async def test_get_streams_the_whole_file(
+    server: str, ready: store.RequestRow, signer: tokens.Signer
+) -> None:
     status, hdrs, body = await fetch("GET", f"{server}/download/{signer.general(ready.id)}")
     assert status == 200
     assert hashlib.sha256(body).hexdigest() == ready.sha256
@@ -122,8 +122,11 @@ async def test_get_streams_the_whole_file(server: str, ready: store.RequestRow, 
 
 
 async def test_bound_token_serves_its_requester(
-    settings, start_server: StartServer, ready: store.RequestRow, signer
-):
+    settings: settings_mod.Settings,
+    start_server: StartServer,
+    ready: store.RequestRow,
+    signer: tokens.Signer,
+) -> None:
     settings.web.identity_header = IDENTITY
     base = await start_server()
     url = f"{base}/download/{signer.bound(ready.id, 'alice')}"
@@ -132,7 +135,9 @@ async def test_bound_token_serves_its_requester(
     assert hashlib.sha256(body).hexdigest() == ready.sha256
 
 
-async def test_identity_callable(start_server: StartServer, ready: store.RequestRow, signer):
+async def test_identity_callable(
+    start_server: StartServer, ready: store.RequestRow, signer: tokens.Signer
+) -> None:
     async def identify(request: Any) -> str | None:
         return "alice" if request.cookies.get("session") == "s3cret" else None
 
@@ -142,7 +147,9 @@ async def test_identity_callable(start_server: StartServer, ready: store.Request
     assert (await fetch("GET", url, cookies={"session": "guess"}))[0] == 403
 
 
-async def test_head_sends_headers_and_no_body(server: str, ready: store.RequestRow, signer):
+async def test_head_sends_headers_and_no_body(
+    server: str, ready: store.RequestRow, signer: tokens.Signer
+) -> None:
     host, port = server.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
@@ -166,7 +173,7 @@ async def test_head_sends_headers_and_no_body(server: str, ready: store.RequestR
     assert hdrs["x-content-type-options"] == "nosniff"
 
 
-async def test_range_requests(server: str, ready: store.RequestRow, signer):
+async def test_range_requests(server: str, ready: store.RequestRow, signer: tokens.Signer) -> None:
     url = f"{server}/download/{signer.general(ready.id)}"
     data = blob_bytes(SIZE, SEED)
 
@@ -189,7 +196,9 @@ async def test_range_requests(server: str, ready: store.RequestRow, signer):
     assert data[:16] not in body
 
 
-async def test_conditional_requests(server: str, ready: store.RequestRow, signer):
+async def test_conditional_requests(
+    server: str, ready: store.RequestRow, signer: tokens.Signer
+) -> None:
     url = f"{server}/download/{signer.general(ready.id)}"
     _, hdrs, _ = await fetch("GET", url)
     etag = hdrs["ETag"]
@@ -210,19 +219,25 @@ async def test_conditional_requests(server: str, ready: store.RequestRow, signer
 # -- refusals -------------------------------------------------------------------------
 
 
-async def test_tampered_token_is_400(server: str, ready: store.RequestRow, signer):
+async def test_tampered_token_is_400(
+    server: str, ready: store.RequestRow, signer: tokens.Signer
+) -> None:
     for token in (tamper(signer.general(ready.id)), tamper(signer.bound(ready.id, "alice")), "x"):
         status, hdrs, body = await fetch("GET", f"{server}/download/{token}")
         assert_refusal(status, hdrs, body, 400)
 
 
-async def test_token_signed_with_another_key_is_400(settings, server: str, ready: store.RequestRow):
+async def test_token_signed_with_another_key_is_400(
+    settings: settings_mod.Settings, server: str, ready: store.RequestRow
+) -> None:
     other = tokens.Signer(settings_mod.TokenSettings(secret_keys=["somebody-elses-key"]))
     status, hdrs, body = await fetch("GET", f"{server}/download/{other.general(ready.id)}")
     assert_refusal(status, hdrs, body, 400)
 
 
-async def test_expired_link_is_410(settings, server: str, ready: store.RequestRow, signer):
+async def test_expired_link_is_410(
+    settings: settings_mod.Settings, server: str, ready: store.RequestRow, signer: tokens.Signer
+) -> None:
     max_age = settings.tokens.max_age_seconds
     with signed_in_the_past(max_age - 60):
         fresh_enough = signer.general(ready.id)
@@ -237,11 +252,15 @@ async def test_expired_link_is_410(settings, server: str, ready: store.RequestRo
 
 
 async def test_bound_token_refused_to_another_user_and_to_nobody(
-    settings, start_server: StartServer, ready: store.RequestRow, signer
-):
+    settings: settings_mod.Settings,
+    start_server: StartServer,
+    ready: store.RequestRow,
+    signer: tokens.Signer,
+) -> None:
     settings.web.identity_header = IDENTITY
     base = await start_server()
     url = f"{base}/download/{signer.bound(ready.id, 'alice')}"
+    assert ready.sha256 is not None  # narrows the type: a ready row has its digest
     for caller in ({IDENTITY: "bob"}, {}, {IDENTITY: ""}, {IDENTITY: "Alice"}):
         status, hdrs, body = await fetch("GET", url, headers=caller)
         assert_refusal(status, hdrs, body, 403)
@@ -249,8 +268,8 @@ async def test_bound_token_refused_to_another_user_and_to_nobody(
 
 
 async def test_bound_token_without_identity_configured_is_403(
-    server: str, ready: store.RequestRow, signer
-):
+    server: str, ready: store.RequestRow, signer: tokens.Signer
+) -> None:
     # No identity header configured: a header a client makes up is not trusted.
     url = f"{server}/download/{signer.bound(ready.id, 'alice')}"
     status, hdrs, body = await fetch("GET", url, headers={IDENTITY: "alice"})
@@ -258,8 +277,11 @@ async def test_bound_token_without_identity_configured_is_403(
 
 
 async def test_refusals_do_not_reveal_whether_a_request_exists(
-    settings, start_server: StartServer, ready: store.RequestRow, signer
-):
+    settings: settings_mod.Settings,
+    start_server: StartServer,
+    ready: store.RequestRow,
+    signer: tokens.Signer,
+) -> None:
     """The same answer, byte for byte, for another user's real request and for an id that
     does not exist, for every kind of refusal that happens before the row is read."""
     settings.web.identity_header = IDENTITY
@@ -286,15 +308,17 @@ async def test_refusals_do_not_reveal_whether_a_request_exists(
             ), name
 
 
-async def test_valid_token_for_unknown_id_is_404(server: str, db: store.Store, signer):
+async def test_valid_token_for_unknown_id_is_404(
+    server: str, db: store.Store, signer: tokens.Signer
+) -> None:
     for path in ("download", "status"):
         status, hdrs, body = await fetch("GET", f"{server}/{path}/{signer.general(uuid.uuid4())}")
         assert_refusal(status, hdrs, body, 404)
 
 
 async def test_request_not_ready_is_409_with_retry_after(
-    settings, server: str, db: store.Store, signer
-):
+    settings: settings_mod.Settings, server: str, db: store.Store, signer: tokens.Signer
+) -> None:
     queued = await new_event(db)
     running = await new_event(db)
     assert await db.record_and_claim(running, 3, "test-worker", 60) is not None
@@ -321,8 +345,8 @@ async def test_request_not_ready_is_409_with_retry_after(
 
 
 async def test_file_past_its_expiry_is_410(
-    server: str, db: store.Store, ready: store.RequestRow, signer
-):
+    server: str, db: store.Store, ready: store.RequestRow, signer: tokens.Signer
+) -> None:
     url = f"{server}/download/{signer.general(ready.id)}"
     assert (await fetch("GET", url))[0] == 200
     await db.pool.execute(
@@ -338,8 +362,13 @@ async def test_file_past_its_expiry_is_410(
 
 
 async def test_failed_cancelled_and_vanished_files_are_410(
-    settings, server: str, db: store.Store, publish, ready: store.RequestRow, signer
-):
+    settings: settings_mod.Settings,
+    server: str,
+    db: store.Store,
+    publish: Publish,
+    ready: store.RequestRow,
+    signer: tokens.Signer,
+) -> None:
     failed = await publish("permanent", {})
     await wait_for_status(db, failed.id, "failed")
     status, hdrs, body = await fetch("GET", f"{server}/download/{signer.general(failed.id)}")
@@ -360,7 +389,13 @@ async def test_failed_cancelled_and_vanished_files_are_410(
 # -- status and health ----------------------------------------------------------------
 
 
-async def test_status_json(settings, start_server: StartServer, db, ready, signer):
+async def test_status_json(
+    settings: settings_mod.Settings,
+    start_server: StartServer,
+    db: store.Store,
+    ready: store.RequestRow,
+    signer: tokens.Signer,
+) -> None:
     settings.web.identity_header = IDENTITY
     base = await start_server()
     status, hdrs, body = await fetch("GET", f"{base}/status/{signer.general(ready.id)}")
@@ -391,8 +426,8 @@ async def test_status_json(settings, start_server: StartServer, db, ready, signe
 
 
 async def test_status_of_a_failed_request_carries_the_error(
-    server: str, db, publish, start_worker, signer
-):
+    server: str, db: store.Store, publish: Publish, start_worker: StartWorker, signer: tokens.Signer
+) -> None:
     await start_worker()
     failed = await publish("permanent", {})
     await wait_for_status(db, failed.id, "failed")
@@ -403,7 +438,7 @@ async def test_status_of_a_failed_request_carries_the_error(
     assert "criteria make no sense" in doc["error"]
 
 
-async def test_healthz(server: str, start_server: StartServer, database_url: str):
+async def test_healthz(server: str, start_server: StartServer, database_url: str) -> None:
     status, _, body = await fetch("GET", f"{server}/healthz")
     assert (status, json.loads(body)) == (200, {"status": "ok"})
 
@@ -420,8 +455,12 @@ async def test_healthz(server: str, start_server: StartServer, database_url: str
 
 
 async def test_access_log_never_contains_a_token(
-    settings, unused_tcp_port: int, ready: store.RequestRow, signer, caplog
-):
+    settings: settings_mod.Settings,
+    unused_tcp_port: int,
+    ready: store.RequestRow,
+    signer: tokens.Signer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Through ``serve`` itself, the way the CLI runs the server."""
     caplog.set_level(logging.INFO, logger="aiohttp.access")
     settings.web.host, settings.web.port = "127.0.0.1", unused_tcp_port

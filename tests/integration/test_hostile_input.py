@@ -15,7 +15,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from bgworker import store
-from tests.helpers import DeadLetters, wait_until
+from tests.helpers import DeadLetters, PublishRaw, StartWorker, wait_until
 
 SAMPLE = 40
 
@@ -101,7 +101,7 @@ def _id_of(doc: Any) -> uuid.UUID | None:
 
 
 async def test_every_published_document_ends_ready_or_dead_lettered_once(
-    db: store.Store, publish_raw, start_worker, dead: DeadLetters
+    db: store.Store, publish_raw: PublishRaw, start_worker: StartWorker, dead: DeadLetters
 ) -> None:
     docs = _sample(SAMPLE)
     w = await start_worker()

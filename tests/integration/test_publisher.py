@@ -10,7 +10,8 @@ import aio_pika
 import pytest
 
 from bgworker import broker, events, publisher, store, topology
-from tests.helpers import AMQP_URL, wait_for_status, wait_until
+from bgworker import settings as settings_mod
+from tests.helpers import AMQP_URL, StartWorker, wait_for_status, wait_until
 
 
 def _request(**fields: object) -> events.FileRequested:
@@ -19,11 +20,13 @@ def _request(**fields: object) -> events.FileRequested:
         file_type="blob",
         criteria={"size": 2048, "seed": 9},
         filename="b.bin",
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
 
 
-async def test_sync_publisher_from_a_thread_without_a_loop(settings, db: store.Store, start_worker):
+async def test_sync_publisher_from_a_thread_without_a_loop(
+    settings: settings_mod.Settings, db: store.Store, start_worker: StartWorker
+) -> None:
     await start_worker()
     first, second = _request(), _request()
     seen: dict[str, object] = {}
@@ -44,7 +47,9 @@ async def test_sync_publisher_from_a_thread_without_a_loop(settings, db: store.S
         assert row.size_bytes == 2048
 
 
-async def test_sync_publisher_is_shared_by_threads(settings, db: store.Store, start_worker):
+async def test_sync_publisher_is_shared_by_threads(
+    settings: settings_mod.Settings, db: store.Store, start_worker: StartWorker
+) -> None:
     await start_worker()
     requests = [_request() for _ in range(6)]
     pub = await asyncio.to_thread(publisher.SyncPublisher, AMQP_URL, namespace=settings.namespace)
@@ -117,8 +122,8 @@ async def test_unroutable_publish_raises(namespace: str) -> None:
 
 
 async def test_publisher_declares_intake_on_an_empty_broker(
-    settings, namespace: str, db: store.Store
-):
+    settings: settings_mod.Settings, namespace: str, db: store.Store
+) -> None:
     """declare=True (default): the first publish works before any worker ever ran, and the
     message waits in the work queue."""
     ns = f"{namespace}-fresh"
