@@ -85,6 +85,34 @@ async def test_console_is_absent_without_a_password(
         await runner.cleanup()
 
 
+# Written out, not read from bgworker.web: a change to what the console sends must fail here.
+CONSOLE_SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
+
+
+async def test_console_security_headers(console: str) -> None:
+    """As sent over HTTP on the console's pages and API, to a user and to nobody."""
+    async with client() as http:
+        for path, request_headers, expected in [
+            ("/admin/login", {}, 200),
+            ("/admin/api/requests", {}, 401),
+            ("/admin/api/requests", basic("admin", PASSWORD), 200),
+            ("/admin/requests", basic("admin", PASSWORD), 200),
+        ]:
+            async with http.get(f"{console}{path}", headers=request_headers) as r:
+                assert r.status == expected, path
+                sent = {name: r.headers.get(name) for name in CONSOLE_SECURITY_HEADERS}
+                assert sent == CONSOLE_SECURITY_HEADERS, (r.status, path)
+
+
 async def test_no_access_without_the_credential(
     console: str, settings: settings_mod.Settings
 ) -> None:

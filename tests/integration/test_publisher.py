@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import aio_pika
 import pytest
@@ -48,17 +49,36 @@ async def test_sync_publisher_from_a_thread_without_a_loop(
 
 
 async def test_sync_publisher_is_shared_by_threads(
-    settings: settings_mod.Settings, db: store.Store, start_worker: StartWorker
+    settings: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
 ) -> None:
-    await start_worker()
-    requests = [_request() for _ in range(6)]
+    """One instance, as WSGI threads share it: threads publishing at the same moment each
+    get their publishes confirmed, and the work queue then holds every message once."""
+    threads, per_thread = 8, 5
+    requests = [[_request() for _ in range(per_thread)] for _ in range(threads)]
+    start = threading.Barrier(threads)
+    publishers: set[str] = set()
+
+    def view(batch: list[events.FileRequested]) -> None:
+        start.wait(timeout=30)  # all threads publish at once
+        publishers.add(threading.current_thread().name)
+        for event in batch:
+            pub.publish(event)  # returns once the broker confirmed it
+
     pub = await asyncio.to_thread(publisher.SyncPublisher, AMQP_URL, namespace=settings.namespace)
     try:
-        await asyncio.gather(*(asyncio.to_thread(pub.publish, r) for r in requests))
+        with ThreadPoolExecutor(threads, thread_name_prefix="wsgi") as pool:
+            await asyncio.gather(
+                *(asyncio.wrap_future(pool.submit(view, batch)) for batch in requests)
+            )
     finally:
         await asyncio.to_thread(pub.close)
-    for r in requests:
-        await wait_for_status(db, r.id, "ready")
+    assert len(publishers) == threads
+
+    queue = await amqp.get_queue(topology.Topology(settings.namespace).work_queue, ensure=False)
+    received: list[uuid.UUID] = []
+    while (message := await queue.get(no_ack=True, fail=False, timeout=10)) is not None:
+        received.append(events.parse_file_requested(message.body).id)
+    assert sorted(received) == sorted(r.id for batch in requests for r in batch)
 
 
 async def test_sync_publisher_connect_failure_raises_and_cleans_up() -> None:
