@@ -219,6 +219,12 @@ async def event_log(
 
 
 @pytest.fixture
+def dead(amqp: aio_pika.abc.AbstractChannel, namespace: str) -> helpers.DeadLetters:
+    """The test namespace's dead-letter queue, read as letters arrive."""
+    return helpers.DeadLetters(amqp, namespace)
+
+
+@pytest.fixture
 async def start_server(
     settings: settings_mod.Settings,
 ) -> AsyncIterator[helpers.StartServer]:

@@ -19,9 +19,9 @@ from bgworker import settings as settings_mod
 from bgworker import web as web_app
 from tests import dlq_handlers
 from tests.helpers import Publish, StartWorker, get_row, must_match, wait_for_status
-from tests.integration.test_dlq import depth, fixable_handler, make_letters
+from tests.integration.letters import depth, make_letters
 
-__all__ = ["fixable_handler"]  # the autouse fixture, shared with test_dlq
+pytestmark = pytest.mark.usefixtures("fixable_handler")
 
 PASSWORD = "correct horse battery"
 CHROMIUM = Path("/usr/bin/chromium")

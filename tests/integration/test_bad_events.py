@@ -6,7 +6,6 @@ import json
 import uuid
 from typing import Any
 
-import aio_pika
 import pytest
 
 from bgworker import store, topology
@@ -34,11 +33,6 @@ def _event(**overrides: Any) -> dict[str, Any]:
 
 def _raw(body: dict[str, Any]) -> bytes:
     return json.dumps(body).encode()
-
-
-@pytest.fixture
-def dead(amqp: aio_pika.abc.AbstractChannel, namespace: str) -> DeadLetters:
-    return DeadLetters(amqp, namespace)
 
 
 async def test_bad_events_are_dead_lettered_with_reasons_and_the_worker_goes_on(

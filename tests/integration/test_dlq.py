@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import aio_pika
 import pytest
@@ -18,99 +14,18 @@ from bgworker import settings as settings_mod
 from bgworker.store import dlq as dlq_store
 from tests import dlq_handlers
 from tests.helpers import (
-    AMQP_URL,
-    REPO,
     EventLog,
     Publish,
     PublishRaw,
     StartWorker,
     get_row,
-    settings_env,
     wait_for_status,
     wait_until,
 )
+from tests.integration.letters import Cli, depth, drain, make_letters, wait_depth
 
-CliResult = tuple[int, str, str]
-# cli(*argv, stdin=..., **BGWORKER_* env) -> (exit code, stdout, stderr)
-Cli = Callable[..., Awaitable[CliResult]]
-
-
-@pytest.fixture(autouse=True)
-def fixable_handler(settings: settings_mod.Settings) -> Any:
-    settings.handlers.append("tests.dlq_handlers:registry")
-    dlq_handlers.FIXED["value"] = False
-    yield
-    dlq_handlers.FIXED["value"] = False
-
-
-@pytest.fixture
-def cli(settings: settings_mod.Settings) -> Cli:
-    """Run the real `bgworker` command in a subprocess (without blocking the test's loop,
-    where the worker runs)."""
-
-    async def _run(*argv: str, stdin: str = "", **env: str) -> CliResult:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bgworker",
-            *argv,
-            cwd=REPO,
-            env={**settings_env(settings), "BGWORKER_LOG_LEVEL": "WARNING", **env},
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 120)
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
-
-    return _run
-
-
-@pytest.fixture
-async def dead_queue(
-    settings: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
-) -> AsyncIterator[dlq.DeadLetterQueue]:
-    async with dlq.DeadLetterQueue(AMQP_URL, settings.namespace) as q:
-        yield q
-
-
-async def depth(channel: aio_pika.abc.AbstractChannel, name: str) -> int:
-    return await broker.queue_depth(channel, name)
-
-
-async def wait_depth(channel: aio_pika.abc.AbstractChannel, name: str, n: int) -> None:
-    async def reached() -> bool:
-        return await depth(channel, name) == n
-
-    await wait_until(reached)
-
-
-async def drain(
-    channel: aio_pika.abc.AbstractChannel, name: str
-) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    """Take every message out of a queue, for good, in queue order."""
-    queue = await channel.get_queue(name, ensure=False)
-    taken = []
-    while (message := await queue.get(no_ack=True, fail=False)) is not None:
-        taken.append(message)
-    return taken
-
-
-async def make_letters(
-    db: store.Store,
-    amqp: aio_pika.abc.AbstractChannel,
-    dead: str,
-    publish: Publish,
-    file_type: str,
-    n: int,
-) -> list[uuid.UUID]:
-    before = await depth(amqp, dead)
-    ids = [(await publish(file_type, {"n": i})).id for i in range(n)]
-    for request_id in ids:
-        await wait_for_status(db, request_id, "failed")
-    await wait_depth(amqp, dead, before + n)
-    return ids
+# The operator's "fixable" handler (tests/dlq_handlers.py), reset for each test.
+pytestmark = pytest.mark.usefixtures("fixable_handler")
 
 
 async def test_list_and_show_leave_the_queue_as_it_was(

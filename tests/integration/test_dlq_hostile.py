@@ -18,10 +18,11 @@ import pytest
 
 from bgworker import broker, dlq, dlq_letter, store
 from bgworker import settings as settings_mod
+from tests.integration.letters import Cli, depth, drain
 from tests.integration.test_admin import CSRF_RE, basic, client, console, log_in
-from tests.integration.test_dlq import Cli, cli, dead_queue, depth, drain, fixable_handler
 
-__all__ = ["cli", "console", "dead_queue", "fixable_handler"]  # fixtures shared with them
+__all__ = ["console"]  # the fixture, shared with test_admin
+pytestmark = pytest.mark.usefixtures("fixable_handler")
 
 PASSWORD_AUTH = basic("admin", "correct horse battery")
 

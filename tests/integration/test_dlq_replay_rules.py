@@ -18,19 +18,11 @@ from bgworker import settings as settings_mod
 from bgworker.store import dlq as dlq_store
 from tests import dlq_handlers
 from tests.helpers import EventLog, Publish, StartWorker, get_row, wait_for_status, wait_until
+from tests.integration.letters import Cli, depth, drain, make_letters, wait_depth
 from tests.integration.test_admin import client, console, log_in
-from tests.integration.test_dlq import (
-    Cli,
-    cli,
-    dead_queue,
-    depth,
-    drain,
-    fixable_handler,
-    make_letters,
-    wait_depth,
-)
 
-__all__ = ["cli", "console", "dead_queue", "fixable_handler"]  # fixtures shared with them
+__all__ = ["console"]  # the fixture, shared with test_admin
+pytestmark = pytest.mark.usefixtures("fixable_handler")
 
 
 async def nothing(*_: object) -> None:

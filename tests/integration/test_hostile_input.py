@@ -10,7 +10,6 @@ import uuid
 from typing import Any
 
 import aio_pika
-import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
@@ -84,11 +83,6 @@ def _sample(n: int) -> list[Any]:
 
     collect()
     return out[:n]
-
-
-@pytest.fixture
-def dead(amqp: aio_pika.abc.AbstractChannel, namespace: str) -> DeadLetters:
-    return DeadLetters(amqp, namespace)
 
 
 def _id_of(doc: Any) -> uuid.UUID | None:
