@@ -2,7 +2,8 @@
 
 Isolation: each test gets its own database (cloned from a migrated template made once per
 session) and its own RabbitMQ namespace (uuid-named exchanges and queues, deleted after),
-so two test runs can share the services at once.
+so two test runs can share the services at once. Only fixtures live here; what tests
+import (service URLs, waits, fixture types) is in tests/helpers.py.
 """
 
 from __future__ import annotations

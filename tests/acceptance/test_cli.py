@@ -14,7 +14,7 @@ from bgworker import events, store
 from bgworker import settings as settings_mod
 from bgworker.smtp_sink import SmtpSink
 from bgworker.store import migrations
-from tests.acceptance.conftest import Spawn, run_cli
+from tests.acceptance.processes import Spawn, run_cli
 from tests.helpers import REPO, db_url, drop_database, settings_env, wait_for_status
 
 

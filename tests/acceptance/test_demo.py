@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.conftest import run_cli
+from tests.acceptance.processes import run_cli
 from tests.helpers import AMQP_URL, db_url, drop_database
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from bgworker import settings as settings_mod
 from bgworker import store, tokens
-from tests.acceptance.conftest import Spawn
+from tests.acceptance.processes import Spawn
 from tests.handlers import CHUNK
 from tests.helpers import Publish, wait_for_status
 

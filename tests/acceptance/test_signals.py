@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 
 from bgworker import store
-from tests.acceptance.conftest import Spawn
+from tests.acceptance.processes import Spawn
 from tests.helpers import Publish, wait_for_status
 
 
