@@ -25,7 +25,7 @@ demo: $(STAMP) services
 test: $(STAMP) services
 	$(BIN)/ruff check bgworker tests bench scripts
 	$(BIN)/ruff format --check bgworker tests bench scripts
-	$(BIN)/mypy bgworker
+	$(BIN)/mypy bgworker tests
 	$(BIN)/bgworker schemas export --check
 	$(BIN)/lint-imports --no-logo --no-cache
 	$(BIN)/pytest -m "not faults"
@@ -40,7 +40,7 @@ lint:
 	$(BIN)/lint-imports --no-logo --no-cache
 
 typecheck:
-	$(BIN)/mypy bgworker
+	$(BIN)/mypy bgworker tests
 
 schemas: $(STAMP)
 	$(BIN)/bgworker schemas export

@@ -85,7 +85,8 @@ class Worker:
             settings.queue_type,
         )
         self.stopping = asyncio.Event()
-        self.outcomes: Counter[states.JobOutcome] = Counter()
+        # Keyed by states.JobOutcome members, which are their strings (w.outcomes["ready"]).
+        self.outcomes: Counter[str] = Counter()
         self.ready = asyncio.Event()  # set once consuming: tests and health checks wait on it
         self.intake: intake.Intake | None = None  # set once consuming
         self._tasks: set[asyncio.Task[None]] = set()
@@ -96,7 +97,7 @@ class Worker:
     def stop(self) -> None:
         self.stopping.set()
 
-    async def run(self) -> Counter[states.JobOutcome]:
+    async def run(self) -> Counter[str]:
         """Open the resources, consume until stopped, then drain and close in reverse."""
         signer = tokens.Signer(self.settings.tokens)  # no keys: fail before connecting
         files = storage.LocalStorage(self.settings.storage_dir)

@@ -2,7 +2,8 @@
 
 Isolation: each test gets its own database (cloned from a migrated template made once per
 session) and its own RabbitMQ namespace (uuid-named exchanges and queues, deleted after),
-so two test runs can share the services at once.
+so two test runs can share the services at once. Only fixtures live here; what tests
+import (service URLs, waits, fixture types) is in tests/helpers.py.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,7 @@ from bgworker import web as web_app
 from bgworker.smtp_sink import SmtpSink
 from bgworker.store import migrations
 from bgworker.web import access_log
-
-AMQP_URL = os.environ.get("BGWORKER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-PG_ADMIN = os.environ.get("BGWORKER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _db_url(name: str) -> str:
-    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+from tests import helpers
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +37,8 @@ def pg_template() -> Iterator[str]:
     name = f"bgw_tmpl_{uuid.uuid4().hex[:10]}"
 
     async def create() -> None:
-        await create_database(name)
-        conn = await asyncpg.connect(_db_url(name))
+        await helpers.create_database(name)
+        conn = await asyncpg.connect(helpers.db_url(name))
         try:
             await migrations.apply(conn)
         finally:
@@ -53,32 +46,15 @@ def pg_template() -> Iterator[str]:
 
     asyncio.run(create())
     yield name
-    asyncio.run(_drop_database(name))
-
-
-async def create_database(name: str, template: str | None = None) -> None:
-    admin = await asyncpg.connect(PG_ADMIN)
-    try:
-        clause = f' TEMPLATE "{template}"' if template else ""
-        await admin.execute(f'CREATE DATABASE "{name}"{clause}')
-    finally:
-        await admin.close()
-
-
-async def _drop_database(name: str) -> None:
-    admin = await asyncpg.connect(PG_ADMIN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    asyncio.run(helpers.drop_database(name))
 
 
 @pytest.fixture
 async def database_url(pg_template: str) -> AsyncIterator[str]:
     name = f"bgw_t_{uuid.uuid4().hex[:12]}"
-    await create_database(name, template=pg_template)
-    yield _db_url(name)
-    await _drop_database(name)
+    await helpers.create_database(name, template=pg_template)
+    yield helpers.db_url(name)
+    await helpers.drop_database(name)
 
 
 @pytest.fixture
@@ -111,7 +87,7 @@ def settings(
 ) -> settings_mod.Settings:
     """Fast settings for tests: short leases, sub-second retry tiers."""
     return settings_mod.Settings(
-        amqp_url=AMQP_URL,
+        amqp_url=helpers.AMQP_URL,
         database_url=database_url,
         namespace=namespace,
         queue_type=queue_type,
@@ -134,38 +110,10 @@ def settings(
     )
 
 
-def settings_env(settings: settings_mod.Settings) -> dict[str, str]:
-    """The same settings as BGWORKER_* variables, for subprocesses (CLI)."""
-    w = settings.worker
-    env = {
-        "BGWORKER_AMQP_URL": settings.amqp_url.get_secret_value(),
-        "BGWORKER_DATABASE_URL": settings.database_url.get_secret_value(),
-        "BGWORKER_NAMESPACE": settings.namespace,
-        "BGWORKER_QUEUE_TYPE": settings.queue_type,
-        "BGWORKER_STORAGE_DIR": str(settings.storage_dir),
-        "BGWORKER_HANDLERS": ",".join(settings.handlers),
-        "BGWORKER_SMTP__PORT": str(settings.smtp.port),
-        "BGWORKER_TOKENS__SECRET_KEYS": ",".join(
-            k.get_secret_value() for k in settings.tokens.secret_keys
-        ),
-        "BGWORKER_WEB__PUBLIC_URL": settings.web.public_url,
-        "BGWORKER_WORKER__LEASE_SECONDS": str(w.lease_seconds),
-        "BGWORKER_WORKER__REAP_INTERVAL_SECONDS": str(w.reap_interval_seconds),
-        "BGWORKER_WORKER__RETRY_DELAYS_SECONDS": ",".join(map(str, w.retry_delays_seconds)),
-        "BGWORKER_WORKER__OUTBOX_INTERVAL_SECONDS": str(w.outbox_interval_seconds),
-        "BGWORKER_WORKER__OUTBOX_RETRY_SECONDS": ",".join(map(str, w.outbox_retry_seconds)),
-        "BGWORKER_WORKER__DRAIN_TIMEOUT_SECONDS": str(w.drain_timeout_seconds),
-        "BGWORKER_WORKER__OUTBOX_CLAIM_SECONDS": str(w.outbox_claim_seconds),
-        "BGWORKER_WORKER__CONCURRENCY": str(w.concurrency),
-    }
-    base = {k: v for k, v in os.environ.items() if not k.startswith("BGWORKER_")}
-    return {**base, **env, "PYTHONPATH": str(REPO)}
-
-
 @pytest.fixture
 async def amqp(settings: settings_mod.Settings) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
     """A channel on the test's namespace; the topology is declared, then deleted after."""
-    connection = await aio_pika.connect(AMQP_URL)
+    connection = await aio_pika.connect(helpers.AMQP_URL)
     channel = await connection.channel()
     topo = topology.Topology(
         settings.namespace, tuple(settings.worker.retry_delays_seconds), settings.queue_type
@@ -181,10 +129,10 @@ async def amqp(settings: settings_mod.Settings) -> AsyncIterator[aio_pika.abc.Ab
 @pytest.fixture
 async def publish(
     settings: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
-) -> AsyncIterator[Callable[..., Awaitable[events.FileRequested]]]:
+) -> AsyncIterator[helpers.Publish]:
     """publish(file_type, criteria=..., **fields) -> the event, confirmed by the broker."""
     async with publisher.Publisher(
-        AMQP_URL, namespace=settings.namespace, queue_type=settings.queue_type
+        helpers.AMQP_URL, namespace=settings.namespace, queue_type=settings.queue_type
     ) as pub:
 
         async def _publish(
@@ -206,9 +154,9 @@ async def publish(
 @pytest.fixture
 async def publish_raw(
     settings: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
-) -> AsyncIterator[Callable[[bytes], Awaitable[None]]]:
+) -> AsyncIterator[helpers.PublishRaw]:
     """Publish arbitrary bytes to the requests exchange (bad events)."""
-    connection = await aio_pika.connect(AMQP_URL)
+    connection = await aio_pika.connect(helpers.AMQP_URL)
     confirm = await broker.open_channel(connection)  # type: ignore[arg-type]
     topo = topology.Topology(settings.namespace)
 
@@ -227,7 +175,7 @@ async def publish_raw(
 @pytest.fixture
 async def start_worker(
     settings: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
-) -> AsyncIterator[Callable[..., Awaitable[worker.Worker]]]:
+) -> AsyncIterator[helpers.StartWorker]:
     """Start in-process workers; all are stopped (drained) at teardown."""
     started: list[tuple[worker.Worker, asyncio.Task[Any]]] = []
 
@@ -254,9 +202,9 @@ async def start_worker(
 @pytest.fixture
 async def event_log(
     settings: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
-) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
+) -> AsyncIterator[helpers.EventLog]:
     """Every FileReady/FileFailed published on the test's events exchange, as (key, body)."""
-    seen: list[tuple[str, dict[str, Any]]] = []
+    seen: helpers.EventLog = []
     topo = topology.Topology(settings.namespace)
     queue = await amqp.declare_queue(f"{settings.namespace}.test-events", exclusive=True)
     await queue.bind(topo.events_exchange, "#")
@@ -272,9 +220,15 @@ async def event_log(
 
 
 @pytest.fixture
+def dead(amqp: aio_pika.abc.AbstractChannel, namespace: str) -> helpers.DeadLetters:
+    """The test namespace's dead-letter queue, read as letters arrive."""
+    return helpers.DeadLetters(amqp, namespace)
+
+
+@pytest.fixture
 async def start_server(
     settings: settings_mod.Settings,
-) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+) -> AsyncIterator[helpers.StartServer]:
     """start_server(**create_app kwargs) -> base URL of ``create_app(settings)`` served on a
     free port over a real socket, with the production access logger. Settings are read when
     it starts (set ``settings.web.identity_header`` first). Stopped at teardown."""
@@ -298,30 +252,6 @@ async def start_server(
 
 
 @pytest.fixture
-async def server(start_server: Callable[..., Awaitable[str]]) -> str:
+async def server(start_server: helpers.StartServer) -> str:
     """Base URL of the download server with default settings."""
     return await start_server()
-
-
-async def wait_for_status(
-    db: store.Store, request_id: uuid.UUID, statuses: set[str] | str, timeout: float = 30
-) -> store.RequestRow:
-    """Poll the row until it reaches one of ``statuses`` (waits on an event, not a sleep)."""
-    wanted = {statuses} if isinstance(statuses, str) else statuses
-    async with asyncio.timeout(timeout):
-        while True:
-            row = await db.get_request(request_id)
-            if row is not None and row.status in wanted:
-                return row
-            await asyncio.sleep(0.05)
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = 30) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            result = predicate()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(0.05)

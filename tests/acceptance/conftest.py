@@ -1,91 +1,23 @@
-"""The real ``bgworker`` command as subprocesses: started, waited on, signalled, measured.
+"""The ``spawn`` fixture: the real ``bgworker`` command started as a subprocess, ready.
 
 Long-running commands (``worker``, ``serve``) log to a file in the test's tmp_path; the
-factory kills and reaps whatever is still running at teardown. Short commands (``publish``,
-``status``...) run to completion with their output captured.
+factory kills and reaps whatever is still running at teardown. Short commands are run to
+completion by ``tests.acceptance.processes.run_cli``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import re
-import signal
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO, Any
 
-import aiohttp
 import pytest
 
 from bgworker import settings as settings_mod
 from bgworker.smtp_sink import free_port
-from tests.conftest import REPO, settings_env
-
-# Logged by the worker once it consumes (bgworker.worker.Worker.run).
-WORKER_READY = re.compile(r"worker \S+ consuming ")
-
-
-@dataclass
-class Proc:
-    name: str
-    process: asyncio.subprocess.Process
-    log_path: Path
-    log_file: IO[bytes]
-    port: int | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def running(self) -> bool:
-        return self.process.returncode is None
-
-    def log(self) -> str:
-        self.log_file.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        self.process.send_signal(sig)
-
-    def peak_rss_mib(self) -> float:
-        """Peak resident set size (VmHWM) so far; read it before the process exits."""
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-        assert match, f"no VmHWM in /proc/{self.pid}/status"
-        return int(match[1]) / 1024
-
-    async def wait_for_log(self, pattern: str | re.Pattern[str], timeout: float = 30) -> None:
-        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        try:
-            async with asyncio.timeout(timeout):
-                while not regex.search(self.log()):
-                    if not self.running():
-                        raise AssertionError(
-                            f"{self.name} exited ({self.process.returncode}) before logging "
-                            f"{regex.pattern!r}:\n{self.log()}"
-                        )
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
-            raise AssertionError(
-                f"{self.name} did not log {regex.pattern!r} within {timeout}s:\n{self.log()}"
-            ) from None
-
-    async def wait_exit(self, timeout: float = 30) -> int:
-        """The exit code; fails the test if the process is still running after ``timeout``."""
-        try:
-            async with asyncio.timeout(timeout):
-                return await self.process.wait()
-        except TimeoutError:
-            raise AssertionError(
-                f"{self.name} still running {timeout}s later:\n{self.log()}"
-            ) from None
-
-
-Spawn = Callable[..., Awaitable[Proc]]
+from tests.acceptance.processes import WORKER_READY, Proc, Spawn, wait_healthy
+from tests.helpers import REPO, settings_env
 
 
 @pytest.fixture
@@ -115,7 +47,7 @@ async def spawn(settings: settings_mod.Settings, tmp_path: Path) -> AsyncIterato
         if command == "worker":
             await proc.wait_for_log(WORKER_READY)
         elif command == "serve":
-            await _wait_healthy(proc)
+            await wait_healthy(proc)
         return proc
 
     yield _spawn
@@ -124,49 +56,3 @@ async def spawn(settings: settings_mod.Settings, tmp_path: Path) -> AsyncIterato
             proc.process.kill()
         await proc.process.wait()
         proc.log_file.close()
-
-
-async def _wait_healthy(proc: Proc, timeout: float = 30) -> None:
-    url = f"http://127.0.0.1:{proc.port}/healthz"
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while True:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            if not proc.running() or time.monotonic() > deadline:
-                raise AssertionError(f"{proc.name} never answered {url}:\n{proc.log()}")
-            await asyncio.sleep(0.1)
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-async def run_cli(*args: str, env: dict[str, str], timeout: float = 120, **kw: Any) -> Result:
-    """Run ``python -m bgworker ARGS`` to completion (without blocking the event loop, where
-    the tests' SMTP sink runs)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bgworker",
-        *args,
-        env=env,
-        cwd=kw.pop("cwd", REPO),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        **kw,
-    )
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.communicate()
-        raise AssertionError(f"bgworker {' '.join(args)} still running after {timeout}s") from None
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))

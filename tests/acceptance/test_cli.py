@@ -7,19 +7,24 @@ import json
 import uuid
 from pathlib import Path
 
+import aio_pika
 import asyncpg
 
 from bgworker import events, store
 from bgworker import settings as settings_mod
 from bgworker.smtp_sink import SmtpSink
 from bgworker.store import migrations
-from tests.acceptance.conftest import Spawn, run_cli
-from tests.conftest import REPO, _db_url, _drop_database, settings_env, wait_for_status
+from tests.acceptance.processes import Spawn, run_cli
+from tests.helpers import REPO, db_url, drop_database, settings_env, wait_for_status
 
 
 async def test_publish_prints_the_id_and_a_worker_makes_it_ready(
-    settings, db: store.Store, amqp, spawn: Spawn, smtp_sink: SmtpSink
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    spawn: Spawn,
+    smtp_sink: SmtpSink,
+) -> None:
     env = settings_env(settings)
     result = await run_cli(
         "publish",
@@ -42,7 +47,9 @@ async def test_publish_prints_the_id_and_a_worker_makes_it_ready(
     assert mail["To"] == "x@example.com"
 
 
-async def test_publish_rejects_bad_criteria_and_bad_email(settings, amqp):
+async def test_publish_rejects_bad_criteria_and_bad_email(
+    settings: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
+) -> None:
     env = settings_env(settings)
     bad_json = await run_cli("publish", "login_events", "--criteria", "{rows: 10}", env=env)
     assert bad_json.code != 0
@@ -61,9 +68,11 @@ async def test_publish_rejects_bad_criteria_and_bad_email(settings, amqp):
     assert bad_json.out == bad_email.out == ""
 
 
-async def test_migrate_creates_a_fresh_database_and_is_idempotent(settings):
+async def test_migrate_creates_a_fresh_database_and_is_idempotent(
+    settings: settings_mod.Settings,
+) -> None:
     name = f"bgw_cli_{uuid.uuid4().hex[:10]}"
-    env = {**settings_env(settings), "BGWORKER_DATABASE_URL": _db_url(name)}
+    env = {**settings_env(settings), "BGWORKER_DATABASE_URL": db_url(name)}
     try:
         first = await run_cli("migrate", env=env)
         assert first.code == 0, first.err
@@ -76,7 +85,7 @@ async def test_migrate_creates_a_fresh_database_and_is_idempotent(settings):
         assert "database is up to date" in second.out
         assert "applied" not in second.out
 
-        conn = await asyncpg.connect(_db_url(name))
+        conn = await asyncpg.connect(db_url(name))
         try:
             versions = await conn.fetch("SELECT version FROM bgworker_migrations")
             assert await conn.fetchval("SELECT to_regclass('bgworker_requests') IS NOT NULL")
@@ -84,10 +93,10 @@ async def test_migrate_creates_a_fresh_database_and_is_idempotent(settings):
             await conn.close()
         assert sorted(r["version"] for r in versions) == [m.version for m in migrations.available()]
     finally:
-        await _drop_database(name)
+        await drop_database(name)
 
 
-async def test_schemas_check_passes_on_the_repo_and_fails_when_stale(tmp_path: Path):
+async def test_schemas_check_passes_on_the_repo_and_fails_when_stale(tmp_path: Path) -> None:
     env = settings_env(settings_mod.Settings())
     ok = await run_cli("schemas", "export", "--check", env=env, cwd=REPO)
     assert ok.code == 0, ok.err
@@ -100,7 +109,7 @@ async def test_schemas_check_passes_on_the_repo_and_fails_when_stale(tmp_path: P
     assert "out of date" in bad.err and "FileReady.json" in bad.err
 
 
-async def test_help_lists_every_setting_variable():
+async def test_help_lists_every_setting_variable() -> None:
     result = await run_cli("--help", env=settings_env(settings_mod.Settings()))
     assert result.code == 0
     names = [name for name, _ in settings_mod.env_names()]
@@ -109,7 +118,9 @@ async def test_help_lists_every_setting_variable():
     assert missing == []
 
 
-async def test_status_and_cancel_a_queued_request(settings, db: store.Store):
+async def test_status_and_cancel_a_queued_request(
+    settings: settings_mod.Settings, db: store.Store
+) -> None:
     env = settings_env(settings)
     event = events.FileRequested(
         id=uuid.uuid4(), file_type="login_events", criteria={"rows": 5}, filename="l.csv"
@@ -138,7 +149,9 @@ async def test_status_and_cancel_a_queued_request(settings, db: store.Store):
     assert json.loads(after.out)["status"] == "cancelled"
 
 
-async def test_status_of_unknown_request_and_unreachable_database(settings):
+async def test_status_of_unknown_request_and_unreachable_database(
+    settings: settings_mod.Settings,
+) -> None:
     env = settings_env(settings)
     unknown = uuid.uuid4()
     result = await run_cli("status", str(unknown), env=env)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.conftest import run_cli
-from tests.conftest import AMQP_URL, _db_url, _drop_database
+from tests.acceptance.processes import run_cli
+from tests.helpers import AMQP_URL, db_url, drop_database
 
 
 @pytest.fixture
@@ -21,11 +21,11 @@ async def demo_env() -> AsyncIterator[dict[str, str]]:
     database of its own that is dropped afterwards."""
     name = f"bgw_demo_{uuid.uuid4().hex[:10]}"
     base = {k: v for k, v in os.environ.items() if not k.startswith("BGWORKER_")}
-    yield {**base, "BGWORKER_AMQP_URL": AMQP_URL, "BGWORKER_DATABASE_URL": _db_url(name)}
-    await _drop_database(name)
+    yield {**base, "BGWORKER_AMQP_URL": AMQP_URL, "BGWORKER_DATABASE_URL": db_url(name)}
+    await drop_database(name)
 
 
-async def test_demo_runs_end_to_end(demo_env: dict[str, str]):
+async def test_demo_runs_end_to_end(demo_env: dict[str, str]) -> None:
     result = await run_cli("demo", "--rows", "500", env=demo_env, timeout=240)
     logs = re.search(r"logs in (\S+)", result.out)
     if logs:
@@ -40,7 +40,7 @@ async def test_demo_runs_end_to_end(demo_env: dict[str, str]):
     assert "server stopped (exit 0)" in result.out
 
 
-async def test_demo_names_rabbitmq_and_how_to_start_it(demo_env: dict[str, str]):
+async def test_demo_names_rabbitmq_and_how_to_start_it(demo_env: dict[str, str]) -> None:
     env = {**demo_env, "BGWORKER_AMQP_URL": "amqp://guest:sesame@127.0.0.1:1/"}
     result = await run_cli("demo", "--rows", "10", env=env, timeout=60)
     assert result.code != 0
@@ -50,7 +50,7 @@ async def test_demo_names_rabbitmq_and_how_to_start_it(demo_env: dict[str, str])
     assert "sha256 verified" not in result.out
 
 
-async def test_demo_names_postgresql_and_how_to_start_it(demo_env: dict[str, str]):
+async def test_demo_names_postgresql_and_how_to_start_it(demo_env: dict[str, str]) -> None:
     env = {**demo_env, "BGWORKER_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/bgw_demo"}
     result = await run_cli("demo", "--rows", "10", env=env, timeout=60)
     assert result.code != 0

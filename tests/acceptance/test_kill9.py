@@ -6,14 +6,16 @@ import asyncio
 import json
 import random
 from collections import Counter
+from pathlib import Path
 
 import aio_pika
 import pytest
 
 from bgworker import publisher, store, topology
+from bgworker import settings as settings_mod
 from bgworker.smtp_sink import SmtpSink
 from tests.acceptance.workers import WorkerProcs, make_requests, verify_all_ready
-from tests.conftest import AMQP_URL, settings_env, wait_until
+from tests.helpers import AMQP_URL, settings_env, wait_until
 
 REQUESTS = 200
 WORKERS = 3
@@ -22,8 +24,12 @@ KILLS = 8
 
 @pytest.mark.slow
 async def test_kill9_workers_repeatedly_during_a_run(
-    settings, db: store.Store, amqp, smtp_sink: SmtpSink, tmp_path
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
+) -> None:
     settings.worker.concurrency = 4
     ready_events: Counter[str] = Counter()
     connection = await aio_pika.connect(AMQP_URL)
@@ -81,7 +87,7 @@ async def test_kill9_workers_repeatedly_during_a_run(
 
     report = await verify_all_ready(db, settings.storage_dir, requests)
     emails = Counter(m["To"] for m in smtp_sink.messages)
-    message_ids = {m["To"]: set() for m in smtp_sink.messages}
+    message_ids: dict[str, set[str]] = {m["To"]: set() for m in smtp_sink.messages}
     for m in smtp_sink.messages:
         message_ids[m["To"]].add(m["Message-ID"])
     extra_emails = sum(emails.values()) - len(emails)

@@ -9,10 +9,11 @@ import random
 import aiohttp
 import pytest
 
+from bgworker import settings as settings_mod
 from bgworker import store, tokens
-from tests.acceptance.conftest import Spawn
-from tests.conftest import wait_for_status
+from tests.acceptance.processes import Spawn
 from tests.handlers import CHUNK
+from tests.helpers import Publish, wait_for_status
 
 SIZE = 200 * 1024 * 1024
 SEED = 2026
@@ -36,8 +37,8 @@ def expected_sha256(size: int, seed: int) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_200_mib_file_is_built_and_served_in_bounded_memory(
-    settings, db: store.Store, publish, spawn: Spawn
-):
+    settings: settings_mod.Settings, db: store.Store, publish: Publish, spawn: Spawn
+) -> None:
     worker = await spawn("worker", "--concurrency", "1")
     server = await spawn("serve")
     event = await publish(

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aio_pika
 
+from bgworker import settings as settings_mod
 from bgworker import store
 from tests.acceptance.workers import WorkerProcs
-from tests.conftest import AMQP_URL, settings_env, wait_for_status, wait_until
+from tests.helpers import AMQP_URL, Publish, get_row, settings_env, wait_for_status, wait_until
 
 
 async def test_handler_that_kills_its_worker_is_failed_after_max_attempts(
-    settings, db: store.Store, publish, tmp_path
-):
+    settings: settings_mod.Settings, db: store.Store, publish: Publish, tmp_path: Path
+) -> None:
     procs = WorkerProcs(settings_env(settings), tmp_path)
     procs.start()
     poison = await publish("crash", {})
@@ -33,7 +36,7 @@ async def test_handler_that_kills_its_worker_is_failed_after_max_attempts(
     finally:
         procs.stop_all()
 
-    row = await db.get_request(poison.id)
+    row = await get_row(db, poison.id)
     assert row.failure_reason == "worker_lost"
     assert row.attempts == 2 and restarts == 2
     outcomes = [a["outcome"] for a in await db.list_attempts(poison.id)]

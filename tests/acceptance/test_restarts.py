@@ -12,16 +12,18 @@ import os
 import subprocess
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import pytest
 
 from bgworker import broker, events, publisher, store, topology
+from bgworker import settings as settings_mod
 from bgworker.smtp_sink import SmtpSink
 from tests.acceptance.workers import WorkerProcs, make_requests, verify_all_ready
-from tests.conftest import AMQP_URL, settings_env, wait_until
+from tests.helpers import AMQP_URL, settings_env, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -72,11 +74,11 @@ async def _count_ready(db: store.Store) -> int:
 
 
 async def _run_through_outage(
-    settings,
+    settings: settings_mod.Settings,
     db: store.Store,
     smtp_sink: SmtpSink,
     tmp_path: Path,
-    outage: Callable[[], Awaitable[None]],
+    outage: Callable[[], Coroutine[Any, Any, None]],
     max_event_copies: int,
 ) -> None:
     ns = settings.namespace
@@ -157,7 +159,13 @@ async def _count_ready_at_least(db: store.Store, n: int) -> bool:
     return await _count_ready(db) >= n
 
 
-async def test_rabbitmq_restart_mid_run(settings, db, amqp, smtp_sink, tmp_path):
+async def test_rabbitmq_restart_mid_run(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
+) -> None:
     async def rabbitmq_restart() -> None:
         await restart_rabbitmq(down_seconds=3)
 
@@ -171,7 +179,13 @@ async def test_rabbitmq_restart_mid_run(settings, db, amqp, smtp_sink, tmp_path)
     )
 
 
-async def test_postgres_restart_mid_run(settings, db, amqp, smtp_sink, tmp_path):
+async def test_postgres_restart_mid_run(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
+) -> None:
     async def postgres_restart() -> None:
         await restart_postgres(down_seconds=3)
 
@@ -208,8 +222,12 @@ async def _assert_broker_enforces_timeout(namespace: str) -> None:
 
 
 async def test_job_longer_than_broker_consumer_timeout_completes_once(
-    settings, db: store.Store, amqp, smtp_sink, tmp_path
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    smtp_sink: SmtpSink,
+    tmp_path: Path,
+) -> None:
     """RabbitMQ closes the channel of a consumer that holds a delivery unacked past
     consumer_timeout. bgworker acks once the claim is committed, so a job may run far longer:
     here a 3 s broker timeout, a 2 s lease, and an 8 s job."""

@@ -6,13 +6,13 @@ from __future__ import annotations
 import signal
 
 from bgworker import store
-from tests.acceptance.conftest import Spawn
-from tests.conftest import wait_for_status
+from tests.acceptance.processes import Spawn
+from tests.helpers import Publish, wait_for_status
 
 
 async def test_sigterm_lets_the_running_job_finish_and_exits_0(
-    db: store.Store, publish, spawn: Spawn
-):
+    db: store.Store, publish: Publish, spawn: Spawn
+) -> None:
     worker = await spawn("worker")
     event = await publish("slow", {"seconds": 3})
     await wait_for_status(db, event.id, "running")
@@ -28,8 +28,8 @@ async def test_sigterm_lets_the_running_job_finish_and_exits_0(
 
 
 async def test_drain_timeout_releases_the_job_to_the_next_worker(
-    db: store.Store, publish, spawn: Spawn
-):
+    db: store.Store, publish: Publish, spawn: Spawn
+) -> None:
     first = await spawn("worker", env={"BGWORKER_WORKER__DRAIN_TIMEOUT_SECONDS": "0.5"})
     event = await publish("slow", {"seconds": 5})
     await wait_for_status(db, event.id, "running")
@@ -53,8 +53,8 @@ async def test_drain_timeout_releases_the_job_to_the_next_worker(
 
 
 async def test_second_sigterm_exits_at_once_and_the_lease_brings_the_job_back(
-    db: store.Store, publish, spawn: Spawn
-):
+    db: store.Store, publish: Publish, spawn: Spawn
+) -> None:
     # Test settings: lease 5 s, reaper every 1 s, drain up to 10 s (longer than we wait).
     first = await spawn("worker")
     event = await publish("slow", {"seconds": 4})

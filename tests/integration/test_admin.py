@@ -8,23 +8,29 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aio_pika
 import aiohttp
 import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from bgworker import broker
+from bgworker import broker, store
+from bgworker import settings as settings_mod
 from bgworker import web as web_app
 from bgworker.deadletters import queue, reading
 from tests import dlq_handlers
-from tests.conftest import wait_for_status
-from tests.integration.test_dlq import depth, fixable_handler, make_letters
+from tests.helpers import Publish, StartWorker, get_row, must_match, wait_for_status
+from tests.integration.letters import depth, make_letters
 
-__all__ = ["fixable_handler"]  # the autouse fixture, shared with test_dlq
+pytestmark = pytest.mark.usefixtures("fixable_handler")
 
 PASSWORD = "correct horse battery"
 CHROMIUM = Path("/usr/bin/chromium")
 CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def csrf_token(html: str) -> str:
+    return must_match(CSRF_RE, html)[1]
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -33,7 +39,12 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def console(settings, db, amqp, unused_tcp_port) -> AsyncIterator[str]:
+async def console(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    unused_tcp_port: int,
+) -> AsyncIterator[str]:
     """The app (downloads + admin) served on a local port; yields its base URL."""
     settings.web.admin_password = SecretStr(PASSWORD)
     runner = web.AppRunner(web_app.create_app(settings, db=db))
@@ -51,16 +62,18 @@ def client() -> aiohttp.ClientSession:
 async def log_in(http: aiohttp.ClientSession, base: str) -> str:
     """Log in through the form; returns the session's CSRF token (from a page)."""
     async with http.get(f"{base}/admin/login") as r:
-        token = CSRF_RE.search(await r.text())[1]
+        token = csrf_token(await r.text())
     form = {"csrf": token, "user": "admin", "password": PASSWORD}
     async with http.post(f"{base}/admin/login", data=form, allow_redirects=False) as r:
         assert r.status == 303, await r.text()
     async with http.get(f"{base}/admin/requests") as r:
         assert r.status == 200
-        return CSRF_RE.search(await r.text())[1]
+        return csrf_token(await r.text())
 
 
-async def test_console_is_absent_without_a_password(settings, db, unused_tcp_port):
+async def test_console_is_absent_without_a_password(
+    settings: settings_mod.Settings, db: store.Store, unused_tcp_port: int
+) -> None:
     runner = web.AppRunner(web_app.create_app(settings, db=db))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
@@ -73,7 +86,37 @@ async def test_console_is_absent_without_a_password(settings, db, unused_tcp_por
         await runner.cleanup()
 
 
-async def test_no_access_without_the_credential(console, settings):
+# Written out, not read from bgworker.web: a change to what the console sends must fail here.
+CONSOLE_SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
+
+
+async def test_console_security_headers(console: str) -> None:
+    """As sent over HTTP on the console's pages and API, to a user and to nobody."""
+    async with client() as http:
+        for path, request_headers, expected in [
+            ("/admin/login", {}, 200),
+            ("/admin/api/requests", {}, 401),
+            ("/admin/api/requests", basic("admin", PASSWORD), 200),
+            ("/admin/requests", basic("admin", PASSWORD), 200),
+        ]:
+            async with http.get(f"{console}{path}", headers=request_headers) as r:
+                assert r.status == expected, path
+                sent = {name: r.headers.get(name) for name in CONSOLE_SECURITY_HEADERS}
+                assert sent == CONSOLE_SECURITY_HEADERS, (r.status, path)
+
+
+async def test_no_access_without_the_credential(
+    console: str, settings: settings_mod.Settings
+) -> None:
     forged = {"bgworker_admin": "eyJ1IjoiYWRtaW4iLCJuIjoieCJ9.forged.sig"}
     async with client() as http:
         for path in ("/admin/", "/admin/dead-letters", "/admin/requests", "/admin/dead-letters/x"):
@@ -100,7 +143,7 @@ async def test_no_access_without_the_credential(console, settings):
             assert r.status == 200 and "rows" in await r.json()
         # Wrong password through the form: refused, no session cookie.
         async with http.get(f"{console}/admin/login") as r:
-            token = CSRF_RE.search(await r.text())[1]
+            token = csrf_token(await r.text())
         form = {"csrf": token, "user": "admin", "password": "guess"}
         async with http.post(f"{console}/admin/login", data=form, allow_redirects=False) as r:
             assert r.status == 401 and "Wrong user or password" in await r.text()
@@ -109,8 +152,13 @@ async def test_no_access_without_the_credential(console, settings):
 
 
 async def test_posts_without_csrf_token_are_rejected(
-    console, settings, db, amqp, publish, start_worker
-):
+    console: str,
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    publish: Publish,
+    start_worker: StartWorker,
+) -> None:
     await start_worker()
     [request_id] = await make_letters(db, amqp, f"{settings.namespace}.dead", publish, "fixable", 1)
     dlq_handlers.FIXED["value"] = True
@@ -133,7 +181,7 @@ async def test_posts_without_csrf_token_are_rejected(
             ) as r:
                 assert r.status == 403
         assert await depth(amqp, dead) == 1
-        assert (await db.get_request(request_id)).status == "failed"
+        assert (await get_row(db, request_id)).status == "failed"
 
         # With the token, the same POST replays.
         async with http.post(
@@ -146,8 +194,13 @@ async def test_posts_without_csrf_token_are_rejected(
 
 
 async def test_json_endpoints_and_purge_confirmation(
-    console, settings, db, amqp, publish, start_worker
-):
+    console: str,
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    publish: Publish,
+    start_worker: StartWorker,
+) -> None:
     await start_worker()
     dead = f"{settings.namespace}.dead"
     ids = await make_letters(db, amqp, dead, publish, "permanent", 2)
@@ -191,8 +244,14 @@ async def test_json_endpoints_and_purge_confirmation(
     not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (apt-get install -y chromium)"
 )
 async def test_browser_login_view_replay(
-    console, settings, db, amqp, publish, start_worker, tmp_path
-):
+    console: str,
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    publish: Publish,
+    start_worker: StartWorker,
+    tmp_path: Path,
+) -> None:
     from playwright.async_api import async_playwright
 
     await start_worker()

@@ -6,12 +6,18 @@ import json
 import uuid
 from typing import Any
 
-import aio_pika
 import pytest
 
 from bgworker import store, topology
-from tests.conftest import wait_for_status, wait_until
-from tests.deadletters import DeadLetters
+from tests.helpers import (
+    DeadLetters,
+    EventLog,
+    Publish,
+    PublishRaw,
+    StartWorker,
+    wait_for_status,
+    wait_until,
+)
 
 
 def _event(**overrides: Any) -> dict[str, Any]:
@@ -29,14 +35,14 @@ def _raw(body: dict[str, Any]) -> bytes:
     return json.dumps(body).encode()
 
 
-@pytest.fixture
-def dead(amqp: aio_pika.abc.AbstractChannel, namespace: str) -> DeadLetters:
-    return DeadLetters(amqp, namespace)
-
-
 async def test_bad_events_are_dead_lettered_with_reasons_and_the_worker_goes_on(
-    db: store.Store, publish, publish_raw, start_worker, event_log, dead: DeadLetters
-):
+    db: store.Store,
+    publish: Publish,
+    publish_raw: PublishRaw,
+    start_worker: StartWorker,
+    event_log: EventLog,
+    dead: DeadLetters,
+) -> None:
     w = await start_worker()
     bad_email_id, version_id, unknown_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     cases = {
@@ -108,8 +114,12 @@ async def test_bad_events_are_dead_lettered_with_reasons_and_the_worker_goes_on(
 
 
 async def test_bad_event_reusing_a_real_id_changes_nothing(
-    db: store.Store, publish, publish_raw, start_worker, dead: DeadLetters
-):
+    db: store.Store,
+    publish: Publish,
+    publish_raw: PublishRaw,
+    start_worker: StartWorker,
+    dead: DeadLetters,
+) -> None:
     await start_worker()
     good = await publish("blob", {"size": 100})
     before = await wait_for_status(db, good.id, "ready")
@@ -131,8 +141,13 @@ async def test_bad_event_reusing_a_real_id_changes_nothing(
     ids=["invalid-filename", "valid-description", "valid-criteria"],
 )
 async def test_nul_characters_do_not_poison_the_queue(
-    db: store.Store, publish, publish_raw, start_worker, dead: DeadLetters, overrides
-):
+    db: store.Store,
+    publish: Publish,
+    publish_raw: PublishRaw,
+    start_worker: StartWorker,
+    dead: DeadLetters,
+    overrides: dict[str, Any],
+) -> None:
     """PostgreSQL text and jsonb cannot hold U+0000: such an event must end somewhere
     (dead letter or a file), not be redelivered in a loop."""
     w = await start_worker()

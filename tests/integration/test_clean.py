@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 
 from bgworker import cleanup, storage, store
-from tests.conftest import wait_for_status
+from bgworker import settings as settings_mod
+from tests.helpers import Publish, StartWorker, get_row, stored_path, wait_for_status
 
 
-async def _expire(db: store.Store, request_id, seconds_ago: float) -> None:
+async def _expire(db: store.Store, request_id: uuid.UUID, seconds_ago: float) -> None:
     # The clock is the one thing we fake: move the row's expiry into the past.
     await db.pool.execute(
         "UPDATE bgworker_requests SET expires_at = now() - make_interval(secs => $2) WHERE id = $1",
@@ -19,8 +21,8 @@ async def _expire(db: store.Store, request_id, seconds_ago: float) -> None:
 
 
 async def test_clean_removes_expired_past_leeway_and_old_orphans(
-    db, publish, start_worker, settings
-):
+    db: store.Store, publish: Publish, start_worker: StartWorker, settings: settings_mod.Settings
+) -> None:
     await start_worker()
     old = await publish("blob", {"size": 5000, "seed": 1})
     recent = await publish("blob", {"size": 6000, "seed": 2})
@@ -37,20 +39,20 @@ async def test_clean_removes_expired_past_leeway_and_old_orphans(
     day_ago = time.time() - 2 * 86400
     os.utime(orphan, (day_ago, day_ago))
     for row in rows.values():  # stored files are old too: only references protect them
-        os.utime(files.path(row.storage_key), (day_ago, day_ago))
+        os.utime(stored_path(files, row), (day_ago, day_ago))
 
     dry = await cleanup.clean(db, files, dry_run=True)
     assert (dry.expired, dry.orphans) == (1, 1)
-    assert files.path(rows[old.id].storage_key).exists() and orphan.exists()
+    assert stored_path(files, rows[old.id]).exists() and orphan.exists()
 
     report = await cleanup.clean(db, files)
     assert (report.expired, report.orphans) == (1, 1)
     assert report.bytes_freed == 5000 + 10
-    assert not files.path(rows[old.id].storage_key).exists()
+    assert not stored_path(files, rows[old.id]).exists()
     assert not orphan.exists()
     assert young_orphan.exists()  # may be an attempt finalizing right now
-    assert files.path(rows[recent.id].storage_key).exists()
-    assert files.path(rows[live.id].storage_key).exists()
-    assert (await db.get_request(old.id)).status == "expired"
-    assert (await db.get_request(recent.id)).status == "ready"
+    assert stored_path(files, rows[recent.id]).exists()
+    assert stored_path(files, rows[live.id]).exists()
+    assert (await get_row(db, old.id)).status == "expired"
+    assert (await get_row(db, recent.id)).status == "ready"
     assert (await cleanup.clean(db, files)).expired == 0  # idempotent

@@ -2,105 +2,42 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import aio_pika
 import pytest
 
-from bgworker import broker, events, store, topology, wire
+from bgworker import broker, store, topology, wire
 from bgworker import settings as settings_mod
 from bgworker.deadletters import actions, letters, queue, reading, selection
 from tests import dlq_handlers
-from tests.conftest import AMQP_URL, REPO, settings_env, wait_for_status, wait_until
+from tests.helpers import (
+    EventLog,
+    Publish,
+    PublishRaw,
+    StartWorker,
+    get_row,
+    wait_for_status,
+    wait_until,
+)
+from tests.integration.letters import Cli, depth, drain, make_letters, wait_depth
 
-CliResult = tuple[int, str, str]
-
-
-@pytest.fixture(autouse=True)
-def fixable_handler(settings: settings_mod.Settings) -> Any:
-    settings.handlers.append("tests.dlq_handlers:registry")
-    dlq_handlers.FIXED["value"] = False
-    yield
-    dlq_handlers.FIXED["value"] = False
-
-
-@pytest.fixture
-def cli(settings: settings_mod.Settings) -> Callable[..., Awaitable[CliResult]]:
-    """Run the real `bgworker` command in a subprocess (without blocking the test's loop,
-    where the worker runs)."""
-
-    async def _run(*argv: str, stdin: str = "", **env: str) -> CliResult:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bgworker",
-            *argv,
-            cwd=REPO,
-            env={**settings_env(settings), "BGWORKER_LOG_LEVEL": "WARNING", **env},
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 120)
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
-
-    return _run
-
-
-@pytest.fixture
-async def dead_queue(
-    settings: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
-) -> AsyncIterator[queue.DeadLetterQueue]:
-    async with queue.DeadLetterQueue(AMQP_URL, settings.namespace) as q:
-        yield q
-
-
-async def depth(channel: aio_pika.abc.AbstractChannel, name: str) -> int:
-    return await broker.queue_depth(channel, name)
-
-
-async def wait_depth(channel: aio_pika.abc.AbstractChannel, name: str, n: int) -> None:
-    async def reached() -> bool:
-        return await depth(channel, name) == n
-
-    await wait_until(reached)
-
-
-async def drain(channel: aio_pika.abc.AbstractChannel, name: str) -> list[aio_pika.Message]:
-    """Take every message out of a queue, for good, in queue order."""
-    source = await channel.get_queue(name, ensure=False)
-    taken = []
-    while (message := await source.get(no_ack=True, fail=False)) is not None:
-        taken.append(message)
-    return taken
-
-
-async def make_letters(
-    db: store.Store,
-    amqp: aio_pika.abc.AbstractChannel,
-    dead: str,
-    publish: Callable[..., Awaitable[events.FileRequested]],
-    file_type: str,
-    n: int,
-) -> list[uuid.UUID]:
-    before = await depth(amqp, dead)
-    ids = [(await publish(file_type, {"n": i})).id for i in range(n)]
-    for request_id in ids:
-        await wait_for_status(db, request_id, "failed")
-    await wait_depth(amqp, dead, before + n)
-    return ids
+# The operator's "fixable" handler (tests/dlq_handlers.py), reset for each test.
+pytestmark = pytest.mark.usefixtures("fixable_handler")
 
 
 async def test_list_and_show_leave_the_queue_as_it_was(
-    settings, db, amqp, publish, publish_raw, start_worker, dead_queue, cli
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    publish: Publish,
+    publish_raw: PublishRaw,
+    start_worker: StartWorker,
+    dead_queue: queue.DeadLetterQueue,
+    cli: Cli,
+) -> None:
     await start_worker()
     failing = await make_letters(db, amqp, dead_queue.name, publish, "always_fails", 3)
     unknown = await publish("no_such_type")
@@ -150,16 +87,23 @@ async def test_list_and_show_leave_the_queue_as_it_was(
     # Same messages, same order: the first read saw the original order (nothing had been
     # requeued yet), and a destructive drain after all the reads finds exactly that.
     assert await depth(amqp, dead_queue.name) == 5
-    left = [letters.Letter.from_message(m) for m in await drain(amqp, dead_queue.name)]  # type: ignore[arg-type]
+    left = [letters.Letter.from_message(m) for m in await drain(amqp, dead_queue.name)]
     assert [letter.key for letter in left] == [letter.key for letter in first]
 
 
 async def test_replay_after_the_fix_makes_each_request_ready_once(
-    settings, db, amqp, publish, start_worker, dead_queue, event_log, cli
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    publish: Publish,
+    start_worker: StartWorker,
+    dead_queue: queue.DeadLetterQueue,
+    event_log: EventLog,
+    cli: Cli,
+) -> None:
     await start_worker()
     ids = await make_letters(db, amqp, dead_queue.name, publish, "fixable", 4)
-    assert (await db.get_request(ids[0])).attempts == 2
+    assert (await get_row(db, ids[0])).attempts == 2
 
     code, out, _ = await cli("dlq", "replay", "--all", "--dry-run")
     assert code == 0 and "would-replay 4" in out and "dry run: nothing changed" in out
@@ -187,7 +131,14 @@ async def test_replay_after_the_fix_makes_each_request_ready_once(
     assert ready == Counter({str(i): 1 for i in ids})
 
 
-async def test_keep_attempts_and_filters(settings, db, amqp, publish, start_worker, dead_queue):
+async def test_keep_attempts_and_filters(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    publish: Publish,
+    start_worker: StartWorker,
+    dead_queue: queue.DeadLetterQueue,
+) -> None:
     await start_worker()
     [kept] = await make_letters(db, amqp, dead_queue.name, publish, "fixable", 1)
     [other] = await make_letters(db, amqp, dead_queue.name, publish, "permanent", 1)
@@ -213,8 +164,15 @@ async def test_keep_attempts_and_filters(settings, db, amqp, publish, start_work
 
 
 async def test_worker_stopped_mid_replay_loses_nothing(
-    settings, db, amqp, publish, start_worker, dead_queue, event_log, monkeypatch
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    publish: Publish,
+    start_worker: StartWorker,
+    dead_queue: queue.DeadLetterQueue,
+    event_log: EventLog,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     first_worker = await start_worker()
     ids = await make_letters(db, amqp, dead_queue.name, publish, "fixable", 6)
     dlq_handlers.FIXED["value"] = True
@@ -246,7 +204,7 @@ async def test_worker_stopped_mid_replay_loses_nothing(
     # Three letters replayed and gone, the 4th replayed but still in the queue, 5-6 untouched.
     left = [letter.key async for letter in reading.matching(dead_queue)]
     assert len(left) == 3
-    assert {(await db.get_request(i)).status for i in ids if str(i) in left[1:]} == {"failed"}
+    assert {(await get_row(db, i)).status for i in ids if str(i) in left[1:]} == {"failed"}
 
     await start_worker()
     interrupted = uuid.UUID(left[0])
@@ -275,8 +233,14 @@ async def test_worker_stopped_mid_replay_loses_nothing(
 
 
 async def test_purge_asks_then_removes_and_records(
-    settings, db, amqp, publish, start_worker, dead_queue, cli
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    publish: Publish,
+    start_worker: StartWorker,
+    dead_queue: queue.DeadLetterQueue,
+    cli: Cli,
+) -> None:
     await start_worker()
     doomed = await make_letters(db, amqp, dead_queue.name, publish, "permanent", 2)
     [kept] = await make_letters(db, amqp, dead_queue.name, publish, "fixable", 1)
@@ -302,7 +266,9 @@ async def test_purge_asks_then_removes_and_records(
     assert await depth(amqp, dead_queue.name) == 0
 
 
-async def test_clear_errors(settings, amqp, cli):
+async def test_clear_errors(
+    settings: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel, cli: Cli
+) -> None:
     code, _, err = await cli("dlq", "list", BGWORKER_NAMESPACE=f"nope-{uuid.uuid4().hex[:8]}")
     assert code == 69 and "does not exist" in err and "Traceback" not in err
     code, _, err = await cli("dlq", "stats", BGWORKER_AMQP_URL="amqp://guest:secretpw@127.0.0.1:1/")
@@ -313,8 +279,13 @@ async def test_clear_errors(settings, amqp, cli):
 
 
 async def test_invalid_letters_are_kept_not_replayed(
-    settings, db, amqp, publish_raw, start_worker, dead_queue
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    publish_raw: PublishRaw,
+    start_worker: StartWorker,
+    dead_queue: queue.DeadLetterQueue,
+) -> None:
     await start_worker()
     await publish_raw(b'{"id": "%s", "file_type": 5}' % str(uuid.uuid4()).encode())
     await wait_depth(amqp, dead_queue.name, 1)
@@ -325,8 +296,13 @@ async def test_invalid_letters_are_kept_not_replayed(
 
 
 async def test_broker_dead_lettered_messages_show_x_death_and_replay(
-    settings, db, amqp, publish, dead_queue, start_worker
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    publish: Publish,
+    dead_queue: queue.DeadLetterQueue,
+    start_worker: StartWorker,
+) -> None:
     # The work queue dead-letters to the same exchange: a rejected delivery arrives with
     # RabbitMQ's x-death header instead of ours.
     event = await publish("blob", {"size": 10})
@@ -347,7 +323,12 @@ async def test_broker_dead_lettered_messages_show_x_death_and_replay(
     await wait_for_status(db, event.id, "ready")
 
 
-async def test_thousands_of_letters(settings, db, amqp, dead_queue):
+async def test_thousands_of_letters(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    dead_queue: queue.DeadLetterQueue,
+) -> None:
     """Read, count and select among 2000 letters; reads leave all of them in place."""
     channel = await broker.open_channel(dead_queue.connection)  # type: ignore[arg-type]
     n = 2000

@@ -8,24 +8,26 @@ import json
 import re
 import struct
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import aio_pika
 import pamqp.encode
 import pytest
 
-from bgworker import amqp_frames, broker
+from bgworker import amqp_frames, broker, store
 from bgworker import settings as settings_mod
 from bgworker.deadletters import letters, queue, reading
-from tests.conftest import REPO
+from tests.helpers import REPO
+from tests.integration.letters import Cli, depth, drain
 from tests.integration.test_admin import CSRF_RE, basic, client, console, log_in
-from tests.integration.test_dlq import cli, dead_queue, depth, drain, fixable_handler
 
-__all__ = ["cli", "console", "dead_queue", "fixable_handler"]  # fixtures shared with them
+__all__ = ["console"]  # the fixture, shared with test_admin
+pytestmark = pytest.mark.usefixtures("fixable_handler")
 
 PASSWORD_AUTH = basic("admin", "correct horse battery")
 
@@ -141,8 +143,12 @@ def assert_clean(text: str) -> None:
 
 
 async def test_cli_lists_shows_counts_and_purges_any_letter(
-    settings, db, amqp, hostile, cli: Callable[..., Awaitable[tuple[int, str, str]]]
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    hostile: dict[str, str],
+    cli: Cli,
+) -> None:
     n = len(hostile)
     keys = set(hostile.values())
     assert len(keys) == n  # every letter has its own stable key
@@ -201,7 +207,13 @@ async def test_cli_lists_shows_counts_and_purges_any_letter(
     assert {(a["letter_key"], a["action"]) for a in actions} == {(k, "purge") for k in keys}
 
 
-async def test_console_lists_shows_and_purges_any_letter(settings, db, amqp, hostile, console):
+async def test_console_lists_shows_and_purges_any_letter(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    hostile: dict[str, str],
+    console: str,
+) -> None:
     n = len(hostile)
     async with client() as http:
         async with http.get(f"{console}/admin/dead-letters", headers=PASSWORD_AUTH) as r:
@@ -288,8 +300,13 @@ def undecodable_encoders(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 async def test_letters_pamqp_refuses_are_read_leniently(
-    settings, db, amqp, dead_queue, undecodable_encoders, cli
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    dead_queue: queue.DeadLetterQueue,
+    undecodable_encoders: None,
+    cli: Cli,
+) -> None:
     """A timestamp header past 9999 and a short string that is not UTF-8: pamqp alone
     refuses the frame, bgworker (amqp_frames, installed in every bgworker process) reads
     it, so the letters are listed and purged like any other."""
@@ -310,8 +327,15 @@ async def test_letters_pamqp_refuses_are_read_leniently(
 
 
 async def test_letters_the_client_cannot_decode_are_named_and_purged(
-    settings, db, amqp, dead_queue, undecodable_encoders, cli, console, tmp_path
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    dead_queue: queue.DeadLetterQueue,
+    undecodable_encoders: None,
+    cli: Cli,
+    console: str,
+    tmp_path: Path,
+) -> None:
     """A frame no decoder can read (simulated: pamqp's strict decoders, in this process and,
     through a sitecustomize, in the CLI's): aiormq drops the connection, the tools say which
     letter it is (no traceback) and `purge --undecodable` removes it by position, leaving

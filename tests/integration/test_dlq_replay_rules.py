@@ -13,22 +13,16 @@ from datetime import UTC, datetime
 import aio_pika
 import pytest
 
-from bgworker import events, topology
-from bgworker.deadletters import actions, reading, rule, selection
+from bgworker import events, store, topology
+from bgworker import settings as settings_mod
+from bgworker.deadletters import actions, queue, reading, rule, selection
 from tests import dlq_handlers
-from tests.conftest import wait_for_status, wait_until
+from tests.helpers import EventLog, Publish, StartWorker, get_row, wait_for_status, wait_until
+from tests.integration.letters import Cli, depth, drain, make_letters, wait_depth
 from tests.integration.test_admin import client, console, log_in
-from tests.integration.test_dlq import (
-    cli,
-    dead_queue,
-    depth,
-    drain,
-    fixable_handler,
-    make_letters,
-    wait_depth,
-)
 
-__all__ = ["cli", "console", "dead_queue", "fixable_handler"]  # fixtures shared with them
+__all__ = ["console"]  # the fixture, shared with test_admin
+pytestmark = pytest.mark.usefixtures("fixable_handler")
 
 
 async def nothing(*_: object) -> None:
@@ -36,7 +30,7 @@ async def nothing(*_: object) -> None:
 
 
 async def dead_letter_from_work_queue(
-    amqp: aio_pika.abc.AbstractChannel, settings, event: events.FileRequested
+    amqp: aio_pika.abc.AbstractChannel, settings: settings_mod.Settings, event: events.FileRequested
 ) -> None:
     """The request's only message leaves the work queue for ``{ns}.dead`` the way the
     broker moves it at a delivery limit: dead-lettered by RabbitMQ itself (x-death)."""
@@ -52,7 +46,9 @@ async def dead_letter_from_work_queue(
     await wait_until(arrived)
 
 
-async def lose_messages(amqp: aio_pika.abc.AbstractChannel, settings) -> None:
+async def lose_messages(
+    amqp: aio_pika.abc.AbstractChannel, settings: settings_mod.Settings
+) -> None:
     """No message for any request anywhere: work queue and every retry tier empty."""
     topo = topology.Topology(settings.namespace, tuple(settings.worker.retry_delays_seconds))
     for name in [topo.work_queue, *map(topo.retry_queue, topo.retry_delays_seconds)]:
@@ -62,8 +58,16 @@ async def lose_messages(amqp: aio_pika.abc.AbstractChannel, settings) -> None:
 
 @pytest.mark.parametrize("status", ["retrying", "queued"])
 async def test_replay_republishes_a_request_whose_message_is_gone(
-    settings, db, amqp, publish, start_worker, dead_queue, event_log, cli, status
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    publish: Publish,
+    start_worker: StartWorker,
+    dead_queue: queue.DeadLetterQueue,
+    event_log: EventLog,
+    cli: Cli,
+    status: str,
+) -> None:
     dlq_handlers.FIXED["value"] = True
     event = await publish("fixable")
     # A worker claimed it, then its retry (or, at shutdown, its requeue) message was lost.
@@ -82,7 +86,7 @@ async def test_replay_republishes_a_request_whose_message_is_gone(
     # Its first message reached the delivery limit and was dead-lettered by the broker.
     await dead_letter_from_work_queue(amqp, settings, event)
     await lose_messages(amqp, settings)
-    assert (await db.get_request(event.id)).status == status
+    assert (await get_row(db, event.id)).status == status
 
     code, out, err = await cli("dlq", "replay", str(event.id))
     assert code == 0, err
@@ -102,8 +106,14 @@ async def test_replay_republishes_a_request_whose_message_is_gone(
 
 
 async def test_replay_of_a_cancelled_request_refuses_then_force_runs_it(
-    settings, db, amqp, publish, start_worker, dead_queue, cli
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    publish: Publish,
+    start_worker: StartWorker,
+    dead_queue: queue.DeadLetterQueue,
+    cli: Cli,
+) -> None:
     await start_worker()
     [cancelled, flagged] = await make_letters(db, amqp, dead_queue.name, publish, "fixable", 2)
     # One ended cancelled; on the other a cancel arrived while its handler failed for good.
@@ -127,8 +137,8 @@ async def test_replay_of_a_cancelled_request_refuses_then_force_runs_it(
     code, out, err = await cli("dlq", "replay", "--all", "--dry-run")
     assert code == 0 and "would-refuse 2" in out
     assert await depth(amqp, dead_queue.name) == 2  # both letters kept
-    assert (await db.get_request(cancelled)).status == "cancelled"
-    assert (await db.get_request(flagged)).status == "failed"
+    assert (await get_row(db, cancelled)).status == "cancelled"
+    assert (await get_row(db, flagged)).status == "failed"
 
     code, out, err = await cli("dlq", "replay", "--all", "--force")
     assert code == 0, err
@@ -144,8 +154,14 @@ async def test_replay_of_a_cancelled_request_refuses_then_force_runs_it(
 
 
 async def test_console_refuses_a_cancelled_request_unless_forced(
-    settings, db, amqp, publish, start_worker, dead_queue, console
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    publish: Publish,
+    start_worker: StartWorker,
+    dead_queue: queue.DeadLetterQueue,
+    console: str,
+) -> None:
     await start_worker()
     [request_id] = await make_letters(db, amqp, dead_queue.name, publish, "fixable", 1)
     await db.pool.execute(
@@ -173,8 +189,12 @@ async def test_console_refuses_a_cancelled_request_unless_forced(
 
 
 async def test_running_request_letter_removed_only_under_a_live_lease(
-    settings, db, amqp, publish, dead_queue
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    publish: Publish,
+    dead_queue: queue.DeadLetterQueue,
+) -> None:
     live = await publish("fixable")
     expired = await publish("fixable")
     await lose_messages(amqp, settings)
@@ -185,7 +205,7 @@ async def test_running_request_letter_removed_only_under_a_live_lease(
     exchange = await channel.get_exchange(dead_queue.topology.dead_exchange)
     for event in (live, expired):
         body = event.model_dump_json().encode()
-        headers = {"x-death": [{"reason": "delivery_limit", "count": 20}]}
+        headers: aio_pika.abc.HeadersType = {"x-death": [{"reason": "delivery_limit", "count": 20}]}
         await exchange.publish(
             aio_pika.Message(body, message_id=str(event.id), headers=headers), ""
         )
@@ -198,7 +218,7 @@ async def test_running_request_letter_removed_only_under_a_live_lease(
     assert [letter.key async for letter in reading.matching(dead_queue)] == [str(expired.id)]
     # Neither request was touched: the live attempt keeps its lease, the reaper owns the other.
     for event, claim in ((live, live_claim), (expired, dead_claim)):
-        row = await db.get_request(event.id)
+        row = await get_row(db, event.id)
         assert (row.status, row.lease_token) == ("running", claim.lease_token)
     await channel.close()
 
@@ -223,7 +243,9 @@ async def test_running_request_letter_removed_only_under_a_live_lease(
         ("retrying", True, False, True, rule.Plan.FORCE),
     ],
 )
-def test_the_replay_rule(status, cancel, lease, force, plan):
+def test_the_replay_rule(
+    status: str | None, cancel: bool, lease: bool, force: bool, plan: rule.Plan
+) -> None:
     decision = rule.decide("r1", status, cancel_requested=cancel, lease_live=lease, force=force)
     assert decision.plan is plan
     # A letter leaves the queue only if the request is runnable afterwards (republished,

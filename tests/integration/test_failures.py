@@ -6,13 +6,24 @@ import asyncio
 import subprocess
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import aio_pika
 import pytest
 
 from bgworker import handlers, store, worker
+from bgworker import settings as settings_mod
 from bgworker.smtp_sink import SmtpSink
-from tests.conftest import AMQP_URL, wait_for_status, wait_until
+from tests.helpers import (
+    AMQP_URL,
+    EventLog,
+    Publish,
+    StartWorker,
+    get_row,
+    text_header,
+    wait_for_status,
+    wait_until,
+)
 
 
 async def _dead_letters(queue_name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
@@ -30,13 +41,13 @@ async def _dead_letters(queue_name: str) -> list[aio_pika.abc.AbstractIncomingMe
         await connection.close()
 
 
-def _user_files(settings) -> list:
+def _user_files(settings: settings_mod.Settings) -> list[Path]:
     return [p for p in settings.storage_dir.rglob("*") if p.is_file() and ".tmp" not in p.parts]
 
 
 async def test_flaky_handler_is_retried_with_backoff_until_ready(
-    db: store.Store, publish, start_worker, settings
-):
+    db: store.Store, publish: Publish, start_worker: StartWorker, settings: settings_mod.Settings
+) -> None:
     await start_worker()
     event = await publish("flaky", {"fail_times": 2})
     row = await wait_for_status(db, event.id, "ready")
@@ -56,8 +67,13 @@ async def test_flaky_handler_is_retried_with_backoff_until_ready(
 
 
 async def test_always_failing_handler_is_dead_lettered_and_others_continue(
-    db: store.Store, publish, start_worker, settings, smtp_sink: SmtpSink, event_log
-):
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    settings: settings_mod.Settings,
+    smtp_sink: SmtpSink,
+    event_log: EventLog,
+) -> None:
     await start_worker()
     bad = await publish("always_fails", {}, requester={"email": "carol@example.com"})
     good = await publish("blob", {"size": 2048})
@@ -82,15 +98,17 @@ async def test_always_failing_handler_is_dead_lettered_and_others_continue(
     assert headers["x-bgworker-reason"] == "max_attempts"
     assert headers["x-bgworker-error-class"] == "RuntimeError"
     assert headers["x-bgworker-attempts"] == 3
-    assert "always fails" in headers["x-bgworker-error"]
-    assert "Traceback" in headers["x-bgworker-traceback"]
+    assert "always fails" in text_header(headers, "x-bgworker-error")
+    assert "Traceback" in text_header(headers, "x-bgworker-traceback")
     assert letters[0].message_id == str(bad.id)
     # Only the good request's file exists: partial bytes of failed attempts never appear.
     assert len(_user_files(settings)) == 1
     assert list((settings.storage_dir / ".tmp").iterdir()) == []
 
 
-async def test_permanent_error_skips_retries(db: store.Store, publish, start_worker, settings):
+async def test_permanent_error_skips_retries(
+    db: store.Store, publish: Publish, start_worker: StartWorker, settings: settings_mod.Settings
+) -> None:
     await start_worker()
     event = await publish("permanent", {})
     row = await wait_for_status(db, event.id, "failed")
@@ -123,8 +141,8 @@ def _unacked(queue: str) -> int:
 
 
 async def test_job_longer_than_its_lease_completes_once(
-    db: store.Store, publish, start_worker, settings
-):
+    db: store.Store, publish: Publish, start_worker: StartWorker, settings: settings_mod.Settings
+) -> None:
     # The lease (1 s) is far shorter than the job (4 s): only the heartbeat keeps it.
     settings.worker.lease_seconds = 1.0
     await start_worker()
@@ -133,7 +151,7 @@ async def test_job_longer_than_its_lease_completes_once(
     await wait_for_status(db, event.id, "running")
     # Acked at claim: the broker's consumer timeout cannot cut a long job short.
     assert await asyncio.to_thread(_unacked, f"{settings.namespace}.work") == 0
-    running = await db.get_request(event.id)
+    running = await get_row(db, event.id)
     row = await wait_for_status(db, event.id, "ready", timeout=60)
     assert row.attempts == 1
     assert [a["outcome"] for a in await db.list_attempts(event.id)] == ["ready"]
@@ -142,8 +160,8 @@ async def test_job_longer_than_its_lease_completes_once(
 
 
 async def test_smtp_outage_delays_email_but_sends_each_once(
-    db: store.Store, publish, start_worker, smtp_sink: SmtpSink
-):
+    db: store.Store, publish: Publish, start_worker: StartWorker, smtp_sink: SmtpSink
+) -> None:
     await smtp_sink.stop()
     await start_worker()
     sent = [
@@ -159,7 +177,7 @@ async def test_smtp_outage_delays_email_but_sends_each_once(
 
     await wait_until(all_failed_once)
     for event in sent:  # files stay ready while SMTP is down
-        assert (await db.get_request(event.id)).status == "ready"
+        assert (await get_row(db, event.id)).status == "ready"
     await smtp_sink.start()
     await smtp_sink.wait_for(5, timeout=30)
 
@@ -173,8 +191,13 @@ async def test_smtp_outage_delays_email_but_sends_each_once(
 
 
 async def test_cancel_running_request_stops_it_without_file_or_email(
-    db: store.Store, publish, start_worker, settings, smtp_sink: SmtpSink, event_log
-):
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    settings: settings_mod.Settings,
+    smtp_sink: SmtpSink,
+    event_log: EventLog,
+) -> None:
     w = await start_worker()
     event = await publish("slow", {"seconds": 30}, requester={"email": "dan@example.com"})
     await wait_for_status(db, event.id, "running")
@@ -186,13 +209,15 @@ async def test_cancel_running_request_stops_it_without_file_or_email(
     assert smtp_sink.messages == [] and event_log == []
 
 
-async def test_cancel_queued_request_is_never_run(db: store.Store, publish, start_worker, settings):
+async def test_cancel_queued_request_is_never_run(
+    db: store.Store, publish: Publish, start_worker: StartWorker, settings: settings_mod.Settings
+) -> None:
     event = await publish("blob", {"size": 10})
     await db.insert_request(event, max_attempts=4)
     assert await db.request_cancel(event.id) == "cancelled"
     w = await start_worker()
     await wait_until(lambda: w.outcomes["duplicate"] == 1)
-    row = await db.get_request(event.id)
+    row = await get_row(db, event.id)
     assert row.status == "cancelled" and row.attempts == 0
     assert _user_files(settings) == []
     # Cancelling twice is refused: it is no longer cancellable.
@@ -200,12 +225,18 @@ async def test_cancel_queued_request_is_never_run(db: store.Store, publish, star
 
 
 @pytest.mark.parametrize("limit", ["max_jobs", "burst"])
-async def test_batch_mode_exits_by_itself(db: store.Store, publish, settings, amqp, limit):
+async def test_batch_mode_exits_by_itself(
+    db: store.Store,
+    publish: Publish,
+    settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+    limit: str,
+) -> None:
     events = [await publish("blob", {"size": 10, "seed": i}) for i in range(5)]
     limits = worker.Limits(max_jobs=3) if limit == "max_jobs" else worker.Limits(burst=True)
     w = worker.Worker(settings, handlers.load(settings.handlers), limits=limits)
     outcomes = await asyncio.wait_for(w.run(), timeout=60)
-    statuses = Counter()
+    statuses: Counter[str] = Counter()
     for event in events:
         row = await db.get_request(event.id)
         statuses[row.status if row else "unseen"] += 1
@@ -217,8 +248,8 @@ async def test_batch_mode_exits_by_itself(db: store.Store, publish, settings, am
 
 
 async def test_graceful_stop_releases_unfinished_jobs(
-    db: store.Store, publish, start_worker, settings
-):
+    db: store.Store, publish: Publish, start_worker: StartWorker, settings: settings_mod.Settings
+) -> None:
     settings.worker.drain_timeout_seconds = 0.3
     w = await start_worker()
     event = await publish("slow", {"seconds": 30})
@@ -234,8 +265,12 @@ async def test_graceful_stop_releases_unfinished_jobs(
 
 
 async def test_stop_during_a_job_sends_its_email_before_exiting(
-    db: store.Store, publish, settings, amqp, smtp_sink: SmtpSink
-):
+    db: store.Store,
+    publish: Publish,
+    settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+    smtp_sink: SmtpSink,
+) -> None:
     w = worker.Worker(settings, handlers.load(settings.handlers))
     run = asyncio.create_task(w.run())
     await asyncio.wait_for(w.ready.wait(), 30)
@@ -245,7 +280,7 @@ async def test_stop_during_a_job_sends_its_email_before_exiting(
     await asyncio.wait_for(run, 60)
     # When run() returns, the job's effects are done and recorded: nothing is left to a
     # claim that would expire and be repeated by another worker.
-    assert (await db.get_request(event.id)).status == "ready"
+    assert (await get_row(db, event.id)).status == "ready"
     assert [m["To"] for m in smtp_sink.messages] == ["eve@example.com"]
     assert {o["kind"]: o["status"] for o in await db.list_outbox(event.id)} == {
         "email_ready": "done",

@@ -15,7 +15,7 @@ import pytest
 
 from bgworker import broker, handlers, store, topology, worker
 from bgworker import settings as settings_mod
-from tests.conftest import wait_for_status, wait_until
+from tests.helpers import Publish, StartWorker, wait_for_status, wait_until
 
 
 @pytest.fixture(params=["quorum", "classic"])
@@ -30,8 +30,12 @@ async def _depth(amqp: aio_pika.abc.AbstractChannel, settings: settings_mod.Sett
 
 
 async def test_a_handed_back_delivery_is_seen_as_redelivered(
-    db: store.Store, publish, start_worker, settings, amqp
-):
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+) -> None:
     """The instrument the other tests rely on: a delivery the broker had delivered before
     (here nacked once by hand) is counted by the worker, from the redelivered flag and, on
     a quorum queue, the x-delivery-count header RabbitMQ adds."""
@@ -54,8 +58,12 @@ async def test_a_handed_back_delivery_is_seen_as_redelivered(
 
 
 async def test_an_idle_worker_gets_the_job_a_busy_worker_cannot_start(
-    db: store.Store, publish, start_worker, settings, amqp
-):
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+) -> None:
     settings.worker.concurrency = 1
     settings.worker.drain_timeout_seconds = 0.5  # teardown: release the 20 s job at once
     busy = await start_worker(worker_id="busy")
@@ -88,8 +96,12 @@ async def test_an_idle_worker_gets_the_job_a_busy_worker_cannot_start(
 
 
 async def test_max_jobs_runs_exactly_n_and_leaves_the_rest_undelivered(
-    db: store.Store, publish, start_worker, settings, amqp
-):
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+) -> None:
     requests = [await publish("blob", {"size": 10, "seed": i}) for i in range(5)]
     w = worker.Worker(settings, handlers.load(settings.handlers), limits=worker.Limits(max_jobs=2))
     outcomes = await asyncio.wait_for(w.run(), timeout=60)  # concurrency 4: 2 at once
@@ -114,8 +126,12 @@ async def test_max_jobs_runs_exactly_n_and_leaves_the_rest_undelivered(
 
 
 async def test_max_jobs_does_not_count_a_duplicate_delivery(
-    db: store.Store, publish, start_worker, settings, amqp
-):
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+) -> None:
     done = await publish("blob", {"size": 10})
     first = await start_worker()
     await wait_for_status(db, done.id, "ready", timeout=10)
@@ -132,8 +148,12 @@ async def test_max_jobs_does_not_count_a_duplicate_delivery(
 
 
 async def test_a_full_worker_leaves_the_rest_in_the_queue_and_never_hands_back(
-    db: store.Store, publish, start_worker, settings, amqp
-):
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+) -> None:
     settings.worker.concurrency = 2
     w = await start_worker()
     requests = [await publish("slow", {"seconds": 2}) for _ in range(6)]
@@ -162,12 +182,17 @@ async def _running_is(db: store.Store, n: int) -> bool:
 
 
 async def test_stop_cancels_the_consumer_and_leaves_the_queue_to_others(
-    db: store.Store, publish, start_worker, settings, amqp
-):
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+) -> None:
     w = await start_worker()
     assert w.intake is not None and w.intake.consumers > 0
     w.stop()
-    await wait_until(lambda: w.intake.consumers == 0, timeout=10)
+    intake = w.intake
+    await wait_until(lambda: intake.consumers == 0, timeout=10)
     event = await publish("blob", {"size": 10})
     other = await start_worker()
     await wait_for_status(db, event.id, "ready", timeout=10)
@@ -218,8 +243,12 @@ async def _consumer_tags(queue: str) -> list[str]:
 
 
 async def test_a_reconnect_restores_the_consumer_only_while_a_slot_is_free(
-    db: store.Store, publish, start_worker, settings, amqp
-):
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+) -> None:
     settings.worker.concurrency = 1
     work_queue = topology.Topology(settings.namespace).work_queue
     worker_id = f"flow-{uuid.uuid4().hex[:8]}"

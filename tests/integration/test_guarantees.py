@@ -14,13 +14,15 @@ import pytest
 from bgworker import events, store, topology
 from bgworker import settings as settings_mod
 from bgworker.smtp_sink import SmtpSink
-from tests.conftest import wait_for_status, wait_until
-from tests.deadletters import DeadLetters
-
-
-@pytest.fixture
-def dead(amqp: aio_pika.abc.AbstractChannel, namespace: str) -> DeadLetters:
-    return DeadLetters(amqp, namespace)
+from tests.helpers import (
+    DeadLetters,
+    EventLog,
+    Publish,
+    PublishRaw,
+    StartWorker,
+    wait_for_status,
+    wait_until,
+)
 
 
 def _event(**overrides: Any) -> dict[str, Any]:
@@ -90,7 +92,12 @@ POISON: dict[str, tuple[Any, set[str], bool]] = {
 
 @pytest.mark.parametrize("queue_type", ["quorum", "classic"])
 async def test_every_poison_class_is_dead_lettered_at_once_and_good_work_goes_on(
-    db: store.Store, publish, publish_raw, start_worker, dead: DeadLetters, queue_type: str
+    db: store.Store,
+    publish: Publish,
+    publish_raw: PublishRaw,
+    start_worker: StartWorker,
+    dead: DeadLetters,
+    queue_type: str,
 ) -> None:
     w = await start_worker()
     ids = {name: uuid.uuid4() for name in POISON}
@@ -118,7 +125,12 @@ async def test_every_poison_class_is_dead_lettered_at_once_and_good_work_goes_on
 
 
 async def test_a_value_postgresql_refuses_is_dead_lettered_as_unstorable(
-    db: store.Store, publish, publish_raw, start_worker, dead: DeadLetters, event_log
+    db: store.Store,
+    publish: Publish,
+    publish_raw: PublishRaw,
+    start_worker: StartWorker,
+    dead: DeadLetters,
+    event_log: EventLog,
 ) -> None:
     """The safety net behind validation: an event the models accept but PostgreSQL refuses
     (here a real CHECK constraint added to this test's own database) is the message's fault:
@@ -146,9 +158,9 @@ async def test_a_value_postgresql_refuses_is_dead_lettered_as_unstorable(
 
 async def test_an_unexpected_error_before_the_claim_is_not_held(
     db: store.Store,
-    publish,
-    publish_raw,
-    start_worker,
+    publish: Publish,
+    publish_raw: PublishRaw,
+    start_worker: StartWorker,
     dead: DeadLetters,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -193,9 +205,9 @@ async def _cancel_while_running(db: store.Store, request_id: uuid.UUID) -> None:
 async def test_cancel_wins_over_what_the_handler_does_next(
     db: store.Store,
     settings: settings_mod.Settings,
-    publish,
-    start_worker,
-    event_log,
+    publish: Publish,
+    start_worker: StartWorker,
+    event_log: EventLog,
     dead: DeadLetters,
     smtp_sink: SmtpSink,
     file_type: str,
@@ -230,7 +242,7 @@ async def _dead_depth(dead: DeadLetters) -> int:
 
 
 async def test_cancel_wins_when_the_lease_is_lost(
-    db: store.Store, settings: settings_mod.Settings, publish, start_worker
+    db: store.Store, settings: settings_mod.Settings, publish: Publish, start_worker: StartWorker
 ) -> None:
     """The request is cancelled while its lease is taken from the running worker (as when
     its worker stalls past the lease): the reaper ends it cancelled, never requeued."""
@@ -254,9 +266,9 @@ async def test_a_retry_message_lost_from_its_delay_queue_is_recovered_once(
     db: store.Store,
     settings: settings_mod.Settings,
     amqp: aio_pika.abc.AbstractChannel,
-    publish,
-    start_worker,
-    event_log,
+    publish: Publish,
+    start_worker: StartWorker,
+    event_log: EventLog,
     smtp_sink: SmtpSink,
 ) -> None:
     settings.worker.retry_delays_seconds = [2.0]
@@ -284,7 +296,7 @@ async def test_a_retry_message_lost_from_its_delay_queue_is_recovered_once(
 
 
 async def test_a_queued_request_whose_message_never_arrived_is_republished(
-    db: store.Store, settings: settings_mod.Settings, start_worker
+    db: store.Store, settings: settings_mod.Settings, start_worker: StartWorker
 ) -> None:
     settings.worker.recovery_grace_seconds = 1.0
     event = events.FileRequested(
@@ -300,7 +312,12 @@ async def test_a_queued_request_whose_message_never_arrived_is_republished(
 
 
 async def test_an_invalid_event_corrected_under_the_same_id_is_built(
-    db: store.Store, publish, publish_raw, start_worker, event_log, dead: DeadLetters
+    db: store.Store,
+    publish: Publish,
+    publish_raw: PublishRaw,
+    start_worker: StartWorker,
+    event_log: EventLog,
+    dead: DeadLetters,
 ) -> None:
     await start_worker()
     rid = uuid.uuid4()
@@ -322,7 +339,7 @@ async def test_an_invalid_event_corrected_under_the_same_id_is_built(
 
 
 async def test_a_request_that_failed_for_good_is_not_resubmitted_by_publishing_again(
-    db: store.Store, publish, start_worker
+    db: store.Store, publish: Publish, start_worker: StartWorker
 ) -> None:
     w = await start_worker()
     event = await publish("permanent")
@@ -335,7 +352,11 @@ async def test_a_request_that_failed_for_good_is_not_resubmitted_by_publishing_a
 
 
 async def test_a_different_body_under_a_recorded_id_is_dead_lettered_and_changes_nothing(
-    db: store.Store, publish, publish_raw, start_worker, dead: DeadLetters
+    db: store.Store,
+    publish: Publish,
+    publish_raw: PublishRaw,
+    start_worker: StartWorker,
+    dead: DeadLetters,
 ) -> None:
     w = await start_worker()
     event = await publish("blob", {"size": 100})
@@ -355,7 +376,11 @@ async def test_a_different_body_under_a_recorded_id_is_dead_lettered_and_changes
 
 
 async def test_a_conflicting_body_cannot_claim_a_waiting_request(
-    db: store.Store, settings: settings_mod.Settings, publish_raw, start_worker, dead: DeadLetters
+    db: store.Store,
+    settings: settings_mod.Settings,
+    publish_raw: PublishRaw,
+    start_worker: StartWorker,
+    dead: DeadLetters,
 ) -> None:
     """A different body published under the id of a queued request must not run in its
     place: the recorded request runs, the other is dead-lettered."""

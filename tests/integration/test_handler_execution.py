@@ -11,11 +11,20 @@ import time
 from pathlib import Path
 
 import aio_pika
+import pytest
 
 from bgworker import settings as settings_mod
 from bgworker import storage, store
 from tests import handlers as test_handlers
-from tests.conftest import AMQP_URL, REPO, settings_env, wait_for_status, wait_until
+from tests.helpers import (
+    AMQP_URL,
+    REPO,
+    Publish,
+    StartWorker,
+    settings_env,
+    wait_for_status,
+    wait_until,
+)
 
 
 def _user_files(settings: settings_mod.Settings) -> list[Path]:
@@ -42,8 +51,8 @@ async def _dead_letters(queue_name: str) -> list[aio_pika.abc.AbstractIncomingMe
 
 
 async def test_sync_handler_blocking_for_three_leases_completes_in_one_attempt(
-    db: store.Store, publish, start_worker, settings: settings_mod.Settings
-):
+    db: store.Store, publish: Publish, start_worker: StartWorker, settings: settings_mod.Settings
+) -> None:
     # A 1.5 s lease, renewed every 0.5 s; the handler blocks in time.sleep for 3.3 leases.
     # On the event loop that would starve the heartbeat and the second worker's reaper
     # would take the job (finding 4); on its own thread the lease stays renewed.
@@ -86,8 +95,8 @@ async def test_sync_handler_blocking_for_three_leases_completes_in_one_attempt(
 
 
 async def test_hung_async_handler_is_stopped_by_its_time_limit_and_dead_lettered(
-    db: store.Store, publish, start_worker, settings: settings_mod.Settings
-):
+    db: store.Store, publish: Publish, start_worker: StartWorker, settings: settings_mod.Settings
+) -> None:
     await start_worker()
     started = time.monotonic()
     event = await publish("hang")  # time_limit=1.0, max_attempts=2
@@ -111,8 +120,8 @@ async def test_hung_async_handler_is_stopped_by_its_time_limit_and_dead_lettered
 
 
 async def test_the_global_default_time_limit_applies_to_handlers_without_their_own(
-    db: store.Store, publish, start_worker, settings: settings_mod.Settings
-):
+    db: store.Store, publish: Publish, start_worker: StartWorker, settings: settings_mod.Settings
+) -> None:
     settings.worker.time_limit_seconds = 0.5
     settings.worker.max_attempts = 1
     await start_worker()
@@ -123,8 +132,8 @@ async def test_the_global_default_time_limit_applies_to_handlers_without_their_o
 
 
 async def test_sync_handler_that_ignores_the_stop_ends_its_attempt_at_the_limit(
-    db: store.Store, publish, start_worker, settings: settings_mod.Settings
-):
+    db: store.Store, publish: Publish, start_worker: StartWorker, settings: settings_mod.Settings
+) -> None:
     # Concurrency 1: one handler thread, which the runaway handler keeps after its attempt.
     settings.worker.concurrency = 1
     await start_worker()
@@ -152,8 +161,8 @@ async def test_sync_handler_that_ignores_the_stop_ends_its_attempt_at_the_limit(
 
 
 async def test_cooperative_sync_handler_stops_at_its_next_check(
-    db: store.Store, publish, start_worker
-):
+    db: store.Store, publish: Publish, start_worker: StartWorker
+) -> None:
     await start_worker()
     event = await publish("sync_cooperative")  # time_limit=1.0, max_attempts=1
     row = await wait_for_status(db, event.id, "failed", timeout=20)
@@ -164,8 +173,12 @@ async def test_cooperative_sync_handler_stops_at_its_next_check(
 
 
 async def test_blocking_async_handler_is_named_in_a_loop_blocked_warning(
-    db: store.Store, publish, start_worker, settings: settings_mod.Settings, caplog
-):
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    settings: settings_mod.Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     settings.worker.loop_block_warning_seconds = 0.3
     caplog.set_level(logging.WARNING, logger="bgworker.loopwatch")
     await start_worker()
@@ -187,8 +200,12 @@ async def test_blocking_async_handler_is_named_in_a_loop_blocked_warning(
 
 
 async def test_a_blocking_sync_handler_does_not_block_the_loop(
-    db: store.Store, publish, start_worker, settings: settings_mod.Settings, caplog
-):
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    settings: settings_mod.Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     settings.worker.loop_block_warning_seconds = 0.3
     caplog.set_level(logging.WARNING, logger="bgworker.loopwatch")
     await start_worker()
@@ -198,15 +215,20 @@ async def test_a_blocking_sync_handler_does_not_block_the_loop(
     assert named == []
 
 
-async def test_the_watchdog_can_be_turned_off(start_worker, settings: settings_mod.Settings):
+async def test_the_watchdog_can_be_turned_off(
+    start_worker: StartWorker, settings: settings_mod.Settings
+) -> None:
     settings.worker.loop_block_warning_seconds = 0
     await start_worker()
     assert "loop-watchdog" not in {t.get_name() for t in asyncio.all_tasks()}
 
 
 async def test_a_runaway_handler_thread_does_not_keep_a_stopped_worker_process_alive(
-    db: store.Store, publish, settings: settings_mod.Settings, amqp
-):
+    db: store.Store,
+    publish: Publish,
+    settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+) -> None:
     # The handler sleeps 120 s and ignores the stop; the worker process (the real CLI, told
     # to stop after one job) must still exit once its attempt ended at the 1 s limit: handler
     # threads are daemon threads, unlike a ThreadPoolExecutor's, which exit joins.

@@ -10,13 +10,11 @@ import uuid
 from typing import Any
 
 import aio_pika
-import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from bgworker import store
-from tests.conftest import wait_until
-from tests.deadletters import DeadLetters
+from tests.helpers import DeadLetters, PublishRaw, StartWorker, wait_until
 
 SAMPLE = 40
 
@@ -87,11 +85,6 @@ def _sample(n: int) -> list[Any]:
     return out[:n]
 
 
-@pytest.fixture
-def dead(amqp: aio_pika.abc.AbstractChannel, namespace: str) -> DeadLetters:
-    return DeadLetters(amqp, namespace)
-
-
 def _id_of(doc: Any) -> uuid.UUID | None:
     if isinstance(doc, dict):
         try:
@@ -102,7 +95,7 @@ def _id_of(doc: Any) -> uuid.UUID | None:
 
 
 async def test_every_published_document_ends_ready_or_dead_lettered_once(
-    db: store.Store, publish_raw, start_worker, dead: DeadLetters
+    db: store.Store, publish_raw: PublishRaw, start_worker: StartWorker, dead: DeadLetters
 ) -> None:
     docs = _sample(SAMPLE)
     w = await start_worker()

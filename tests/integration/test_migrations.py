@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from bgworker.store import migrations
-from tests.conftest import _db_url, _drop_database, create_database, wait_until
+from tests.helpers import create_database, db_url, drop_database, wait_until
 
 
 @pytest.fixture
@@ -20,8 +20,8 @@ async def empty_database_url() -> AsyncIterator[str]:
     """A brand-new database with nothing in it (not cloned from the migrated template)."""
     name = f"bgw_m_{uuid.uuid4().hex[:12]}"
     await create_database(name)
-    yield _db_url(name)
-    await _drop_database(name)
+    yield db_url(name)
+    await drop_database(name)
 
 
 async def _tables(conn: asyncpg.Connection) -> set[str]:
@@ -108,7 +108,7 @@ async def test_eight_concurrent_migrate_commands_create_and_migrate_a_new_databa
     """`bgworker migrate` from eight processes at once on a database that does not exist yet:
     every one exits 0 (the losers of CREATE DATABASE used to exit 69 on UniqueViolation)."""
     name = f"bgw_mc_{uuid.uuid4().hex[:12]}"
-    env = {**os.environ, "BGWORKER_DATABASE_URL": _db_url(name)}
+    env = {**os.environ, "BGWORKER_DATABASE_URL": db_url(name)}
     try:
         procs = [
             await asyncio.create_subprocess_exec(
@@ -127,10 +127,10 @@ async def test_eight_concurrent_migrate_commands_create_and_migrate_a_new_databa
         assert codes == [0] * 8, [err.decode()[-500:] for _, err in outputs]
         created = [out for out, _ in outputs if b"created database" in out]
         assert len(created) == 1
-        conn = await asyncpg.connect(_db_url(name))
+        conn = await asyncpg.connect(db_url(name))
         try:
             assert await migrations.pending(conn) == []
         finally:
             await conn.close()
     finally:
-        await _drop_database(name)
+        await drop_database(name)

@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import uuid
 
 import aiohttp
 from aiohttp import web
 
+from bgworker import settings as settings_mod
 from bgworker import storage, store
 from bgworker import web as web_app
 from bgworker.smtp_sink import SmtpSink, text_body
-from tests.conftest import wait_for_status, wait_until
 from tests.handlers import blob_bytes
+from tests.helpers import (
+    EventLog,
+    Publish,
+    StartWorker,
+    get_row,
+    must_match,
+    stored_path,
+    wait_for_status,
+    wait_until,
+)
 
 
 async def test_request_becomes_ready_file_with_event(
-    settings, db, publish, start_worker, event_log
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    event_log: EventLog,
+) -> None:
     await start_worker()
     event = await publish("blob", {"size": 300_000, "seed": 7}, content_type="application/x-blob")
     row = await wait_for_status(db, event.id, "ready")
@@ -28,7 +41,7 @@ async def test_request_becomes_ready_file_with_event(
     assert row.sha256 == hashlib.sha256(expected).hexdigest()
     assert row.attempts == 1 and row.progress == 1
     assert row.expires_at is not None and row.finished_at is not None
-    path = storage.LocalStorage(settings.storage_dir).path(row.storage_key)
+    path = stored_path(storage.LocalStorage(settings.storage_dir), row)
     assert path.read_bytes() == expected
     # Nothing half-written is left behind.
     assert list((settings.storage_dir / ".tmp").iterdir()) == []
@@ -41,8 +54,13 @@ async def test_request_becomes_ready_file_with_event(
 
 
 async def test_email_link_downloads_the_same_bytes(
-    settings, db, publish, start_worker, smtp_sink: SmtpSink, unused_tcp_port
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    smtp_sink: SmtpSink,
+    unused_tcp_port: int,
+) -> None:
     settings.web.public_url = f"http://127.0.0.1:{unused_tcp_port}"
     await start_worker()
     event = await publish(
@@ -56,14 +74,14 @@ async def test_email_link_downloads_the_same_bytes(
     assert mail["To"] == "ann@example.com"
     assert "logins.csv" in mail["Subject"]
     assert mail.get_body(preferencelist=("html",)) is not None
-    link = re.search(r"http://\S+/download/\S+", text_body(mail)).group(0)
+    link = must_match(r"http://\S+/download/\S+", text_body(mail)).group(0)
 
     async def notified() -> bool:
         row = await db.get_request(event.id)
         return row is not None and row.notified_at is not None
 
     await wait_until(notified)  # the email was recorded as sent
-    row = await db.get_request(event.id)
+    row = await get_row(db, event.id)
     assert row.status == "ready"
     runner = web.AppRunner(web_app.create_app(settings))
     await runner.setup()
@@ -84,8 +102,13 @@ async def test_email_link_downloads_the_same_bytes(
 
 
 async def test_same_request_published_twice_yields_one_file_and_one_email(
-    settings, db: store.Store, publish, start_worker, smtp_sink: SmtpSink, event_log
-):
+    settings: settings_mod.Settings,
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    smtp_sink: SmtpSink,
+    event_log: EventLog,
+) -> None:
     w = await start_worker()
     request_id = uuid.uuid4()
     for _ in range(2):
@@ -106,7 +129,7 @@ async def test_same_request_published_twice_yields_one_file_and_one_email(
 
     files = [p for p in settings.storage_dir.rglob("*") if p.is_file() and ".tmp" not in p.parts]
     assert len(files) == 1
-    row = await db.get_request(request_id)
+    row = await get_row(db, request_id)
     assert row.attempts == 1
     assert w.outcomes["ready"] == 1
     assert len(smtp_sink.messages) == 1

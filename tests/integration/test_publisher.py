@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import aio_pika
 import pytest
 
 from bgworker import broker, events, publisher, store, topology
-from tests.conftest import AMQP_URL, wait_for_status, wait_until
+from bgworker import settings as settings_mod
+from tests.helpers import AMQP_URL, StartWorker, wait_for_status, wait_until
 
 
 def _request(**fields: object) -> events.FileRequested:
@@ -19,11 +21,13 @@ def _request(**fields: object) -> events.FileRequested:
         file_type="blob",
         criteria={"size": 2048, "seed": 9},
         filename="b.bin",
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
 
 
-async def test_sync_publisher_from_a_thread_without_a_loop(settings, db: store.Store, start_worker):
+async def test_sync_publisher_from_a_thread_without_a_loop(
+    settings: settings_mod.Settings, db: store.Store, start_worker: StartWorker
+) -> None:
     await start_worker()
     first, second = _request(), _request()
     seen: dict[str, object] = {}
@@ -44,16 +48,37 @@ async def test_sync_publisher_from_a_thread_without_a_loop(settings, db: store.S
         assert row.size_bytes == 2048
 
 
-async def test_sync_publisher_is_shared_by_threads(settings, db: store.Store, start_worker):
-    await start_worker()
-    requests = [_request() for _ in range(6)]
+async def test_sync_publisher_is_shared_by_threads(
+    settings: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
+) -> None:
+    """One instance, as WSGI threads share it: threads publishing at the same moment each
+    get their publishes confirmed, and the work queue then holds every message once."""
+    threads, per_thread = 8, 5
+    requests = [[_request() for _ in range(per_thread)] for _ in range(threads)]
+    start = threading.Barrier(threads)
+    publishers: set[str] = set()
+
+    def view(batch: list[events.FileRequested]) -> None:
+        start.wait(timeout=30)  # all threads publish at once
+        publishers.add(threading.current_thread().name)
+        for event in batch:
+            pub.publish(event)  # returns once the broker confirmed it
+
     pub = await asyncio.to_thread(publisher.SyncPublisher, AMQP_URL, namespace=settings.namespace)
     try:
-        await asyncio.gather(*(asyncio.to_thread(pub.publish, r) for r in requests))
+        with ThreadPoolExecutor(threads, thread_name_prefix="wsgi") as pool:
+            await asyncio.gather(
+                *(asyncio.wrap_future(pool.submit(view, batch)) for batch in requests)
+            )
     finally:
         await asyncio.to_thread(pub.close)
-    for r in requests:
-        await wait_for_status(db, r.id, "ready")
+    assert len(publishers) == threads
+
+    queue = await amqp.get_queue(topology.Topology(settings.namespace).work_queue, ensure=False)
+    received: list[uuid.UUID] = []
+    while (message := await queue.get(no_ack=True, fail=False, timeout=10)) is not None:
+        received.append(events.parse_file_requested(message.body).id)
+    assert sorted(received) == sorted(r.id for batch in requests for r in batch)
 
 
 async def test_sync_publisher_connect_failure_raises_and_cleans_up() -> None:
@@ -117,8 +142,8 @@ async def test_unroutable_publish_raises(namespace: str) -> None:
 
 
 async def test_publisher_declares_intake_on_an_empty_broker(
-    settings, namespace: str, db: store.Store
-):
+    settings: settings_mod.Settings, namespace: str, db: store.Store
+) -> None:
     """declare=True (default): the first publish works before any worker ever ran, and the
     message waits in the work queue."""
     ns = f"{namespace}-fresh"

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from bgworker import store
-from tests.conftest import PG_ADMIN, _db_url, _drop_database
+from tests.helpers import PG_ADMIN, db_url, drop_database
 
 
 async def test_ping_answers_while_the_database_is_there(db: store.Store) -> None:
@@ -37,7 +37,7 @@ async def test_ensure_database_creates_exactly_the_named_database_once(suffix: s
     # The name comes from the operator's database URL: whatever it holds (bar the double
     # quotes bgworker always dropped), it names one database and is never read as SQL.
     name = f"bgw_e_{uuid.uuid4().hex[:8]} {suffix}"
-    dsn = _db_url(quote(name, safe=""))
+    dsn = db_url(quote(name, safe=""))
     try:
         assert await store.ensure_database(dsn) is True
         assert await store.ensure_database(dsn) is False
@@ -53,4 +53,4 @@ async def test_ensure_database_creates_exactly_the_named_database_once(suffix: s
         conn = await asyncpg.connect(dsn)
         await conn.close()
     finally:
-        await _drop_database(name)
+        await drop_database(name)

@@ -15,8 +15,7 @@ import pytest
 
 from bgworker import broker, store, topology
 from bgworker import settings as settings_mod
-from tests.conftest import AMQP_URL, wait_for_status
-from tests.deadletters import DeadLetters
+from tests.helpers import AMQP_URL, DeadLetters, Publish, StartWorker, wait_for_status
 
 
 class RawTimestamp(int):
@@ -43,18 +42,13 @@ def undecodable_encoders(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(pamqp.encode.METHODS, "shortstr", encode_short)
 
 
-@pytest.fixture
-def dead(amqp: aio_pika.abc.AbstractChannel, namespace: str) -> DeadLetters:
-    return DeadLetters(amqp, namespace)
-
-
 @pytest.mark.parametrize("queue_type", ["quorum", "classic"])
 async def test_a_message_the_client_cannot_decode_does_not_stop_the_worker(
     db: store.Store,
     settings: settings_mod.Settings,
     amqp: aio_pika.abc.AbstractChannel,
-    publish,
-    start_worker,
+    publish: Publish,
+    start_worker: StartWorker,
     undecodable_encoders: None,
     dead: DeadLetters,
     queue_type: str,

@@ -59,7 +59,7 @@ def body_of(case: dict[str, Any]) -> bytes:
     if "$body_hex" in patch:
         return bytes.fromhex(patch["$body_hex"])
     event = json.loads(json.dumps(CORPUS["base"]))
-    pad = patch.pop("$pad", 0)
+    pad: int = patch.pop("$pad", 0)
     if "$only" in patch:
         keep = patch.pop("$only")
         event = {k: v for k, v in event.items() if k in keep}
@@ -164,7 +164,8 @@ X_KEYWORDS = {"x-bgworker-max-json-bytes": _max_json_bytes, "x-bgworker-max-dept
 # The validator a producer gets from the schema alone, and one that also implements the
 # documented x-bgworker-* keywords (what JSON Schema cannot say).
 PLAIN = Draft202012Validator(SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER)
-FULL = validators.extend(Draft202012Validator, X_KEYWORDS)(
+# types-jsonschema leaves validators.extend unannotated.
+FULL = validators.extend(Draft202012Validator, X_KEYWORDS)(  # type: ignore[no-untyped-call]
     SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER
 )
 

@@ -182,7 +182,9 @@ header_tables = st.dictionaries(header_names, amqp_values, max_size=6) | st.buil
     st.dictionaries(header_names, amqp_values, max_size=3),
 )
 times = st.datetimes(
-    min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31), timezones=st.none() | offsets
+    min_value=datetime(1, 1, 1),
+    max_value=datetime(9999, 12, 31),
+    timezones=st.one_of(st.none(), offsets),
 )
 
 

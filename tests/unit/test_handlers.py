@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from bgworker import events, handlers, storage
 from bgworker.examples import login_events
 from tests import handlers as test_handlers
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 
 def _ctx(file_type: str = "x", **criteria: object) -> handlers.JobContext:
@@ -188,7 +188,8 @@ async def test_a_plain_def_returning_a_coroutine_is_an_error(files: storage.Loca
     async def real(ctx: handlers.JobContext, out: storage.FileWriter) -> None: ...
 
     def wrapper(ctx: handlers.JobContext, out: storage.SyncFileWriter) -> None:
-        return real(ctx, out)  # type: ignore[arg-type,func-returns-value]
+        # The mistake under test: a plain def that returns a coroutine.
+        return real(ctx, out)  # type: ignore[arg-type,return-value]
 
     registry = handlers.Registry()
     registry.register("w", wrapper)  # looks synchronous

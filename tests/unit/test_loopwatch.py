@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from bgworker import handlers, loopwatch
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 LOGGER = "bgworker.loopwatch"
 

@@ -57,7 +57,42 @@ def test_setup_commands_are_makefile_targets() -> None:
         assert re.search(rf"^{target}:", makefile, re.MULTILINE), target
 
 
-def test_placeholder_sections_exist_for_later_issues() -> None:
-    for heading in ("## Architecture", "## Guarantees and limits", "## Dead-letter queue"):
-        assert heading in README
-    assert "## Benchmarks" in README
+# Paths as the README writes them: `bgworker/faults.py`, `store/queries.sql` (inside the
+# package), `schemas/`, and the targets of relative links.
+_CODE_SPAN = re.compile(r"`([^`\s]+)`")
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+_FILE_SUFFIXES = (".py", ".sql", ".md", ".yaml", ".toml", ".json", ".html", ".txt")
+
+
+def _looks_like_a_path(text: str) -> bool:
+    if text in (".", "..") or "://" in text or text.startswith(("/", "-", "$", "#")):
+        return False
+    if "*" in text or "<" in text:
+        return False
+    first = text.split("/", 1)[0]
+    return text.endswith("/") or text.endswith(_FILE_SUFFIXES) or (REPO / first).is_dir()
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_path_and_anchor_the_readme_names_exists() -> None:
+    paths = {m for m in _CODE_SPAN.findall(README) if _looks_like_a_path(m)}
+    links = set(_LINK.findall(README))
+    paths |= {link for link in links if "://" not in link and not link.startswith("#")}
+    # Outputs such as `bench/results/` or `.venv` exist only once made: git ignores them.
+    ignored = {line.strip().rstrip("/") for line in (REPO / ".gitignore").read_text().splitlines()}
+    paths = {path for path in paths if path.rstrip("/") not in ignored}
+    assert len(paths) >= 10  # the README names files; this test must not pass on none
+    # A path is relative to the repository or, like `store/queries.sql`, to the package.
+    missing = sorted(
+        path
+        for path in paths
+        if not any((base / path).exists() for base in (REPO, REPO / "bgworker"))
+    )
+    assert missing == [], f"README.md names paths that do not exist: {missing}"
+    anchors = {_anchor(h) for h in re.findall(r"^#+ (.+)$", README, re.MULTILINE)}
+    broken = sorted(link for link in links if link.startswith("#") and link[1:] not in anchors)
+    assert broken == [], f"README.md links to headings that do not exist: {broken}"

@@ -1,0 +1,167 @@
+"""What tests share besides fixtures: service URLs, database set-up, waiting on a condition,
+reading a dead-letter queue, and the types of the factory fixtures in ``conftest.py``.
+
+Tests import from here, never from ``conftest`` (pytest loads conftest itself; importing it
+as a module runs it twice under two names).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Final
+
+import aio_pika
+import asyncpg
+
+from bgworker import events, storage, store, topology, worker
+from bgworker import settings as settings_mod
+
+AMQP_URL: Final = os.environ.get("BGWORKER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+PG_ADMIN: Final = os.environ.get(
+    "BGWORKER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REPO: Final = Path(__file__).resolve().parent.parent
+
+# The factory fixtures of conftest.py, as the tests that request them see them.
+# publish(file_type, criteria=..., **FileRequested fields) -> the event, broker-confirmed
+Publish = Callable[..., Awaitable[events.FileRequested]]
+# publish_raw(body) -> None: arbitrary bytes to the requests exchange
+PublishRaw = Callable[[bytes], Awaitable[None]]
+# start_worker(**Worker keyword arguments) -> a worker that consumes
+StartWorker = Callable[..., Awaitable[worker.Worker]]
+# start_server(**create_app keyword arguments) -> the server's base URL
+StartServer = Callable[..., Awaitable[str]]
+# every FileReady/FileFailed on the test's events exchange, as (routing key, body)
+EventLog = list[tuple[str, dict[str, Any]]]
+
+
+def db_url(name: str) -> str:
+    """The URL of database ``name`` on the test server."""
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+
+
+async def create_database(name: str, template: str | None = None) -> None:
+    admin = await asyncpg.connect(PG_ADMIN)
+    try:
+        clause = f' TEMPLATE "{template}"' if template else ""
+        await admin.execute(f'CREATE DATABASE "{name}"{clause}')
+    finally:
+        await admin.close()
+
+
+async def drop_database(name: str) -> None:
+    admin = await asyncpg.connect(PG_ADMIN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def settings_env(settings: settings_mod.Settings) -> dict[str, str]:
+    """The same settings as BGWORKER_* variables, for subprocesses (CLI)."""
+    w = settings.worker
+    env = {
+        "BGWORKER_AMQP_URL": settings.amqp_url.get_secret_value(),
+        "BGWORKER_DATABASE_URL": settings.database_url.get_secret_value(),
+        "BGWORKER_NAMESPACE": settings.namespace,
+        "BGWORKER_QUEUE_TYPE": settings.queue_type,
+        "BGWORKER_STORAGE_DIR": str(settings.storage_dir),
+        "BGWORKER_HANDLERS": ",".join(settings.handlers),
+        "BGWORKER_SMTP__PORT": str(settings.smtp.port),
+        "BGWORKER_TOKENS__SECRET_KEYS": ",".join(
+            k.get_secret_value() for k in settings.tokens.secret_keys
+        ),
+        "BGWORKER_WEB__PUBLIC_URL": settings.web.public_url,
+        "BGWORKER_WORKER__LEASE_SECONDS": str(w.lease_seconds),
+        "BGWORKER_WORKER__REAP_INTERVAL_SECONDS": str(w.reap_interval_seconds),
+        "BGWORKER_WORKER__RETRY_DELAYS_SECONDS": ",".join(map(str, w.retry_delays_seconds)),
+        "BGWORKER_WORKER__OUTBOX_INTERVAL_SECONDS": str(w.outbox_interval_seconds),
+        "BGWORKER_WORKER__OUTBOX_RETRY_SECONDS": ",".join(map(str, w.outbox_retry_seconds)),
+        "BGWORKER_WORKER__DRAIN_TIMEOUT_SECONDS": str(w.drain_timeout_seconds),
+        "BGWORKER_WORKER__OUTBOX_CLAIM_SECONDS": str(w.outbox_claim_seconds),
+        "BGWORKER_WORKER__CONCURRENCY": str(w.concurrency),
+    }
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BGWORKER_")}
+    return {**base, **env, "PYTHONPATH": str(REPO)}
+
+
+async def wait_for_status(
+    db: store.Store, request_id: uuid.UUID, statuses: set[str] | str, timeout: float = 30
+) -> store.RequestRow:
+    """Poll the row until it reaches one of ``statuses`` (waits on an event, not a sleep)."""
+    wanted = {statuses} if isinstance(statuses, str) else statuses
+    async with asyncio.timeout(timeout):
+        while True:
+            row = await db.get_request(request_id)
+            if row is not None and row.status in wanted:
+                return row
+            await asyncio.sleep(0.05)
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 30) -> None:
+    """Poll ``predicate`` (plain or async) until it returns something true."""
+    async with asyncio.timeout(timeout):
+        while True:
+            result = predicate()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(0.05)
+
+
+class DeadLetters:
+    """Reads ``{namespace}.dead`` with basic.get; messages are kept in arrival order."""
+
+    def __init__(self, channel: aio_pika.abc.AbstractChannel, namespace: str) -> None:
+        self.channel = channel
+        self.name = topology.Topology(namespace).dead_queue
+        self.seen: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+    async def wait_for(self, n: int) -> list[aio_pika.abc.AbstractIncomingMessage]:
+        queue = await self.channel.get_queue(self.name, ensure=False)
+
+        async def enough() -> bool:
+            message = await queue.get(no_ack=True, fail=False)
+            if message is not None:
+                self.seen.append(message)
+            return len(self.seen) >= n
+
+        await wait_until(enough)
+        return self.seen
+
+    def by_body(self, body: bytes) -> aio_pika.abc.AbstractIncomingMessage:
+        [message] = [m for m in self.seen if m.body == body]
+        return message
+
+
+async def get_row(db: store.Store, request_id: uuid.UUID) -> store.RequestRow:
+    """The request's row, which the test knows exists."""
+    row = await db.get_request(request_id)
+    assert row is not None, f"no row for request {request_id}"
+    return row
+
+
+def stored_path(files: storage.LocalStorage, row: store.RequestRow) -> Path:
+    """Where the file of a row that has one is stored."""
+    assert row.storage_key is not None, f"request {row.id} has no stored file"
+    return files.path(row.storage_key)
+
+
+def text_header(headers: aio_pika.abc.HeadersType, name: str) -> str:
+    """A header the test knows is a string (AMQP header values may be any field type)."""
+    value = headers[name]
+    assert isinstance(value, str), f"{name} is {value!r}, not a string"
+    return value
+
+
+def must_match(pattern: str | re.Pattern[str], text: str) -> re.Match[str]:
+    """The first match of ``pattern`` in ``text``, which the test knows is there."""
+    match = re.search(pattern, text)
+    assert match is not None, f"{pattern!r} not in {text[:2000]!r}"
+    return match
