@@ -8,6 +8,7 @@ as a module runs it twice under two names).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import uuid
@@ -165,3 +166,19 @@ def must_match(pattern: str | re.Pattern[str], text: str) -> re.Match[str]:
     match = re.search(pattern, text)
     assert match is not None, f"{pattern!r} not in {text[:2000]!r}"
     return match
+
+
+def event_body(**overrides: Any) -> dict[str, Any]:
+    """A valid FileRequested body as a producer would send it (a fresh id), with overrides."""
+    body: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "file_type": "blob",
+        "criteria": {"size": 100},
+        "filename": "x.bin",
+    }
+    body.update(overrides)
+    return body
+
+
+def raw(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode()

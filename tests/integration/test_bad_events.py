@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -15,24 +14,11 @@ from tests.helpers import (
     Publish,
     PublishRaw,
     StartWorker,
+    event_body,
+    raw,
     wait_for_status,
     wait_until,
 )
-
-
-def _event(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "file_type": "blob",
-        "criteria": {"size": 100},
-        "filename": "x.bin",
-    }
-    body.update(overrides)
-    return body
-
-
-def _raw(body: dict[str, Any]) -> bytes:
-    return json.dumps(body).encode()
 
 
 async def test_bad_events_are_dead_lettered_with_reasons_and_the_worker_goes_on(
@@ -49,15 +35,15 @@ async def test_bad_events_are_dead_lettered_with_reasons_and_the_worker_goes_on(
         b"{not json": ("malformed_json", None),
         b"\xff\xfe not utf-8": ("malformed_json", None),
         b"[1, 2, 3]": ("invalid_schema", None),
-        _raw(_event(id=str(bad_email_id), requester={"email": "not-an-email"})): (
+        raw(event_body(id=str(bad_email_id), requester={"email": "not-an-email"})): (
             "invalid_schema",
             bad_email_id,
         ),
-        _raw(_event(id=str(version_id), schema_version=99)): (
+        raw(event_body(id=str(version_id), schema_version=99)): (
             "unsupported_schema_version",
             version_id,
         ),
-        _raw(_event(id=str(unknown_id), file_type="no_such_handler")): (
+        raw(event_body(id=str(unknown_id), file_type="no_such_handler")): (
             "unknown_file_type",
             unknown_id,
         ),
@@ -123,7 +109,7 @@ async def test_bad_event_reusing_a_real_id_changes_nothing(
     await start_worker()
     good = await publish("blob", {"size": 100})
     before = await wait_for_status(db, good.id, "ready")
-    body = _raw(_event(id=str(good.id), filename="../../etc/passwd"))
+    body = raw(event_body(id=str(good.id), filename="../../etc/passwd"))
     await publish_raw(body)
     [letter] = await dead.wait_for(1)
     assert letter.body == body
@@ -152,7 +138,7 @@ async def test_nul_characters_do_not_poison_the_queue(
     (dead letter or a file), not be redelivered in a loop."""
     w = await start_worker()
     rid = uuid.uuid4()
-    body = _raw(_event(id=str(rid), **overrides))
+    body = raw(event_body(id=str(rid), **overrides))
     await publish_raw(body)
     good = await publish("blob", {"size": 100})
     await wait_for_status(db, good.id, "ready")

@@ -20,24 +20,11 @@ from tests.helpers import (
     Publish,
     PublishRaw,
     StartWorker,
+    event_body,
+    raw,
     wait_for_status,
     wait_until,
 )
-
-
-def _event(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "file_type": "blob",
-        "criteria": {"size": 100},
-        "filename": "x.bin",
-    }
-    body.update(overrides)
-    return body
-
-
-def _raw(body: dict[str, Any]) -> bytes:
-    return json.dumps(body).encode()
 
 
 def _with_criteria_text(rid: uuid.UUID, criteria_json: str) -> bytes:
@@ -68,22 +55,22 @@ POISON: dict[str, tuple[Any, set[str], bool]] = {
         False,
     ),
     "year_1": (
-        lambda rid: _raw(_event(id=str(rid), requested_at="0001-01-01T00:00:00+23:59")),
+        lambda rid: raw(event_body(id=str(rid), requested_at="0001-01-01T00:00:00+23:59")),
         {"invalid_schema"},
         True,
     ),
     "year_9999": (
-        lambda rid: _raw(_event(id=str(rid), requested_at="9999-12-31T23:59:59-23:59")),
+        lambda rid: raw(event_body(id=str(rid), requested_at="9999-12-31T23:59:59-23:59")),
         {"invalid_schema"},
         True,
     ),
     "line_separator_in_filename": (
-        lambda rid: _raw(_event(id=str(rid), filename="report\u2028.csv")),
+        lambda rid: raw(event_body(id=str(rid), filename="report\u2028.csv")),
         {"invalid_schema"},
         True,
     ),
     "cr_in_content_type": (
-        lambda rid: _raw(_event(id=str(rid), content_type="text/csv\r")),
+        lambda rid: raw(event_body(id=str(rid), content_type="text/csv\r")),
         {"invalid_schema"},
         True,
     ),
@@ -141,7 +128,7 @@ async def test_a_value_postgresql_refuses_is_dead_lettered_as_unstorable(
     )
     w = await start_worker()
     rid = uuid.uuid4()
-    body = _raw(_event(id=str(rid), filename="refused-by-the-database.bin"))
+    body = raw(event_body(id=str(rid), filename="refused-by-the-database.bin"))
     await publish_raw(body)
     good = await publish("blob", {"size": 10})
     await wait_for_status(db, good.id, "ready", timeout=20)
@@ -175,7 +162,7 @@ async def test_an_unexpected_error_before_the_claim_is_not_held(
 
     monkeypatch.setattr(events, "parse_file_requested", crashing)
     w = await start_worker()
-    body = _raw(_event(filename="crash-me.bin"))
+    body = raw(event_body(filename="crash-me.bin"))
     await publish_raw(body)
     good = await publish("blob", {"size": 10})
     await wait_for_status(db, good.id, "ready", timeout=20)
@@ -321,7 +308,7 @@ async def test_an_invalid_event_corrected_under_the_same_id_is_built(
 ) -> None:
     await start_worker()
     rid = uuid.uuid4()
-    await publish_raw(_raw(_event(id=str(rid), requester={"email": "not-an-email"})))
+    await publish_raw(raw(event_body(id=str(rid), requester={"email": "not-an-email"})))
     failed = await wait_for_status(db, rid, "failed")
     assert failed.failure_reason == "invalid_schema"
     await publish("blob", {"size": 321}, id=rid)
@@ -333,7 +320,7 @@ async def test_an_invalid_event_corrected_under_the_same_id_is_built(
         topology.READY_KEY,
     ]
     # Once it is a real request, an invalid copy changes nothing (and is dead-lettered).
-    await publish_raw(_raw(_event(id=str(rid), filename="../x")))
+    await publish_raw(raw(event_body(id=str(rid), filename="../x")))
     await dead.wait_for(2)
     assert (await db.get_request(rid)) == row
 
@@ -362,7 +349,7 @@ async def test_a_different_body_under_a_recorded_id_is_dead_lettered_and_changes
     event = await publish("blob", {"size": 100})
     before = await wait_for_status(db, event.id, "ready")
     recorded = event.model_dump(mode="json")
-    body = _raw({**recorded, "filename": "other.bin", "criteria": {"size": 5}})
+    body = raw({**recorded, "filename": "other.bin", "criteria": {"size": 5}})
     await publish_raw(body)
     [letter] = await dead.wait_for(1)
     assert letter.headers["x-bgworker-reason"] == "conflicting_duplicate"
@@ -389,7 +376,7 @@ async def test_a_conflicting_body_cannot_claim_a_waiting_request(
         id=uuid.uuid4(), file_type="blob", criteria={"size": 77}, filename="real.bin"
     )
     await db.insert_request(event, 3)
-    impostor = _raw({**event.model_dump(mode="json"), "criteria": {"size": 5}})
+    impostor = raw({**event.model_dump(mode="json"), "criteria": {"size": 5}})
     await publish_raw(impostor)
     await start_worker()
     [letter] = await dead.wait_for(1)
