@@ -1,5 +1,5 @@
 """Email to requesters over aiosmtplib, rendered from the templates in ``templates/email``
-in the requester's language (``i18n``), dates in their time zone."""
+in the requester's language (``languages``), dates in their time zone."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import aiosmtplib
 
-from bgworker import i18n
+from bgworker import languages
 from bgworker import settings as settings_mod
 
 
@@ -33,14 +33,14 @@ def render(
     """``template`` is ``ready`` or ``failed``; a text part plus an HTML alternative, in the
     context's ``language`` (English when no catalog serves it). ``context`` never carries
     the exception text of a failure: the failed email says what the requester can do."""
-    locale = i18n.locale_for(context.get("language"))
-    env = i18n.environment(template_dir, locale)
+    locale = languages.locale_for(context.get("language"))
+    env = languages.environment(template_dir, locale)
     ctx = {"description": "", **context, "language": locale.replace("_", "-")}
     if ctx.get("size") is not None:
-        ctx["size_human"] = i18n.format_size(int(ctx["size"]), locale)
+        ctx["size_human"] = languages.format_size(int(ctx["size"]), locale)
     if ctx.get("expires_at"):
         moment = datetime.fromisoformat(ctx["expires_at"])
-        ctx["expires_at_local"] = i18n.format_datetime(moment, ctx.get("timezone"), locale)
+        ctx["expires_at_local"] = languages.format_datetime(moment, ctx.get("timezone"), locale)
     ctx.pop("error", None)  # operators keep it (row, attempts, dead letter); never mailed
     subject = env.get_template(f"email/{template}.subject.j2").render(ctx).strip()
     message = EmailMessage()

@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
     # Templates here override the shipped ones at the same relative path
-    # (email/ready.subject.j2, pages/page.html.j2): bgworker/i18n.py.
+    # (email/ready.subject.j2, pages/page.html.j2): bgworker/languages.py.
     template_dir: Path | None = None
 
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)

@@ -2,7 +2,7 @@
 
 ``downloads`` decides which case a link is in and calls ``render(request, state)`` when the
 client prefers HTML (``wants_html``); API clients keep the JSON answers. The page carries
-the same HTTP status as the JSON would, speaks the requester's language (``i18n``) and,
+the same HTTP status as the JSON would, speaks the requester's language (``languages``) and,
 while the file is being built, polls the JSON status endpoint once a second to move its
 progress bar and reloads itself when the status changes. It never shows an exception text.
 """
@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from aiohttp import hdrs, web
 
-from bgworker import i18n, states, store
+from bgworker import languages, states, store
 from bgworker.web import headers, keys
 
 # A query parameter on the download URL that asks for the bytes even from a browser: the
@@ -125,14 +125,16 @@ def _context(request: web.Request, state: State, locale: str, nonce: str) -> dic
         "filename": row.filename,
         "status": row.status.value,
         "description": str(row.event.get("description") or ""),
-        "size": i18n.format_size(row.size_bytes, locale) if row.size_bytes is not None else None,
+        "size": languages.format_size(row.size_bytes, locale)
+        if row.size_bytes is not None
+        else None,
         "progress": row.progress or 0.0,
-        "percent": i18n.format_percent(row.progress or 0.0, locale),
+        "percent": languages.format_percent(row.progress or 0.0, locale),
         "retrying": row.status == states.Status.RETRYING,
         "expires_at": (
-            i18n.format_datetime(row.expires_at, timezone, locale) if row.expires_at else None
+            languages.format_datetime(row.expires_at, timezone, locale) if row.expires_at else None
         ),
-        "requested_at": i18n.format_datetime(row.requested_at, timezone, locale),
+        "requested_at": languages.format_datetime(row.requested_at, timezone, locale),
     }
     return ctx
 
@@ -151,11 +153,11 @@ def render(request: web.Request, state: State) -> web.Response:
     the browser's ``Accept-Language``), with the security headers and no-store."""
     language = _requester(state.row).get("language")
     if language:
-        locale = i18n.locale_for(str(language))
+        locale = languages.locale_for(str(language))
     else:
-        locale = i18n.from_accept_language(request.headers.get(hdrs.ACCEPT_LANGUAGE))
+        locale = languages.from_accept_language(request.headers.get(hdrs.ACCEPT_LANGUAGE))
     nonce = secrets.token_urlsafe(16)
-    env = i18n.environment(request.app[keys.TEMPLATE_DIR], locale)
+    env = languages.environment(request.app[keys.TEMPLATE_DIR], locale)
     body = env.get_template(PAGE_TEMPLATE).render(_context(request, state, locale, nonce))
     return web.Response(
         text=body,

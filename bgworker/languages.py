@@ -2,7 +2,7 @@
 
 Strings live in the templates and are translated through Jinja2's i18n extension from the
 gettext catalogs in ``locale/<lang>/LC_MESSAGES/bgworker.po`` (compiled ``.mo`` files are
-committed next to them; ``tests/unit/test_i18n.py`` fails when one is stale). Languages are
+committed next to them; ``tests/unit/test_languages.py`` fails when one is stale). Languages are
 BCP 47 tags (``pt-BR``); a tag falls back subtag by subtag to a shipped catalog, then to
 English (RFC 4647 section 3.4, "lookup"). To change a string: ``pybabel extract -F babel.cfg
 -o bgworker/locale/bgworker.pot bgworker/templates``, ``pybabel update -i

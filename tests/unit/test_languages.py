@@ -10,9 +10,9 @@ from babel.messages import extract, mofile, pofile
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bgworker import i18n, notify
+from bgworker import languages, notify
 
-TEMPLATES = Path(i18n.__file__).parent / "templates"
+TEMPLATES = Path(languages.__file__).parent / "templates"
 CATALOGS = ("fr", "nl", "de")
 SENDER = "bgworker <bgworker@example.com>"
 
@@ -50,37 +50,37 @@ def ready_context(language: str, **extra: object) -> dict[str, object]:
 def test_locale_falls_back_subtag_by_subtag_then_to_english(
     language: str | None, expected: str
 ) -> None:
-    assert i18n.locale_for(language) == expected
+    assert languages.locale_for(language) == expected
 
 
 def test_candidates_drop_subtags_from_the_end() -> None:
-    assert i18n.candidates("pt-BR") == ["pt_BR", "pt"]
-    assert i18n.candidates("zh-Hant-TW") == ["zh_Hant_TW", "zh_Hant", "zh"]
-    assert i18n.candidates("not a tag") == []
+    assert languages.candidates("pt-BR") == ["pt_BR", "pt"]
+    assert languages.candidates("zh-Hant-TW") == ["zh_Hant_TW", "zh_Hant", "zh"]
+    assert languages.candidates("not a tag") == []
 
 
 @given(st.text(max_size=40))
 def test_any_language_string_gives_a_shipped_locale(language: str) -> None:
-    assert i18n.locale_for(language) in i18n.SHIPPED
+    assert languages.locale_for(language) in languages.SHIPPED
 
 
 @given(st.text(max_size=200))
 def test_any_accept_language_header_gives_a_shipped_locale(header: str) -> None:
-    assert i18n.from_accept_language(header) in i18n.SHIPPED
+    assert languages.from_accept_language(header) in languages.SHIPPED
 
 
 def test_accept_language_uses_quality_order() -> None:
-    assert i18n.from_accept_language("pt-BR, de;q=0.5, fr;q=0.8") == "fr"
-    assert i18n.from_accept_language("nl-BE,nl;q=0.9,en;q=0.8") == "nl"
-    assert i18n.from_accept_language("fr;q=0, de") == "de"
-    assert i18n.from_accept_language(None) == "en"
+    assert languages.from_accept_language("pt-BR, de;q=0.5, fr;q=0.8") == "fr"
+    assert languages.from_accept_language("nl-BE,nl;q=0.9,en;q=0.8") == "nl"
+    assert languages.from_accept_language("fr;q=0, de") == "de"
+    assert languages.from_accept_language(None) == "en"
 
 
 @pytest.mark.parametrize("language", CATALOGS)
 def test_compiled_catalog_matches_its_source(language: str) -> None:
     """The .mo files are committed (no build step for a wheel or a checkout); this keeps
     them equal to the .po they come from."""
-    folder = i18n.LOCALE_DIR / language / "LC_MESSAGES"
+    folder = languages.LOCALE_DIR / language / "LC_MESSAGES"
     with (folder / "bgworker.po").open("rb") as f:
         source = {m.id: m.string for m in pofile.read_po(f) if m.id}
     with (folder / "bgworker.mo").open("rb") as f:
@@ -96,7 +96,7 @@ def test_every_template_string_is_translated(language: str) -> None:
         message[2] if isinstance(message[2], str) else message[2][0]
         for message in extract.extract_from_dir(TEMPLATES, method_map)
     }
-    path = i18n.LOCALE_DIR / language / "LC_MESSAGES" / "bgworker.po"
+    path = languages.LOCALE_DIR / language / "LC_MESSAGES" / "bgworker.po"
     with path.open("rb") as f:
         catalog = {m.id: m.string for m in pofile.read_po(f) if m.id}
     assert set(catalog) == found
