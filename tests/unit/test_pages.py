@@ -6,13 +6,15 @@ import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import markupsafe
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bgworker import states, store
-from bgworker.web import pages
+from bgworker import languages, states, store
+from bgworker.web import keys, pages
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 CHROME = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8"
@@ -125,3 +127,35 @@ def test_finished_rows(status: states.Status, kind: pages.Kind) -> None:
 def test_every_status_has_a_page() -> None:
     for status in states.Status:
         assert pages.state_of(row(status), NOW).kind in pages.Kind
+
+
+def rendered(state: pages.State) -> str:
+    app = web.Application()
+    app[keys.TEMPLATE_DIR] = None
+    request = make_mocked_request(
+        "GET", "/download/tok", app=app, match_info={"token": "tok"}, headers={"Accept": CHROME}
+    )
+    response = pages.render(request, state)
+    assert response.status == state.status and response.text is not None
+    return response.text
+
+
+@settings(deadline=None)  # the first page in a language compiles the templates
+@given(
+    filename=st.text(min_size=1, max_size=60),
+    description=st.text(max_size=60),
+    language=st.text(max_size=12),
+    progress=st.floats(min_value=0, max_value=1),
+)
+def test_producer_text_never_becomes_markup(
+    filename: str, description: str, language: str, progress: float
+) -> None:
+    """Filename, description and language come from the producer: escaped wherever they
+    land, and the page keeps exactly its one script."""
+    event = {"description": description, "requester": {"language": language}}
+    for status in (states.Status.RUNNING, states.Status.FAILED):
+        state = pages.state_of(row(status, filename=filename, event=event, progress=progress))
+        text = rendered(state)
+        assert str(markupsafe.escape(filename)) in text
+        assert text.count("<script") == (1 if status == states.Status.RUNNING else 0)
+        assert f'<html lang="{languages.locale_for(language).replace("_", "-")}">' in text
