@@ -116,6 +116,9 @@ class Settings(BaseSettings):
         default_factory=lambda: ["bgworker.examples:registry"]
     )
     log_level: str = "INFO"
+    # Templates here override the shipped ones at the same relative path
+    # (email/ready.subject.j2, pages/page.html.j2): bgworker/languages.py.
+    template_dir: Path | None = None
 
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)

@@ -149,7 +149,7 @@ class Worker:
         return outbox.Dispatcher(
             db=db,
             handoff=handoff,
-            mailer=notify.Mailer(self.settings.smtp),
+            mailer=notify.Mailer(self.settings.smtp, template_dir=self.settings.template_dir),
             signer=signer,
             # Effects get their own channel so a slow consumer channel never delays them.
             channel=await broker.open_channel(connection),

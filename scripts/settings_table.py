@@ -29,6 +29,8 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_NAMESPACE": "prefix of every exchange and queue name",
     "BGWORKER_QUEUE_TYPE": "`quorum` or `classic` work queue",
     "BGWORKER_STORAGE_DIR": "directory the files are stored in (shared by worker and server)",
+    "BGWORKER_TEMPLATE_DIR": "directory whose templates override the shipped ones "
+    "(`email/*.j2`, `pages/page.html.j2`)",
     "BGWORKER_HANDLERS": "handler registries to load, comma-separated `module:attribute`",
     "BGWORKER_LOG_LEVEL": "logging level",
     "BGWORKER_SMTP__HOST": "SMTP server host",

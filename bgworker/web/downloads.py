@@ -15,7 +15,7 @@ from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
 from bgworker import metrics, states, tokens
-from bgworker.web import headers, identity, keys, responses
+from bgworker.web import headers, identity, keys, pages, responses
 
 # RFC 9110 section 10.2.3: how long a client should wait before asking again for a file
 # that is still being built.
@@ -57,6 +57,8 @@ async def _grant(request: web.Request) -> tokens.Grant | web.Response:
 
 
 async def download(request: web.Request) -> web.StreamResponse:
+    if pages.wants_html(request):
+        return await _page(request)
     grant = await _grant(request)
     if isinstance(grant, web.Response):
         return grant
@@ -90,6 +92,8 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 
 async def status(request: web.Request) -> web.Response:
+    if pages.wants_html(request):
+        return await _page(request)
     grant = await _grant(request)
     if isinstance(grant, web.Response):
         return grant
@@ -111,3 +115,19 @@ async def status(request: web.Request) -> web.Response:
         "error": row.last_error if row.status == states.Status.FAILED else None,
     }
     return responses.json_response(body)
+
+
+async def _page(request: web.Request) -> web.Response:
+    """A browser's answer (content negotiation, ``pages.wants_html``): the same decisions as
+    the JSON answers, as the requester's page."""
+    caller = await identity.caller(request.app[keys.IDENTITY], request)
+    try:
+        grant = request.app[keys.SIGNER].verify(request.match_info["token"], caller)
+    except tokens.SuspiciousTokenError:
+        return pages.render(request, pages.State(pages.Kind.INVALID, 400))
+    except tokens.SignatureExpiredError:
+        return pages.render(request, pages.State(pages.Kind.EXPIRED, 410))
+    except tokens.NotRequesterError:
+        return pages.render(request, pages.State(pages.Kind.NOT_YOURS, 403))
+    row = await request.app[keys.STORE].get_request(grant.request_id)
+    return pages.render(request, pages.state_of(row))

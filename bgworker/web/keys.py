@@ -7,6 +7,7 @@ reads the parent's values through ``request.config_dict``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Final
 
 from aiohttp import web
@@ -20,6 +21,8 @@ STORAGE: Final = web.AppKey("storage", storage.LocalStorage)
 SIGNER: Final = web.AppKey("signer", tokens.Signer)
 IDENTITY: Final[web.AppKey[identity.Identity]] = web.AppKey("identity")
 CHUNK_SIZE: Final = web.AppKey("chunk_size", int)
+# The operator's template directory (settings.template_dir), read by the requester's page.
+TEMPLATE_DIR: Final[web.AppKey[Path | None]] = web.AppKey("template_dir")
 
 # Set by the admin console's sub-app (web/admin.py).
 ADMIN_AUTH: Final = web.AppKey("admin_auth", admin_auth.Auth)
