@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from bgworker import (
     faults,
     finalize,
     handlers,
+    logs,
     metrics,
     rejection,
     settings,
@@ -83,6 +85,7 @@ class Runner:
             reason = states.Reason(exc.reason)
             await self.reject(message, reason, "InvalidEventError", str(exc), exc.request_id)
             return states.JobOutcome.INVALID
+        logs.bind(request_id=str(event.id), file_type=event.file_type, worker_id=self.worker_id)
         registration = self.registry.find(event.file_type)
         max_attempts = (registration.max_attempts if registration else None) or (
             self.config.max_attempts
@@ -108,17 +111,30 @@ class Runner:
             )
             return states.JobOutcome.UNSTORABLE
         await _ack(message)
+        logs.bind(attempt=claim.attempt)
         if registration is None:
-            return await self.finalizer.fail(
-                claim,
-                message.body,
-                handlers.UnknownFileTypeError(
-                    f"no handler for file_type {event.file_type!r} "
-                    f"(registered: {', '.join(self.registry.file_types) or 'none'})"
+            return await self._counted(
+                event,
+                self.finalizer.fail(
+                    claim,
+                    message.body,
+                    handlers.UnknownFileTypeError(
+                        f"no handler for file_type {event.file_type!r} "
+                        f"(registered: {', '.join(self.registry.file_types) or 'none'})"
+                    ),
+                    reason=states.Reason.UNKNOWN_FILE_TYPE,
                 ),
-                reason=states.Reason.UNKNOWN_FILE_TYPE,
             )
-        return await self._run(event, claim, registration, message.body)
+        return await self._counted(event, self._run(event, claim, registration, message.body))
+
+    async def _counted(
+        self, event: events.FileRequested, attempt: Awaitable[states.JobOutcome]
+    ) -> states.JobOutcome:
+        """An attempt's outcome, counted by file type (not when the attempt is cancelled
+        without an outcome: a worker stopping at once)."""
+        outcome = await attempt
+        metrics.JOBS.labels(event.file_type, outcome).inc()
+        return outcome
 
     async def reject(
         self,
@@ -196,7 +212,8 @@ class Runner:
             self._heartbeat(claim, ctx, job, lost), name=f"heartbeat-{event.id}"
         )
         started = time.monotonic()
-        metrics.IN_FLIGHT.inc()
+        in_flight = metrics.IN_FLIGHT.labels(event.file_type)
+        in_flight.inc()
         log.info("request %s: attempt %d of %s started", event.id, claim.attempt, event.file_type)
         try:
             # Raises handlers.TimeLimitError past the time limit: an ordinary error below.
@@ -214,8 +231,8 @@ class Runner:
             return await self.finalizer.after_error(claim, body, exc)
         finally:
             beat.cancel()
-            metrics.IN_FLIGHT.dec()
-            metrics.JOB_SECONDS.observe(time.monotonic() - started)
+            in_flight.dec()
+            metrics.JOB_SECONDS.labels(event.file_type).observe(time.monotonic() - started)
         return await self.finalizer.ready(claim, key=key, size=size, digest=digest)
 
     async def _heartbeat(
