@@ -28,7 +28,7 @@ JOB_FIELDS: Final[contextvars.ContextVar[Mapping[str, object]]] = contextvars.Co
     "bgworker_job_fields", default=NO_JOB
 )
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-JSON_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s %(message)s"
+JSON_FORMAT: Final = "%(levelname)s %(name)s %(message)s"
 
 Format = Literal["text", "json"]
 
@@ -36,6 +36,11 @@ Format = Literal["text", "json"]
 def bind(**fields: object) -> None:
     """Add job fields to the current context (a job task's own: see the module doc)."""
     JOB_FIELDS.set({**JOB_FIELDS.get(), **fields})
+
+
+def about(request_id: object) -> dict[str, object]:
+    """``extra=`` for a line about a request logged outside its job's task (the outbox)."""
+    return {"request_id": str(request_id)}
 
 
 class JobFields(logging.Filter):
@@ -52,7 +57,9 @@ def formatter(fmt: Format) -> logging.Formatter:
     if fmt == "json":
         return json_logger.JsonFormatter(
             JSON_FORMAT,
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            # RFC 3339 in UTC, from the record's own creation time.
+            timestamp="time",
+            rename_fields={"levelname": "level", "name": "logger"},
             json_ensure_ascii=False,
         )
     return logging.Formatter(TEXT_FORMAT)

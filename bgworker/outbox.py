@@ -25,7 +25,18 @@ from typing import Any, Final
 
 from aio_pika.abc import AbstractChannel
 
-from bgworker import broker, events, metrics, notify, settings, states, store, tokens, topology
+from bgworker import (
+    broker,
+    events,
+    logs,
+    metrics,
+    notify,
+    settings,
+    states,
+    store,
+    tokens,
+    topology,
+)
 
 log = logging.getLogger(__name__)
 
@@ -224,12 +235,17 @@ class Dispatcher:
                 item.attempts,
                 delay,
                 exc,
+                extra=logs.about(item.request_id),
             )
             metrics.OUTBOX_FAILURES.labels(item.kind).inc()
             try:
                 await self.db.outbox_retry(item, f"{type(exc).__name__}: {exc}", delay)
             except Exception:
-                log.exception("could not record outbox failure for %s", item.request_id)
+                log.exception(
+                    "could not record outbox failure for %s",
+                    item.request_id,
+                    extra=logs.about(item.request_id),
+                )
 
     async def _record_done(self, item: store.OutboxItem) -> None:
         """The effect happened: record it, retrying while PostgreSQL is away (a restart)
@@ -248,6 +264,7 @@ class Dispatcher:
                         item.kind,
                         item.request_id,
                         exc,
+                        extra=logs.about(item.request_id),
                     )
                     return
                 await asyncio.sleep(delay)
