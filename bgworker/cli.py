@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import pydantic
 
-from bgworker import events, handlers, logs, publisher, store, worker
+from bgworker import events, handlers, logs, publisher, store, tracing, worker
 from bgworker import settings as settings_mod
 from bgworker.deadletters import cli as dlq_cli
 
@@ -323,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bad settings: {events.describe_validation_error(exc)}", file=sys.stderr)
         return EXIT_USAGE
     logs.configure(settings.log_level, settings.log_format)
+    if settings.tracing.enabled:
+        try:
+            tracing.configure(settings.tracing.service_name)
+        except tracing.TracingUnavailableError as exc:
+            print(f"bad settings: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "schemas":
         return _cmd_schemas(settings, args)
     if args.command == "demo":

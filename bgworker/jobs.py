@@ -35,6 +35,7 @@ from bgworker import (
     storage,
     store,
     topology,
+    tracing,
 )
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,12 @@ class Runner:
         Before the ack, only infrastructure errors (``faults.is_infrastructure``) escape, for
         the worker to hold the delivery and retry it in place; anything else the message
         causes ends as a dead letter with a reason, now."""
+        # A child of the publisher's span when the message carries one (tracing on).
+        parent = tracing.from_headers(message.headers)
+        with tracing.span("job", parent=parent, kind="consumer", worker=self.worker_id):
+            return await self._handle(message)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> states.JobOutcome:
         try:
             event = events.parse_file_requested(message.body)
         except events.InvalidEventError as exc:
@@ -92,7 +99,8 @@ class Runner:
         )
         lease = self.config.lease_seconds
         try:
-            claim = await self.db.record_and_claim(event, max_attempts, self.worker_id, lease)
+            with tracing.span("claim", request_id=str(event.id), file_type=event.file_type):
+                claim = await self.db.record_and_claim(event, max_attempts, self.worker_id, lease)
             if claim is None:
                 claim = await self._not_runnable(message, event, max_attempts)
                 if claim is None:
@@ -217,7 +225,8 @@ class Runner:
         log.info("request %s: attempt %d of %s started", event.id, claim.attempt, event.file_type)
         try:
             # Raises handlers.TimeLimitError past the time limit: an ordinary error below.
-            await self.execution.call(registration, ctx, writer)
+            with tracing.span("handler", file_type=event.file_type, attempt=claim.attempt):
+                await self.execution.call(registration, ctx, writer)
             size, digest = await writer.finish()
         except asyncio.CancelledError:
             await writer.abort()

@@ -36,6 +36,7 @@ from bgworker import (
     store,
     tokens,
     topology,
+    tracing,
 )
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def ready_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
         "ready_at": row.finished_at.isoformat(),
         "expires_at": row.expires_at.isoformat(),
         "requester_id": row.requester_id,
+        **_trace(),
     }
     effects: list[tuple[str, dict[str, Any]]] = [(states.EffectKind.EVENT_READY, common)]
     if requester.get("email"):
@@ -87,6 +89,13 @@ def ready_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
     return effects
 
 
+def _trace() -> dict[str, Any]:
+    """The job's trace context, kept in the payload so the effect's span (and the
+    download's) join its trace; nothing when tracing is off."""
+    found = tracing.carrier()
+    return {tracing.TRACE_KEY: found} if found else {}
+
+
 def failed_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
     assert row.finished_at is not None
     common = {
@@ -97,6 +106,7 @@ def failed_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
         "error": row.last_error or "",
         "attempts": row.attempts,
         "failed_at": row.finished_at.isoformat(),
+        **_trace(),
     }
     effects: list[tuple[str, dict[str, Any]]] = [(states.EffectKind.EVENT_FAILED, common)]
     try:
@@ -221,7 +231,14 @@ class Dispatcher:
             await self._record_done(item)
 
         try:
-            await self._perform(item, done)
+            with tracing.span(
+                "email" if item.kind in states.EMAILS else "event",
+                parent=item.payload.get(tracing.TRACE_KEY),
+                kind="producer",
+                request_id=str(item.request_id),
+                effect=item.kind,
+            ):
+                await self._perform(item, done)
         except Exception as exc:
             if took_effect:
                 return  # sent and recorded (or recording gave up and logged): never resend

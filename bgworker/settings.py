@@ -108,6 +108,13 @@ class MetricsSettings(BaseModel):
     interval_seconds: float = Field(15.0, gt=0, allow_inf_nan=False)
 
 
+class TracingSettings(BaseModel):
+    # OpenTelemetry spans from publish to download (the `tracing` extra); exported over
+    # OTLP/HTTP as the standard OTEL_EXPORTER_OTLP_* variables say.
+    enabled: bool = False
+    service_name: str = "bgworker"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore"
@@ -134,6 +141,7 @@ class Settings(BaseSettings):
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     _split = field_validator("handlers", mode="before")(_split_list)
 

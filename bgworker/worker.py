@@ -47,6 +47,7 @@ from bgworker import (
     store,
     tokens,
     topology,
+    tracing,
 )
 from bgworker import settings as settings_mod
 
@@ -103,6 +104,8 @@ class Worker:
     async def run(self) -> Counter[str]:
         """Open the resources, consume until stopped, then drain and close in reverse."""
         signer = tokens.Signer(self.settings.tokens)  # no keys: fail before connecting
+        if self.settings.tracing.enabled:
+            tracing.enable()
         files = storage.LocalStorage(self.settings.storage_dir)
         files.ensure()
         async with AsyncExitStack() as stack:

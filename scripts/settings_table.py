@@ -75,6 +75,10 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_METRICS__INTERVAL_SECONDS": (
         "how often a worker samples queue depth, outbox backlog, requests by status"
     ),
+    "BGWORKER_TRACING__ENABLED": (
+        "OpenTelemetry spans, publish to download (`tracing` extra; OTLP as `OTEL_*` say)"
+    ),
+    "BGWORKER_TRACING__SERVICE_NAME": "`service.name` of the spans",
 }
 
 

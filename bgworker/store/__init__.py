@@ -12,7 +12,7 @@ query file each, composed into ``Store``:
 - ``connection``: the pool and the database; ``rows``: what the queries return;
 - ``migrations``: the numbered schema files; ``dead_letters``: the request-row side of
   dead-letter replay and purge; ``listing``: the console's requests by status;
-  ``gauges``: what the worker's metrics sample.
+  ``gauges``: what the worker's metrics sample; ``traces``: a job's trace context.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from bgworker.store import (
     recovery,
     requests,
     rows,
+    traces,
 )
 
 __all__ = [
@@ -69,7 +70,13 @@ Effects = rows.Effects
 OutboxBacklog = gauges.OutboxBacklog
 
 
-class Store(requests.Requests, recovery.Recovery, maintenance.Maintenance, gauges.Gauges):
+class Store(
+    requests.Requests,
+    recovery.Recovery,
+    maintenance.Maintenance,
+    gauges.Gauges,
+    traces.Traces,
+):
     """The one way to the database: ``Store(pool, claim_effects_seconds=...,
     on_effects=...)`` (see ``connection.Connected``), then its methods; the dead-letter
     tools' records and the console's listing as ``store.dead_letters`` and

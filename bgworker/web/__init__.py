@@ -9,7 +9,7 @@ from typing import Final
 
 from aiohttp import web
 
-from bgworker import metrics, storage, store, tokens
+from bgworker import metrics, storage, store, tokens, tracing
 from bgworker import settings as settings_mod
 from bgworker.web import access_log, downloads, keys, responses
 from bgworker.web import identity as identity_mod
@@ -45,6 +45,8 @@ def create_app(
 ) -> web.Application:
     """``identity`` names the caller for requester-bound links (default: the trusted header
     ``settings.web.identity_header``, if set). ``db`` lets an embedding app share its pool."""
+    if settings.tracing.enabled:
+        tracing.enable()
     app = web.Application()
     app[keys.SIGNER] = tokens.Signer(settings.tokens)
     app[keys.STORAGE] = storage.LocalStorage(settings.storage_dir)
