@@ -60,7 +60,10 @@ def formatter(fmt: Format) -> logging.Formatter:
             # RFC 3339 in UTC, from the record's own creation time.
             timestamp="time",
             rename_fields={"levelname": "level", "name": "logger"},
-            json_ensure_ascii=False,
+            # ASCII only: a message may hold a request's filename or error text, and a raw
+            # U+2028/U+2029 (valid in JSON) splits the line for readers that honour Unicode
+            # line breaks (Python's str.splitlines), so escape everything non-ASCII.
+            json_ensure_ascii=True,
         )
     return logging.Formatter(TEXT_FORMAT)
 
