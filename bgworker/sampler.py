@@ -14,13 +14,39 @@ import asyncio
 import contextlib
 import logging
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from bgworker import broker, metrics, states, store, topology
+from bgworker import settings as settings_mod
 
 log = logging.getLogger(__name__)
+
+
+async def start(
+    stack: AsyncExitStack,
+    cfg: settings_mod.MetricsSettings,
+    db: store.Store,
+    connection: AbstractRobustConnection,
+    topo: topology.Topology,
+    stopping: asyncio.Event,
+) -> tuple[asyncio.Task[None], str | None]:
+    """A worker's metrics: its registry served when a port is set (closed by ``stack``),
+    and the sampler task either way. Returns the task and the URL served, if any."""
+    url = None
+    if cfg.port is not None:
+        served, url = await metrics.serve(metrics.WORKER, cfg.host, cfg.port)
+        stack.push_async_callback(served.cleanup)
+        log.info("metrics on %s", url)
+    sampling = Sampler(
+        db=db,
+        channel=await broker.open_channel(connection),
+        topology=topo,
+        interval_seconds=cfg.interval_seconds,
+    )
+    return asyncio.create_task(sampling.run(stopping), name="metrics-sampler"), url
 
 
 @dataclass(kw_only=True)

@@ -37,7 +37,6 @@ from bgworker import (
     intake,
     jobs,
     loopwatch,
-    metrics,
     notify,
     outbox,
     reaper,
@@ -119,7 +118,10 @@ class Worker:
             runner = self._make_runner(db, files, channel)
             consuming = await self._consume(queue, runner)
             side = self._start_side_tasks(db, connection, channel, dispatcher, runner, consuming)
-            side.append(await self._start_metrics(stack, db, connection))
+            metered, self.metrics_url = await sampler.start(
+                stack, self.settings.metrics, db, connection, self.topology, self.stopping
+            )
+            side.append(metered)
             self._log_start()
             self.ready.set()
             await self._wait_until_stopped(side)
@@ -200,24 +202,6 @@ class Worker:
         self.intake = consuming
         await consuming.sync()  # consuming from here on
         return consuming
-
-    async def _start_metrics(
-        self, stack: AsyncExitStack, db: store.Store, connection: AbstractRobustConnection
-    ) -> asyncio.Task[None]:
-        """Serve the worker's registry when a metrics port is set, and sample the broker
-        and database gauges (on a channel of their own: see ``sampler``) either way."""
-        cfg = self.settings.metrics
-        if cfg.port is not None:
-            served, self.metrics_url = await metrics.serve(metrics.WORKER, cfg.host, cfg.port)
-            stack.push_async_callback(served.cleanup)
-            log.info("worker %s: metrics on %s", self.worker_id, self.metrics_url)
-        sampling = sampler.Sampler(
-            db=db,
-            channel=await broker.open_channel(connection),
-            topology=self.topology,
-            interval_seconds=cfg.interval_seconds,
-        )
-        return asyncio.create_task(sampling.run(self.stopping), name="metrics-sampler")
 
     def _start_side_tasks(
         self,
