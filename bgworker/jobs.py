@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
@@ -39,6 +39,10 @@ from bgworker import (
 )
 
 log = logging.getLogger(__name__)
+
+# The file_type label of attempts whose type has no handler: one series however many
+# unknown names producers send (a file type cannot start with "_", so none collides).
+UNKNOWN_FILE_TYPE_LABEL: Final = "_unknown"
 
 
 @dataclass(kw_only=True)
@@ -122,7 +126,7 @@ class Runner:
         logs.bind(attempt=claim.attempt)
         if registration is None:
             return await self._counted(
-                event,
+                UNKNOWN_FILE_TYPE_LABEL,
                 self.finalizer.fail(
                     claim,
                     message.body,
@@ -133,15 +137,17 @@ class Runner:
                     reason=states.Reason.UNKNOWN_FILE_TYPE,
                 ),
             )
-        return await self._counted(event, self._run(event, claim, registration, message.body))
+        return await self._counted(
+            event.file_type, self._run(event, claim, registration, message.body)
+        )
 
     async def _counted(
-        self, event: events.FileRequested, attempt: Awaitable[states.JobOutcome]
+        self, file_type: str, attempt: Awaitable[states.JobOutcome]
     ) -> states.JobOutcome:
         """An attempt's outcome, counted by file type (not when the attempt is cancelled
         without an outcome: a worker stopping at once)."""
         outcome = await attempt
-        metrics.JOBS.labels(event.file_type, outcome).inc()
+        metrics.JOBS.labels(file_type, outcome).inc()
         return outcome
 
     async def reject(

@@ -63,6 +63,7 @@ async def test_worker_metrics_show_what_the_test_set_up(
         t: _local("bgworker_job_seconds_count", file_type=t) for t in ("blob", "login_events")
     }
     ready_before = _local("bgworker_jobs_total", file_type="blob", outcome="ready")
+    unknown_before = _local("bgworker_jobs_total", file_type="_unknown", outcome="failed")
     w = await start_worker()
     assert w.metrics_url is not None
 
@@ -74,8 +75,11 @@ async def test_worker_metrics_show_what_the_test_set_up(
     ]
     await publish_raw(b"not json at all")
     await publish_raw(b'{"schema_version": 1}')
+    # A type nobody handles: failed and dead-lettered, counted without its name as a label.
+    unknown = await publish("no_such_type_7f3a")
     for request_id in done:
         await helpers.wait_for_status(db, request_id, states.Status.READY)
+    await helpers.wait_for_status(db, unknown.id, states.Status.FAILED)
     # One job holds the only slot; the three after it wait in the work queue.
     slow = await publish("slow", {"seconds": 120})
     await helpers.wait_for_status(db, slow.id, states.Status.RUNNING)
@@ -86,7 +90,7 @@ async def test_worker_metrics_show_what_the_test_set_up(
         _, s = await _scrape(w.metrics_url or "")
         return (
             _value(s, "bgworker_queue_messages", queue="work") == 3
-            and _value(s, "bgworker_queue_messages", queue="dead") == 2
+            and _value(s, "bgworker_queue_messages", queue="dead") == 3
             and _value(s, "bgworker_outbox_pending", kind="email_ready") == 3
             and _value(s, "bgworker_outbox_pending", kind="event_ready") == 0
             and _value(s, "bgworker_requests", status="ready") == 3
@@ -104,12 +108,15 @@ async def test_worker_metrics_show_what_the_test_set_up(
     assert ready - ready_before == 2
     assert _value(s, "bgworker_jobs_in_flight", file_type="slow") == 1
     assert _value(s, "bgworker_queue_messages", queue="work") == 3
-    assert _value(s, "bgworker_queue_messages", queue="dead") == 2
+    assert _value(s, "bgworker_queue_messages", queue="dead") == 3
     assert _value(s, "bgworker_outbox_pending", kind="email_ready") == 3
     assert _value(s, "bgworker_outbox_oldest_pending_seconds") > 0
     assert _value(s, "bgworker_requests", status="ready") == 3
     assert _value(s, "bgworker_requests", status="running") == 1
-    assert _value(s, "bgworker_requests", status="failed") == 0
+    assert _value(s, "bgworker_requests", status="failed") == 1
+    unknown_now = _value(s, "bgworker_jobs_total", file_type="_unknown", outcome="failed")
+    assert unknown_now - unknown_before == 1
+    assert "no_such_type_7f3a" not in text
     assert _value(s, "bgworker_dead_letters_total", reason="malformed_json") >= 1
     # The server's series are not the worker's.
     assert "bgworker_downloads_total" not in text
