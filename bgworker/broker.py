@@ -7,7 +7,7 @@ from typing import Any, Final
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from bgworker import amqp_frames, events, metrics, topology, wire
+from bgworker import amqp_frames, events, metrics, topology, tracing, wire
 
 PUBLISH_TIMEOUT: Final = 30.0
 
@@ -71,14 +71,16 @@ async def put_back(
 ) -> None:
     """Publish a request onto the requests exchange, confirmed: the one way a request goes
     (back) to the work queue (producers, release, reaper, recovery, dead-letter replay)."""
-    message = wire.request(body, request_id, replays=replays)
+    # The current span (if tracing) goes along: the job that claims it joins its trace.
+    message = wire.request(body, request_id, replays=replays, trace=tracing.carrier())
     await publish(channel, topo.requests_exchange, topology.REQUESTED_KEY, message)
 
 
 async def publish_request(
     channel: AbstractChannel, topo: topology.Topology, event: events.FileRequested
 ) -> None:
-    await put_back(channel, topo, event.model_dump(mode="json"), str(event.id))
+    with tracing.span("publish", kind="producer", request_id=str(event.id)):
+        await put_back(channel, topo, event.model_dump(mode="json"), str(event.id))
 
 
 async def publish_retry(
@@ -86,7 +88,7 @@ async def publish_retry(
 ) -> None:
     """To the retry queue of the ``delay`` tier, whose TTL dead-letters it back to the
     requests exchange (see ``topology``)."""
-    message = wire.request(body, request_id)
+    message = wire.request(body, request_id, trace=tracing.carrier())
     await publish(channel, topo.retry_exchange, topo.retry_key(delay), message)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import pydantic
 
-from bgworker import events, handlers, publisher, store, worker
+from bgworker import events, handlers, logs, publisher, store, tracing, worker
 from bgworker import settings as settings_mod
 from bgworker.deadletters import cli as dlq_cli
 
@@ -61,10 +61,6 @@ async def _cmd_worker(settings: settings_mod.Settings, args: argparse.Namespace)
     limits = worker.Limits(max_jobs=args.max_jobs, max_seconds=args.max_seconds, burst=args.burst)
     pool = worker.Worker(settings, registry, limits=limits)
     _install_signals(pool.stop, "worker")
-    if args.metrics_port:
-        import prometheus_client
-
-        prometheus_client.start_http_server(args.metrics_port, addr=settings.web.host)
     await pool.run()
     return 1 if pool.crashed else 0
 
@@ -232,7 +228,11 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--max-jobs", type=int, help="exit after this many jobs (batch mode)")
     w.add_argument("--max-seconds", type=float, help="exit after this many seconds (batch mode)")
     w.add_argument("--burst", action="store_true", help="exit when the work queue is empty")
-    w.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    w.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on this port " + _env("METRICS__PORT"),
+    )
 
     s = sub.add_parser("serve", help="serve downloads and status over HTTP")
     s.add_argument("--host", help=_env("WEB__HOST"))
@@ -296,6 +296,8 @@ def _apply_flags(
         settings.web.host = args.host
     if getattr(args, "port", None):
         settings.web.port = args.port
+    if getattr(args, "metrics_port", None) is not None:
+        settings.metrics.port = args.metrics_port
     return settings
 
 
@@ -320,10 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     except pydantic.ValidationError as exc:
         print(f"bad settings: {events.describe_validation_error(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level, settings.log_format)
+    if settings.tracing.enabled:
+        try:
+            tracing.configure(settings.tracing.service_name)
+        except tracing.TracingUnavailableError as exc:
+            print(f"bad settings: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "schemas":
         return _cmd_schemas(settings, args)
     if args.command == "demo":

@@ -17,7 +17,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractChannel
 
-from bgworker import broker, handlers, metrics, outbox, states, storage, store, topology, wire
+from bgworker import broker, handlers, outbox, states, storage, store, topology, wire
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ class Finalizer:
             # lost between the last heartbeat and now: either way this file is not served.
             await self.files.delete(key)
             return await self.cancelled_or_lost(claim)
-        metrics.JOBS.labels(states.JobOutcome.READY).inc()
         log.info("request %s: ready (%d bytes, sha256 %s)", claim.request_id, size, digest[:12])
         return states.JobOutcome.READY
 
@@ -50,10 +49,8 @@ class Finalizer:
         """A fenced outcome was refused: end the attempt as cancelled if a cancel is pending
         and the lease is still ours, else it was lost to another worker."""
         if await self.db.cancel_claimed(claim):
-            metrics.JOBS.labels(states.JobOutcome.CANCELLED).inc()
             log.info("request %s: cancelled while running", claim.request_id)
             return states.JobOutcome.CANCELLED
-        metrics.JOBS.labels(states.JobOutcome.LOST).inc()
         log.warning(
             "request %s: lease lost; another attempt owns the request now", claim.request_id
         )
@@ -68,7 +65,6 @@ class Finalizer:
 
         if not await self.db.release(claim, republish):
             return await self.cancelled_or_lost(claim)
-        metrics.JOBS.labels(states.JobOutcome.RELEASED).inc()
         log.info("request %s: released back to the queue (shutdown)", claim.request_id)
         return states.JobOutcome.RELEASED
 
@@ -98,7 +94,6 @@ class Finalizer:
         )
         if not retrying:
             return await self.cancelled_or_lost(claim)
-        metrics.JOBS.labels(states.JobOutcome.RETRYING).inc()
         log.warning(
             "request %s: attempt %d failed (%s: %s); retry in %.1fs",
             claim.request_id,
@@ -144,7 +139,6 @@ class Finalizer:
         )
         if row is None:
             return await self.cancelled_or_lost(claim)
-        metrics.JOBS.labels(states.JobOutcome.FAILED).inc()
         log.warning(
             "request %s: failed (%s) after %d attempt(s): %s: %s",
             claim.request_id,

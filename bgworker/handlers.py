@@ -23,6 +23,7 @@ to kill one, so a synchronous handler is *told* to stop (its next ``out.write`` 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import inspect
 import logging
@@ -349,7 +350,11 @@ class Execution:
             except RuntimeError:
                 pass  # the loop is closed: the worker is gone, nobody waits for this call
 
-        thread = threading.Thread(target=target, name=f"bgworker-handler-{ctx.id}", daemon=True)
+        # The job's context (its log fields, bgworker.logs) goes with it onto the thread.
+        job_context = contextvars.copy_context()
+        thread = threading.Thread(
+            target=job_context.run, args=(target,), name=f"bgworker-handler-{ctx.id}", daemon=True
+        )
         try:
             thread.start()
         except BaseException:

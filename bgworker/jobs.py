@@ -16,8 +16,9 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
@@ -26,6 +27,7 @@ from bgworker import (
     faults,
     finalize,
     handlers,
+    logs,
     metrics,
     rejection,
     settings,
@@ -33,9 +35,14 @@ from bgworker import (
     storage,
     store,
     topology,
+    tracing,
 )
 
 log = logging.getLogger(__name__)
+
+# The file_type label of attempts whose type has no handler: one series however many
+# unknown names producers send (a file type cannot start with "_", so none collides).
+UNKNOWN_FILE_TYPE_LABEL: Final = "_unknown"
 
 
 @dataclass(kw_only=True)
@@ -76,6 +83,12 @@ class Runner:
         Before the ack, only infrastructure errors (``faults.is_infrastructure``) escape, for
         the worker to hold the delivery and retry it in place; anything else the message
         causes ends as a dead letter with a reason, now."""
+        # A child of the publisher's span when the message carries one (tracing on).
+        parent = tracing.from_headers(message.headers)
+        with tracing.span("job", parent=parent, kind="consumer", worker=self.worker_id):
+            return await self._handle(message)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> states.JobOutcome:
         try:
             event = events.parse_file_requested(message.body)
         except events.InvalidEventError as exc:
@@ -83,13 +96,15 @@ class Runner:
             reason = states.Reason(exc.reason)
             await self.reject(message, reason, "InvalidEventError", str(exc), exc.request_id)
             return states.JobOutcome.INVALID
+        logs.bind(request_id=str(event.id), file_type=event.file_type, worker_id=self.worker_id)
         registration = self.registry.find(event.file_type)
         max_attempts = (registration.max_attempts if registration else None) or (
             self.config.max_attempts
         )
         lease = self.config.lease_seconds
         try:
-            claim = await self.db.record_and_claim(event, max_attempts, self.worker_id, lease)
+            with tracing.span("claim", request_id=str(event.id), file_type=event.file_type):
+                claim = await self.db.record_and_claim(event, max_attempts, self.worker_id, lease)
             if claim is None:
                 claim = await self._not_runnable(message, event, max_attempts)
                 if claim is None:
@@ -108,17 +123,32 @@ class Runner:
             )
             return states.JobOutcome.UNSTORABLE
         await _ack(message)
+        logs.bind(attempt=claim.attempt)
         if registration is None:
-            return await self.finalizer.fail(
-                claim,
-                message.body,
-                handlers.UnknownFileTypeError(
-                    f"no handler for file_type {event.file_type!r} "
-                    f"(registered: {', '.join(self.registry.file_types) or 'none'})"
+            return await self._counted(
+                UNKNOWN_FILE_TYPE_LABEL,
+                self.finalizer.fail(
+                    claim,
+                    message.body,
+                    handlers.UnknownFileTypeError(
+                        f"no handler for file_type {event.file_type!r} "
+                        f"(registered: {', '.join(self.registry.file_types) or 'none'})"
+                    ),
+                    reason=states.Reason.UNKNOWN_FILE_TYPE,
                 ),
-                reason=states.Reason.UNKNOWN_FILE_TYPE,
             )
-        return await self._run(event, claim, registration, message.body)
+        return await self._counted(
+            event.file_type, self._run(event, claim, registration, message.body)
+        )
+
+    async def _counted(
+        self, file_type: str, attempt: Awaitable[states.JobOutcome]
+    ) -> states.JobOutcome:
+        """An attempt's outcome, counted by file type (not when the attempt is cancelled
+        without an outcome: a worker stopping at once)."""
+        outcome = await attempt
+        metrics.JOBS.labels(file_type, outcome).inc()
+        return outcome
 
     async def reject(
         self,
@@ -196,11 +226,13 @@ class Runner:
             self._heartbeat(claim, ctx, job, lost), name=f"heartbeat-{event.id}"
         )
         started = time.monotonic()
-        metrics.IN_FLIGHT.inc()
+        in_flight = metrics.IN_FLIGHT.labels(event.file_type)
+        in_flight.inc()
         log.info("request %s: attempt %d of %s started", event.id, claim.attempt, event.file_type)
         try:
             # Raises handlers.TimeLimitError past the time limit: an ordinary error below.
-            await self.execution.call(registration, ctx, writer)
+            with tracing.span("handler", file_type=event.file_type, attempt=claim.attempt):
+                await self.execution.call(registration, ctx, writer)
             size, digest = await writer.finish()
         except asyncio.CancelledError:
             await writer.abort()
@@ -214,8 +246,8 @@ class Runner:
             return await self.finalizer.after_error(claim, body, exc)
         finally:
             beat.cancel()
-            metrics.IN_FLIGHT.dec()
-            metrics.JOB_SECONDS.observe(time.monotonic() - started)
+            in_flight.dec()
+            metrics.JOB_SECONDS.labels(event.file_type).observe(time.monotonic() - started)
         return await self.finalizer.ready(claim, key=key, size=size, digest=digest)
 
     async def _heartbeat(

@@ -25,7 +25,19 @@ from typing import Any, Final
 
 from aio_pika.abc import AbstractChannel
 
-from bgworker import broker, events, metrics, notify, settings, states, store, tokens, topology
+from bgworker import (
+    broker,
+    events,
+    logs,
+    metrics,
+    notify,
+    settings,
+    states,
+    store,
+    tokens,
+    topology,
+    tracing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +71,7 @@ def ready_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
         "ready_at": row.finished_at.isoformat(),
         "expires_at": row.expires_at.isoformat(),
         "requester_id": row.requester_id,
+        **_trace(),
     }
     effects: list[tuple[str, dict[str, Any]]] = [(states.EffectKind.EVENT_READY, common)]
     if requester.get("email"):
@@ -76,6 +89,13 @@ def ready_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
     return effects
 
 
+def _trace() -> dict[str, Any]:
+    """The job's trace context, kept in the payload so the effect's span (and the
+    download's) join its trace; nothing when tracing is off."""
+    found = tracing.carrier()
+    return {tracing.TRACE_KEY: found} if found else {}
+
+
 def failed_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
     assert row.finished_at is not None
     common = {
@@ -86,6 +106,7 @@ def failed_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
         "error": row.last_error or "",
         "attempts": row.attempts,
         "failed_at": row.finished_at.isoformat(),
+        **_trace(),
     }
     effects: list[tuple[str, dict[str, Any]]] = [(states.EffectKind.EVENT_FAILED, common)]
     try:
@@ -210,7 +231,14 @@ class Dispatcher:
             await self._record_done(item)
 
         try:
-            await self._perform(item, done)
+            with tracing.span(
+                "email" if item.kind in states.EMAILS else "event",
+                parent=item.payload.get(tracing.TRACE_KEY),
+                kind="producer",
+                request_id=str(item.request_id),
+                effect=item.kind,
+            ):
+                await self._perform(item, done)
         except Exception as exc:
             if took_effect:
                 return  # sent and recorded (or recording gave up and logged): never resend
@@ -224,12 +252,17 @@ class Dispatcher:
                 item.attempts,
                 delay,
                 exc,
+                extra=logs.about(item.request_id),
             )
             metrics.OUTBOX_FAILURES.labels(item.kind).inc()
             try:
                 await self.db.outbox_retry(item, f"{type(exc).__name__}: {exc}", delay)
             except Exception:
-                log.exception("could not record outbox failure for %s", item.request_id)
+                log.exception(
+                    "could not record outbox failure for %s",
+                    item.request_id,
+                    extra=logs.about(item.request_id),
+                )
 
     async def _record_done(self, item: store.OutboxItem) -> None:
         """The effect happened: record it, retrying while PostgreSQL is away (a restart)
@@ -248,6 +281,7 @@ class Dispatcher:
                         item.kind,
                         item.request_id,
                         exc,
+                        extra=logs.about(item.request_id),
                     )
                     return
                 await asyncio.sleep(delay)

@@ -99,6 +99,22 @@ class WebSettings(BaseModel):
     admin_session_seconds: int = Field(8 * 3600, gt=0)
 
 
+class MetricsSettings(BaseModel):
+    # A worker serves its Prometheus metrics on http://host:port/metrics when a port is set
+    # (`bgworker worker --metrics-port` overrides it); the server has its own /metrics.
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=0, le=65535)
+    # How often a worker samples queue depth, outbox backlog and requests by status.
+    interval_seconds: float = Field(15.0, gt=0, allow_inf_nan=False)
+
+
+class TracingSettings(BaseModel):
+    # OpenTelemetry spans from publish to download (the `tracing` extra); exported over
+    # OTLP/HTTP as the standard OTEL_EXPORTER_OTLP_* variables say.
+    enabled: bool = False
+    service_name: str = "bgworker"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore"
@@ -119,11 +135,16 @@ class Settings(BaseSettings):
     # Templates here override the shipped ones at the same relative path
     # (email/ready.subject.j2, pages/page.html.j2): bgworker/languages.py.
     template_dir: Path | None = None
+    # "json": one JSON object per line, with request_id, file_type, attempt and worker_id on
+    # every line about a job (bgworker.logs); "text" for people at a terminal.
+    log_format: Literal["text", "json"] = "text"
 
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     _split = field_validator("handlers", mode="before")(_split_list)
 

@@ -14,6 +14,7 @@ builders return ``aio_pika.Message`` objects; where they go (which exchange, whi
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -36,6 +37,10 @@ TRACEBACK: Final = "x-bgworker-traceback"
 REPLAY: Final = "x-bgworker-replay"
 # Set by RabbitMQ on letters it dead-lettered itself (delivery limit, reject), and on
 # quorum-queue redeliveries.
+# W3C Trace Context (https://www.w3.org/TR/trace-context/): OpenTelemetry's default
+# propagator writes and reads exactly these names; set only when tracing is on (tracing).
+TRACEPARENT: Final = "traceparent"
+TRACESTATE: Final = "tracestate"
 X_DEATH: Final = "x-death"
 X_DELIVERY_COUNT: Final = "x-delivery-count"
 
@@ -67,18 +72,26 @@ def header_text(text: str, limit: int) -> str:
 
 
 def request(
-    body: dict[str, Any] | bytes, request_id: str, *, replays: int | None = None
+    body: dict[str, Any] | bytes,
+    request_id: str,
+    *,
+    replays: int | None = None,
+    trace: Mapping[str, str] | None = None,
 ) -> aio_pika.Message:
     """A ``FileRequested`` message: the recorded event (a dict) or the body as received
-    (bytes, sent unchanged). ``replays``: set by `bgworker dlq replay`."""
+    (bytes, sent unchanged). ``replays``: set by `bgworker dlq replay`; ``trace``: the
+    ``TRACEPARENT``/``TRACESTATE`` headers of the publishing span (``tracing.carrier``)."""
     raw = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+    headers: dict[str, Any] = dict(trace or {})
+    if replays is not None:
+        headers[REPLAY] = replays
     return aio_pika.Message(
         raw,
         content_type=JSON,
         delivery_mode=DeliveryMode.PERSISTENT,
         message_id=request_id,
         type="FileRequested",
-        headers={REPLAY: replays} if replays is not None else None,
+        headers=headers or None,
     )
 
 

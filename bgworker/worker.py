@@ -40,11 +40,13 @@ from bgworker import (
     notify,
     outbox,
     reaper,
+    sampler,
     states,
     storage,
     store,
     tokens,
     topology,
+    tracing,
 )
 from bgworker import settings as settings_mod
 
@@ -93,6 +95,7 @@ class Worker:
         self._started = time.monotonic()
         self.health: dict[str, bool] = {}  # see health.Health
         self.crashed = False  # a side task died: the CLI exits non-zero
+        self.metrics_url: str | None = None  # set once serving BGWORKER_METRICS__PORT
 
     def stop(self) -> None:
         self.stopping.set()
@@ -100,6 +103,8 @@ class Worker:
     async def run(self) -> Counter[str]:
         """Open the resources, consume until stopped, then drain and close in reverse."""
         signer = tokens.Signer(self.settings.tokens)  # no keys: fail before connecting
+        if self.settings.tracing.enabled:
+            tracing.enable()
         files = storage.LocalStorage(self.settings.storage_dir)
         files.ensure()
         async with AsyncExitStack() as stack:
@@ -113,6 +118,10 @@ class Worker:
             runner = self._make_runner(db, files, channel)
             consuming = await self._consume(queue, runner)
             side = self._start_side_tasks(db, connection, channel, dispatcher, runner, consuming)
+            metered, self.metrics_url = await sampler.start(
+                stack, self.settings.metrics, db, connection, self.topology, self.stopping
+            )
+            side.append(metered)
             self._log_start()
             self.ready.set()
             await self._wait_until_stopped(side)

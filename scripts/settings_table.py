@@ -33,6 +33,7 @@ MEANING: Final[dict[str, str]] = {
     "(`email/*.j2`, `pages/page.html.j2`)",
     "BGWORKER_HANDLERS": "handler registries to load, comma-separated `module:attribute`",
     "BGWORKER_LOG_LEVEL": "logging level",
+    "BGWORKER_LOG_FORMAT": "`text`, or `json`: one object a line, job lines carry `request_id`",
     "BGWORKER_SMTP__HOST": "SMTP server host",
     "BGWORKER_SMTP__PORT": "SMTP server port",
     "BGWORKER_SMTP__USERNAME": "SMTP login (optional)",
@@ -71,6 +72,15 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_WEB__ADMIN_USER": "admin console user name",
     "BGWORKER_WEB__ADMIN_PASSWORD": "admin console password; unset: no console at `/admin/`",
     "BGWORKER_WEB__ADMIN_SESSION_SECONDS": "admin console session lifetime",
+    "BGWORKER_METRICS__HOST": "address a worker serves `/metrics` on",
+    "BGWORKER_METRICS__PORT": "port of a worker's `/metrics` (`--metrics-port`); unset: not served",
+    "BGWORKER_METRICS__INTERVAL_SECONDS": (
+        "how often a worker samples queue depth, outbox backlog, requests by status"
+    ),
+    "BGWORKER_TRACING__ENABLED": (
+        "OpenTelemetry spans, publish to download (`tracing` extra; OTLP as `OTEL_*` say)"
+    ),
+    "BGWORKER_TRACING__SERVICE_NAME": "`service.name` of the spans",
 }
 
 

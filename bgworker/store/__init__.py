@@ -11,7 +11,8 @@ query file each, composed into ``Store``:
 - ``maintenance``: ping, counts, expiry for ``bgworker clean``;
 - ``connection``: the pool and the database; ``rows``: what the queries return;
 - ``migrations``: the numbered schema files; ``dead_letters``: the request-row side of
-  dead-letter replay and purge; ``listing``: the console's requests by status.
+  dead-letter replay and purge; ``listing``: the console's requests by status;
+  ``gauges``: what the worker's metrics sample; ``traces``: a job's trace context.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ import asyncpg
 from bgworker.store import (
     connection,
     dead_letters,
+    gauges,
     listing,
     maintenance,
     queries,
     recovery,
     requests,
     rows,
+    traces,
 )
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "Claim",
     "Effects",
     "ExpiredFile",
+    "OutboxBacklog",
     "OutboxItem",
     "PostgresError",
     "Q",
@@ -63,9 +67,16 @@ ReapReport = rows.ReapReport
 RecoveryReport = rows.RecoveryReport
 ExpiredFile = rows.ExpiredFile
 Effects = rows.Effects
+OutboxBacklog = gauges.OutboxBacklog
 
 
-class Store(requests.Requests, recovery.Recovery, maintenance.Maintenance):
+class Store(
+    requests.Requests,
+    recovery.Recovery,
+    maintenance.Maintenance,
+    gauges.Gauges,
+    traces.Traces,
+):
     """The one way to the database: ``Store(pool, claim_effects_seconds=...,
     on_effects=...)`` (see ``connection.Connected``), then its methods; the dead-letter
     tools' records and the console's listing as ``store.dead_letters`` and

@@ -7,11 +7,10 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Final
 
-import prometheus_client
 from aiohttp import web
 
+from bgworker import metrics, storage, store, tokens, tracing
 from bgworker import settings as settings_mod
-from bgworker import storage, store, tokens
 from bgworker.web import access_log, downloads, keys, responses
 from bgworker.web import identity as identity_mod
 
@@ -34,10 +33,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    return web.Response(
-        body=prometheus_client.generate_latest(),
-        headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
-    )
+    # The server's own registry only: the worker's series live in the worker processes.
+    return metrics.exposition(metrics.SERVER)
 
 
 def create_app(
@@ -48,6 +45,8 @@ def create_app(
 ) -> web.Application:
     """``identity`` names the caller for requester-bound links (default: the trusted header
     ``settings.web.identity_header``, if set). ``db`` lets an embedding app share its pool."""
+    if settings.tracing.enabled:
+        tracing.enable()
     app = web.Application()
     app[keys.SIGNER] = tokens.Signer(settings.tokens)
     app[keys.STORAGE] = storage.LocalStorage(settings.storage_dir)

@@ -14,7 +14,7 @@ from typing import Final
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
-from bgworker import metrics, states, tokens
+from bgworker import metrics, states, tokens, tracing
 from bgworker.web import headers, identity, keys, pages, responses
 
 # RFC 9110 section 10.2.3: how long a client should wait before asking again for a file
@@ -77,6 +77,10 @@ async def download(request: web.Request) -> web.StreamResponse:
     if not await asyncio.to_thread(path.is_file):
         return _refuse(410, "the file is no longer stored")
     metrics.DOWNLOADS.labels("200").inc()
+    if tracing.enabled():  # the download joins the trace of the job that built the file
+        parent = await request.app[keys.STORE].trace_carrier(row.id)
+        with tracing.span("download", parent=parent, kind="server", request_id=str(row.id)):
+            pass  # marks the grant; the bytes stream after the handler returns
     # FileResponse streams from disk (sendfile where it can, chunks otherwise) and handles
     # Range/If-None-Match and date If-Range itself (RFC 9110); _FileResponse adds entity-tag
     # If-Range, and we add the headers it cannot know.
