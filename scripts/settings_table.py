@@ -69,6 +69,12 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_WEB__ADMIN_USER": "admin console user name",
     "BGWORKER_WEB__ADMIN_PASSWORD": "admin console password; unset: no console at `/admin/`",
     "BGWORKER_WEB__ADMIN_SESSION_SECONDS": "admin console session lifetime",
+    "BGWORKER_WEB__ADMIN_SECRET_KEY": (
+        "signs the console's login CSRF token; unset: a random key stored in PostgreSQL"
+    ),
+    "BGWORKER_WEB__ADMIN_SECURE_COOKIES": (
+        "console cookies always `Secure` (set it behind a TLS proxy)"
+    ),
 }
 
 

@@ -11,7 +11,8 @@ query file each, composed into ``Store``:
 - ``maintenance``: ping, counts, expiry for ``bgworker clean``;
 - ``connection``: the pool and the database; ``rows``: what the queries return;
 - ``migrations``: the numbered schema files; ``dead_letters``: the request-row side of
-  dead-letter replay and purge; ``listing``: the console's requests by status.
+  dead-letter replay and purge; ``listing``: the console's requests by status;
+  ``admin_sessions``: the console's server-side sessions and secrets.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Final
 import asyncpg
 
 from bgworker.store import (
+    admin_sessions,
     connection,
     dead_letters,
     listing,
@@ -81,6 +83,7 @@ class Store(requests.Requests, recovery.Recovery, maintenance.Maintenance):
         super().__init__(pool, claim_effects_seconds=claim_effects_seconds, on_effects=on_effects)
         self.dead_letters = dead_letters.DeadLetterRecords(pool)
         self.listing = listing.Listing(pool)
+        self.admin_sessions = admin_sessions.AdminSessions(pool)
 
 
 @asynccontextmanager
