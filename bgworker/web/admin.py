@@ -1,5 +1,6 @@
-"""The admin console under ``/admin/``: dead letters (list, detail, replay, purge) and
-requests by status, as server-rendered HTML and as JSON under ``/admin/api/``.
+"""The admin console under ``/admin/``: dead letters (list, detail, replay, purge),
+requests by status, search and a request's page (``admin_requests``), as server-rendered
+HTML and as JSON under ``/admin/api/``.
 
 Mounted by ``create_app`` only when ``BGWORKER_WEB__ADMIN_PASSWORD`` is set. Every page
 reads the broker afresh with the same non-destructive scan as ``bgworker dlq list``.
@@ -20,7 +21,7 @@ from aiohttp import web
 from bgworker import settings as settings_mod
 from bgworker import states, store, wire
 from bgworker.deadletters import actions, letters, queue, reading, selection
-from bgworker.web import admin_auth, keys
+from bgworker.web import admin_auth, admin_requests, keys
 
 STATUSES: Final = (
     states.Status.QUEUED,
@@ -70,26 +71,12 @@ def create_admin(settings: settings_mod.Settings) -> web.Application:
     app.router.add_get("/api/dead-letters/stats", stats_json)
     app.router.add_get("/api/dead-letters/{key}", letter_json)
     app.router.add_get("/api/requests", requests_json)
+    admin_requests.add_routes(app)
     return app
 
 
-def user_of(request: web.Request) -> str | None:
-    caller = request.get(admin_auth.CALLER)
-    return None if caller is None else caller.user
-
-
-def render(
-    name: str, request: web.Request, context: dict[str, Any], status: int = 200
-) -> web.Response:
-    """A template with what every page needs (no aiohttp_jinja2 context processors: they
-    keep state under string request keys, which aiohttp 3.14 warns about)."""
-    caller = request.get(admin_auth.CALLER)
-    base = {
-        "user": user_of(request),
-        "csrf": (caller.csrf if caller is not None else None) or "",
-        "path": request.path,
-    }
-    return aiohttp_jinja2.render_template(name, request, base | context, status=status)
+user_of: Final = admin_requests.user_of
+render: Final = admin_requests.render
 
 
 def _db(request: web.Request) -> store.Store:
