@@ -220,7 +220,7 @@ def database_error(exc: BaseException, dsn: str) -> StartupError:
     if isinstance(exc, asyncpg.PostgresError):
         return unavailable(f"{where} refused the connection: {exc}")
     return unavailable(
-        f"{where} is unreachable ({_reason(exc)}): start it (`make services`) or fix "
+        f"cannot reach {where} ({_reason(exc)}): start it (`make services`) or fix "
         f"the host and port in {DATABASE_URL}"
     )
 
@@ -246,7 +246,7 @@ def broker_error(exc: BaseException, url: str) -> StartupError:
     if isinstance(exc, aiormq.exceptions.AMQPError) and not isinstance(exc, OSError):
         return config(f"{AMQP_URL}: {where} refused the connection: {exc}")
     return unavailable(
-        f"{where} is unreachable ({_reason(exc)}): start it (`make services`) or fix "
+        f"cannot reach {where} ({_reason(exc)}): start it (`make services`) or fix "
         f"the host and port in {AMQP_URL}"
     )
 

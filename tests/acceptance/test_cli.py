@@ -166,4 +166,4 @@ async def test_status_of_unknown_request_and_unreachable_database(
     down = {**env, "BGWORKER_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nothing"}
     result = await run_cli("status", str(unknown), env=down)
     assert result.code == 69  # EX_UNAVAILABLE
-    assert "bgworker status: PostgreSQL at 127.0.0.1:1 is unreachable" in result.err
+    assert "bgworker status: cannot reach PostgreSQL at 127.0.0.1:1" in result.err

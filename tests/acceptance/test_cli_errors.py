@@ -87,6 +87,13 @@ MISTAKES = [
         ("BGWORKER_AMQP_URL", "refused virtual host 'no-such-vhost-"),
     ),
     Mistake(
+        "wrong RabbitMQ vhost (dead-letter tools)",
+        {"BGWORKER_AMQP_URL": VHOST_URL},
+        ("dlq", "stats"),
+        USAGE,
+        ("BGWORKER_AMQP_URL", "refused virtual host 'no-such-vhost-"),
+    ),
+    Mistake(
         "wrong RabbitMQ password",
         {"BGWORKER_AMQP_URL": WRONG_PASSWORD_URL},
         ("publish", "login_events"),
@@ -98,7 +105,7 @@ MISTAKES = [
         {"BGWORKER_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/"},
         ("publish", "login_events"),
         UNAVAILABLE,
-        ("RabbitMQ at 127.0.0.1:1 is unreachable", "BGWORKER_AMQP_URL"),
+        ("cannot reach RabbitMQ at 127.0.0.1:1", "BGWORKER_AMQP_URL"),
     ),
     Mistake(
         "invalid DSN",
@@ -133,7 +140,7 @@ MISTAKES = [
         {"BGWORKER_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/bgworker"},
         ("cancel", ANY_ID),
         UNAVAILABLE,
-        ("PostgreSQL at 127.0.0.1:1 is unreachable", "BGWORKER_DATABASE_URL"),
+        ("cannot reach PostgreSQL at 127.0.0.1:1", "BGWORKER_DATABASE_URL"),
     ),
 ]
 
