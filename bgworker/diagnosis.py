@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import socket
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote, urlsplit
@@ -90,8 +91,10 @@ def check_settings(settings: settings_mod.Settings, command: str) -> None:
             f"{LOG_LEVEL}={settings.log_level!r} is not a logging level: "
             "use DEBUG, INFO, WARNING, ERROR or CRITICAL"
         )
-    _check_url(DATABASE_URL, settings.database_url.get_secret_value(), ("postgresql", "postgres"))
-    _check_url(AMQP_URL, settings.amqp_url.get_secret_value(), ("amqp", "amqps"))
+    if command != "schemas":  # the one command that uses no service
+        dsn = settings.database_url.get_secret_value()
+        _check_url(DATABASE_URL, dsn, ("postgresql", "postgres"))
+        _check_url(AMQP_URL, settings.amqp_url.get_secret_value(), ("amqp", "amqps"))
     if command in NEEDS_KEYS and not any(k.get_secret_value() for k in settings.tokens.secret_keys):
         raise config(
             f"{SECRET_KEYS} is not set: download links are signed with it; set it to a "
@@ -193,7 +196,19 @@ def service_error(exc: BaseException, settings: settings_mod.Settings) -> Startu
     """An error from either client, told apart by type (aiormq's are all AMQPError)."""
     if isinstance(exc, aiormq.exceptions.AMQPError):
         return broker_error(exc, settings.amqp_url.get_secret_value())
-    return database_error(exc, settings.database_url.get_secret_value())
+    database_side = (
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        ConnectionError,  # refused, reset
+        socket.gaierror,  # no such host
+        TimeoutError,
+    )
+    if isinstance(exc, database_side):
+        return database_error(exc, settings.database_url.get_secret_value())
+    # Another OSError (a full disk, a socket error of unknown origin): say it as it is
+    # rather than blame a service.
+    return unavailable(_reason(exc))
 
 
 def _where(url: str) -> str:

@@ -70,7 +70,8 @@ def _search_of(query: Any) -> tuple[listing.Search, int]:
         raise web.HTTPBadRequest(text=f"not a request id: {raw_id!r}") from None
     if raw_status is not None and raw_status not in set(states.Status):
         raise web.HTTPBadRequest(text=f"unknown status: {raw_status!r}")
-    if raw_page is not None and not (raw_page.isdigit() and 1 <= int(raw_page) <= 10**6):
+    ascii_number = raw_page is not None and raw_page.isascii() and raw_page.isdigit()
+    if raw_page is not None and not (ascii_number and 1 <= int(raw_page) <= 10**6):
         raise web.HTTPBadRequest(text=f"not a page number: {raw_page!r}")
     page = int(raw_page) if raw_page else 1
     wanted = listing.Search(
