@@ -45,6 +45,13 @@ def _scan(root: Path, older_than: float) -> tuple[list[str], list[Path]]:
     return keys, parts
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def _unlink(path: Path) -> int:
     try:
         size = path.stat().st_size
@@ -69,14 +76,21 @@ class _Run:
         return self.report.stopped_early
 
     async def remove(self, path: Path) -> None:
-        if not self.dry_run:
+        if self.dry_run:
+            # What the real run would free: the same files, sized, not removed.
+            self.report.bytes_freed += await asyncio.to_thread(_size, path)
+        else:
             self.report.bytes_freed += await asyncio.to_thread(_unlink, path)
             if self.sleep_seconds:
                 await asyncio.sleep(self.sleep_seconds)
 
     async def expired(self, leeway_seconds: float) -> None:
         if self.dry_run:
-            self.report.expired = await self.db.count_expirable(leeway_seconds)
+            keys = await self.db.expirable_keys(leeway_seconds)
+            self.report.expired = len(keys)
+            for key in keys:
+                if key:
+                    await self.remove(self.files.path(key))
             return
         while not self.out_of_time():
             expired = await self.db.expire_ready(leeway_seconds, BATCH)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
 import json
 import logging
@@ -14,17 +15,19 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import aiormq
 import asyncpg
 import pydantic
 
-from bgworker import events, handlers, logs, publisher, store, tracing, worker
+from bgworker import diagnosis, events, logs, publisher, store, tracing, worker
 from bgworker import settings as settings_mod
 from bgworker.deadletters import cli as dlq_cli
 
 log = logging.getLogger("bgworker")
 
-EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a service we need is down
-EXIT_USAGE = 64  # EX_USAGE
+EXIT_UNAVAILABLE = diagnosis.EXIT_UNAVAILABLE  # EX_UNAVAILABLE: a service we need is down
+EXIT_USAGE = diagnosis.EXIT_USAGE  # EX_USAGE: bad settings
+EXIT_NOT_RECORDED = 3  # `status`: the id is in no row (yet); see README "Command line"
 
 
 def _env(name: str) -> str:
@@ -57,7 +60,7 @@ def _install_signals(stop: Callable[[], None], what: str) -> None:
 
 
 async def _cmd_worker(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    registry = handlers.load(settings.handlers)
+    registry = diagnosis.load_handlers(settings.handlers)
     limits = worker.Limits(max_jobs=args.max_jobs, max_seconds=args.max_seconds, burst=args.burst)
     pool = worker.Worker(settings, registry, limits=limits)
     _install_signals(pool.stop, "worker")
@@ -151,8 +154,14 @@ async def _cmd_status(settings: settings_mod.Settings, args: argparse.Namespace)
         row = await db.get_request(args.id)
         attempts = await db.list_attempts(args.id) if row else []
     if row is None:
-        print(f"{args.id}: unknown request", file=sys.stderr)
-        return 1
+        # Producers publish without writing to the database: a request exists here only
+        # once a worker has taken (or rejected) its message.
+        print(
+            f"{args.id}: not recorded yet: no worker has taken it; it may be waiting in the "
+            "queue (or the id is wrong)",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_RECORDED
     out = row.to_json()
     out.pop("lease_token", None)
     out["attempt_log"] = attempts
@@ -213,8 +222,17 @@ def _cmd_demo(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     return demo.main(rows=args.rows)
 
 
+def _shown(default: str) -> str:
+    """A list default as the environment writes it (``5.0,30.0``), not as a Python repr."""
+    if default.startswith("[") and default.endswith("]"):
+        return ",".join(str(item) for item in ast.literal_eval(default))
+    return default
+
+
 def _parser() -> argparse.ArgumentParser:
-    env_table = "\n".join(f"  {name}={default}" for name, default in settings_mod.env_names())
+    env_table = "\n".join(
+        f"  {name}={_shown(default)}" for name, default in settings_mod.env_names()
+    )
     p = argparse.ArgumentParser(
         prog="bgworker",
         description="Build files in the background and hand them out over signed links.",
@@ -320,26 +338,40 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = _apply_flags(settings_mod.Settings(), args)
     except pydantic.ValidationError as exc:
-        print(f"bad settings: {events.describe_validation_error(exc)}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args, diagnosis.settings_error(exc))
+    try:
+        diagnosis.check_settings(settings, args.command)
+    except diagnosis.StartupError as exc:
+        return _fail(args, exc)
     logs.configure(settings.log_level, settings.log_format)
     if settings.tracing.enabled:
         try:
             tracing.configure(settings.tracing.service_name)
         except tracing.TracingUnavailableError as exc:
-            print(f"bad settings: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return _fail(args, diagnosis.config(str(exc)))
     if args.command == "schemas":
         return _cmd_schemas(settings, args)
     if args.command == "demo":
         return _cmd_demo(settings, args)
     try:
-        return asyncio.run(ASYNC_COMMANDS[args.command](settings, args))
-    except store.TRANSIENT_ERRORS as exc:
-        print(f"bgworker {args.command}: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return asyncio.run(_run(settings, args))
+    except diagnosis.StartupError as exc:
+        return _fail(args, exc)
+    except (*store.TRANSIENT_ERRORS, aiormq.exceptions.AMQPError) as exc:
+        # A service went away after the probe (or `migrate`, which probes nothing).
+        return _fail(args, diagnosis.service_error(exc, settings))
     except KeyboardInterrupt:
         return 130
+
+
+async def _run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    await diagnosis.probe(settings, args.command)
+    return await ASYNC_COMMANDS[args.command](settings, args)
+
+
+def _fail(args: argparse.Namespace, exc: diagnosis.StartupError) -> int:
+    print(f"bgworker {args.command}: {exc.line}", file=sys.stderr)
+    return exc.code
 
 
 if __name__ == "__main__":

@@ -97,6 +97,11 @@ class WebSettings(BaseModel):
     admin_user: str = "admin"
     admin_password: SecretStr | None = None
     admin_session_seconds: int = Field(8 * 3600, gt=0)
+    # Signs the console's login-form CSRF token; unset: a random key made by the first
+    # server and stored in PostgreSQL. Never the password (OWASP session guidance).
+    admin_secret_key: SecretStr | None = None
+    # Mark the console's cookies Secure even over plain HTTP: a TLS proxy is in front.
+    admin_secure_cookies: bool = False
 
 
 class MetricsSettings(BaseModel):

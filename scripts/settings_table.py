@@ -81,6 +81,12 @@ MEANING: Final[dict[str, str]] = {
         "OpenTelemetry spans, publish to download (`tracing` extra; OTLP as `OTEL_*` say)"
     ),
     "BGWORKER_TRACING__SERVICE_NAME": "`service.name` of the spans",
+    "BGWORKER_WEB__ADMIN_SECRET_KEY": (
+        "signs the console's login CSRF token; unset: a random key stored in PostgreSQL"
+    ),
+    "BGWORKER_WEB__ADMIN_SECURE_COOKIES": (
+        "console cookies always `Secure` (set it behind a TLS proxy)"
+    ),
 }
 
 

@@ -13,6 +13,7 @@ query file each, composed into ``Store``:
 - ``migrations``: the numbered schema files; ``dead_letters``: the request-row side of
   dead-letter replay and purge; ``listing``: the console's requests by status;
   ``gauges``: what the worker's metrics sample; ``traces``: a job's trace context.
+  ``admin_sessions``: the console's server-side sessions and secrets.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Final
 import asyncpg
 
 from bgworker.store import (
+    admin_sessions,
     connection,
     dead_letters,
     gauges,
@@ -92,6 +94,7 @@ class Store(
         super().__init__(pool, claim_effects_seconds=claim_effects_seconds, on_effects=on_effects)
         self.dead_letters = dead_letters.DeadLetterRecords(pool)
         self.listing = listing.Listing(pool)
+        self.admin_sessions = admin_sessions.AdminSessions(pool)
 
 
 @asynccontextmanager

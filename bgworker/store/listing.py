@@ -1,7 +1,10 @@
-"""Requests listed by status, for the admin console's requests page (``listing.sql``)."""
+"""Requests listed for the admin console (``listing.sql``): by status, searched with
+paging, and a request's side effects."""
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
@@ -10,6 +13,16 @@ from bgworker import states
 from bgworker.store import queries
 
 Q: Final = queries.QUERIES
+
+
+@dataclass(frozen=True)
+class Search:
+    """The console's search filters; None matches anything."""
+
+    id: uuid.UUID | None = None
+    requester: str | None = None  # a requester id or email, exactly
+    file_type: str | None = None
+    status: states.Status | None = None
 
 
 class Listing:
@@ -24,3 +37,25 @@ class Listing:
         """The ``limit`` requests in ``status`` changed last, newest first."""
         rows = await self.pool.fetch(Q["list_requests_by_status"], status.value, limit)
         return [dict(r) for r in rows]
+
+    async def search(
+        self, wanted: Search, *, limit: int, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """One page of matching requests, newest change first, and whether more follow."""
+        status = wanted.status.value if wanted.status is not None else None
+        records = await self.pool.fetch(
+            *queries.bind(
+                "search_requests",
+                request_id=wanted.id,
+                requester=wanted.requester,
+                file_type=wanted.file_type,
+                status=status,
+                limit=limit + 1,
+                offset=offset,
+            )
+        )
+        return [dict(r) for r in records[:limit]], len(records) > limit
+
+    async def effects(self, request_id: uuid.UUID) -> list[dict[str, Any]]:
+        """The request's outbox rows (emails and events), oldest first."""
+        return [dict(r) for r in await self.pool.fetch(Q["request_effects"], request_id)]

@@ -19,10 +19,11 @@ class Maintenance(connection.Connected):
     async def count_by_status(self) -> dict[str, int]:
         return {r["status"]: r["n"] for r in await self.pool.fetch(Q["count_by_status"])}
 
-    async def count_expirable(self, leeway_seconds: float) -> int:
-        """Ready files past their expiry plus ``leeway_seconds`` (what a clean would expire)."""
-        count: int = await self.pool.fetchval(Q["count_expirable"], leeway_seconds)
-        return count
+    async def expirable_keys(self, leeway_seconds: float) -> list[str | None]:
+        """The storage keys of the ready requests past their expiry plus ``leeway_seconds`` (what a
+        clean would expire; None: no file)."""
+        records = await self.pool.fetch(Q["expirable_keys"], leeway_seconds)
+        return [r["storage_key"] for r in records]
 
     async def expire_ready(self, leeway_seconds: float, limit: int) -> list[rows.ExpiredFile]:
         """Mark up to ``limit`` such requests expired, in the statement that returns their

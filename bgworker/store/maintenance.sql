@@ -22,8 +22,9 @@ FROM (
 WHERE r.id = due.id
 RETURNING r.id, r.storage_key;
 
--- name: count_expirable
-SELECT count(*) FROM bgworker_requests
+-- name: expirable_keys
+-- What a clean would expire, for `clean --dry-run` (it sizes the files on disk).
+SELECT storage_key FROM bgworker_requests
 WHERE status = 'ready' AND expires_at < now() - make_interval(secs => $1);
 
 -- name: referenced_keys

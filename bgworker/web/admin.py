@@ -1,5 +1,6 @@
-"""The admin console under ``/admin/``: dead letters (list, detail, replay, purge) and
-requests by status, as server-rendered HTML and as JSON under ``/admin/api/``.
+"""The admin console under ``/admin/``: dead letters (list, detail, replay, purge),
+requests by status, search and a request's page (``admin_requests``), as server-rendered
+HTML and as JSON under ``/admin/api/``.
 
 Mounted by ``create_app`` only when ``BGWORKER_WEB__ADMIN_PASSWORD`` is set. Every page
 reads the broker afresh with the same non-destructive scan as ``bgworker dlq list``.
@@ -20,7 +21,7 @@ from aiohttp import web
 from bgworker import settings as settings_mod
 from bgworker import states, store, wire
 from bgworker.deadletters import actions, letters, queue, reading, selection
-from bgworker.web import admin_auth, keys
+from bgworker.web import admin_auth, admin_requests, keys
 
 STATUSES: Final = (
     states.Status.QUEUED,
@@ -35,12 +36,17 @@ ACTIONS: Final = ("replay", "purge")
 
 def create_admin(settings: settings_mod.Settings) -> web.Application:
     assert settings.web.admin_password is not None
+    web_settings = settings.web
+    key = web_settings.admin_secret_key
     auth = admin_auth.Auth(
-        settings.web.admin_user,
+        web_settings.admin_user,
         settings.web.admin_password.get_secret_value(),
-        settings.web.admin_session_seconds,
+        web_settings.admin_session_seconds,
+        secret_key=key.get_secret_value() if key is not None else None,
+        secure_cookies=web_settings.admin_secure_cookies,
     )
-    app = web.Application(middlewares=[admin_auth.middleware(auth, frozenset({"/admin/login"}))])
+    guard = admin_auth.middleware(auth, frozenset({"/admin/login"}), _db)
+    app = web.Application(middlewares=[guard])
     app[keys.ADMIN_AUTH] = auth
     app[keys.ADMIN_AMQP] = (settings.amqp_url.get_secret_value(), settings.namespace)
     aiohttp_jinja2.setup(
@@ -65,25 +71,12 @@ def create_admin(settings: settings_mod.Settings) -> web.Application:
     app.router.add_get("/api/dead-letters/stats", stats_json)
     app.router.add_get("/api/dead-letters/{key}", letter_json)
     app.router.add_get("/api/requests", requests_json)
+    admin_requests.add_routes(app)
     return app
 
 
-def user_of(request: web.Request) -> str | None:
-    return request.app[keys.ADMIN_AUTH].user_of(request)[0]
-
-
-def render(
-    name: str, request: web.Request, context: dict[str, Any], status: int = 200
-) -> web.Response:
-    """A template with what every page needs (no aiohttp_jinja2 context processors: they
-    keep state under string request keys, which aiohttp 3.14 warns about)."""
-    auth = request.app[keys.ADMIN_AUTH]
-    base = {
-        "user": user_of(request),
-        "csrf": auth.session_csrf(request) or "",
-        "path": request.path,
-    }
-    return aiohttp_jinja2.render_template(name, request, base | context, status=status)
+user_of: Final = admin_requests.user_of
+render: Final = admin_requests.render
 
 
 def _db(request: web.Request) -> store.Store:
@@ -142,7 +135,12 @@ async def login_form(request: web.Request, *, error: str = "") -> web.StreamResp
     auth = request.app[keys.ADMIN_AUTH]
     response = web.Response(content_type="text/html")
     nonce = auth.login_nonce(request, response)
-    context = {"login_csrf": auth.csrf_token(nonce), "error": error, "user": None, "path": ""}
+    context = {
+        "login_csrf": auth.login_csrf_token(nonce),
+        "error": error,
+        "user": None,
+        "path": "",
+    }
     response.text = aiohttp_jinja2.render_string("login.html.j2", request, context)
     if error:
         response.set_status(401)
@@ -153,19 +151,21 @@ async def login(request: web.Request) -> web.StreamResponse:
     auth = request.app[keys.ADMIN_AUTH]
     form = await request.post()
     token = form.get("csrf")
-    if not auth.csrf_ok(token if isinstance(token, str) else None, auth.login_nonce(request, None)):
+    nonce = auth.login_nonce(request, None)
+    if not auth.login_csrf_ok(token if isinstance(token, str) else None, nonce):
         return web.Response(status=403, text="403: missing or invalid CSRF token")
     user, password = str(form.get("user", "")), str(form.get("password", ""))
-    if not auth.check_password(user, password):
+    client = admin_auth.client_of(request)
+    if not await auth.check_password(client, user, password):  # ThrottledError: 429
         return await login_form(request, error="Wrong user or password.")
     response = web.HTTPSeeOther("/admin/dead-letters")
-    auth.new_session(response, request)
+    await auth.new_session(_db(request), response, request)
     raise response
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
     response = web.HTTPSeeOther("/admin/login")
-    request.app[keys.ADMIN_AUTH].end_session(response)
+    await request.app[keys.ADMIN_AUTH].end_session(_db(request), request, response)
     raise response
 
 

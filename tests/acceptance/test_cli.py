@@ -116,6 +116,10 @@ async def test_help_lists_every_setting_variable() -> None:
     assert "BGWORKER_TOKENS__SECRET_KEYS" in names
     missing = [name for name in names if name not in result.out]
     assert missing == []
+    # Lists as the environment writes them, not as Python reprs.
+    assert "BGWORKER_WORKER__RETRY_DELAYS_SECONDS=5.0,30.0,300.0" in result.out
+    assert "BGWORKER_HANDLERS=bgworker.examples:registry" in result.out
+    assert "['" not in result.out and "[5.0" not in result.out
 
 
 async def test_status_and_cancel_a_queued_request(
@@ -155,10 +159,11 @@ async def test_status_of_unknown_request_and_unreachable_database(
     env = settings_env(settings)
     unknown = uuid.uuid4()
     result = await run_cli("status", str(unknown), env=env)
-    assert result.code == 1
-    assert f"{unknown}: unknown request" in result.err
+    assert result.code == 3  # README "Command line": not recorded (yet)
+    assert f"{unknown}: not recorded yet: no worker has taken it" in result.err
+    assert "may be waiting in the queue" in result.err
 
     down = {**env, "BGWORKER_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nothing"}
     result = await run_cli("status", str(unknown), env=down)
     assert result.code == 69  # EX_UNAVAILABLE
-    assert "bgworker status:" in result.err and "127.0.0.1" in result.err
+    assert "bgworker status: cannot reach PostgreSQL at 127.0.0.1:1" in result.err

@@ -15,6 +15,7 @@ from bgworker import store, tokens
 from bgworker.deadletters import queue
 from tests import dlq_handlers
 from tests.helpers import AMQP_URL, REPO, Publish, StartWorker, settings_env, wait_for_status
+from tests.integration.console import serving
 from tests.integration.downloads import CONTENT_TYPE, FILENAME, SEED, SIZE
 from tests.integration.letters import Cli, CliResult
 
@@ -78,3 +79,15 @@ def fixable_handler(settings: settings_mod.Settings) -> Iterator[None]:
     dlq_handlers.FIXED["value"] = False
     yield
     dlq_handlers.FIXED["value"] = False
+
+
+@pytest.fixture
+async def console(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    unused_tcp_port: int,
+) -> AsyncIterator[str]:
+    """The app (downloads + admin console) served on a local port; yields its base URL."""
+    async with serving(settings, db, unused_tcp_port) as base:
+        yield base

@@ -2,73 +2,26 @@
 
 from __future__ import annotations
 
-import base64
-import re
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aio_pika
 import aiohttp
 import pytest
 from aiohttp import web
-from pydantic import SecretStr
 
 from bgworker import broker, store
 from bgworker import settings as settings_mod
 from bgworker import web as web_app
 from bgworker.deadletters import queue, reading
 from tests import dlq_handlers
-from tests.helpers import Publish, StartWorker, get_row, must_match, wait_for_status
+from tests.helpers import Publish, StartWorker, get_row, wait_for_status
+from tests.integration.console import PASSWORD, basic, client, csrf_token, log_in
 from tests.integration.letters import depth, make_letters
 
 pytestmark = pytest.mark.usefixtures("fixable_handler")
 
-PASSWORD = "correct horse battery"
 CHROMIUM = Path("/usr/bin/chromium")
-CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
-
-
-def csrf_token(html: str) -> str:
-    return must_match(CSRF_RE, html)[1]
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
-@pytest.fixture
-async def console(
-    settings: settings_mod.Settings,
-    db: store.Store,
-    amqp: aio_pika.abc.AbstractChannel,
-    unused_tcp_port: int,
-) -> AsyncIterator[str]:
-    """The app (downloads + admin) served on a local port; yields its base URL."""
-    settings.web.admin_password = SecretStr(PASSWORD)
-    runner = web.AppRunner(web_app.create_app(settings, db=db))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
-    yield f"http://127.0.0.1:{unused_tcp_port}"
-    await runner.cleanup()
-
-
-def client() -> aiohttp.ClientSession:
-    # unsafe=True: keep cookies set by an IP-address host (127.0.0.1).
-    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-
-
-async def log_in(http: aiohttp.ClientSession, base: str) -> str:
-    """Log in through the form; returns the session's CSRF token (from a page)."""
-    async with http.get(f"{base}/admin/login") as r:
-        token = csrf_token(await r.text())
-    form = {"csrf": token, "user": "admin", "password": PASSWORD}
-    async with http.post(f"{base}/admin/login", data=form, allow_redirects=False) as r:
-        assert r.status == 303, await r.text()
-    async with http.get(f"{base}/admin/requests") as r:
-        assert r.status == 200
-        return csrf_token(await r.text())
 
 
 async def test_console_is_absent_without_a_password(

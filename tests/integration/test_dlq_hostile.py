@@ -23,10 +23,9 @@ from bgworker import amqp_frames, broker, store
 from bgworker import settings as settings_mod
 from bgworker.deadletters import letters, queue, reading
 from tests.helpers import REPO
+from tests.integration.console import CSRF_RE, basic, client, log_in
 from tests.integration.letters import Cli, depth, drain
-from tests.integration.test_admin import CSRF_RE, basic, client, console, log_in
 
-__all__ = ["console"]  # the fixture, shared with test_admin
 pytestmark = pytest.mark.usefixtures("fixable_handler")
 
 PASSWORD_AUTH = basic("admin", "correct horse battery")

@@ -18,10 +18,9 @@ from bgworker import settings as settings_mod
 from bgworker.deadletters import actions, queue, reading, rule, selection
 from tests import dlq_handlers
 from tests.helpers import EventLog, Publish, StartWorker, get_row, wait_for_status, wait_until
+from tests.integration.console import client, log_in
 from tests.integration.letters import Cli, depth, drain, make_letters, wait_depth
-from tests.integration.test_admin import client, console, log_in
 
-__all__ = ["console"]  # the fixture, shared with test_admin
 pytestmark = pytest.mark.usefixtures("fixable_handler")
 
 

@@ -1,0 +1,162 @@
+"""Every configuration mistake and unreachable or misaddressed service, through the real
+command: one line on stderr naming the setting or service, exit 64 or 69, no traceback."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from bgworker import settings as settings_mod
+from tests.acceptance.processes import run_cli
+from tests.helpers import AMQP_URL, db_url, settings_env
+
+USAGE = 64  # EX_USAGE: the settings are wrong
+UNAVAILABLE = 69  # EX_UNAVAILABLE: the service does not answer
+
+
+@dataclass(frozen=True)
+class Mistake:
+    name: str
+    env: dict[str, str]
+    command: tuple[str, ...]
+    code: int
+    says: tuple[str, ...]  # substrings of the one stderr line
+
+
+ANY_ID = "00000000-0000-4000-8000-000000000000"
+VHOST_URL = AMQP_URL.rstrip("/") + "/no-such-vhost-" + uuid.uuid4().hex[:6]
+WRONG_PASSWORD_URL = AMQP_URL.replace("guest:guest@", "guest:wrong-password@")
+
+MISTAKES = [
+    Mistake(
+        "missing secret keys",
+        {"BGWORKER_TOKENS__SECRET_KEYS": ""},
+        ("worker", "--burst"),
+        USAGE,
+        ("BGWORKER_TOKENS__SECRET_KEYS is not set", "token_urlsafe"),
+    ),
+    Mistake(
+        "missing secret keys (server)",
+        {"BGWORKER_TOKENS__SECRET_KEYS": ""},
+        ("serve",),
+        USAGE,
+        ("BGWORKER_TOKENS__SECRET_KEYS is not set",),
+    ),
+    Mistake(
+        "handler module that does not exist",
+        {"BGWORKER_HANDLERS": "myapp_nowhere.files:registry"},
+        ("worker", "--burst"),
+        USAGE,
+        ("BGWORKER_HANDLERS", "no module named 'myapp_nowhere.files'"),
+    ),
+    Mistake(
+        "handler attribute that is not there",
+        {"BGWORKER_HANDLERS": "bgworker.examples:regsitry"},
+        ("worker", "--burst"),
+        USAGE,
+        ("BGWORKER_HANDLERS", "has no attribute 'regsitry'"),
+    ),
+    Mistake(
+        "handler attribute that is not a registry",
+        {"BGWORKER_HANDLERS": "bgworker.examples:login_events"},
+        ("worker", "--burst"),
+        USAGE,
+        ("BGWORKER_HANDLERS", "is a module, not a bgworker.handlers.Registry"),
+    ),
+    Mistake(
+        "bad log level",
+        {"BGWORKER_LOG_LEVEL": "LOUD"},
+        ("status", ANY_ID),
+        USAGE,
+        ("BGWORKER_LOG_LEVEL='LOUD' is not a logging level",),
+    ),
+    Mistake(
+        "setting of the wrong type",
+        {"BGWORKER_WORKER__CONCURRENCY": "many"},
+        ("status", ANY_ID),
+        USAGE,
+        ("BGWORKER_WORKER__CONCURRENCY",),
+    ),
+    Mistake(
+        "wrong RabbitMQ vhost",
+        {"BGWORKER_AMQP_URL": VHOST_URL},
+        ("publish", "login_events"),
+        USAGE,
+        ("BGWORKER_AMQP_URL", "refused virtual host 'no-such-vhost-"),
+    ),
+    Mistake(
+        "wrong RabbitMQ vhost (dead-letter tools)",
+        {"BGWORKER_AMQP_URL": VHOST_URL},
+        ("dlq", "stats"),
+        USAGE,
+        ("BGWORKER_AMQP_URL", "refused virtual host 'no-such-vhost-"),
+    ),
+    Mistake(
+        "wrong RabbitMQ password",
+        {"BGWORKER_AMQP_URL": WRONG_PASSWORD_URL},
+        ("publish", "login_events"),
+        USAGE,
+        ("BGWORKER_AMQP_URL", "refused the login of 'guest'"),
+    ),
+    Mistake(
+        "unreachable RabbitMQ",
+        {"BGWORKER_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/"},
+        ("publish", "login_events"),
+        UNAVAILABLE,
+        ("cannot reach RabbitMQ at 127.0.0.1:1", "BGWORKER_AMQP_URL"),
+    ),
+    Mistake(
+        "invalid DSN",
+        {"BGWORKER_DATABASE_URL": "postgres-on-the-box"},
+        ("status", ANY_ID),
+        USAGE,
+        ("BGWORKER_DATABASE_URL must start with postgresql://",),
+    ),
+    Mistake(
+        "DSN with an impossible port",
+        {"BGWORKER_DATABASE_URL": "postgresql://postgres@127.0.0.1:99999/x"},
+        ("status", ANY_ID),
+        USAGE,
+        ("BGWORKER_DATABASE_URL is not a valid URL",),
+    ),
+    Mistake(
+        "wrong PostgreSQL user",
+        {"BGWORKER_DATABASE_URL": "postgresql://no_such_role@127.0.0.1:5432/postgres"},
+        ("status", ANY_ID),
+        USAGE,
+        ("BGWORKER_DATABASE_URL", "refused the login", "no_such_role"),
+    ),
+    Mistake(
+        "database that does not exist",
+        {"BGWORKER_DATABASE_URL": db_url("bgw_never_" + uuid.uuid4().hex[:8])},
+        ("worker", "--burst"),
+        USAGE,
+        ("BGWORKER_DATABASE_URL", "has no database 'bgw_never_", "bgworker migrate"),
+    ),
+    Mistake(
+        "unreachable PostgreSQL",
+        {"BGWORKER_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/bgworker"},
+        ("cancel", ANY_ID),
+        UNAVAILABLE,
+        ("cannot reach PostgreSQL at 127.0.0.1:1", "BGWORKER_DATABASE_URL"),
+    ),
+]
+
+
+@pytest.mark.parametrize("mistake", MISTAKES, ids=[m.name for m in MISTAKES])
+async def test_one_line_naming_the_setting_and_a_sysexits_code(
+    settings: settings_mod.Settings, mistake: Mistake
+) -> None:
+    env = {**settings_env(settings), **mistake.env}
+    result = await run_cli(*mistake.command, env=env, timeout=60)
+    assert result.code == mistake.code, result.err
+    assert "Traceback" not in result.err
+    lines = result.err.splitlines()
+    assert len(lines) == 1, result.err
+    [line] = lines
+    assert line.startswith(f"bgworker {mistake.command[0]}: "), line
+    for part in mistake.says:
+        assert part in line, line
+    assert result.out == ""
