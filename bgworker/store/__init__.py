@@ -9,6 +9,7 @@ query file each, composed into ``Store``:
 - ``recovery``: the lease reaper and the sweep for requests whose message went missing;
 - ``outbox``: side effects written with their state change, then performed;
 - ``maintenance``: ping, counts, expiry for ``bgworker clean``;
+- ``links``: the link generation (revoke) and re-arming a sent email (resend);
 - ``connection``: the pool and the database; ``rows``: what the queries return;
 - ``migrations``: the numbered schema files; ``dead_letters``: the request-row side of
   dead-letter replay and purge; ``listing``: the console's requests by status.
@@ -25,6 +26,7 @@ import asyncpg
 from bgworker.store import (
     connection,
     dead_letters,
+    links,
     listing,
     maintenance,
     queries,
@@ -65,7 +67,7 @@ ExpiredFile = rows.ExpiredFile
 Effects = rows.Effects
 
 
-class Store(requests.Requests, recovery.Recovery, maintenance.Maintenance):
+class Store(requests.Requests, recovery.Recovery, maintenance.Maintenance, links.Links):
     """The one way to the database: ``Store(pool, claim_effects_seconds=...,
     on_effects=...)`` (see ``connection.Connected``), then its methods; the dead-letter
     tools' records and the console's listing as ``store.dead_letters`` and

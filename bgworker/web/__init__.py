@@ -49,7 +49,8 @@ def create_app(
     """``identity`` names the caller for requester-bound links (default: the trusted header
     ``settings.web.identity_header``, if set). ``db`` lets an embedding app share its pool."""
     app = web.Application()
-    app[keys.SIGNER] = tokens.Signer(settings.tokens)
+    app[keys.SIGNER] = tokens.Signer(settings.tokens, bind=tokens.binds_requester(settings))
+    tokens.warn_unusable_links(settings, identity_callable=identity is not None)
     app[keys.STORAGE] = storage.LocalStorage(settings.storage_dir)
     app[keys.IDENTITY] = identity or identity_mod.header_identity(settings.web.identity_header)
     app[keys.CHUNK_SIZE] = settings.web.chunk_size

@@ -40,7 +40,7 @@ def test_non_ascii_name_has_ascii_fallback_and_utf8_filename_star() -> None:
 def test_name_with_no_ascii_at_all_falls_back_to_download() -> None:
     name = "東京.csv"
     params = _params(headers.content_disposition(name))
-    assert params["filename"] == '".csv"'
+    assert params["filename"] == '"download.csv"'
     assert unquote(params["filename*"].removeprefix("UTF-8''")) == name
     params = _params(headers.content_disposition("東京"))
     assert params["filename"] == '"download"'
