@@ -52,7 +52,7 @@ async def issue(
     token = signer.issue(
         request_id, requester_id=requester_id, generation=generation, status_only=status_only
     )
-    url = (tokens.status_url if status_only else tokens.download_url)(public_url, token)
+    url = (tokens.status_link if status_only else tokens.download_url)(public_url, token)
     bound_to = requester_id if token.startswith(tokens.BOUND_PREFIX) else None
     return Link(request_id, url, bound_to, generation, status_only)
 

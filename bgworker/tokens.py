@@ -274,11 +274,11 @@ def download_url(public_url: str, token: str) -> str:
     return f"{public_url.rstrip('/')}/download/{token}"
 
 
-def status_url(public_url: str, token: str) -> str:
+def status_link(public_url: str, token: str) -> str:
     return f"{public_url.rstrip('/')}/status/{token}"
 
 
-def request_status_url(
+def status_url(
     settings: settings_mod.Settings,
     request_id: uuid.UUID,
     *,
@@ -290,4 +290,4 @@ def request_status_url(
     ("waiting in the queue") and until ``bgworker revoke``."""
     signer = Signer(settings.tokens, bind=binds_requester(settings), clock=clock)
     token = signer.issue(request_id, requester_id=requester_id, status_only=True)
-    return status_url(settings.web.public_url, token)
+    return status_link(settings.web.public_url, token)

@@ -102,7 +102,7 @@ def test_request_status_url_is_status_only() -> None:
         {"tokens": {"secret_keys": KEY}, "web": {"public_url": "https://files.example.com/"}}
     )
     rid = uuid.uuid4()
-    url = tokens.request_status_url(s, rid)
+    url = tokens.status_url(s, rid)
     assert url.startswith("https://files.example.com/status/")
     grant = tokens.Signer(s.tokens).verify(url.rsplit("/", 1)[1], None)
     assert grant == tokens.Grant(rid, None, 0, True)
@@ -157,7 +157,7 @@ def _mutate(token: str, mutation: tuple[str, object]) -> str:
     if kind == "insert":
         assert isinstance(arg, tuple)
         i = arg[0] % (len(token) + 1)
-        return token[:i] + arg[1] + token[i:]
+        return token[:i] + str(arg[1]) + token[i:]
     assert isinstance(arg, int)
     i = arg % len(token)
     return token[:i] + token[i + 1 :]
