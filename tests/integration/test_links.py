@@ -268,6 +268,7 @@ async def test_satisfiable_multi_range_gets_the_whole_file(
 
 
 async def test_failure_texts_for_the_requester_carry_no_exception(
+    cli: Cli,
     settings: settings_mod.Settings,
     db: store.Store,
     publish: Publish,
@@ -291,3 +292,8 @@ async def test_failure_texts_for_the_requester_carry_no_exception(
     for kind in ("download", "status"):
         _, _, body = await fetch("GET", f"{server}/{kind}/{signer.general(event.id)}")
         assert b"criteria make no sense" not in body
+    # Resent, the failure email is just as safe.
+    assert (await cli("resend", str(event.id)))[0] == 0
+    again = (await smtp_sink.wait_for(2, timeout=30))[1]
+    assert "criteria make no sense" not in again.as_string()
+    assert again["Message-ID"] != email["Message-ID"]
