@@ -4,6 +4,7 @@ from bgworker.events import FileFailed, FileReady, FileRequested, Requester
 from bgworker.handlers import JobContext, PermanentError, Registry
 from bgworker.publisher import Publisher, SyncPublisher
 from bgworker.settings import Settings
+from bgworker.tokens import status_url
 
 __all__ = [
     "FileFailed",
@@ -17,6 +18,7 @@ __all__ = [
     "Settings",
     "SyncPublisher",
     "__version__",
+    "status_url",
 ]
 
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ import aiormq
 import asyncpg
 import pydantic
 
-from bgworker import diagnosis, events, logs, publisher, store, tracing, worker
+from bgworker import diagnosis, events, links, logs, publisher, store, tracing, worker
 from bgworker import settings as settings_mod
 from bgworker.deadletters import cli as dlq_cli
 
@@ -299,6 +299,7 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--check", action="store_true", help="fail if the files are out of date")
 
     dlq_cli.add_parser(sub)
+    links.add_parsers(sub)
 
     d = sub.add_parser("demo", help="run the whole pipeline once on this machine")
     d.add_argument("--rows", type=int, default=20000)
@@ -330,6 +331,9 @@ ASYNC_COMMANDS: dict[
     "status": _cmd_status,
     "clean": _cmd_clean,
     "dlq": dlq_cli.run,
+    "link": links.run,
+    "revoke": links.run,
+    "resend": links.run,
 }
 
 

@@ -129,7 +129,13 @@ class FileFailed(_Event):
     file_type: str | None = None
     reason: str = Field(description="Machine-readable: handler_error, invalid_event, ...")
     error_class: str
-    error: str
+    error: str = Field(
+        description="For operators: the exception text; never show it to a requester."
+    )
+    message: str = Field(
+        "the file could not be made",
+        description="For the requester: a plain text by reason, never exception text.",
+    )
     attempts: int = Field(ge=0)
     failed_at: AwareDatetime
 

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from email.message import EmailMessage
 from typing import Any, Final
 
 from aio_pika.abc import AbstractChannel
@@ -29,6 +30,7 @@ from bgworker import (
     broker,
     events,
     logs,
+    messages,
     metrics,
     notify,
     settings,
@@ -45,9 +47,17 @@ SWEEP_BATCH: Final = 50
 
 
 def download_url(
-    public_url: str, signer: tokens.Signer, request_id: uuid.UUID, requester_id: str | None
+    public_url: str,
+    signer: tokens.Signer,
+    request_id: uuid.UUID,
+    requester_id: str | None,
+    generation: int = 0,
 ) -> str:
-    return f"{public_url.rstrip('/')}/download/{signer.for_request(request_id, requester_id)}"
+    """The link put in emails and ``FileReady``, signed when sent: bound to the requester
+    only in the link mode that binds (``tokens.binds_requester``), and under the request's
+    current link generation, so an email resent after a revoke carries a working link."""
+    token = signer.issue(request_id, requester_id=requester_id, generation=generation)
+    return tokens.download_url(public_url, token)
 
 
 def _requester(event: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +114,7 @@ def failed_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
         "reason": row.failure_reason or "handler_error",
         "error_class": row.last_error_class or "",
         "error": row.last_error or "",
+        "message": messages.failure(row.failure_reason),
         "attempts": row.attempts,
         "failed_at": row.finished_at.isoformat(),
         **_trace(),
@@ -119,6 +130,11 @@ def failed_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
                 states.EffectKind.EMAIL_FAILED,
                 {
                     **common,
+                    # The email reaches the requester: no exception text in its context
+                    # (the row, attempts and dead letter keep it). ``error`` stays a key
+                    # for templates written against it, with the safe text.
+                    "error_class": "",
+                    "error": common["message"],
                     "to": requested.requester.email,
                     "language": requested.requester.language,
                     "description": requested.description,
@@ -304,7 +320,7 @@ class Dispatcher:
                 sha256=p["sha256"],
                 ready_at=datetime.fromisoformat(p["ready_at"]),
                 expires_at=datetime.fromisoformat(p["expires_at"]),
-                download_url=self._url(rid, p.get("requester_id")),
+                download_url=await self._url(rid, p.get("requester_id")),
             )
             await broker.publish_event(self.channel, self.topology, topology.READY_KEY, ready)
             await done()
@@ -315,6 +331,8 @@ class Dispatcher:
                 reason=p["reason"],
                 error_class=p["error_class"],
                 error=p["error"],
+                # Rows written before ``message`` existed: derive it from the reason.
+                message=p.get("message") or messages.failure(p.get("reason")),
                 attempts=p["attempts"],
                 failed_at=datetime.fromisoformat(p["failed_at"]),
             )
@@ -324,17 +342,33 @@ class Dispatcher:
             context = {
                 **p,
                 "request_id": str(rid),
-                "download_url": self._url(rid, p.get("requester_id")),
+                "download_url": await self._url(rid, p.get("requester_id")),
             }
-            await self.mailer.send(self.mailer.render("ready", p["to"], context), done)
+            message = _resent(self.mailer.render("ready", p["to"], context), p)
+            await self.mailer.send(message, done)
         elif item.kind == states.EffectKind.EMAIL_FAILED:
-            context = {**p, "request_id": str(rid)}
-            await self.mailer.send(self.mailer.render("failed", p["to"], context), done)
+            # Rows written before ``message`` existed carry the exception as ``error``.
+            safe = p.get("message") or messages.failure(p.get("reason"))
+            context = {**p, "error_class": "", "error": safe, "message": safe}
+            context["request_id"] = str(rid)
+            message = _resent(self.mailer.render("failed", p["to"], context), p)
+            await self.mailer.send(message, done)
         else:
             raise ValueError(f"unknown outbox kind {item.kind!r}")
 
-    def _url(self, request_id: uuid.UUID, requester_id: str | None) -> str:
-        return download_url(self.public_url, self.signer, request_id, requester_id)
+    async def _url(self, request_id: uuid.UUID, requester_id: str | None) -> str:
+        generation = await self.db.link_generation(request_id)
+        return download_url(self.public_url, self.signer, request_id, requester_id, generation or 0)
+
+
+def _resent(message: EmailMessage, payload: dict[str, Any]) -> EmailMessage:
+    """A resent email (``bgworker resend``) is a new message: its own Message-ID, so a
+    receiver that collapses copies of the first one by its id still shows it."""
+    resend = payload.get("resend")
+    if isinstance(resend, int) and resend > 0:
+        old = str(message["Message-ID"])
+        message.replace_header("Message-ID", old.replace("@", f".resend-{resend}@", 1))
+    return message
 
 
 async def _first(flags: list[asyncio.Event]) -> None:

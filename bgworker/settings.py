@@ -80,7 +80,15 @@ class TokenSettings(BaseModel):
     # Newest key last: it signs; every key verifies (rotation).
     secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     salt: str = "bgworker.download"
-    max_age_seconds: int = Field(86400, gt=0)
+    # A link lives as long as its file (the file's expires_at); set this only to shorten it.
+    max_age_seconds: int | None = Field(None, gt=0)
+    # Clocks of workers (which sign) and servers (which check) may disagree by this much: a
+    # token "issued" up to this far in the future is accepted, and max_age is extended by it.
+    clock_skew_seconds: float = Field(60.0, ge=0, allow_inf_nan=False)
+    # auto: links bound to the requester's id only when the server can check who is calling
+    # (web.identity_header set); bound: always (a server with an identity callable in code);
+    # general: never. Worker and server read the same setting, so they agree.
+    link_mode: Literal["auto", "general", "bound"] = "auto"
 
     _split = field_validator("secret_keys", mode="before")(_split_list)
 

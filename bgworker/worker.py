@@ -102,7 +102,9 @@ class Worker:
 
     async def run(self) -> Counter[str]:
         """Open the resources, consume until stopped, then drain and close in reverse."""
-        signer = tokens.Signer(self.settings.tokens)  # no keys: fail before connecting
+        # No keys: fail before connecting. Links nobody could use: say so at start.
+        signer = tokens.Signer(self.settings.tokens, bind=tokens.binds_requester(self.settings))
+        tokens.warn_unusable_links(self.settings, identity_callable=False)
         if self.settings.tracing.enabled:
             tracing.enable()
         files = storage.LocalStorage(self.settings.storage_dir)

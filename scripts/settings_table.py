@@ -63,7 +63,15 @@ MEANING: Final[dict[str, str]] = {
     ),
     "BGWORKER_TOKENS__SECRET_KEYS": "signing keys, comma-separated, newest last (required)",
     "BGWORKER_TOKENS__SALT": "token salt",
-    "BGWORKER_TOKENS__MAX_AGE_SECONDS": "lifetime of a download link",
+    "BGWORKER_TOKENS__MAX_AGE_SECONDS": (
+        "shortens a link's life (unset: a link lives as long as its file)"
+    ),
+    "BGWORKER_TOKENS__CLOCK_SKEW_SECONDS": (
+        "allowance for clocks of workers and servers that disagree"
+    ),
+    "BGWORKER_TOKENS__LINK_MODE": (
+        "`auto` (bound to the requester only with an identity header), `general` or `bound`"
+    ),
     "BGWORKER_WEB__HOST": "`bgworker serve` listen address",
     "BGWORKER_WEB__PORT": "`bgworker serve` port",
     "BGWORKER_WEB__PUBLIC_URL": "base URL of the links in emails and events",

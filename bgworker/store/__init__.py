@@ -9,6 +9,7 @@ query file each, composed into ``Store``:
 - ``recovery``: the lease reaper and the sweep for requests whose message went missing;
 - ``outbox``: side effects written with their state change, then performed;
 - ``maintenance``: ping, counts, expiry for ``bgworker clean``;
+- ``links``: the link generation (revoke) and re-arming a sent email (resend);
 - ``connection``: the pool and the database; ``rows``: what the queries return;
 - ``migrations``: the numbered schema files; ``dead_letters``: the request-row side of
   dead-letter replay and purge; ``listing``: the console's requests by status;
@@ -29,6 +30,7 @@ from bgworker.store import (
     connection,
     dead_letters,
     gauges,
+    links,
     listing,
     maintenance,
     queries,
@@ -78,6 +80,7 @@ class Store(
     maintenance.Maintenance,
     gauges.Gauges,
     traces.Traces,
+    links.Links,
 ):
     """The one way to the database: ``Store(pool, claim_effects_seconds=...,
     on_effects=...)`` (see ``connection.Connected``), then its methods; the dead-letter

@@ -48,7 +48,8 @@ def create_app(
     if settings.tracing.enabled:
         tracing.enable()
     app = web.Application()
-    app[keys.SIGNER] = tokens.Signer(settings.tokens)
+    app[keys.SIGNER] = tokens.Signer(settings.tokens, bind=tokens.binds_requester(settings))
+    tokens.warn_unusable_links(settings, identity_callable=identity is not None)
     app[keys.STORAGE] = storage.LocalStorage(settings.storage_dir)
     app[keys.IDENTITY] = identity or identity_mod.header_identity(settings.web.identity_header)
     app[keys.CHUNK_SIZE] = settings.web.chunk_size

@@ -1,20 +1,24 @@
-"""``GET/HEAD /download/{token}`` and ``GET /status/{token}``.
+"""``GET/HEAD /download/{token}`` and ``GET /status/{token}``, and ``link_state``: what a
+link leads to, decided once for the JSON answers here and the requester's HTML pages.
 
 Every refusal is decided before any byte of the file is touched, and a refusal never tells
-whether some other request exists: the token is checked first, and only a token we signed
-can name a request id.
+whether some other request exists: the token is checked first (its form, then its
+signature), and only a token we signed can name a request id. Texts a requester sees
+never carry exception text (``messages``).
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from enum import StrEnum
+from typing import Any, Final
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
-from bgworker import metrics, states, tokens, tracing
+from bgworker import messages, metrics, states, store, tokens, tracing
 from bgworker.web import headers, identity, keys, pages, responses
 
 # RFC 9110 section 10.2.3: how long a client should wait before asking again for a file
@@ -28,54 +32,159 @@ class _FileResponse(web.FileResponse):
     section 13.1.5: unless the entity tag matches strongly, ignore ``Range`` (send it all)."""
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if "," in request.headers.get(hdrs.RANGE, ""):
+            # aiohttp parses one range only and answers a multi-range request 416 even
+            # when it is satisfiable. RFC 9110 section 14.2: a server MAY ignore Range;
+            # the whole file (200) is a correct answer, a 416 is not.
+            request = request.clone(headers=_without(request, hdrs.RANGE))
         if_range = request.headers.get(hdrs.IF_RANGE, "").strip()
         if if_range.startswith(('"', "W/")) and hdrs.RANGE in request.headers:
             st = await asyncio.to_thread(self._path.stat)
             # aiohttp's ETag for a file (web_fileresponse): mtime_ns and size, strong.
             if if_range != f'"{st.st_mtime_ns:x}-{st.st_size:x}"':
-                without_range = request.headers.copy()
-                del without_range[hdrs.RANGE]
-                request = request.clone(headers=without_range)
+                request = request.clone(headers=_without(request, hdrs.RANGE))
         return await super().prepare(request)
 
 
-def _refuse(status: int, message: str) -> web.Response:
-    metrics.DOWNLOADS.labels(str(status)).inc()
-    return responses.json_response({"error": message, "status": status}, status=status)
+def _without(request: web.BaseRequest, name: str) -> Any:
+    headers = request.headers.copy()
+    headers.popall(name, None)
+    return headers
 
 
-async def _grant(request: web.Request) -> tokens.Grant | web.Response:
+class LinkState(StrEnum):
+    """What a link leads to, in the words a page for the requester would use."""
+
+    INVALID = "invalid"  # not a token we signed, or not in its canonical form
+    NOT_YOURS = "not_yours"  # a requester-bound link, someone else (or nobody) calling
+    LINK_EXPIRED = "link_expired"  # older than MAX_AGE_SECONDS
+    REVOKED = "revoked"  # issued before `bgworker revoke`
+    STATUS_ONLY = "status_only"  # a status link used to download
+    WAITING = "waiting"  # queued, or not seen by any worker yet
+    RUNNING = "running"  # running, or waiting for a retry
+    READY = "ready"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"  # the file's own lifetime is over
+    GONE = "gone"  # ready, but the bytes are no longer stored
+
+
+# HTTP status of /download for each state (READY: 200 with the file).
+DOWNLOAD_STATUS: Final[dict[LinkState, int]] = {
+    LinkState.INVALID: 400,
+    LinkState.NOT_YOURS: 403,
+    LinkState.STATUS_ONLY: 403,
+    LinkState.LINK_EXPIRED: 410,
+    LinkState.REVOKED: 410,
+    LinkState.WAITING: 409,
+    LinkState.RUNNING: 409,
+    LinkState.READY: 200,
+    LinkState.FAILED: 410,
+    LinkState.CANCELLED: 410,
+    LinkState.EXPIRED: 410,
+    LinkState.GONE: 410,
+}
+# The states in which /status refuses (the link itself grants nothing); others answer 200.
+STATUS_REFUSALS: Final = frozenset(
+    {LinkState.INVALID, LinkState.NOT_YOURS, LinkState.LINK_EXPIRED, LinkState.REVOKED}
+)
+
+
+@dataclass(frozen=True)
+class LinkView:
+    state: LinkState
+    message: str  # plain words for the requester, never exception text
+    grant: tokens.Grant | None = None
+    row: store.RequestRow | None = None  # None until a worker has recorded the request
+
+
+async def link_state(request: web.Request, *, download: bool) -> LinkView:
+    """Decide what the link in ``request`` (route ``{token}``) leads to. ``download``:
+    a status-only link is refused (it opens the status page only)."""
+    token = request.match_info["token"]
+    # One URL per grant: the path as sent must be the token itself, not a percent-encoded
+    # spelling of it that the router decoded.
+    if request.rel_url.raw_path.rsplit("/", 1)[-1] != token:
+        return LinkView(LinkState.INVALID, "this link is not valid")
     caller = await identity.caller(request.app[keys.IDENTITY], request)
     try:
-        return request.app[keys.SIGNER].verify(request.match_info["token"], caller)
+        grant = request.app[keys.SIGNER].verify(token, caller)
     except tokens.SuspiciousTokenError as exc:
-        return _refuse(400, str(exc))
+        return LinkView(LinkState.INVALID, str(exc))
     except tokens.SignatureExpiredError as exc:
-        return _refuse(410, str(exc))
+        return LinkView(LinkState.LINK_EXPIRED, str(exc))
     except tokens.NotRequesterError as exc:
-        return _refuse(403, str(exc))
+        return LinkView(LinkState.NOT_YOURS, str(exc))
+    if download and grant.status_only:
+        return LinkView(LinkState.STATUS_ONLY, "this link shows the status only", grant)
+    found = await request.app[keys.STORE].get_request_for_link(grant.request_id)
+    if found is None:
+        if grant.generation != 0:
+            return LinkView(LinkState.REVOKED, _REVOKED, grant)
+        # A token we signed names a request a producer published: no worker has recorded
+        # it yet, so it waits in the queue.
+        return LinkView(LinkState.WAITING, "the file is not ready yet: waiting in the queue", grant)
+    row, generation = found
+    if grant.generation != generation:
+        return LinkView(LinkState.REVOKED, _REVOKED, grant, row)
+    state = await _row_state(request, row)
+    return LinkView(state, _message(state, row), grant, row)
+
+
+_REVOKED: Final = "this link was revoked; ask for a new one"
+
+
+async def _row_state(request: web.Request, row: store.RequestRow) -> LinkState:
+    if row.status == states.Status.QUEUED:
+        return LinkState.WAITING
+    if row.status in states.IN_PROGRESS:
+        return LinkState.RUNNING
+    if row.status == states.Status.FAILED:
+        return LinkState.FAILED
+    if row.status == states.Status.CANCELLED:
+        return LinkState.CANCELLED
+    if row.status == states.Status.EXPIRED or (
+        row.expires_at is not None and row.expires_at <= datetime.now(UTC)
+    ):
+        return LinkState.EXPIRED
+    if row.status != states.Status.READY or row.storage_key is None:
+        return LinkState.GONE
+    path = request.app[keys.STORAGE].path(row.storage_key)
+    return LinkState.READY if await asyncio.to_thread(path.is_file) else LinkState.GONE
+
+
+def _message(state: LinkState, row: store.RequestRow) -> str:
+    if state in {LinkState.WAITING, LinkState.RUNNING}:
+        return f"the file is not ready yet (status: {row.status})"
+    if state == LinkState.FAILED:
+        return f"the file is not available (status: failed): {messages.failure(row.failure_reason)}"
+    if state == LinkState.CANCELLED:
+        return "the file is not available (status: cancelled)"
+    if state == LinkState.EXPIRED:
+        return "the file has expired"
+    if state == LinkState.GONE:
+        return "the file is no longer stored"
+    return "the file is ready"
+
+
+def _refuse(status: int, view: LinkView) -> web.Response:
+    metrics.DOWNLOADS.labels(str(status)).inc()
+    body = {"error": view.message, "status": status, "state": view.state}
+    response = responses.json_response(body, status=status)
+    if status == 409:
+        response.headers[hdrs.RETRY_AFTER] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 async def download(request: web.Request) -> web.StreamResponse:
     if pages.wants_html(request):
-        return await _page(request)
-    grant = await _grant(request)
-    if isinstance(grant, web.Response):
-        return grant
-    row = await request.app[keys.STORE].get_request(grant.request_id)
-    if row is None:
-        return _refuse(404, "no such file")
-    if row.status in states.IN_PROGRESS:
-        response = _refuse(409, f"the file is not ready yet (status: {row.status})")
-        response.headers[hdrs.RETRY_AFTER] = str(RETRY_AFTER_SECONDS)
-        return response
-    if row.status != states.Status.READY or row.storage_key is None:
-        return _refuse(410, f"the file is not available (status: {row.status})")
-    if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
-        return _refuse(410, "the file has expired")
-    path = request.app[keys.STORAGE].path(row.storage_key)
-    if not await asyncio.to_thread(path.is_file):
-        return _refuse(410, "the file is no longer stored")
+        return await _page(request, download=True)
+    view = await link_state(request, download=True)
+    status = DOWNLOAD_STATUS[view.state]
+    if view.state != LinkState.READY or view.row is None or view.row.storage_key is None:
+        return _refuse(status, view)
+    row = view.row
+    assert row.storage_key is not None
     metrics.DOWNLOADS.labels("200").inc()
     if tracing.enabled():  # the download joins the trace of the job that built the file
         parent = await request.app[keys.STORE].trace_carrier(row.id)
@@ -83,9 +192,9 @@ async def download(request: web.Request) -> web.StreamResponse:
             pass  # marks the grant; the bytes stream after the handler returns
     # FileResponse streams from disk (sendfile where it can, chunks otherwise) and handles
     # Range/If-None-Match and date If-Range itself (RFC 9110); _FileResponse adds entity-tag
-    # If-Range, and we add the headers it cannot know.
+    # If-Range and multi-range, and we add the headers it cannot know.
     return _FileResponse(
-        path,
+        request.app[keys.STORAGE].path(row.storage_key),
         chunk_size=request.app[keys.CHUNK_SIZE],
         headers={
             "Content-Type": row.content_type,
@@ -97,16 +206,36 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 async def status(request: web.Request) -> web.Response:
     if pages.wants_html(request):
-        return await _page(request)
-    grant = await _grant(request)
-    if isinstance(grant, web.Response):
-        return grant
-    row = await request.app[keys.STORE].get_request(grant.request_id)
+        return await _page(request, download=False)
+    view = await link_state(request, download=False)
+    if view.state in STATUS_REFUSALS:
+        return _refuse(DOWNLOAD_STATUS[view.state], view)
+    assert view.grant is not None
+    return responses.json_response(status_body(view))
+
+
+def status_body(view: LinkView) -> dict[str, Any]:
+    """The JSON status of a link that grants it (``state`` and ``message`` as above)."""
+    row = view.row
+    assert view.grant is not None
     if row is None:
-        return _refuse(404, "no such request")
-    body = {
+        keys_ = ("file_type", "filename", "progress", "size", "sha256", "requested_at")
+        return {
+            "id": str(view.grant.request_id),
+            "status": states.Status.QUEUED,
+            "state": view.state,
+            "message": view.message,
+            "attempts": 0,
+            **dict.fromkeys(keys_),
+            "finished_at": None,
+            "expires_at": None,
+            "error": None,
+        }
+    return {
         "id": str(row.id),
         "status": row.status,
+        "state": view.state,
+        "message": view.message,
         "file_type": row.file_type,
         "filename": row.filename,
         "progress": row.progress,
@@ -116,22 +245,40 @@ async def status(request: web.Request) -> web.Response:
         "requested_at": row.requested_at.isoformat(),
         "finished_at": row.finished_at.isoformat() if row.finished_at else None,
         "expires_at": row.expires_at.isoformat() if row.expires_at else None,
-        "error": row.last_error if row.status == states.Status.FAILED else None,
+        # The requester's words, never the exception (the row and `bgworker status` keep it).
+        "error": messages.failure(row.failure_reason)
+        if row.status == states.Status.FAILED
+        else None,
     }
-    return responses.json_response(body)
 
 
-async def _page(request: web.Request) -> web.Response:
-    """A browser's answer (content negotiation, ``pages.wants_html``): the same decisions as
-    the JSON answers, as the requester's page."""
-    caller = await identity.caller(request.app[keys.IDENTITY], request)
-    try:
-        grant = request.app[keys.SIGNER].verify(request.match_info["token"], caller)
-    except tokens.SuspiciousTokenError:
-        return pages.render(request, pages.State(pages.Kind.INVALID, 400))
-    except tokens.SignatureExpiredError:
-        return pages.render(request, pages.State(pages.Kind.EXPIRED, 410))
-    except tokens.NotRequesterError:
-        return pages.render(request, pages.State(pages.Kind.NOT_YOURS, 403))
-    row = await request.app[keys.STORE].get_request(grant.request_id)
-    return pages.render(request, pages.state_of(row))
+# The page a browser gets for each state (pages.Kind), with the JSON answer's HTTP status.
+_PAGE_KIND: Final[dict[LinkState, pages.Kind]] = {
+    LinkState.INVALID: pages.Kind.INVALID,
+    LinkState.NOT_YOURS: pages.Kind.NOT_YOURS,
+    LinkState.LINK_EXPIRED: pages.Kind.EXPIRED,
+    LinkState.REVOKED: pages.Kind.REVOKED,
+    LinkState.STATUS_ONLY: pages.Kind.IN_PROGRESS,  # replaced below by the status view
+    LinkState.WAITING: pages.Kind.IN_PROGRESS,
+    LinkState.RUNNING: pages.Kind.IN_PROGRESS,
+    LinkState.READY: pages.Kind.READY,
+    LinkState.FAILED: pages.Kind.FAILED,
+    LinkState.CANCELLED: pages.Kind.CANCELLED,
+    LinkState.EXPIRED: pages.Kind.EXPIRED,
+    LinkState.GONE: pages.Kind.GONE,
+}
+
+
+async def _page(request: web.Request, *, download: bool) -> web.Response:
+    """A browser's answer (content negotiation, ``pages.wants_html``): ``link_state``'s
+    decision, as the requester's page, with the HTTP status the JSON answer has."""
+    view = await link_state(request, download=download)
+    if view.state == LinkState.STATUS_ONLY:  # a status link opened in a browser: its status
+        view = await link_state(request, download=False)
+    status = DOWNLOAD_STATUS[view.state]
+    if not download and view.state not in STATUS_REFUSALS:
+        status = 200
+    kind = _PAGE_KIND[view.state]
+    if view.state == LinkState.WAITING and view.row is None:
+        kind = pages.Kind.WAITING
+    return pages.render(request, pages.State(kind, status, view.row))

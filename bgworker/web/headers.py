@@ -16,7 +16,9 @@ from urllib.parse import quote
 
 # Characters never allowed in the quoted ASCII fallback (RFC 6266 section 4.3: quoted-string
 # escaping is poorly supported, so drop rather than escape), as dj-bgfiles also did.
-_FALLBACK_DROP: Final = frozenset('"\\/;')
+# "%" too: RFC 6266 appendix D, some clients decode "%2F" in the plain parameter as an
+# escape, so "..%2Fetc" would become a path; the exact name travels in filename* anyway.
+_FALLBACK_DROP: Final = frozenset('"\\/;%')
 
 # Read-only: a shared constant that a handler could mutate would change every response.
 SECURITY_HEADERS: Final[Mapping[str, str]] = MappingProxyType(
@@ -56,10 +58,15 @@ def content_disposition(filename: str, disposition: str = "attachment") -> str:
     """RFC 6266 value: an ASCII ``filename`` fallback plus RFC 8187 ``filename*`` in UTF-8
     when the name is not plain ASCII."""
     ascii_name = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode("ascii")
-    ascii_name = (
-        "".join(c for c in ascii_name if c not in _FALLBACK_DROP and 0x20 <= ord(c) < 0x7F).strip()
-        or "download"
-    )
+    ascii_name = "".join(c for c in ascii_name if c not in _FALLBACK_DROP and 0x20 <= ord(c) < 0x7F)
+    # NFKD turns "‥" (U+2025) and fullwidth dots into "..": a name that is only dots (or
+    # starts with them) is a path step or a hidden file to the client saving it, and curl
+    # -OJ cannot write ".." at all. Dots and spaces go from the end; a name left starting
+    # with a dot gets the default name in front ("東京.csv" -> "download.csv"), and a name
+    # left empty is the default name.
+    ascii_name = ascii_name.strip().rstrip(" .")
+    if ascii_name.startswith(".") or not ascii_name:
+        ascii_name = "download" + "." * bool(ascii_name.strip(".")) + ascii_name.strip(". ")
     value = f'{disposition}; filename="{ascii_name}"'
     if ascii_name != filename:
         value += f"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -6,16 +6,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
-import itsdangerous
-import pytest
 from multidict import CIMultiDict
 
-from bgworker import events, store
+from bgworker import events, store, tokens
+from bgworker import settings as settings_mod
 from bgworker.web import headers as web_headers
 
 SIZE = 300_001
@@ -25,16 +22,10 @@ CONTENT_TYPE = "application/x-blob"
 IDENTITY = "X-Auth-User"
 
 
-@contextmanager
-def signed_in_the_past(seconds: int) -> Iterator[None]:
-    """Tokens signed inside this block carry a timestamp ``seconds`` old."""
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(
-            itsdangerous.timed.TimestampSigner,
-            "get_timestamp",
-            lambda self: int(time.time()) - seconds,
-        )
-        yield
+def signer_in_the_past(config: settings_mod.TokenSettings, seconds: float) -> tokens.Signer:
+    """A signer whose clock runs ``seconds`` behind: its tokens are that old (the clock is
+    the signer's parameter, no global patched)."""
+    return tokens.Signer(config, clock=lambda: time.time() - seconds)
 
 
 def tamper(token: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +14,7 @@ from tests.integration.downloads import (
     assert_refusal,
     fetch,
     new_event,
-    signed_in_the_past,
+    signer_in_the_past,
     tamper,
 )
 
@@ -34,14 +35,17 @@ async def test_token_signed_with_another_key_is_400(
     assert_refusal(status, hdrs, body, 400)
 
 
-async def test_expired_link_is_410(
-    settings: settings_mod.Settings, server: str, ready: store.RequestRow, signer: tokens.Signer
+async def test_link_past_max_age_is_410(
+    settings: settings_mod.Settings,
+    start_server: StartServer,
+    ready: store.RequestRow,
+    signer: tokens.Signer,
 ) -> None:
-    max_age = settings.tokens.max_age_seconds
-    with signed_in_the_past(max_age - 60):
-        fresh_enough = signer.general(ready.id)
-    with signed_in_the_past(max_age + 60):
-        expired = signer.general(ready.id)
+    max_age = settings.tokens.max_age_seconds = 3600
+    server = await start_server()
+    skew = int(settings.tokens.clock_skew_seconds)
+    fresh_enough = signer_in_the_past(settings.tokens, max_age - 60).general(ready.id)
+    expired = signer_in_the_past(settings.tokens, max_age + skew + 60).general(ready.id)
     assert (await fetch("GET", f"{server}/download/{fresh_enough}"))[0] == 200
     status, hdrs, body = await fetch("GET", f"{server}/download/{expired}")
     payload = assert_refusal(status, hdrs, body, 410)
@@ -84,11 +88,11 @@ async def test_refusals_do_not_reveal_whether_a_request_exists(
     """The same answer, byte for byte, for another user's real request and for an id that
     does not exist, for every kind of refusal that happens before the row is read."""
     settings.web.identity_header = IDENTITY
+    max_age = settings.tokens.max_age_seconds = 3600
     base = await start_server()
     missing = uuid.uuid4()
-    max_age = settings.tokens.max_age_seconds
-    with signed_in_the_past(max_age + 60):
-        expired = {rid: signer.bound(rid, "alice") for rid in (ready.id, missing)}
+    old = signer_in_the_past(settings.tokens, max_age + settings.tokens.clock_skew_seconds + 60)
+    expired = {rid: old.bound(rid, "alice") for rid in (ready.id, missing)}
     cases = {
         "foreign": ({IDENTITY: "bob"}, {rid: signer.bound(rid, "alice") for rid in expired}),
         "anonymous": ({}, {rid: signer.bound(rid, "alice") for rid in expired}),
@@ -107,12 +111,19 @@ async def test_refusals_do_not_reveal_whether_a_request_exists(
             ), name
 
 
-async def test_valid_token_for_unknown_id_is_404(
+async def test_valid_token_for_a_request_no_worker_saw_is_waiting(
     server: str, db: store.Store, signer: tokens.Signer
 ) -> None:
-    for path in ("download", "status"):
-        status, hdrs, body = await fetch("GET", f"{server}/{path}/{signer.general(uuid.uuid4())}")
-        assert_refusal(status, hdrs, body, 404)
+    """Only we sign tokens, so a valid one names a request a producer published: until a
+    worker records it, it is waiting in the queue (not "unknown")."""
+    rid = uuid.uuid4()
+    status, hdrs, body = await fetch("GET", f"{server}/download/{signer.general(rid)}")
+    payload = assert_refusal(status, hdrs, body, 409)
+    assert "waiting in the queue" in payload["error"]
+    status, _, body = await fetch("GET", f"{server}/status/{signer.general(rid)}")
+    doc = json.loads(body)
+    assert (status, doc["id"], doc["status"], doc["state"]) == (200, str(rid), "queued", "waiting")
+    assert "waiting in the queue" in doc["message"]
 
 
 async def test_request_not_ready_is_409_with_retry_after(

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bgworker import messages, store, tokens
 from bgworker import settings as settings_mod
-from bgworker import store, tokens
 from bgworker import web as web_app
 from bgworker.web import headers as web_headers
 from tests.handlers import blob_bytes
@@ -173,7 +173,8 @@ async def test_security_headers(
         ("GET", f"/status/{token}", {}, 200),
         ("GET", f"/download/{tamper(token)}", {}, 400),
         ("GET", f"/download/{signer.bound(ready.id, 'alice')}", {}, 403),
-        ("GET", f"/status/{signer.general(uuid.uuid4())}", {}, 404),
+        ("GET", f"/status/{signer.general(uuid.uuid4())}", {}, 200),  # waiting in the queue
+        ("GET", f"/download/{signer.general(ready.id, generation=1)}", {}, 410),  # revoked
         ("GET", f"/download/{signer.general(queued.id)}", {}, 409),
     ]
     for method, path, request_headers, expected in cases:
@@ -203,6 +204,8 @@ async def test_status_json(
     assert doc == {
         "id": str(ready.id),
         "status": "ready",
+        "state": "ready",
+        "message": "the file is ready",
         "file_type": "blob",
         "filename": FILENAME,
         "progress": 1,
@@ -222,17 +225,20 @@ async def test_status_json(
     assert (await fetch("GET", url, headers={IDENTITY: "bob"}))[0] == 403
 
 
-async def test_status_of_a_failed_request_carries_the_error(
+async def test_status_of_a_failed_request_says_so_without_the_exception(
     server: str, db: store.Store, publish: Publish, start_worker: StartWorker, signer: tokens.Signer
 ) -> None:
     await start_worker()
     failed = await publish("permanent", {})
-    await wait_for_status(db, failed.id, "failed")
+    row = await wait_for_status(db, failed.id, "failed")
     status, _, body = await fetch("GET", f"{server}/status/{signer.general(failed.id)}")
     assert status == 200
     doc = json.loads(body)
-    assert doc["status"] == "failed"
-    assert "criteria make no sense" in doc["error"]
+    assert (doc["status"], doc["state"]) == ("failed", "failed")
+    # The requester gets plain words; the exception text stays with the row (operators).
+    assert doc["error"] == messages.failure(row.failure_reason)
+    assert "criteria make no sense" not in body.decode()
+    assert row.last_error is not None and "criteria make no sense" in row.last_error
 
 
 async def test_healthz(server: str, start_server: StartServer, database_url: str) -> None:
