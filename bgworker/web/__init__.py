@@ -53,6 +53,7 @@ def create_app(
     app[keys.STORAGE] = storage.LocalStorage(settings.storage_dir)
     app[keys.IDENTITY] = identity or identity_mod.header_identity(settings.web.identity_header)
     app[keys.CHUNK_SIZE] = settings.web.chunk_size
+    app[keys.PUBLIC_URL] = settings.web.public_url
     app[keys.TEMPLATE_DIR] = settings.template_dir
 
     async def database(app: web.Application) -> AsyncIterator[None]:

@@ -16,7 +16,7 @@ from typing import Any, Final
 import aiohttp_jinja2
 from aiohttp import web
 
-from bgworker import states, store
+from bgworker import links, states, store
 from bgworker.deadletters import letters, queue, reading
 from bgworker.store import listing
 from bgworker.web import admin_auth, keys
@@ -48,6 +48,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/requests/search", search_page)
     app.router.add_get("/requests/{id}", request_page)
     app.router.add_post("/requests/{id}/cancel", cancel)
+    # Issue 9: the same three as `bgworker link`, `revoke` and `resend`.
+    app.router.add_post("/requests/{id}/link", issue_link)
+    app.router.add_post("/requests/{id}/revoke", revoke_links)
+    app.router.add_post("/requests/{id}/resend", resend_email)
     app.router.add_get("/api/requests/search", search_json)
     app.router.add_get("/api/requests/{id}", request_json)
 
@@ -158,6 +162,38 @@ async def cancel(request: web.Request) -> web.StreamResponse:
         note = "cancelling"
     else:
         note = "cancelled"
+    raise web.HTTPSeeOther(f"/admin/requests/{request_id}?note={note}")
+
+
+async def issue_link(request: web.Request) -> web.Response:
+    """A fresh link, shown on the page itself: a redirect would put the token in a URL (and
+    so in the access log and the browser history)."""
+    request_id = _request_id(request)
+    link = await links.issue(
+        _db(request),
+        request.config_dict[keys.SIGNER],
+        request.config_dict[keys.PUBLIC_URL],
+        request_id,
+        status_only=(await request.post()).get("kind") == "status",
+    )
+    context = await _details(request)
+    note = "" if link is not None else "no-link"
+    return render("request.html.j2", request, context | {"note": note, "issued": link})
+
+
+async def revoke_links(request: web.Request) -> web.StreamResponse:
+    """As ``bgworker revoke``: every link issued so far stops working; the file stays."""
+    request_id = _request_id(request)
+    generation = await links.revoke(_db(request), request_id)
+    note = "revoked" if generation is not None else "not-revocable"
+    raise web.HTTPSeeOther(f"/admin/requests/{request_id}?note={note}")
+
+
+async def resend_email(request: web.Request) -> web.StreamResponse:
+    """As ``bgworker resend``: the email again, through the outbox, with a fresh link."""
+    request_id = _request_id(request)
+    kind = await links.resend(_db(request), request_id)
+    note = "resent" if kind is not None else "not-resendable"
     raise web.HTTPSeeOther(f"/admin/requests/{request_id}?note={note}")
 
 

@@ -21,6 +21,8 @@ STORAGE: Final = web.AppKey("storage", storage.LocalStorage)
 SIGNER: Final = web.AppKey("signer", tokens.Signer)
 IDENTITY: Final[web.AppKey[identity.Identity]] = web.AppKey("identity")
 CHUNK_SIZE: Final = web.AppKey("chunk_size", int)
+# Base of the links the console issues (settings.web.public_url), as the worker's emails have.
+PUBLIC_URL: Final = web.AppKey("public_url", str)
 # The operator's template directory (settings.template_dir), read by the requester's page.
 TEMPLATE_DIR: Final[web.AppKey[Path | None]] = web.AppKey("template_dir")
 

@@ -3,6 +3,8 @@ including cancel and a replay from the dead-letter queue."""
 
 from __future__ import annotations
 
+import html
+import re
 import uuid
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 
 from bgworker import events, store
 from bgworker import settings as settings_mod
+from bgworker.smtp_sink import SmtpSink
 from bgworker.web import admin_requests
 from tests import dlq_handlers
 from tests.helpers import Publish, StartWorker, get_row, wait_for_status
@@ -189,3 +192,50 @@ async def test_browser_search_request_page_and_cancel(
     assert (await get_row(db, target.id)).status == "cancelled"
     for name in ("search", "request"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+
+
+async def test_link_revoke_and_resend_from_the_request_page(
+    console: str,
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    smtp_sink: SmtpSink,
+) -> None:
+    """Issue 9 in the console: the same three as `bgworker link`, `revoke`, `resend`."""
+    await start_worker()
+    event = await publish("blob", {"size": 321}, requester={"email": "ann@example.com"})
+    await wait_for_status(db, event.id, "ready")
+    await smtp_sink.wait_for(1, timeout=30)
+    page_url = f"{console}/admin/requests/{event.id}"
+
+    def issued(page: str) -> str:
+        found = re.search(
+            r'id="issued-link">Download link: <code>[^<]*(/download/[^<]+)</code>', page
+        )
+        assert found is not None, page
+        return console + html.unescape(found[1])
+
+    async with client() as http:
+        token = await log_in(http, console)
+        async with http.post(f"{page_url}/link", data={"csrf": token}) as r:
+            assert r.status == 200
+            first = issued(await r.text())
+        async with http.get(first) as r:
+            assert r.status == 200 and len(await r.read()) == 321
+        async with http.post(f"{page_url}/revoke", data={"csrf": token}) as r:
+            assert r.status == 200 and "Every link issued so far is revoked" in await r.text()
+        async with http.get(first) as r:
+            assert r.status == 410
+        async with http.post(f"{page_url}/link", data={"csrf": token}) as r:
+            second = issued(await r.text())
+        assert second != first
+        async with http.get(second) as r:
+            assert r.status == 200 and len(await r.read()) == 321
+        async with http.post(f"{page_url}/resend", data={"csrf": token}) as r:
+            assert "queued to be sent again" in await r.text()
+        # The worker's dispatcher sends it: a second email to the requester.
+        await smtp_sink.wait_for(2, timeout=30)
+        assert [m["To"] for m in smtp_sink.messages] == ["ann@example.com"] * 2
+        # Without the session's CSRF token nothing happens.
+        async with http.post(f"{page_url}/revoke", data={"csrf": "forged"}) as r:
+            assert r.status == 403
