@@ -16,13 +16,15 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from bgworker import (
     events,
+    execution,
     faults,
     finalize,
     handlers,
@@ -37,6 +39,10 @@ from bgworker import (
 
 log = logging.getLogger(__name__)
 
+# Progress a handler reports is saved at most this often (and with every lease renewal), so
+# a status page is about a second behind a handler that reports on every row.
+PROGRESS_SECONDS: Final = 1.0
+
 
 @dataclass(kw_only=True)
 class Runner:
@@ -50,14 +56,20 @@ class Runner:
     channel: AbstractChannel
     topology: topology.Topology
     worker_id: str
+    # What every job's context carries: the worker's settings and the resources its
+    # registries' lifespans opened (see handlers.Registry.resources).
+    root_settings: settings.Settings | None = None
+    resources: Mapping[str, Any] = field(default_factory=lambda: handlers.NO_RESOURCES)
     releasing: bool = False
-    # Runs the handlers: sync ones on threads, time limits (see handlers.Execution).
-    execution: handlers.Execution = field(init=False)
+    # Runs the handlers: sync ones on threads, time limits (see execution.Execution).
+    execution: execution.Execution = field(init=False)
     finalizer: finalize.Finalizer = field(init=False)
     rejecter: rejection.Rejecter = field(init=False)
 
     def __post_init__(self) -> None:
-        self.execution = handlers.Execution(self.config.concurrency, self.config.time_limit_seconds)
+        self.execution = execution.Execution(
+            self.config.concurrency, self.config.time_limit_seconds
+        )
         self.finalizer = finalize.Finalizer(
             db=self.db,
             files=self.files,
@@ -186,6 +198,8 @@ class Runner:
             claim.attempt,
             self.worker_id,
             logging.getLogger(f"bgworker.job.{event.file_type}"),
+            settings=self.root_settings,
+            resources=self.resources,
         )
         key = storage.key_for(event.id, claim.lease_token)
         writer = self.files.writer(key)
@@ -225,20 +239,33 @@ class Runner:
         job: asyncio.Task[Any],
         lost: asyncio.Event,
     ) -> None:
+        """Renew the lease every third of it, and save new progress within about a second
+        of its report (one UPDATE, which renews the lease too). Either write finds out
+        when the lease is gone (a cancel, a takeover): then the handler is stopped."""
         lease = self.config.lease_seconds
+        saved = ctx.reported
+        renewed = time.monotonic()
         while True:
-            await asyncio.sleep(lease / 3)
+            await asyncio.sleep(min(PROGRESS_SECONDS, lease / 3))
+            reported = ctx.reported  # one read: a handler thread may replace it meanwhile
+            if reported == saved and time.monotonic() - renewed < lease / 3:
+                continue
             try:
-                alive = await self.db.heartbeat(claim, lease, ctx.progress)
+                alive = await self.db.heartbeat(claim, lease, reported)
             except Exception as exc:  # a dead heartbeat would lose the lease
                 # PostgreSQL unreachable: keep working and keep trying; if it stays away past
                 # the lease, the fenced finalize refuses and the reaper requeues.
                 log.warning("request %s: heartbeat failed: %s", claim.request_id, exc)
                 continue
+            finally:
+                # A failed write waits for the next renewal too, not for the next second.
+                saved, renewed = reported, time.monotonic()
             if not alive:
                 # Cancelled, or taken over after the lease expired: the finalizer says
-                # which once the handler has stopped.
+                # which once the handler has stopped. ctx.cancelled turns true first, so an
+                # async handler that catches the cancellation still sees why.
                 log.info("request %s: lease gone, stopping the handler", claim.request_id)
+                ctx.stop(handlers.StoppedError("the request was cancelled or its lease lost"))
                 lost.set()
                 job.cancel()
                 return

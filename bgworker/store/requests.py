@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any, Final
 
-from bgworker import events, states
+from bgworker import events, progress, states
 from bgworker.store import outbox, queries, rows
 
 Q: Final = queries.QUERIES
@@ -115,10 +115,21 @@ class Requests(outbox.Outbox):
         return None if record is None else rows.Claim.from_record(record)
 
     async def heartbeat(
-        self, claim: rows.Claim, lease_seconds: float, progress: float | None
+        self, claim: rows.Claim, lease_seconds: float, reported: progress.Progress | None
     ) -> bool:
+        """Renew the lease and save the progress last reported (None: none yet). False: the
+        lease is gone (cancelled or taken over)."""
         row = await self.pool.fetchval(
-            Q["heartbeat"], claim.request_id, claim.lease_token, lease_seconds, progress
+            *bind(
+                "heartbeat",
+                request_id=claim.request_id,
+                lease_token=claim.lease_token,
+                lease_seconds=lease_seconds,
+                fraction=reported.fraction if reported else None,
+                done=reported.done if reported else None,
+                total=reported.total if reported else None,
+                reported=reported is not None,
+            )
         )
         return row is not None
 
