@@ -159,6 +159,7 @@ async def _cmd_status(settings: settings_mod.Settings, args: argparse.Namespace)
         return 1
     out = row.to_json()
     out.pop("lease_token", None)
+    out["percent"] = row.percent  # 65.0: the fraction for people
     out["attempt_log"] = attempts
     print(json.dumps(out, indent=2, default=_json_value))
     return 0

@@ -29,6 +29,7 @@ from bgworker import (
     finalize,
     handlers,
     metrics,
+    progress,
     rejection,
     settings,
     states,
@@ -230,7 +231,9 @@ class Runner:
             beat.cancel()
             metrics.IN_FLIGHT.dec()
             metrics.JOB_SECONDS.observe(time.monotonic() - started)
-        return await self.finalizer.ready(claim, key=key, size=size, digest=digest)
+        return await self.finalizer.ready(
+            claim, key=key, size=size, digest=digest, reported=ctx.reported
+        )
 
     async def _heartbeat(
         self,
@@ -243,7 +246,7 @@ class Runner:
         of its report (one UPDATE, which renews the lease too). Either write finds out
         when the lease is gone (a cancel, a takeover): then the handler is stopped."""
         lease = self.config.lease_seconds
-        saved = ctx.reported
+        saved: progress.Progress | None = None  # the claim reset the row's progress
         renewed = time.monotonic()
         while True:
             await asyncio.sleep(min(PROGRESS_SECONDS, lease / 3))

@@ -143,8 +143,10 @@ class Requests(outbox.Outbox):
         sha256: str,
         storage_key: str,
         effects: rows.Effects,
+        reported: progress.Progress | None = None,
     ) -> rows.RequestRow | None:
-        """Commit ``ready`` with its outbox rows, or None when the lease was lost."""
+        """Commit ``ready`` with its outbox rows, or None when the lease was lost.
+        ``reported``: the handler's last progress, saved with it."""
         async with self.transaction() as conn:
             record = await conn.fetchrow(
                 *bind(
@@ -155,6 +157,8 @@ class Requests(outbox.Outbox):
                     sha256=sha256,
                     storage_key=storage_key,
                     attempt=claim.attempt,
+                    done=reported.done if reported else None,
+                    total=reported.total if reported else None,
                 )
             )
             if record is None:

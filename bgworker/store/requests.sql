@@ -116,8 +116,9 @@ WHERE id = $1 AND lease_token = $2 AND status = 'running' AND NOT cancel_request
 RETURNING id;
 
 -- name: mark_ready
--- params: request_id, lease_token, size, sha256, storage_key, attempt
--- Also closes attempt $6 in the same statement (one round trip fewer).
+-- params: request_id, lease_token, size, sha256, storage_key, attempt, done, total
+-- Also closes attempt $6 in the same statement (one round trip fewer). $7, $8: the counts
+-- the handler reported last (NULL: none), which a short job had no time to save before.
 WITH ready AS (
     UPDATE bgworker_requests
     SET status = 'ready',
@@ -125,8 +126,9 @@ WITH ready AS (
         sha256 = $4,
         storage_key = $5,
         progress = 1,
-        -- A handler that reported counts ends with all of them done.
-        progress_done = coalesce(progress_total, progress_done),
+        -- A handler that reported a total ends with all of it done.
+        progress_done = coalesce($8, progress_total, $7, progress_done),
+        progress_total = coalesce($8, progress_total),
         finished_at = now(),
         expires_at = now() + make_interval(
             secs => (event ->> 'lifetime_seconds')::double precision),

@@ -1,0 +1,114 @@
+"""The handler API with real RabbitMQ and PostgreSQL (issue 12, item 1): a registry's
+lifespan opens a resource once per worker and closes it on exit, and progress counts reach
+the status endpoint within about a second."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+
+from bgworker import settings as settings_mod
+from bgworker import storage, store, tokens
+from tests import resource_handlers
+from tests.helpers import Publish, StartServer, StartWorker, wait_for_status, wait_until
+from tests.resource_handlers import LOG
+
+RESOURCES = "tests.resource_handlers:registry"
+
+
+@pytest.fixture(autouse=True)
+def with_resource_handlers(settings: settings_mod.Settings) -> Iterator[None]:
+    settings.handlers = [*settings.handlers, RESOURCES]
+    resource_handlers.reset()
+    yield
+    resource_handlers.reset()
+
+
+async def test_a_lifespan_pool_is_opened_once_per_worker_and_builds_files_from_a_query(
+    db: store.Store, publish: Publish, start_worker: StartWorker, settings: settings_mod.Settings
+) -> None:
+    w = await start_worker()
+    assert len(LOG.opened) == 1 and LOG.closed == []  # opened before the first job
+    events = [await publish("squares", {"rows": rows}) for rows in (1, 50, 2000)]
+    files = storage.LocalStorage(settings.storage_dir)
+    for event, rows in zip(events, (1, 50, 2000), strict=True):
+        row = await wait_for_status(db, event.id, {"ready", "failed"})
+        assert row.status == "ready", (row.last_error_class, row.last_error)
+        assert row.storage_key is not None
+        assert files.path(row.storage_key).read_bytes() == resource_handlers.squares_csv(rows)
+        assert (row.progress_done, row.progress_total, row.percent) == (rows, rows, 100.0)
+    # Three jobs, one pool: the one the lifespan opened.
+    assert {id(LOG.pools_used[str(e.id)]) for e in events} == {id(LOG.opened[0])}
+    assert len(LOG.opened) == 1 and LOG.closed == []
+
+    w.stop()
+    await wait_until(lambda: LOG.closed, timeout=30)
+    assert LOG.closed == LOG.opened
+    assert LOG.opened[0].is_closing()
+
+
+async def test_the_lifespan_closes_after_the_drain(
+    db: store.Store, publish: Publish, start_worker: StartWorker
+) -> None:
+    # A job still running at the stop uses the pool at its end: the drain waits for it, and
+    # only then does the lifespan close the pool.
+    w = await start_worker()
+    event = await publish("squares", {"rows": 20, "delay": 1.0})
+    await wait_until(lambda: str(event.id) in LOG.pools_used)
+    w.stop()
+    row = await wait_for_status(db, event.id, {"ready", "failed", "queued"}, timeout=30)
+    assert row.status == "ready", (row.status, row.last_error)
+    await wait_until(lambda: LOG.closed, timeout=30)
+    assert LOG.closed_at[0] >= LOG.finished_at[str(event.id)]
+
+
+async def test_two_workers_each_open_their_own_resources(start_worker: StartWorker) -> None:
+    await start_worker()
+    await start_worker()
+    assert len(LOG.opened) == 2 and LOG.opened[0] is not LOG.opened[1]
+
+
+async def test_progress_counts_reach_the_status_endpoint_within_about_a_second(
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    start_server: StartServer,
+    settings: settings_mod.Settings,
+) -> None:
+    # A long lease: its renewal (every 20 s) cannot be what saves the progress.
+    settings.worker.lease_seconds = 60
+    await start_worker()
+    base = await start_server()
+    event = await publish("counted")
+    url = f"{base}/status/{tokens.Signer(settings.tokens).general(event.id)}"
+    await wait_until(lambda: str(event.id) in LOG.reported_at, timeout=30)
+    reported = LOG.reported_at[str(event.id)]
+
+    seen: dict[str, object] = {}
+    async with aiohttp.ClientSession() as http:
+
+        async def counts_shown() -> bool:
+            async with http.get(url) as response:
+                assert response.status == 200, response.status
+                seen.update(json.loads(await response.read()))
+            return seen.get("progress_done") == 3
+
+        try:
+            await wait_until(counts_shown, timeout=10)
+        except TimeoutError:
+            raise AssertionError(seen) from None
+        elapsed = time.monotonic() - reported
+        assert seen["status"] == "running"
+        assert (seen["progress_done"], seen["progress_total"]) == (3, 8)
+        assert seen["progress"] == 0.375 and seen["percent"] == 37.5
+        # "About a second": saved at most PROGRESS_SECONDS after the report, plus the write
+        # and this poll; the lease renewal alone would take 20 s.
+        assert elapsed < 2.5, elapsed
+
+        LOG.release.add(str(event.id))
+        row = await wait_for_status(db, event.id, "ready")
+        assert (row.progress_done, row.progress_total, row.percent) == (8, 8, 100.0)
