@@ -2,15 +2,10 @@
 share.
 
 A handler reads the request from a ``JobContext`` and streams bytes into a writer; it never
-returns the file. It is either a coroutine function, run on the event loop:
+returns the file. It is a coroutine function, run on the event loop, or a plain function,
+run on a thread of its own (see ``execution``) so blocking libraries never stop the loop:
 
-    @registry.handler("login_events", max_attempts=3)
-    async def login_events(ctx: JobContext, out: storage.FileWriter) -> None: ...
-
-or a plain function, run on a thread of its own (see ``execution``) so blocking libraries
-(the Django ORM, openpyxl, pandas) never stop the loop, its heartbeats or the other jobs:
-
-    @registry.handler("ledger", time_limit=600)
+    @registry.handler("ledger", time_limit=600, extension="csv", content_type="text/csv")
     def ledger(ctx: JobContext, out: storage.SyncFileWriter) -> None: ...
 
 Resources a handler needs for every job (a database pool, an HTTP client) are opened once
@@ -44,8 +39,6 @@ from pydantic import JsonValue
 from bgworker import event_fields, events, storage
 from bgworker import progress as progress_mod
 from bgworker import settings as settings_mod
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 NO_RESOURCES: Final[Mapping[str, Any]] = MappingProxyType({})
@@ -353,25 +346,42 @@ class Registry:
         merged: dict[str, Any] = {}
         async with contextlib.AsyncExitStack() as stack:
             for lifespan in self._lifespans:
+                name = getattr(lifespan, "__qualname__", repr(lifespan))
                 opened = await stack.enter_async_context(lifespan(settings))
                 if opened is None:
                     continue
                 if not isinstance(opened, Mapping):
                     raise TypeError(
-                        f"lifespan {_name(lifespan)} yielded a {type(opened).__name__}: "
+                        f"lifespan {name} yielded a {type(opened).__name__}: "
                         "yield a mapping of resource names (or nothing)"
                     )
                 if clash := sorted(set(opened) & set(merged)):
                     raise ValueError(
-                        f"lifespan {_name(lifespan)} yields {', '.join(map(repr, clash))}, "
+                        f"lifespan {name} yields {', '.join(map(repr, clash))}, "
                         "already yielded by another lifespan"
                     )
                 merged.update(opened)
             yield MappingProxyType(merged)
 
 
-def _name(fn: object) -> str:
-    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+def with_defaults(
+    event: events.FileRequested, registration: Registration | None
+) -> events.FileRequested:
+    """The event with ``filename`` and ``content_type`` filled where the producer left them
+    out: ``<file_type>.<extension>`` and the content type the handler declares (else
+    ``<file_type>`` and ``application/octet-stream``). Deterministic, so a redelivery is
+    filled the same way and still matches the recorded request."""
+    if event.filename is not None and event.content_type is not None:
+        return event
+    extension = registration.extension if registration else None
+    declared = registration.content_type if registration else None
+    return event.model_copy(
+        update={
+            "filename": event.filename
+            or (f"{event.file_type}.{extension}" if extension else event.file_type),
+            "content_type": event.content_type or declared or events.DEFAULT_CONTENT_TYPE,
+        }
+    )
 
 
 def load(paths: Iterable[str]) -> Registry:

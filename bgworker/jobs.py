@@ -97,6 +97,7 @@ class Runner:
             await self.reject(message, reason, "InvalidEventError", str(exc), exc.request_id)
             return states.JobOutcome.INVALID
         registration = self.registry.find(event.file_type)
+        event = handlers.with_defaults(event, registration)
         max_attempts = (registration.max_attempts if registration else None) or (
             self.config.max_attempts
         )

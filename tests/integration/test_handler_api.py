@@ -8,13 +8,22 @@ import json
 import time
 from collections.abc import Iterator
 
+import aio_pika
 import aiohttp
 import pytest
 
+from bgworker import broker, publisher, storage, store, tokens, topology
 from bgworker import settings as settings_mod
-from bgworker import storage, store, tokens
 from tests import resource_handlers
-from tests.helpers import Publish, StartServer, StartWorker, wait_for_status, wait_until
+from tests.helpers import (
+    AMQP_URL,
+    EventLog,
+    Publish,
+    StartServer,
+    StartWorker,
+    wait_for_status,
+    wait_until,
+)
 from tests.resource_handlers import LOG
 
 RESOURCES = "tests.resource_handlers:registry"
@@ -112,3 +121,44 @@ async def test_progress_counts_reach_the_status_endpoint_within_about_a_second(
         LOG.release.add(str(event.id))
         row = await wait_for_status(db, event.id, "ready")
         assert (row.progress_done, row.progress_total, row.percent) == (8, 8, 100.0)
+
+
+async def test_a_request_without_filename_gets_the_handlers_extension_and_content_type(
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    event_log: EventLog,
+    amqp: aio_pika.abc.AbstractChannel,
+    settings: settings_mod.Settings,
+) -> None:
+    w = await start_worker()
+    declared = await publish("squares", {"rows": 3}, filename=None)
+    undeclared = await publish("blob", {"size": 10}, filename=None, content_type=None)
+    chosen = await publish("squares", {"rows": 3}, filename="mine.txt", content_type="text/plain")
+    expected = {
+        declared.id: ("squares.csv", "text/csv; charset=utf-8"),
+        undeclared.id: ("blob", "application/octet-stream"),
+        chosen.id: ("mine.txt", "text/plain"),
+    }
+    for request_id, (filename, content_type) in expected.items():
+        row = await wait_for_status(db, request_id, {"ready", "failed"})
+        assert row.status == "ready", (row.last_error_class, row.last_error)
+        assert (row.filename, row.content_type) == (filename, content_type)
+
+    def announced() -> dict[str, tuple[str, str]]:
+        return {
+            body["id"]: (body["filename"], body["content_type"])
+            for key, body in event_log
+            if key == "file.ready"
+        }
+
+    await wait_until(lambda: len(announced()) == 3)
+    assert announced() == {str(k): v for k, v in expected.items()}
+
+    # The same body published again is a duplicate, not a conflicting one: the filled
+    # defaults are the same on every delivery.
+    async with publisher.Publisher(AMQP_URL, namespace=settings.namespace) as pub:
+        await pub.publish(declared)
+    await wait_until(lambda: w.outcomes["duplicate"] >= 1)
+    # (A conflicting one would also end as "duplicate", after its dead letter is confirmed.)
+    assert await broker.queue_depth(amqp, topology.Topology(settings.namespace).dead_queue) == 0

@@ -278,3 +278,34 @@ def test_a_bad_extension_is_refused_at_registration(extension: str) -> None:
 def test_a_bad_content_type_is_refused_at_registration(content_type: str) -> None:
     with pytest.raises(ValueError, match="content_type"):
         handlers.Registry().register("r", _noop, content_type=content_type)
+
+
+def _unnamed(file_type: str = "report") -> events.FileRequested:
+    return events.FileRequested(id=uuid.uuid4(), file_type=file_type)
+
+
+def test_with_defaults_fills_only_what_the_producer_left_out() -> None:
+    registry = handlers.Registry()
+    registry.handler("report", extension="csv", content_type="text/csv")(_noop)
+    registration = registry.find("report")
+    filled = handlers.with_defaults(_unnamed(), registration)
+    assert (filled.filename, filled.content_type) == ("report.csv", "text/csv")
+    assert handlers.with_defaults(filled, registration) == filled  # a redelivery: the same
+    given_ = _unnamed().model_copy(update={"filename": "mine.txt", "content_type": "text/plain"})
+    assert handlers.with_defaults(given_, registration) is given_
+    bare = handlers.with_defaults(_unnamed(), None)  # unknown file type: it fails anyway
+    assert (bare.filename, bare.content_type) == ("report", events.DEFAULT_CONTENT_TYPE)
+
+
+@given(
+    st.from_regex(r"\A[a-z0-9][a-z0-9_.-]{0,63}\Z"),
+    st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,15}\Z") | st.none(),
+)
+def test_a_filled_filename_always_passes_the_contract(
+    file_type: str, extension: str | None
+) -> None:
+    registry = handlers.Registry()
+    registry.register(file_type, _noop, extension=extension)
+    filled = handlers.with_defaults(_unnamed(file_type), registry.find(file_type))
+    body = filled.model_dump_json().encode()
+    assert events.parse_file_requested(body) == filled
