@@ -30,8 +30,10 @@ def request_columns(event: events.FileRequested, max_attempts: int) -> dict[str,
         "id": event.id,
         "file_type": event.file_type,
         "event": event.model_dump(mode="json"),
-        "filename": event.filename,
-        "content_type": event.content_type,
+        # The worker fills both from the handler first (handlers.with_defaults); a request
+        # recorded another way gets the defaults of a file type that declares nothing.
+        "filename": event.filename or event.file_type,
+        "content_type": event.content_type or events.DEFAULT_CONTENT_TYPE,
         "requester_id": requester.id if requester else None,
         "requester_email": requester.email if requester else None,
         "requested_at": event.requested_at,
