@@ -364,24 +364,24 @@ class Registry:
             yield MappingProxyType(merged)
 
 
+def served_names(event: events.FileRequested, registration: Registration | None) -> tuple[str, str]:
+    """(filename, content_type) to serve: the event's, else ``<file_type>.<extension>`` and
+    the content type its handler declares (else ``<file_type>``, application/octet-stream).
+    Deterministic, so every delivery of a request gets the same."""
+    extension = registration.extension if registration else None
+    declared = registration.content_type if registration else None
+    return (
+        event.filename or (f"{event.file_type}.{extension}" if extension else event.file_type),
+        event.content_type or declared or events.DEFAULT_CONTENT_TYPE,
+    )
+
+
 def with_defaults(
     event: events.FileRequested, registration: Registration | None
 ) -> events.FileRequested:
-    """The event with ``filename`` and ``content_type`` filled where the producer left them
-    out: ``<file_type>.<extension>`` and the content type the handler declares (else
-    ``<file_type>`` and ``application/octet-stream``). Deterministic, so a redelivery is
-    filled the same way and still matches the recorded request."""
-    if event.filename is not None and event.content_type is not None:
-        return event
-    extension = registration.extension if registration else None
-    declared = registration.content_type if registration else None
-    return event.model_copy(
-        update={
-            "filename": event.filename
-            or (f"{event.file_type}.{extension}" if extension else event.file_type),
-            "content_type": event.content_type or declared or events.DEFAULT_CONTENT_TYPE,
-        }
-    )
+    """The event as its handler sees it: ``served_names`` filled in."""
+    filename, content_type = served_names(event, registration)
+    return event.model_copy(update={"filename": filename, "content_type": content_type})
 
 
 def load(paths: Iterable[str]) -> Registry:

@@ -97,15 +97,20 @@ class Runner:
             await self.reject(message, reason, "InvalidEventError", str(exc), exc.request_id)
             return states.JobOutcome.INVALID
         registration = self.registry.find(event.file_type)
-        event = handlers.with_defaults(event, registration)
+        # What the handler declares fills a filename or content type the producer left out.
+        # The event is recorded as published (a redelivery must compare equal to it); the
+        # filled names go to the row's columns and to the handler.
+        names = handlers.served_names(event, registration)
         max_attempts = (registration.max_attempts if registration else None) or (
             self.config.max_attempts
         )
         lease = self.config.lease_seconds
         try:
-            claim = await self.db.record_and_claim(event, max_attempts, self.worker_id, lease)
+            claim = await self.db.record_and_claim(
+                event, max_attempts, self.worker_id, lease, names
+            )
             if claim is None:
-                claim = await self._not_runnable(message, event, max_attempts)
+                claim = await self._not_runnable(message, event, max_attempts, names)
                 if claim is None:
                     return states.JobOutcome.DUPLICATE
         except Exception as exc:
@@ -132,7 +137,8 @@ class Runner:
                 ),
                 reason=states.Reason.UNKNOWN_FILE_TYPE,
             )
-        return await self._run(event, claim, registration, message.body)
+        filled = handlers.with_defaults(event, registration)
+        return await self._run(filled, claim, registration, message.body)
 
     async def reject(
         self,
@@ -146,7 +152,11 @@ class Runner:
         await self.rejecter.reject(message, reason, error_class, error, request_id)
 
     async def _not_runnable(
-        self, message: AbstractIncomingMessage, event: events.FileRequested, max_attempts: int
+        self,
+        message: AbstractIncomingMessage,
+        event: events.FileRequested,
+        max_attempts: int,
+        names: tuple[str, str],
     ) -> store.Claim | None:
         """The id is recorded and the claim refused. Returns a claim when this event
         supersedes a request that failed validation; otherwise settles the delivery as a
@@ -163,6 +173,7 @@ class Runner:
                 self.worker_id,
                 self.config.lease_seconds,
                 states.SUPERSEDABLE,
+                names,
             )
             if claim is not None:
                 log.info(

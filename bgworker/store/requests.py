@@ -22,18 +22,25 @@ Q: Final = queries.QUERIES
 bind: Final = queries.bind
 
 
-def request_columns(event: events.FileRequested, max_attempts: int) -> dict[str, Any]:
+def request_columns(
+    event: events.FileRequested, max_attempts: int, names: tuple[str, str] | None = None
+) -> dict[str, Any]:
     """The columns an event fills: the first nine parameters of insert_request,
-    record_and_claim and supersede_invalid."""
+    record_and_claim and supersede_invalid. ``event`` is stored as published, so a
+    redelivery compares equal to it; ``names`` is the (filename, content_type) to serve, as
+    the worker filled them from the handler when the producer left them out."""
     requester = event.requester
+    # Recorded without the worker's fill: the defaults of a file type that declares nothing.
+    filename, content_type = names or (
+        event.filename or event.file_type,
+        event.content_type or events.DEFAULT_CONTENT_TYPE,
+    )
     return {
         "id": event.id,
         "file_type": event.file_type,
         "event": event.model_dump(mode="json"),
-        # The worker fills both from the handler first (handlers.with_defaults); a request
-        # recorded another way gets the defaults of a file type that declares nothing.
-        "filename": event.filename or event.file_type,
-        "content_type": event.content_type or events.DEFAULT_CONTENT_TYPE,
+        "filename": filename,
+        "content_type": content_type,
         "requester_id": requester.id if requester else None,
         "requester_email": requester.email if requester else None,
         "requested_at": event.requested_at,
@@ -80,14 +87,19 @@ class Requests(outbox.Outbox):
     # -- running ------------------------------------------------------------------------
 
     async def record_and_claim(
-        self, event: events.FileRequested, max_attempts: int, worker: str, lease_seconds: float
+        self,
+        event: events.FileRequested,
+        max_attempts: int,
+        worker: str,
+        lease_seconds: float,
+        names: tuple[str, str] | None = None,
     ) -> rows.Claim | None:
         """Insert the request if new and claim it if runnable, in one statement. None: not
         runnable (done, running elsewhere, cancelled, or a different body under this id)."""
         record = await self.pool.fetchrow(
             *bind(
                 "record_and_claim",
-                **request_columns(event, max_attempts),
+                **request_columns(event, max_attempts, names),
                 worker=worker,
                 lease_seconds=lease_seconds,
                 requested_at_set="requested_at" in event.model_fields_set,
@@ -102,13 +114,14 @@ class Requests(outbox.Outbox):
         worker: str,
         lease_seconds: float,
         reasons: Iterable[str],
+        names: tuple[str, str] | None = None,
     ) -> rows.Claim | None:
         """Replace a request recorded as failed for one of ``reasons`` (validation) by
         ``event`` and claim it; None when the row is not such a request."""
         record = await self.pool.fetchrow(
             *bind(
                 "supersede_invalid",
-                **request_columns(event, max_attempts),
+                **request_columns(event, max_attempts, names),
                 worker=worker,
                 lease_seconds=lease_seconds,
                 reasons=list(reasons),

@@ -144,6 +144,10 @@ async def test_a_request_without_filename_gets_the_handlers_extension_and_conten
         row = await wait_for_status(db, request_id, {"ready", "failed"})
         assert row.status == "ready", (row.last_error_class, row.last_error)
         assert (row.filename, row.content_type) == (filename, content_type)
+    # The event is recorded as published: a redelivery compares equal to it.
+    recorded = await db.get_request(declared.id)
+    assert recorded is not None
+    assert (recorded.event["filename"], recorded.event["content_type"]) == (None, None)
 
     def announced() -> dict[str, tuple[str, str]]:
         return {

@@ -292,7 +292,8 @@ def test_with_defaults_fills_only_what_the_producer_left_out() -> None:
     assert (filled.filename, filled.content_type) == ("report.csv", "text/csv")
     assert handlers.with_defaults(filled, registration) == filled  # a redelivery: the same
     given_ = _unnamed().model_copy(update={"filename": "mine.txt", "content_type": "text/plain"})
-    assert handlers.with_defaults(given_, registration) is given_
+    assert handlers.with_defaults(given_, registration) == given_
+    assert handlers.served_names(given_, registration) == ("mine.txt", "text/plain")
     bare = handlers.with_defaults(_unnamed(), None)  # unknown file type: it fails anyway
     assert (bare.filename, bare.content_type) == ("report", events.DEFAULT_CONTENT_TYPE)
 
