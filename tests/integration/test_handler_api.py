@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 
 import aio_pika
@@ -24,6 +25,7 @@ from tests.helpers import (
     wait_for_status,
     wait_until,
 )
+from tests.integration.letters import Cli
 from tests.resource_handlers import LOG
 
 RESOURCES = "tests.resource_handlers:registry"
@@ -166,3 +168,14 @@ async def test_a_request_without_filename_gets_the_handlers_extension_and_conten
     await wait_until(lambda: w.outcomes["duplicate"] >= 1)
     # (A conflicting one would also end as "duplicate", after its dead letter is confirmed.)
     assert await broker.queue_depth(amqp, topology.Topology(settings.namespace).dead_queue) == 0
+
+
+async def test_bgworker_publish_leaves_the_names_to_the_handler(
+    db: store.Store, start_worker: StartWorker, cli: Cli, amqp: aio_pika.abc.AbstractChannel
+) -> None:
+    await start_worker()
+    code, out, err = await cli("publish", "squares", "--criteria", '{"rows": 2}')
+    assert code == 0, err
+    row = await wait_for_status(db, uuid.UUID(out.strip()), {"ready", "failed"})
+    assert row.status == "ready", row.last_error
+    assert (row.filename, row.content_type) == ("squares.csv", "text/csv; charset=utf-8")
