@@ -41,8 +41,11 @@ from bgworker import (
 log = logging.getLogger(__name__)
 
 # Progress a handler reports is saved at most this often (and with every lease renewal), so
-# a status page is about a second behind a handler that reports on every row.
+# a status page is at most about a second behind a handler that reports on every row. The
+# heartbeat looks for new progress every PROGRESS_POLL_SECONDS, so a first report after a
+# quiet spell shows sooner.
 PROGRESS_SECONDS: Final = 1.0
+PROGRESS_POLL_SECONDS: Final = 0.25
 
 
 @dataclass(kw_only=True)
@@ -259,11 +262,14 @@ class Runner:
         when the lease is gone (a cancel, a takeover): then the handler is stopped."""
         lease = self.config.lease_seconds
         saved: progress.Progress | None = None  # the claim reset the row's progress
-        renewed = time.monotonic()
+        renewed = time.monotonic()  # the claim took the lease
+        wrote = False  # the first progress is saved at the first look
         while True:
-            await asyncio.sleep(min(PROGRESS_SECONDS, lease / 3))
+            await asyncio.sleep(min(PROGRESS_POLL_SECONDS, lease / 3))
             reported = ctx.reported  # one read: a handler thread may replace it meanwhile
-            if reported == saved and time.monotonic() - renewed < lease / 3:
+            since = time.monotonic() - renewed
+            too_soon = wrote and since < PROGRESS_SECONDS
+            if since < lease / 3 and (reported == saved or too_soon):
                 continue
             try:
                 alive = await self.db.heartbeat(claim, lease, reported)
@@ -274,7 +280,7 @@ class Runner:
                 continue
             finally:
                 # A failed write waits for the next renewal too, not for the next second.
-                saved, renewed = reported, time.monotonic()
+                saved, renewed, wrote = reported, time.monotonic(), True
             if not alive:
                 # Cancelled, or taken over after the lease expired: the finalizer says
                 # which once the handler has stopped. ctx.cancelled turns true first, so an
