@@ -173,7 +173,7 @@ async def test_a_request_without_filename_gets_the_handlers_extension_and_conten
     assert await broker.queue_depth(amqp, topology.Topology(settings.namespace).dead_queue) == 0
 
 
-async def test_bgworker_publish_leaves_the_names_to_the_handler(
+async def test_bgworker_publish_leaves_the_names_to_the_handler_and_status_shows_counts(
     db: store.Store, start_worker: StartWorker, cli: Cli, amqp: aio_pika.abc.AbstractChannel
 ) -> None:
     await start_worker()
@@ -182,6 +182,12 @@ async def test_bgworker_publish_leaves_the_names_to_the_handler(
     row = await wait_for_status(db, uuid.UUID(out.strip()), {"ready", "failed"})
     assert row.status == "ready", row.last_error
     assert (row.filename, row.content_type) == ("squares.csv", "text/csv; charset=utf-8")
+
+    code, out, err = await cli("status", str(row.id))
+    assert code == 0, err
+    shown = json.loads(out)
+    assert (shown["progress_done"], shown["progress_total"]) == (2, 2)
+    assert (shown["progress"], shown["percent"]) == (1.0, 100.0)
 
 
 async def test_progress_reported_on_every_step_is_saved_at_most_about_once_a_second(
