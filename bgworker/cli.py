@@ -112,7 +112,8 @@ def _build_request(args: argparse.Namespace) -> events.FileRequested:
         "id": args.id or str(uuid.uuid4()),
         "file_type": args.file_type,
         "criteria": criteria,
-        "filename": args.filename or f"{args.file_type}.csv",
+        # Left out, the worker uses what the file type's handler declares.
+        "filename": args.filename,
         "content_type": args.content_type,
         "description": args.description,
         "requester": requester,
@@ -164,6 +165,7 @@ async def _cmd_status(settings: settings_mod.Settings, args: argparse.Namespace)
         return EXIT_NOT_RECORDED
     out = row.to_json()
     out.pop("lease_token", None)
+    out["percent"] = row.percent  # 65.0: the fraction for people
     out["attempt_log"] = attempts
     print(json.dumps(out, indent=2, default=_json_value))
     return 0
@@ -261,8 +263,8 @@ def _parser() -> argparse.ArgumentParser:
     pub = sub.add_parser("publish", help="publish a FileRequested event")
     pub.add_argument("file_type")
     pub.add_argument("--criteria", default="{}", help="JSON object")
-    pub.add_argument("--filename")
-    pub.add_argument("--content-type", default="text/csv")
+    pub.add_argument("--filename", help="default: <file_type>.<extension> the handler declares")
+    pub.add_argument("--content-type", help="default: the content type the handler declares")
     pub.add_argument("--description", default="")
     pub.add_argument("--email", help="requester email (gets the link)")
     pub.add_argument("--requester-id", help="binds the link to this user")

@@ -59,6 +59,10 @@ def _schema_version(value: object) -> object:
 # -- The events ------------------------------------------------------------------------------
 
 
+# What a file is served as when neither the request nor its handler says.
+DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
+
+
 class _Event(BaseModel):
     # Strict contract: unknown fields are an error, not silently dropped.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -93,8 +97,21 @@ class FileRequested(_Event):
             "level 1)."
         ),
     )
-    filename: event_fields.Filename = Field(description="Shown in the download and the email.")
-    content_type: event_fields.ContentType = "application/octet-stream"
+    # Both may be left out (or null): the worker then uses what the file type's handler
+    # declares (`extension=`, `content_type=`), see handlers.with_defaults.
+    filename: event_fields.Filename | None = Field(
+        None,
+        description=(
+            "Shown in the download and the email. Absent or null: `<file_type>.<extension>` "
+            "with the extension the handler declares (`<file_type>` if it declares none)."
+        ),
+    )
+    content_type: event_fields.ContentType | None = Field(
+        None,
+        description=(
+            f"Absent or null: the content type the handler declares, else `{DEFAULT_CONTENT_TYPE}`."
+        ),
+    )
     description: event_fields.Description = ""
     requester: Requester | None = None
     requested_at: event_fields.RequestedAt = Field(default_factory=_now)

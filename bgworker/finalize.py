@@ -17,7 +17,17 @@ from typing import Any
 
 from aio_pika.abc import AbstractChannel
 
-from bgworker import broker, handlers, outbox, states, storage, store, topology, wire
+from bgworker import (
+    broker,
+    handlers,
+    outbox,
+    progress,
+    states,
+    storage,
+    store,
+    topology,
+    wire,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +42,21 @@ class Finalizer:
     max_attempts: int  # unless the claim carries the handler's own
 
     async def ready(
-        self, claim: store.Claim, *, key: str, size: int, digest: str
+        self,
+        claim: store.Claim,
+        *,
+        key: str,
+        size: int,
+        digest: str,
+        reported: progress.Progress | None = None,
     ) -> states.JobOutcome:
         row = await self.db.mark_ready(
-            claim, size=size, sha256=digest, storage_key=key, effects=outbox.ready_effects
+            claim,
+            size=size,
+            sha256=digest,
+            storage_key=key,
+            effects=outbox.ready_effects,
+            reported=reported,
         )
         if row is None:
             # A cancel arrived while the handler ran (cancellation wins), or the lease was

@@ -1,49 +1,47 @@
-"""File types, the handlers that build them, and how a worker runs them.
+"""File types, the handlers that build them, the context they get, and the resources they
+share.
 
 A handler reads the request from a ``JobContext`` and streams bytes into a writer; it never
-returns the file. It is either a coroutine function, run on the event loop:
+returns the file. It is a coroutine function, run on the event loop, or a plain function,
+run on a thread of its own (see ``execution``) so blocking libraries never stop the loop:
 
-    @registry.handler("login_events", max_attempts=3)
-    async def login_events(ctx: JobContext, out: storage.FileWriter) -> None: ...
-
-or a plain function, run on a thread of its own so blocking libraries (the Django ORM,
-openpyxl, pandas) never stop the loop, its heartbeats or the other jobs:
-
-    @registry.handler("ledger", time_limit=600)
+    @registry.handler("ledger", time_limit=600, extension="csv", content_type="text/csv")
     def ledger(ctx: JobContext, out: storage.SyncFileWriter) -> None: ...
 
-Why threads and not a process pool (docs/handlers.md has the long form): the writer streams
-bytes to a temp file while hashing them, and handlers close over module state, connections
-and the job context; a process would need all of it pickled and every byte sent through a
-pipe. A thread keeps the API. What a thread cannot do is die on request: CPython has no way
-to kill one, so a synchronous handler is *told* to stop (its next ``out.write`` or
-``ctx.check()`` raises) and its attempt ends at once without it.
+Resources a handler needs for every job (a database pool, an HTTP client) are opened once
+per worker process by the registry's lifespan, an async context manager, like Starlette's
+and FastStream's: what it yields reaches every handler as ``ctx.resources``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
+import contextlib
 import importlib
 import inspect
 import logging
 import math
+import re
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import tzinfo
-from typing import Any, TypeVar, cast
+from types import MappingProxyType
+from typing import Any, Final, TypeVar, cast
 from zoneinfo import ZoneInfo
 
+import pydantic
 from pydantic import JsonValue
 
-from bgworker import events, storage
+from bgworker import event_fields, events, storage
+from bgworker import progress as progress_mod
+from bgworker import settings as settings_mod
 
-log = logging.getLogger(__name__)
-
-Progress = Callable[[float], None]
+T = TypeVar("T")
+NO_RESOURCES: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
 class PermanentError(Exception):
@@ -55,9 +53,9 @@ class UnknownFileTypeError(LookupError):
 
 
 class StoppedError(Exception):
-    """Raised inside a synchronous handler, by ``out.write`` or ``ctx.check()``, once its
-    attempt has ended (time limit, cancel, lease lost, worker shutting down). Let it
-    propagate: nothing the handler does afterwards is kept."""
+    """Raised inside a handler, by ``ctx.check()`` (or a synchronous handler's
+    ``out.write``), once its attempt has ended (time limit, cancel, lease lost, worker
+    shutting down). Let it propagate: nothing the handler does afterwards is kept."""
 
 
 class TimeLimitError(StoppedError):
@@ -69,13 +67,34 @@ class TimeLimitError(StoppedError):
         self.limit = limit
 
 
+class _Checked:
+    """What ``ctx.check()`` returns when the attempt goes on: awaiting it gives the event
+    loop one turn, so a CPU-bound async handler lets heartbeats, other jobs, a cancel or
+    its time limit in (asyncio delivers a cancellation only at an await)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return asyncio.sleep(0).__await__()
+
+
+_CHECKED: Final = _Checked()
+
+
 @dataclass
 class JobContext:
     request: events.FileRequested
     attempt: int = 1
     worker_id: str = "local"
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("bgworker.job"))
-    _progress: float = field(default=0.0, repr=False)
+    # The worker's settings and what the registries' lifespans yielded (read-only), shared
+    # by every job of the worker process. Unit tests pass their own.
+    settings: settings_mod.Settings | None = None
+    resources: Mapping[str, Any] = field(default_factory=lambda: NO_RESOURCES)
+    _progress: progress_mod.Progress | None = field(default=None, repr=False)
+    # time.monotonic() past which check() raises TimeLimitError (set by the execution).
+    _deadline: float | None = field(default=None, repr=False)
+    _limit: float = field(default=0.0, repr=False)
     # Set (from the event loop) when the attempt ends before the handler returned. A
     # threading.Event, because synchronous handlers read it from their own thread.
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -101,28 +120,71 @@ class JobContext:
     def timezone(self) -> tzinfo:
         return ZoneInfo(self.requester.timezone if self.requester else "UTC")
 
-    @property
-    def progress(self) -> float:
-        return self._progress
+    def resource(self, name: str, kind: type[T]) -> T:
+        """``ctx.resources[name]``, checked to be a ``kind``: typed access for mypy."""
+        try:
+            value = self.resources[name]
+        except KeyError:
+            known = ", ".join(sorted(self.resources)) or "none"
+            raise LookupError(
+                f"no resource {name!r} (resources: {known}); does a lifespan of the "
+                "registry yield it?"
+            ) from None
+        if not isinstance(value, kind):
+            raise TypeError(f"resource {name!r} is a {type(value).__name__}, not {kind.__name__}")
+        return value
+
+    # -- progress -------------------------------------------------------------------------
+
+    def progress(self, done: int, total: int | None = None) -> None:
+        """Report ``done`` of ``total`` objects (rows, records, pages). Cheap to call often,
+        from the loop or a handler thread (one assignment): the worker saves the last value
+        at most about once a second. Raises ``ValueError`` on negative counts or done >
+        total."""
+        self._progress = progress_mod.of(done, total)
 
     def report_progress(self, done: float, total: float = 1.0) -> None:
-        """Cheap to call often, from the loop or a handler thread (one float assignment):
-        the value is written to PostgreSQL with the next heartbeat."""
-        if total > 0:
-            self._progress = max(0.0, min(1.0, done / total))
+        """The older form, kept: counts when both are integers (0 <= done <= total), else
+        the fraction ``done/total`` clamped to 0..1."""
+        if isinstance(done, int) and isinstance(total, int) and 0 <= done <= total:
+            self._progress = progress_mod.of(done, total)
+        elif total > 0:
+            with contextlib.suppress(ArithmeticError):
+                fraction = max(0.0, min(1.0, done / total))
+                if math.isfinite(fraction):
+                    self._progress = progress_mod.Progress(None, None, fraction)
+
+    @property
+    def reported(self) -> progress_mod.Progress | None:
+        """The last progress reported, or None."""
+        return self._progress
+
+    # -- stopping -------------------------------------------------------------------------
 
     @property
     def cancelled(self) -> bool:
         """True once the attempt has ended (time limit, cancel, lease lost, shutdown). A
-        synchronous handler that computes long between writes polls it, or ``check()``."""
+        handler that computes long between writes polls it, or ``check()``."""
         return self._stop.is_set()
 
-    def check(self) -> None:
-        """Raise ``StoppedError`` (``TimeLimitError`` at the time limit) once the attempt has
-        ended; return at once otherwise."""
+    def check(self) -> _Checked:
+        """Raise ``StoppedError`` once the attempt has ended (``TimeLimitError`` past the
+        time limit, even before the worker noticed). Otherwise return at once; in an async
+        handler ``await ctx.check()`` also gives the event loop a turn."""
         reason = self._stop_reason
         if self._stop.is_set() and reason is not None:
             raise reason.with_traceback(None)
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            error = TimeLimitError(self._limit)
+            self.stop(error)
+            raise error
+        return _CHECKED
+
+    def start(self, limit: float | None) -> None:
+        """The attempt starts now, with this time limit in seconds (called by the worker)."""
+        if limit:
+            self._limit = limit
+            self._deadline = time.monotonic() + limit
 
     def stop(self, reason: StoppedError) -> None:
         """Tell the handler its attempt is over (called by the worker; safe from any thread)."""
@@ -135,6 +197,13 @@ AsyncHandler = Callable[[JobContext, storage.FileWriter], Awaitable[None]]
 SyncHandler = Callable[[JobContext, storage.SyncFileWriter], None]
 Handler = AsyncHandler | SyncHandler
 H = TypeVar("H", bound=Handler)
+# A lifespan gets the worker's settings and yields the resources it opened (or None).
+Lifespan = Callable[[settings_mod.Settings], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+L = TypeVar("L", bound=Callable[..., Any])
+
+# RFC 9110 token characters would allow more; a file name extension is kept to what every
+# file system and mail client shows plainly.
+_EXTENSION: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,15}$")
 
 
 def _is_async(fn: object) -> bool:
@@ -154,11 +223,33 @@ class Registration:
     time_limit: float | None = None
     # A plain function, run on a handler thread instead of the event loop.
     sync: bool = False
+    # What the handler makes, for requests that leave filename or content_type out.
+    extension: str | None = None
+    content_type: str | None = None
+
+
+def _valid_content_type(value: str) -> str:
+    # The same rule as FileRequested.content_type (RFC 9110 media type, header-safe).
+    adapter: pydantic.TypeAdapter[str] = pydantic.TypeAdapter(event_fields.ContentType)
+    try:
+        return adapter.validate_python(value)
+    except pydantic.ValidationError as exc:
+        raise ValueError(f"content_type {value!r}: {exc.errors()[0]['msg']}") from None
+
+
+def _as_lifespan(fn: Callable[..., Any]) -> Lifespan:
+    # An async generator function is wrapped as contextlib.asynccontextmanager would.
+    if inspect.isasyncgenfunction(fn):
+        return cast(Lifespan, contextlib.asynccontextmanager(fn))
+    return cast(Lifespan, fn)
 
 
 class Registry:
-    def __init__(self) -> None:
+    def __init__(self, *, lifespan: Callable[..., Any] | None = None) -> None:
         self._by_type: dict[str, Registration] = {}
+        self._lifespans: list[Lifespan] = []
+        if lifespan is not None:
+            self.lifespan(lifespan)
 
     def register(
         self,
@@ -168,9 +259,12 @@ class Registry:
         max_attempts: int | None = None,
         time_limit: float | None = None,
         sync: bool | None = None,
+        extension: str | None = None,
+        content_type: str | None = None,
     ) -> None:
         """``sync`` defaults to "not a coroutine function"; say ``sync=False`` for a plain
-        callable that returns an awaitable."""
+        callable that returns an awaitable. ``extension`` and ``content_type`` fill requests
+        that leave ``filename`` or ``content_type`` out."""
         if file_type in self._by_type:
             raise ValueError(f"file type {file_type!r} is already registered")
         is_async = _is_async(handler)
@@ -182,7 +276,16 @@ class Registry:
             raise ValueError(
                 f"time_limit must be a number of seconds >= 0 (0: none), got {time_limit!r}"
             )
-        self._by_type[file_type] = Registration(file_type, handler, max_attempts, time_limit, sync)
+        if extension is not None and not _EXTENSION.fullmatch(extension):
+            raise ValueError(
+                f"extension must be 1-16 letters, digits, '_' or '-' without the dot, "
+                f"got {extension!r}"
+            )
+        if content_type is not None:
+            content_type = _valid_content_type(content_type)
+        self._by_type[file_type] = Registration(
+            file_type, handler, max_attempts, time_limit, sync, extension, content_type
+        )
 
     def handler(
         self,
@@ -191,14 +294,29 @@ class Registry:
         max_attempts: int | None = None,
         time_limit: float | None = None,
         sync: bool | None = None,
+        extension: str | None = None,
+        content_type: str | None = None,
     ) -> Callable[[H], H]:
         def decorate(fn: H) -> H:
             self.register(
-                file_type, fn, max_attempts=max_attempts, time_limit=time_limit, sync=sync
+                file_type,
+                fn,
+                max_attempts=max_attempts,
+                time_limit=time_limit,
+                sync=sync,
+                extension=extension,
+                content_type=content_type,
             )
             return fn
 
         return decorate
+
+    def lifespan(self, fn: L) -> L:
+        """Register a lifespan: ``fn(settings)`` is an async context manager (or an async
+        generator function) that opens shared resources, yields them as a mapping, and
+        closes them when the worker exits, after its drain. Usable as a decorator."""
+        self._lifespans.append(_as_lifespan(fn))
+        return fn
 
     def find(self, file_type: str) -> Registration | None:
         return self._by_type.get(file_type)
@@ -215,7 +333,55 @@ class Registry:
                 max_attempts=reg.max_attempts,
                 time_limit=reg.time_limit,
                 sync=reg.sync,
+                extension=reg.extension,
+                content_type=reg.content_type,
             )
+        self._lifespans.extend(other._lifespans)
+
+    @contextlib.asynccontextmanager
+    async def resources(self, settings: settings_mod.Settings) -> AsyncIterator[Mapping[str, Any]]:
+        """Run every lifespan in registration order and yield what they opened, as one
+        read-only mapping; on exit close them in reverse order (``AsyncExitStack``). Two
+        lifespans yielding the same name is an error: one would hide the other."""
+        merged: dict[str, Any] = {}
+        async with contextlib.AsyncExitStack() as stack:
+            for lifespan in self._lifespans:
+                name = getattr(lifespan, "__qualname__", repr(lifespan))
+                opened = await stack.enter_async_context(lifespan(settings))
+                if opened is None:
+                    continue
+                if not isinstance(opened, Mapping):
+                    raise TypeError(
+                        f"lifespan {name} yielded a {type(opened).__name__}: "
+                        "yield a mapping of resource names (or nothing)"
+                    )
+                if clash := sorted(set(opened) & set(merged)):
+                    raise ValueError(
+                        f"lifespan {name} yields {', '.join(map(repr, clash))}, "
+                        "already yielded by another lifespan"
+                    )
+                merged.update(opened)
+            yield MappingProxyType(merged)
+
+
+def served_names(event: events.FileRequested, registration: Registration | None) -> tuple[str, str]:
+    """(filename, content_type) to serve: the event's, else ``<file_type>.<extension>`` and
+    the content type its handler declares (else ``<file_type>``, application/octet-stream).
+    Deterministic, so every delivery of a request gets the same."""
+    extension = registration.extension if registration else None
+    declared = registration.content_type if registration else None
+    return (
+        event.filename or (f"{event.file_type}.{extension}" if extension else event.file_type),
+        event.content_type or declared or events.DEFAULT_CONTENT_TYPE,
+    )
+
+
+def with_defaults(
+    event: events.FileRequested, registration: Registration | None
+) -> events.FileRequested:
+    """The event as its handler sees it: ``served_names`` filled in."""
+    filename, content_type = served_names(event, registration)
+    return event.model_copy(update={"filename": filename, "content_type": content_type})
 
 
 def load(paths: Iterable[str]) -> Registry:
@@ -229,160 +395,3 @@ def load(paths: Iterable[str]) -> Registry:
             raise TypeError(f"{path!r} is not a bgworker.handlers.Registry")
         combined.merge(found)
     return combined
-
-
-@dataclass(frozen=True)
-class Running:
-    """One handler call in progress (read by the loop watchdog, from its own thread)."""
-
-    request_id: uuid.UUID
-    file_type: str
-    sync: bool
-    started: float  # time.monotonic()
-    task: asyncio.Task[Any] | None  # the asyncio task the handler (or its wait) runs in
-
-
-class Execution:
-    """Runs one worker's handlers: async ones on the event loop, sync ones on at most
-    ``threads`` daemon threads (the worker's concurrency), each under its time limit.
-
-    Not ``loop.run_in_executor(None, ...)``: the default executor is shared with file I/O
-    (``asyncio.to_thread`` in storage), so long handlers would starve it, and its threads
-    are joined at interpreter exit, so one runaway handler would keep a stopped worker
-    process alive. Here a thread per call, bounded by a semaphore, daemon.
-    """
-
-    def __init__(self, threads: int, default_time_limit: float = 0) -> None:
-        self.threads = threads
-        self.default_time_limit = default_time_limit
-        self.running: dict[uuid.UUID, Running] = {}
-        # Threads still running a handler whose attempt already ended (time limit, cancel):
-        # each keeps its thread slot until the handler returns.
-        self.abandoned = 0
-        self._free = asyncio.Semaphore(threads)
-
-    def time_limit(self, registration: Registration) -> float | None:
-        limit = registration.time_limit
-        if limit is None:
-            limit = self.default_time_limit
-        return limit or None  # 0: no limit
-
-    async def call(
-        self, registration: Registration, ctx: JobContext, out: storage.LocalWriter
-    ) -> None:
-        """Run the handler to completion; raise ``TimeLimitError`` when it runs past its
-        limit, or its own exception. On any early end (time limit, cancellation) the handler
-        is told to stop and, if it is on a thread, can no longer write to ``out`` once this
-        returns, so the caller may abort ``out`` at once."""
-        limit = self.time_limit(registration)
-        blocking = storage.BlockingWriter(out, ctx.check) if registration.sync else None
-        self.running[ctx.id] = Running(
-            ctx.id,
-            registration.file_type,
-            registration.sync,
-            time.monotonic(),
-            asyncio.current_task(),
-        )
-        deadline = asyncio.timeout(limit)
-        try:
-            async with deadline:
-                if blocking is not None:
-                    await self._in_thread(cast(SyncHandler, registration.handler), ctx, blocking)
-                else:
-                    await cast(AsyncHandler, registration.handler)(ctx, out)
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # the handler's own TimeoutError (a network call...): an ordinary error
-            assert limit is not None
-            error = TimeLimitError(limit)
-            await self._stop(ctx, blocking, error)
-            raise error from None
-        except asyncio.CancelledError:
-            await self._stop(ctx, blocking, StoppedError("the attempt was stopped"))
-            raise
-        finally:
-            self.running.pop(ctx.id, None)
-
-    async def _stop(
-        self, ctx: JobContext, blocking: storage.BlockingWriter | None, reason: StoppedError
-    ) -> None:
-        ctx.stop(reason)
-        if blocking is not None:
-            # Waits for a write in progress (one buffer flush), on a thread so the loop does
-            # not; later writes raise. Then the caller can abort the temp file safely.
-            await asyncio.to_thread(blocking.close)
-
-    async def _in_thread(
-        self, handler: SyncHandler, ctx: JobContext, out: storage.BlockingWriter
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        if self._free.locked() and self.abandoned:
-            log.warning(
-                "request %s waits for a handler thread: %d of %d are held by handlers whose "
-                "attempt already ended (they ignored the stop)",
-                ctx.id,
-                self.abandoned,
-                self.threads,
-            )
-        await self._free.acquire()
-        done: asyncio.Future[None] = loop.create_future()
-        stopped_at: list[float] = []
-
-        def settle(error: BaseException | None) -> None:  # on the loop, once the call returned
-            self._free.release()
-            if done.cancelled():
-                self.abandoned -= 1
-                late = time.monotonic() - stopped_at[0] if stopped_at else 0.0
-                log.info(
-                    "request %s: its handler thread returned %.1f s after its attempt ended",
-                    ctx.id,
-                    late,
-                )
-            elif error is None:
-                done.set_result(None)
-            else:
-                done.set_exception(error)
-
-        def target() -> None:
-            error = _call_sync(handler, ctx, out)
-            try:
-                loop.call_soon_threadsafe(settle, error)
-            except RuntimeError:
-                pass  # the loop is closed: the worker is gone, nobody waits for this call
-
-        # The job's context (its log fields, bgworker.logs) goes with it onto the thread.
-        job_context = contextvars.copy_context()
-        thread = threading.Thread(
-            target=job_context.run, args=(target,), name=f"bgworker-handler-{ctx.id}", daemon=True
-        )
-        try:
-            thread.start()
-        except BaseException:
-            self._free.release()
-            raise
-        try:
-            await done
-        except asyncio.CancelledError:
-            if done.cancelled():  # the thread is (or was just) still running: let it go
-                self.abandoned += 1
-                stopped_at.append(time.monotonic())
-            raise
-
-
-def _call_sync(
-    handler: SyncHandler, ctx: JobContext, out: storage.BlockingWriter
-) -> BaseException | None:
-    """Run a synchronous handler on the current thread; its error, if any, to hand back."""
-    try:
-        # Typed to return None; a mis-registered async callable returns a coroutine.
-        result = cast(Callable[..., object], handler)(ctx, out)
-    except BaseException as exc:  # everything goes back to the loop
-        return exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
-    if inspect.isawaitable(result):
-        if inspect.iscoroutine(result):
-            result.close()  # never awaited: close it, no RuntimeWarning
-        return TypeError(
-            f"the {ctx.request.file_type!r} handler returned an awaitable: "
-            "register it with sync=False"
-        )
-    return None

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -24,11 +24,13 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from bgworker import (
     events,
+    execution,
     faults,
     finalize,
     handlers,
     logs,
     metrics,
+    progress,
     rejection,
     settings,
     states,
@@ -44,6 +46,13 @@ log = logging.getLogger(__name__)
 # unknown names producers send (a file type cannot start with "_", so none collides).
 UNKNOWN_FILE_TYPE_LABEL: Final = "_unknown"
 
+# Progress a handler reports is saved at most this often (and with every lease renewal), so
+# a status page is at most about a second behind a handler that reports on every row. The
+# heartbeat looks for new progress every PROGRESS_POLL_SECONDS, so a first report after a
+# quiet spell shows sooner.
+PROGRESS_SECONDS: Final = 1.0
+PROGRESS_POLL_SECONDS: Final = 0.25
+
 
 @dataclass(kw_only=True)
 class Runner:
@@ -57,14 +66,20 @@ class Runner:
     channel: AbstractChannel
     topology: topology.Topology
     worker_id: str
+    # What every job's context carries: the worker's settings and the resources its
+    # registries' lifespans opened (see handlers.Registry.resources).
+    root_settings: settings.Settings | None = None
+    resources: Mapping[str, Any] = field(default_factory=lambda: handlers.NO_RESOURCES)
     releasing: bool = False
-    # Runs the handlers: sync ones on threads, time limits (see handlers.Execution).
-    execution: handlers.Execution = field(init=False)
+    # Runs the handlers: sync ones on threads, time limits (see execution.Execution).
+    execution: execution.Execution = field(init=False)
     finalizer: finalize.Finalizer = field(init=False)
     rejecter: rejection.Rejecter = field(init=False)
 
     def __post_init__(self) -> None:
-        self.execution = handlers.Execution(self.config.concurrency, self.config.time_limit_seconds)
+        self.execution = execution.Execution(
+            self.config.concurrency, self.config.time_limit_seconds
+        )
         self.finalizer = finalize.Finalizer(
             db=self.db,
             files=self.files,
@@ -98,15 +113,21 @@ class Runner:
             return states.JobOutcome.INVALID
         logs.bind(request_id=str(event.id), file_type=event.file_type, worker_id=self.worker_id)
         registration = self.registry.find(event.file_type)
+        # What the handler declares fills a filename or content type the producer left out.
+        # The event is recorded as published (a redelivery must compare equal to it); the
+        # filled names go to the row's columns and to the handler.
+        names = handlers.served_names(event, registration)
         max_attempts = (registration.max_attempts if registration else None) or (
             self.config.max_attempts
         )
         lease = self.config.lease_seconds
         try:
             with tracing.span("claim", request_id=str(event.id), file_type=event.file_type):
-                claim = await self.db.record_and_claim(event, max_attempts, self.worker_id, lease)
+                claim = await self.db.record_and_claim(
+                    event, max_attempts, self.worker_id, lease, names
+                )
             if claim is None:
-                claim = await self._not_runnable(message, event, max_attempts)
+                claim = await self._not_runnable(message, event, max_attempts, names)
                 if claim is None:
                     return states.JobOutcome.DUPLICATE
         except Exception as exc:
@@ -137,8 +158,9 @@ class Runner:
                     reason=states.Reason.UNKNOWN_FILE_TYPE,
                 ),
             )
+        filled = handlers.with_defaults(event, registration)
         return await self._counted(
-            event.file_type, self._run(event, claim, registration, message.body)
+            event.file_type, self._run(filled, claim, registration, message.body)
         )
 
     async def _counted(
@@ -162,7 +184,11 @@ class Runner:
         await self.rejecter.reject(message, reason, error_class, error, request_id)
 
     async def _not_runnable(
-        self, message: AbstractIncomingMessage, event: events.FileRequested, max_attempts: int
+        self,
+        message: AbstractIncomingMessage,
+        event: events.FileRequested,
+        max_attempts: int,
+        names: tuple[str, str],
     ) -> store.Claim | None:
         """The id is recorded and the claim refused. Returns a claim when this event
         supersedes a request that failed validation; otherwise settles the delivery as a
@@ -179,6 +205,7 @@ class Runner:
                 self.worker_id,
                 self.config.lease_seconds,
                 states.SUPERSEDABLE,
+                names,
             )
             if claim is not None:
                 log.info(
@@ -216,6 +243,8 @@ class Runner:
             claim.attempt,
             self.worker_id,
             logging.getLogger(f"bgworker.job.{event.file_type}"),
+            settings=self.root_settings,
+            resources=self.resources,
         )
         key = storage.key_for(event.id, claim.lease_token)
         writer = self.files.writer(key)
@@ -248,7 +277,9 @@ class Runner:
             beat.cancel()
             in_flight.dec()
             metrics.JOB_SECONDS.labels(event.file_type).observe(time.monotonic() - started)
-        return await self.finalizer.ready(claim, key=key, size=size, digest=digest)
+        return await self.finalizer.ready(
+            claim, key=key, size=size, digest=digest, reported=ctx.reported
+        )
 
     async def _heartbeat(
         self,
@@ -257,20 +288,36 @@ class Runner:
         job: asyncio.Task[Any],
         lost: asyncio.Event,
     ) -> None:
+        """Renew the lease every third of it, and save new progress within about a second
+        of its report (one UPDATE, which renews the lease too). Either write finds out
+        when the lease is gone (a cancel, a takeover): then the handler is stopped."""
         lease = self.config.lease_seconds
+        saved: progress.Progress | None = None  # the claim reset the row's progress
+        renewed = time.monotonic()  # the claim took the lease
+        wrote = False  # the first progress is saved at the first look
         while True:
-            await asyncio.sleep(lease / 3)
+            await asyncio.sleep(min(PROGRESS_POLL_SECONDS, lease / 3))
+            reported = ctx.reported  # one read: a handler thread may replace it meanwhile
+            since = time.monotonic() - renewed
+            too_soon = wrote and since < PROGRESS_SECONDS
+            if since < lease / 3 and (reported == saved or too_soon):
+                continue
             try:
-                alive = await self.db.heartbeat(claim, lease, ctx.progress)
+                alive = await self.db.heartbeat(claim, lease, reported)
             except Exception as exc:  # a dead heartbeat would lose the lease
                 # PostgreSQL unreachable: keep working and keep trying; if it stays away past
                 # the lease, the fenced finalize refuses and the reaper requeues.
                 log.warning("request %s: heartbeat failed: %s", claim.request_id, exc)
                 continue
+            finally:
+                # A failed write waits for the next renewal too, not for the next second.
+                saved, renewed, wrote = reported, time.monotonic(), True
             if not alive:
                 # Cancelled, or taken over after the lease expired: the finalizer says
-                # which once the handler has stopped.
+                # which once the handler has stopped. ctx.cancelled turns true first, so an
+                # async handler that catches the cancellation still sees why.
                 log.info("request %s: lease gone, stopping the handler", claim.request_id)
+                ctx.stop(handlers.StoppedError("the request was cancelled or its lease lost"))
                 lost.set()
                 job.cancel()
                 return

@@ -23,7 +23,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Final
 
-from bgworker import handlers
+from bgworker import execution as execution_mod
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class _Block:
 
 
 class LoopWatch:
-    def __init__(self, threshold: float, execution: handlers.Execution) -> None:
+    def __init__(self, threshold: float, execution: execution_mod.Execution) -> None:
         self.threshold = threshold
         self.execution = execution
         self.interval = min(MAX_INTERVAL, threshold / 4)

@@ -18,6 +18,7 @@ import socket
 import time
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -117,7 +118,10 @@ class Worker:
             channel = await broker.open_channel(connection)
             queue = await self.topology.declare(channel)
             dispatcher = await self._make_dispatcher(db, handoff, connection, signer)
-            runner = self._make_runner(db, files, channel)
+            # The registries' lifespans: opened once before the first job, closed by the
+            # exit stack after the drain (it unwinds in reverse, before the pool).
+            resources = await stack.enter_async_context(self.registry.resources(self.settings))
+            runner = self._make_runner(db, files, channel, resources)
             consuming = await self._consume(queue, runner)
             side = self._start_side_tasks(db, connection, channel, dispatcher, runner, consuming)
             metered, self.metrics_url = await sampler.start(
@@ -170,10 +174,16 @@ class Worker:
         )
 
     def _make_runner(
-        self, db: store.Store, files: storage.LocalStorage, channel: AbstractChannel
+        self,
+        db: store.Store,
+        files: storage.LocalStorage,
+        channel: AbstractChannel,
+        resources: Mapping[str, Any],
     ) -> jobs.Runner:
         return jobs.Runner(
             config=self.settings.worker,
+            root_settings=self.settings,
+            resources=resources,
             registry=self.registry,
             db=db,
             files=files,

@@ -39,7 +39,7 @@ def _int_criterion(criteria: Mapping[str, object], name: str, default: int, hi: 
     return value
 
 
-@registry.handler("login_events")
+@registry.handler("login_events", extension="csv", content_type="text/csv; charset=utf-8")
 async def login_events(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
     criteria = dict(ctx.criteria)
     rows = _int_criterion(criteria, "rows", 1000, MAX_ROWS)

@@ -15,23 +15,32 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any, Final
 
-from bgworker import events, states
+from bgworker import events, progress, states
 from bgworker.store import outbox, queries, rows
 
 Q: Final = queries.QUERIES
 bind: Final = queries.bind
 
 
-def request_columns(event: events.FileRequested, max_attempts: int) -> dict[str, Any]:
+def request_columns(
+    event: events.FileRequested, max_attempts: int, names: tuple[str, str] | None = None
+) -> dict[str, Any]:
     """The columns an event fills: the first nine parameters of insert_request,
-    record_and_claim and supersede_invalid."""
+    record_and_claim and supersede_invalid. ``event`` is stored as published, so a
+    redelivery compares equal to it; ``names`` is the (filename, content_type) to serve, as
+    the worker filled them from the handler when the producer left them out."""
     requester = event.requester
+    # Recorded without the worker's fill: the defaults of a file type that declares nothing.
+    filename, content_type = names or (
+        event.filename or event.file_type,
+        event.content_type or events.DEFAULT_CONTENT_TYPE,
+    )
     return {
         "id": event.id,
         "file_type": event.file_type,
         "event": event.model_dump(mode="json"),
-        "filename": event.filename,
-        "content_type": event.content_type,
+        "filename": filename,
+        "content_type": content_type,
         "requester_id": requester.id if requester else None,
         "requester_email": requester.email if requester else None,
         "requested_at": event.requested_at,
@@ -78,14 +87,19 @@ class Requests(outbox.Outbox):
     # -- running ------------------------------------------------------------------------
 
     async def record_and_claim(
-        self, event: events.FileRequested, max_attempts: int, worker: str, lease_seconds: float
+        self,
+        event: events.FileRequested,
+        max_attempts: int,
+        worker: str,
+        lease_seconds: float,
+        names: tuple[str, str] | None = None,
     ) -> rows.Claim | None:
         """Insert the request if new and claim it if runnable, in one statement. None: not
         runnable (done, running elsewhere, cancelled, or a different body under this id)."""
         record = await self.pool.fetchrow(
             *bind(
                 "record_and_claim",
-                **request_columns(event, max_attempts),
+                **request_columns(event, max_attempts, names),
                 worker=worker,
                 lease_seconds=lease_seconds,
                 requested_at_set="requested_at" in event.model_fields_set,
@@ -100,13 +114,14 @@ class Requests(outbox.Outbox):
         worker: str,
         lease_seconds: float,
         reasons: Iterable[str],
+        names: tuple[str, str] | None = None,
     ) -> rows.Claim | None:
         """Replace a request recorded as failed for one of ``reasons`` (validation) by
         ``event`` and claim it; None when the row is not such a request."""
         record = await self.pool.fetchrow(
             *bind(
                 "supersede_invalid",
-                **request_columns(event, max_attempts),
+                **request_columns(event, max_attempts, names),
                 worker=worker,
                 lease_seconds=lease_seconds,
                 reasons=list(reasons),
@@ -115,10 +130,21 @@ class Requests(outbox.Outbox):
         return None if record is None else rows.Claim.from_record(record)
 
     async def heartbeat(
-        self, claim: rows.Claim, lease_seconds: float, progress: float | None
+        self, claim: rows.Claim, lease_seconds: float, reported: progress.Progress | None
     ) -> bool:
+        """Renew the lease and save the progress last reported (None: none yet). False: the
+        lease is gone (cancelled or taken over)."""
         row = await self.pool.fetchval(
-            Q["heartbeat"], claim.request_id, claim.lease_token, lease_seconds, progress
+            *bind(
+                "heartbeat",
+                request_id=claim.request_id,
+                lease_token=claim.lease_token,
+                lease_seconds=lease_seconds,
+                fraction=reported.fraction if reported else None,
+                done=reported.done if reported else None,
+                total=reported.total if reported else None,
+                reported=reported is not None,
+            )
         )
         return row is not None
 
@@ -132,8 +158,10 @@ class Requests(outbox.Outbox):
         sha256: str,
         storage_key: str,
         effects: rows.Effects,
+        reported: progress.Progress | None = None,
     ) -> rows.RequestRow | None:
-        """Commit ``ready`` with its outbox rows, or None when the lease was lost."""
+        """Commit ``ready`` with its outbox rows, or None when the lease was lost.
+        ``reported``: the handler's last progress, saved with it."""
         async with self.transaction() as conn:
             record = await conn.fetchrow(
                 *bind(
@@ -144,6 +172,8 @@ class Requests(outbox.Outbox):
                     sha256=sha256,
                     storage_key=storage_key,
                     attempt=claim.attempt,
+                    done=reported.done if reported else None,
+                    total=reported.total if reported else None,
                 )
             )
             if record is None:

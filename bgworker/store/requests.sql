@@ -47,7 +47,7 @@ WITH claimed AS (
         lease_expires_at = excluded.lease_expires_at,
         started_at = coalesce(r.started_at, now()),
         next_run_at = NULL,
-        progress = 0,
+        progress = 0, progress_done = NULL, progress_total = NULL,
         updated_at = now()
     WHERE NOT r.cancel_requested
       AND (r.status IN ('queued', 'retrying')
@@ -79,7 +79,8 @@ WITH claimed AS (
         status = 'running', attempts = 1, lease_owner = $10, lease_token = gen_random_uuid(),
         lease_expires_at = now() + make_interval(secs => $11), started_at = now(),
         finished_at = NULL, notified_at = NULL, failure_reason = NULL,
-        last_error_class = NULL, last_error = NULL, progress = 0, next_run_at = NULL,
+        last_error_class = NULL, last_error = NULL, progress = 0, progress_done = NULL,
+        progress_total = NULL, next_run_at = NULL,
         received_at = now(), updated_at = now()
     WHERE id = $1 AND status = 'failed' AND failure_reason = ANY($12::text[])
       AND NOT cancel_requested
@@ -100,18 +101,24 @@ SET finished_at = now(), outcome = $3, error_class = $4, error = $5, next_run_at
 WHERE request_id = $1 AND attempt = $2;
 
 -- name: heartbeat
--- Extends the lease while the job runs; no row back means the lease is gone (cancelled or
--- taken over), and the job must stop without touching anything.
+-- params: request_id, lease_token, lease_seconds, fraction, done, total, reported
+-- Extends the lease while the job runs, and saves the progress last reported ($7: one was
+-- reported; its fraction and counts replace the old ones, NULLs included). No row back
+-- means the lease is gone (cancelled or taken over): the job must stop without touching
+-- anything.
 UPDATE bgworker_requests
 SET lease_expires_at = now() + make_interval(secs => $3),
-    progress = coalesce($4, progress),
+    progress = CASE WHEN $7 THEN $4 ELSE progress END,
+    progress_done = CASE WHEN $7 THEN $5 ELSE progress_done END,
+    progress_total = CASE WHEN $7 THEN $6 ELSE progress_total END,
     updated_at = now()
 WHERE id = $1 AND lease_token = $2 AND status = 'running' AND NOT cancel_requested
 RETURNING id;
 
 -- name: mark_ready
--- params: request_id, lease_token, size, sha256, storage_key, attempt
--- Also closes attempt $6 in the same statement (one round trip fewer).
+-- params: request_id, lease_token, size, sha256, storage_key, attempt, done, total
+-- Also closes attempt $6 in the same statement (one round trip fewer). $7, $8: the counts
+-- the handler reported last (NULL: none), which a short job had no time to save before.
 WITH ready AS (
     UPDATE bgworker_requests
     SET status = 'ready',
@@ -119,6 +126,9 @@ WITH ready AS (
         sha256 = $4,
         storage_key = $5,
         progress = 1,
+        -- A handler that reported a total ends with all of it done.
+        progress_done = coalesce($8, progress_total, $7, progress_done),
+        progress_total = coalesce($8, progress_total),
         finished_at = now(),
         expires_at = now() + make_interval(
             secs => (event ->> 'lifetime_seconds')::double precision),

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from bgworker import states
+from bgworker import progress, states
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,8 @@ class RequestRow:
     last_error: str | None
     failure_reason: str | None
     progress: float | None
+    progress_done: int | None
+    progress_total: int | None
     size_bytes: int | None
     sha256: str | None
     storage_key: str | None
@@ -44,6 +46,11 @@ class RequestRow:
     lease_token: uuid.UUID | None
     lease_expires_at: datetime | None
     updated_at: datetime
+
+    @property
+    def percent(self) -> float | None:
+        """The progress as a percentage with one decimal (65.0), for people."""
+        return progress.percent(self.progress)
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> RequestRow:

@@ -238,7 +238,11 @@ def status_body(view: LinkView) -> dict[str, Any]:
         "message": view.message,
         "file_type": row.file_type,
         "filename": row.filename,
+        # The fraction, and the counts the handler reported (null when it reported none).
         "progress": row.progress,
+        "percent": row.percent,
+        "progress_done": row.progress_done,
+        "progress_total": row.progress_total,
         "attempts": row.attempts,
         "size": row.size_bytes,
         "sha256": row.sha256,

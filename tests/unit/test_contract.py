@@ -243,7 +243,8 @@ def assert_carriable(event: events.FileRequested) -> None:
     text.encode("utf-8")  # strict: raises on a lone surrogate
     assert "\x00" not in text
     assert "\\u0000" not in text
-    values = [getattr(event, name) for name in HEADER_FIELDS]
+    # filename and content_type may be absent (None): the handler's declared ones are used.
+    values = [v for name in HEADER_FIELDS if (v := getattr(event, name)) is not None]
     if event.requester is not None:
         values += [v for v in event.requester.model_dump().values() if isinstance(v, str)]
     for value in values:

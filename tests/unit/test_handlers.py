@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bgworker import events, handlers, storage
+from bgworker import execution as execution_mod
 from bgworker.examples import login_events
 from tests import handlers as test_handlers
 from tests.helpers import wait_until
@@ -44,7 +45,7 @@ async def test_an_async_handler_unit_tested_with_the_memory_writer() -> None:
     assert len(rows) == 26
     assert out.size == len(out.data)
     assert out.sha256 == hashlib.sha256(out.data).hexdigest()
-    assert ctx.progress == 1.0
+    assert ctx.reported is not None and ctx.reported.fraction == 1.0
 
 
 async def test_an_async_handler_rejecting_its_criteria_raises_permanent_error() -> None:
@@ -57,7 +58,7 @@ def test_a_sync_handler_unit_tested_with_the_sync_memory_writer() -> None:
     out = storage.SyncMemoryWriter()
     test_handlers.sync_sleep(ctx, out)
     assert out.data == test_handlers.blob_bytes(5000, 9)
-    assert ctx.progress == 1.0
+    assert ctx.reported is not None and ctx.reported.fraction == 1.0
 
 
 # --- Registration -------------------------------------------------------------------------
@@ -113,11 +114,11 @@ def test_a_time_limit_must_be_a_finite_number_of_seconds(limit: float) -> None:
 def test_time_limit_resolution() -> None:
     def s(ctx: handlers.JobContext, out: storage.SyncFileWriter) -> None: ...
 
-    execution = handlers.Execution(1, default_time_limit=60.0)
+    execution = execution_mod.Execution(1, default_time_limit=60.0)
     assert execution.time_limit(handlers.Registration("s", s, None)) == 60.0
     assert execution.time_limit(handlers.Registration("s", s, None, time_limit=5.0)) == 5.0
     assert execution.time_limit(handlers.Registration("s", s, None, time_limit=0)) is None
-    assert handlers.Execution(1, 0).time_limit(handlers.Registration("s", s, None)) is None
+    assert execution_mod.Execution(1, 0).time_limit(handlers.Registration("s", s, None)) is None
 
 
 def test_the_context_check_raises_the_stop_reason_once_stopped() -> None:
@@ -163,7 +164,7 @@ async def test_a_sync_handler_runs_on_a_handler_thread_and_streams_to_the_file(
             out.write(data[i : i + 70_000])
 
     key, writer = _writer(files)
-    await handlers.Execution(2).call(
+    await execution_mod.Execution(2).call(
         handlers.Registration("b", build, None, sync=True), _ctx(), writer
     )
     size, digest = await writer.finish()
@@ -178,7 +179,7 @@ async def test_a_sync_handler_error_comes_back_as_itself(files: storage.LocalSto
 
     _, writer = _writer(files)
     with pytest.raises(handlers.PermanentError, match="bad criteria"):
-        await handlers.Execution(1).call(
+        await execution_mod.Execution(1).call(
             handlers.Registration("b", build, None, sync=True), _ctx(), writer
         )
     await writer.abort()
@@ -195,7 +196,7 @@ async def test_a_plain_def_returning_a_coroutine_is_an_error(files: storage.Loca
     registry.register("w", wrapper)  # looks synchronous
     _, writer = _writer(files)
     with pytest.raises(TypeError, match="sync=False"):
-        await handlers.Execution(1).call(_registered(registry, "w"), _ctx(), writer)
+        await execution_mod.Execution(1).call(_registered(registry, "w"), _ctx(), writer)
     await writer.abort()
 
 
@@ -207,7 +208,7 @@ async def test_an_async_handler_past_its_limit_raises_time_limit_error(
 
     ctx = _ctx()
     _, writer = _writer(files)
-    execution = handlers.Execution(1)
+    execution = execution_mod.Execution(1)
     call = execution.call(handlers.Registration("h", hang, None, time_limit=0.2), ctx, writer)
     with pytest.raises(handlers.TimeLimitError, match=r"^exceeded its time limit of 0\.2 s$"):
         await _within(call, 10)
@@ -225,7 +226,7 @@ async def test_the_handlers_own_timeout_error_is_not_a_time_limit(
 
     _, writer = _writer(files)
     with pytest.raises(TimeoutError) as raised:
-        await handlers.Execution(1, 30).call(
+        await execution_mod.Execution(1, 30).call(
             handlers.Registration("t", times_out, None), _ctx(), writer
         )
     assert not isinstance(raised.value, handlers.TimeLimitError)
@@ -247,7 +248,7 @@ async def test_a_sync_handler_ignoring_the_stop_is_left_behind_and_keeps_its_thr
             outcome.append(type(exc).__name__)
             raise
 
-    execution = handlers.Execution(1)
+    execution = execution_mod.Execution(1)
     reg = handlers.Registration("s", stubborn, None, time_limit=0.2, sync=True)
     key, writer = _writer(files)
     with pytest.raises(handlers.TimeLimitError):
@@ -296,7 +297,7 @@ async def test_cancelling_a_sync_call_tells_the_handler_to_stop(
 
     ctx = _ctx()
     _, writer = _writer(files)
-    execution = handlers.Execution(1)
+    execution = execution_mod.Execution(1)
     task = asyncio.create_task(
         execution.call(handlers.Registration("c", cooperative, None, sync=True), ctx, writer)
     )

@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 
-from bgworker import handlers, loopwatch
+from bgworker import execution as execution_mod
+from bgworker import loopwatch
 from tests.helpers import wait_until
 
 LOGGER = "bgworker.loopwatch"
@@ -22,7 +23,7 @@ def _messages(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 async def _watching(
-    execution: handlers.Execution, threshold: float
+    execution: execution_mod.Execution, threshold: float
 ) -> tuple[asyncio.Event, asyncio.Task[None]]:
     stopping = asyncio.Event()
     task = asyncio.create_task(
@@ -36,13 +37,13 @@ async def test_a_blocked_loop_is_reported_during_the_block_naming_the_handler(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER)
-    execution = handlers.Execution(1)
+    execution = execution_mod.Execution(1)
     stopping, watch = await _watching(execution, 0.2)
     request_id = uuid.uuid4()
     seen_during_block: list[str] = []
 
     async def job() -> None:
-        execution.running[request_id] = handlers.Running(
+        execution.running[request_id] = execution_mod.Running(
             request_id, "pandas_report", False, time.monotonic(), asyncio.current_task()
         )
         # Blocks the loop; polls the log from this (the loop's) thread, so what it sees was
@@ -69,10 +70,10 @@ async def test_a_blocked_loop_is_reported_during_the_block_naming_the_handler(
 
 async def test_a_block_outside_any_handler_says_so(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER)
-    execution = handlers.Execution(1)
+    execution = execution_mod.Execution(1)
     stopping, watch = await _watching(execution, 0.1)
     other = uuid.uuid4()
-    execution.running[other] = handlers.Running(other, "csv", True, time.monotonic(), None)
+    execution.running[other] = execution_mod.Running(other, "csv", True, time.monotonic(), None)
     time.sleep(0.5)  # noqa: ASYNC251 - blocking on purpose, in the test's own task
     await wait_until(lambda: len(_messages(caplog)) == 2, timeout=10)
     during = _messages(caplog)[0]
@@ -83,7 +84,7 @@ async def test_a_block_outside_any_handler_says_so(caplog: pytest.LogCaptureFixt
 
 async def test_a_running_loop_gives_no_warning(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER)
-    stopping, watch = await _watching(handlers.Execution(1), 0.5)
+    stopping, watch = await _watching(execution_mod.Execution(1), 0.5)
     # Busy but cooperative: many short steps, each far below the threshold.
     for _ in range(150):
         await asyncio.sleep(0.01)
@@ -93,7 +94,7 @@ async def test_a_running_loop_gives_no_warning(caplog: pytest.LogCaptureFixture)
 
 
 async def test_the_watching_thread_ends_with_the_task() -> None:
-    stopping, watch = await _watching(handlers.Execution(1), 0.2)
+    stopping, watch = await _watching(execution_mod.Execution(1), 0.2)
     assert any(t.name == "bgworker-loopwatch" for t in threading.enumerate())
     stopping.set()
     await asyncio.wait_for(watch, 5)

@@ -74,6 +74,8 @@ def row(status: states.Status, **changes: object) -> store.RequestRow:
         last_error=None,
         failure_reason=None,
         progress=None,
+        progress_done=None,
+        progress_total=None,
         size_bytes=None,
         sha256=None,
         storage_key=None,

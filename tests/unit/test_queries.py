@@ -53,6 +53,8 @@ def test_queries_with_many_parameters_name_them() -> None:
 def test_bind_orders_keywords_by_placeholder() -> None:
     sql, *args = queries.bind(
         "mark_ready",
+        total=20,
+        done=7,
         attempt=3,
         storage_key="ab/key",
         sha256="f" * 64,
@@ -61,7 +63,7 @@ def test_bind_orders_keywords_by_placeholder() -> None:
         request_id="id",
     )
     assert sql == queries.QUERIES["mark_ready"]
-    assert args == ["id", "token", 10, "f" * 64, "ab/key", 3]
+    assert args == ["id", "token", 10, "f" * 64, "ab/key", 3, 7, 20]
 
 
 def test_bind_refuses_a_missing_or_unknown_name() -> None:

@@ -45,7 +45,10 @@ def test_schema_carries_the_validation_rules() -> None:
     props = schema["properties"]
     assert props["file_type"]["pattern"] == events.FILE_TYPE_PATTERN
     assert props["schema_version"]["const"] == events.SCHEMA_VERSION
-    assert props["filename"]["maxLength"] == 255
+    # Optional (the handler's name fills it): a string or null.
+    filename = props["filename"]["anyOf"]
+    assert filename[0]["maxLength"] == 255 and filename[1] == {"type": "null"}
+    assert "filename" not in schema["required"]
 
 
 def test_drift_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
