@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bgworker import handlers, storage
 
@@ -166,3 +167,14 @@ async def block_loop(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
     """The mistake the watchdog is for: blocking code in an async handler."""
     time.sleep(float(ctx.criteria.get("seconds", 1.0)))  # type: ignore[arg-type]  # noqa: ASYNC251
     await out.write(b"blocked the loop\n")
+
+
+@registry.handler("gate")
+async def gate(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
+    """Runs until the file named by ``criteria["path"]`` exists: the test opens the gate
+    when it is done looking, however slow the machine is."""
+    path = Path(str(ctx.criteria["path"]))
+    # A file, not an asyncio.Event: the test and the worker need not share a loop.
+    while not path.exists():  # noqa: ASYNC110, ASYNC240 (a stat every 50 ms, in a test)
+        await asyncio.sleep(0.05)
+    await out.write(b"gate opened\n")

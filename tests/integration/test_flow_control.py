@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -248,14 +249,17 @@ async def test_a_reconnect_restores_the_consumer_only_while_a_slot_is_free(
     start_worker: StartWorker,
     settings: settings_mod.Settings,
     amqp: aio_pika.abc.AbstractChannel,
+    tmp_path: Path,
 ) -> None:
     settings.worker.concurrency = 1
     work_queue = topology.Topology(settings.namespace).work_queue
     worker_id = f"flow-{uuid.uuid4().hex[:8]}"
     w = await start_worker(worker_id=worker_id)
     assert w.intake is not None
-    # Long enough to outlast aio-pika's reconnect (5 s between attempts).
-    slow = await publish("slow", {"seconds": 12})
+    # Holds the only slot until the test has looked (a reconnect takes 5 s or more, and
+    # rabbitmqctl is slow on a busy machine: a timed job could end before the checks).
+    gate = tmp_path / "open"
+    slow = await publish("gate", {"path": str(gate)})
     await wait_for_status(db, slow.id, "running", timeout=10)
     assert w.intake.consumers == 0
 
@@ -265,6 +269,7 @@ async def test_a_reconnect_restores_the_consumer_only_while_a_slot_is_free(
     assert await _consumer_tags(work_queue) == []
     assert await _depth(amqp, settings) == 1
     # The slot frees: the worker consumes again, on the restored channel.
+    gate.touch()
     row = await wait_for_status(db, waiting.id, "ready", timeout=30)
     assert row.attempts == 1
     slow_row = await wait_for_status(db, slow.id, "ready", timeout=30)
