@@ -19,7 +19,18 @@ import aiormq
 import asyncpg
 import pydantic
 
-from bgworker import diagnosis, events, links, logs, publisher, store, tracing, worker
+from bgworker import (
+    diagnosis,
+    events,
+    faults,
+    handlers,
+    links,
+    logs,
+    publisher,
+    store,
+    tracing,
+    worker,
+)
 from bgworker import settings as settings_mod
 from bgworker.deadletters import cli as dlq_cli
 
@@ -64,7 +75,15 @@ async def _cmd_worker(settings: settings_mod.Settings, args: argparse.Namespace)
     limits = worker.Limits(max_jobs=args.max_jobs, max_seconds=args.max_seconds, burst=args.burst)
     pool = worker.Worker(settings, registry, limits=limits)
     _install_signals(pool.stop, "worker")
-    await pool.run()
+    try:
+        await pool.run()
+    except handlers.LifespanError as exc:
+        # The resources handlers share could not be opened: a service they need is away
+        # (69) or their configuration is wrong (64). One line either way, no traceback.
+        cause = exc.__cause__
+        unavailable = cause is not None and faults.is_infrastructure(cause)
+        line = f"{exc} (BGWORKER_HANDLERS: {', '.join(settings.handlers)})"
+        raise (diagnosis.unavailable(line) if unavailable else diagnosis.config(line)) from exc
     return 1 if pool.crashed else 0
 
 

@@ -58,6 +58,11 @@ class StoppedError(Exception):
     shutting down). Let it propagate: nothing the handler does afterwards is kept."""
 
 
+class LifespanError(Exception):
+    """A registry's lifespan could not open its resources, so the worker cannot start
+    (``__cause__`` is what it raised)."""
+
+
 class TimeLimitError(StoppedError):
     """The handler ran past its time limit. It is the attempt's error (error_class
     ``TimeLimitError``), so the attempt is retried or failed by the usual rules."""

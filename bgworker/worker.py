@@ -120,7 +120,12 @@ class Worker:
             dispatcher = await self._make_dispatcher(db, handoff, connection, signer)
             # The registries' lifespans: opened once before the first job, closed by the
             # exit stack after the drain (it unwinds in reverse, before the pool).
-            resources = await stack.enter_async_context(self.registry.resources(self.settings))
+            try:
+                resources = await stack.enter_async_context(self.registry.resources(self.settings))
+            except Exception as exc:
+                raise handlers.LifespanError(
+                    f"a handler lifespan failed to open: {type(exc).__name__}: {exc}"
+                ) from exc
             runner = self._make_runner(db, files, channel, resources)
             consuming = await self._consume(queue, runner)
             side = self._start_side_tasks(db, connection, channel, dispatcher, runner, consuming)

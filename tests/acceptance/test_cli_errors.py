@@ -31,6 +31,20 @@ WRONG_PASSWORD_URL = AMQP_URL.replace("guest:guest@", "guest:wrong-password@")
 
 MISTAKES = [
     Mistake(
+        "a handler lifespan whose service is away",
+        {"BGWORKER_HANDLERS": "tests.failing_lifespans:refused"},
+        ("worker", "--burst"),
+        UNAVAILABLE,
+        ("lifespan failed to open", "ConnectionRefusedError", "BGWORKER_HANDLERS"),
+    ),
+    Mistake(
+        "a handler lifespan that is misconfigured",
+        {"BGWORKER_HANDLERS": "tests.failing_lifespans:misconfigured"},
+        ("worker", "--burst"),
+        USAGE,
+        ("lifespan failed to open", "REPORTS_API_TOKEN is not set"),
+    ),
+    Mistake(
         "missing secret keys",
         {"BGWORKER_TOKENS__SECRET_KEYS": ""},
         ("worker", "--burst"),
