@@ -182,3 +182,19 @@ def event_body(**overrides: Any) -> dict[str, Any]:
 
 def raw(body: dict[str, Any]) -> bytes:
     return json.dumps(body).encode()
+
+
+async def consume_all(queue_name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Everything in a queue (a test's dead-letter queue), consumed: the test owns the
+    namespace."""
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        queue = await channel.get_queue(queue_name, ensure=False)
+        out = []
+        while (message := await queue.get(fail=False)) is not None:
+            await message.ack()
+            out.append(message)
+        return out
+    finally:
+        await connection.close()

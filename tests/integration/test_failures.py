@@ -15,30 +15,15 @@ from bgworker import handlers, store, worker
 from bgworker import settings as settings_mod
 from bgworker.smtp_sink import SmtpSink
 from tests.helpers import (
-    AMQP_URL,
     EventLog,
     Publish,
     StartWorker,
+    consume_all,
     get_row,
     text_header,
     wait_for_status,
     wait_until,
 )
-
-
-async def _dead_letters(queue_name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    """Everything in a dead-letter queue, consumed (the test owns the namespace)."""
-    connection = await aio_pika.connect(AMQP_URL)
-    try:
-        channel = await connection.channel()
-        queue = await channel.get_queue(queue_name, ensure=False)
-        out = []
-        while (message := await queue.get(fail=False)) is not None:
-            await message.ack()
-            out.append(message)
-        return out
-    finally:
-        await connection.close()
 
 
 def _user_files(settings: settings_mod.Settings) -> list[Path]:
@@ -92,7 +77,7 @@ async def test_always_failing_handler_is_dead_lettered_and_others_continue(
     assert mail["To"] == "carol@example.com"
     assert "could not be created" in mail["Subject"]
 
-    letters = await _dead_letters(f"{settings.namespace}.dead")
+    letters = await consume_all(f"{settings.namespace}.dead")
     assert len(letters) == 1
     headers = letters[0].headers
     assert headers["x-bgworker-reason"] == "max_attempts"
@@ -114,7 +99,7 @@ async def test_permanent_error_skips_retries(
     row = await wait_for_status(db, event.id, "failed")
     assert row.attempts == 1
     assert row.failure_reason == "permanent_error"
-    [letter] = await _dead_letters(f"{settings.namespace}.dead")
+    [letter] = await consume_all(f"{settings.namespace}.dead")
     assert letter.headers["x-bgworker-reason"] == "permanent_error"
 
 

@@ -17,10 +17,10 @@ from bgworker import settings as settings_mod
 from bgworker import storage, store
 from tests import handlers as test_handlers
 from tests.helpers import (
-    AMQP_URL,
     REPO,
     Publish,
     StartWorker,
+    consume_all,
     settings_env,
     wait_for_status,
     wait_until,
@@ -34,20 +34,6 @@ def _user_files(settings: settings_mod.Settings) -> list[Path]:
 def _temp_files(settings: settings_mod.Settings) -> list[Path]:
     tmp = settings.storage_dir / ".tmp"
     return list(tmp.iterdir()) if tmp.exists() else []
-
-
-async def _dead_letters(queue_name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    connection = await aio_pika.connect(AMQP_URL)
-    try:
-        channel = await connection.channel()
-        queue = await channel.get_queue(queue_name, ensure=False)
-        out = []
-        while (message := await queue.get(fail=False)) is not None:
-            await message.ack()
-            out.append(message)
-        return out
-    finally:
-        await connection.close()
 
 
 async def test_sync_handler_blocking_for_three_leases_completes_in_one_attempt(
@@ -111,7 +97,7 @@ async def test_hung_async_handler_is_stopped_by_its_time_limit_and_dead_lettered
     assert [a["error_class"] for a in attempts] == ["TimeLimitError", "TimeLimitError"]
     assert [a["outcome"] for a in attempts] == ["retrying", "failed"]
 
-    [letter] = await _dead_letters(f"{settings.namespace}.dead")
+    [letter] = await consume_all(f"{settings.namespace}.dead")
     assert letter.headers["x-bgworker-error-class"] == "TimeLimitError"
     assert letter.headers["x-bgworker-reason"] == "max_attempts"
     # The handler had written bytes: the writer was aborted, nothing partial remains.
