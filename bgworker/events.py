@@ -28,7 +28,7 @@ from pydantic import (
     ValidationError,
 )
 
-from bgworker import event_fields, strict_json
+from bgworker import callback_urls, event_fields, strict_json
 
 SCHEMA_VERSION: Final = 1
 # Nesting of a whole body, checked before parsing: above criteria's limit plus the levels
@@ -120,6 +120,15 @@ class FileRequested(_Event):
         ge=60,
         le=event_fields.MAX_LIFETIME_SECONDS,
         description="How long the file stays downloadable once ready.",
+    )
+    callback_url: callback_urls.CallbackUrl | None = Field(
+        None,
+        description=(
+            "Receives FileReady or FileFailed as a signed POST (Standard Webhooks); replaces "
+            "the deployment's webhook URL for this request. Refused when sent if its host "
+            "resolves to a loopback, private or otherwise non-public address, unless the "
+            "deployment allows them."
+        ),
     )
 
 

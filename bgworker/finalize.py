@@ -9,6 +9,7 @@ outcome: the row changes only once the broker has confirmed the message.
 
 from __future__ import annotations
 
+import functools
 import logging
 import traceback
 from dataclasses import dataclass
@@ -19,8 +20,8 @@ from aio_pika.abc import AbstractChannel
 
 from bgworker import (
     broker,
+    effects,
     handlers,
-    outbox,
     progress,
     states,
     storage,
@@ -40,6 +41,7 @@ class Finalizer:
     topology: topology.Topology
     worker_id: str
     max_attempts: int  # unless the claim carries the handler's own
+    webhook_url: str | None = None  # the deployment's (settings.webhooks.url)
 
     async def ready(
         self,
@@ -55,7 +57,7 @@ class Finalizer:
             size=size,
             sha256=digest,
             storage_key=key,
-            effects=outbox.ready_effects,
+            effects=functools.partial(effects.ready_effects, webhook_url=self.webhook_url),
             reported=reported,
         )
         if row is None:
@@ -155,7 +157,7 @@ class Finalizer:
             reason=reason,
             error_class=error_class,
             error=error,
-            effects=outbox.failed_effects,
+            effects=functools.partial(effects.failed_effects, webhook_url=self.webhook_url),
             publish=publish_dead_letter,
         )
         if row is None:

@@ -87,10 +87,18 @@ class Runner:
             topology=self.topology,
             worker_id=self.worker_id,
             max_attempts=self.config.max_attempts,
+            webhook_url=self._webhook_url(),
         )
         self.rejecter = rejection.Rejecter(
-            db=self.db, channel=self.channel, topology=self.topology, worker_id=self.worker_id
+            db=self.db,
+            channel=self.channel,
+            topology=self.topology,
+            worker_id=self.worker_id,
+            webhook_url=self._webhook_url(),
         )
+
+    def _webhook_url(self) -> str | None:
+        return self.root_settings.webhooks.url if self.root_settings else None
 
     async def handle(self, message: AbstractIncomingMessage) -> states.JobOutcome:
         """Process one delivery; returns the outcome (for logs, metrics and tests).

@@ -1,4 +1,4 @@
-"""Side effects of a finished request, carried out once: emails and outgoing events.
+"""Side effects of a finished request, carried out once: emails, outgoing events, webhooks.
 
 The state change that causes an effect (``ready``, ``failed``) inserts an outbox row in the
 same transaction, one per (request, kind), already claimed by the worker that wrote it;
@@ -9,7 +9,12 @@ runs out.
 
 At-least-once remains at the very edge: a worker killed after the SMTP server accepted a
 message but before ``done`` committed re-sends it. Emails carry a deterministic Message-ID
-and events a deterministic message_id so receivers can collapse that rare copy.
+and events a deterministic message_id so receivers can collapse that rare copy; webhooks
+carry that message_id as their ``webhook-id``, the same on every attempt.
+
+Emails and events are retried until they succeed (the broker and the SMTP server are ours);
+a webhook is given up (status ``given_up``) after ``webhooks.max_attempts``, or at once when
+its URL is refused: a receiver may be gone for good.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 from typing import Any, Final
@@ -27,6 +32,7 @@ from typing import Any, Final
 from aio_pika.abc import AbstractChannel
 
 from bgworker import (
+    addresses,
     broker,
     events,
     logs,
@@ -39,6 +45,8 @@ from bgworker import (
     tokens,
     topology,
     tracing,
+    webhooks,
+    wire,
 )
 
 log = logging.getLogger(__name__)
@@ -58,90 +66,6 @@ def download_url(
     current link generation, so an email resent after a revoke carries a working link."""
     token = signer.issue(request_id, requester_id=requester_id, generation=generation)
     return tokens.download_url(public_url, token)
-
-
-def _requester(event: dict[str, Any]) -> dict[str, Any]:
-    """The recorded event's requester, read as stored: it was validated when recorded, and
-    validating it again against today's (possibly stricter) rules could make a request
-    recorded by an older version impossible to finish."""
-    requester = event.get("requester")
-    return requester if isinstance(requester, dict) else {}
-
-
-def ready_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
-    assert row.finished_at is not None and row.expires_at is not None
-    requester = _requester(row.event)
-    common = {
-        "file_type": row.file_type,
-        "filename": row.filename,
-        "content_type": row.content_type,
-        "description": str(row.event.get("description") or ""),
-        "size": row.size_bytes,
-        "sha256": row.sha256,
-        "ready_at": row.finished_at.isoformat(),
-        "expires_at": row.expires_at.isoformat(),
-        "requester_id": row.requester_id,
-        **_trace(),
-    }
-    effects: list[tuple[str, dict[str, Any]]] = [(states.EffectKind.EVENT_READY, common)]
-    if requester.get("email"):
-        effects.append(
-            (
-                states.EffectKind.EMAIL_READY,
-                {
-                    **common,
-                    "to": requester["email"],
-                    "language": requester.get("language") or "en",
-                    "timezone": requester.get("timezone") or "UTC",
-                },
-            )
-        )
-    return effects
-
-
-def _trace() -> dict[str, Any]:
-    """The job's trace context, kept in the payload so the effect's span (and the
-    download's) join its trace; nothing when tracing is off."""
-    found = tracing.carrier()
-    return {tracing.TRACE_KEY: found} if found else {}
-
-
-def failed_effects(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
-    assert row.finished_at is not None
-    common = {
-        "file_type": row.file_type or None,
-        "filename": row.filename,
-        "reason": row.failure_reason or "handler_error",
-        "error_class": row.last_error_class or "",
-        "error": row.last_error or "",
-        "message": messages.failure(row.failure_reason),
-        "attempts": row.attempts,
-        "failed_at": row.finished_at.isoformat(),
-        **_trace(),
-    }
-    effects: list[tuple[str, dict[str, Any]]] = [(states.EffectKind.EVENT_FAILED, common)]
-    try:
-        requested = events.FileRequested.model_validate(row.event)
-    except ValueError:
-        return effects  # an invalid event: nobody trustworthy to email
-    if requested.requester and requested.requester.email:
-        effects.append(
-            (
-                states.EffectKind.EMAIL_FAILED,
-                {
-                    **common,
-                    # The email reaches the requester: no exception text in its context
-                    # (the row, attempts and dead letter keep it). ``error`` stays a key
-                    # for templates written against it, with the safe text.
-                    "error_class": "",
-                    "error": common["message"],
-                    "to": requested.requester.email,
-                    "language": requested.requester.language,
-                    "description": requested.description,
-                },
-            )
-        )
-    return effects
 
 
 class Handoff:
@@ -175,10 +99,13 @@ class Dispatcher:
     public_url: str
     # retry backoff, sweep interval and claim length: outbox_* of the worker settings
     config: settings.WorkerSettings
+    # secrets, attempts, timeout and address policy of webhooks
+    webhook_config: settings.WebhookSettings = field(default_factory=settings.WebhookSettings)
 
     def __post_init__(self) -> None:
         self._inflight: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
+        self._webhooks = webhooks.Sender.from_settings(self.webhook_config)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Perform handed-off effects as they come, and sweep for due ones (failed earlier,
@@ -258,6 +185,8 @@ class Dispatcher:
         except Exception as exc:
             if took_effect:
                 return  # sent and recorded (or recording gave up and logged): never resend
+            if item.kind in states.WEBHOOKS and await self._given_up(item, exc):
+                return
             retry_seconds = self.config.outbox_retry_seconds
             step = min(item.attempts, len(retry_seconds)) - 1
             delay = retry_seconds[max(step, 0)]
@@ -279,6 +208,30 @@ class Dispatcher:
                     item.request_id,
                     extra=logs.about(item.request_id),
                 )
+
+    async def _given_up(self, item: store.OutboxItem, exc: Exception) -> bool:
+        """Give a webhook up when its URL is refused (permanent) or it was its last attempt;
+        False: retry it as any effect."""
+        refused = isinstance(exc, addresses.RefusedError)
+        if not refused and item.attempts < self.webhook_config.max_attempts:
+            return False
+        error = f"{type(exc).__name__}: {exc}"
+        if not refused:
+            error = f"given up after {item.attempts} attempts: {error}"
+        log.warning(
+            "%s for %s: %s", item.kind, item.request_id, error, extra=logs.about(item.request_id)
+        )
+        metrics.OUTBOX_FAILURES.labels(item.kind).inc()
+        try:
+            await self.db.outbox_give_up(item, wire.shorten(error, wire.ERROR_LIMIT))
+        except Exception:  # the claim runs out and the next attempt gives it up again
+            log.exception(
+                "could not record that %s for %s was given up",
+                item.kind,
+                item.request_id,
+                extra=logs.about(item.request_id),
+            )
+        return True
 
     async def _record_done(self, item: store.OutboxItem) -> None:
         """The effect happened: record it, retrying while PostgreSQL is away (a restart)
@@ -311,32 +264,20 @@ class Dispatcher:
         p = item.payload
         rid = item.request_id
         if item.kind == states.EffectKind.EVENT_READY:
-            ready = events.FileReady(
-                id=rid,
-                file_type=p["file_type"],
-                filename=p["filename"],
-                content_type=p["content_type"],
-                size=p["size"],
-                sha256=p["sha256"],
-                ready_at=datetime.fromisoformat(p["ready_at"]),
-                expires_at=datetime.fromisoformat(p["expires_at"]),
-                download_url=await self._url(rid, p.get("requester_id")),
-            )
+            ready = await self._ready_event(rid, p)
             await broker.publish_event(self.channel, self.topology, topology.READY_KEY, ready)
             await done()
         elif item.kind == states.EffectKind.EVENT_FAILED:
-            failed = events.FileFailed(
-                id=rid,
-                file_type=p.get("file_type"),
-                reason=p["reason"],
-                error_class=p["error_class"],
-                error=p["error"],
-                # Rows written before ``message`` existed: derive it from the reason.
-                message=p.get("message") or messages.failure(p.get("reason")),
-                attempts=p["attempts"],
-                failed_at=datetime.fromisoformat(p["failed_at"]),
-            )
+            failed = _failed_event(rid, p)
             await broker.publish_event(self.channel, self.topology, topology.FAILED_KEY, failed)
+            await done()
+        elif item.kind in states.WEBHOOKS:
+            is_ready = item.kind == states.EffectKind.WEBHOOK_READY
+            event = await self._ready_event(rid, p) if is_ready else _failed_event(rid, p)
+            # The event's message_id (wire.event): one per request and outcome.
+            key = topology.READY_KEY if is_ready else topology.FAILED_KEY
+            body = event.model_dump_json().encode()
+            await self._webhooks.send(p["url"], f"{rid}.{key}", body)
             await done()
         elif item.kind == states.EffectKind.EMAIL_READY:
             context = {
@@ -356,9 +297,36 @@ class Dispatcher:
         else:
             raise ValueError(f"unknown outbox kind {item.kind!r}")
 
+    async def _ready_event(self, rid: uuid.UUID, p: dict[str, Any]) -> events.FileReady:
+        return events.FileReady(
+            id=rid,
+            file_type=p["file_type"],
+            filename=p["filename"],
+            content_type=p["content_type"],
+            size=p["size"],
+            sha256=p["sha256"],
+            ready_at=datetime.fromisoformat(p["ready_at"]),
+            expires_at=datetime.fromisoformat(p["expires_at"]),
+            download_url=await self._url(rid, p.get("requester_id")),
+        )
+
     async def _url(self, request_id: uuid.UUID, requester_id: str | None) -> str:
         generation = await self.db.link_generation(request_id)
         return download_url(self.public_url, self.signer, request_id, requester_id, generation or 0)
+
+
+def _failed_event(rid: uuid.UUID, p: dict[str, Any]) -> events.FileFailed:
+    return events.FileFailed(
+        id=rid,
+        file_type=p.get("file_type"),
+        reason=p["reason"],
+        error_class=p["error_class"],
+        error=p["error"],
+        # Rows written before ``message`` existed: derive it from the reason.
+        message=p.get("message") or messages.failure(p.get("reason")),
+        attempts=p["attempts"],
+        failed_at=datetime.fromisoformat(p["failed_at"]),
+    )
 
 
 def _resent(message: EmailMessage, payload: dict[str, Any]) -> EmailMessage:

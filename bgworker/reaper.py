@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any, Final
 
 from aio_pika.abc import AbstractChannel
 
-from bgworker import broker, metrics, outbox, settings, states, store, topology, wire
+from bgworker import broker, effects, metrics, settings, states, store, topology, wire
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class Reaper:
     topology: topology.Topology
     worker_id: str
     config: settings.WorkerSettings
+    webhook_url: str | None = None  # the deployment's (settings.webhooks.url)
 
     async def run(self, stopping: asyncio.Event) -> None:
         async def requeue(event: dict[str, Any]) -> None:
@@ -58,7 +60,10 @@ class Reaper:
         while not stopping.is_set():
             try:
                 report = await self.db.reap_expired_leases(
-                    REAP_BATCH, requeue, dead_letter, outbox.failed_effects
+                    REAP_BATCH,
+                    requeue,
+                    dead_letter,
+                    functools.partial(effects.failed_effects, webhook_url=self.webhook_url),
                 )
                 recovered = await self.db.recover_stalled(
                     self.config.recovery_grace_seconds, REAP_BATCH, requeue

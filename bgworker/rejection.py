@@ -9,6 +9,7 @@ recorded too (and so ``FileFailed`` and the failure email).
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from bgworker import broker, events, faults, outbox, states, store, topology, wire
+from bgworker import broker, effects, events, faults, states, store, topology, wire
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,11 @@ class Rejecter:
     channel: AbstractChannel
     topology: topology.Topology
     worker_id: str
+    webhook_url: str | None = None  # the deployment's (settings.webhooks.url)
+
+    @property
+    def _effects(self) -> store.Effects:
+        return functools.partial(effects.failed_effects, webhook_url=self.webhook_url)
 
     async def reject(
         self,
@@ -79,7 +85,7 @@ class Rejecter:
         raw = events.storable_body(body)
         try:
             await self.db.insert_invalid_request(
-                request_id, raw, reason, error_class, error, effects=outbox.failed_effects
+                request_id, raw, reason, error_class, error, effects=self._effects
             )
         except Exception as exc:
             if faults.is_infrastructure(exc):
@@ -94,5 +100,5 @@ class Rejecter:
                 reason,
                 error_class,
                 wire.shorten(error.encode("ascii", "backslashreplace").decode(), wire.ERROR_LIMIT),
-                effects=outbox.failed_effects,
+                effects=self._effects,
             )

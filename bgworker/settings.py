@@ -6,12 +6,16 @@ reads ``os.environ``. Nested groups use ``__``: ``BGWORKER_SMTP__HOST``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bgworker import callback_urls
 
 ENV_PREFIX: Final = "BGWORKER_"
 NAMESPACE_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -128,6 +132,52 @@ class TracingSettings(BaseModel):
     service_name: str = "bgworker"
 
 
+class WebhookSettings(BaseModel):
+    # Receives FileReady / FileFailed of every request as signed POSTs (Standard Webhooks);
+    # a request's own callback_url replaces it for that request.
+    url: str | None = None
+    # Standard Webhooks secrets, "whsec_<base64>", comma-separated: each signs every webhook
+    # (one `v1,` signature per secret), so a receiver can move to a new one (rotation).
+    secret: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Attempts before a webhook is given up (its effect shows status given_up); the delays
+    # between them are worker.outbox_retry_seconds.
+    max_attempts: int = Field(6, ge=1)
+    # One attempt's limit, connect to response; a hanging receiver costs no more.
+    timeout_seconds: float = Field(10.0, gt=0, allow_inf_nan=False)
+    # Send to loopback, private, link-local and other non-public addresses (tests, an
+    # internal receiver); otherwise such a URL is refused when sent (SSRF).
+    allow_private: bool = False
+
+    _split = field_validator("secret", mode="before")(_split_list)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        return None if value is None else callback_urls.check(value)
+
+    @field_validator("secret")
+    @classmethod
+    def _check_secret(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for secret in value:
+            webhook_key(secret)
+        return value
+
+
+def webhook_key(secret: SecretStr) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret (Standard Webhooks)."""
+    text = secret.get_secret_value()
+    if not text.startswith("whsec_"):
+        raise ValueError("a webhook secret must look like whsec_<base64>")
+    try:
+        key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("a webhook secret must be whsec_ then base64") from None
+    # The spec asks for 24 to 64 random bytes; shorter is refused, longer is harmless.
+    if len(key) < 24:
+        raise ValueError("a webhook secret must hold at least 24 bytes (Standard Webhooks)")
+    return key
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore"
@@ -158,6 +208,7 @@ class Settings(BaseSettings):
     web: WebSettings = Field(default_factory=WebSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     _split = field_validator("handlers", mode="before")(_split_list)
 

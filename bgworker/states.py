@@ -51,9 +51,22 @@ class EffectKind(StrEnum):
     EMAIL_FAILED = "email_failed"
     EVENT_READY = "event_ready"
     EVENT_FAILED = "event_failed"
+    WEBHOOK_READY = "webhook_ready"
+    WEBHOOK_FAILED = "webhook_failed"
 
 
 EMAILS: Final = frozenset({EffectKind.EMAIL_READY, EffectKind.EMAIL_FAILED})
+# Given up after ``webhooks.max_attempts`` (a receiver may be gone for good); emails and
+# events are retried until they succeed.
+WEBHOOKS: Final = frozenset({EffectKind.WEBHOOK_READY, EffectKind.WEBHOOK_FAILED})
+
+
+class EffectStatus(StrEnum):
+    """Where an outbox row stands (``bgworker_outbox.status``)."""
+
+    PENDING = "pending"
+    DONE = "done"
+    GIVEN_UP = "given_up"
 
 
 class JobOutcome(StrEnum):

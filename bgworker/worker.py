@@ -176,6 +176,7 @@ class Worker:
             topology=self.topology,
             public_url=self.settings.web.public_url,
             config=self.settings.worker,
+            webhook_config=self.settings.webhooks,
         )
 
     def _make_runner(
@@ -231,7 +232,12 @@ class Worker:
     ) -> list[asyncio.Task[None]]:
         cfg = self.settings.worker
         reaping = reaper.Reaper(
-            db=db, channel=channel, topology=self.topology, worker_id=self.worker_id, config=cfg
+            db=db,
+            channel=channel,
+            topology=self.topology,
+            worker_id=self.worker_id,
+            config=cfg,
+            webhook_url=self.settings.webhooks.url,
         )
         watching = health.Health(db=db, connection=connection, status=self.health)
         side = [

@@ -89,6 +89,18 @@ MEANING: Final[dict[str, str]] = {
         "OpenTelemetry spans, publish to download (`tracing` extra; OTLP as `OTEL_*` say)"
     ),
     "BGWORKER_TRACING__SERVICE_NAME": "`service.name` of the spans",
+    "BGWORKER_WEBHOOKS__URL": (
+        "receives FileReady / FileFailed of every request as signed POSTs; a request's "
+        "`callback_url` replaces it"
+    ),
+    "BGWORKER_WEBHOOKS__SECRET": (
+        "`whsec_<base64>` secrets, comma-separated; each signs every webhook (rotation)"
+    ),
+    "BGWORKER_WEBHOOKS__MAX_ATTEMPTS": "attempts before a webhook is given up (`given_up`)",
+    "BGWORKER_WEBHOOKS__TIMEOUT_SECONDS": "limit of one webhook attempt, connect to response",
+    "BGWORKER_WEBHOOKS__ALLOW_PRIVATE": (
+        "send webhooks to loopback, private and other non-public addresses"
+    ),
     "BGWORKER_WEB__ADMIN_SECRET_KEY": (
         "signs the console's login CSRF token; unset: a random key stored in PostgreSQL"
     ),

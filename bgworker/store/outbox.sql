@@ -47,5 +47,11 @@ SET claimed_until = NULL,
     next_attempt_at = now() + make_interval(secs => $4)
 WHERE request_id = $1 AND kind = $2;
 
+-- name: outbox_give_up
+-- A webhook after its last attempt, or refused: kept with its reason, never claimed again.
+UPDATE bgworker_outbox
+SET status = 'given_up', claimed_until = NULL, last_error = $3
+WHERE request_id = $1 AND kind = $2;
+
 -- name: list_outbox
 SELECT * FROM bgworker_outbox WHERE request_id = $1 ORDER BY kind;

@@ -28,6 +28,7 @@ async def _allowed(db: store.Store, table: str, column: str) -> set[str]:
         ("bgworker_requests", "status", states.Status),
         ("bgworker_attempts", "outcome", states.AttemptOutcome),
         ("bgworker_outbox", "kind", states.EffectKind),
+        ("bgworker_outbox", "status", states.EffectStatus),
     ],
 )
 async def test_the_database_allows_exactly_the_enum_values(
