@@ -23,8 +23,8 @@ _KINDS: Final = (
     ("loopback", lambda a: a.is_loopback),
     ("link-local", lambda a: a.is_link_local),
     ("multicast", lambda a: a.is_multicast),
-    ("private", lambda a: a.is_private),
     ("reserved", lambda a: a.is_reserved),
+    ("private", lambda a: a.is_private),
     # Anything else IANA does not list as globally reachable: shared address space
     # (100.64.0.0/10), documentation ranges, 6to4 and Teredo of such addresses, ...
     ("not globally reachable", lambda a: not a.is_global),
