@@ -18,8 +18,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from pydantic import SecretStr
 
+from bgworker import addresses, store, webhooks
 from bgworker import settings as settings_mod
-from bgworker import store
 from bgworker.smtp_sink import SmtpSink
 from tests.helpers import EventLog, Publish, StartWorker, wait_until
 from tests.integration.letters import Cli
@@ -242,3 +242,21 @@ async def test_the_deployment_url_unless_the_request_names_its_own(
     await _settled(db, named.id, "webhook_ready", "done")
     assert [verify(SECRET, *c)["id"] for c in deployment.calls] == [str(plain.id)]
     assert [verify(SECRET, *c)["id"] for c in own.calls] == [str(named.id)]
+
+
+async def test_a_host_name_is_resolved_once_and_connected_to_as_checked(
+    start_receiver: StartReceiver,
+) -> None:
+    # A name (not an IP literal) goes through the pinned resolver: the connection reaches
+    # the receiver at the address the check saw.
+    receiver = await start_receiver(200)
+    url = receiver.url.replace("127.0.0.1", "localhost")
+    key = base64.b64decode(SECRET.removeprefix("whsec_"))
+    sender = webhooks.Sender(keys=(key,), timeout_seconds=5, allow_private=True)
+    await sender.send(url, "an-id", b"{}")
+    [(headers, body)] = receiver.calls
+    assert verify(SECRET, headers, body) == {}
+    refusing = webhooks.Sender(keys=(key,), timeout_seconds=5, allow_private=False)
+    with pytest.raises(addresses.RefusedError, match="localhost resolves to"):
+        await refusing.send(url, "an-id", b"{}")
+    assert len(receiver.calls) == 1

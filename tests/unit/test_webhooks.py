@@ -7,6 +7,7 @@ import base64
 import ipaddress
 import json
 import secrets
+import socket
 import time
 from typing import Any
 
@@ -177,3 +178,17 @@ def test_malformed_secrets_are_refused_at_start(secret: str) -> None:
 def test_a_deployment_url_obeys_the_callback_url_rule(url: str) -> None:
     with pytest.raises(ValidationError, match="must be an absolute"):
         _webhook_settings(url=url)
+
+
+async def test_the_pinned_resolver_answers_only_the_checked_addresses() -> None:
+    # Whatever name aiohttp asks about, it gets the addresses the policy checked, so DNS
+    # cannot answer differently between the check and the connection (rebinding).
+    checked = [ipaddress.ip_address("93.184.215.14"), ipaddress.ip_address("2606:2800::1")]
+    pinned = webhooks._Pinned(checked)
+    found = await pinned.resolve("example.com", 443, socket.AF_UNSPEC)
+    assert [(r["host"], r["port"], r["family"]) for r in found] == [
+        ("93.184.215.14", 443, socket.AF_INET),
+        ("2606:2800::1", 443, socket.AF_INET6),
+    ]
+    only_v4 = await pinned.resolve("example.com", 443, socket.AF_INET)
+    assert [r["host"] for r in only_v4] == ["93.184.215.14"]
