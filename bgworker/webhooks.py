@@ -101,6 +101,13 @@ class Sender:
         target = yarl.URL(url, encoded=True)
         if target.scheme not in _PORTS or not target.raw_host:
             raise addresses.RefusedError(f"not an http(s) URL with a host: {url!r}")
+        try:
+            await self._post(target, msg_id, body)
+        except TimeoutError:
+            raise DeliveryError(f"no answer within {self.timeout_seconds:g} s") from None
+
+    async def _post(self, target: yarl.URL, msg_id: str, body: bytes) -> None:
+        assert target.raw_host and target.scheme in _PORTS
         port = target.explicit_port or _PORTS[target.scheme]
         async with asyncio.timeout(self.timeout_seconds):
             found = await addresses.resolve(target.raw_host, port, allow_private=self.allow_private)

@@ -190,6 +190,7 @@ async def test_a_hanging_receiver_times_out_and_is_retried(
     await wait_until(lambda: len(smtp_sink.messages) == 1, timeout=30)
     row = await _settled(db, event.id, "webhook_ready", "done")
     assert row["attempts"] == 2 and len(receiver.calls) == 2
+    assert row["last_error"] is None  # cleared once done; the retry log says why
     # The same webhook-id on the retry, a fresh signature that verifies.
     assert receiver.calls[0][0]["webhook-id"] == receiver.calls[1][0]["webhook-id"]
     verify(SECRET, *receiver.calls[1])
