@@ -22,6 +22,7 @@ from bgworker import addresses, store, webhooks
 from bgworker import settings as settings_mod
 from bgworker.smtp_sink import SmtpSink
 from tests.helpers import EventLog, Publish, StartWorker, wait_until
+from tests.integration.console import PASSWORD, basic, client
 from tests.integration.letters import Cli
 from tests.webhook_verify import documented_verify
 
@@ -213,6 +214,7 @@ async def test_a_loopback_callback_is_refused_without_allow_private(
     start_worker: StartWorker,
     start_receiver: StartReceiver,
     settings: settings_mod.Settings,
+    console: str,
 ) -> None:
     settings.webhooks.allow_private = False
     receiver = await start_receiver(200)
@@ -222,8 +224,14 @@ async def test_a_loopback_callback_is_refused_without_allow_private(
     assert row["attempts"] == 1  # a refusal is permanent: never retried
     assert "resolves to 127.0.0.1, a loopback address" in row["last_error"]
     assert (await _effects(db, event.id))["event_ready"]["status"] == "done"
-    await asyncio.sleep(0)  # nothing was ever sent
-    assert receiver.calls == []
+    assert receiver.calls == []  # nothing was ever sent
+    # The console's request page (its JSON form) shows it given up, with the reason.
+    async with client() as http:
+        auth = basic("admin", PASSWORD)
+        async with http.get(f"{console}/admin/api/requests/{event.id}", headers=auth) as r:
+            shown = {e["kind"]: e for e in (await r.json())["effects"]}
+    assert shown["webhook_ready"]["status"] == "given_up"
+    assert "loopback" in shown["webhook_ready"]["last_error"]
 
 
 async def test_the_deployment_url_unless_the_request_names_its_own(
