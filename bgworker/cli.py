@@ -173,8 +173,7 @@ async def _cmd_status(settings: settings_mod.Settings, args: argparse.Namespace)
     async with store.opened(settings.database_url.get_secret_value()) as db:
         row = await db.get_request(args.id)
         attempts = await db.list_attempts(args.id) if row else []
-        # Emails, events and webhooks: a webhook given up shows here with its reason.
-        effects = await db.listing.effects(args.id) if row else []
+        effects = await db.listing.effects(args.id) if row else []  # a given-up webhook too
     if row is None:
         # Producers publish without writing to the database: a request exists here only
         # once a worker has taken (or rejected) its message.
