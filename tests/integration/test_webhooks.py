@@ -44,7 +44,9 @@ class Receiver:
         answer = self.answers[min(len(self.calls), len(self.answers)) - 1]
         if answer is None:
             await asyncio.sleep(3600)
-        return web.Response(status=answer or 204)
+        # A redirect points back here: following it would show as a second call.
+        location = {"Location": self.url} if 300 <= (answer or 0) < 400 else None
+        return web.Response(status=answer or 204, headers=location)
 
 
 StartReceiver = Callable[..., Awaitable[Receiver]]
@@ -268,4 +270,13 @@ async def test_a_host_name_is_resolved_once_and_connected_to_as_checked(
     refusing = webhooks.Sender(keys=(key,), timeout_seconds=5, allow_private=False)
     with pytest.raises(addresses.RefusedError, match="localhost resolves to"):
         await refusing.send(url, "an-id", b"{}")
+    assert len(receiver.calls) == 1
+
+
+async def test_a_redirect_is_not_followed(start_receiver: StartReceiver) -> None:
+    receiver = await start_receiver(307)
+    key = base64.b64decode(SECRET.removeprefix("whsec_"))
+    sender = webhooks.Sender(keys=(key,), timeout_seconds=5, allow_private=True)
+    with pytest.raises(webhooks.DeliveryError, match=r"307 \(redirects are not followed\)"):
+        await sender.send(receiver.url, "an-id", b"{}")
     assert len(receiver.calls) == 1
