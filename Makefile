@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-faults lint typecheck schemas bench bench-quick services
+.PHONY: install demo test test-faults lint typecheck schemas bench bench-quick services node
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,17 @@ services:
 demo: $(STAMP) services
 	$(BIN)/bgworker demo
 
+# The Node.js folders: the AsyncAPI parser the schema test runs, and the Node producer
+# example (npm ci from their lock files). Without node and npm their tests skip.
+NODE_DIRS := scripts/asyncapi docs/examples/node-producer
+
+node:
+	@if command -v npm >/dev/null; then \
+		for d in $(NODE_DIRS); do npm ci --prefix $$d --no-audit --no-fund --loglevel=error || exit 1; done; \
+	else echo "node: npm is not installed; the Node.js tests will skip"; fi
+
 # The main suite: everything except the tests that restart the shared services.
-test: $(STAMP) services
+test: $(STAMP) services node
 	$(BIN)/ruff check bgworker tests bench scripts
 	$(BIN)/ruff format --check bgworker tests bench scripts
 	$(BIN)/mypy bgworker tests

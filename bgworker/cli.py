@@ -20,6 +20,7 @@ import asyncpg
 import pydantic
 
 from bgworker import (
+    asyncapi,
     diagnosis,
     events,
     faults,
@@ -222,7 +223,7 @@ def _cmd_schemas(settings: settings_mod.Settings, args: argparse.Namespace) -> i
     target = Path(args.dir)
     target.mkdir(parents=True, exist_ok=True)
     stale = []
-    for name, text in events.json_schemas().items():
+    for name, text in asyncapi.schema_files().items():
         path = target / name
         current = path.read_text() if path.exists() else None
         if args.check:
@@ -314,7 +315,7 @@ def _parser() -> argparse.ArgumentParser:
     cl.add_argument("--sleep", type=float, default=0.0, help="pause between deletions (s)")
     cl.add_argument("--dry-run", action="store_true", help="count, delete nothing")
 
-    sc = sub.add_parser("schemas", help="JSON Schema files of the events")
+    sc = sub.add_parser("schemas", help="JSON Schemas of the events and the AsyncAPI document")
     sc.add_argument("action", choices=["export"])
     sc.add_argument("--dir", default="schemas")
     sc.add_argument("--check", action="store_true", help="fail if the files are out of date")
