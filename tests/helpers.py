@@ -22,7 +22,7 @@ import aio_pika
 import asyncpg
 import pytest
 
-from bgworker import events, storage, store, topology, worker
+from bgworker import broker, events, storage, store, topology, worker
 from bgworker import settings as settings_mod
 
 AMQP_URL: Final = os.environ.get("BGWORKER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -201,6 +201,11 @@ async def consume_all(queue_name: str) -> list[aio_pika.abc.AbstractIncomingMess
         return out
     finally:
         await connection.close()
+
+
+async def work_queue_depth(channel: aio_pika.abc.AbstractChannel, namespace: str) -> int:
+    """Ready messages in the work queue of the test's namespace."""
+    return await broker.queue_depth(channel, topology.Topology(namespace).work_queue)
 
 
 def node_project(folder: Path) -> Path:

@@ -18,12 +18,11 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from bgworker import broker, store, topology
 from bgworker import settings as settings_mod
+from bgworker import store, topology
 from bgworker.smtp_sink import SmtpSink, text_body
 from bgworker.web import front_door
 from tests.helpers import (
-    AMQP_URL,
     EventLog,
     StartServer,
     StartWorker,
@@ -31,6 +30,7 @@ from tests.helpers import (
     must_match,
     wait_for_status,
     wait_until,
+    work_queue_depth,
 )
 from tests.integration.downloads import fetch
 from tests.unit.test_contract import CASES, CORPUS, body_of
@@ -60,15 +60,6 @@ async def post(
     status, hdrs, content = await fetch("POST", f"{base}/requests", data=data, headers=sent)
     assert hdrs["Content-Type"].startswith("application/json"), (status, content[:200])
     return status, dict(hdrs), json.loads(content)
-
-
-async def work_queue_depth(namespace: str) -> int:
-    connection = await aio_pika.connect(AMQP_URL)
-    try:
-        channel = await connection.channel()
-        return await broker.queue_depth(channel, topology.Topology(namespace).work_queue)
-    finally:
-        await connection.close()
 
 
 def rebase(url: str, base: str) -> str:
@@ -108,6 +99,7 @@ async def test_accepted_then_ready_with_the_handlers_names_and_one_email(
 
 async def test_the_same_id_twice_is_published_once_and_builds_one_file(
     front_settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
     db: store.Store,
     start_worker: StartWorker,
     start_server: StartServer,
@@ -119,12 +111,12 @@ async def test_the_same_id_twice_is_published_once_and_builds_one_file(
     second = await post(base, body)
     assert first[0] == second[0] == 202
     assert first[2]["id"] == second[2]["id"] == body["id"]
-    assert await work_queue_depth(front_settings.namespace) == 1  # one message, not two
+    assert await work_queue_depth(amqp, front_settings.namespace) == 1  # one message, not two
     await start_worker()
     row = await wait_for_status(db, uuid.UUID(body["id"]), "ready")
     status, _, answer = await post(base, body)  # after the worker: the row answers
     assert (status, answer["status"]) == (202, "ready")
-    assert await work_queue_depth(front_settings.namespace) == 0
+    assert await work_queue_depth(amqp, front_settings.namespace) == 0
     assert row.attempts == 1
     await wait_until(lambda: event_log)
     assert [k for k, _ in event_log] == [topology.READY_KEY]
@@ -132,6 +124,7 @@ async def test_the_same_id_twice_is_published_once_and_builds_one_file(
 
 async def test_a_different_body_under_a_known_id_is_409_naming_the_fields(
     front_settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
     db: store.Store,
     start_worker: StartWorker,
     start_server: StartServer,
@@ -144,7 +137,7 @@ async def test_a_different_body_under_a_known_id_is_409_naming_the_fields(
     assert status == 409, answer
     assert answer["reason"] == "conflicting_duplicate"
     assert answer["fields"] == ["criteria", "filename"]
-    assert await work_queue_depth(front_settings.namespace) == 1
+    assert await work_queue_depth(amqp, front_settings.namespace) == 1
     await start_worker()
     row = await wait_for_status(db, uuid.UUID(body["id"]), "ready")
     assert row.event["criteria"] == {"size": 100}  # the first body, unchanged
@@ -169,6 +162,7 @@ async def test_a_different_body_under_a_known_id_is_409_naming_the_fields(
 )
 async def test_a_bad_body_gets_its_field_errors(
     front_settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
     start_server: StartServer,
     body: bytes | dict[str, Any],
     expected: int,
@@ -179,7 +173,7 @@ async def test_a_bad_body_gets_its_field_errors(
     assert status == expected, answer
     assert location in [e["location"] for e in answer["errors"]], answer
     assert all(set(e) == {"location", "message"} and e["message"] for e in answer["errors"])
-    assert await work_queue_depth(front_settings.namespace) == 0
+    assert await work_queue_depth(amqp, front_settings.namespace) == 0
 
 
 async def test_several_errors_are_listed_one_by_one(
@@ -227,6 +221,7 @@ async def test_without_api_keys_there_is_no_front_door(
 
 async def test_rabbitmq_away_is_503_and_the_same_body_is_published_on_retry(
     front_settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
     db: store.Store,
     start_server: StartServer,
 ) -> None:
@@ -239,10 +234,10 @@ async def test_rabbitmq_away_is_503_and_the_same_body_is_published_on_retry(
     assert hdrs["Retry-After"] == "5"
     front_settings.amqp_url = good_url
     back = await start_server()  # the same database: the body was kept, unpublished
-    assert await work_queue_depth(front_settings.namespace) == 0
+    assert await work_queue_depth(amqp, front_settings.namespace) == 0
     status, _, answer = await post(back, body)
     assert status == 202, answer
-    assert await work_queue_depth(front_settings.namespace) == 1
+    assert await work_queue_depth(amqp, front_settings.namespace) == 1
 
 
 # -- Hostile bodies: the conformance corpus and hypothesis ---------------------------------

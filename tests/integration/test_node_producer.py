@@ -16,9 +16,16 @@ from typing import Any, Final
 import aio_pika
 import pytest
 
-from bgworker import broker, store, topology
 from bgworker import settings as settings_mod
-from tests.helpers import AMQP_URL, REPO, StartWorker, node_project, wait_for_status
+from bgworker import store, topology
+from tests.helpers import (
+    AMQP_URL,
+    REPO,
+    StartWorker,
+    node_project,
+    wait_for_status,
+    work_queue_depth,
+)
 from tests.unit.test_contract import CASES, body_of
 
 EXAMPLE: Final = REPO / "docs" / "examples" / "node-producer"
@@ -51,15 +58,6 @@ async def node_publish(
 ) -> tuple[int, str, str]:
     env = {"AMQP_URL": AMQP_URL, "BGWORKER_NAMESPACE": settings.namespace}
     return await run_node(folder, ["publish.mjs", "-"], stdin=json.dumps(event).encode(), env=env)
-
-
-async def work_queue_depth(namespace: str) -> int:
-    connection = await aio_pika.connect(AMQP_URL)
-    try:
-        channel = await connection.channel()
-        return await broker.queue_depth(channel, topology.Topology(namespace).work_queue)
-    finally:
-        await connection.close()
 
 
 async def test_a_request_published_from_node_becomes_ready(
@@ -117,7 +115,7 @@ async def test_a_bad_event_is_refused_before_publishing(
     assert code == 1, (out, err)
     report = json.loads(err)
     assert location in [e["location"] for e in report["errors"]], report
-    assert await work_queue_depth(settings.namespace) == 0
+    assert await work_queue_depth(amqp, settings.namespace) == 0
 
 
 VALIDATE_ALL: Final = """
