@@ -1,10 +1,12 @@
 """The HTTP front door's record of the events it accepted (``front_door.sql``, table from
 migration 0011): ``POST /requests`` is idempotent on the event's id before any worker has
-recorded the request, and publishes one body per id however many POSTs race."""
+recorded the request, and publishes one body once per id however many POSTs race."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -22,8 +24,6 @@ class Reserved:
 
     event: dict[str, Any]
     published_at: datetime | None
-    # True for the POST that inserted the row (the first one of this id).
-    first: bool
 
 
 class FrontDoor:
@@ -37,11 +37,38 @@ class FrontDoor:
         recorded one."""
         inserted = await self.pool.fetchval(Q["front_door_reserve"], request_id, event)
         if inserted is not None:
-            return Reserved(event=event, published_at=None, first=True)
+            return Reserved(event=event, published_at=None)
         row = await self.pool.fetchrow(Q["front_door_get"], request_id)
         # Rows are never deleted, so the conflicting one is still there.
         assert row is not None, f"front door row {request_id} vanished"
-        return Reserved(event=dict(row["event"]), published_at=row["published_at"], first=False)
+        return Reserved(event=dict(row["event"]), published_at=row["published_at"])
 
-    async def mark_published(self, request_id: uuid.UUID) -> None:
-        await self.pool.execute(Q["front_door_published"], request_id)
+    @asynccontextmanager
+    async def publishing(self, request_id: uuid.UUID) -> AsyncIterator[Publishing]:
+        """The recorded event under a row lock, for the one POST that publishes it: racing
+        POSTs of the same id wait, then find it published. The lock is held across the
+        publish (bounded by its timeout), one pool connection each."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(Q["front_door_lock"], request_id)
+            assert row is not None, f"front door row {request_id} vanished"
+            yield Publishing(conn, request_id, dict(row["event"]), row["published_at"])
+
+
+class Publishing:
+    """A locked front-door row (``FrontDoor.publishing``)."""
+
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        request_id: uuid.UUID,
+        event: dict[str, Any],
+        published_at: datetime | None,
+    ) -> None:
+        self._conn = conn
+        self._id = request_id
+        self.event = event
+        self.published_at = published_at
+
+    async def mark_published(self) -> None:
+        """Recorded with the lock's transaction: committed as the lock is released."""
+        await self._conn.execute(Q["front_door_published"], self._id)

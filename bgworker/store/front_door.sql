@@ -10,5 +10,10 @@ RETURNING id;
 -- name: front_door_get
 SELECT event, published_at FROM bgworker_front_door WHERE id = $1;
 
+-- name: front_door_lock
+-- Held by the POST that publishes, until the publish is confirmed and recorded: a racing POST
+-- of the same id waits here, then finds it published (or, if that one failed, publishes).
+SELECT event, published_at FROM bgworker_front_door WHERE id = $1 FOR UPDATE;
+
 -- name: front_door_published
-UPDATE bgworker_front_door SET published_at = coalesce(published_at, now()) WHERE id = $1;
+UPDATE bgworker_front_door SET published_at = now() WHERE id = $1;

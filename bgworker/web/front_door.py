@@ -146,12 +146,14 @@ async def _accept(request: web.Request, event: events.FileRequested) -> web.Resp
     if differ:
         return _conflict(event, differ, None)
     if reserved.published_at is None:
-        # The recorded body, byte for byte what an earlier POST may already have sent
-        # (its confirm lost): a worker sees a duplicate, never a conflict.
-        recorded = events.FileRequested.model_validate(reserved.event)
-        await request.app[keys.GATEWAY].publish(recorded)
-        await db.front_door.mark_published(event.id)
-        log.info("POST %s: request %s published", ROUTE, event.id)
+        async with db.front_door.publishing(event.id) as locked:
+            if locked.published_at is None:  # not by a POST this one waited for
+                # The recorded body, the same as an earlier POST may have sent (its confirm
+                # lost, answered 503): a worker sees a duplicate, never a conflict.
+                recorded = events.FileRequested.model_validate(locked.event)
+                await request.app[keys.GATEWAY].publish(recorded)
+                await locked.mark_published()
+                log.info("POST %s: request %s published", ROUTE, event.id)
     return await _accepted(request, event, None)
 
 

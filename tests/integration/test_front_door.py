@@ -5,6 +5,7 @@ whole conformance corpus plus hypothesis' hostile bodies never answered 500."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import uuid
@@ -144,6 +145,25 @@ async def test_a_different_body_under_a_known_id_is_409_naming_the_fields(
     status, _, answer = await post(base, changed)  # after: the request row
     assert status == 409 and answer["fields"] == ["criteria", "filename"]
     assert "(ready)" in answer["error"]
+
+
+async def test_concurrent_posts_of_one_id_publish_one_body(
+    front_settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+    start_server: StartServer,
+) -> None:
+    """The door's insert decides: of racing POSTs of one id, the same body is published once,
+    and of different bodies exactly one is accepted."""
+    base = await start_server()
+    same = event_body()
+    answers = await asyncio.gather(*(post(base, same) for _ in range(8)))
+    assert [status for status, _, _ in answers] == [202] * 8
+    assert await work_queue_depth(amqp, front_settings.namespace) == 1
+    request_id = str(uuid.uuid4())
+    bodies = [event_body(id=request_id, criteria={"size": n}) for n in range(8)]
+    answers = await asyncio.gather(*(post(base, body) for body in bodies))
+    assert sorted(status for status, _, _ in answers) == [202] + [409] * 7
+    assert await work_queue_depth(amqp, front_settings.namespace) == 2
 
 
 @pytest.mark.parametrize(
