@@ -230,6 +230,54 @@ async def test_keys_content_type_and_size(
     assert status == 401
 
 
+@pytest.mark.parametrize(
+    ("authorization", "expected"),
+    [
+        (f"bearer {KEY}", 202),  # the scheme is case-insensitive (RFC 9110 section 11.1)
+        (f"Bearer   {KEY}  ", 202),
+        ("Bearer", 401),
+        ("Bearer ", 401),
+        (f"Bearer {KEY} {KEY}", 401),
+        (f"Bearer {KEY[:-1]}", 401),  # a prefix of a key
+        (f"Bearer {KEY}\u00e9", 401),
+        (f"Token {KEY}", 401),
+    ],
+)
+async def test_authorization_headers(
+    front_settings: settings_mod.Settings,
+    start_server: StartServer,
+    authorization: str,
+    expected: int,
+) -> None:
+    base = await start_server()
+    headers = {"Authorization": authorization}
+    status, _, answer = await post(base, event_body(), key=None, **headers)
+    assert status == expected, answer
+
+
+@pytest.mark.parametrize(
+    ("content_type", "expected"),
+    [
+        ("application/json; charset=utf-8", 202),
+        ('application/json; charset="UTF-8"', 202),
+        ("Application/JSON", 202),
+        ("application/json; charset=utf-16", 415),
+        ("text/json", 415),
+        ("application/x-www-form-urlencoded", 415),
+        ("", 415),
+    ],
+)
+async def test_content_types(
+    front_settings: settings_mod.Settings,
+    start_server: StartServer,
+    content_type: str,
+    expected: int,
+) -> None:
+    base = await start_server()
+    status, _, answer = await post(base, event_body(), **{"Content-Type": content_type})
+    assert status == expected, answer
+
+
 async def test_without_api_keys_there_is_no_front_door(
     settings: settings_mod.Settings, start_server: StartServer
 ) -> None:
