@@ -213,7 +213,8 @@ async def _cmd_clean(settings: settings_mod.Settings, args: argparse.Namespace) 
     verb = "would remove" if args.dry_run else "removed"
     print(
         f"{verb}: {report.expired} expired file(s), {report.orphans} orphaned file(s), "
-        f"{report.temp_parts} temp part(s); {report.bytes_freed} bytes freed"
+        f"{report.temp_parts} temp part(s), {report.front_door} front-door record(s); "
+        f"{report.bytes_freed} bytes freed"
         + ("; stopped at --timeout" if report.stopped_early else "")
     )
     return 0

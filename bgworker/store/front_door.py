@@ -5,7 +5,7 @@ recorded the request, and publishes one body once per id however many POSTs race
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,6 +42,16 @@ class FrontDoor:
         # Rows are never deleted, so the conflicting one is still there.
         assert row is not None, f"front door row {request_id} vanished"
         return Reserved(event=dict(row["event"]), published_at=row["published_at"])
+
+    async def prune(
+        self, supersedable: Iterable[str], unpublished_age_seconds: float, *, dry_run: bool
+    ) -> int:
+        """Delete the records no POST needs any more (see ``front_door_prune``); how many."""
+        reasons = sorted(supersedable)
+        found = await self.pool.fetchval(
+            Q["front_door_prune"], reasons, unpublished_age_seconds, dry_run
+        )
+        return int(found)
 
     @asynccontextmanager
     async def publishing(self, request_id: uuid.UUID) -> AsyncIterator[Publishing]:

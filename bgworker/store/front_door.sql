@@ -17,3 +17,21 @@ SELECT event, published_at FROM bgworker_front_door WHERE id = $1 FOR UPDATE;
 
 -- name: front_door_published
 UPDATE bgworker_front_door SET published_at = now() WHERE id = $1;
+
+-- name: front_door_prune
+-- For `bgworker clean`: records no POST needs any more. Once a worker has recorded the
+-- request, its row answers a repeated POST (unless it is the failed record of an invalid
+-- body, $1, which a valid event supersedes); an unpublished record ($2 seconds old: its
+-- POST answered 503 and was never retried) frees its id. $3: count only (--dry-run).
+WITH gone AS (
+    SELECT d.id
+    FROM bgworker_front_door d
+    LEFT JOIN bgworker_requests r ON r.id = d.id
+    WHERE (r.id IS NOT NULL
+           AND NOT (r.status = 'failed' AND r.failure_reason = ANY($1::text[])))
+       OR (r.id IS NULL AND d.published_at IS NULL
+           AND d.created_at < now() - make_interval(secs => $2))
+), deleted AS (
+    DELETE FROM bgworker_front_door WHERE id IN (SELECT id FROM gone) AND NOT $3
+)
+SELECT count(*) FROM gone;

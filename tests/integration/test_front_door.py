@@ -19,8 +19,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from bgworker import cleanup, storage, store, topology
 from bgworker import settings as settings_mod
-from bgworker import store, topology
 from bgworker.smtp_sink import SmtpSink, text_body
 from bgworker.web import front_door
 from tests.helpers import (
@@ -61,6 +61,19 @@ async def post(
     status, hdrs, content = await fetch("POST", f"{base}/requests", data=data, headers=sent)
     assert hdrs["Content-Type"].startswith("application/json"), (status, content[:200])
     return status, dict(hdrs), json.loads(content)
+
+
+async def start_server_without_rabbitmq(
+    settings: settings_mod.Settings, start_server: StartServer
+) -> str:
+    """A server whose AMQP URL points where nothing listens (RabbitMQ away); the settings
+    are restored for the servers started after it (the same database)."""
+    good_url = settings.amqp_url
+    settings.amqp_url = SecretStr("amqp://guest:guest@127.0.0.1:1/")
+    try:
+        return await start_server()
+    finally:
+        settings.amqp_url = good_url
 
 
 def rebase(url: str, base: str) -> str:
@@ -293,19 +306,50 @@ async def test_rabbitmq_away_is_503_and_the_same_body_is_published_on_retry(
     db: store.Store,
     start_server: StartServer,
 ) -> None:
-    good_url = front_settings.amqp_url
-    front_settings.amqp_url = SecretStr("amqp://guest:guest@127.0.0.1:1/")  # nothing listens
-    away = await start_server()
+    away = await start_server_without_rabbitmq(front_settings, start_server)
     body = event_body()
     status, hdrs, answer = await post(away, body)
     assert status == 503, answer
     assert hdrs["Retry-After"] == "5"
-    front_settings.amqp_url = good_url
     back = await start_server()  # the same database: the body was kept, unpublished
     assert await work_queue_depth(amqp, front_settings.namespace) == 0
     status, _, answer = await post(back, body)
     assert status == 202, answer
     assert await work_queue_depth(amqp, front_settings.namespace) == 1
+
+
+async def test_clean_drops_the_records_no_post_needs(
+    front_settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+    db: store.Store,
+    start_worker: StartWorker,
+    start_server: StartServer,
+) -> None:
+    """Once a worker recorded the request its row answers, so `bgworker clean` drops the
+    door's record; a repeat is still one file. An unpublished record (its POST answered
+    503, never retried) older than --orphan-age frees its id."""
+    away = await start_server_without_rabbitmq(front_settings, start_server)
+    abandoned = event_body()
+    assert (await post(away, abandoned))[0] == 503
+    base = await start_server()
+    body = event_body()
+    assert (await post(base, body))[0] == 202
+    files = storage.LocalStorage(front_settings.storage_dir)
+    # Before any worker: the published record is still needed, the abandoned one is young.
+    assert (await cleanup.clean(db, files)).front_door == 0
+    await start_worker()
+    await wait_for_status(db, uuid.UUID(body["id"]), "ready")
+    dry = await cleanup.clean(db, files, orphan_age_seconds=0, dry_run=True)
+    assert dry.front_door == 2
+    assert (await cleanup.clean(db, files, orphan_age_seconds=0)).front_door == 2
+    assert (await cleanup.clean(db, files, orphan_age_seconds=0)).front_door == 0
+    status, _, answer = await post(base, body)  # the request row answers now
+    assert (status, answer["status"]) == (202, "ready")
+    changed = {**body, "criteria": {"size": 1}}
+    assert (await post(base, changed))[0] == 409
+    assert await work_queue_depth(amqp, front_settings.namespace) == 0
+    # The abandoned id is free: another body under it is accepted.
+    assert (await post(base, {**abandoned, "criteria": {"size": 2}}))[0] == 202
 
 
 # -- Hostile bodies: the conformance corpus and hypothesis ---------------------------------
