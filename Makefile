@@ -25,10 +25,15 @@ demo: $(STAMP) services
 # example (npm ci from their lock files). Without node and npm their tests skip.
 NODE_DIRS := scripts/asyncapi docs/examples/node-producer
 
-node:
+# Reinstalled only when a lock file is newer than what npm ci last installed.
+NODE_STAMPS := $(addsuffix /node_modules/.package-lock.json,$(NODE_DIRS))
+
+node: $(NODE_STAMPS)
+
+%/node_modules/.package-lock.json: %/package-lock.json
 	@if command -v npm >/dev/null; then \
-		for d in $(NODE_DIRS); do npm ci --prefix $$d --no-audit --no-fund --loglevel=error || exit 1; done; \
-	else echo "node: npm is not installed; the Node.js tests will skip"; fi
+		npm ci --prefix $* --no-audit --no-fund --loglevel=error; \
+	else echo "node: npm is not installed; the Node.js tests in $* will skip"; fi
 
 # The main suite: everything except the tests that restart the shared services.
 test: $(STAMP) services node
