@@ -14,6 +14,7 @@ every ``bgworker.`` prefix is ``ns.`` (``info.description`` says so).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Final
 
 from bgworker import events, states, topology, wire
@@ -285,3 +286,19 @@ def schema_files() -> dict[str, str]:
     """Every file of ``schemas/`` (``bgworker schemas export``): the events' JSON Schemas and
     this document, which references them."""
     return {**events.json_schemas(), FILE_NAME: text()}
+
+
+def export(target: Path, *, check: bool) -> list[str]:
+    """Write the files of ``schema_files`` that differ into ``target`` (naming each), or with
+    ``check`` only list them: the names that were (or would be) out of date."""
+    target.mkdir(parents=True, exist_ok=True)
+    stale = []
+    for name, text in schema_files().items():
+        path = target / name
+        if (path.read_text() if path.exists() else None) == text:
+            continue
+        stale.append(name)
+        if not check:
+            path.write_text(text)
+            print(f"wrote {path}")
+    return stale

@@ -221,19 +221,8 @@ async def _cmd_clean(settings: settings_mod.Settings, args: argparse.Namespace) 
 
 
 def _cmd_schemas(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    target = Path(args.dir)
-    target.mkdir(parents=True, exist_ok=True)
-    stale = []
-    for name, text in asyncapi.schema_files().items():
-        path = target / name
-        current = path.read_text() if path.exists() else None
-        if args.check:
-            if current != text:
-                stale.append(name)
-        elif current != text:
-            path.write_text(text)
-            print(f"wrote {path}")
-    if stale:
+    stale = asyncapi.export(Path(args.dir), check=args.check)
+    if args.check and stale:
         print(f"out of date: {', '.join(stale)}; run `bgworker schemas export`", file=sys.stderr)
         return 1
     return 0

@@ -88,3 +88,11 @@ def test_the_parser_check_is_not_vacuous(tmp_path: Path, breakage: str) -> None:
     (tmp_path / asyncapi.FILE_NAME).write_text(json.dumps(doc))
     code, report = parse(tmp_path)
     assert code == 1 and not report["valid"] and report["errors"], report
+
+
+def test_export_writes_and_check_finds_a_stale_document(tmp_path: Path) -> None:
+    assert sorted(asyncapi.export(tmp_path, check=False)) == sorted(asyncapi.schema_files())
+    assert asyncapi.export(tmp_path, check=True) == []
+    (tmp_path / asyncapi.FILE_NAME).write_text("{}")
+    assert asyncapi.export(tmp_path, check=True) == [asyncapi.FILE_NAME]
+    assert (tmp_path / asyncapi.FILE_NAME).read_text() == "{}"  # --check writes nothing
