@@ -52,6 +52,7 @@ def mount(app: web.Application, settings: settings_mod.Settings) -> None:
 
     app.on_cleanup.append(close_gateway)
     app.router.add_post(ROUTE, create_request)
+    log.info("POST %s is on (%d API key(s))", ROUTE, len(app[keys.API_KEYS]))
 
 
 def _digest(key: str) -> bytes:
