@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-faults lint typecheck schemas bench bench-quick services
+.PHONY: install demo test test-faults lint typecheck schemas bench bench-quick services node
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,22 @@ services:
 demo: $(STAMP) services
 	$(BIN)/bgworker demo
 
+# The Node.js folders: the AsyncAPI parser the schema test runs, and the Node producer
+# example (npm ci from their lock files). Without node and npm their tests skip.
+NODE_DIRS := scripts/asyncapi docs/examples/node-producer
+
+# Reinstalled only when a lock file is newer than what npm ci last installed.
+NODE_STAMPS := $(addsuffix /node_modules/.package-lock.json,$(NODE_DIRS))
+
+node: $(NODE_STAMPS)
+
+%/node_modules/.package-lock.json: %/package-lock.json
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix $* --no-audit --no-fund --loglevel=error; \
+	else echo "node: npm is not installed; the Node.js tests in $* will skip"; fi
+
 # The main suite: everything except the tests that restart the shared services.
-test: $(STAMP) services
+test: $(STAMP) services node
 	$(BIN)/ruff check bgworker tests bench scripts
 	$(BIN)/ruff format --check bgworker tests bench scripts
 	$(BIN)/mypy bgworker tests

@@ -1,4 +1,5 @@
-"""``bgworker clean``: delete expired files and files no request points to.
+"""``bgworker clean``: delete expired files and files no request points to (and the
+records of ``POST /requests`` that no POST needs any more).
 
 Parity with dj-bgfiles' ``bgfiles clean --timeout --sleep --leeway``, without its swapped
 arguments: ``leeway`` keeps recently expired files for last-minute downloads, ``timeout``
@@ -13,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bgworker import storage, store
+from bgworker import states, storage, store
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ class CleanReport:
     expired: int = 0
     orphans: int = 0
     temp_parts: int = 0
+    # Records of POST /requests that no POST needs any more (store.front_door).
+    front_door: int = 0
     bytes_freed: int = 0
     stopped_early: bool = False
     errors: list[str] = field(default_factory=list)
@@ -133,5 +136,9 @@ async def clean(
     run = _Run(db, files, sleep_seconds, dry_run, deadline)
     await run.expired(leeway_seconds)
     await run.orphans(orphan_age_seconds)
+    if not run.out_of_time():
+        run.report.front_door = await db.front_door.prune(
+            states.SUPERSEDABLE, orphan_age_seconds, dry_run=dry_run
+        )
     log.info("clean: %s", run.report)
     return run.report

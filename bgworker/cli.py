@@ -20,6 +20,7 @@ import asyncpg
 import pydantic
 
 from bgworker import (
+    asyncapi,
     diagnosis,
     events,
     faults,
@@ -214,26 +215,16 @@ async def _cmd_clean(settings: settings_mod.Settings, args: argparse.Namespace) 
     verb = "would remove" if args.dry_run else "removed"
     print(
         f"{verb}: {report.expired} expired file(s), {report.orphans} orphaned file(s), "
-        f"{report.temp_parts} temp part(s); {report.bytes_freed} bytes freed"
+        f"{report.temp_parts} temp part(s), {report.front_door} front-door record(s); "
+        f"{report.bytes_freed} bytes freed"
         + ("; stopped at --timeout" if report.stopped_early else "")
     )
     return 0
 
 
 def _cmd_schemas(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    target = Path(args.dir)
-    target.mkdir(parents=True, exist_ok=True)
-    stale = []
-    for name, text in events.json_schemas().items():
-        path = target / name
-        current = path.read_text() if path.exists() else None
-        if args.check:
-            if current != text:
-                stale.append(name)
-        elif current != text:
-            path.write_text(text)
-            print(f"wrote {path}")
-    if stale:
+    stale = asyncapi.export(Path(args.dir), check=args.check)
+    if args.check and stale:
         print(f"out of date: {', '.join(stale)}; run `bgworker schemas export`", file=sys.stderr)
         return 1
     return 0
@@ -316,7 +307,7 @@ def _parser() -> argparse.ArgumentParser:
     cl.add_argument("--sleep", type=float, default=0.0, help="pause between deletions (s)")
     cl.add_argument("--dry-run", action="store_true", help="count, delete nothing")
 
-    sc = sub.add_parser("schemas", help="JSON Schema files of the events")
+    sc = sub.add_parser("schemas", help="JSON Schemas of the events and the AsyncAPI document")
     sc.add_argument("action", choices=["export"])
     sc.add_argument("--dir", default="schemas")
     sc.add_argument("--check", action="store_true", help="fail if the files are out of date")

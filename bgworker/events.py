@@ -173,26 +173,52 @@ EVENT_MODELS: Final[dict[str, type[BaseModel]]] = {
 }
 
 
-class InvalidEventError(Exception):
-    """A message body that is not a valid ``FileRequested``: never retried."""
+# At most this many (location, message) pairs are kept on an InvalidEventError: a hostile
+# body of a million unknown fields must not make an answer of a million errors.
+MAX_ERRORS: Final = 100
 
-    def __init__(self, reason: str, message: str, request_id: uuid.UUID | None = None) -> None:
+FieldError = tuple[str, str]
+
+
+class InvalidEventError(Exception):
+    """A message body that is not a valid ``FileRequested``: never retried.
+
+    ``errors`` are the same problems as (location, message) pairs, each printable and
+    capped (``POST /requests`` answers them as a list); the message joins them."""
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        request_id: uuid.UUID | None = None,
+        errors: list[FieldError] | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.request_id = request_id
+        self.errors: tuple[FieldError, ...] = tuple(errors or [("(body)", message)])[:MAX_ERRORS]
+
+
+def _invalid(
+    reason: str, errors: list[FieldError], request_id: uuid.UUID | None = None
+) -> InvalidEventError:
+    """An InvalidEventError whose message is ``location: message; ...``, capped."""
+    text = _cap("; ".join(f"{where}: {problem}" for where, problem in errors))
+    capped = [(_cap(where), _cap(problem)) for where, problem in errors[:MAX_ERRORS]]
+    return InvalidEventError(reason, text, request_id, capped)
 
 
 def decode_json(body: bytes) -> object:
     """A message body as strict JSON (``strict_json.decode``), at most MAX_BODY_BYTES.
     Raises InvalidEventError (``malformed_json`` or ``invalid_schema``) and nothing else."""
     if len(body) > MAX_BODY_BYTES:
-        raise InvalidEventError(
-            "invalid_schema", f"body: {len(body)} bytes; the limit is {MAX_BODY_BYTES}"
+        raise _invalid(
+            "invalid_schema", [("body", f"{len(body)} bytes; the limit is {MAX_BODY_BYTES}")]
         )
     try:
         return strict_json.decode(body, MAX_JSON_DEPTH)
     except strict_json.DecodeError as exc:
-        raise InvalidEventError("malformed_json", f"body: {exc}") from None
+        raise _invalid("malformed_json", [("body", str(exc))]) from None
 
 
 def parse_file_requested(body: bytes) -> FileRequested:
@@ -202,39 +228,40 @@ def parse_file_requested(body: bytes) -> FileRequested:
     field and is itself storable (printable, at most MAX_ERROR_CHARS characters)."""
     raw = decode_json(body)
     if not isinstance(raw, dict):
-        raise InvalidEventError("invalid_schema", "body: must be a JSON object")
+        raise _invalid("invalid_schema", [("body", "must be a JSON object")])
     request_id = _maybe_uuid(raw.get("id"))
     version = raw.get("schema_version", SCHEMA_VERSION)
     if isinstance(version, bool) or version != SCHEMA_VERSION:
-        raise InvalidEventError(
-            "unsupported_schema_version",
-            f"schema_version: {strict_json.show(version)} is not supported "
-            f"(this worker reads {SCHEMA_VERSION})",
-            request_id,
+        problem = (
+            f"{strict_json.show(version)} is not supported (this worker reads {SCHEMA_VERSION})"
         )
+        raise _invalid("unsupported_schema_version", [("schema_version", problem)], request_id)
     # What the models cannot see: placeholders for unrepresentable numbers, lone surrogates
     # in keys (an unknown field named with one would otherwise end up in the error text).
     problems = strict_json.unstorable(raw)
     if problems:
-        text = "; ".join(f"{where or '(body)'}: {problem}" for where, problem in problems)
-        raise InvalidEventError("invalid_schema", _cap(text), request_id)
+        errors = [(where or "(body)", problem) for where, problem in problems]
+        raise _invalid("invalid_schema", errors, request_id)
     try:
         return FileRequested.model_validate(raw)
     except ValidationError as exc:
-        raise InvalidEventError(
-            "invalid_schema", describe_validation_error(exc), request_id
-        ) from None
+        raise _invalid("invalid_schema", validation_errors(exc), request_id) from None
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """``field: message; ...``, printable and capped (error texts are stored and sent)."""
-    parts = []
+def validation_errors(exc: ValidationError) -> list[FieldError]:
+    """(field, message) for each problem pydantic found, the field as a dotted path."""
+    out: list[FieldError] = []
     for err in exc.errors(include_url=False, include_input=False):
         field = ""
         for part in err["loc"]:
             field = strict_json.path(field, part)
-        parts.append(f"{field or '(body)'}: {err['msg']}")
-    return _cap("; ".join(parts))
+        out.append((field or "(body)", err["msg"]))
+    return out
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """``field: message; ...``, printable and capped (error texts are stored and sent)."""
+    return _cap("; ".join(f"{field}: {message}" for field, message in validation_errors(exc)))
 
 
 def _cap(text: str) -> str:

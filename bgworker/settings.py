@@ -19,6 +19,7 @@ from bgworker import callback_urls
 
 ENV_PREFIX: Final = "BGWORKER_"
 NAMESPACE_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+MIN_API_KEY_CHARS: Final = 16
 
 
 def _split_list(value: object) -> object:
@@ -114,6 +115,20 @@ class WebSettings(BaseModel):
     admin_secret_key: SecretStr | None = None
     # Mark the console's cookies Secure even over plain HTTP: a TLS proxy is in front.
     admin_secure_cookies: bool = False
+    # Keys of POST /requests (`Authorization: Bearer <key>`), comma-separated: several at
+    # once let a key be rotated without downtime. Unset: no POST /requests, and the server
+    # never connects to RabbitMQ.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    _split = field_validator("api_keys", mode="before")(_split_list)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        # A short key is guessable over HTTP; 16 characters of a random token are not.
+        if any(len(key.get_secret_value()) < MIN_API_KEY_CHARS for key in value):
+            raise ValueError(f"every API key needs at least {MIN_API_KEY_CHARS} characters")
+        return value
 
 
 class MetricsSettings(BaseModel):

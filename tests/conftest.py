@@ -21,6 +21,8 @@ import aio_pika
 import asyncpg
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from bgworker import broker, events, handlers, publisher, store, topology, wire, worker
 from bgworker import settings as settings_mod
@@ -29,6 +31,13 @@ from bgworker.smtp_sink import SmtpSink
 from bgworker.store import migrations
 from bgworker.web import access_log
 from tests import helpers
+
+# Property tests run on two shared cores next to RabbitMQ and PostgreSQL: a slow example is
+# the machine's load, not a finding. No per-example deadline, and no "too slow" health check.
+hypothesis_settings.register_profile(
+    "bgworker", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("bgworker")
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ import asyncio
 import json
 import os
 import re
+import shutil
+import subprocess
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,8 +20,9 @@ from typing import Any, Final
 
 import aio_pika
 import asyncpg
+import pytest
 
-from bgworker import events, storage, store, topology, worker
+from bgworker import broker, events, storage, store, topology, worker
 from bgworker import settings as settings_mod
 
 AMQP_URL: Final = os.environ.get("BGWORKER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -198,3 +201,26 @@ async def consume_all(queue_name: str) -> list[aio_pika.abc.AbstractIncomingMess
         return out
     finally:
         await connection.close()
+
+
+async def work_queue_depth(channel: aio_pika.abc.AbstractChannel, namespace: str) -> int:
+    """Ready messages in the work queue of the test's namespace."""
+    return await broker.queue_depth(channel, topology.Topology(namespace).work_queue)
+
+
+def node_project(folder: Path) -> Path:
+    """A Node.js folder of the repo (package.json + package-lock.json) with its packages
+    installed by ``npm ci`` (as ``make node`` does) when they are missing or older than the
+    lock file. Skips the test when node or npm is not on the machine."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are not installed")
+    installed = folder / "node_modules" / ".package-lock.json"
+    lock = folder / "package-lock.json"
+    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=folder,
+            check=True,
+            timeout=600,
+        )
+    return folder

@@ -14,7 +14,8 @@ query file each, composed into ``Store``:
 - ``migrations``: the numbered schema files; ``dead_letters``: the request-row side of
   dead-letter replay and purge; ``listing``: the console's requests by status;
   ``gauges``: what the worker's metrics sample; ``traces``: a job's trace context.
-  ``admin_sessions``: the console's server-side sessions and secrets.
+  ``admin_sessions``: the console's server-side sessions and secrets; ``front_door``: the
+  events ``POST /requests`` accepted, by id.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from bgworker.store import (
     admin_sessions,
     connection,
     dead_letters,
+    front_door,
     gauges,
     links,
     listing,
@@ -98,6 +100,7 @@ class Store(
         self.dead_letters = dead_letters.DeadLetterRecords(pool)
         self.listing = listing.Listing(pool)
         self.admin_sessions = admin_sessions.AdminSessions(pool)
+        self.front_door = front_door.FrontDoor(pool)
 
 
 @asynccontextmanager

@@ -1,4 +1,5 @@
-"""The aiohttp application: downloads, status, health, metrics and (if configured) admin."""
+"""The aiohttp application: downloads, status, health, metrics and, if configured, admin
+and ``POST /requests``."""
 
 from __future__ import annotations
 
@@ -75,6 +76,11 @@ def create_app(
         from bgworker.web import admin
 
         app.add_subapp("/admin/", admin.create_admin(settings))
+    if settings.web.api_keys:
+        # POST /requests, and with it the server's only RabbitMQ connection.
+        from bgworker.web import front_door
+
+        front_door.mount(app, settings)
     return app
 
 

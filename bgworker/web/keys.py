@@ -13,7 +13,7 @@ from typing import Final
 from aiohttp import web
 
 from bgworker import storage, store, tokens
-from bgworker.web import admin_auth, identity
+from bgworker.web import admin_auth, gateway, identity
 
 # Set by create_app for every route.
 STORE: Final = web.AppKey("store", store.Store)
@@ -30,3 +30,7 @@ TEMPLATE_DIR: Final[web.AppKey[Path | None]] = web.AppKey("template_dir")
 ADMIN_AUTH: Final = web.AppKey("admin_auth", admin_auth.Auth)
 # (AMQP URL, namespace): the console opens its own broker connection per page.
 ADMIN_AMQP: Final[web.AppKey[tuple[str, str]]] = web.AppKey("admin_amqp")
+
+# Set by the front door (web/front_door.py), only when API keys are configured.
+API_KEYS: Final[web.AppKey[tuple[bytes, ...]]] = web.AppKey("api_keys")
+GATEWAY: Final = web.AppKey("gateway", gateway.Gateway)

@@ -9,15 +9,17 @@ from typing import Any
 
 import pytest
 
-from bgworker import events
+from bgworker import asyncapi, events
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
 
 def test_every_event_has_a_committed_schema_and_nothing_else() -> None:
-    committed = sorted(p.name for p in SCHEMAS.glob("*.json"))
+    # Besides the events' schemas: the AsyncAPI document (tests/unit/test_asyncapi.py).
+    committed = sorted(p.name for p in SCHEMAS.glob("*.json") if p.name != asyncapi.FILE_NAME)
     assert committed == sorted(events.json_schemas())
     assert committed == sorted(f"{name}.json" for name in events.EVENT_MODELS)
+    assert sorted(asyncapi.schema_files()) == sorted([*committed, asyncapi.FILE_NAME])
 
 
 @pytest.mark.parametrize("name", sorted(events.json_schemas()))

@@ -17,3 +17,16 @@ def test_good_namespaces(namespace: str) -> None:
 def test_bad_namespaces_are_refused(namespace: str) -> None:
     with pytest.raises(ValidationError, match="namespace"):
         settings_mod.Settings(namespace=namespace)
+
+
+def test_api_keys_are_comma_separated_for_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BGWORKER_WEB__API_KEYS", "old-key-0123456789, new-key-0123456789")
+    keys = settings_mod.Settings().web.api_keys
+    assert [k.get_secret_value() for k in keys] == ["old-key-0123456789", "new-key-0123456789"]
+    assert "0123456789" not in repr(settings_mod.Settings().web)  # secrets stay hidden
+
+
+def test_a_short_api_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BGWORKER_WEB__API_KEYS", "good-key-0123456789,short")
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        settings_mod.Settings()

@@ -1,0 +1,197 @@
+"""``POST /requests``: the HTTP front door, for services that cannot speak AMQP.
+
+Mounted only when ``BGWORKER_WEB__API_KEYS`` is set. The body is a ``FileRequested`` in
+JSON, parsed by the worker's own parser (``events.parse_file_requested``), so the door
+accepts exactly what a worker would. An accepted event is published to the requests
+exchange with publisher confirms, and the answer (202) carries the status link.
+
+Idempotent on the event's ``id``, with the worker's rule for a body published twice
+(``rejection.differing_fields``): the same body again gets the same answer and is published
+once; a different body under a known id is 409 and changes nothing. Before a worker has
+recorded the request (it may wait in the queue), the door's own record
+(``store.front_door``, migration 0011) answers; after, the request row does. The door
+never writes ``bgworker_requests``: a row it made would lack what only the worker knows
+(the handler's filename extension, content type and max attempts), so the worker records
+the request as it does for any producer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from typing import Any, Final
+
+from aiohttp import web
+
+from bgworker import events, faults, links, rejection, states, tokens
+from bgworker import settings as settings_mod
+from bgworker.web import gateway, keys, responses
+
+log = logging.getLogger(__name__)
+
+ROUTE: Final = "/requests"
+# The worker's own bound on a message body: a bigger one could never be accepted.
+MAX_BODY_BYTES: Final = events.MAX_BODY_BYTES
+READ_CHUNK: Final = 64 * 1024
+# Seconds a client should wait after a 503 (RabbitMQ or PostgreSQL away).
+RETRY_AFTER_SECONDS: Final = 5
+# RFC 6750 section 3: the challenge of a Bearer-protected resource.
+CHALLENGE: Final = 'Bearer realm="bgworker"'
+
+
+def mount(app: web.Application, settings: settings_mod.Settings) -> None:
+    """Add ``POST /requests`` and the RabbitMQ connection it publishes through."""
+    # Only digests are kept: compare_digest of equal-length values takes the same time
+    # whichever byte differs, and whichever key (RFC 6750 section 5.2 asks for it).
+    app[keys.API_KEYS] = tuple(_digest(k.get_secret_value()) for k in settings.web.api_keys)
+    app[keys.GATEWAY] = gateway.Gateway(settings)
+
+    async def close_gateway(app: web.Application) -> None:
+        await app[keys.GATEWAY].close()
+
+    app.on_cleanup.append(close_gateway)
+    app.router.add_post(ROUTE, create_request)
+    log.info("POST %s is on (%d API key(s))", ROUTE, len(app[keys.API_KEYS]))
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
+def authorized(header: str | None, digests: tuple[bytes, ...]) -> bool | None:
+    """True: a valid key. False: a key we do not hold. None: no Bearer credentials."""
+    if header is None:
+        return None
+    scheme, _, credentials = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return None
+    given = _digest(credentials.strip())
+    found = False
+    for digest in digests:  # every key is compared, found or not: no early exit
+        found |= hmac.compare_digest(given, digest)
+    return found
+
+
+def _refusal(
+    status: int, error: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
+    return responses.json_response(
+        {"error": error, "status": status, **extra}, status=status, headers=headers
+    )
+
+
+def _unavailable(exc: Exception) -> web.Response:
+    log.warning("POST %s: a service is away: %s: %s", ROUTE, type(exc).__name__, exc)
+    return _refusal(
+        503,
+        "the service is unavailable; retry the same body later",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _read_body(request: web.Request) -> bytes | None:
+    """The body, or None when it is longer than MAX_BODY_BYTES (read no further)."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(READ_CHUNK):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def create_request(request: web.Request) -> web.Response:
+    ok = authorized(request.headers.get("Authorization"), request.app[keys.API_KEYS])
+    if not ok:
+        challenge = CHALLENGE if ok is None else f'{CHALLENGE}, error="invalid_token"'
+        return _refusal(401, "an API key is required", headers={"WWW-Authenticate": challenge})
+    charset = (request.charset or "utf-8").lower()
+    if request.content_type != "application/json" or charset != "utf-8":
+        return _refusal(415, "the body must be application/json in UTF-8")
+    body = await _read_body(request)
+    if body is None:
+        return _refusal(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        event = events.parse_file_requested(body)
+    except events.InvalidEventError as exc:
+        # RFC 9110: 400 for what is not JSON at all, 422 for JSON that is not a request.
+        status = 400 if exc.reason == states.Reason.MALFORMED_JSON else 422
+        errors = [{"location": where, "message": message} for where, message in exc.errors]
+        return _refusal(status, str(exc), reason=exc.reason, errors=errors)
+    try:
+        return await _accept(request, event)
+    except Exception as exc:
+        if faults.is_infrastructure(exc):
+            return _unavailable(exc)
+        raise
+
+
+async def _accept(request: web.Request, event: events.FileRequested) -> web.Response:
+    db = request.app[keys.STORE]
+    row = await db.get_request(event.id)
+    # A request the worker recorded answers from its row, unless it is the failed record
+    # of an invalid body under this id: a valid event supersedes it (the worker's rule).
+    if row is not None and not (
+        row.status == states.Status.FAILED and row.failure_reason in states.SUPERSEDABLE
+    ):
+        differ = rejection.differing_fields(row.event, event)
+        if differ:
+            return _conflict(event, differ, row.status)
+        return await _accepted(request, event, row.status)
+    reserved = await db.front_door.reserve(event.id, event.model_dump(mode="json"))
+    differ = rejection.differing_fields(reserved.event, event)
+    if differ:
+        return _conflict(event, differ, None)
+    if reserved.published_at is None:
+        async with db.front_door.publishing(event.id) as locked:
+            if locked.published_at is None:  # not by a POST this one waited for
+                # The recorded body, the same as an earlier POST may have sent (its confirm
+                # lost, answered 503): a worker sees a duplicate, never a conflict.
+                recorded = events.FileRequested.model_validate(locked.event)
+                await request.app[keys.GATEWAY].publish(recorded)
+                await locked.mark_published()
+                log.info("POST %s: request %s published", ROUTE, event.id)
+    return await _accepted(request, event, None)
+
+
+def _conflict(
+    event: events.FileRequested, differ: list[str], status: states.Status | None
+) -> web.Response:
+    where = f"({status})" if status else "(accepted, not yet taken by a worker)"
+    return _refusal(
+        409,
+        f"request {event.id} is already recorded {where} with a different body "
+        f"(fields that differ: {', '.join(differ)}); the recorded request is unchanged",
+        reason=states.Reason.CONFLICTING_DUPLICATE.value,
+        fields=differ,
+        id=str(event.id),
+    )
+
+
+async def _accepted(
+    request: web.Request, event: events.FileRequested, status: states.Status | None
+) -> web.Response:
+    app = request.app
+    signer, public_url = app[keys.SIGNER], app[keys.PUBLIC_URL]
+    link = None
+    if status is not None:
+        # Under the row's link generation (a revoked request's old links stay revoked).
+        link = await links.issue(app[keys.STORE], signer, public_url, event.id, status_only=True)
+    if link is not None:
+        url = link.url
+    else:
+        # Not recorded by a worker yet: bound to the event's requester as the worker will
+        # record it (tokens.status_url's rule).
+        requester_id = event.requester.id if event.requester else None
+        token = signer.issue(event.id, requester_id=requester_id, status_only=True)
+        url = tokens.status_link(public_url, token)
+    body = {
+        "id": str(event.id),
+        "status": (status or states.Status.QUEUED).value,
+        "status_url": url,
+    }
+    return responses.json_response(body, status=202, headers={"Location": url})
