@@ -14,7 +14,8 @@ query file each, composed into ``Store``:
 - ``migrations``: the numbered schema files; ``dead_letters``: the request-row side of
   dead-letter replay and purge; ``listing``: the console's requests by status;
   ``gauges``: what the worker's metrics sample; ``traces``: a job's trace context.
-  ``admin_sessions``: the console's server-side sessions and secrets.
+  ``admin_sessions``: the console's server-side sessions and secrets; ``dedupe``: reusing
+  a ready file of identical content, or waiting for the one being built.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from bgworker.store import (
     admin_sessions,
     connection,
     dead_letters,
+    dedupe,
     gauges,
     links,
     listing,
@@ -43,6 +45,8 @@ from bgworker.store import (
 __all__ = [
     "TRANSIENT_ERRORS",
     "Claim",
+    "DedupeDecision",
+    "DedupeStep",
     "Effects",
     "ExpiredFile",
     "OutboxBacklog",
@@ -66,6 +70,8 @@ ensure_database: Final = connection.ensure_database
 
 RequestRow = rows.RequestRow
 Claim = rows.Claim
+DedupeDecision = dedupe.Decision
+DedupeStep = dedupe.Step
 OutboxItem = rows.OutboxItem
 ReapReport = rows.ReapReport
 RecoveryReport = rows.RecoveryReport
@@ -81,6 +87,7 @@ class Store(
     gauges.Gauges,
     traces.Traces,
     links.Links,
+    dedupe.Dedupe,
 ):
     """The one way to the database: ``Store(pool, claim_effects_seconds=...,
     on_effects=...)`` (see ``connection.Connected``), then its methods; the dead-letter
