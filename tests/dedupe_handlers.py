@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 from pathlib import Path
 
 from pydantic import JsonValue
@@ -16,13 +15,16 @@ registry = handlers.Registry()
 
 # Builds started, by criteria["run"]: the worker runs in the test's process.
 CALLS: collections.Counter[str] = collections.Counter()
+STOPPED: set[str] = set()
 
 
 def rows_of(criteria: dict[str, JsonValue]) -> bytes:
-    """What ``report`` writes for these criteria: ``rows`` numbered lines."""
-    count = criteria.get("rows", 10)
-    assert isinstance(count, int)
-    return b"".join(f"row {i} of {criteria.get('run')}\n".encode() for i in range(count))
+    """What ``report`` writes for these criteria: ``rows`` numbered lines, each padded
+    with ``pad`` dots (which the estimate does not count)."""
+    count, pad = criteria.get("rows", 10), criteria.get("pad", 0)
+    assert isinstance(count, int) and isinstance(pad, int)
+    dots = "." * pad
+    return b"".join(f"row {i} of {criteria.get('run')}{dots}\n".encode() for i in range(count))
 
 
 def estimate(criteria: dict[str, JsonValue]) -> float:
@@ -50,12 +52,14 @@ async def report(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
 
 @registry.handler("report_sync", estimate=estimate)
 def report_sync(ctx: handlers.JobContext, out: storage.SyncFileWriter) -> None:
-    """The same bytes from a plain def (a thread), no dedupe."""
-    CALLS[str(ctx.criteria.get("run"))] += 1
+    """The same bytes from a plain def (a thread), no dedupe; a run whose writes are
+    refused (the response ended) is added to ``STOPPED``."""
+    run = str(ctx.criteria.get("run"))
+    CALLS[run] += 1
     data = rows_of(ctx.criteria)
-    for start in range(0, len(data), 4096):
-        out.write(data[start : start + 4096])
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    try:
+        for start in range(0, len(data), 4096):
+            out.write(data[start : start + 4096])
+    except handlers.StoppedError:
+        STOPPED.add(run)
+        raise
