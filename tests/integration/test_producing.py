@@ -102,6 +102,23 @@ async def _queued(channel: aio_pika.abc.AbstractChannel, namespace: str) -> int:
     return count
 
 
+async def _published(
+    serving: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+    status: int,
+    headers: dict[str, str],
+    body: bytes,
+) -> str:
+    """The answer of a delayed request: 202, its status link (in Location too), and the
+    request in the work queue. Returns the link."""
+    assert status == 202, body
+    answer = json.loads(body)
+    assert answer["inline"] is False and headers["Location"] == answer["status_url"]
+    assert answer["status_url"].startswith(f"{serving.web.public_url}/status/")
+    assert await _queued(amqp, serving.namespace) == 1
+    return str(answer["status_url"])
+
+
 async def _ready_by_link(status_url: str) -> None:
     async with aiohttp.ClientSession() as session:
 
@@ -149,14 +166,10 @@ async def test_aiohttp_delays_above_the_threshold_and_the_link_becomes_ready(
         f"{aiohttp_app}/export",
         json={"file_type": "report_sync", "run": run, "rows": THRESHOLD + 1},
     )
-    assert status == 202
-    answer = json.loads(body)
-    assert answer["inline"] is False and headers["Location"] == answer["status_url"]
-    assert answer["status_url"].startswith(f"{serving.web.public_url}/status/")
+    status_url = await _published(serving, amqp, status, headers, body)
     assert dedupe_handlers.CALLS[run] == 0  # nothing built here
-    assert await _queued(amqp, serving.namespace) == 1
     await start_worker()
-    await _ready_by_link(answer["status_url"])
+    await _ready_by_link(status_url)
     assert dedupe_handlers.CALLS[run] == 1
 
 
@@ -194,13 +207,10 @@ async def test_django_inline_and_delayed_over_wsgi(
     status, headers, body = await _call(
         "GET", f"{django_server}/export?run={big}&rows={THRESHOLD * 2}&file_type=report"
     )
-    assert status == 202, body
-    answer = json.loads(body)
-    assert headers["Location"] == answer["status_url"]
-    assert await _queued(amqp, serving.namespace) == 1
+    status_url = await _published(serving, amqp, status, headers, body)
     assert dedupe_handlers.CALLS[small] == 1 and dedupe_handlers.CALLS[big] == 0
     await start_worker()
-    await _ready_by_link(answer["status_url"])
+    await _ready_by_link(status_url)
     assert dedupe_handlers.CALLS[big] == 1
 
 
