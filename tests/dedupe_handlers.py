@@ -32,10 +32,11 @@ def estimate(criteria: dict[str, JsonValue]) -> float:
     return float(count) if isinstance(count, int) else 0.0
 
 
-@registry.handler("report", dedupe_seconds=3600, max_attempts=1, estimate=estimate)
+@registry.handler("report", dedupe_seconds=3600, estimate=estimate)
 async def report(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
     """Waits for the file named by ``criteria["gate"]`` when given (the test opens it); with
-    ``fail_first``, the first build of a run fails for good once the gate opens."""
+    ``fail_first``, the first build of a run fails for good (PermanentError) once the gate
+    opens."""
     run = str(ctx.criteria.get("run"))
     CALLS[run] += 1
     first = CALLS[run] == 1

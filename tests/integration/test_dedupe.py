@@ -152,7 +152,7 @@ async def test_the_waiters_build_when_the_leader_fails(
     run, gate = _run(), tmp_path / "gate"
     criteria = {"run": run, "rows": 20, "gate": str(gate), "fail_first": True}
     leader, waiters = await _leader_and_waiters(db, publish, criteria, 2)
-    gate.touch()  # the leader fails for good (max_attempts=1, PermanentError)
+    gate.touch()  # the leader fails for good (PermanentError)
     failed = await wait_for_status(db, leader.id, {"failed", "ready"})
     assert failed.status == "failed"
     rows = [await wait_for_status(db, e.id, "ready") for e in waiters]
