@@ -6,12 +6,14 @@ advisory lock on its fingerprint):
 
 - a ready file of the fingerprint built within the window: the request ends ready on the
   same bytes, with its own link, email and ``FileReady``, and ``reused_from`` on its row;
-- an identical request being built (running under a live lease, retrying, or queued):
-  wait, holding the claim (its heartbeat keeps the lease), and look again;
+- an identical request being built (running under a live lease): wait, holding the claim
+  (its heartbeat keeps the lease), and look again;
 - neither: this request builds, and carries the fingerprint so later ones wait for it.
 
-When the one building fails or is cancelled, a waiter's next look finds nothing to wait
-for and builds itself; when its worker dies, its lease expires and the same happens. A
+When the one building fails, is cancelled, or waits for a retry, a waiter's next look
+finds nothing to wait for and builds itself (a retry waited for could starve: the waiters
+hold the worker slots it needs); when its worker dies, its lease expires and the same
+happens. Only a row that builds carries the fingerprint, so a wait never waits on a wait. A
 waiter killed while waiting is an ordinary expired lease: the reaper requeues it and it
 decides again. No decision is held in memory, so none is lost with a process.
 """

@@ -52,7 +52,9 @@ class Dedupe(outbox.Outbox):
                 claimed = await self._insert_effects(conn, row.id, effects(row))
                 reused = Decision(Step.REUSED, row=row)
             else:
-                builder = await conn.fetchval(Q["dedupe_builder"], fingerprint, claim.request_id)
+                builder = await conn.fetchval(
+                    Q["dedupe_builder"], fingerprint, claim.request_id, window_seconds
+                )
                 if builder is not None:
                     return Decision(Step.WAIT, builder=builder)
                 led = await conn.fetchval(

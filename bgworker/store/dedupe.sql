@@ -51,12 +51,24 @@ WITH source AS (
 SELECT * FROM reused;
 
 -- name: dedupe_builder
--- Another request of the fingerprint that is being built, or will be: running under a live
--- lease, waiting for its retry, or released to the queue. A lease that expired (its worker
--- died) does not count: a waiter then builds, and the dead one waits for it once requeued.
+-- Another request of the fingerprint being built now: running under a live lease. Not one
+-- waiting for its retry or in the queue: waiters hold worker slots, and enough of them
+-- could keep such a one from ever running again; a waiter builds instead, and the other
+-- waits for it when it comes back. Not one whose lease expired (its worker died): a waiter
+-- builds, and the dead one waits once requeued. The caller's own row sheds the fingerprint
+-- it may carry from an earlier attempt, so only a row that builds carries it (the lead
+-- below sets it again in the same transaction when there is nobody to wait for).
+WITH shed AS (
+    UPDATE bgworker_requests SET fingerprint = NULL
+    WHERE id = $2 AND fingerprint IS NOT NULL AND status = 'running'
+)
+-- A source that became ready after dedupe_reuse looked (this is another statement, with
+-- its own snapshot; mark_ready takes no lock) counts too: the next look reuses it.
 SELECT id FROM bgworker_requests
 WHERE fingerprint = $1 AND id <> $2 AND NOT cancel_requested
-  AND (status IN ('queued', 'retrying') OR (status = 'running' AND lease_expires_at > now()))
+  AND ((status = 'running' AND lease_expires_at > now())
+       OR (status = 'ready' AND reused_from IS NULL AND expires_at > now()
+           AND finished_at > now() - make_interval(secs => $3)))
 ORDER BY received_at
 LIMIT 1;
 
