@@ -16,6 +16,7 @@ from bgworker import settings as settings_mod
 from bgworker.smtp_sink import SmtpSink
 from tests import dedupe_handlers
 from tests.helpers import (
+    DeadLetters,
     EventLog,
     Publish,
     StartServer,
@@ -24,6 +25,7 @@ from tests.helpers import (
     wait_for_status,
     wait_until,
 )
+from tests.integration.console import PASSWORD, basic, client, log_in
 from tests.integration.downloads import fetch
 
 ALICE: dict[str, Any] = {"id": "alice", "email": "alice@example.com"}
@@ -229,3 +231,51 @@ async def test_cleanup_keeps_bytes_a_live_row_still_serves(
     assert status == 410
     await cleanup.clean(db, files, leeway_seconds=-8 * 24 * 3600, orphan_age_seconds=0)
     assert not files.path(built.storage_key).exists()
+
+
+@pytest.mark.usefixtures("dedupe_registry")
+async def test_the_console_shows_where_a_reused_file_came_from(
+    console: str, db: store.Store, publish: Publish, start_worker: StartWorker
+) -> None:
+    await start_worker()
+    run = _run()
+    first = await publish("report", {"run": run}, requester=ALICE)
+    await wait_for_status(db, first.id, "ready")
+    second = await publish("report", {"run": run}, requester=ALICE)
+    await wait_for_status(db, second.id, "ready")
+    async with client() as http:
+        url = f"{console}/admin/api/requests/{second.id}"
+        async with http.get(url, headers=basic("admin", PASSWORD)) as r:
+            shown = (await r.json())["row"]
+        assert shown["reused_from"] == str(first.id) and shown["fingerprint"]
+        await log_in(http, console)
+        async with http.get(f"{console}/admin/requests/{second.id}") as r:
+            page = await r.text()
+        assert 'id="reused-from"' in page and f'href="/admin/requests/{first.id}"' in page
+        async with http.get(f"{console}/admin/requests/{first.id}") as r:
+            assert 'id="reused-from"' not in await r.text()
+
+
+@pytest.mark.usefixtures("dedupe_registry")
+async def test_another_body_under_a_reused_id_is_still_a_conflicting_duplicate(
+    db: store.Store, publish: Publish, start_worker: StartWorker, dead: DeadLetters
+) -> None:
+    """Dedupe never turns a conflict into a reuse: the id's recorded body wins."""
+    await start_worker()
+    run = _run()
+    first = await publish("report", {"run": run}, requester=ALICE)
+    await wait_for_status(db, first.id, "ready")
+    second = await publish("report", {"run": run}, requester=ALICE)
+    reused = await wait_for_status(db, second.id, "ready")
+    # The same id as the reused request, the criteria of the first: a different body.
+    await publish("report", {"run": run, "rows": 10}, requester=ALICE, id=second.id)
+    [letter] = await dead.wait_for(1)
+    assert letter.headers["x-bgworker-reason"] == "conflicting_duplicate"
+    after = await get_row(db, second.id)  # only its email went out meanwhile
+    assert (after.status, after.event, after.storage_key) == (
+        reused.status,
+        reused.event,
+        reused.storage_key,
+    )
+    assert after.reused_from == first.id
+    assert dedupe_handlers.CALLS[run] == 1
