@@ -181,6 +181,16 @@ async def test_a_cancelled_leader_does_not_strand_its_waiter(
     assert row.reused_from is None and dedupe_handlers.CALLS[run] == 2
 
 
+async def _built_then_reused(
+    db: store.Store, publish: Publish, run: str
+) -> tuple[store.RequestRow, store.RequestRow]:
+    """A request of ``run`` made ready, then an identical one (ready on its file)."""
+    first = await publish("report", {"run": run}, requester=ALICE)
+    built = await wait_for_status(db, first.id, "ready")
+    second = await publish("report", {"run": run}, requester=ALICE)
+    return built, await wait_for_status(db, second.id, "ready")
+
+
 async def _leader_and_waiters(
     db: store.Store, publish: Publish, criteria: dict[str, Any], count: int
 ) -> tuple[events.FileRequested, list[events.FileRequested]]:
@@ -238,11 +248,7 @@ async def test_the_console_shows_where_a_reused_file_came_from(
     console: str, db: store.Store, publish: Publish, start_worker: StartWorker
 ) -> None:
     await start_worker()
-    run = _run()
-    first = await publish("report", {"run": run}, requester=ALICE)
-    await wait_for_status(db, first.id, "ready")
-    second = await publish("report", {"run": run}, requester=ALICE)
-    await wait_for_status(db, second.id, "ready")
+    first, second = await _built_then_reused(db, publish, _run())
     async with client() as http:
         url = f"{console}/admin/api/requests/{second.id}"
         async with http.get(url, headers=basic("admin", PASSWORD)) as r:
@@ -263,10 +269,8 @@ async def test_another_body_under_a_reused_id_is_still_a_conflicting_duplicate(
     """Dedupe never turns a conflict into a reuse: the id's recorded body wins."""
     await start_worker()
     run = _run()
-    first = await publish("report", {"run": run}, requester=ALICE)
-    await wait_for_status(db, first.id, "ready")
-    second = await publish("report", {"run": run}, requester=ALICE)
-    reused = await wait_for_status(db, second.id, "ready")
+    first, reused = await _built_then_reused(db, publish, run)
+    second = reused
     # The same id as the reused request, the criteria of the first: a different body.
     await publish("report", {"run": run, "rows": 10}, requester=ALICE, id=second.id)
     [letter] = await dead.wait_for(1)
