@@ -4,6 +4,7 @@ Django under a real WSGI server (wsgiref), both over loopback sockets."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import uuid
@@ -228,3 +229,49 @@ async def test_without_an_estimate_the_request_is_published(
     assert await _queued(amqp, serving.namespace) == 1
     with pytest.raises(handlers.UnknownFileTypeError):
         await producer.request(event.model_copy(update={"file_type": "nope"}))
+
+
+async def test_starlette_inline_and_delayed_under_uvicorn(
+    serving: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+    unused_tcp_port: int,
+) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    registry = handlers.load([REGISTRY])
+    async with publisher.Publisher(
+        AMQP_URL, namespace=serving.namespace, queue_type=serving.queue_type
+    ) as pub:
+        producer = producing.Producer(serving, registry, pub, threshold=THRESHOLD)
+
+        async def export(request: Request) -> Response:
+            query = request.query_params
+            criteria = {"run": query["run"], "rows": int(query["rows"])}
+            event = events.FileRequested(id=uuid.uuid4(), file_type="report", criteria=criteria)
+            return producing.starlette_response(await producer.request(event))
+
+        app = Starlette(routes=[Route("/export", export)])
+        config = uvicorn.Config(app, host="127.0.0.1", port=unused_tcp_port, log_level="warning")
+        server = uvicorn.Server(config)
+        serve = asyncio.create_task(server.serve(), name="uvicorn")
+        try:
+            await wait_until(lambda: server.started)
+            base = f"http://127.0.0.1:{unused_tcp_port}"
+            small, big = uuid.uuid4().hex, uuid.uuid4().hex
+            status, headers, body = await _call("GET", f"{base}/export?run={small}&rows=200")
+            assert status == 200
+            assert body == dedupe_handlers.rows_of({"run": small, "rows": 200})
+            assert headers["Content-Disposition"].startswith("attachment")
+            assert await _queued(amqp, serving.namespace) == 0
+            status, headers, body = await _call(
+                "GET", f"{base}/export?run={big}&rows={THRESHOLD + 1}"
+            )
+            await _published(serving, amqp, status, headers, body)
+            assert dedupe_handlers.CALLS[small] == 1 and dedupe_handlers.CALLS[big] == 0
+        finally:
+            server.should_exit = True
+            await serve
