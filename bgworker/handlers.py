@@ -15,7 +15,6 @@ and FastStream's: what it yields reaches every handler as ``ctx.resources``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib
 import inspect
@@ -25,7 +24,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import tzinfo
@@ -36,7 +35,7 @@ from zoneinfo import ZoneInfo
 import pydantic
 from pydantic import JsonValue
 
-from bgworker import event_fields, events, storage
+from bgworker import event_fields, events, handler_errors, storage
 from bgworker import progress as progress_mod
 from bgworker import settings as settings_mod
 
@@ -44,46 +43,11 @@ T = TypeVar("T")
 NO_RESOURCES: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
-class PermanentError(Exception):
-    """Raised by a handler when retrying cannot help (bad criteria...): straight to failed."""
-
-
-class UnknownFileTypeError(LookupError):
-    pass
-
-
-class StoppedError(Exception):
-    """Raised inside a handler, by ``ctx.check()`` (or a synchronous handler's
-    ``out.write``), once its attempt has ended (time limit, cancel, lease lost, worker
-    shutting down). Let it propagate: nothing the handler does afterwards is kept."""
-
-
-class LifespanError(Exception):
-    """A registry's lifespan could not open its resources, so the worker cannot start
-    (``__cause__`` is what it raised)."""
-
-
-class TimeLimitError(StoppedError):
-    """The handler ran past its time limit. It is the attempt's error (error_class
-    ``TimeLimitError``), so the attempt is retried or failed by the usual rules."""
-
-    def __init__(self, limit: float) -> None:
-        super().__init__(f"exceeded its time limit of {float(limit)} s")
-        self.limit = limit
-
-
-class _Checked:
-    """What ``ctx.check()`` returns when the attempt goes on: awaiting it gives the event
-    loop one turn, so a CPU-bound async handler lets heartbeats, other jobs, a cancel or
-    its time limit in (asyncio delivers a cancellation only at an await)."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return asyncio.sleep(0).__await__()
-
-
-_CHECKED: Final = _Checked()
+PermanentError = handler_errors.PermanentError
+UnknownFileTypeError = handler_errors.UnknownFileTypeError
+StoppedError = handler_errors.StoppedError
+LifespanError = handler_errors.LifespanError
+TimeLimitError = handler_errors.TimeLimitError
 
 
 @dataclass
@@ -172,7 +136,7 @@ class JobContext:
         handler that computes long between writes polls it, or ``check()``."""
         return self._stop.is_set()
 
-    def check(self) -> _Checked:
+    def check(self) -> handler_errors.Checked:
         """Raise ``StoppedError`` once the attempt has ended (``TimeLimitError`` past the
         time limit, even before the worker noticed). Otherwise return at once; in an async
         handler ``await ctx.check()`` also gives the event loop a turn."""
@@ -183,7 +147,7 @@ class JobContext:
             error = TimeLimitError(self._limit)
             self.stop(error)
             raise error
-        return _CHECKED
+        return handler_errors.CHECKED
 
     def start(self, limit: float | None) -> None:
         """The attempt starts now, with this time limit in seconds (called by the worker)."""
@@ -205,6 +169,7 @@ H = TypeVar("H", bound=Handler)
 # A lifespan gets the worker's settings and yields the resources it opened (or None).
 Lifespan = Callable[[settings_mod.Settings], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 L = TypeVar("L", bound=Callable[..., Any])
+Estimate = Callable[[dict[str, JsonValue]], float]
 
 # RFC 9110 token characters would allow more; a file name extension is kept to what every
 # file system and mail client shows plainly.
@@ -231,6 +196,11 @@ class Registration:
     # What the handler makes, for requests that leave filename or content_type out.
     extension: str | None = None
     content_type: str | None = None
+    # Dedupe by content (see ``dedupe``): identical requests within this many seconds of a
+    # build reuse its file. None: every request builds.
+    dedupe_seconds: float | None = None
+    # criteria -> an estimate of the work (rows, bytes) for producing.inline_or_delay.
+    estimate: Estimate | None = None
 
 
 def _valid_content_type(value: str) -> str:
@@ -266,10 +236,13 @@ class Registry:
         sync: bool | None = None,
         extension: str | None = None,
         content_type: str | None = None,
+        dedupe_seconds: float | None = None,
+        estimate: Estimate | None = None,
     ) -> None:
         """``sync`` defaults to "not a coroutine function"; say ``sync=False`` for a plain
         callable that returns an awaitable. ``extension`` and ``content_type`` fill requests
-        that leave ``filename`` or ``content_type`` out."""
+        that leave ``filename`` or ``content_type`` out; ``dedupe_seconds`` and ``estimate``:
+        see ``Registration``."""
         if file_type in self._by_type:
             raise ValueError(f"file type {file_type!r} is already registered")
         is_async = _is_async(handler)
@@ -288,8 +261,20 @@ class Registry:
             )
         if content_type is not None:
             content_type = _valid_content_type(content_type)
+        if dedupe_seconds is not None and not (
+            dedupe_seconds > 0 and math.isfinite(dedupe_seconds)
+        ):
+            raise ValueError(f"dedupe_seconds must be > 0 seconds, got {dedupe_seconds!r}")
         self._by_type[file_type] = Registration(
-            file_type, handler, max_attempts, time_limit, sync, extension, content_type
+            file_type,
+            handler,
+            max_attempts,
+            time_limit,
+            sync,
+            extension,
+            content_type,
+            dedupe_seconds,
+            estimate,
         )
 
     def handler(
@@ -301,6 +286,8 @@ class Registry:
         sync: bool | None = None,
         extension: str | None = None,
         content_type: str | None = None,
+        dedupe_seconds: float | None = None,
+        estimate: Estimate | None = None,
     ) -> Callable[[H], H]:
         def decorate(fn: H) -> H:
             self.register(
@@ -311,6 +298,8 @@ class Registry:
                 sync=sync,
                 extension=extension,
                 content_type=content_type,
+                dedupe_seconds=dedupe_seconds,
+                estimate=estimate,
             )
             return fn
 
@@ -340,6 +329,8 @@ class Registry:
                 sync=reg.sync,
                 extension=reg.extension,
                 content_type=reg.content_type,
+                dedupe_seconds=reg.dedupe_seconds,
+                estimate=reg.estimate,
             )
         self._lifespans.extend(other._lifespans)
 

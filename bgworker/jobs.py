@@ -23,6 +23,7 @@ from typing import Any, Final
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from bgworker import (
+    dedupe,
     events,
     execution,
     faults,
@@ -267,6 +268,14 @@ class Runner:
         in_flight.inc()
         log.info("request %s: attempt %d of %s started", event.id, claim.attempt, event.file_type)
         try:
+            if registration.dedupe_seconds:
+                # A ready identical file to reuse, or one being built to wait for.
+                settled = await dedupe.settle(
+                    self.db, self.finalizer, claim, event, registration.dedupe_seconds
+                )
+                if settled is not None:
+                    await writer.abort()  # nothing built: drop its empty temp file
+                    return settled
             # Raises handlers.TimeLimitError past the time limit: an ordinary error below.
             with tracing.span("handler", file_type=event.file_type, attempt=claim.attempt):
                 await self.execution.call(registration, ctx, writer)

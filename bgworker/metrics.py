@@ -35,6 +35,12 @@ JOB_SECONDS: Final = Histogram(
 IN_FLIGHT: Final = Gauge(
     "bgworker_jobs_in_flight", "Jobs running in this process", ["file_type"], registry=WORKER
 )
+REUSED: Final = Counter(
+    "bgworker_requests_reused_total",
+    "Requests made ready on the file of an identical request (dedupe), by file type",
+    ["file_type"],
+    registry=WORKER,
+)
 DEAD_LETTERS: Final = Counter(
     "bgworker_dead_letters_total", "Messages dead-lettered", ["reason"], registry=WORKER
 )

@@ -15,7 +15,8 @@ query file each, composed into ``Store``:
   dead-letter replay and purge; ``listing``: the console's requests by status;
   ``gauges``: what the worker's metrics sample; ``traces``: a job's trace context.
   ``admin_sessions``: the console's server-side sessions and secrets; ``front_door``: the
-  events ``POST /requests`` accepted, by id.
+  events ``POST /requests`` accepted, by id; ``dedupe``: reusing a ready file of identical
+  content, or waiting for the one being built.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from bgworker.store import (
     admin_sessions,
     connection,
     dead_letters,
+    dedupe,
     front_door,
     gauges,
     links,
@@ -45,6 +47,8 @@ from bgworker.store import (
 __all__ = [
     "TRANSIENT_ERRORS",
     "Claim",
+    "DedupeDecision",
+    "DedupeStep",
     "Effects",
     "ExpiredFile",
     "OutboxBacklog",
@@ -68,6 +72,8 @@ ensure_database: Final = connection.ensure_database
 
 RequestRow = rows.RequestRow
 Claim = rows.Claim
+DedupeDecision = dedupe.Decision
+DedupeStep = dedupe.Step
 OutboxItem = rows.OutboxItem
 ReapReport = rows.ReapReport
 RecoveryReport = rows.RecoveryReport
@@ -83,6 +89,7 @@ class Store(
     gauges.Gauges,
     traces.Traces,
     links.Links,
+    dedupe.Dedupe,
 ):
     """The one way to the database: ``Store(pool, claim_effects_seconds=...,
     on_effects=...)`` (see ``connection.Connected``), then its methods; the dead-letter

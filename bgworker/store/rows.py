@@ -46,6 +46,10 @@ class RequestRow:
     lease_token: uuid.UUID | None
     lease_expires_at: datetime | None
     updated_at: datetime
+    # Dedupe by content (file types registered with dedupe_seconds): the fingerprint of a
+    # request that built or reused a file, and the request whose bytes it reuses.
+    fingerprint: str | None = None
+    reused_from: uuid.UUID | None = None
 
     @property
     def percent(self) -> float | None:

@@ -226,6 +226,7 @@ def status_body(view: LinkView) -> dict[str, Any]:
             "state": view.state,
             "message": view.message,
             "attempts": 0,
+            "reused": False,
             **dict.fromkeys(keys_),
             "finished_at": None,
             "expires_at": None,
@@ -246,6 +247,8 @@ def status_body(view: LinkView) -> dict[str, Any]:
         "attempts": row.attempts,
         "size": row.size_bytes,
         "sha256": row.sha256,
+        # True when the file is that of an identical earlier request (dedupe), not rebuilt.
+        "reused": row.reused_from is not None,
         "requested_at": row.requested_at.isoformat(),
         "finished_at": row.finished_at.isoformat() if row.finished_at else None,
         "expires_at": row.expires_at.isoformat() if row.expires_at else None,

@@ -215,6 +215,7 @@ async def test_status_json(
         "attempts": 1,
         "size": SIZE,
         "sha256": ready.sha256,
+        "reused": False,
         "requested_at": ready.requested_at.isoformat(),
         "finished_at": ready.finished_at.isoformat() if ready.finished_at else None,
         "expires_at": ready.expires_at.isoformat() if ready.expires_at else None,

@@ -1,0 +1,277 @@
+"""Inline or delay (bgworker.producing): small files stream from the producer's own web app
+without a message; big ones are published and their status link returned. aiohttp, and
+Django under a real WSGI server (wsgiref), both over loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+import wsgiref.simple_server
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aio_pika
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bgworker import events, handlers, producing, publisher, topology
+from bgworker import settings as settings_mod
+from tests import dedupe_handlers, django_app
+from tests.helpers import AMQP_URL, StartServer, StartWorker, wait_until
+
+THRESHOLD = 1000  # rows: report's estimate is criteria["rows"]
+pytestmark = pytest.mark.timeout(90)
+REGISTRY = "tests.dedupe_handlers:registry"
+
+
+@pytest.fixture
+async def serving(
+    settings: settings_mod.Settings, start_server: StartServer
+) -> settings_mod.Settings:
+    """bgworker's server is up and the settings' public URL points to it, so a status link
+    the producer returns can be followed."""
+    settings.handlers.append(REGISTRY)
+    settings.web.public_url = await start_server()
+    return settings
+
+
+@pytest.fixture
+async def aiohttp_app(
+    serving: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
+) -> AsyncIterator[str]:
+    """A producer's aiohttp app: POST /export {"file_type", "run", "rows"}. Its base URL."""
+    registry = handlers.load([REGISTRY])
+    async with publisher.Publisher(
+        AMQP_URL, namespace=serving.namespace, queue_type=serving.queue_type
+    ) as pub:
+        producer = producing.Producer(serving, registry, pub, threshold=THRESHOLD)
+
+        async def export(request: web.Request) -> web.StreamResponse:
+            body = await request.json()
+            event = events.FileRequested(
+                id=uuid.uuid4(),
+                file_type=body["file_type"],
+                criteria={k: body[k] for k in ("run", "rows", "pad") if k in body},
+            )
+            return await producing.aiohttp_response(request, await producer.request(event))
+
+        app = web.Application()
+        app.router.add_post("/export", export)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}"
+        await runner.cleanup()
+
+
+class _Quiet(wsgiref.simple_server.WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def django_server(
+    serving: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
+) -> Iterator[str]:
+    """tests/django_app.py under wsgiref in a thread, with a SyncProducer. Its base URL."""
+    from django.core.wsgi import get_wsgi_application
+
+    django_app.setup()
+    registry = handlers.load([REGISTRY])
+    with producing.SyncProducer(serving, registry, threshold=THRESHOLD) as producer:
+        django_app.PRODUCER["value"] = producer
+        server = wsgiref.simple_server.make_server(
+            "127.0.0.1", 0, get_wsgi_application(), handler_class=_Quiet
+        )
+        thread = threading.Thread(target=server.serve_forever, name="wsgiref", daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{server.server_port}"
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+async def _queued(channel: aio_pika.abc.AbstractChannel, namespace: str) -> int:
+    queue = await channel.declare_queue(topology.Topology(namespace).work_queue, passive=True)
+    count = queue.declaration_result.message_count
+    assert count is not None
+    return count
+
+
+async def _published(
+    serving: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+    status: int,
+    headers: dict[str, str],
+    body: bytes,
+) -> str:
+    """The answer of a delayed request: 202, its status link (in Location too), and the
+    request in the work queue. Returns the link."""
+    assert status == 202, body
+    answer = json.loads(body)
+    assert answer["inline"] is False and headers["Location"] == answer["status_url"]
+    assert answer["status_url"].startswith(f"{serving.web.public_url}/status/")
+    assert await _queued(amqp, serving.namespace) == 1
+    return str(answer["status_url"])
+
+
+async def _ready_by_link(status_url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+
+        async def ready() -> bool:
+            async with session.get(status_url, headers={"Accept": "application/json"}) as r:
+                return r.status == 200 and (await r.json())["status"] == "ready"
+
+        await wait_until(ready)
+
+
+async def _call(method: str, url: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
+    async with aiohttp.ClientSession() as session, session.request(method, url, **kwargs) as r:
+        return r.status, dict(r.headers), await r.read()
+
+
+@pytest.mark.parametrize("file_type", ["report", "report_sync"])
+async def test_aiohttp_inline_under_the_threshold_streams_without_a_message(
+    settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+    aiohttp_app: str,
+    file_type: str,
+) -> None:
+    run = uuid.uuid4().hex
+    rows = THRESHOLD  # at the threshold: still inline
+    status, headers, body = await _call(
+        "POST", f"{aiohttp_app}/export", json={"file_type": file_type, "run": run, "rows": rows}
+    )
+    assert status == 200
+    assert body == dedupe_handlers.rows_of({"run": run, "rows": rows})
+    assert headers["Content-Disposition"].startswith("attachment")
+    assert headers.get("Transfer-Encoding") == "chunked"  # streamed, no Content-Length
+    assert dedupe_handlers.CALLS[run] == 1
+    assert await _queued(amqp, settings.namespace) == 0
+
+
+async def test_aiohttp_delays_above_the_threshold_and_the_link_becomes_ready(
+    serving: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+    aiohttp_app: str,
+    start_worker: StartWorker,
+) -> None:
+    run = uuid.uuid4().hex
+    status, headers, body = await _call(
+        "POST",
+        f"{aiohttp_app}/export",
+        json={"file_type": "report_sync", "run": run, "rows": THRESHOLD + 1},
+    )
+    status_url = await _published(serving, amqp, status, headers, body)
+    assert dedupe_handlers.CALLS[run] == 0  # nothing built here
+    await start_worker()
+    await _ready_by_link(status_url)
+    assert dedupe_handlers.CALLS[run] == 1
+
+
+async def test_a_client_that_goes_away_stops_the_inline_handler(
+    aiohttp_app: str, amqp: aio_pika.abc.AbstractChannel, settings: settings_mod.Settings
+) -> None:
+    """Bounded memory: the handler runs ahead of the response by at most the queue, so a
+    client that reads one chunk and leaves gets its handler stopped at a later write."""
+    run = uuid.uuid4().hex
+    # ~10 MB, more than the socket buffers between the two can hold.
+    payload = {"file_type": "report_sync", "run": run, "rows": THRESHOLD, "pad": 10_000}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{aiohttp_app}/export", json=payload) as response:
+            assert response.status == 200
+            await response.content.readexactly(1024)
+        # Leaving the block closes the connection with most of the body unread.
+    await wait_until(lambda: run in dedupe_handlers.STOPPED)
+    assert dedupe_handlers.CALLS[run] == 1
+    assert await _queued(amqp, settings.namespace) == 0
+
+
+async def test_django_inline_and_delayed_over_wsgi(
+    serving: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+    django_server: str,
+    start_worker: StartWorker,
+) -> None:
+    small, big = uuid.uuid4().hex, uuid.uuid4().hex
+    status, headers, body = await _call("GET", f"{django_server}/export?run={small}&rows=300")
+    assert status == 200, body
+    assert body == dedupe_handlers.rows_of({"run": small, "rows": 300})
+    assert "Content-Length" not in headers  # streamed
+    assert await _queued(amqp, serving.namespace) == 0
+
+    status, headers, body = await _call(
+        "GET", f"{django_server}/export?run={big}&rows={THRESHOLD * 2}&file_type=report"
+    )
+    status_url = await _published(serving, amqp, status, headers, body)
+    assert dedupe_handlers.CALLS[small] == 1 and dedupe_handlers.CALLS[big] == 0
+    await start_worker()
+    await _ready_by_link(status_url)
+    assert dedupe_handlers.CALLS[big] == 1
+
+
+async def test_without_an_estimate_the_request_is_published(
+    serving: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
+) -> None:
+    registry = handlers.load(["tests.handlers:registry"])  # "blob" declares no estimate
+    async with publisher.Publisher(
+        AMQP_URL, namespace=serving.namespace, queue_type=serving.queue_type
+    ) as pub:
+        producer = producing.Producer(serving, registry, pub, threshold=10**9)
+        event = events.FileRequested(id=uuid.uuid4(), file_type="blob", criteria={})
+        decision = await producer.request(event)
+    assert isinstance(decision, producing.Delayed) and decision.request_id == event.id
+    assert await _queued(amqp, serving.namespace) == 1
+    with pytest.raises(handlers.UnknownFileTypeError):
+        await producer.request(event.model_copy(update={"file_type": "nope"}))
+
+
+async def test_starlette_inline_and_delayed_under_uvicorn(
+    serving: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+    unused_tcp_port: int,
+) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    registry = handlers.load([REGISTRY])
+    async with publisher.Publisher(
+        AMQP_URL, namespace=serving.namespace, queue_type=serving.queue_type
+    ) as pub:
+        producer = producing.Producer(serving, registry, pub, threshold=THRESHOLD)
+
+        async def export(request: Request) -> Response:
+            query = request.query_params
+            criteria = {"run": query["run"], "rows": int(query["rows"])}
+            event = events.FileRequested(id=uuid.uuid4(), file_type="report", criteria=criteria)
+            return producing.starlette_response(await producer.request(event))
+
+        app = Starlette(routes=[Route("/export", export)])
+        config = uvicorn.Config(app, host="127.0.0.1", port=unused_tcp_port, log_level="warning")
+        server = uvicorn.Server(config)
+        serve = asyncio.create_task(server.serve(), name="uvicorn")
+        try:
+            await wait_until(lambda: server.started)
+            base = f"http://127.0.0.1:{unused_tcp_port}"
+            small, big = uuid.uuid4().hex, uuid.uuid4().hex
+            status, headers, body = await _call("GET", f"{base}/export?run={small}&rows=200")
+            assert status == 200
+            assert body == dedupe_handlers.rows_of({"run": small, "rows": 200})
+            assert headers["Content-Disposition"].startswith("attachment")
+            assert await _queued(amqp, serving.namespace) == 0
+            status, headers, body = await _call(
+                "GET", f"{base}/export?run={big}&rows={THRESHOLD + 1}"
+            )
+            await _published(serving, amqp, status, headers, body)
+            assert dedupe_handlers.CALLS[small] == 1 and dedupe_handlers.CALLS[big] == 0
+        finally:
+            server.should_exit = True
+            await serve
