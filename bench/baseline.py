@@ -21,12 +21,14 @@ from typing import Final
 from bench import common
 
 CACHE: Final = Path(os.environ.get("BENCH_BASELINE_DIR", tempfile.gettempdir()))
+# The repository REV is read from: this tree's, unless the bench runs from an export of it.
+GIT_REPO: Final = Path(os.environ.get("BENCH_GIT_REPO", common.REPO))
 
 
 def resolve(rev: str) -> str:
     out = subprocess.run(
         ["git", "rev-parse", "--short=7", f"{rev}^{{commit}}"],
-        cwd=common.REPO,
+        cwd=GIT_REPO,
         capture_output=True,
         text=True,
         check=True,
@@ -46,7 +48,7 @@ def install(rev: str) -> tuple[Path, Path]:
     common.log(f"installing baseline {short} into {root}")
     src.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(
-        ["git", "archive", "--format=tar", short], cwd=common.REPO, capture_output=True, check=True
+        ["git", "archive", "--format=tar", short], cwd=GIT_REPO, capture_output=True, check=True
     )
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
