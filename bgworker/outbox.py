@@ -320,7 +320,7 @@ class Dispatcher:
                 sha256=p["sha256"],
                 ready_at=datetime.fromisoformat(p["ready_at"]),
                 expires_at=datetime.fromisoformat(p["expires_at"]),
-                download_url=await self._url(rid, p.get("requester_id")),
+                download_url=await self._url(item),
             )
             await broker.publish_event(self.channel, self.topology, topology.READY_KEY, ready)
             await done()
@@ -342,7 +342,7 @@ class Dispatcher:
             context = {
                 **p,
                 "request_id": str(rid),
-                "download_url": await self._url(rid, p.get("requester_id")),
+                "download_url": await self._url(item),
             }
             message = _resent(self.mailer.render("ready", p["to"], context), p)
             await self.mailer.send(message, done)
@@ -356,9 +356,16 @@ class Dispatcher:
         else:
             raise ValueError(f"unknown outbox kind {item.kind!r}")
 
-    async def _url(self, request_id: uuid.UUID, requester_id: str | None) -> str:
-        generation = await self.db.link_generation(request_id)
-        return download_url(self.public_url, self.signer, request_id, requester_id, generation or 0)
+    async def _url(self, item: store.OutboxItem) -> str:
+        # The generation read when the item was claimed (the same moment as a query here
+        # would be, one round trip fewer); an item made without it asks.
+        generation = item.link_generation
+        if generation is None:
+            generation = await self.db.link_generation(item.request_id)
+        requester_id = item.payload.get("requester_id")
+        return download_url(
+            self.public_url, self.signer, item.request_id, requester_id, generation or 0
+        )
 
 
 def _resent(message: EmailMessage, payload: dict[str, Any]) -> EmailMessage:

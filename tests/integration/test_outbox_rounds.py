@@ -1,0 +1,108 @@
+"""Fewer round trips per job in the outbox (issue 11), against a real PostgreSQL: effects
+come back with the request's link generation (no query per link), and ``outbox_done``
+calls that overlap share one statement (group commit), each caller told its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import pytest
+
+from bgworker import events, outbox, store
+from bgworker.store import outbox as store_outbox
+
+
+async def _claimed(db: store.Store, email: str | None = "a@example.com") -> store.Claim:
+    event = events.FileRequested(
+        id=uuid.uuid4(),
+        file_type="blob",
+        criteria={},
+        filename="x.bin",
+        requester={"id": "u1", "email": email} if email else None,
+    )
+    claim = await db.record_and_claim(event, 3, "test-worker", 60)
+    assert claim is not None
+    return claim
+
+
+async def _ready(db: store.Store, claim: store.Claim) -> store.RequestRow:
+    row = await db.mark_ready(
+        claim, size=3, sha256="0" * 64, storage_key="k", effects=outbox.ready_effects
+    )
+    assert row is not None
+    return row
+
+
+async def test_effects_carry_the_link_generation_of_their_commit(database_url: str) -> None:
+    """Handed-off effects and swept ones both carry the generation current when they were
+    claimed: a revoke before the claim is in the link, as when it was queried."""
+    announced: list[store.OutboxItem] = []
+    pool = await store.create_pool(database_url)
+    try:
+        db = store.Store(pool, claim_effects_seconds=30, on_effects=announced.extend)
+        claim = await _claimed(db)
+        assert await db.revoke_links(claim.request_id) == 1
+        await _ready(db, claim)
+        assert {i.kind for i in announced} == {"event_ready", "email_ready"}
+        assert {i.link_generation for i in announced} == {1}
+
+        # Left to the sweep (no hand-off), revoked again before the sweep claims them.
+        sweeping = store.Store(pool)
+        other = await _claimed(sweeping)
+        await _ready(sweeping, other)
+        assert await sweeping.revoke_links(other.request_id) == 1
+        assert await sweeping.revoke_links(other.request_id) == 2
+        due = await sweeping.claim_outbox_due(10, 30)
+        assert {(i.request_id, i.link_generation) for i in due} == {(other.request_id, 2)}
+    finally:
+        await pool.close()
+
+
+async def test_overlapping_done_calls_share_one_statement(db: store.Store) -> None:
+    """Eight effects finishing together: the first caller's statement carries its own, the
+    next carries the seven that arrived meanwhile; every row is done, emails noted."""
+    claims = [await _claimed(db) for _ in range(4)]
+    for claim in claims:
+        await _ready(db, claim)
+    items = await db.claim_outbox_due(50, 30)
+    assert len(items) == 8
+    group = db.done_group
+    before = group.statements
+    await asyncio.gather(*(db.outbox_done(item) for item in items))
+    assert group.statements - before == 2
+    for claim in claims:
+        rows = await db.list_outbox(claim.request_id)
+        assert {r["status"] for r in rows} == {"done"}
+        row = await db.get_request(claim.request_id)
+        assert row is not None and row.notified_at is not None
+
+
+async def test_a_failed_statement_fails_every_caller_it_carried(database_url: str) -> None:
+    pool = await store.create_pool(database_url)
+    group = store_outbox.GroupCommit(pool)
+    await pool.close()
+    results = await asyncio.gather(
+        *(group.done(uuid.uuid4(), "event_ready") for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, asyncpg.InterfaceError) for r in results), results
+    assert group.statements == 0
+
+
+async def test_a_cancelled_flusher_leaves_no_caller_waiting(db: store.Store) -> None:
+    """The caller running the statement is cancelled: those waiting for the next one get an
+    error (and retry, as ``Dispatcher._record_done`` does), never a hang."""
+    group = store_outbox.GroupCommit(db.pool)
+    leader = asyncio.create_task(group.done(uuid.uuid4(), "event_ready"))
+    await asyncio.sleep(0)  # the leader's statement is on its way
+    followers = [asyncio.create_task(group.done(uuid.uuid4(), "event_ready")) for _ in range(2)]
+    await asyncio.sleep(0)
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    async with asyncio.timeout(10):
+        results = await asyncio.gather(*followers, return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results), results
+    # Nothing is left half-flushed: the next call runs its own statement.
+    await group.done(uuid.uuid4(), "event_ready")
