@@ -2,16 +2,18 @@
 -- (bgworker.store.outbox).
 
 -- name: insert_outbox
--- Every effect of one state change in one statement: kinds $2 and payloads $3, in pairs.
+-- Every effect of the state changes of one transaction in one statement: request ids $1,
+-- kinds $2 and payloads $3, in threes.
 -- With $4 (seconds) the rows start claimed by the inserting worker, which performs them
 -- right after the commit: no separate claim round trip. NULL leaves them to the sweep.
 -- The request's link generation comes back with them: the links they carry are signed
 -- under it without another round trip.
 WITH inserted AS (
     INSERT INTO bgworker_outbox (request_id, kind, payload, claimed_until, attempts)
-    SELECT $1, e.kind, e.payload, now() + make_interval(secs => $4::double precision),
+    SELECT e.request_id, e.kind, e.payload,
+           now() + make_interval(secs => $4::double precision),
            CASE WHEN $4::double precision IS NULL THEN 0 ELSE 1 END
-    FROM unnest($2::text[], $3::jsonb[]) AS e (kind, payload)
+    FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) AS e (request_id, kind, payload)
     ON CONFLICT (request_id, kind) DO NOTHING
     RETURNING request_id, kind, payload, attempts
 )
