@@ -333,6 +333,13 @@ async def trial(c: Contender, setup: Setup, storage: Path, n: int, tag: str) -> 
     }
 
 
+def _picks(wanted: str, c: Contender, everyone: list[Contender]) -> bool:
+    """``--contenders`` item: a contender's exact name, else a part of names."""
+    if any(wanted == x.name for x in everyone):
+        return wanted == c.name
+    return wanted in c.name
+
+
 def ratios(med: dict[str, float]) -> dict[str, float]:
     """Each bgworker contender against the best Celery, the floor and the baseline."""
     best_celery = max((v for k, v in med.items() if k.startswith("celery")), default=None)
@@ -365,7 +372,9 @@ async def run(
         short = baseline.resolve(baseline_rev)
         installed = baseline.install(short)
         everyone.insert(1, baseline_contender(short))
-    contenders = [c for c in everyone if not only or any(o in c.name for o in only.split(","))]
+    contenders = [
+        c for c in everyone if not only or any(_picks(o, c, everyone) for o in only.split(","))
+    ]
     setup = Setup(dsn, f"bgw_bench_{uuid.uuid4().hex[:8]}", logdir, installed)
     await declare(setup)
     results: dict[str, dict[str, dict[str, common.Series]]] = {
