@@ -104,7 +104,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if args.storage:
                     storages = {args.storage: storages[args.storage]}
                 result["throughput"] = await throughput.run(
-                    dsn, storages, n, reps, logdir, args.contenders
+                    dsn, storages, n, reps, logdir, args.contenders, args.baseline
                 )
             if "latency" in only:
                 seconds = 3 if quick else 20
@@ -142,6 +142,11 @@ def main() -> None:
     r.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     r.add_argument("--contenders", help="throughput: substring filter on contender names")
     r.add_argument("--storage", help="throughput: tmpfs or disk (default both)")
+    r.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="throughput: also run this commit's worker (own cached venv) as bgworker@REV",
+    )
     r.add_argument("--out", type=Path, help="JSON path (default bench/results/<time>.json)")
     t = sub.add_parser("table", help="print the table of a results JSON file")
     t.add_argument("path", type=Path)

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import psycopg
 from celery import Celery  # type: ignore[import-untyped]
+from kombu.entity import Queue
 
 from bench import workload
 
@@ -31,6 +32,13 @@ app.conf.update(
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
 )
+
+if os.environ.get("BENCH_CELERY_QUEUE_TYPE") == "quorum":
+    # Declared with the arguments the bench declared it with (a mismatch is refused). Celery
+    # 5.5+ notices the quorum queue and uses per-consumer prefetch (worker_detect_quorum_queues).
+    app.conf.task_queues = [
+        Queue(app.conf.task_default_queue, queue_arguments={"x-queue-type": "quorum"})  # type: ignore[no-untyped-call]
+    ]
 
 _local = threading.local()
 _INSERT: Final = workload.psycopg_sql(workload.INSERT_QUEUED)

@@ -263,12 +263,14 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
 class Child:
     """A process the bench started; stopped (SIGTERM, then SIGKILL) by its own pid only."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], logdir: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], logdir: Path, cwd: Path = REPO
+    ) -> None:
         self.name = name
         self.log_path = logdir / f"{name}.log"
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO
+            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd
         )
 
     @property
@@ -291,8 +293,16 @@ class Child:
         self._log.close()
 
 
-def python_child(name: str, module_args: list[str], env: dict[str, str], logdir: Path) -> Child:
-    child = Child(name, [sys.executable, "-m", *module_args], env, logdir)
+def python_child(
+    name: str,
+    module_args: list[str],
+    env: dict[str, str],
+    logdir: Path,
+    python: str = sys.executable,
+    cwd: Path = REPO,
+) -> Child:
+    """``python -m ...`` (another venv's python and tree for a baseline: ``bench.baseline``)."""
+    child = Child(name, [python, "-m", *module_args], env, logdir, cwd)
     _maybe_profile(child)
     return child
 

@@ -21,8 +21,14 @@ from aio_pika.abc import AbstractIncomingMessage
 from bench import workload
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    return None
+
+
 async def serve(queue_name: str, dsn: str, root: Path, prefetch: int, amqp_url: str) -> None:
-    pool = await asyncpg.create_pool(dsn, min_size=prefetch, max_size=prefetch)
+    # No reset query on release (asyncpg runs one round trip per release by default): the
+    # job keeps no session state, and bgworker skips it too (bgworker.store.connection).
+    pool = await asyncpg.create_pool(dsn, min_size=prefetch, max_size=prefetch, reset=_no_reset)
     assert pool is not None
     connection = await aio_pika.connect(amqp_url)
     channel = await connection.channel()

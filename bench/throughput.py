@@ -18,7 +18,7 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import DeliveryMode
 
-from bench import celery_app, common
+from bench import baseline, celery_app, common, services
 from bgworker import events, topology, wire
 
 READY_SQL: Final = {
@@ -36,19 +36,32 @@ class Contender:
     processes: int = 1
     pool: str = ""  # celery: prefork | threads
     concurrency: int = 4
+    queue_type: str = "quorum"  # bgworker's default; Celery's default is classic
+    baseline: bool = False  # bgworker: the --baseline commit's code (bench.baseline)
 
     @property
     def table(self) -> str:
         return "bgworker_requests" if self.kind == "bgworker" else "bench_jobs"
 
 
+# Concurrency 4 everywhere unless the name says otherwise; the queue type is in the name
+# where it is not the contender's default, so the table separates the causes.
 CONTENDERS: Final = (
     Contender("bgworker x1", "bgworker", processes=1),
+    Contender("bgworker x1 classic", "bgworker", processes=1, queue_type="classic"),
     Contender("bgworker x2", "bgworker", processes=2),
-    Contender("celery prefork -c2", "celery", pool="prefork", concurrency=2),
-    Contender("celery threads -c20", "celery", pool="threads", concurrency=20),
+    Contender("celery threads -c4", "celery", pool="threads", concurrency=4, queue_type="classic"),
+    Contender("celery threads -c4 quorum", "celery", pool="threads", concurrency=4),
+    Contender(
+        "celery threads -c20", "celery", pool="threads", concurrency=20, queue_type="classic"
+    ),
+    Contender("celery prefork -c2", "celery", pool="prefork", concurrency=2, queue_type="classic"),
     Contender("floor (aio-pika+asyncpg)", "floor", concurrency=4),
 )
+
+
+def baseline_contender(rev: str) -> Contender:
+    return Contender(f"bgworker@{rev} x1", "bgworker", processes=1, baseline=True)
 
 
 @dataclass(frozen=True)
@@ -56,14 +69,23 @@ class Setup:
     dsn: str
     namespace: str
     logdir: Path
+    baseline: tuple[Path, Path] | None = None  # (source tree, python) of --baseline
+
+    @property
+    def database(self) -> str:
+        return self.dsn.rsplit("/", 1)[1]
 
     @property
     def floor_queue(self) -> str:
         return f"{self.namespace}.floor"
 
-    @property
-    def celery_queue(self) -> str:
-        return f"{self.namespace}.celery"
+    def celery_queue(self, queue_type: str = "classic") -> str:
+        return f"{self.namespace}.celery" + ("" if queue_type == "classic" else "q")
+
+    def topology(self, queue_type: str = "quorum") -> topology.Topology:
+        # A classic work queue needs its own names: a queue's type cannot change.
+        suffix = "" if queue_type == "quorum" else "_classic"
+        return topology.Topology(self.namespace + suffix, queue_type=queue_type)
 
 
 def bgworker_env(setup: Setup, storage: Path, **extra: str) -> dict[str, str]:
@@ -83,9 +105,21 @@ def bgworker_env(setup: Setup, storage: Path, **extra: str) -> dict[str, str]:
 
 def start(c: Contender, setup: Setup, storage: Path, tag: str) -> list[common.Child]:
     if c.kind == "bgworker":
-        env = bgworker_env(setup, storage)
+        topo = setup.topology(c.queue_type)
+        env = bgworker_env(
+            setup, storage, BGWORKER_NAMESPACE=topo.namespace, BGWORKER_QUEUE_TYPE=c.queue_type
+        )
+        where: dict[str, Any] = {}
+        if c.baseline:
+            assert setup.baseline is not None
+            src, python = setup.baseline
+            # The baseline's own tree (its bench.handlers), never this one's bgworker.
+            env["PYTHONPATH"] = str(src)
+            where = {"python": str(python), "cwd": src}
         return [
-            common.python_child(f"{tag}-bgworker-{i}", ["bgworker", "worker"], env, setup.logdir)
+            common.python_child(
+                f"{tag}-bgworker-{i}", ["bgworker", "worker"], env, setup.logdir, **where
+            )
             for i in range(c.processes)
         ]
     if c.kind == "celery":
@@ -94,7 +128,8 @@ def start(c: Contender, setup: Setup, storage: Path, tag: str) -> list[common.Ch
                 "BENCH_AMQP_URL": common.AMQP_URL,
                 "BENCH_DSN": setup.dsn,
                 "BENCH_STORAGE": str(storage),
-                "BENCH_CELERY_QUEUE": setup.celery_queue,
+                "BENCH_CELERY_QUEUE": setup.celery_queue(c.queue_type),
+                "BENCH_CELERY_QUEUE_TYPE": c.queue_type,
             }
         )
         argv = [
@@ -107,7 +142,7 @@ def start(c: Contender, setup: Setup, storage: Path, tag: str) -> list[common.Ch
             "-c",
             str(c.concurrency),
             "-Q",
-            setup.celery_queue,
+            setup.celery_queue(c.queue_type),
             "-l",
             "WARNING",
             "--without-gossip",
@@ -194,10 +229,11 @@ def _celery_message(request_id: uuid.UUID, seed: int) -> aio_pika.Message:
 def route(c: Contender, setup: Setup) -> tuple[str, str, str, Callable[..., aio_pika.Message]]:
     """(exchange, routing key, queue, message factory) for a contender."""
     if c.kind == "bgworker":
-        topo = topology.Topology(setup.namespace)
+        topo = setup.topology(c.queue_type)
         return topo.requests_exchange, topology.REQUESTED_KEY, topo.work_queue, _bgworker_message
     if c.kind == "celery":
-        return "", setup.celery_queue, setup.celery_queue, _celery_message
+        queue = setup.celery_queue(c.queue_type)
+        return "", queue, queue, _celery_message
     return "", setup.floor_queue, setup.floor_queue, _floor_message
 
 
@@ -206,12 +242,14 @@ async def declare(setup: Setup) -> None:
     connection = await common.amqp_connect("bench-declare")
     try:
         channel = await connection.channel()
-        await topology.Topology(setup.namespace).declare(channel)
-        # The floor gets bgworker's queue type (quorum); Celery its own default (classic).
-        await channel.declare_queue(
-            setup.floor_queue, durable=True, arguments={"x-queue-type": "quorum"}
-        )
-        await channel.declare_queue(setup.celery_queue, durable=True)
+        await setup.topology("quorum").declare(channel)
+        await setup.topology("classic").declare(channel)
+        # The floor gets bgworker's queue type (quorum); Celery its own default (classic),
+        # and quorum as a contender of its own (the arguments bench.celery_app declares).
+        quorum = {"x-queue-type": "quorum"}
+        await channel.declare_queue(setup.floor_queue, durable=True, arguments=quorum)
+        await channel.declare_queue(setup.celery_queue("classic"), durable=True)
+        await channel.declare_queue(setup.celery_queue("quorum"), durable=True, arguments=quorum)
     finally:
         await connection.close()
 
@@ -220,12 +258,12 @@ async def cleanup(setup: Setup) -> None:
     connection = await common.amqp_connect("bench-cleanup")
     try:
         channel = await connection.channel()
-        await topology.Topology(setup.namespace).delete(channel)
+        await setup.topology("quorum").delete(channel)
+        await setup.topology("classic").delete(channel)
     finally:
         await connection.close()
-    await common.delete_queues(
-        [setup.floor_queue, setup.celery_queue], exchanges=[setup.celery_queue]
-    )
+    celery = [setup.celery_queue("classic"), setup.celery_queue("quorum")]
+    await common.delete_queues([setup.floor_queue, *celery], exchanges=celery)
 
 
 async def trial(c: Contender, setup: Setup, storage: Path, n: int, tag: str) -> dict[str, Any]:
@@ -242,18 +280,23 @@ async def trial(c: Contender, setup: Setup, storage: Path, n: int, tag: str) -> 
     restarted: list[object] = []
     connection.reconnect_callbacks.add(lambda *_: restarted.append(True))
     db = await asyncpg.connect(setup.dsn)
+    admin = await asyncpg.connect(common.PG_ADMIN)
+    polls = 0
+    services_cpu = services.ServiceCpu(admin, setup.database, exclude=db.get_server_pid())
     try:
         await common.wait_consumers(connection, queue, 1)
         if c.kind == "bgworker":
             await common.wait_consumers(connection, queue, c.processes)
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         cpu_before = common.cpu_seconds(p for ch in children for p in common.tree_pids(ch.pid))
+        await services_cpu.start()
         t0 = time.time()
         await common.publish_all(channel, exchange, key, messages)
         published = time.time() - t0
         deadline = time.monotonic() + 60 + n / 10
         while True:
             ready, last = await db.fetchrow(READY_SQL[c.table])
+            polls += 1
             if ready >= n:
                 break
             for child in children:
@@ -262,20 +305,56 @@ async def trial(c: Contender, setup: Setup, storage: Path, n: int, tag: str) -> 
                 raise TimeoutError(f"{c.name}: {ready}/{n} ready after the deadline")
             await asyncio.sleep(0.05)
         cpu = common.cpu_seconds(p for ch in children for p in common.tree_pids(ch.pid))
+        shared = await services_cpu.cpu(n)
         elapsed = float(last) - t0
         if restarted:
             raise ConnectionError("RabbitMQ restarted during the trial")
+        await db.close()  # its commits are flushed to the statistics as it ends
+        for child in children:
+            await child.stop()
+        shared |= await services_cpu.commits(n, own=polls)
     finally:
-        await db.close()
+        if not db.is_closed():
+            await db.close()
+        await admin.close()
         await connection.close()
         for child in children:
             await child.stop()
+    worker = (cpu - cpu_before) * 1000 / n
     return {
         "msg_per_s": n / elapsed,
         "seconds": elapsed,
         "publish_seconds": published,
-        "worker_cpu_ms_per_job": (cpu - cpu_before) * 1000 / n,
+        "worker_cpu_ms_per_job": worker,
+        **shared,
+        "total_cpu_ms_per_job": worker
+        + shared["broker_cpu_ms_per_job"]
+        + shared["pg_cpu_ms_per_job"],
     }
+
+
+def _picks(wanted: str, c: Contender, everyone: list[Contender]) -> bool:
+    """``--contenders`` item: a contender's exact name, else a part of names."""
+    if any(wanted == x.name for x in everyone):
+        return wanted == c.name
+    return wanted in c.name
+
+
+def ratios(med: dict[str, float]) -> dict[str, float]:
+    """Each bgworker contender against the best Celery, the floor and the baseline."""
+    best_celery = max((v for k, v in med.items() if k.startswith("celery")), default=None)
+    floor = next((v for k, v in med.items() if k.startswith("floor")), None)
+    base = next((v for k, v in med.items() if k.startswith("bgworker@")), None)
+    out: dict[str, float] = {}
+    bgworkers = [name for name in med if name.startswith("bgworker")]
+    for against, value in (("best celery", best_celery), ("floor", floor)):
+        for name in bgworkers:
+            if value:
+                out[f"{name} / {against}"] = med[name] / value
+    for name in bgworkers:
+        if base and not name.startswith("bgworker@"):
+            out[f"{name} / baseline"] = med[name] / base
+    return out
 
 
 async def run(
@@ -285,9 +364,18 @@ async def run(
     reps: int,
     logdir: Path,
     only: str | None = None,
+    baseline_rev: str | None = None,
 ) -> dict[str, Any]:
-    contenders = [c for c in CONTENDERS if not only or any(o in c.name for o in only.split(","))]
-    setup = Setup(dsn, f"bgw_bench_{uuid.uuid4().hex[:8]}", logdir)
+    everyone = list(CONTENDERS)
+    installed = None
+    if baseline_rev:
+        short = baseline.resolve(baseline_rev)
+        installed = baseline.install(short)
+        everyone.insert(1, baseline_contender(short))
+    contenders = [
+        c for c in everyone if not only or any(_picks(o, c, everyone) for o in only.split(","))
+    ]
+    setup = Setup(dsn, f"bgw_bench_{uuid.uuid4().hex[:8]}", logdir, installed)
     await declare(setup)
     results: dict[str, dict[str, dict[str, common.Series]]] = {
         where: {c.name: {} for c in contenders} for where in storages
@@ -297,7 +385,8 @@ async def run(
             for where, storage in storages.items():
                 # Interleaved: every contender sees the same stretch of machine noise.
                 for c in contenders:
-                    tag = f"r{rep}-{where}-{c.kind}{c.processes}{c.pool}"
+                    tag = f"r{rep}-{where}-{c.kind}{c.processes}{c.pool}{c.concurrency}"
+                    tag += f"{c.queue_type[0]}{'-base' if c.baseline else ''}"
                     got = await common.retrying(
                         f"{c.name} {where}",
                         functools.partial(trial, c, setup, storage, n, tag),
@@ -307,7 +396,9 @@ async def run(
                     common.log(
                         f"throughput {where:5} rep {rep + 1}/{reps} {c.name:26} "
                         f"{got['msg_per_s']:8.0f} msg/s  "
-                        f"({got['worker_cpu_ms_per_job']:.2f} ms CPU/job)"
+                        f"({got['worker_cpu_ms_per_job']:.2f} ms worker CPU/job, "
+                        f"{got['total_cpu_ms_per_job']:.2f} total, "
+                        f"{got['pg_commits_per_job']:.1f} PG commits/job)"
                     )
     finally:
         await common.wait_for_services()
@@ -316,18 +407,9 @@ async def run(
     for where, by_name in results.items():
         rows = {name: {k: s.to_json() for k, s in m.items()} for name, m in by_name.items()}
         med = {name: m["msg_per_s"].median for name, m in by_name.items()}
-        best_celery = max((v for k, v in med.items() if k.startswith("celery")), default=None)
-        floor = next((v for k, v in med.items() if k.startswith("floor")), None)
-        ratios: dict[str, float] = {}
-        for name in med:
-            if name.startswith("bgworker") and best_celery:
-                ratios[f"{name} / best celery"] = med[name] / best_celery
-        for name in med:
-            if name.startswith("bgworker") and floor:
-                ratios[f"{name} / floor"] = med[name] / floor
         out["storage"][where] = {
             "contenders": rows,
-            "ratios": ratios,
+            "ratios": ratios(med),
         }
     return out
 

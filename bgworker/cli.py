@@ -18,6 +18,7 @@ from typing import Any
 import aiormq
 import asyncpg
 import pydantic
+import uvloop
 
 from bgworker import (
     asyncapi,
@@ -372,7 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return _cmd_demo(settings, args)
     try:
-        return asyncio.run(_run(settings, args))
+        # The worker on uvloop: less CPU per job (BENCHMARKS.md, issue 11). The rest keep
+        # asyncio's loop: aiohttp's FileResponse needs its sendfile, which uvloop lacks.
+        loop = uvloop.new_event_loop if args.command == "worker" else None
+        with asyncio.Runner(loop_factory=loop) as runner:
+            return runner.run(_run(settings, args))
     except diagnosis.StartupError as exc:
         return _fail(args, exc)
     except (*store.TRANSIENT_ERRORS, aiormq.exceptions.AMQPError) as exc:

@@ -264,7 +264,7 @@ class Dispatcher:
         p = item.payload
         rid = item.request_id
         if item.kind == states.EffectKind.EVENT_READY:
-            ready = await self._ready_event(rid, p)
+            ready = await self._ready_event(item)
             await broker.publish_event(self.channel, self.topology, topology.READY_KEY, ready)
             await done()
         elif item.kind == states.EffectKind.EVENT_FAILED:
@@ -273,7 +273,7 @@ class Dispatcher:
             await done()
         elif item.kind in states.WEBHOOKS:
             is_ready = item.kind == states.EffectKind.WEBHOOK_READY
-            event = await self._ready_event(rid, p) if is_ready else _failed_event(rid, p)
+            event = await self._ready_event(item) if is_ready else _failed_event(rid, p)
             # The event's message_id (wire.event): one per request and outcome.
             key = topology.READY_KEY if is_ready else topology.FAILED_KEY
             body = event.model_dump_json().encode()
@@ -283,7 +283,7 @@ class Dispatcher:
             context = {
                 **p,
                 "request_id": str(rid),
-                "download_url": await self._url(rid, p.get("requester_id")),
+                "download_url": await self._url(item),
             }
             message = _resent(self.mailer.render("ready", p["to"], context), p)
             await self.mailer.send(message, done)
@@ -297,9 +297,10 @@ class Dispatcher:
         else:
             raise ValueError(f"unknown outbox kind {item.kind!r}")
 
-    async def _ready_event(self, rid: uuid.UUID, p: dict[str, Any]) -> events.FileReady:
+    async def _ready_event(self, item: store.OutboxItem) -> events.FileReady:
+        p = item.payload
         return events.FileReady(
-            id=rid,
+            id=item.request_id,
             file_type=p["file_type"],
             filename=p["filename"],
             content_type=p["content_type"],
@@ -307,12 +308,19 @@ class Dispatcher:
             sha256=p["sha256"],
             ready_at=datetime.fromisoformat(p["ready_at"]),
             expires_at=datetime.fromisoformat(p["expires_at"]),
-            download_url=await self._url(rid, p.get("requester_id")),
+            download_url=await self._url(item),
         )
 
-    async def _url(self, request_id: uuid.UUID, requester_id: str | None) -> str:
-        generation = await self.db.link_generation(request_id)
-        return download_url(self.public_url, self.signer, request_id, requester_id, generation or 0)
+    async def _url(self, item: store.OutboxItem) -> str:
+        # The generation read when the item was claimed (the same moment as a query here
+        # would be, one round trip fewer); an item made without it asks.
+        generation = item.link_generation
+        if generation is None:
+            generation = await self.db.link_generation(item.request_id)
+        requester_id = item.payload.get("requester_id")
+        return download_url(
+            self.public_url, self.signer, item.request_id, requester_id, generation or 0
+        )
 
 
 def _failed_event(rid: uuid.UUID, p: dict[str, Any]) -> events.FileFailed:

@@ -7,12 +7,13 @@ so nothing is ever sent for a change that rolled back.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any, Final
 
 import asyncpg
 
-from bgworker.store import connection, queries, rows
+from bgworker.store import connection, grouping, queries, rows
 
 Q: Final = queries.QUERIES
 
@@ -25,11 +26,19 @@ class Outbox(connection.Connected):
         claimed (``claim_effects_seconds``), to hand to :meth:`_announce` after the commit."""
         if not items:
             return []
+        return await self._insert_effects_of(conn, [(request_id, k, p) for k, p in items])
+
+    async def _insert_effects_of(
+        self, conn: asyncpg.Connection, items: list[tuple[uuid.UUID, str, Any]]
+    ) -> list[rows.OutboxItem]:
+        """The same for the effects of several requests (group commit), in one statement."""
+        if not items:
+            return []
         records = await conn.fetch(
             Q["insert_outbox"],
-            request_id,
-            [kind for kind, _ in items],
-            [payload for _, payload in items],
+            [request_id for request_id, _, _ in items],
+            [kind for _, kind, _ in items],
+            [payload for _, _, payload in items],
             self.claim_effects_seconds,
         )
         if self.claim_effects_seconds is None:
@@ -45,8 +54,21 @@ class Outbox(connection.Connected):
         records = await self.pool.fetch(Q["claim_outbox_due"], limit, claim_seconds)
         return [rows.OutboxItem.from_record(r) for r in records]
 
+    @functools.cached_property
+    def done_group(self) -> grouping.GroupCommit[rows.OutboxItem, None]:
+        return grouping.GroupCommit(self._outbox_done_many)
+
     async def outbox_done(self, item: rows.OutboxItem) -> None:
-        await self.pool.execute(Q["outbox_done"], item.request_id, item.kind)
+        """Record an effect as performed; those finishing together share one statement."""
+        await self.done_group.submit(item)
+
+    async def _outbox_done_many(self, items: list[rows.OutboxItem]) -> list[None]:
+        # Sorted: rows locked in one order whichever calls met in the statement.
+        ordered = sorted(items, key=lambda i: (i.request_id, i.kind))
+        await self.pool.execute(
+            Q["outbox_done"], [i.request_id for i in ordered], [i.kind for i in ordered]
+        )
+        return [None] * len(items)
 
     async def outbox_retry(self, item: rows.OutboxItem, error: str, delay_seconds: float) -> None:
         await self.pool.execute(Q["outbox_retry"], item.request_id, item.kind, error, delay_seconds)

@@ -2,15 +2,23 @@
 -- (bgworker.store.outbox).
 
 -- name: insert_outbox
--- Every effect of one state change in one statement: kinds $2 and payloads $3, in pairs.
+-- Every effect of the state changes of one transaction in one statement: request ids $1,
+-- kinds $2 and payloads $3, in threes.
 -- With $4 (seconds) the rows start claimed by the inserting worker, which performs them
 -- right after the commit: no separate claim round trip. NULL leaves them to the sweep.
-INSERT INTO bgworker_outbox (request_id, kind, payload, claimed_until, attempts)
-SELECT $1, e.kind, e.payload, now() + make_interval(secs => $4::double precision),
-       CASE WHEN $4::double precision IS NULL THEN 0 ELSE 1 END
-FROM unnest($2::text[], $3::jsonb[]) AS e (kind, payload)
-ON CONFLICT (request_id, kind) DO NOTHING
-RETURNING request_id, kind, payload, attempts;
+-- The request's link generation comes back with them: the links they carry are signed
+-- under it without another round trip.
+WITH inserted AS (
+    INSERT INTO bgworker_outbox (request_id, kind, payload, claimed_until, attempts)
+    SELECT e.request_id, e.kind, e.payload,
+           now() + make_interval(secs => $4::double precision),
+           CASE WHEN $4::double precision IS NULL THEN 0 ELSE 1 END
+    FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) AS e (request_id, kind, payload)
+    ON CONFLICT (request_id, kind) DO NOTHING
+    RETURNING request_id, kind, payload, attempts
+)
+SELECT i.request_id, i.kind, i.payload, i.attempts, r.link_generation
+FROM inserted i JOIN bgworker_requests r ON r.id = i.request_id;
 
 -- name: claim_outbox_due
 -- Due effects, claimed for a while so a second dispatcher skips them; a dispatcher that
@@ -26,14 +34,18 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) due
 WHERE o.request_id = due.request_id AND o.kind = due.kind
-RETURNING o.request_id, o.kind, o.payload, o.attempts;
+RETURNING o.request_id, o.kind, o.payload, o.attempts,
+          (SELECT r.link_generation FROM bgworker_requests r WHERE r.id = o.request_id);
 
 -- name: outbox_done
+-- Effects performed, in one statement for as many as finished together (group commit:
+-- bgworker.store.outbox): request ids $1 and kinds $2, in pairs.
 WITH done AS (
-    UPDATE bgworker_outbox
+    UPDATE bgworker_outbox o
     SET status = 'done', done_at = now(), claimed_until = NULL, last_error = NULL
-    WHERE request_id = $1 AND kind = $2
-    RETURNING request_id, kind
+    FROM unnest($1::uuid[], $2::text[]) AS d (request_id, kind)
+    WHERE o.request_id = d.request_id AND o.kind = d.kind
+    RETURNING o.request_id, o.kind
 )
 UPDATE bgworker_requests r
 SET notified_at = now()

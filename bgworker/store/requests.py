@@ -10,13 +10,16 @@ transaction that records it.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
 from bgworker import events, progress, states
-from bgworker.store import outbox, queries, rows
+from bgworker.store import grouping, outbox, queries, rows
 
 Q: Final = queries.QUERIES
 bind: Final = queries.bind
@@ -46,6 +49,21 @@ def request_columns(
         "requested_at": event.requested_at,
         "max_attempts": max_attempts,
     }
+
+
+@dataclass(frozen=True)
+class _ReadyJob:
+    """One ``mark_ready`` call waiting for its group's transaction."""
+
+    claim: rows.Claim
+    size: int
+    sha256: str
+    storage_key: str
+    effects: rows.Effects
+    reported: progress.Progress | None
+    # The caller's context: its effects read the job's trace and log fields from it, even
+    # when another job's call runs the transaction.
+    context: contextvars.Context
 
 
 class Requests(outbox.Outbox):
@@ -161,27 +179,46 @@ class Requests(outbox.Outbox):
         reported: progress.Progress | None = None,
     ) -> rows.RequestRow | None:
         """Commit ``ready`` with its outbox rows, or None when the lease was lost.
-        ``reported``: the handler's last progress, saved with it."""
+        ``reported``: the handler's last progress, saved with it. Jobs that finish while
+        another's commit is on its way share the next transaction (``grouping``)."""
+        job = _ReadyJob(
+            claim, size, sha256, storage_key, effects, reported, contextvars.copy_context()
+        )
+        return await self.ready_group.submit(job)
+
+    @functools.cached_property
+    def ready_group(self) -> grouping.GroupCommit[_ReadyJob, rows.RequestRow | None]:
+        return grouping.GroupCommit(self._mark_ready_many)
+
+    async def _mark_ready_many(self, jobs: list[_ReadyJob]) -> list[rows.RequestRow | None]:
+        """One transaction for jobs that finished together: every row fenced on its own
+        lease token, then the effects of those still ours, then one commit."""
+        # Sorted: rows locked in one order whichever jobs met in the statement.
+        ordered = sorted(jobs, key=lambda j: j.claim.request_id)
         async with self.transaction() as conn:
-            record = await conn.fetchrow(
+            records = await conn.fetch(
                 *bind(
                     "mark_ready",
-                    request_id=claim.request_id,
-                    lease_token=claim.lease_token,
-                    size=size,
-                    sha256=sha256,
-                    storage_key=storage_key,
-                    attempt=claim.attempt,
-                    done=reported.done if reported else None,
-                    total=reported.total if reported else None,
+                    request_id=[j.claim.request_id for j in ordered],
+                    lease_token=[j.claim.lease_token for j in ordered],
+                    size=[j.size for j in ordered],
+                    sha256=[j.sha256 for j in ordered],
+                    storage_key=[j.storage_key for j in ordered],
+                    attempt=[j.claim.attempt for j in ordered],
+                    done=[j.reported.done if j.reported else None for j in ordered],
+                    total=[j.reported.total if j.reported else None for j in ordered],
                 )
             )
-            if record is None:
-                return None
-            row = rows.RequestRow.from_record(record)
-            claimed = await self._insert_effects(conn, row.id, effects(row))
+            ready = {r["id"]: rows.RequestRow.from_record(r) for r in records}
+            items = [
+                (row.id, kind, payload)
+                for j in ordered
+                if (row := ready.get(j.claim.request_id)) is not None
+                for kind, payload in j.context.run(j.effects, row)
+            ]
+            claimed = await self._insert_effects_of(conn, items)
         self._announce(claimed)
-        return row
+        return [ready.get(j.claim.request_id) for j in jobs]
 
     async def mark_retrying(
         self,

@@ -112,11 +112,19 @@ class OutboxItem:
     kind: states.EffectKind
     payload: dict[str, Any]
     attempts: int
+    # The request's link generation, read with the row (None: not read; ask the store).
+    link_generation: int | None = None
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> OutboxItem:
         kind = states.EffectKind(record["kind"])
-        return cls(record["request_id"], kind, record["payload"], record["attempts"])
+        return cls(
+            record["request_id"],
+            kind,
+            record["payload"],
+            record["attempts"],
+            record.get("link_generation"),
+        )
 
 
 @dataclass(frozen=True)

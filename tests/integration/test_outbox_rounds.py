@@ -1,0 +1,147 @@
+"""Fewer round trips per job (issue 11), against a real PostgreSQL: effects come back with
+the request's link generation (no query per link); ``mark_ready`` and ``outbox_done`` calls
+that overlap share one transaction or statement (group commit), each fenced on its own
+lease token and told its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+
+import asyncpg
+import pytest
+
+from bgworker import effects, events, store
+from tests.helpers import wait_until
+
+
+async def _claimed(db: store.Store, email: str | None = "a@example.com") -> store.Claim:
+    event = events.FileRequested(
+        id=uuid.uuid4(),
+        file_type="blob",
+        criteria={},
+        filename="x.bin",
+        requester={"id": "u1", "email": email} if email else None,
+    )
+    claim = await db.record_and_claim(event, 3, "test-worker", 60)
+    assert claim is not None
+    return claim
+
+
+async def _ready(db: store.Store, claim: store.Claim) -> store.RequestRow:
+    row = await db.mark_ready(
+        claim, size=3, sha256="0" * 64, storage_key="k", effects=effects.ready_effects
+    )
+    assert row is not None
+    return row
+
+
+async def test_effects_carry_the_link_generation_of_their_commit(database_url: str) -> None:
+    """Handed-off effects and swept ones both carry the generation current when they were
+    claimed: a revoke before the claim is in the link, as when it was queried."""
+    announced: list[store.OutboxItem] = []
+    pool = await store.create_pool(database_url)
+    try:
+        db = store.Store(pool, claim_effects_seconds=30, on_effects=announced.extend)
+        claim = await _claimed(db)
+        assert await db.revoke_links(claim.request_id) == 1
+        await _ready(db, claim)
+        assert {i.kind for i in announced} == {"event_ready", "email_ready"}
+        assert {i.link_generation for i in announced} == {1}
+
+        # Left to the sweep (no hand-off), revoked again before the sweep claims them.
+        sweeping = store.Store(pool)
+        other = await _claimed(sweeping)
+        await _ready(sweeping, other)
+        assert await sweeping.revoke_links(other.request_id) == 1
+        assert await sweeping.revoke_links(other.request_id) == 2
+        due = await sweeping.claim_outbox_due(10, 30)
+        assert {(i.request_id, i.link_generation) for i in due} == {(other.request_id, 2)}
+    finally:
+        await pool.close()
+
+
+async def test_overlapping_done_calls_share_one_statement(db: store.Store) -> None:
+    """Eight effects finishing together: one statement carries them all; every row is
+    done, and the requests whose email went are marked notified."""
+    claims = [await _claimed(db) for _ in range(4)]
+    for claim in claims:
+        await _ready(db, claim)
+    items = await db.claim_outbox_due(50, 30)
+    assert len(items) == 8
+    group = db.done_group
+    await asyncio.gather(*(db.outbox_done(item) for item in items))
+    assert (group.flushes, group.calls) == (1, 8)
+    for claim in claims:
+        rows = await db.list_outbox(claim.request_id)
+        assert {r["status"] for r in rows} == {"done"}
+        row = await db.get_request(claim.request_id)
+        assert row is not None and row.notified_at is not None
+
+
+async def test_jobs_finishing_together_share_one_transaction(db: store.Store) -> None:
+    """Five jobs finish at once, one of them no longer ours (its lease token is stale): one
+    transaction carries them; the four still ours are ready with their own effects, the
+    stale one gets None and writes nothing."""
+    claims = [await _claimed(db, email=None if i % 2 else f"u{i}@example.com") for i in range(4)]
+    stale = await _claimed(db)
+    stale = dataclasses.replace(stale, lease_token=uuid.uuid4())
+    group = db.ready_group
+    rows = await asyncio.gather(
+        *(
+            db.mark_ready(
+                c, size=i, sha256=f"{i}" * 64, storage_key=f"k{i}", effects=effects.ready_effects
+            )
+            for i, c in enumerate([*claims, stale])
+        )
+    )
+    assert (group.flushes, group.calls) == (1, 5)
+    assert rows[4] is None
+    assert await db.list_outbox(stale.request_id) == []
+    for i, (claim, row) in enumerate(zip(claims, rows, strict=False)):
+        assert row is not None and row.id == claim.request_id
+        assert (row.status, row.size_bytes, row.storage_key) == ("ready", i, f"k{i}")
+        kinds = {r["kind"] for r in await db.list_outbox(claim.request_id)}
+        assert kinds == ({"event_ready"} if i % 2 else {"event_ready", "email_ready"})
+        attempts = await db.list_attempts(claim.request_id)
+        assert [a["outcome"] for a in attempts] == ["ready"]
+
+
+async def test_a_failed_statement_fails_every_caller_it_carried(database_url: str) -> None:
+    pool = await store.create_pool(database_url)
+    db = store.Store(pool)
+    claims = [await _claimed(db) for _ in range(3)]
+    await pool.close()
+    results = await asyncio.gather(
+        *(
+            db.mark_ready(
+                c, size=1, sha256="0" * 64, storage_key="k", effects=effects.ready_effects
+            )
+            for c in claims
+        ),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, asyncpg.InterfaceError) for r in results), results
+    assert db.ready_group.flushes == 0
+
+
+async def test_a_cancelled_caller_leaves_the_statement_to_the_others(db: store.Store) -> None:
+    """The caller whose call started the flush is cancelled (a job cancelled at shutdown):
+    the flush runs on in its own task, and every call it carries is recorded."""
+    claims = [await _claimed(db) for _ in range(3)]
+    for claim in claims:
+        await _ready(db, claim)
+    items = await db.claim_outbox_due(50, 30)
+    first = asyncio.create_task(db.outbox_done(items[0]))
+    await asyncio.sleep(0)  # its flush has started
+    others = [asyncio.create_task(db.outbox_done(item)) for item in items[1:]]
+    await asyncio.sleep(0)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    async with asyncio.timeout(10):
+        await asyncio.gather(*others)
+    await wait_until(lambda: db.done_group.calls == len(items))
+    statuses = [r["status"] for c in claims for r in await db.list_outbox(c.request_id)]
+    assert statuses == ["done"] * len(items)
