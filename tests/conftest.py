@@ -28,7 +28,7 @@ from bgworker import web as web_app
 from bgworker.smtp_sink import SmtpSink
 from bgworker.store import migrations
 from bgworker.web import access_log
-from tests import helpers
+from tests import helpers, s3
 
 
 @pytest.fixture(scope="session")
@@ -81,9 +81,38 @@ def queue_type() -> str:
     return "quorum"
 
 
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[s3.S3Server]:
+    """moto's S3 server, one process for the session; each test has its own bucket."""
+    with s3.moto() as server:
+        yield server
+
+
+@pytest.fixture
+def storage_backend() -> str:
+    """Where the test's files live. Modules whose tests run on both backends override it
+    with a parametrized fixture of the same name."""
+    return "local"
+
+
+@pytest.fixture
+async def storage_settings(
+    storage_backend: str, request: pytest.FixtureRequest
+) -> settings_mod.StorageSettings:
+    if storage_backend == "local":
+        return settings_mod.StorageSettings()
+    server: s3.S3Server = request.getfixturevalue("s3_server")
+    return s3.storage_settings(server, await s3.new_bucket(server))
+
+
 @pytest.fixture
 def settings(
-    database_url: str, namespace: str, tmp_path: Path, smtp_sink: SmtpSink, queue_type: str
+    database_url: str,
+    namespace: str,
+    tmp_path: Path,
+    smtp_sink: SmtpSink,
+    queue_type: str,
+    storage_settings: settings_mod.StorageSettings,
 ) -> settings_mod.Settings:
     """Fast settings for tests: short leases, sub-second retry tiers."""
     return settings_mod.Settings(
@@ -107,6 +136,7 @@ def settings(
         ),
         tokens=settings_mod.TokenSettings(secret_keys=[secrets.token_urlsafe(16)]),
         web=settings_mod.WebSettings(public_url="http://127.0.0.1:1"),
+        storage=storage_settings,
     )
 
 
