@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import socket
 import subprocess
 import sys
@@ -43,6 +44,23 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _grpc_port() -> int:
+    """A free port whose gRPC twin (SeaweedFS listens on port + 10000 too) is free."""
+    while True:
+        port = random.randrange(20000, 45000)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
 
 
 def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -109,8 +127,8 @@ def seaweedfs(workdir: Path) -> Iterator[S3Server]:
             }
         )
     )
-    port = free_port()
-    ports = [str(free_port()) for _ in range(4)]
+    port = _grpc_port()
+    ports = [str(_grpc_port()) for _ in range(3)]
     cmd = [
         weed_binary(),
         "server",
@@ -122,6 +140,7 @@ def seaweedfs(workdir: Path) -> Iterator[S3Server]:
         f"-filer.port={ports[2]}",
         "-master.volumeSizeLimitMB=64",
         "-volume.max=4",
+        "-master.telemetry=false",
         "-s3",
         f"-s3.port={port}",
         f"-s3.config={config}",

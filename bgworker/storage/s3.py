@@ -83,6 +83,9 @@ class S3Storage:
                 aws_access_key_id=c.s3_access_key_id,
                 aws_secret_access_key=secret.get_secret_value() if secret else None,
                 config=AioConfig(
+                    # SigV4 everywhere: botocore would presign with SigV2 for an endpoint
+                    # URL, which AWS refuses in newer regions and servers sign-check wrong.
+                    signature_version="s3v4",
                     # Path style works on every S3-compatible server (no wildcard DNS).
                     s3={"addressing_style": "path" if c.s3_endpoint_url else "auto"},
                     # botocore 1.36+ adds CRC checksums that several S3-compatible servers

@@ -39,8 +39,10 @@ async def send(
         **headers.SECURITY_HEADERS,
     }
     if request.method == hdrs.METH_HEAD:
-        response = web.Response(headers=common)
+        response = web.StreamResponse(headers=common)
         response.content_length = row.size_bytes or 0
+        await response.prepare(request)
+        await response.write_eof()
         return response
     if request.app[keys.DOWNLOAD_MODE] == "redirect":
         url = await files.presigned_get(
