@@ -139,7 +139,7 @@ def seaweedfs(workdir: Path) -> Iterator[S3Server]:
         f"-volume.port={ports[1]}",
         f"-filer.port={ports[2]}",
         "-master.volumeSizeLimitMB=64",
-        "-volume.max=4",
+        "-volume.max=64",
         "-master.telemetry=false",
         "-s3",
         f"-s3.port={port}",
