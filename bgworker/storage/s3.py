@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 # Separates key and upload id in the name ``stale`` gives an unfinished upload.
 _PART_SEP: Final = "\n"
+MAX_PARTS: Final = 10_000  # S3's limit per multipart upload
 _MISSING: Final = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
@@ -220,23 +222,34 @@ class S3Writer:
         if len(self._buffer) >= self._files.part_size:
             asyncio.run_coroutine_threadsafe(self._flush(), self._loop).result()
 
-    async def _take(self) -> bytes:
-        chunk = bytes(self._buffer)
-        self._buffer = bytearray()
+    async def _take(self) -> bytearray:
+        # The buffer itself becomes the part (no copy): one part's bytes in memory, not two.
+        chunk, self._buffer = self._buffer, bytearray()
         # hashlib releases the GIL on large buffers: hash off the loop.
         await asyncio.to_thread(self._hash.update, chunk)
         self._size += len(chunk)
         return chunk
 
     async def _flush(self) -> None:
-        chunk = await self._take()
+        body = io.BytesIO(await self._take())  # a copy; the buffer is freed right here
         client, bucket = self._files.client, self._files.bucket
         if self._upload_id is None:
             started = await client.create_multipart_upload(Bucket=bucket, Key=self._key)
             self._upload_id = started["UploadId"]
         number = len(self._parts) + 1
+        if number > MAX_PARTS:
+            raise base.StorageError(
+                f"the file outgrew {MAX_PARTS} parts of {self._files.part_size} bytes: "
+                "raise BGWORKER_STORAGE__S3_PART_SIZE_BYTES"
+            )
+        # A file object, not bytes: aiohttp then sends it in 64 KiB reads, where bytes that
+        # the socket does not take at once are copied whole into the transport's buffer.
         sent = await client.upload_part(
-            Bucket=bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=chunk
+            Bucket=bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=body,
         )
         self._parts.append({"PartNumber": number, "ETag": sent["ETag"]})
 
@@ -244,7 +257,8 @@ class S3Writer:
         client, bucket = self._files.client, self._files.bucket
         if self._upload_id is None:
             # Smaller than a part: one PutObject, visible whole or not at all.
-            await client.put_object(Bucket=bucket, Key=self._key, Body=await self._take())
+            body = io.BytesIO(await self._take())
+            await client.put_object(Bucket=bucket, Key=self._key, Body=body)
         else:
             if self._buffer:
                 await self._flush()
