@@ -9,7 +9,7 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -81,9 +81,12 @@ def bgworker_env(setup: Setup, storage: Path, **extra: str) -> dict[str, str]:
     )
 
 
-def start(c: Contender, setup: Setup, storage: Path, tag: str) -> list[common.Child]:
+def start(
+    c: Contender, setup: Setup, storage: Path, tag: str, extra: Mapping[str, str] | None = None
+) -> list[common.Child]:
+    """``extra``: more BGWORKER_* variables for bgworker (bench.s3: the S3 storage)."""
     if c.kind == "bgworker":
-        env = bgworker_env(setup, storage)
+        env = bgworker_env(setup, storage, **(extra or {}))
         return [
             common.python_child(f"{tag}-bgworker-{i}", ["bgworker", "worker"], env, setup.logdir)
             for i in range(c.processes)
@@ -228,7 +231,14 @@ async def cleanup(setup: Setup) -> None:
     )
 
 
-async def trial(c: Contender, setup: Setup, storage: Path, n: int, tag: str) -> dict[str, Any]:
+async def trial(
+    c: Contender,
+    setup: Setup,
+    storage: Path,
+    n: int,
+    tag: str,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """One timed run: fresh processes, ``n`` requests, back to an empty table."""
     await declare(setup)
     await common.reset_tables(setup.dsn)
@@ -236,7 +246,7 @@ async def trial(c: Contender, setup: Setup, storage: Path, n: int, tag: str) -> 
     exchange, key, queue, factory = route(c, setup)
     seeds = range(n)
     messages = [factory(uuid.uuid4(), seed) for seed in seeds]
-    children = start(c, setup, storage, tag)
+    children = start(c, setup, storage, tag, extra)
     connection = await common.amqp_connect("bench-publisher")
     # A broker restart that everyone rides out still ruins the timing: run the trial again.
     restarted: list[object] = []

@@ -22,10 +22,11 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from bgworker import broker, events, handlers, publisher, store, topology, wire, worker
+from bgworker import broker, events, handlers, publisher, storage, store, topology, wire, worker
 from bgworker import settings as settings_mod
 from bgworker import web as web_app
 from bgworker.smtp_sink import SmtpSink
+from bgworker.storage import s3 as s3_backend
 from bgworker.store import migrations
 from bgworker.web import access_log
 from tests import helpers, s3
@@ -103,6 +104,14 @@ async def storage_settings(
         return settings_mod.StorageSettings()
     server: s3.S3Server = request.getfixturevalue("s3_server")
     return s3.storage_settings(server, await s3.new_bucket(server))
+
+
+@pytest.fixture
+async def s3_files(settings: settings_mod.Settings) -> AsyncIterator[s3_backend.S3Storage]:
+    """The test's S3 storage, open (in modules whose ``storage_backend`` is "s3")."""
+    async with storage.opened(settings) as opened:
+        assert isinstance(opened, s3_backend.S3Storage), "storage_backend is not s3"
+        yield opened
 
 
 @pytest.fixture

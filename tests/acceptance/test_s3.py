@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import signal
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
 from bgworker import settings as settings_mod
-from bgworker import storage, store, tokens
+from bgworker import store, tokens
 from bgworker.storage import s3 as backend
 from tests.acceptance.processes import Spawn, run_cli
 from tests.acceptance.test_large_file import RSS_LIMIT_MIB, SEED, SIZE, expected_sha256
@@ -22,13 +21,6 @@ from tests.helpers import Publish, get_row, settings_env, wait_for_status, wait_
 @pytest.fixture
 def storage_backend() -> str:
     return "s3"
-
-
-@pytest.fixture
-async def files(settings: settings_mod.Settings) -> AsyncIterator[backend.S3Storage]:
-    async with storage.opened(settings) as opened:
-        assert isinstance(opened, backend.S3Storage)
-        yield opened
 
 
 async def _download(url: str) -> tuple[int, str]:
@@ -90,19 +82,19 @@ async def test_kill9_mid_upload_leaves_nothing_visible_and_clean_aborts_the_uplo
     db: store.Store,
     publish: Publish,
     spawn: Spawn,
-    files: backend.S3Storage,
+    s3_files: backend.S3Storage,
 ) -> None:
     worker = await spawn("worker", "--concurrency", "1")
     event = await publish("blob", {"size": SIZE, "seed": 1})
 
     async def uploading() -> bool:
-        listing = await files.client.list_multipart_uploads(Bucket=files.bucket)
+        listing = await s3_files.client.list_multipart_uploads(Bucket=s3_files.bucket)
         return bool(listing.get("Uploads"))
 
     await wait_until(uploading, timeout=60)
     worker.signal(signal.SIGKILL)
     assert await worker.wait_exit() == -9
-    listing = await files.client.list_objects_v2(Bucket=files.bucket)
+    listing = await s3_files.client.list_objects_v2(Bucket=s3_files.bucket)
     assert listing.get("Contents", []) == []  # parts were sent, no object exists
     assert (await get_row(db, event.id)).status == "running"  # until its lease runs out
 

@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,20 +40,13 @@ def storage_backend() -> str:
     return "s3"
 
 
-@pytest.fixture
-async def files(settings: settings_mod.Settings) -> AsyncIterator[backend.S3Storage]:
-    async with storage.opened(settings) as opened:
-        assert isinstance(opened, backend.S3Storage)
-        yield opened
-
-
-async def _uploads(files: backend.S3Storage) -> list[str]:
-    listing = await files.client.list_multipart_uploads(Bucket=files.bucket)
+async def _uploads(s3_files: backend.S3Storage) -> list[str]:
+    listing = await s3_files.client.list_multipart_uploads(Bucket=s3_files.bucket)
     return [u["Key"] for u in listing.get("Uploads", [])]
 
 
-async def _objects(files: backend.S3Storage) -> list[str]:
-    listing = await files.client.list_objects_v2(Bucket=files.bucket)
+async def _objects(s3_files: backend.S3Storage) -> list[str]:
+    listing = await s3_files.client.list_objects_v2(Bucket=s3_files.bucket)
     return [o["Key"] for o in listing.get("Contents", [])]
 
 
@@ -61,49 +54,49 @@ def _key() -> str:
     return storage.key_for(uuid.uuid4(), uuid.uuid4())
 
 
-async def test_a_multipart_file_is_invisible_until_finished(files: backend.S3Storage) -> None:
+async def test_a_multipart_file_is_invisible_until_finished(s3_files: backend.S3Storage) -> None:
     key = _key()
     data = os.urandom(2 * PART + 12345)  # three parts, the last one short
-    writer = files.writer(key)
+    writer = s3_files.writer(key)
     for start in range(0, len(data), 100_000):
         await writer.write(data[start : start + 100_000])
-    assert await _objects(files) == []  # parts uploaded, nothing visible
-    assert await _uploads(files) == [files.object_key(key)]
-    assert not await files.exists(key)
+    assert await _objects(s3_files) == []  # parts uploaded, nothing visible
+    assert await _uploads(s3_files) == [s3_files.object_key(key)]
+    assert not await s3_files.exists(key)
     size, digest = await writer.finish()
     assert (size, digest) == (len(data), hashlib.sha256(data).hexdigest())
-    assert await _uploads(files) == []
-    assert await files.size(key) == len(data)
-    got = await files.get(key)
+    assert await _uploads(s3_files) == []
+    assert await s3_files.size(key) == len(data)
+    got = await s3_files.get(key)
     assert b"".join([c async for c in got.chunks(PART)]) == data
 
 
-async def test_abort_leaves_no_object_and_no_upload(files: backend.S3Storage) -> None:
+async def test_abort_leaves_no_object_and_no_upload(s3_files: backend.S3Storage) -> None:
     key = _key()
-    writer = files.writer(key)
+    writer = s3_files.writer(key)
     await writer.write(os.urandom(PART + 10))  # one part reached the server
-    assert await _uploads(files) != []
+    assert await _uploads(s3_files) != []
     await writer.abort()
-    assert await _uploads(files) == []
-    assert await _objects(files) == []
-    small = files.writer(_key())
+    assert await _uploads(s3_files) == []
+    assert await _objects(s3_files) == []
+    small = s3_files.writer(_key())
     await small.write(b"never stored")  # below one part: nothing sent before finish
     await small.abort()
-    assert await _objects(files) == []
+    assert await _objects(s3_files) == []
 
 
-async def test_a_small_file_is_one_put(files: backend.S3Storage) -> None:
+async def test_a_small_file_is_one_put(s3_files: backend.S3Storage) -> None:
     key = _key()
-    writer = files.writer(key)
+    writer = s3_files.writer(key)
     await writer.write(b"")
     assert await writer.finish() == (0, hashlib.sha256(b"").hexdigest())
-    assert await files.exists(key) and await files.size(key) == 0
+    assert await s3_files.exists(key) and await s3_files.size(key) == 0
 
 
-async def test_a_sync_handler_writes_from_its_thread(files: backend.S3Storage) -> None:
+async def test_a_sync_handler_writes_from_its_thread(s3_files: backend.S3Storage) -> None:
     key = _key()
     data = os.urandom(PART + 777)
-    writer = files.writer(key)
+    writer = s3_files.writer(key)
     blocking = storage.BlockingWriter(writer)
 
     def handler() -> None:  # a plain def on its own thread, as execution runs one
@@ -115,18 +108,18 @@ async def test_a_sync_handler_writes_from_its_thread(files: backend.S3Storage) -
     with pytest.raises(storage.StorageError):
         blocking.write(b"late")  # the attempt has ended
     assert await writer.finish() == (len(data), hashlib.sha256(data).hexdigest())
-    got = await files.get(key)
+    got = await s3_files.get(key)
     assert b"".join([c async for c in got.chunks(PART)]) == data
 
 
-async def test_keys_are_checked_and_prefixed(files: backend.S3Storage) -> None:
+async def test_keys_are_checked_and_prefixed(s3_files: backend.S3Storage) -> None:
     key = _key()
-    assert files.object_key(key) == f"files/{key}"
+    assert s3_files.object_key(key) == f"files/{key}"
     for bad in ("../etc/passwd", key + "\n", "files/" + key, ""):
         with pytest.raises(storage.StorageError):
-            files.writer(bad)
+            s3_files.writer(bad)
     with pytest.raises(storage.StorageError):
-        await files.remove_part("other/" + key + "\nupload")
+        await s3_files.remove_part("other/" + key + "\nupload")
 
 
 async def test_sync_handler_file_on_s3_end_to_end(
@@ -150,7 +143,7 @@ async def test_clean_deletes_expired_and_orphans_and_aborts_dangling_uploads(
     db: store.Store,
     publish: Publish,
     start_worker: StartWorker,
-    files: backend.S3Storage,
+    s3_files: backend.S3Storage,
 ) -> None:
     await start_worker()
     old = await publish("blob", {"size": 5000, "seed": 1})
@@ -160,28 +153,28 @@ async def test_clean_deletes_expired_and_orphans_and_aborts_dangling_uploads(
         "UPDATE bgworker_requests SET expires_at = now() - interval '2 hours' WHERE id = $1",
         old.id,
     )
-    orphan = files.writer(_key())  # an attempt that lost its lease after completing
+    orphan = s3_files.writer(_key())  # an attempt that lost its lease after completing
     await orphan.write(b"x" * 10)
     await orphan.finish()
     outside = "elsewhere/" + _key()  # not under our prefix: never touched
-    await files.client.put_object(Bucket=files.bucket, Key=outside, Body=b"keep")
+    await s3_files.client.put_object(Bucket=s3_files.bucket, Key=outside, Body=b"keep")
 
-    young = await cleanup.clean(db, files)  # default age: the orphan is too young to go
+    young = await cleanup.clean(db, s3_files)  # default age: the orphan is too young to go
     assert (young.expired, young.orphans) == (1, 0)
     # (moto reports every upload as initiated in 2010: the upload's age check is tested
     # on SeaweedFS below.)
-    dangling = files.writer(_key())  # a worker killed mid-upload
+    dangling = s3_files.writer(_key())  # a worker killed mid-upload
     await dangling.write(os.urandom(PART))
-    assert len(await _uploads(files)) == 1
-    dry = await cleanup.clean(db, files, orphan_age_seconds=-1, dry_run=True)
+    assert len(await _uploads(s3_files)) == 1
+    dry = await cleanup.clean(db, s3_files, orphan_age_seconds=-1, dry_run=True)
     assert (dry.orphans, dry.temp_parts, dry.bytes_freed) == (1, 1, 10)
-    assert len(await _uploads(files)) == 1
+    assert len(await _uploads(s3_files)) == 1
 
-    report = await cleanup.clean(db, files, orphan_age_seconds=-1)
+    report = await cleanup.clean(db, s3_files, orphan_age_seconds=-1)
     assert (report.orphans, report.temp_parts) == (1, 1)
-    assert await _uploads(files) == []
-    live_key = files.object_key(str(rows[live.id].storage_key))
-    assert sorted(await _objects(files)) == sorted([live_key, outside])
+    assert await _uploads(s3_files) == []
+    live_key = s3_files.object_key(str(rows[live.id].storage_key))
+    assert sorted(await _objects(s3_files)) == sorted([live_key, outside])
     assert (await get_row(db, old.id)).status == "expired"
 
 
@@ -204,16 +197,16 @@ def _get(url: str) -> tuple[int, dict[str, str], bytes]:
 
 async def test_presigned_urls_refuse_tampering_and_expiry(seaweedfs: s3.S3Server) -> None:
     config = s3.storage_settings(seaweedfs, await s3.new_bucket(seaweedfs))
-    files = backend.S3Storage(config.model_copy(update={"presign_seconds": 2}))
-    await files.open()
+    s3_files = backend.S3Storage(config.model_copy(update={"presign_seconds": 2}))
+    await s3_files.open()
     try:
         key, other = _key(), _key()
         for k in (key, other):
-            writer = files.writer(k)
+            writer = s3_files.writer(k)
             await writer.write(b"the file")
             await writer.finish()
         disposition = 'attachment; filename="report.csv"'
-        url = await files.presigned_get(key, content_type="text/csv", disposition=disposition)
+        url = await s3_files.presigned_get(key, content_type="text/csv", disposition=disposition)
         signed_at = time.time()
         status, headers, body = await asyncio.to_thread(_get, url)
         assert (status, body) == (200, b"the file")
@@ -233,7 +226,7 @@ async def test_presigned_urls_refuse_tampering_and_expiry(seaweedfs: s3.S3Server
         status, _, body = await asyncio.to_thread(_get, url)
         assert status == 403 and b"the file" not in body
     finally:
-        await files.close()
+        await s3_files.close()
 
 
 async def test_the_client_for_tests_reaches_seaweedfs_only_signed(seaweedfs: s3.S3Server) -> None:
@@ -254,18 +247,18 @@ async def test_the_client_for_tests_reaches_seaweedfs_only_signed(seaweedfs: s3.
 
 
 async def test_only_uploads_older_than_the_grace_period_are_stale(seaweedfs: s3.S3Server) -> None:
-    files = backend.S3Storage(s3.storage_settings(seaweedfs, await s3.new_bucket(seaweedfs)))
-    await files.open()
+    s3_files = backend.S3Storage(s3.storage_settings(seaweedfs, await s3.new_bucket(seaweedfs)))
+    await s3_files.open()
     try:
-        writer = files.writer(_key())
+        writer = s3_files.writer(_key())
         await writer.write(os.urandom(PART))  # an upload in progress, one part sent
-        assert (await files.stale(time.time() - 60)).parts == []  # a live attempt's
-        [part] = (await files.stale(time.time() + 60)).parts
-        await files.remove_part(part)
-        assert (await files.stale(time.time() + 60)).parts == []
-        await files.remove_part(part)  # already gone: nothing to do, no error
+        assert (await s3_files.stale(time.time() - 60)).parts == []  # a live attempt's
+        [part] = (await s3_files.stale(time.time() + 60)).parts
+        await s3_files.remove_part(part)
+        assert (await s3_files.stale(time.time() + 60)).parts == []
+        await s3_files.remove_part(part)  # already gone: nothing to do, no error
     finally:
-        await files.close()
+        await s3_files.close()
 
 
 def test_settings_refuse_s3_without_a_bucket_and_wrong_download_modes(tmp_path: Path) -> None:
