@@ -99,6 +99,15 @@ class S3Storage:
             )
         )
 
+        try:
+            await self.client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            # Wrong endpoint, credentials or bucket: one line at start, not a failed job.
+            await self.close()
+            where = self._config.s3_endpoint_url or f"AWS {self._config.s3_region}"
+            reason = _code(exc) if isinstance(exc, ClientError) else str(exc)
+            raise base.StorageError(f"S3 bucket {self.bucket!r} at {where}: {reason}") from exc
+
     async def close(self) -> None:
         await self._stack.aclose()
         self._client = None

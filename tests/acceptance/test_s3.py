@@ -103,3 +103,13 @@ async def test_kill9_mid_upload_leaves_nothing_visible_and_clean_aborts_the_uplo
     assert result.code == 0, result.err
     assert "1 temp part(s)" in result.out, result.out
     assert not await uploading()
+
+
+async def test_serve_with_a_missing_bucket_says_so_in_one_line(
+    settings: settings_mod.Settings,
+) -> None:
+    env = {**settings_env(settings), "BGWORKER_STORAGE__S3_BUCKET": "no-such-bucket"}
+    result = await run_cli("serve", "--port", "1", env=env)
+    assert result.code == 69, result.err  # EX_UNAVAILABLE: a service we need is not usable
+    [line] = result.err.strip().splitlines()
+    assert line.startswith("bgworker serve: S3 bucket 'no-such-bucket' at http://127.0.0.1:")

@@ -277,3 +277,9 @@ def test_settings_refuse_s3_without_a_bucket_and_wrong_download_modes(tmp_path: 
     assert settings_mod.Settings().download_mode() == "stream"
     with pytest.raises(ValueError):
         settings_mod.StorageSettings(s3_part_size_bytes=1024 * 1024)  # S3's minimum is 5 MiB
+
+
+async def test_a_missing_bucket_is_one_clear_error_at_start(s3_server: s3.S3Server) -> None:
+    files = backend.S3Storage(s3.storage_settings(s3_server, "no-such-bucket"))
+    with pytest.raises(storage.StorageError, match=r"S3 bucket 'no-such-bucket' at http://"):
+        await files.open()
