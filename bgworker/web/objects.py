@@ -22,7 +22,7 @@ from bgworker.web import headers, keys, responses
 
 # One range, as a client sends it (RFC 9110 section 14.1.1). Anything else (several
 # ranges, other units) is ignored and the whole file sent: a server MAY ignore Range.
-_ONE_RANGE: Final = re.compile(r"^bytes=(\d+-\d*|-\d+)$")
+_ONE_RANGE: Final = re.compile(r"bytes=(\d{1,19}-\d{0,19}|-\d{1,19})", re.ASCII)
 
 
 async def send(
@@ -59,13 +59,14 @@ def _tags(value: str) -> set[str]:
     return {tag.strip() for tag in value.split(",")}
 
 
-def _range(request: web.Request, etag: str) -> str | None:
-    wanted = request.headers.get(hdrs.RANGE, "").strip()
+def passed_range(wanted: str, if_range: str | None, etag: str) -> str | None:
+    """The ``Range`` header to pass on to S3, or None to send the whole file. Only one
+    well-formed byte range goes out: the client's header never reaches S3 otherwise."""
+    wanted = wanted.strip()
     if not _ONE_RANGE.fullmatch(wanted):
         return None
     # RFC 9110 section 13.1.5: unless the entity tag matches strongly, send it all (a date
     # cannot match: the ETag is the one validator we give).
-    if_range = request.headers.get(hdrs.IF_RANGE)
     if if_range is not None and if_range.strip() != etag:
         return None
     return wanted
@@ -75,7 +76,12 @@ async def _stream(
     request: web.Request, files: s3.S3Storage, key: str, common: dict[str, str]
 ) -> web.StreamResponse:
     try:
-        got = await files.get(key, _range(request, common[hdrs.ETAG]))
+        wanted = passed_range(
+            request.headers.get(hdrs.RANGE, ""),
+            request.headers.get(hdrs.IF_RANGE),
+            common[hdrs.ETAG],
+        )
+        got = await files.get(key, wanted)
     except s3.RangeNotSatisfiableError:
         size = await files.size(key)
         return web.Response(
