@@ -42,19 +42,21 @@ def settings(settings: settings_mod.Settings) -> settings_mod.Settings:
     return settings
 
 
-async def _redirect_server(settings: settings_mod.Settings, start_server: StartServer) -> str:
+@pytest.fixture
+async def redirect_server(settings: settings_mod.Settings, start_server: StartServer) -> str:
     settings.web.download_mode = "auto"  # auto: redirect, on S3
     return await start_server()
 
 
 async def test_redirect_to_a_presigned_url_that_keeps_name_and_type(
     settings: settings_mod.Settings,
-    start_server: StartServer,
+    redirect_server: str,
     ready: store.RequestRow,
     signer: tokens.Signer,
 ) -> None:
-    base = await _redirect_server(settings, start_server)
-    status, hdrs, body = await fetch("GET", f"{base}/download/{signer.general(ready.id)}")
+    status, hdrs, body = await fetch(
+        "GET", f"{redirect_server}/download/{signer.general(ready.id)}"
+    )
     assert status == 302 and body == b""
     assert hdrs["Cache-Control"] == "private, no-store"  # a cached redirect would outlive it
     assert hdrs["Referrer-Policy"] == "no-referrer"
@@ -74,14 +76,12 @@ async def test_redirect_to_a_presigned_url_that_keeps_name_and_type(
 
 
 async def test_head_in_redirect_mode_is_answered_by_the_server(
-    settings: settings_mod.Settings,
-    start_server: StartServer,
-    ready: store.RequestRow,
-    signer: tokens.Signer,
+    redirect_server: str, ready: store.RequestRow, signer: tokens.Signer
 ) -> None:
     # A URL presigned for GET does not answer HEAD: the server answers from the row.
-    base = await _redirect_server(settings, start_server)
-    status, hdrs, body = await fetch("HEAD", f"{base}/download/{signer.general(ready.id)}")
+    status, hdrs, body = await fetch(
+        "HEAD", f"{redirect_server}/download/{signer.general(ready.id)}"
+    )
     assert (status, body) == (200, b"")
     assert hdrs["Content-Length"] == str(SIZE)
     assert hdrs["Content-Disposition"] == DISPOSITION
@@ -89,18 +89,14 @@ async def test_head_in_redirect_mode_is_answered_by_the_server(
 
 
 async def test_a_refused_token_never_gets_a_presigned_url(
-    settings: settings_mod.Settings,
-    start_server: StartServer,
-    ready: store.RequestRow,
-    signer: tokens.Signer,
+    redirect_server: str, ready: store.RequestRow, signer: tokens.Signer
 ) -> None:
-    base = await _redirect_server(settings, start_server)
     for token, expected in (
         (tamper(signer.general(ready.id)), 400),
         (signer.bound(ready.id, "alice"), 403),  # nobody identified as alice
         (signer.general(ready.id, generation=1), 410),  # revoked
     ):
-        status, hdrs, body = await fetch("GET", f"{base}/download/{token}")
+        status, hdrs, body = await fetch("GET", f"{redirect_server}/download/{token}")
         assert "Location" not in hdrs
         assert_refusal(status, hdrs, body, expected)
 
