@@ -17,10 +17,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final, cast
 
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import ClientError
 
 from bgworker import settings as settings_mod
@@ -78,7 +78,7 @@ class S3Storage:
         c = self._config
         secret = c.s3_secret_access_key
         self._client = await self._stack.enter_async_context(
-            get_session().create_client(
+            _session().create_client(
                 "s3",
                 region_name=c.s3_region,
                 endpoint_url=c.s3_endpoint_url,
@@ -207,6 +207,41 @@ class S3Storage:
         return ObjectStream(status, got["ContentLength"], got.get("ContentRange"), got["Body"])
 
 
+class _PartReader(io.RawIOBase):
+    """A part's buffer as a file, read in place. A file object, not bytes: botocore hashes
+    it and aiohttp sends it in small reads, where bytes the socket does not take at once
+    would be copied whole into the transport's buffer; and in place, not a BytesIO copy:
+    one part's bytes in memory, not two."""
+
+    def __init__(self, data: bytearray) -> None:
+        super().__init__()
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), len(self._view) - self._pos)
+        buffer[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+
 class S3Writer:
     """One attempt's object. ``write`` and ``finish`` run on the loop; ``write_blocking``
     runs on a handler's thread and hands each full part to the loop, waiting for it."""
@@ -240,7 +275,8 @@ class S3Writer:
         return chunk
 
     async def _flush(self) -> None:
-        body = io.BytesIO(await self._take())  # a copy; the buffer is freed right here
+        # typeshed's IO is a class RawIOBase does not derive from; botocore wants read/seek.
+        body = cast(IO[bytes], _PartReader(await self._take()))
         client, bucket = self._files.client, self._files.bucket
         if self._upload_id is None:
             started = await client.create_multipart_upload(Bucket=bucket, Key=self._key)
@@ -251,8 +287,6 @@ class S3Writer:
                 f"the file outgrew {MAX_PARTS} parts of {self._files.part_size} bytes: "
                 "raise BGWORKER_STORAGE__S3_PART_SIZE_BYTES"
             )
-        # A file object, not bytes: aiohttp then sends it in 64 KiB reads, where bytes that
-        # the socket does not take at once are copied whole into the transport's buffer.
         sent = await client.upload_part(
             Bucket=bucket,
             Key=self._key,
@@ -266,7 +300,7 @@ class S3Writer:
         client, bucket = self._files.client, self._files.bucket
         if self._upload_id is None:
             # Smaller than a part: one PutObject, visible whole or not at all.
-            body = io.BytesIO(await self._take())
+            body = cast(IO[bytes], _PartReader(await self._take()))
             await client.put_object(Bucket=bucket, Key=self._key, Body=body)
         else:
             if self._buffer:
@@ -290,6 +324,17 @@ class S3Writer:
         except Exception:
             # Invisible anyway; `bgworker clean` aborts what is left.
             log.warning("could not abort upload %s of %s", self._upload_id, self._key)
+
+
+_SESSIONS: list[AioSession] = []
+
+
+def _session() -> AioSession:
+    """One botocore session per process: its loader keeps the S3 model it parsed, so the
+    start-up probe's client and the worker's own share it (about 4 MiB RSS each)."""
+    if not _SESSIONS:
+        _SESSIONS.append(get_session())
+    return _SESSIONS[0]
 
 
 def _code(exc: ClientError) -> str:
