@@ -132,7 +132,7 @@ class StorageSettings(BaseModel):
     s3_secret_access_key: SecretStr | None = None
     # Every key goes under this prefix ("bgworker/"): `clean` touches nothing outside it.
     s3_prefix: str = ""
-    # Bytes buffered per multipart part: a running upload holds about two. S3 wants 5 MiB
+    # Bytes per multipart part: a running upload holds one part-sized buffer. S3 wants 5 MiB
     # at least (but for the last part) and at most 10,000 parts, so files up to ~48 GiB at
     # 5 MiB; raise it for larger files, at the cost of memory per running upload.
     s3_part_size_bytes: int = Field(5 * MIB, ge=5 * MIB, le=5 * 1024 * MIB)

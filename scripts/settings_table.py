@@ -41,7 +41,7 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_STORAGE__S3_SECRET_ACCESS_KEY": "secret key, set together with the access key",
     "BGWORKER_STORAGE__S3_PREFIX": "every key goes under this prefix; `clean` stays inside it",
     "BGWORKER_STORAGE__S3_PART_SIZE_BYTES": (
-        "multipart part size (5 MiB to 5 GiB): a running upload buffers about two"
+        "multipart part size (5 MiB to 5 GiB): each running upload buffers one part"
     ),
     "BGWORKER_STORAGE__PRESIGN_SECONDS": "lifetime of a presigned download URL (redirect mode)",
     "BGWORKER_TEMPLATE_DIR": "directory whose templates override the shipped ones "

@@ -1,9 +1,10 @@
 """The S3 backend: any S3-compatible object store, through aiobotocore.
 
-A file is a multipart upload streamed in parts of ``s3_part_size_bytes``, at most one part
-buffered and one in flight, so memory stays bounded whatever the file's size; size and
-sha256 are computed on the way. Nothing is visible until CompleteMultipartUpload (the
-backend's rename); a file smaller than one part is a single PutObject, just as atomic. An
+A file is a multipart upload streamed in parts of ``s3_part_size_bytes`` through one
+part-sized buffer (the part being sent is read from it in place), so memory stays bounded
+whatever the file's size; size and sha256 are computed on the way. Nothing is visible until
+CompleteMultipartUpload (the backend's rename); a file smaller than one part is a single
+PutObject, just as atomic. An
 attempt that fails aborts its upload; one that dies (kill -9) leaves an upload no reader
 can see, which ``clean`` aborts once it is older than its grace period.
 """
@@ -14,7 +15,7 @@ import asyncio
 import hashlib
 import io
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Final, cast
@@ -213,9 +214,9 @@ class _PartReader(io.RawIOBase):
     would be copied whole into the transport's buffer; and in place, not a BytesIO copy:
     one part's bytes in memory, not two."""
 
-    def __init__(self, data: bytearray) -> None:
+    def __init__(self, data: memoryview) -> None:
         super().__init__()
-        self._view = memoryview(data)
+        self._view = data
         self._pos = 0
 
     def readable(self) -> bool:
@@ -244,39 +245,55 @@ class _PartReader(io.RawIOBase):
 
 class S3Writer:
     """One attempt's object. ``write`` and ``finish`` run on the loop; ``write_blocking``
-    runs on a handler's thread and hands each full part to the loop, waiting for it."""
+    runs on a handler's thread and hands each full part to the loop, waiting for it.
+
+    One buffer of exactly one part, allocated once and refilled: every part but the last
+    has the same size (R2 requires it), and no part-sized block is freed and allocated
+    again per part, which left the allocator holding about one more part (1 GiB measured:
+    peak 104.8 MiB with a fresh buffer per part, the allocator's mmap threshold rising)."""
 
     def __init__(self, files: S3Storage, object_key: str) -> None:
         self._files = files
         self._key = object_key
         self._loop = asyncio.get_running_loop()
-        self._buffer = bytearray()
+        # Zeroed by the kernel page by page: a small file touches only what it fills.
+        self._buffer = bytearray(files.part_size)
+        self._fill = 0
         self._hash = hashlib.sha256()
         self._size = 0
         self._upload_id: str | None = None
         self._parts: list[CompletedPartTypeDef] = []
 
+    def _copy_in(self, data: bytes) -> Iterator[None]:
+        """Copy ``data`` into the buffer, pausing (yield) each time it is a full part."""
+        view = memoryview(data)
+        while view:
+            n = min(len(view), len(self._buffer) - self._fill)
+            self._buffer[self._fill : self._fill + n] = view[:n]
+            self._fill += n
+            view = view[n:]
+            if self._fill == len(self._buffer):
+                yield
+
     async def write(self, data: bytes) -> None:
-        self._buffer += data
-        if len(self._buffer) >= self._files.part_size:
+        for _ in self._copy_in(data):
             await self._flush()
 
     def write_blocking(self, data: bytes) -> None:
-        self._buffer += data
-        if len(self._buffer) >= self._files.part_size:
+        for _ in self._copy_in(data):
             asyncio.run_coroutine_threadsafe(self._flush(), self._loop).result()
 
-    async def _take(self) -> bytearray:
-        # The buffer itself becomes the part (no copy): one part's bytes in memory, not two.
-        chunk, self._buffer = self._buffer, bytearray()
+    async def _take(self) -> IO[bytes]:
+        """The filled part, hashed, as the body to send (read in place, never copied)."""
+        part = memoryview(self._buffer)[: self._fill]
         # hashlib releases the GIL on large buffers: hash off the loop.
-        await asyncio.to_thread(self._hash.update, chunk)
-        self._size += len(chunk)
-        return chunk
+        await asyncio.to_thread(self._hash.update, part)
+        self._size += self._fill
+        # typeshed's IO is a class RawIOBase does not derive from; botocore wants read/seek.
+        return cast(IO[bytes], _PartReader(part))
 
     async def _flush(self) -> None:
-        # typeshed's IO is a class RawIOBase does not derive from; botocore wants read/seek.
-        body = cast(IO[bytes], _PartReader(await self._take()))
+        body = await self._take()
         client, bucket = self._files.client, self._files.bucket
         if self._upload_id is None:
             started = await client.create_multipart_upload(Bucket=bucket, Key=self._key)
@@ -295,15 +312,15 @@ class S3Writer:
             Body=body,
         )
         self._parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+        self._fill = 0  # sent: the buffer takes the next part
 
     async def finish(self) -> tuple[int, str]:
         client, bucket = self._files.client, self._files.bucket
         if self._upload_id is None:
             # Smaller than a part: one PutObject, visible whole or not at all.
-            body = cast(IO[bytes], _PartReader(await self._take()))
-            await client.put_object(Bucket=bucket, Key=self._key, Body=body)
+            await client.put_object(Bucket=bucket, Key=self._key, Body=await self._take())
         else:
-            if self._buffer:
+            if self._fill:
                 await self._flush()
             await client.complete_multipart_upload(
                 Bucket=bucket,
@@ -311,6 +328,7 @@ class S3Writer:
                 UploadId=self._upload_id,
                 MultipartUpload={"Parts": self._parts},
             )
+        self._buffer = bytearray()  # the writer may outlive its use: free the part now
         return self._size, self._hash.hexdigest()
 
     async def abort(self) -> None:
