@@ -138,6 +138,21 @@ async def test_sync_handler_file_on_s3_end_to_end(
     assert not settings.storage_dir.exists()  # a worker on S3 needs no local directory
 
 
+async def test_a_failed_attempt_aborts_its_upload(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    s3_files: backend.S3Storage,
+) -> None:
+    await start_worker()
+    criteria = {"size": PART + 1, "seconds": 0.1, "permanent": True}  # one part was sent
+    event = await publish("fail_after", criteria)
+    await wait_for_status(db, event.id, "failed")
+    assert await _uploads(s3_files) == []
+    assert await _objects(s3_files) == []
+
+
 async def test_clean_deletes_expired_and_orphans_and_aborts_dangling_uploads(
     settings: settings_mod.Settings,
     db: store.Store,
