@@ -9,7 +9,7 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -103,11 +103,15 @@ def bgworker_env(setup: Setup, storage: Path, **extra: str) -> dict[str, str]:
     )
 
 
-def start(c: Contender, setup: Setup, storage: Path, tag: str) -> list[common.Child]:
+def start(
+    c: Contender, setup: Setup, storage: Path, tag: str, extra: Mapping[str, str] | None = None
+) -> list[common.Child]:
+    """``extra``: more BGWORKER_* variables for bgworker (bench.s3: the S3 storage)."""
     if c.kind == "bgworker":
         topo = setup.topology(c.queue_type)
         env = bgworker_env(
-            setup, storage, BGWORKER_NAMESPACE=topo.namespace, BGWORKER_QUEUE_TYPE=c.queue_type
+            setup, storage, BGWORKER_NAMESPACE=topo.namespace, BGWORKER_QUEUE_TYPE=c.queue_type,
+            **(extra or {}),
         )
         where: dict[str, Any] = {}
         if c.baseline:
@@ -266,7 +270,14 @@ async def cleanup(setup: Setup) -> None:
     await common.delete_queues([setup.floor_queue, *celery], exchanges=celery)
 
 
-async def trial(c: Contender, setup: Setup, storage: Path, n: int, tag: str) -> dict[str, Any]:
+async def trial(
+    c: Contender,
+    setup: Setup,
+    storage: Path,
+    n: int,
+    tag: str,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """One timed run: fresh processes, ``n`` requests, back to an empty table."""
     await declare(setup)
     await common.reset_tables(setup.dsn)
@@ -274,7 +285,7 @@ async def trial(c: Contender, setup: Setup, storage: Path, n: int, tag: str) -> 
     exchange, key, queue, factory = route(c, setup)
     seeds = range(n)
     messages = [factory(uuid.uuid4(), seed) for seed in seeds]
-    children = start(c, setup, storage, tag)
+    children = start(c, setup, storage, tag, extra)
     connection = await common.amqp_connect("bench-publisher")
     # A broker restart that everyone rides out still ruins the timing: run the trial again.
     restarted: list[object] = []

@@ -4,6 +4,9 @@ records of ``POST /requests`` that no POST needs any more).
 Parity with dj-bgfiles' ``bgfiles clean --timeout --sleep --leeway``, without its swapped
 arguments: ``leeway`` keeps recently expired files for last-minute downloads, ``timeout``
 bounds the whole run, ``sleep`` pauses between deletions to spare the disk.
+
+The same run for both backends (``storage.Storage``): for S3, the "temp parts" are
+multipart uploads of attempts that died, aborted once older than ``orphan_age``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from bgworker import states, storage, store
 
@@ -33,41 +35,10 @@ class CleanReport:
     errors: list[str] = field(default_factory=list)
 
 
-def _scan(root: Path, older_than: float) -> tuple[list[str], list[Path]]:
-    """Stored keys and temp parts whose mtime is older than ``older_than`` (epoch)."""
-    keys: list[str] = []
-    parts: list[Path] = []
-    for path in root.rglob("*"):
-        if not path.is_file() or path.stat().st_mtime >= older_than:
-            continue
-        relative = path.relative_to(root)
-        if relative.parts[0] == ".tmp":
-            parts.append(path)
-        elif storage.is_key(relative.as_posix()):
-            keys.append(relative.as_posix())
-    return keys, parts
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _unlink(path: Path) -> int:
-    try:
-        size = path.stat().st_size
-        path.unlink()
-    except FileNotFoundError:
-        return 0
-    return size
-
-
 @dataclass
 class _Run:
     db: store.Store
-    files: storage.LocalStorage
+    files: storage.Storage
     sleep_seconds: float
     dry_run: bool
     deadline: float | None
@@ -78,14 +49,22 @@ class _Run:
             self.report.stopped_early = True
         return self.report.stopped_early
 
-    async def remove(self, path: Path) -> None:
-        if self.dry_run:
-            # What the real run would free: the same files, sized, not removed.
-            self.report.bytes_freed += await asyncio.to_thread(_size, path)
-        else:
-            self.report.bytes_freed += await asyncio.to_thread(_unlink, path)
-            if self.sleep_seconds:
-                await asyncio.sleep(self.sleep_seconds)
+    async def remove(self, key: str) -> None:
+        # What the real run would free: in a dry run the same files, sized, not removed.
+        size = await self.files.size(key)
+        if not self.dry_run and not await self.files.delete(key):
+            size = 0  # gone meanwhile
+        self.report.bytes_freed += size
+        await self._pause()
+
+    async def remove_part(self, part: str) -> None:
+        if not self.dry_run:
+            self.report.bytes_freed += await self.files.remove_part(part)
+        await self._pause()
+
+    async def _pause(self) -> None:
+        if self.sleep_seconds and not self.dry_run:
+            await asyncio.sleep(self.sleep_seconds)
 
     async def expired(self, leeway_seconds: float) -> None:
         if self.dry_run:
@@ -93,13 +72,13 @@ class _Run:
             self.report.expired = len(keys)
             for key in keys:
                 if key:
-                    await self.remove(self.files.path(key))
+                    await self.remove(key)
             return
         while not self.out_of_time():
             expired = await self.db.expire_ready(leeway_seconds, BATCH)
             for item in expired:
                 if item.storage_key:
-                    await self.remove(self.files.path(item.storage_key))
+                    await self.remove(item.storage_key)
                 self.report.expired += 1
             if len(expired) < BATCH:
                 return
@@ -107,7 +86,8 @@ class _Run:
     async def orphans(self, age_seconds: float) -> None:
         # Files of attempts that lost their lease or died between rename and commit. The
         # age threshold protects an attempt that is finalizing right now.
-        keys, parts = await asyncio.to_thread(_scan, self.files.root, time.time() - age_seconds)
+        stale = await self.files.stale(time.time() - age_seconds)
+        keys = stale.keys
         for start in range(0, len(keys), 1000):
             if self.out_of_time():
                 return
@@ -116,15 +96,17 @@ class _Run:
             for key in batch:
                 if key not in referenced:
                     self.report.orphans += 1
-                    await self.remove(self.files.path(key))
-        for part in parts:
+                    await self.remove(key)
+        for part in stale.parts:
+            if self.out_of_time():
+                return
             self.report.temp_parts += 1
-            await self.remove(part)
+            await self.remove_part(part)
 
 
 async def clean(
     db: store.Store,
-    files: storage.LocalStorage,
+    files: storage.Storage,
     *,
     leeway_seconds: float = 3600,
     orphan_age_seconds: float = 86400,

@@ -203,10 +203,13 @@ def _json_value(value: object) -> str:
 async def _cmd_clean(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     from bgworker import cleanup, storage
 
-    async with store.opened(settings.database_url.get_secret_value()) as db:
+    async with (
+        store.opened(settings.database_url.get_secret_value()) as db,
+        storage.opened(settings) as files,
+    ):
         report = await cleanup.clean(
             db,
-            storage.LocalStorage(settings.storage_dir),
+            files,
             leeway_seconds=args.leeway,
             orphan_age_seconds=args.orphan_age,
             timeout_seconds=args.timeout,

@@ -26,7 +26,7 @@ import aiormq
 import asyncpg
 import pydantic
 
-from bgworker import handlers
+from bgworker import handlers, storage
 from bgworker import settings as settings_mod
 
 EXIT_USAGE: Final = 64  # EX_USAGE: the settings are wrong
@@ -45,6 +45,7 @@ NEEDS_KEYS: Final = frozenset({"worker", "serve"})
 NEEDS_DATABASE: Final = frozenset({"worker", "serve", "status", "cancel", "clean"})
 NEEDS_BROKER: Final = frozenset({"worker", "publish", "dlq"})
 NEEDS_HANDLERS: Final = frozenset({"worker"})
+NEEDS_STORAGE: Final = frozenset({"worker", "serve", "clean"})
 
 
 @dataclass
@@ -190,6 +191,12 @@ async def probe(settings: settings_mod.Settings, command: str) -> None:
         finally:
             client_log.setLevel(level)
         await connection.close()
+    if command in NEEDS_STORAGE and settings.storage.backend == "s3":
+        try:
+            async with storage.opened(settings):  # S3: looks the bucket up
+                pass
+        except storage.StorageError as exc:
+            raise unavailable(str(exc)) from None
 
 
 def service_error(exc: BaseException, settings: settings_mod.Settings) -> StartupError:

@@ -67,7 +67,7 @@ class Execution:
         self,
         registration: handlers.Registration,
         ctx: handlers.JobContext,
-        out: storage.LocalWriter,
+        out: storage.Writer,
     ) -> None:
         """Run the handler to completion; raise ``TimeLimitError`` when it runs past its
         limit, or its own exception. On any early end (time limit, cancellation) the handler

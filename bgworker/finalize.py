@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, kw_only=True)
 class Finalizer:
     db: store.Store
-    files: storage.LocalStorage
+    files: storage.Storage
     channel: AbstractChannel
     topology: topology.Topology
     worker_id: str

@@ -63,7 +63,7 @@ class Runner:
     config: settings.WorkerSettings
     registry: handlers.Registry
     db: store.Store
-    files: storage.LocalStorage
+    files: storage.Storage
     channel: AbstractChannel
     topology: topology.Topology
     worker_id: str

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bgworker import callback_urls
@@ -115,6 +115,11 @@ class WebSettings(BaseModel):
     admin_secret_key: SecretStr | None = None
     # Mark the console's cookies Secure even over plain HTTP: a TLS proxy is in front.
     admin_secure_cookies: bool = False
+    # How /download sends the bytes. auto: redirect for s3, stream for local; redirect: a
+    # 302 to a presigned URL (s3 only); stream: through this server; accel: X-Accel-Redirect
+    # to nginx (local only).
+    download_mode: Literal["auto", "stream", "redirect", "accel"] = "auto"
+
     # Keys of POST /requests (`Authorization: Bearer <key>`), comma-separated: several at
     # once let a key be rotated without downtime. Unset: no POST /requests, and the server
     # never connects to RabbitMQ.
@@ -129,6 +134,42 @@ class WebSettings(BaseModel):
         if any(len(key.get_secret_value()) < MIN_API_KEY_CHARS for key in value):
             raise ValueError(f"every API key needs at least {MIN_API_KEY_CHARS} characters")
         return value
+
+
+MIB: Final = 1024 * 1024
+
+
+class StorageSettings(BaseModel):
+    # local: files under storage_dir (one host, or a volume every host shares); s3: any
+    # S3-compatible object store, shared by any number of hosts (README "Storage").
+    backend: Literal["local", "s3"] = "local"
+    s3_bucket: str | None = None  # required with backend=s3
+    # None: AWS itself; else MinIO, SeaweedFS, Ceph RGW, Garage, R2... (http://host:port).
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    # None: botocore's own chain (AWS_* variables, profile, instance or pod role).
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    # Every key goes under this prefix ("bgworker/"): `clean` touches nothing outside it.
+    s3_prefix: str = ""
+    # Bytes per multipart part: a running upload holds one part-sized buffer. S3 wants 5 MiB
+    # at least (but for the last part) and at most 10,000 parts, so files up to ~48 GiB at
+    # 5 MiB; raise it for larger files, at the cost of memory per running upload.
+    s3_part_size_bytes: int = Field(5 * MIB, ge=5 * MIB, le=5 * 1024 * MIB)
+    # Lifetime of a presigned download URL (download_mode=redirect): the link's own check
+    # is done by then, so a few minutes suffice to start the download.
+    presign_seconds: int = Field(300, gt=0, le=7 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _check_s3(self) -> StorageSettings:
+        if self.backend == "s3" and not self.s3_bucket:
+            raise ValueError("BGWORKER_STORAGE__BACKEND=s3 needs BGWORKER_STORAGE__S3_BUCKET")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError(
+                "set both BGWORKER_STORAGE__S3_ACCESS_KEY_ID and "
+                "BGWORKER_STORAGE__S3_SECRET_ACCESS_KEY, or neither (botocore's own chain)"
+            )
+        return self
 
 
 class MetricsSettings(BaseModel):
@@ -221,11 +262,33 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     tokens: TokenSettings = Field(default_factory=TokenSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     _split = field_validator("handlers", mode="before")(_split_list)
+
+    @model_validator(mode="after")
+    def _check_download_mode(self) -> Settings:
+        mode, backend = self.web.download_mode, self.storage.backend
+        if mode == "redirect" and backend != "s3":
+            raise ValueError(
+                "BGWORKER_WEB__DOWNLOAD_MODE=redirect needs BGWORKER_STORAGE__BACKEND=s3 "
+                "(a presigned URL points into object storage)"
+            )
+        if mode == "accel" and backend != "local":
+            raise ValueError(
+                "BGWORKER_WEB__DOWNLOAD_MODE=accel needs BGWORKER_STORAGE__BACKEND=local "
+                "(nginx sends files from the storage directory)"
+            )
+        return self
+
+    def download_mode(self) -> Literal["stream", "redirect", "accel"]:
+        """The mode in force: auto is redirect for s3, stream for local."""
+        if self.web.download_mode == "auto":
+            return "redirect" if self.storage.backend == "s3" else "stream"
+        return self.web.download_mode
 
     @field_validator("namespace")
     @classmethod

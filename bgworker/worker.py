@@ -108,9 +108,8 @@ class Worker:
         tokens.warn_unusable_links(self.settings, identity_callable=False)
         if self.settings.tracing.enabled:
             tracing.enable()
-        files = storage.LocalStorage(self.settings.storage_dir)
-        files.ensure()
         async with AsyncExitStack() as stack:
+            files = await stack.enter_async_context(storage.opened(self.settings))
             # Made first and given to both store and dispatcher: see outbox.Handoff.
             handoff = outbox.Handoff()
             db = await self._open_store(stack, handoff)
@@ -182,7 +181,7 @@ class Worker:
     def _make_runner(
         self,
         db: store.Store,
-        files: storage.LocalStorage,
+        files: storage.Storage,
         channel: AbstractChannel,
         resources: Mapping[str, Any],
     ) -> jobs.Runner:

@@ -28,7 +28,22 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_DATABASE_URL": "PostgreSQL URL (`bgworker migrate` creates the database)",
     "BGWORKER_NAMESPACE": "prefix of every exchange and queue name",
     "BGWORKER_QUEUE_TYPE": "`quorum` or `classic` work queue",
-    "BGWORKER_STORAGE_DIR": "directory the files are stored in (shared by worker and server)",
+    "BGWORKER_STORAGE_DIR": (
+        "directory the files are stored in with the local backend (shared by worker and server)"
+    ),
+    "BGWORKER_STORAGE__BACKEND": "`local` (BGWORKER_STORAGE_DIR) or `s3` (see [Storage](#storage))",
+    "BGWORKER_STORAGE__S3_BUCKET": "bucket of the files; required with backend `s3`",
+    "BGWORKER_STORAGE__S3_ENDPOINT_URL": (
+        "S3-compatible endpoint (SeaweedFS, MinIO, Garage, R2...); unset: AWS"
+    ),
+    "BGWORKER_STORAGE__S3_REGION": "region the requests are signed for",
+    "BGWORKER_STORAGE__S3_ACCESS_KEY_ID": "access key; unset (with the secret): botocore's chain",
+    "BGWORKER_STORAGE__S3_SECRET_ACCESS_KEY": "secret key, set together with the access key",
+    "BGWORKER_STORAGE__S3_PREFIX": "every key goes under this prefix; `clean` stays inside it",
+    "BGWORKER_STORAGE__S3_PART_SIZE_BYTES": (
+        "multipart part size (5 MiB to 5 GiB): each running upload buffers one part"
+    ),
+    "BGWORKER_STORAGE__PRESIGN_SECONDS": "lifetime of a presigned download URL (redirect mode)",
     "BGWORKER_TEMPLATE_DIR": "directory whose templates override the shipped ones "
     "(`email/*.j2`, `pages/page.html.j2`)",
     "BGWORKER_HANDLERS": "handler registries to load, comma-separated `module:attribute`",
@@ -77,6 +92,10 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_WEB__PUBLIC_URL": "base URL of the links in emails and events",
     "BGWORKER_WEB__IDENTITY_HEADER": "header with the caller's user id (requester-bound links)",
     "BGWORKER_WEB__CHUNK_SIZE": "download chunk size in bytes",
+    "BGWORKER_WEB__DOWNLOAD_MODE": (
+        "`auto` (redirect for s3, stream for local), `stream`, `redirect` (s3 only), "
+        "`accel` (local only)"
+    ),
     "BGWORKER_WEB__ADMIN_USER": "admin console user name",
     "BGWORKER_WEB__ADMIN_PASSWORD": "admin console password; unset: no console at `/admin/`",
     "BGWORKER_WEB__ADMIN_SESSION_SECONDS": "admin console session lifetime",

@@ -24,13 +24,14 @@ from aiohttp import web
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from bgworker import broker, events, handlers, publisher, store, topology, wire, worker
+from bgworker import broker, events, handlers, publisher, storage, store, topology, wire, worker
 from bgworker import settings as settings_mod
 from bgworker import web as web_app
 from bgworker.smtp_sink import SmtpSink
+from bgworker.storage import s3 as s3_backend
 from bgworker.store import migrations
 from bgworker.web import access_log
-from tests import helpers
+from tests import helpers, s3
 
 # Property tests run on two shared cores next to RabbitMQ and PostgreSQL: a slow example is
 # the machine's load, not a finding. No per-example deadline, and no "too slow" health check.
@@ -90,9 +91,46 @@ def queue_type() -> str:
     return "quorum"
 
 
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[s3.S3Server]:
+    """moto's S3 server, one process for the session; each test has its own bucket."""
+    with s3.moto() as server:
+        yield server
+
+
+@pytest.fixture
+def storage_backend() -> str:
+    """Where the test's files live. Modules whose tests run on both backends override it
+    with a parametrized fixture of the same name."""
+    return "local"
+
+
+@pytest.fixture
+async def storage_settings(
+    storage_backend: str, request: pytest.FixtureRequest
+) -> settings_mod.StorageSettings:
+    if storage_backend == "local":
+        return settings_mod.StorageSettings()
+    server: s3.S3Server = request.getfixturevalue("s3_server")
+    return s3.storage_settings(server, await s3.new_bucket(server))
+
+
+@pytest.fixture
+async def s3_files(settings: settings_mod.Settings) -> AsyncIterator[s3_backend.S3Storage]:
+    """The test's S3 storage, open (in modules whose ``storage_backend`` is "s3")."""
+    async with storage.opened(settings) as opened:
+        assert isinstance(opened, s3_backend.S3Storage), "storage_backend is not s3"
+        yield opened
+
+
 @pytest.fixture
 def settings(
-    database_url: str, namespace: str, tmp_path: Path, smtp_sink: SmtpSink, queue_type: str
+    database_url: str,
+    namespace: str,
+    tmp_path: Path,
+    smtp_sink: SmtpSink,
+    queue_type: str,
+    storage_settings: settings_mod.StorageSettings,
 ) -> settings_mod.Settings:
     """Fast settings for tests: short leases, sub-second retry tiers."""
     return settings_mod.Settings(
@@ -116,6 +154,7 @@ def settings(
         ),
         tokens=settings_mod.TokenSettings(secret_keys=[secrets.token_urlsafe(16)]),
         web=settings_mod.WebSettings(public_url="http://127.0.0.1:1"),
+        storage=storage_settings,
     )
 
 

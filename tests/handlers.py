@@ -79,8 +79,10 @@ async def crash(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
 
 @registry.handler("fail_after")
 async def fail_after(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
-    """Writes, waits ``seconds``, then fails (``permanent``: with a PermanentError)."""
+    """Writes (``size`` more bytes if given), waits ``seconds``, then fails
+    (``permanent``: with a PermanentError)."""
     await out.write(b"partial")
+    await out.write(bytes(int(ctx.criteria.get("size", 0))))  # type: ignore[arg-type]
     await asyncio.sleep(float(ctx.criteria.get("seconds", 1.0)))  # type: ignore[arg-type]
     if ctx.criteria.get("permanent"):
         raise handlers.PermanentError("failed for good after a while")

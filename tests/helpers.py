@@ -89,9 +89,42 @@ def settings_env(settings: settings_mod.Settings) -> dict[str, str]:
         "BGWORKER_WORKER__DRAIN_TIMEOUT_SECONDS": str(w.drain_timeout_seconds),
         "BGWORKER_WORKER__OUTBOX_CLAIM_SECONDS": str(w.outbox_claim_seconds),
         "BGWORKER_WORKER__CONCURRENCY": str(w.concurrency),
+        **_storage_env(settings.storage),
     }
     base = {k: v for k, v in os.environ.items() if not k.startswith("BGWORKER_")}
     return {**base, **env, "PYTHONPATH": str(REPO)}
+
+
+def _storage_env(config: settings_mod.StorageSettings) -> dict[str, str]:
+    env: dict[str, str] = {"BGWORKER_STORAGE__BACKEND": config.backend}
+    for name in ("s3_bucket", "s3_endpoint_url", "s3_region", "s3_access_key_id", "s3_prefix"):
+        value = getattr(config, name)
+        if value is not None:
+            env[f"BGWORKER_STORAGE__{name.upper()}"] = str(value)
+    if config.s3_secret_access_key is not None:
+        secret = config.s3_secret_access_key.get_secret_value()
+        env["BGWORKER_STORAGE__S3_SECRET_ACCESS_KEY"] = secret
+    env["BGWORKER_STORAGE__S3_PART_SIZE_BYTES"] = str(config.s3_part_size_bytes)
+    return env
+
+
+async def stored_bytes(settings: settings_mod.Settings, row: store.RequestRow) -> bytes:
+    """The stored file of a row that has one, from whichever backend holds it."""
+    assert row.storage_key is not None, f"request {row.id} has no stored file"
+    async with storage.opened(settings) as files:
+        if isinstance(files, storage.LocalStorage):
+            return await asyncio.to_thread(files.path(row.storage_key).read_bytes)
+        from bgworker.storage import s3
+
+        assert isinstance(files, s3.S3Storage)
+        got = await files.get(row.storage_key)
+        return b"".join([chunk async for chunk in got.chunks(1024 * 1024)])
+
+
+async def stored_keys(settings: settings_mod.Settings) -> list[str]:
+    """Every visible file's key (never an unfinished write), on either backend."""
+    async with storage.opened(settings) as files:
+        return sorted((await files.stale(float("inf"))).keys)
 
 
 async def wait_for_status(

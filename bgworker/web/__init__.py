@@ -51,9 +51,9 @@ def create_app(
     app = web.Application()
     app[keys.SIGNER] = tokens.Signer(settings.tokens, bind=tokens.binds_requester(settings))
     tokens.warn_unusable_links(settings, identity_callable=identity is not None)
-    app[keys.STORAGE] = storage.LocalStorage(settings.storage_dir)
     app[keys.IDENTITY] = identity or identity_mod.header_identity(settings.web.identity_header)
     app[keys.CHUNK_SIZE] = settings.web.chunk_size
+    app[keys.DOWNLOAD_MODE] = settings.download_mode()
     app[keys.PUBLIC_URL] = settings.web.public_url
     app[keys.TEMPLATE_DIR] = settings.template_dir
 
@@ -67,7 +67,13 @@ def create_app(
         yield
         await pool.close()
 
+    async def files(app: web.Application) -> AsyncIterator[None]:
+        async with storage.opened(settings) as opened:
+            app[keys.STORAGE] = opened
+            yield
+
     app.cleanup_ctx.append(database)
+    app.cleanup_ctx.append(files)
     app.router.add_get("/download/{token}", downloads.download)  # GET also answers HEAD
     app.router.add_get("/status/{token}", downloads.status)
     app.router.add_get("/healthz", healthz)

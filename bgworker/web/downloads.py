@@ -18,7 +18,7 @@ from typing import Any, Final
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
-from bgworker import messages, metrics, states, store, tokens, tracing
+from bgworker import messages, metrics, states, storage, store, tokens, tracing
 from bgworker.web import headers, identity, keys, pages, responses
 
 # RFC 9110 section 10.2.3: how long a client should wait before asking again for a file
@@ -149,8 +149,8 @@ async def _row_state(request: web.Request, row: store.RequestRow) -> LinkState:
         return LinkState.EXPIRED
     if row.status != states.Status.READY or row.storage_key is None:
         return LinkState.GONE
-    path = request.app[keys.STORAGE].path(row.storage_key)
-    return LinkState.READY if await asyncio.to_thread(path.is_file) else LinkState.GONE
+    exists = await request.app[keys.STORAGE].exists(row.storage_key)
+    return LinkState.READY if exists else LinkState.GONE
 
 
 def _message(state: LinkState, row: store.RequestRow) -> str:
@@ -190,11 +190,17 @@ async def download(request: web.Request) -> web.StreamResponse:
         parent = await request.app[keys.STORE].trace_carrier(row.id)
         with tracing.span("download", parent=parent, kind="server", request_id=str(row.id)):
             pass  # marks the grant; the bytes stream after the handler returns
+    files = request.app[keys.STORAGE]
+    if not isinstance(files, storage.LocalStorage):
+        # Imported here: a server on local storage never loads botocore.
+        from bgworker.web import objects
+
+        return await objects.send(request, files, row)
     # FileResponse streams from disk (sendfile where it can, chunks otherwise) and handles
     # Range/If-None-Match and date If-Range itself (RFC 9110); _FileResponse adds entity-tag
     # If-Range and multi-range, and we add the headers it cannot know.
     return _FileResponse(
-        request.app[keys.STORAGE].path(row.storage_key),
+        files.path(row.storage_key),
         chunk_size=request.app[keys.CHUNK_SIZE],
         headers={
             "Content-Type": row.content_type,

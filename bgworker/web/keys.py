@@ -17,10 +17,12 @@ from bgworker.web import admin_auth, gateway, identity
 
 # Set by create_app for every route.
 STORE: Final = web.AppKey("store", store.Store)
-STORAGE: Final = web.AppKey("storage", storage.LocalStorage)
+STORAGE: Final[web.AppKey[storage.Storage]] = web.AppKey("storage")
 SIGNER: Final = web.AppKey("signer", tokens.Signer)
 IDENTITY: Final[web.AppKey[identity.Identity]] = web.AppKey("identity")
 CHUNK_SIZE: Final = web.AppKey("chunk_size", int)
+# settings.download_mode(): how /download sends the bytes (auto already resolved).
+DOWNLOAD_MODE: Final = web.AppKey("download_mode", str)
 # Base of the links the console issues (settings.web.public_url), as the worker's emails have.
 PUBLIC_URL: Final = web.AppKey("public_url", str)
 # The operator's template directory (settings.template_dir), read by the requester's page.

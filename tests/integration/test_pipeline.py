@@ -6,6 +6,7 @@ import hashlib
 import uuid
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from bgworker import settings as settings_mod
@@ -19,10 +20,18 @@ from tests.helpers import (
     StartWorker,
     get_row,
     must_match,
-    stored_path,
+    stored_bytes,
+    stored_keys,
     wait_for_status,
     wait_until,
 )
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage_backend(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both storage backends (on s3, downloads redirect)."""
+    backend: str = request.param
+    return backend
 
 
 async def test_request_becomes_ready_file_with_event(
@@ -41,10 +50,12 @@ async def test_request_becomes_ready_file_with_event(
     assert row.sha256 == hashlib.sha256(expected).hexdigest()
     assert row.attempts == 1 and row.progress == 1
     assert row.expires_at is not None and row.finished_at is not None
-    path = stored_path(storage.LocalStorage(settings.storage_dir), row)
-    assert path.read_bytes() == expected
+    assert await stored_bytes(settings, row) == expected
     # Nothing half-written is left behind.
-    assert list((settings.storage_dir / ".tmp").iterdir()) == []
+    async with storage.opened(settings) as files:
+        assert (await files.stale(float("inf"))).parts == []
+    if settings.storage.backend == "s3":  # a worker on S3 needs no local directory
+        assert not settings.storage_dir.exists()
 
     await wait_until(lambda: any(body["id"] == str(event.id) for _, body in event_log))
     ready = [body for key, body in event_log if key == "file.ready"]
@@ -127,8 +138,7 @@ async def test_same_request_published_twice_yields_one_file_and_one_email(
 
     await wait_until(outbox_done)
 
-    files = [p for p in settings.storage_dir.rglob("*") if p.is_file() and ".tmp" not in p.parts]
-    assert len(files) == 1
+    assert len(await stored_keys(settings)) == 1
     row = await get_row(db, request_id)
     assert row.attempts == 1
     assert w.outcomes["ready"] == 1

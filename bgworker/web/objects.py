@@ -1,0 +1,103 @@
+"""Downloads from object storage, after ``downloads`` has checked the token and the row.
+
+redirect (the default for s3): a 302 to a presigned GET that lives
+``storage.presign_seconds``, carrying ``response-content-disposition`` and
+``response-content-type`` so the name and type the server would send survive; the bytes
+never pass through Python. stream: the server GETs the object and streams it, passing
+``Range`` through to S3 (206 with Content-Range, 416), with the sha256 as strong ETag. A HEAD
+is answered from the row in both modes (a URL presigned for GET does not answer HEAD).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from aiohttp import hdrs, web
+from botocore.exceptions import ClientError
+
+from bgworker import storage, store
+from bgworker.storage import s3
+from bgworker.web import headers, keys, responses
+
+# One range, as a client sends it (RFC 9110 section 14.1.1). Anything else (several
+# ranges, other units) is ignored and the whole file sent: a server MAY ignore Range.
+_ONE_RANGE: Final = re.compile(r"bytes=(\d{1,19}-\d{0,19}|-\d{1,19})", re.ASCII)
+
+
+async def send(
+    request: web.Request, files: storage.Storage, row: store.RequestRow
+) -> web.StreamResponse:
+    assert isinstance(files, s3.S3Storage) and row.storage_key is not None
+    disposition = headers.content_disposition(row.filename)
+    etag = f'"{row.sha256}"'
+    common = {
+        hdrs.CONTENT_TYPE: row.content_type,
+        hdrs.CONTENT_DISPOSITION: disposition,
+        hdrs.ETAG: etag,
+        hdrs.ACCEPT_RANGES: "bytes",
+        **headers.SECURITY_HEADERS,
+    }
+    if request.method == hdrs.METH_HEAD:
+        response = web.StreamResponse(headers=common)
+        response.content_length = row.size_bytes or 0
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+    if request.app[keys.DOWNLOAD_MODE] == "redirect":
+        url = await files.presigned_get(
+            row.storage_key, content_type=row.content_type, disposition=disposition
+        )
+        # no-store: a cached redirect would outlive the presigned URL it points to.
+        return web.Response(status=302, headers={hdrs.LOCATION: url, **headers.SECURITY_HEADERS})
+    if etag in _tags(request.headers.get(hdrs.IF_NONE_MATCH, "")):
+        return web.Response(status=304, headers={hdrs.ETAG: etag, **headers.SECURITY_HEADERS})
+    return await _stream(request, files, row.storage_key, common)
+
+
+def _tags(value: str) -> set[str]:
+    return {tag.strip() for tag in value.split(",")}
+
+
+def passed_range(wanted: str, if_range: str | None, etag: str) -> str | None:
+    """The ``Range`` header to pass on to S3, or None to send the whole file. Only one
+    well-formed byte range goes out: the client's header never reaches S3 otherwise."""
+    wanted = wanted.strip()
+    if not _ONE_RANGE.fullmatch(wanted):
+        return None
+    # RFC 9110 section 13.1.5: unless the entity tag matches strongly, send it all (a date
+    # cannot match: the ETag is the one validator we give).
+    if if_range is not None and if_range.strip() != etag:
+        return None
+    return wanted
+
+
+async def _stream(
+    request: web.Request, files: s3.S3Storage, key: str, common: dict[str, str]
+) -> web.StreamResponse:
+    try:
+        wanted = passed_range(
+            request.headers.get(hdrs.RANGE, ""),
+            request.headers.get(hdrs.IF_RANGE),
+            common[hdrs.ETAG],
+        )
+        got = await files.get(key, wanted)
+    except s3.RangeNotSatisfiableError:
+        size = await files.size(key)
+        return web.Response(
+            status=416,
+            headers={hdrs.CONTENT_RANGE: f"bytes */{size}", **headers.SECURITY_HEADERS},
+        )
+    except ClientError:
+        # Deleted between the row check and now (clean, an operator): gone, as the row says.
+        body = {"error": "the file is no longer stored", "status": 410, "state": "gone"}
+        return responses.json_response(body, status=410)
+    response = web.StreamResponse(status=got.status, headers=common)
+    response.content_length = got.length
+    if got.content_range:
+        response.headers[hdrs.CONTENT_RANGE] = got.content_range
+    await response.prepare(request)
+    async for chunk in got.chunks(request.app[keys.CHUNK_SIZE]):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
