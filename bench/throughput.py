@@ -110,7 +110,10 @@ def start(
     if c.kind == "bgworker":
         topo = setup.topology(c.queue_type)
         env = bgworker_env(
-            setup, storage, BGWORKER_NAMESPACE=topo.namespace, BGWORKER_QUEUE_TYPE=c.queue_type,
+            setup,
+            storage,
+            BGWORKER_NAMESPACE=topo.namespace,
+            BGWORKER_QUEUE_TYPE=c.queue_type,
             **(extra or {}),
         )
         where: dict[str, Any] = {}
