@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-faults lint typecheck schemas bench bench-quick services
+.PHONY: install demo test test-deps test-faults lint typecheck schemas bench bench-quick services
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,12 @@ services:
 demo: $(STAMP) services
 	$(BIN)/bgworker demo
 
+# System packages the tests run for real (nginx for the offload tests); only what is missing.
+test-deps:
+	@bash scripts/test_deps.sh
+
 # The main suite: everything except the tests that restart the shared services.
-test: $(STAMP) services
+test: $(STAMP) services test-deps
 	$(BIN)/ruff check bgworker tests bench scripts
 	$(BIN)/ruff format --check bgworker tests bench scripts
 	$(BIN)/mypy bgworker tests

@@ -101,6 +101,15 @@ class WebSettings(BaseModel):
     # Header set by a trusted auth proxy with the caller's user id (requester-bound links).
     identity_header: str | None = None
     chunk_size: int = Field(256 * 1024, ge=4096)
+    # How /download hands out the bytes once the link is checked: "stream" them from this
+    # process, "redirect" to a presigned URL (object storage), or "accel": an empty answer
+    # with X-Accel-Redirect so nginx in front sends the file (local storage; see
+    # deploy/nginx/bgworker.conf). "auto": redirect for object storage, stream for local.
+    download_mode: Literal["auto", "stream", "redirect", "accel"] = "auto"
+    # The nginx `internal` location that maps to BGWORKER_STORAGE_DIR (download_mode=accel).
+    accel_prefix: str = Field("/_bgworker_files/", pattern=r"^/[A-Za-z0-9._~/-]*/$")
+    # Processes of `bgworker serve` sharing the port (SO_REUSEPORT); the parent supervises.
+    workers: int = Field(1, ge=1, le=256)
     # The admin console (/admin/) is mounted only when a password is set.
     admin_user: str = "admin"
     admin_password: SecretStr | None = None

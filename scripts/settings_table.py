@@ -77,6 +77,12 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_WEB__PUBLIC_URL": "base URL of the links in emails and events",
     "BGWORKER_WEB__IDENTITY_HEADER": "header with the caller's user id (requester-bound links)",
     "BGWORKER_WEB__CHUNK_SIZE": "download chunk size in bytes",
+    "BGWORKER_WEB__DOWNLOAD_MODE": (
+        "`auto`, `stream`, `redirect` (object storage) or `accel`: nginx sends the file"
+        " ([Offloading downloads](#offloading-downloads-to-nginx))"
+    ),
+    "BGWORKER_WEB__ACCEL_PREFIX": "nginx `internal` location of the files (`accel` mode)",
+    "BGWORKER_WEB__WORKERS": "`bgworker serve` processes sharing the port (`--workers`)",
     "BGWORKER_WEB__ADMIN_USER": "admin console user name",
     "BGWORKER_WEB__ADMIN_PASSWORD": "admin console password; unset: no console at `/admin/`",
     "BGWORKER_WEB__ADMIN_SESSION_SECONDS": "admin console session lifetime",

@@ -53,6 +53,8 @@ def create_app(
     app[keys.STORAGE] = storage.LocalStorage(settings.storage_dir)
     app[keys.IDENTITY] = identity or identity_mod.header_identity(settings.web.identity_header)
     app[keys.CHUNK_SIZE] = settings.web.chunk_size
+    accel = settings.web.download_mode == "accel"
+    app[keys.ACCEL_PREFIX] = settings.web.accel_prefix if accel else None
     app[keys.PUBLIC_URL] = settings.web.public_url
     app[keys.TEMPLATE_DIR] = settings.template_dir
 

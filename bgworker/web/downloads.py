@@ -19,7 +19,7 @@ from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
 from bgworker import messages, metrics, states, store, tokens, tracing
-from bgworker.web import headers, identity, keys, pages, responses
+from bgworker.web import headers, identity, keys, offload, pages, responses
 
 # RFC 9110 section 10.2.3: how long a client should wait before asking again for a file
 # that is still being built.
@@ -190,6 +190,8 @@ async def download(request: web.Request) -> web.StreamResponse:
         parent = await request.app[keys.STORE].trace_carrier(row.id)
         with tracing.span("download", parent=parent, kind="server", request_id=str(row.id)):
             pass  # marks the grant; the bytes stream after the handler returns
+    if (offloaded := offload.response(request, row)) is not None:
+        return offloaded  # download_mode=accel: nginx sends the bytes
     # FileResponse streams from disk (sendfile where it can, chunks otherwise) and handles
     # Range/If-None-Match and date If-Range itself (RFC 9110); _FileResponse adds entity-tag
     # If-Range and multi-range, and we add the headers it cannot know.
