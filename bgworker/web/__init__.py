@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -29,7 +30,8 @@ async def healthz(request: web.Request) -> web.Response:
             await request.app[keys.STORE].ping()
     except Exception as exc:
         return responses.json_response({"status": "unhealthy", "database": str(exc)}, status=503)
-    return responses.json_response({"status": "ok"})
+    # The pid tells which of `serve --workers N`'s processes answered.
+    return responses.json_response({"status": "ok", "pid": os.getpid()})
 
 
 async def metrics_view(request: web.Request) -> web.Response:
@@ -80,11 +82,16 @@ def create_app(
     return app
 
 
-async def serve(settings: settings_mod.Settings, stop: asyncio.Event) -> None:
+async def serve(
+    settings: settings_mod.Settings, stop: asyncio.Event, *, reuse_port: bool = False
+) -> None:
+    """Serve until ``stop`` is set, then drain: ``runner.cleanup`` closes the listening
+    socket and waits (up to aiohttp's 60 s shutdown timeout) for requests in flight.
+    ``reuse_port``: one of ``serve --workers N``'s processes (SO_REUSEPORT)."""
     app = create_app(settings)
     runner = web.AppRunner(app, access_log_class=access_log.RedactingAccessLogger)
     await runner.setup()
-    site = web.TCPSite(runner, settings.web.host, settings.web.port)
+    site = web.TCPSite(runner, settings.web.host, settings.web.port, reuse_port=reuse_port or None)
     await site.start()
     log.info(
         "serving on http://%s:%d (links: %s)",

@@ -1,0 +1,111 @@
+"""``bgworker serve --workers 3``: three processes answer on one port, SIGTERM drains a
+download in flight and the parent exits 0; a child that dies is reported and fails the
+parent."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+from pathlib import Path
+
+import aiohttp
+
+from bgworker import settings as settings_mod
+from bgworker import store, tokens
+from tests.acceptance.processes import Proc, Spawn, run_cli
+from tests.handlers import blob_bytes
+from tests.helpers import Publish, StartWorker, settings_env, wait_for_status, wait_until
+
+BIG = 24 * 1024 * 1024  # large enough that the client holds it mid-transfer
+
+
+def _children(parent: int) -> set[int]:
+    path = Path(f"/proc/{parent}/task/{parent}/children")
+    return {int(p) for p in path.read_text().split()}
+
+
+async def _pids_answering(proc: Proc, at_least: int, tries: int = 300) -> set[int]:
+    """The pids in /healthz over fresh connections (the kernel picks a listener for each
+    new connection by its address hash), until ``at_least`` differ or ``tries`` is spent."""
+    seen: set[int] = set()
+    for _ in range(tries):
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async with session.get(f"http://127.0.0.1:{proc.port}/healthz") as response:
+                assert response.status == 200
+                seen.add((await response.json())["pid"])
+        if len(seen) >= at_least:
+            break
+    return seen
+
+
+async def test_three_processes_answer_and_sigterm_drains_a_download(
+    spawn: Spawn,
+    settings: settings_mod.Settings,
+    start_worker: StartWorker,
+    publish: Publish,
+    db: store.Store,
+) -> None:
+    await start_worker()
+    event = await publish("blob", {"size": BIG, "seed": 3}, filename="big.bin")
+    row = await wait_for_status(db, event.id, "ready", timeout=120)
+
+    proc = await spawn("serve", "--workers", "3")
+    port = proc.port
+    assert port is not None
+    await wait_until(lambda: len(_children(proc.pid)) == 3)
+    children = _children(proc.pid)
+    pids = await _pids_answering(proc, at_least=2)
+    assert len(pids) >= 2 and pids <= children, (pids, children)
+
+    # A download in flight: the client takes the first bytes, the server is told to stop,
+    # and the rest still arrives, whole.
+    url = f"http://127.0.0.1:{port}/download/{tokens.Signer(settings.tokens).general(row.id)}"
+    digest = hashlib.sha256()
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        first = await response.content.readexactly(64 * 1024)
+        digest.update(first)
+        proc.signal(signal.SIGTERM)
+        # The listeners close: no new connection is accepted, the open one goes on.
+        await wait_until(lambda: not _accepts(port), timeout=30)
+        async for chunk in response.content.iter_chunked(256 * 1024):
+            digest.update(chunk)
+    assert digest.hexdigest() == row.sha256 == hashlib.sha256(blob_bytes(BIG, 3)).hexdigest()
+    assert await proc.wait_exit(timeout=60) == 0
+    assert "passing it to 3 processes" in proc.log()
+    assert not any(_alive(pid) for pid in children)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_a_child_that_dies_is_reported_and_fails_the_parent(spawn: Spawn) -> None:
+    proc = await spawn("serve", "--workers", "2")
+    await wait_until(lambda: len(_children(proc.pid)) == 2)
+    victim, other = sorted(_children(proc.pid))
+    os.kill(victim, signal.SIGKILL)
+    assert await proc.wait_exit(timeout=60) == 1
+    assert f"process {victim} exited (status -9) while serving" in proc.log()
+    # The other child was stopped gracefully, not left behind.
+    assert not _alive(other)
+
+
+async def test_workers_need_a_fixed_port(settings: settings_mod.Settings) -> None:
+    env = {**settings_env(settings), "BGWORKER_WEB__PORT": "0"}
+    result = await run_cli("serve", "--workers", "2", env=env)
+    assert result.code == 64
+    assert "needs a fixed port" in result.err
