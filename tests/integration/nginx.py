@@ -53,7 +53,7 @@ def render(upstream: str, port: int, prefix: str, files: Path) -> str:
     shipped file changed shape and the test would no longer run it)."""
     text = SHIPPED.read_text()
     replacements = {
-        "server server:8080;  # [serve]": f"server {upstream};",
+        "server offload-server:8080;  # [serve]": f"server {upstream};",
         "listen 8080;  # [listen]": f"listen 127.0.0.1:{port};",
         "location /_bgworker_files/ {  # [prefix]": f"location {prefix} {{",
         "alias /data/files/;  # [files]": f"alias {files}/;",
