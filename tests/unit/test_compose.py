@@ -111,9 +111,10 @@ def test_workers_and_server_share_no_volume_in_the_s3_layout(
         assert "volumes" not in services[name], name  # object storage only
         assert env["BGWORKER_STORAGE__BACKEND"] == "s3", name
         assert env["BGWORKER_STORAGE__S3_ENDPOINT_URL"] == "http://seaweedfs:8333", name
-    assert envs["worker"]["BGWORKER_STORAGE__S3_BUCKET"] == envs["server"][
-        "BGWORKER_STORAGE__S3_BUCKET"
-    ]
+    assert (
+        envs["worker"]["BGWORKER_STORAGE__S3_BUCKET"]
+        == envs["server"]["BGWORKER_STORAGE__S3_BUCKET"]
+    )
     # The bucket is made at start, before a worker or the server needs it, with the
     # credentials the object store knows.
     bucket = envs["worker"]["BGWORKER_STORAGE__S3_BUCKET"]
