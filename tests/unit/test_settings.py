@@ -17,3 +17,25 @@ def test_good_namespaces(namespace: str) -> None:
 def test_bad_namespaces_are_refused(namespace: str) -> None:
     with pytest.raises(ValidationError, match="namespace"):
         settings_mod.Settings(namespace=namespace)
+
+
+@pytest.mark.parametrize("prefix", ["/_bgworker_files/", "/files/", "/a/b-c.d/"])
+def test_good_accel_prefixes(prefix: str) -> None:
+    assert settings_mod.WebSettings(accel_prefix=prefix).accel_prefix == prefix
+
+
+# The prefix goes in front of a storage key in X-Accel-Redirect: no query, no fragment, no
+# space, and a leading and trailing slash so prefix + key is one absolute path.
+@pytest.mark.parametrize(
+    "prefix",
+    ["", "/", "files/", "/files", "/a?b/", "/a#b/", "/a b/", "http://x/", "/a\n/", "/a/\n"],
+)
+def test_bad_accel_prefixes_are_refused(prefix: str) -> None:
+    with pytest.raises(ValidationError, match="accel_prefix"):
+        settings_mod.WebSettings(accel_prefix=prefix)
+
+
+@pytest.mark.parametrize("workers", [0, -1, 257])
+def test_serve_workers_are_bounded(workers: int) -> None:
+    with pytest.raises(ValidationError, match="workers"):
+        settings_mod.WebSettings(workers=workers)
