@@ -73,7 +73,10 @@ class Supervisor:
         stop_signals = {signal.SIGTERM, signal.SIGINT}
         old = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
         try:
-            return await asyncio.create_subprocess_exec(*self.argv)
+            # Its own process group: a terminal's Ctrl-C (SIGINT to the foreground group)
+            # reaches the parent only, which passes it on once; reaching the children too,
+            # it would count as their second signal and cut the drain short.
+            return await asyncio.create_subprocess_exec(*self.argv, process_group=0)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 

@@ -4,19 +4,22 @@ parent."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import aiohttp
 
 from bgworker import settings as settings_mod
 from bgworker import store, tokens
-from tests.acceptance.processes import Proc, Spawn, run_cli
+from bgworker.smtp_sink import free_port
+from tests.acceptance.processes import Proc, Spawn, run_cli, wait_healthy
 from tests.handlers import blob_bytes
-from tests.helpers import Publish, StartWorker, settings_env, wait_for_status, wait_until
+from tests.helpers import REPO, Publish, StartWorker, settings_env, wait_for_status, wait_until
 
 BIG = 24 * 1024 * 1024  # large enough that the client holds it mid-transfer
 
@@ -109,3 +112,34 @@ async def test_workers_need_a_fixed_port(settings: settings_mod.Settings) -> Non
     result = await run_cli("serve", "--workers", "2", env=env)
     assert result.code == 64
     assert "needs a fixed port" in result.err
+
+
+async def test_ctrl_c_reaches_the_children_once(
+    settings: settings_mod.Settings, tmp_path: Path
+) -> None:
+    # A terminal's Ctrl-C is SIGINT to the whole foreground process group. The parent
+    # leads its own group here (a session of its own), as it would in a terminal: the
+    # children must get the signal once, from the parent, and drain (exit 0); were they
+    # in the parent's group, the parent's copy would be their second signal (exit 1).
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bgworker", "serve", "--workers", "2", "--port", str(port),
+            env=settings_env(settings), cwd=REPO, stdout=log, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        proc = Proc("serve", process, log_path, log, port)
+        try:
+            await wait_healthy(proc)
+            await wait_until(lambda: len(_children(proc.pid)) == 2)
+            # Outside the parent's group: the group signal cannot reach them directly (two
+            # SIGINTs that close together may merge, so the exit code alone cannot tell).
+            assert all(os.getpgid(c) != proc.pid for c in _children(proc.pid))
+            os.killpg(proc.pid, signal.SIGINT)
+            assert await proc.wait_exit(timeout=60) == 0, proc.log()
+            assert "second signal" not in proc.log()
+        finally:
+            if proc.running():
+                os.killpg(proc.pid, signal.SIGKILL)
+                await process.wait()
