@@ -99,7 +99,7 @@ async def _cmd_serve(settings: settings_mod.Settings, args: argparse.Namespace) 
         return await supervisor.Supervisor(w.workers, w.host, w.port).run()
     stop = asyncio.Event()
     _install_signals(stop.set, "server")
-    await web.serve(settings, stop, reuse_port=args.reuse_port)
+    await web.serve(settings, stop, parent=args.parent)
     return 0
 
 
@@ -284,7 +284,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help=_env("WEB__HOST"))
     s.add_argument("--port", type=int, help=_env("WEB__PORT"))
     s.add_argument("--workers", type=int, help="processes sharing the port " + _env("WEB__WORKERS"))
-    s.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # a child's
+    s.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # web/supervisor.py's child
 
     sub.add_parser("migrate", help="create the database if needed and apply migrations")
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from bgworker import metrics, storage, store, tokens, tracing
 from bgworker import settings as settings_mod
-from bgworker.web import access_log, downloads, keys, responses
+from bgworker.web import access_log, downloads, keys, responses, supervisor
 from bgworker.web import identity as identity_mod
 
 log = logging.getLogger(__name__)
@@ -83,15 +83,17 @@ def create_app(
 
 
 async def serve(
-    settings: settings_mod.Settings, stop: asyncio.Event, *, reuse_port: bool = False
+    settings: settings_mod.Settings, stop: asyncio.Event, *, parent: int | None = None
 ) -> None:
     """Serve until ``stop`` is set, then drain: ``runner.cleanup`` closes the listening
     socket and waits (up to aiohttp's 60 s shutdown timeout) for requests in flight.
-    ``reuse_port``: one of ``serve --workers N``'s processes (SO_REUSEPORT)."""
+    ``parent``: the supervisor's pid, for one of ``serve --workers N``'s processes (it binds
+    with SO_REUSEPORT and stops when the parent is gone)."""
     app = create_app(settings)
     runner = web.AppRunner(app, access_log_class=access_log.RedactingAccessLogger)
     await runner.setup()
-    site = web.TCPSite(runner, settings.web.host, settings.web.port, reuse_port=reuse_port or None)
+    reuse_port = True if parent is not None else None
+    site = web.TCPSite(runner, settings.web.host, settings.web.port, reuse_port=reuse_port)
     await site.start()
     log.info(
         "serving on http://%s:%d (links: %s)",
@@ -99,7 +101,13 @@ async def serve(
         settings.web.port,
         settings.web.public_url,
     )
+    watcher = None
+    if parent is not None:  # a child of `serve --workers N`: never outlive the parent
+        watch = supervisor.watch_parent(parent, stop)
+        watcher = asyncio.create_task(watch, name="serve-watch-parent")
     try:
         await stop.wait()
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await runner.cleanup()

@@ -1,6 +1,6 @@
 """``bgworker serve --workers N``: N server processes sharing one port, and their parent.
 
-Each child is today's single-process ``bgworker serve`` started with ``--reuse-port``: it
+Each child is today's single-process ``bgworker serve`` started with ``--parent PID``: it
 binds the port with SO_REUSEPORT (``web.TCPSite(..., reuse_port=True)``; aiohttp's docs:
 the kernel lets every endpoint that set the flag bind the same port) and the kernel
 spreads new connections over the N listening sockets. Children share nothing in memory;
@@ -18,7 +18,9 @@ parent that quietly restarts a child in a loop (a database away, a bad setting).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -27,13 +29,14 @@ from typing import Final
 log = logging.getLogger(__name__)
 
 # The command a child runs: the single-process server on the shared port.
-CHILD_ARGS: Final = ("-m", "bgworker", "serve", "--workers", "1", "--reuse-port")
+CHILD_ARGS: Final = ("-m", "bgworker", "serve", "--workers", "1", "--parent")
 
 
 class Supervisor:
     def __init__(self, workers: int, host: str, port: int) -> None:
         self.workers = workers
-        self.argv = [sys.executable, *CHILD_ARGS, "--host", host, "--port", str(port)]
+        parent = str(os.getpid())  # the child binds with SO_REUSEPORT and watches this pid
+        self.argv = [sys.executable, *CHILD_ARGS, parent, "--host", host, "--port", str(port)]
         self.children: list[asyncio.subprocess.Process] = []
         self.stopping = False
         self.status = 0
@@ -108,6 +111,20 @@ class Supervisor:
             child.kill()
         for child in self.children:
             await child.wait()
+
+
+async def watch_parent(parent: int, stop: asyncio.Event, interval: float = 1.0) -> None:
+    """In a child: stop (gracefully) once ``parent`` is gone. A parent killed with SIGKILL
+    cannot pass anything on, and children left serving on the port would answer with a
+    stale configuration and hold it against a restarted server. The pid comes from the
+    parent itself (``--parent``): one read here could already see the re-parenting."""
+    while not stop.is_set():
+        if os.getppid() != parent:  # re-parented: the supervisor died
+            log.warning("serve: parent process %d is gone, stopping", parent)
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
 
 
 def _running(

@@ -83,11 +83,13 @@ async def test_three_processes_answer_and_sigterm_drains_a_download(
 
 
 def _alive(pid: int) -> bool:
+    """Running: not gone, and not a zombie (an orphan's exit status waits for an init that
+    may never reap it in a container)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _accepts(port: int) -> bool:
@@ -143,3 +145,14 @@ async def test_ctrl_c_reaches_the_children_once(
             if proc.running():
                 os.killpg(proc.pid, signal.SIGKILL)
                 await process.wait()
+
+
+async def test_children_stop_when_the_parent_is_killed(spawn: Spawn) -> None:
+    # SIGKILL leaves the parent no chance to pass anything on: the children notice they
+    # were re-parented and stop, instead of serving on the port forever.
+    proc = await spawn("serve", "--workers", "2")
+    await wait_until(lambda: len(_children(proc.pid)) == 2)
+    children = _children(proc.pid)
+    proc.signal(signal.SIGKILL)
+    await proc.wait_exit()
+    await wait_until(lambda: not any(_alive(pid) for pid in children), timeout=30)
