@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-faults lint typecheck schemas bench bench-quick services node
+.PHONY: install demo test test-deps test-faults lint typecheck schemas bench bench-quick services node
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,13 @@ node: $(NODE_STAMPS)
 		npm ci --prefix $* --no-audit --no-fund --loglevel=error; \
 	else echo "node: npm is not installed; the Node.js tests in $* will skip"; fi
 
+# System packages the tests run for real (nginx for the offload tests, node and npm for the
+# AsyncAPI parser and the Node producer); only what is missing.
+test-deps:
+	@bash scripts/test_deps.sh
+
 # The main suite: everything except the tests that restart the shared services.
-test: $(STAMP) services node
+test: $(STAMP) services test-deps node
 	$(BIN)/ruff check bgworker tests bench scripts
 	$(BIN)/ruff format --check bgworker tests bench scripts
 	$(BIN)/mypy bgworker tests

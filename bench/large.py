@@ -1,9 +1,11 @@
 """Benchmarks 3 and 4: a 1 GiB file generated and downloaded; ``bgworker serve`` vs nginx.
 
-The worker builds the files (``bench_bytes``) on tmpfs; then ``bgworker serve`` (token check
-and PostgreSQL lookup on every request) and nginx (``sendfile on``, one worker process,
-started here on a loopback port with its own config) serve the same files to the same
-clients: one ``curl`` stream, and ``wrk -c64``. Server CPU comes from /proc/<pid>/stat.
+The worker builds the files (``bench_bytes``) on tmpfs; then four contenders serve the same
+files to the same clients (one ``curl`` stream, and ``wrk -c64``): nginx alone (``sendfile
+on``, one worker process, started here on a loopback port with its own config); bgworker
+offload (``serve`` in accel mode checks the link, the same nginx sends the file:
+``bench.offload``); ``bgworker serve`` (token check, PostgreSQL lookup and the bytes, one
+process) and ``serve --workers N``. Server CPU comes from /proc/<pid>/stat.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ import subprocess
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
 import asyncpg
 
-from bench import common, throughput
+from bench import common, offload, throughput
 from bgworker import events, tokens, topology
 from bgworker import settings as settings_mod
 from bgworker.smtp_sink import free_port
@@ -53,6 +55,7 @@ http {{
         listen 127.0.0.1:{port};
         location /files/ {{ alias {root}/; }}
     }}
+    {include}
 }}
 """
 
@@ -72,6 +75,7 @@ class Server:
     pids: list[int]  # whose CPU counts
     rss_pid: int  # whose VmHWM is reported (nginx: its worker)
     urls: dict[str, list[str]]  # "1g" | "10m" | "100k" -> URLs
+    cost_pids: list[int] = field(default_factory=list)  # offload: the link check's share
 
 
 def _read_bytes(text: str) -> int:
@@ -116,9 +120,10 @@ async def wrk(server: Server, urls: list[str], seconds: float, tmp: Path) -> dic
         argv += ["-s", str(script), base[1] + "/"]
     else:
         argv.append(urls[0])
-    cpu0 = common.cpu_seconds(server.pids)
+    cpu0, cost0 = common.cpu_seconds(server.pids), common.cpu_seconds(server.cost_pids)
     out = await _run(argv)
     cpu = common.cpu_seconds(server.pids) - cpu0
+    cost = common.cpu_seconds(server.cost_pids) - cost0
     size = _read_bytes(out)
     req = re.search(r"Requests/sec:\s+([\d.]+)", out)
     dur = re.search(r"requests in ([\d.]+)(\w+),", out)
@@ -128,12 +133,17 @@ async def wrk(server: Server, urls: list[str], seconds: float, tmp: Path) -> dic
     errors = re.search(r"Socket errors: (.*)", out)
     if bad or errors:
         common.log(f"wrk {server.name}: {bad[0] if bad else ''} {errors[0] if errors else ''}")
-    return {
+    requests = float(req[1]) * elapsed
+    figures = {
         "req_per_s": float(req[1]),
         "mib_per_s": size / MIB / elapsed,
         "cpu_s_per_gib": cpu / (size / GIB) if size else float("nan"),
+        "cpu_ms_per_req": cpu * 1000 / requests,
         "non_2xx": float(bad[1]) if bad else 0.0,
     }
+    if server.cost_pids:
+        figures["cost_cpu_ms_per_req"] = cost * 1000 / requests
+    return figures
 
 
 async def _wait_http(url: str, timeout: float = 30) -> None:
@@ -229,9 +239,25 @@ async def _generate(
     return figures, kept
 
 
-def _start_nginx(root: Path, tmp: Path, port: int, logdir: Path) -> common.Child:
+def _compare(by_server: dict[str, dict[str, common.Series]]) -> dict[str, Any]:
+    """Each contender's figures, and its ratios to nginx alone."""
+    row = {srv: {k: v.to_json() for k, v in m.items()} for srv, m in by_server.items()}
+    n = by_server["nginx"]
+    ratios: dict[str, dict[str, float]] = {}  # contender -> figure -> contender/nginx
+    for srv, b in by_server.items():
+        if srv == "nginx":
+            continue
+        r = ratios[srv] = {"throughput": b["mib_per_s"].median / n["mib_per_s"].median}
+        if n["cpu_s_per_gib"].median > 0:
+            r["cpu per GiB"] = b["cpu_s_per_gib"].median / n["cpu_s_per_gib"].median
+        if "req_per_s" in b:
+            r["req/s"] = b["req_per_s"].median / n["req_per_s"].median
+    return {"servers": row, "ratios": ratios}
+
+
+def _start_nginx(root: Path, tmp: Path, port: int, logdir: Path, include: str) -> common.Child:
     conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, root=root))
+    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, root=root, include=include))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     argv = [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")]
     return common.Child("nginx", argv, common.child_env({}), logdir)
@@ -258,25 +284,34 @@ async def run(
         await throughput.cleanup(setup)
     signer = tokens.Signer(settings_mod.TokenSettings(secret_keys=[key]))
     tmp = Path(tempfile.mkdtemp(prefix="bgw_bench_nginx_"))
-    nginx_port = free_port()
+    nginx_port, offload_port, accel_port, multi_port = (free_port() for _ in range(4))
     serve = common.python_child("serve", ["bgworker", "serve"], env, logdir)
-    nginx = _start_nginx(storage, tmp, nginx_port, logdir)
+    accel = offload.start_accel(env, accel_port, logdir)
+    multi = offload.start_multi(env, multi_port, logdir)
+    include = offload.nginx_include(tmp, storage, accel_port, offload_port)
+    nginx = _start_nginx(storage, tmp, nginx_port, logdir, include)
     servers: list[Server] = []
     results: dict[str, dict[str, dict[str, common.Series]]] = {}
     try:
-        await _wait_http(f"http://127.0.0.1:{port}/healthz")
+        for p in (port, accel_port, multi_port):
+            await _wait_http(f"http://127.0.0.1:{p}/healthz")
         await _wait_http(f"http://127.0.0.1:{nginx_port}/files/")
+        await offload.wait_processes(multi)
         nginx_workers = [p for p in common.tree_pids(nginx.pid) if p != nginx.pid]
         groups = {"1g": files[:1], "10m": files[1:2], "100k": files[2:]}
+
+        def links(p: int) -> dict[str, list[str]]:
+            return {
+                g: [f"http://127.0.0.1:{p}/download/{signer.general(i)}" for i, _, _ in fs]
+                for g, fs in groups.items()
+            }
+
         servers = [
             Server(
                 "bgworker serve",
                 [serve.pid],
                 serve.pid,
-                {
-                    g: [f"http://127.0.0.1:{port}/download/{signer.general(i)}" for i, _, _ in fs]
-                    for g, fs in groups.items()
-                },
+                links(port),
             ),
             Server(
                 "nginx",
@@ -286,6 +321,19 @@ async def run(
                     g: [f"http://127.0.0.1:{nginx_port}/files/{k}" for _, k, _ in fs]
                     for g, fs in groups.items()
                 },
+            ),
+            Server(
+                "bgworker offload",
+                [*common.tree_pids(nginx.pid), accel.pid],
+                accel.pid,
+                links(offload_port),
+                cost_pids=[accel.pid],
+            ),
+            Server(
+                f"bgworker serve x{offload.SERVE_PROCESSES}",
+                common.tree_pids(multi.pid),
+                max(common.tree_pids(multi.pid)),
+                links(multi_port),
             ),
         ]
         for rep in range(reps):
@@ -313,19 +361,9 @@ async def run(
             for s in servers
         }
     finally:
-        await serve.stop()
-        await nginx.stop()
+        for child in (serve, accel, multi, nginx):
+            await child.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    downloads: dict[str, Any] = {}
-    for name, by_server in results.items():
-        row = {srv: {k: v.to_json() for k, v in m.items()} for srv, m in by_server.items()}
-        b, n = by_server["bgworker serve"], by_server["nginx"]
-        ratios = {"throughput bgworker/nginx": b["mib_per_s"].median / n["mib_per_s"].median}
-        if n["cpu_s_per_gib"].median > 0:
-            ratios["cpu per GiB bgworker/nginx"] = (
-                b["cpu_s_per_gib"].median / n["cpu_s_per_gib"].median
-            )
-        if "req_per_s" in b:
-            ratios["req/s bgworker/nginx"] = b["req_per_s"].median / n["req_per_s"].median
-        downloads[name] = {"servers": row, "ratios": ratios}
-    return {"generate": generated, "downloads": downloads, "server_rss": rss}
+    downloads = {name: _compare(by_server) for name, by_server in results.items()}
+    cost = offload.token_check_cost(results, "wrk -c64, 100 KiB x64 files")
+    return {"generate": generated, "downloads": downloads, "server_rss": rss, "link_check": cost}

@@ -70,6 +70,9 @@ def _install_signals(stop: Callable[[], None], what: str) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    # A `serve --workers` child starts with both blocked (web/supervisor.py): a stop sent
+    # while it was starting is delivered now, to the handler, instead of killing it.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
 
 
 async def _cmd_worker(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
@@ -91,10 +94,14 @@ async def _cmd_worker(settings: settings_mod.Settings, args: argparse.Namespace)
 
 async def _cmd_serve(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     from bgworker import web
+    from bgworker.web import supervisor
 
+    if settings.web.workers > 1:  # a parent that runs N of the branch below
+        w = settings.web
+        return await supervisor.Supervisor(w.workers, w.host, w.port).run()
     stop = asyncio.Event()
     _install_signals(stop.set, "server")
-    await web.serve(settings, stop)
+    await web.serve(settings, stop, parent=args.parent)
     return 0
 
 
@@ -273,6 +280,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve downloads and status over HTTP")
     s.add_argument("--host", help=_env("WEB__HOST"))
     s.add_argument("--port", type=int, help=_env("WEB__PORT"))
+    s.add_argument("--workers", type=int, help="processes sharing the port " + _env("WEB__WORKERS"))
+    s.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # web/supervisor.py's child
 
     sub.add_parser("migrate", help="create the database if needed and apply migrations")
 
@@ -333,6 +342,8 @@ def _apply_flags(
         settings.web.host = args.host
     if getattr(args, "port", None):
         settings.web.port = args.port
+    if getattr(args, "workers", None):
+        settings.web.workers = args.workers
     if getattr(args, "metrics_port", None) is not None:
         settings.metrics.port = args.metrics_port
     return settings

@@ -103,6 +103,9 @@ def check_settings(settings: settings_mod.Settings, command: str) -> None:
         )
     if command in NEEDS_HANDLERS:
         load_handlers(settings.handlers)
+    if command == "serve" and settings.web.workers > 1 and settings.web.port == 0:
+        # Each process would bind its own random port: they must share one.
+        raise config(f"serve --workers {settings.web.workers} needs a fixed port, not 0")
 
 
 def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:

@@ -106,6 +106,15 @@ class WebSettings(BaseModel):
     # Header set by a trusted auth proxy with the caller's user id (requester-bound links).
     identity_header: str | None = None
     chunk_size: int = Field(256 * 1024, ge=4096)
+    # How /download hands out the bytes once the link is checked: "stream" them from this
+    # process, "redirect" to a presigned URL (object storage), or "accel": an empty answer
+    # with X-Accel-Redirect so nginx in front sends the file (local storage; see
+    # deploy/nginx/bgworker.conf). "auto": redirect for object storage, stream for local.
+    download_mode: Literal["auto", "stream", "redirect", "accel"] = "auto"
+    # The nginx `internal` location that maps to BGWORKER_STORAGE_DIR (download_mode=accel).
+    accel_prefix: str = Field("/_bgworker_files/", pattern=r"^/[A-Za-z0-9._~/-]*/$")
+    # Processes of `bgworker serve` sharing the port (SO_REUSEPORT); the parent supervises.
+    workers: int = Field(1, ge=1, le=256)
     # The admin console (/admin/) is mounted only when a password is set.
     admin_user: str = "admin"
     admin_password: SecretStr | None = None
@@ -115,10 +124,6 @@ class WebSettings(BaseModel):
     admin_secret_key: SecretStr | None = None
     # Mark the console's cookies Secure even over plain HTTP: a TLS proxy is in front.
     admin_secure_cookies: bool = False
-    # How /download sends the bytes. auto: redirect for s3, stream for local; redirect: a
-    # 302 to a presigned URL (s3 only); stream: through this server; accel: X-Accel-Redirect
-    # to nginx (local only).
-    download_mode: Literal["auto", "stream", "redirect", "accel"] = "auto"
 
     # Keys of POST /requests (`Authorization: Bearer <key>`), comma-separated: several at
     # once let a key be rotated without downtime. Unset: no POST /requests, and the server

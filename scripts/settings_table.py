@@ -93,9 +93,12 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_WEB__IDENTITY_HEADER": "header with the caller's user id (requester-bound links)",
     "BGWORKER_WEB__CHUNK_SIZE": "download chunk size in bytes",
     "BGWORKER_WEB__DOWNLOAD_MODE": (
-        "`auto` (redirect for s3, stream for local), `stream`, `redirect` (s3 only), "
-        "`accel` (local only)"
+        "`auto` (redirect for s3, stream for local), `stream`, `redirect` (s3 only) or "
+        "`accel` (local only: nginx sends the file, "
+        "[Offloading downloads](#offloading-downloads-to-nginx))"
     ),
+    "BGWORKER_WEB__ACCEL_PREFIX": "nginx `internal` location of the files (`accel` mode)",
+    "BGWORKER_WEB__WORKERS": "`bgworker serve` processes sharing the port (`--workers`)",
     "BGWORKER_WEB__ADMIN_USER": "admin console user name",
     "BGWORKER_WEB__ADMIN_PASSWORD": "admin console password; unset: no console at `/admin/`",
     "BGWORKER_WEB__ADMIN_SESSION_SECONDS": "admin console session lifetime",

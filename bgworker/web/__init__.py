@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -12,7 +13,7 @@ from aiohttp import web
 
 from bgworker import metrics, storage, store, tokens, tracing
 from bgworker import settings as settings_mod
-from bgworker.web import access_log, downloads, keys, responses
+from bgworker.web import access_log, downloads, keys, responses, supervisor
 from bgworker.web import identity as identity_mod
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ async def healthz(request: web.Request) -> web.Response:
             await request.app[keys.STORE].ping()
     except Exception as exc:
         return responses.json_response({"status": "unhealthy", "database": str(exc)}, status=503)
-    return responses.json_response({"status": "ok"})
+    # The pid tells which of `serve --workers N`'s processes answered.
+    return responses.json_response({"status": "ok", "pid": os.getpid()})
 
 
 async def metrics_view(request: web.Request) -> web.Response:
@@ -54,6 +56,8 @@ def create_app(
     app[keys.IDENTITY] = identity or identity_mod.header_identity(settings.web.identity_header)
     app[keys.CHUNK_SIZE] = settings.web.chunk_size
     app[keys.DOWNLOAD_MODE] = settings.download_mode()
+    accel = settings.web.download_mode == "accel"
+    app[keys.ACCEL_PREFIX] = settings.web.accel_prefix if accel else None
     app[keys.PUBLIC_URL] = settings.web.public_url
     app[keys.TEMPLATE_DIR] = settings.template_dir
 
@@ -90,11 +94,18 @@ def create_app(
     return app
 
 
-async def serve(settings: settings_mod.Settings, stop: asyncio.Event) -> None:
+async def serve(
+    settings: settings_mod.Settings, stop: asyncio.Event, *, parent: int | None = None
+) -> None:
+    """Serve until ``stop`` is set, then drain: ``runner.cleanup`` closes the listening
+    socket and waits (up to aiohttp's 60 s shutdown timeout) for requests in flight.
+    ``parent``: the supervisor's pid, for one of ``serve --workers N``'s processes (it binds
+    with SO_REUSEPORT and stops when the parent is gone)."""
     app = create_app(settings)
     runner = web.AppRunner(app, access_log_class=access_log.RedactingAccessLogger)
     await runner.setup()
-    site = web.TCPSite(runner, settings.web.host, settings.web.port)
+    reuse_port = True if parent is not None else None
+    site = web.TCPSite(runner, settings.web.host, settings.web.port, reuse_port=reuse_port)
     await site.start()
     log.info(
         "serving on http://%s:%d (links: %s)",
@@ -102,7 +113,13 @@ async def serve(settings: settings_mod.Settings, stop: asyncio.Event) -> None:
         settings.web.port,
         settings.web.public_url,
     )
+    watcher = None
+    if parent is not None:  # a child of `serve --workers N`: never outlive the parent
+        watch = supervisor.watch_parent(parent, stop)
+        watcher = asyncio.create_task(watch, name="serve-watch-parent")
     try:
         await stop.wait()
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await runner.cleanup()

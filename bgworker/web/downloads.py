@@ -19,7 +19,7 @@ from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
 from bgworker import messages, metrics, states, storage, store, tokens, tracing
-from bgworker.web import headers, identity, keys, pages, responses
+from bgworker.web import headers, identity, keys, offload, pages, responses
 
 # RFC 9110 section 10.2.3: how long a client should wait before asking again for a file
 # that is still being built.
@@ -190,6 +190,8 @@ async def download(request: web.Request) -> web.StreamResponse:
         parent = await request.app[keys.STORE].trace_carrier(row.id)
         with tracing.span("download", parent=parent, kind="server", request_id=str(row.id)):
             pass  # marks the grant; the bytes stream after the handler returns
+    if (offloaded := offload.response(request, row)) is not None:
+        return offloaded  # download_mode=accel: nginx sends the bytes
     files = request.app[keys.STORAGE]
     if not isinstance(files, storage.LocalStorage):
         # Imported here: a server on local storage never loads botocore.

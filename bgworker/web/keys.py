@@ -23,6 +23,8 @@ IDENTITY: Final[web.AppKey[identity.Identity]] = web.AppKey("identity")
 CHUNK_SIZE: Final = web.AppKey("chunk_size", int)
 # settings.download_mode(): how /download sends the bytes (auto already resolved).
 DOWNLOAD_MODE: Final = web.AppKey("download_mode", str)
+# settings.web.accel_prefix when download_mode is "accel" (nginx sends the bytes), else None.
+ACCEL_PREFIX: Final[web.AppKey[str | None]] = web.AppKey("accel_prefix")
 # Base of the links the console issues (settings.web.public_url), as the worker's emails have.
 PUBLIC_URL: Final = web.AppKey("public_url", str)
 # The operator's template directory (settings.template_dir), read by the requester's page.

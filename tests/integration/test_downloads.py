@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import uuid
 from typing import Any
 
@@ -247,7 +248,7 @@ async def test_status_of_a_failed_request_says_so_without_the_exception(
 
 async def test_healthz(server: str, start_server: StartServer, database_url: str) -> None:
     status, _, body = await fetch("GET", f"{server}/healthz")
-    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    assert (status, json.loads(body)) == (200, {"status": "ok", "pid": os.getpid()})
 
     # With the database unreachable, the server says so instead of claiming health.
     pool = await store.create_pool(database_url)

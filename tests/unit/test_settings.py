@@ -30,3 +30,25 @@ def test_a_short_api_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BGWORKER_WEB__API_KEYS", "good-key-0123456789,short")
     with pytest.raises(ValidationError, match="at least 16 characters"):
         settings_mod.Settings()
+
+
+@pytest.mark.parametrize("prefix", ["/_bgworker_files/", "/files/", "/a/b-c.d/"])
+def test_good_accel_prefixes(prefix: str) -> None:
+    assert settings_mod.WebSettings(accel_prefix=prefix).accel_prefix == prefix
+
+
+# The prefix goes in front of a storage key in X-Accel-Redirect: no query, no fragment, no
+# space, and a leading and trailing slash so prefix + key is one absolute path.
+@pytest.mark.parametrize(
+    "prefix",
+    ["", "/", "files/", "/files", "/a?b/", "/a#b/", "/a b/", "http://x/", "/a\n/", "/a/\n"],
+)
+def test_bad_accel_prefixes_are_refused(prefix: str) -> None:
+    with pytest.raises(ValidationError, match="accel_prefix"):
+        settings_mod.WebSettings(accel_prefix=prefix)
+
+
+@pytest.mark.parametrize("workers", [0, -1, 257])
+def test_serve_workers_are_bounded(workers: int) -> None:
+    with pytest.raises(ValidationError, match="workers"):
+        settings_mod.WebSettings(workers=workers)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# System packages the tests run for real (not from PyPI): nginx in front of `serve` in
+# offload mode (tests/integration/test_offload.py); node and npm for the AsyncAPI parser and
+# the Node producer example (make node). Installs only what is missing; apt-get
+# needs root, so a non-root run says what to install and the nginx tests skip themselves.
+set -euo pipefail
+
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "test-deps: missing ${missing[*]}: run 'sudo apt-get install -y ${missing[*]}'" >&2
+  exit 0
+fi
+echo "test-deps: installing ${missing[*]}"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+# Debian starts the packaged nginx on port 80; the tests start their own on loopback ports.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nginx 2>/dev/null; then
+  systemctl stop nginx || true
+fi
