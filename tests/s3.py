@@ -14,6 +14,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -63,11 +64,14 @@ def _grpc_port() -> int:
             return port
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+def _wait_http(
+    url: str, process: subprocess.Popen[bytes], timeout: float, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"S3 server exited with {process.returncode}")
+            said = log.read_text(errors="replace")[-2000:] if log else ""
+            raise RuntimeError(f"S3 server exited with {process.returncode}: {said}")
         try:
             urllib.request.urlopen(url, timeout=1).close()
             return
@@ -80,9 +84,15 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float) -> No
 
 @contextlib.contextmanager
 def _running(cmd: list[str], url: str, timeout: float, cwd: Path | None = None) -> Iterator[str]:
-    process = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its output goes to a file beside it (the working directory, else a temp file), so a
+    # server that will not start says why in the error.
+    log_file = tempfile.NamedTemporaryFile(
+        prefix="s3-server-", suffix=".log", dir=cwd, delete=False
+    )
+    log = Path(log_file.name)
+    process = subprocess.Popen(cmd, cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        _wait_http(url, process, timeout)
+        _wait_http(url, process, timeout, log)
         yield url
     finally:
         process.terminate()
@@ -91,6 +101,9 @@ def _running(cmd: list[str], url: str, timeout: float, cwd: Path | None = None) 
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        log_file.close()
+        if cwd is None:
+            log.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -144,6 +157,10 @@ def seaweedfs(workdir: Path) -> Iterator[S3Server]:
         "-s3",
         f"-s3.port={port}",
         f"-s3.config={config}",
+        # Listeners with fixed default ports (8181, 9101) this test does not use: off, so two
+        # test runs (or a developer's SeaweedFS) on one machine never collide on them.
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
     ]
     with _running(cmd, f"http://127.0.0.1:{port}/", timeout=60, cwd=workdir) as url:
         yield S3Server(url.rstrip("/"), "seaweedfs")
