@@ -112,6 +112,10 @@ def test_tampering_is_detected(body: bytes, change: dict[str, str]) -> None:
         ("::ffff:127.0.0.1", "loopback"),  # IPv4-mapped
         ("::ffff:10.0.0.1", "private"),
         ("::ffff:169.254.169.254", "link-local"),
+        ("2002:7f00:1::1", "6to4 of a loopback"),  # 6to4 carrying 127.0.0.1
+        ("2002:a9fe:a9fe::", "6to4 of a link-local"),  # ... 169.254.169.254
+        ("2002:a00:1::1", "6to4 of a private"),  # ... 10.0.0.1
+        ("fec0::1", "site-local"),  # deprecated, still routed in places
     ],
 )
 def test_non_public_addresses_are_refused(address: str, why: str) -> None:
