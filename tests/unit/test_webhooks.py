@@ -146,6 +146,16 @@ async def test_sending_without_a_secret_is_refused_before_any_connection() -> No
         await sender.send("http://127.0.0.1:9/", "x", b"{}")
 
 
+@pytest.mark.parametrize("host", ["134744072", "8.8.2056", "010.010.010.010"])
+async def test_legacy_numeric_ipv4_hosts_are_refused_not_retried(host: str) -> None:
+    # The contract takes them as DNS names and getaddrinfo maps them onto a public
+    # address (8.8.8.8), but aiohttp refuses to connect to a non-canonical IPv4: every
+    # attempt would fail the same way, so the webhook is refused at once, never sent.
+    sender = webhooks.Sender(keys=(b"k" * 32,), timeout_seconds=5, allow_private=False)
+    with pytest.raises(addresses.RefusedError, match="canonical"):
+        await sender.send(f"http://{host}/", "x", b"{}")
+
+
 def _webhook_settings(**values: Any) -> settings_mod.WebhookSettings:
     return settings_mod.WebhookSettings.model_validate(values)
 
