@@ -181,6 +181,20 @@ async def _stream(
                 await build
 
 
+async def _then(
+    first: bytes | None, rest: AsyncGenerator[bytes, None]
+) -> AsyncGenerator[bytes, None]:
+    """``first`` (None: the file is empty), then ``rest``; closing this closes ``rest``,
+    which stops the handler."""
+    try:
+        if first is not None:
+            yield first
+            async for chunk in rest:
+                yield chunk
+    finally:
+        await rest.aclose()
+
+
 class Producer:
     """Inline under ``threshold``, else publish (``publisher`` connected by the caller)."""
 
@@ -221,7 +235,10 @@ class Producer:
             log.info("request %s: built inline (estimate %s)", event.id, estimate)
             assert filled.filename is not None and filled.content_type is not None
             chunks = _stream(registration, ctx, self.depth)
-            return Inline(event.id, filled.filename, filled.content_type, chunks)
+            # The first chunk before any answer: a handler that fails before writing raises
+            # here, so the view answers an error, not a 200 whose body breaks off at once.
+            first = await anext(chunks, None)
+            return Inline(event.id, filled.filename, filled.content_type, _then(first, chunks))
         await self.publisher.publish(event)
         requester = event.requester.id if event.requester else None
         url = tokens.status_url(self.settings, event.id, requester_id=requester)

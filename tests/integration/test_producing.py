@@ -54,7 +54,7 @@ async def aiohttp_app(
             event = events.FileRequested(
                 id=uuid.uuid4(),
                 file_type=body["file_type"],
-                criteria={k: body[k] for k in ("run", "rows", "pad") if k in body},
+                criteria={k: body[k] for k in ("run", "rows", "pad", "fail_at") if k in body},
             )
             return await producing.aiohttp_response(request, await producer.request(event))
 
@@ -192,6 +192,28 @@ async def test_a_client_that_goes_away_stops_the_inline_handler(
     assert await _queued(amqp, settings.namespace) == 0
 
 
+async def test_an_inline_handler_failing_before_its_first_byte_answers_500(
+    aiohttp_app: str, amqp: aio_pika.abc.AbstractChannel, settings: settings_mod.Settings
+) -> None:
+    """No 200 goes out before the handler has written: a handler that fails at once is a
+    server error the client can see, not an empty "file" with a 200."""
+    payload = {"file_type": "report_broken", "run": uuid.uuid4().hex, "rows": 5, "fail_at": 0}
+    status, _headers, _body = await _call("POST", f"{aiohttp_app}/export", json=payload)
+    assert status == 500
+    assert await _queued(amqp, settings.namespace) == 0
+
+
+async def test_an_inline_handler_failing_mid_stream_cuts_the_response(aiohttp_app: str) -> None:
+    """After the first byte the status is sent: the error must reach the client as a body
+    that does not end properly (no last chunk), never as a complete-looking short file."""
+    payload = {"file_type": "report_broken", "run": uuid.uuid4().hex, "rows": 50, "fail_at": 20}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{aiohttp_app}/export", json=payload) as response:
+            assert response.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+
+
 async def test_django_inline_and_delayed_over_wsgi(
     serving: settings_mod.Settings,
     amqp: aio_pika.abc.AbstractChannel,
@@ -213,6 +235,13 @@ async def test_django_inline_and_delayed_over_wsgi(
     await start_worker()
     await _ready_by_link(status_url)
     assert dedupe_handlers.CALLS[big] == 1
+
+
+async def test_django_inline_handler_failing_at_once_answers_500(django_server: str) -> None:
+    run = uuid.uuid4().hex
+    url = f"{django_server}/export?run={run}&rows=5&file_type=report_broken"
+    status, _headers, _body = await _call("GET", url)
+    assert status == 500
 
 
 async def test_without_an_estimate_the_request_is_published(
