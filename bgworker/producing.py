@@ -355,10 +355,11 @@ async def aiohttp_response(request: web.Request, decision: Inline | Delayed) -> 
     response = web.StreamResponse(
         headers={"Content-Type": decision.content_type, **_file_headers(decision)}
     )
-    await response.prepare(request)
-    # aclosing: a client that goes away ends the loop with an error, and the generator's
-    # clean-up (stopping the handler) must run now, not when the loop collects it.
+    # aclosing: a client that goes away ends the loop (or the prepare: the handler already
+    # runs, its first chunk in hand) with an error, and the generator's clean-up (stopping
+    # the handler) must run now, not when the loop collects it.
     async with contextlib.aclosing(decision.chunks) as chunks:
+        await response.prepare(request)
         async for chunk in chunks:
             await response.write(chunk)
     await response.write_eof()

@@ -280,7 +280,8 @@ async def test_starlette_inline_and_delayed_under_uvicorn(
         async def export(request: Request) -> Response:
             query = request.query_params
             criteria = {"run": query["run"], "rows": int(query["rows"])}
-            event = events.FileRequested(id=uuid.uuid4(), file_type="report", criteria=criteria)
+            file_type = query.get("file_type", "report")
+            event = events.FileRequested(id=uuid.uuid4(), file_type=file_type, criteria=criteria)
             return producing.starlette_response(await producer.request(event))
 
         app = Starlette(routes=[Route("/export", export)])
@@ -301,6 +302,10 @@ async def test_starlette_inline_and_delayed_under_uvicorn(
             )
             await _published(serving, amqp, status, headers, body)
             assert dedupe_handlers.CALLS[small] == 1 and dedupe_handlers.CALLS[big] == 0
+            # A handler failing before its first byte: an error status, not a broken 200.
+            broken = f"{base}/export?run={uuid.uuid4().hex}&rows=5&file_type=report_broken"
+            status, _headers, _body = await _call("GET", broken)
+            assert status == 500
         finally:
             server.should_exit = True
             await serve
