@@ -76,3 +76,9 @@ async def report_broken(ctx: handlers.JobContext, out: storage.FileWriter) -> No
         await out.write(line)
         await asyncio.sleep(0)
     raise RuntimeError(f"broken after {fail_at} rows")
+
+
+@registry.handler("report_hang", estimate=estimate, time_limit=1)
+async def report_hang(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
+    """Awaits something that never comes, never reaching a write (or ``ctx.check()``)."""
+    await asyncio.Event().wait()

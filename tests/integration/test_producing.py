@@ -214,6 +214,17 @@ async def test_an_inline_handler_failing_mid_stream_cuts_the_response(aiohttp_ap
                 await response.read()
 
 
+async def test_an_inline_handler_past_its_time_limit_is_ended(aiohttp_app: str) -> None:
+    """The file type's time limit holds inline as in a worker, even for a handler that
+    never writes: the request ends with a 500 instead of hanging."""
+    payload = {"file_type": "report_hang", "run": uuid.uuid4().hex, "rows": 5}
+    timeout = aiohttp.ClientTimeout(total=30)  # far past the 1 s limit: a hang fails here
+    status, _headers, _body = await _call(
+        "POST", f"{aiohttp_app}/export", json=payload, timeout=timeout
+    )
+    assert status == 500
+
+
 async def test_django_inline_and_delayed_over_wsgi(
     serving: settings_mod.Settings,
     amqp: aio_pika.abc.AbstractChannel,
