@@ -225,6 +225,24 @@ async def test_an_inline_handler_past_its_time_limit_is_ended(aiohttp_app: str) 
     assert status == 500
 
 
+async def test_an_inline_stream_closed_before_it_is_read_stops_the_handler(
+    settings: settings_mod.Settings,
+) -> None:
+    """The handler starts in ``producer.request`` (its first chunk is awaited there), so a
+    response that is closed without being read (the client left before the headers went
+    out) must stop it, not leave it blocked on the full queue."""
+    registry = handlers.load([REGISTRY])
+    unused = publisher.Publisher(AMQP_URL, namespace=settings.namespace)  # inline: no publish
+    producer = producing.Producer(settings, registry, unused, threshold=THRESHOLD)
+    run = uuid.uuid4().hex
+    criteria: dict[str, Any] = {"run": run, "rows": THRESHOLD, "pad": 10_000}  # ~10 MB
+    event = events.FileRequested(id=uuid.uuid4(), file_type="report_sync", criteria=criteria)
+    decision = await producer.request(event)
+    assert isinstance(decision, producing.Inline)
+    await decision.chunks.aclose()
+    await wait_until(lambda: run in dedupe_handlers.STOPPED)
+
+
 async def test_django_inline_and_delayed_over_wsgi(
     serving: settings_mod.Settings,
     amqp: aio_pika.abc.AbstractChannel,
