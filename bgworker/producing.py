@@ -16,8 +16,10 @@ Bounded memory: the handler writes into a queue of ``depth`` chunks of at most
 early (the client went away) stops the handler (``ctx.cancelled``, ``StoppedError`` at its
 next write). The handler gets a ``JobContext`` (attempt 1, worker id ``inline``, the
 producer's settings and resources) and the writer API it gets in a worker. An inline build
-records nothing in PostgreSQL and publishes nothing: no row, link, email or dedupe; an
-error after the first byte can only cut the response short.
+records nothing in PostgreSQL and publishes nothing: no row, link, email or dedupe.
+``request`` waits for the first chunk, so a handler that fails before writing raises there;
+an error after the first byte can only cut the response short. The time limit is the
+worker's (the file type's, else ``TIME_LIMIT_SECONDS``), and as hard (``inline``).
 
 WSGI code (Django, Flask) uses ``SyncProducer``: the same on a private event loop.
 """
