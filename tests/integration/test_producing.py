@@ -273,6 +273,19 @@ async def test_django_inline_handler_failing_at_once_answers_500(django_server: 
     assert status == 500
 
 
+async def test_a_wsgi_client_that_goes_away_stops_the_inline_handler(django_server: str) -> None:
+    """wsgiref closes the response iterable when the client is gone (PEP 3333): that close
+    must reach the handler on the producer's loop."""
+    run = uuid.uuid4().hex
+    url = f"{django_server}/export?run={run}&rows={THRESHOLD}&pad=10000"  # ~10 MB
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as response:
+            assert response.status == 200
+            await response.content.readexactly(1024)
+    await wait_until(lambda: run in dedupe_handlers.STOPPED)
+    assert dedupe_handlers.CALLS[run] == 1
+
+
 async def test_without_an_estimate_the_request_is_published(
     serving: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
 ) -> None:
