@@ -22,11 +22,14 @@ _KINDS: Final = (
     ("unspecified", lambda a: a.is_unspecified),
     ("loopback", lambda a: a.is_loopback),
     ("link-local", lambda a: a.is_link_local),
+    # fec0::/10, deprecated (RFC 3879) but still routed inside some networks; Python's
+    # is_private does not list it.
+    ("site-local", lambda a: isinstance(a, ipaddress.IPv6Address) and a.is_site_local),
     ("multicast", lambda a: a.is_multicast),
     ("reserved", lambda a: a.is_reserved),
     ("private", lambda a: a.is_private),
     # Anything else IANA does not list as globally reachable: shared address space
-    # (100.64.0.0/10), documentation ranges, 6to4 and Teredo of such addresses, ...
+    # (100.64.0.0/10), documentation ranges, Teredo (2001::/32), ...
     ("not globally reachable", lambda a: not a.is_global),
 )
 
@@ -40,6 +43,13 @@ def refusal(address: Address) -> str | None:
     # An IPv4-mapped IPv6 address (::ffff:127.0.0.1) reaches the IPv4 host it carries.
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
+    # A 6to4 address (2002:V4ADDR::/48) is relayed to the IPv4 host it carries, so
+    # 2002:7f00:1:: reaches 127.0.0.1 through a 6to4 relay; Python 3.11 calls 2002::/16
+    # global, so the carried address is checked (Teredo, 2001::/32, is refused as private).
+    if isinstance(address, ipaddress.IPv6Address) and address.sixtofour is not None:
+        carried = refusal(address.sixtofour)
+        if carried:
+            return f"6to4 of a {carried}"
     for kind, applies in _KINDS:
         if applies(address):
             return kind

@@ -16,8 +16,10 @@ Bounded memory: the handler writes into a queue of ``depth`` chunks of at most
 early (the client went away) stops the handler (``ctx.cancelled``, ``StoppedError`` at its
 next write). The handler gets a ``JobContext`` (attempt 1, worker id ``inline``, the
 producer's settings and resources) and the writer API it gets in a worker. An inline build
-records nothing in PostgreSQL and publishes nothing: no row, link, email or dedupe; an
-error after the first byte can only cut the response short.
+records nothing in PostgreSQL and publishes nothing: no row, link, email or dedupe.
+``request`` waits for the first chunk, so a handler that fails before writing raises there;
+an error after the first byte can only cut the response short. The time limit is the
+worker's (the file type's, else ``TIME_LIMIT_SECONDS``), and as hard (``inline``).
 
 WSGI code (Django, Flask) uses ``SyncProducer``: the same on a private event loop.
 """
@@ -25,17 +27,15 @@ WSGI code (Django, Flask) uses ``SyncProducer``: the same on a private event loo
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import contextvars
 import logging
 import threading
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
-from bgworker import events, handlers, publisher, tokens
+from bgworker import events, handlers, inline, publisher, tokens
 from bgworker import settings as settings_mod
 from bgworker.web import headers
 
@@ -46,9 +46,9 @@ if TYPE_CHECKING:  # optional frameworks: imported by their adapter only
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE: Final = 64 * 1024
-DEPTH: Final = 8  # chunks queued between the handler and the response
-_END: Final = object()
+# Kept here too: the producer's names for the inline build's bounds.
+CHUNK_SIZE: Final = inline.CHUNK_SIZE
+DEPTH: Final = inline.DEPTH
 
 
 @dataclass(frozen=True)
@@ -80,105 +80,6 @@ class Delayed:
     request_id: uuid.UUID
     status_url: str
     inline: bool = False
-
-
-class _Pipe:
-    """The writer an inline handler gets: chunks into a bounded queue on the loop."""
-
-    def __init__(self, ctx: handlers.JobContext, depth: int) -> None:
-        self.ctx = ctx
-        self.queue: asyncio.Queue[object] = asyncio.Queue(depth)
-        self.loop = asyncio.get_running_loop()
-
-    async def write(self, data: bytes) -> None:  # storage.FileWriter
-        for start in range(0, len(data), CHUNK_SIZE):
-            await self.ctx.check()
-            await self.queue.put(bytes(data[start : start + CHUNK_SIZE]))
-
-    def write_blocking(self, data: bytes) -> None:  # storage.SyncFileWriter, on its thread
-        for start in range(0, len(data), CHUNK_SIZE):
-            chunk = bytes(data[start : start + CHUNK_SIZE])
-            put = asyncio.run_coroutine_threadsafe(self.queue.put(chunk), self.loop)
-            while True:
-                try:
-                    if self.loop.is_closed():  # the producer's loop is gone: nobody reads
-                        self.ctx.stop(handlers.StoppedError("the event loop closed"))
-                    self.ctx.check()  # raises StoppedError once the response ended
-                    put.result(timeout=0.25)
-                    break
-                except concurrent.futures.TimeoutError:
-                    continue
-                except handlers.StoppedError:
-                    put.cancel()
-                    raise
-
-
-class _BlockingPipe:
-    def __init__(self, pipe: _Pipe) -> None:
-        self.write = pipe.write_blocking
-
-
-async def _in_thread(handler: handlers.SyncHandler, ctx: handlers.JobContext, pipe: _Pipe) -> None:
-    """A plain ``def`` handler on a daemon thread of its own (not the default executor:
-    one that ignores the stop must not hold a thread the loop's file I/O needs)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def settle(error: BaseException | None) -> None:
-        if done.done():
-            return
-        if error is None:
-            done.set_result(None)
-        else:
-            done.set_exception(error)
-
-    def target() -> None:
-        error: BaseException | None = None
-        try:
-            handler(ctx, _BlockingPipe(pipe))
-        except BaseException as exc:  # back to the loop, whatever it is
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(settle, error)
-
-    thread = threading.Thread(
-        target=contextvars.copy_context().run,
-        args=(target,),
-        name=f"bgworker-inline-{ctx.id}",
-        daemon=True,
-    )
-    thread.start()
-    await done
-
-
-async def _build(
-    registration: handlers.Registration, ctx: handlers.JobContext, pipe: _Pipe
-) -> None:
-    ctx.start(registration.time_limit)  # ctx.check() raises TimeLimitError past it
-    try:
-        if registration.sync:
-            await _in_thread(cast(handlers.SyncHandler, registration.handler), ctx, pipe)
-        else:
-            await cast(handlers.AsyncHandler, registration.handler)(ctx, pipe)
-    finally:
-        await pipe.queue.put(_END)
-
-
-async def _stream(
-    registration: handlers.Registration, ctx: handlers.JobContext, depth: int
-) -> AsyncGenerator[bytes, None]:
-    pipe = _Pipe(ctx, depth)
-    build = asyncio.create_task(_build(registration, ctx, pipe), name=f"bgworker-inline-{ctx.id}")
-    try:
-        while (item := await pipe.queue.get()) is not _END:
-            yield cast(bytes, item)
-        await build  # the handler's error, if it raised
-    finally:
-        if not build.done():
-            ctx.stop(handlers.StoppedError("the response ended before the file did"))
-            build.cancel()
-            with contextlib.suppress(BaseException):
-                await build
 
 
 class Producer:
@@ -220,8 +121,17 @@ class Producer:
             )
             log.info("request %s: built inline (estimate %s)", event.id, estimate)
             assert filled.filename is not None and filled.content_type is not None
-            chunks = _stream(registration, ctx, self.depth)
-            return Inline(event.id, filled.filename, filled.content_type, chunks)
+            # The worker's rule: the file type's limit, else the default; 0 is none.
+            limit = registration.time_limit
+            if limit is None:
+                limit = self.settings.worker.time_limit_seconds
+            chunks = inline.stream(registration, ctx, self.depth, limit or None)
+            # The first chunk before any answer: a handler that fails before writing raises
+            # here, so the view answers an error, not a 200 whose body breaks off at once.
+            first = await anext(chunks, None)
+            return Inline(
+                event.id, filled.filename, filled.content_type, inline.then(first, chunks)
+            )
         await self.publisher.publish(event)
         requester = event.requester.id if event.requester else None
         url = tokens.status_url(self.settings, event.id, requester_id=requester)
@@ -338,10 +248,11 @@ async def aiohttp_response(request: web.Request, decision: Inline | Delayed) -> 
     response = web.StreamResponse(
         headers={"Content-Type": decision.content_type, **_file_headers(decision)}
     )
-    await response.prepare(request)
-    # aclosing: a client that goes away ends the loop with an error, and the generator's
-    # clean-up (stopping the handler) must run now, not when the loop collects it.
+    # aclosing: a client that goes away ends the loop (or the prepare: the handler already
+    # runs, its first chunk in hand) with an error, and the generator's clean-up (stopping
+    # the handler) must run now, not when the loop collects it.
     async with contextlib.aclosing(decision.chunks) as chunks:
+        await response.prepare(request)
         async for chunk in chunks:
             await response.write(chunk)
     await response.write_eof()

@@ -103,6 +103,11 @@ class Sender:
             raise addresses.RefusedError(f"not an http(s) URL with a host: {url!r}")
         try:
             await self._post(target, msg_id, body)
+        except aiohttp.InvalidURL as exc:
+            # E.g. a legacy numeric IPv4 host ("134744072", "8.8.2056"): the contract takes
+            # it as a name, getaddrinfo maps it, aiohttp will not connect to it. Every
+            # attempt would end the same way, so it is refused, not retried.
+            raise addresses.RefusedError(f"aiohttp will not call this URL: {exc}") from None
         except TimeoutError:
             raise DeliveryError(f"no answer within {self.timeout_seconds:g} s") from None
 

@@ -64,3 +64,21 @@ def report_sync(ctx: handlers.JobContext, out: storage.SyncFileWriter) -> None:
     except handlers.StoppedError:
         STOPPED.add(run)
         raise
+
+
+@registry.handler("report_broken", estimate=estimate)
+async def report_broken(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
+    """Writes ``criteria["fail_at"]`` rows of ``report``'s bytes, then raises."""
+    fail_at = ctx.criteria.get("fail_at", 0)
+    assert isinstance(fail_at, int)
+    data = rows_of(ctx.criteria)
+    for line in data.splitlines(keepends=True)[:fail_at]:
+        await out.write(line)
+        await asyncio.sleep(0)
+    raise RuntimeError(f"broken after {fail_at} rows")
+
+
+@registry.handler("report_hang", estimate=estimate, time_limit=1)
+async def report_hang(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
+    """Awaits something that never comes, never reaching a write (or ``ctx.check()``)."""
+    await asyncio.Event().wait()

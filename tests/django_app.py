@@ -21,7 +21,11 @@ def export(request: HttpRequest) -> HttpResponseBase:
     event = events.FileRequested(
         id=uuid.uuid4(),
         file_type=request.GET.get("file_type", "report_sync"),
-        criteria={"run": request.GET["run"], "rows": int(request.GET["rows"])},
+        criteria={
+            "run": request.GET["run"],
+            "rows": int(request.GET["rows"]),
+            "pad": int(request.GET.get("pad", "0")),
+        },
     )
     return producing.django_response(PRODUCER["value"].request(event))
 

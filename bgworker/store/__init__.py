@@ -59,6 +59,7 @@ __all__ = [
     "RecoveryReport",
     "RequestRow",
     "Store",
+    "VanishedError",
     "create_pool",
     "ensure_database",
     "opened",
@@ -71,6 +72,7 @@ create_pool: Final = connection.create_pool
 ensure_database: Final = connection.ensure_database
 
 RequestRow = rows.RequestRow
+VanishedError = front_door.VanishedError
 Claim = rows.Claim
 DedupeDecision = dedupe.Decision
 DedupeStep = dedupe.Step

@@ -18,6 +18,11 @@ from bgworker.store import queries
 Q: Final = queries.QUERIES
 
 
+class VanishedError(Exception):
+    """The record of an id went while a POST used it: ``bgworker clean`` drops the records
+    of requests a worker has recorded. The POST decides again (the row now answers)."""
+
+
 @dataclass(frozen=True)
 class Reserved:
     """The event recorded under an id, and whether RabbitMQ has confirmed it yet."""
@@ -39,8 +44,8 @@ class FrontDoor:
         if inserted is not None:
             return Reserved(event=event, published_at=None)
         row = await self.pool.fetchrow(Q["front_door_get"], request_id)
-        # Rows are never deleted, so the conflicting one is still there.
-        assert row is not None, f"front door row {request_id} vanished"
+        if row is None:  # `bgworker clean` dropped it between the two statements
+            raise VanishedError(request_id)
         return Reserved(event=dict(row["event"]), published_at=row["published_at"])
 
     async def prune(
@@ -60,7 +65,8 @@ class FrontDoor:
         publish (bounded by its timeout), one pool connection each."""
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(Q["front_door_lock"], request_id)
-            assert row is not None, f"front door row {request_id} vanished"
+            if row is None:  # dropped by `bgworker clean` since it was reserved
+                raise VanishedError(request_id)
             yield Publishing(conn, request_id, dict(row["event"]), row["published_at"])
 
 

@@ -17,6 +17,7 @@ the request as it does for any producer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -24,7 +25,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from bgworker import events, faults, links, rejection, states, tokens
+from bgworker import events, faults, links, rejection, states, store, tokens
 from bgworker import settings as settings_mod
 from bgworker.web import gateway, keys, responses
 
@@ -36,6 +37,9 @@ MAX_BODY_BYTES: Final = events.MAX_BODY_BYTES
 READ_CHUNK: Final = 64 * 1024
 # Seconds a client should wait after a 503 (RabbitMQ or PostgreSQL away).
 RETRY_AFTER_SECONDS: Final = 5
+# Decisions a POST may take when `bgworker clean` drops the door's record under it (each
+# time, the worker's row has appeared meanwhile, and the next decision answers from it).
+DECISIONS: Final = 3
 # RFC 6750 section 3: the challenge of a Bearer-protected resource.
 CHALLENGE: Final = 'Bearer realm="bgworker"'
 
@@ -123,6 +127,9 @@ async def create_request(request: web.Request) -> web.Response:
         errors = [{"location": where, "message": message} for where, message in exc.errors]
         return _refusal(status, str(exc), reason=exc.reason, errors=errors)
     try:
+        for _ in range(DECISIONS - 1):
+            with contextlib.suppress(store.VanishedError):
+                return await _accept(request, event)
         return await _accept(request, event)
     except Exception as exc:
         if faults.is_infrastructure(exc):

@@ -388,6 +388,45 @@ def _hostile_sample(n: int) -> list[bytes]:
     return out[-n:]  # the later examples are the less trivial ones
 
 
+# Once: the next INSERT into the door's table finds its id's record gone, as when
+# `bgworker clean` drops it between the POST's INSERT ... ON CONFLICT and its SELECT.
+DROP_ONCE: Final = """
+CREATE TABLE drop_once (id uuid PRIMARY KEY);
+CREATE FUNCTION drop_once() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE hit uuid;
+BEGIN
+    DELETE FROM drop_once WHERE id = NEW.id RETURNING id INTO hit;
+    IF hit IS NOT NULL THEN
+        DELETE FROM bgworker_front_door WHERE id = NEW.id;
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER drop_once BEFORE INSERT ON bgworker_front_door
+    FOR EACH ROW EXECUTE FUNCTION drop_once();
+"""
+
+
+async def test_a_record_clean_drops_under_a_post_is_decided_again(
+    front_settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+    db: store.Store,
+    start_server: StartServer,
+) -> None:
+    """`bgworker clean` may drop a door record between a repeated POST's two statements: the
+    POST decides again (never a 500), and the body stays published."""
+    base = await start_server()
+    body = event_body()
+    assert (await post(base, body))[0] == 202
+    await db.pool.execute(DROP_ONCE)
+    await db.pool.execute("INSERT INTO drop_once VALUES ($1)", uuid.UUID(body["id"]))
+    status, _, answer = await post(base, body)
+    assert (status, answer["id"]) == (202, body["id"])
+    assert await db.pool.fetchval("SELECT count(*) FROM drop_once") == 0  # it did drop it
+    # Published again (the worker takes the copy as a duplicate): never lost.
+    assert await work_queue_depth(amqp, front_settings.namespace) == 2
+
+
 async def test_no_body_is_answered_500(
     front_settings: settings_mod.Settings, start_server: StartServer
 ) -> None:

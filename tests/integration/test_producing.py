@@ -54,7 +54,7 @@ async def aiohttp_app(
             event = events.FileRequested(
                 id=uuid.uuid4(),
                 file_type=body["file_type"],
-                criteria={k: body[k] for k in ("run", "rows", "pad") if k in body},
+                criteria={k: body[k] for k in ("run", "rows", "pad", "fail_at") if k in body},
             )
             return await producing.aiohttp_response(request, await producer.request(event))
 
@@ -192,6 +192,57 @@ async def test_a_client_that_goes_away_stops_the_inline_handler(
     assert await _queued(amqp, settings.namespace) == 0
 
 
+async def test_an_inline_handler_failing_before_its_first_byte_answers_500(
+    aiohttp_app: str, amqp: aio_pika.abc.AbstractChannel, settings: settings_mod.Settings
+) -> None:
+    """No 200 goes out before the handler has written: a handler that fails at once is a
+    server error the client can see, not an empty "file" with a 200."""
+    payload = {"file_type": "report_broken", "run": uuid.uuid4().hex, "rows": 5, "fail_at": 0}
+    status, _headers, _body = await _call("POST", f"{aiohttp_app}/export", json=payload)
+    assert status == 500
+    assert await _queued(amqp, settings.namespace) == 0
+
+
+async def test_an_inline_handler_failing_mid_stream_cuts_the_response(aiohttp_app: str) -> None:
+    """After the first byte the status is sent: the error must reach the client as a body
+    that does not end properly (no last chunk), never as a complete-looking short file."""
+    payload = {"file_type": "report_broken", "run": uuid.uuid4().hex, "rows": 50, "fail_at": 20}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{aiohttp_app}/export", json=payload) as response:
+            assert response.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+
+
+async def test_an_inline_handler_past_its_time_limit_is_ended(aiohttp_app: str) -> None:
+    """The file type's time limit holds inline as in a worker, even for a handler that
+    never writes: the request ends with a 500 instead of hanging."""
+    payload = {"file_type": "report_hang", "run": uuid.uuid4().hex, "rows": 5}
+    timeout = aiohttp.ClientTimeout(total=30)  # far past the 1 s limit: a hang fails here
+    status, _headers, _body = await _call(
+        "POST", f"{aiohttp_app}/export", json=payload, timeout=timeout
+    )
+    assert status == 500
+
+
+async def test_an_inline_stream_closed_before_it_is_read_stops_the_handler(
+    settings: settings_mod.Settings,
+) -> None:
+    """The handler starts in ``producer.request`` (its first chunk is awaited there), so a
+    response that is closed without being read (the client left before the headers went
+    out) must stop it, not leave it blocked on the full queue."""
+    registry = handlers.load([REGISTRY])
+    unused = publisher.Publisher(AMQP_URL, namespace=settings.namespace)  # inline: no publish
+    producer = producing.Producer(settings, registry, unused, threshold=THRESHOLD)
+    run = uuid.uuid4().hex
+    criteria: dict[str, Any] = {"run": run, "rows": THRESHOLD, "pad": 10_000}  # ~10 MB
+    event = events.FileRequested(id=uuid.uuid4(), file_type="report_sync", criteria=criteria)
+    decision = await producer.request(event)
+    assert isinstance(decision, producing.Inline)
+    await decision.chunks.aclose()
+    await wait_until(lambda: run in dedupe_handlers.STOPPED)
+
+
 async def test_django_inline_and_delayed_over_wsgi(
     serving: settings_mod.Settings,
     amqp: aio_pika.abc.AbstractChannel,
@@ -213,6 +264,26 @@ async def test_django_inline_and_delayed_over_wsgi(
     await start_worker()
     await _ready_by_link(status_url)
     assert dedupe_handlers.CALLS[big] == 1
+
+
+async def test_django_inline_handler_failing_at_once_answers_500(django_server: str) -> None:
+    run = uuid.uuid4().hex
+    url = f"{django_server}/export?run={run}&rows=5&file_type=report_broken"
+    status, _headers, _body = await _call("GET", url)
+    assert status == 500
+
+
+async def test_a_wsgi_client_that_goes_away_stops_the_inline_handler(django_server: str) -> None:
+    """wsgiref closes the response iterable when the client is gone (PEP 3333): that close
+    must reach the handler on the producer's loop."""
+    run = uuid.uuid4().hex
+    url = f"{django_server}/export?run={run}&rows={THRESHOLD}&pad=10000"  # ~10 MB
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as response:
+            assert response.status == 200
+            await response.content.readexactly(1024)
+    await wait_until(lambda: run in dedupe_handlers.STOPPED)
+    assert dedupe_handlers.CALLS[run] == 1
 
 
 async def test_without_an_estimate_the_request_is_published(
@@ -251,7 +322,8 @@ async def test_starlette_inline_and_delayed_under_uvicorn(
         async def export(request: Request) -> Response:
             query = request.query_params
             criteria = {"run": query["run"], "rows": int(query["rows"])}
-            event = events.FileRequested(id=uuid.uuid4(), file_type="report", criteria=criteria)
+            file_type = query.get("file_type", "report")
+            event = events.FileRequested(id=uuid.uuid4(), file_type=file_type, criteria=criteria)
             return producing.starlette_response(await producer.request(event))
 
         app = Starlette(routes=[Route("/export", export)])
@@ -272,6 +344,10 @@ async def test_starlette_inline_and_delayed_under_uvicorn(
             )
             await _published(serving, amqp, status, headers, body)
             assert dedupe_handlers.CALLS[small] == 1 and dedupe_handlers.CALLS[big] == 0
+            # A handler failing before its first byte: an error status, not a broken 200.
+            broken = f"{base}/export?run={uuid.uuid4().hex}&rows=5&file_type=report_broken"
+            status, _headers, _body = await _call("GET", broken)
+            assert status == 500
         finally:
             server.should_exit = True
             await serve

@@ -112,6 +112,10 @@ def test_tampering_is_detected(body: bytes, change: dict[str, str]) -> None:
         ("::ffff:127.0.0.1", "loopback"),  # IPv4-mapped
         ("::ffff:10.0.0.1", "private"),
         ("::ffff:169.254.169.254", "link-local"),
+        ("2002:7f00:1::1", "6to4 of a loopback"),  # 6to4 carrying 127.0.0.1
+        ("2002:a9fe:a9fe::", "6to4 of a link-local"),  # ... 169.254.169.254
+        ("2002:a00:1::1", "6to4 of a private"),  # ... 10.0.0.1
+        ("fec0::1", "site-local"),  # deprecated, still routed in places
     ],
 )
 def test_non_public_addresses_are_refused(address: str, why: str) -> None:
@@ -140,6 +144,16 @@ async def test_sending_without_a_secret_is_refused_before_any_connection() -> No
     sender = webhooks.Sender(keys=(), timeout_seconds=1, allow_private=True)
     with pytest.raises(addresses.RefusedError, match="no webhook secret"):
         await sender.send("http://127.0.0.1:9/", "x", b"{}")
+
+
+@pytest.mark.parametrize("host", ["134744072", "8.8.2056", "010.010.010.010"])
+async def test_legacy_numeric_ipv4_hosts_are_refused_not_retried(host: str) -> None:
+    # The contract takes them as DNS names and getaddrinfo maps them onto a public
+    # address (8.8.8.8), but aiohttp refuses to connect to a non-canonical IPv4: every
+    # attempt would fail the same way, so the webhook is refused at once, never sent.
+    sender = webhooks.Sender(keys=(b"k" * 32,), timeout_seconds=5, allow_private=False)
+    with pytest.raises(addresses.RefusedError, match="canonical"):
+        await sender.send(f"http://{host}/", "x", b"{}")
 
 
 def _webhook_settings(**values: Any) -> settings_mod.WebhookSettings:
