@@ -107,15 +107,23 @@ async def _build(
                 await _in_thread(cast(handlers.SyncHandler, registration.handler), ctx, pipe)
             else:
                 await cast(handlers.AsyncHandler, registration.handler)(ctx, pipe)
+    except asyncio.CancelledError:
+        # Cancelled by ``stream`` (its reader went away): no end mark, since nobody reads the
+        # queue any more, and waiting to put one into a full queue would never return.
+        raise
     except TimeoutError:
         if not deadline.expired():
+            await pipe.queue.put(_END)
             raise  # the handler's own TimeoutError
         assert limit is not None
         error = handlers.TimeLimitError(limit)
         ctx.stop(error)  # a thread's next write raises
-        raise error from None
-    finally:
         await pipe.queue.put(_END)
+        raise error from None
+    except BaseException:
+        await pipe.queue.put(_END)  # the reader drains the queue, then sees the error
+        raise
+    await pipe.queue.put(_END)
 
 
 async def stream(
