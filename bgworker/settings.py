@@ -169,6 +169,14 @@ class StorageSettings(BaseModel):
     # attempt within about 5 x this, instead of holding them for minutes.
     s3_timeout_seconds: float = Field(10.0, gt=0, le=600, allow_inf_nan=False)
 
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        # botocore would raise a bare ValueError (a traceback at start) on anything else.
+        if value is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError("must be an http:// or https:// URL, like http://127.0.0.1:8333")
+        return value
+
     @model_validator(mode="after")
     def _check_s3(self) -> StorageSettings:
         if self.backend == "s3" and not self.s3_bucket:

@@ -160,6 +160,10 @@ def seaweedfs(workdir: Path) -> Iterator[S3Server]:
         "-s3",
         f"-s3.port={port}",
         f"-s3.config={config}",
+        # Off: they listen on fixed ports (8181, 9101), so a second SeaweedFS on the
+        # machine (another test run, a developer's) would make this one exit at start.
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
     ]
     with _running(cmd, f"http://127.0.0.1:{port}/", timeout=60, cwd=workdir) as process:
         yield S3Server(f"http://127.0.0.1:{port}", "seaweedfs", process.pid)

@@ -110,8 +110,11 @@ class S3Storage:
             # Wrong endpoint, credentials or bucket: one line at start, not a failed job.
             await self.close()
             where = self._config.s3_endpoint_url or f"AWS {self._config.s3_region}"
-            reason = _code(exc) if isinstance(exc, ClientError) else str(exc)
-            raise base.StorageError(f"S3 bucket {self.bucket!r} at {where}: {reason}") from exc
+            line = f"S3 bucket {self.bucket!r} at {where}: {_refusal(exc)}"
+            if isinstance(exc, ClientError) and _status(exc) < 500:
+                # The store answered and refused: a setting to fix (64), not an outage (69).
+                raise base.StorageError(line) from exc
+            raise base.StorageUnavailableError(line) from exc
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -367,6 +370,25 @@ def _session() -> AioSession:
     if not _SESSIONS:
         _SESSIONS.append(get_session())
     return _SESSIONS[0]
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _refusal(exc: Exception) -> str:
+    """HeadBucket's answer in words: it has no body, so botocore's code is the status."""
+    if not isinstance(exc, ClientError):
+        return str(exc)
+    status = _status(exc)
+    if status == 404:
+        return "404, no such bucket (create it, or fix BGWORKER_STORAGE__S3_BUCKET)"
+    if status in {401, 403}:
+        return (
+            f"{status}, access denied (check BGWORKER_STORAGE__S3_ACCESS_KEY_ID and "
+            "BGWORKER_STORAGE__S3_SECRET_ACCESS_KEY, and the key's rights on the bucket)"
+        )
+    return _code(exc) or str(status)
 
 
 def _unavailable(exc: Exception) -> base.StorageUnavailableError:

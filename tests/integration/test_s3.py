@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from aiobotocore.session import get_session
+from pydantic import SecretStr
 from types_aiobotocore_s3 import S3Client
 
 from bgworker import cleanup, storage, store
@@ -298,3 +299,19 @@ async def test_a_missing_bucket_is_one_clear_error_at_start(s3_server: s3.S3Serv
     files = backend.S3Storage(s3.storage_settings(s3_server, "no-such-bucket"))
     with pytest.raises(storage.StorageError, match=r"S3 bucket 'no-such-bucket' at http://"):
         await files.open()
+
+
+async def test_a_wrong_secret_is_a_setting_to_fix_not_an_outage(
+    seaweedfs: s3.S3Server,
+) -> None:
+    # SeaweedFS checks signatures (moto does not): a refusal is StorageError (exit 64), a
+    # store that does not answer StorageUnavailableError (exit 69).
+    config = s3.storage_settings(seaweedfs, await s3.new_bucket(seaweedfs))
+    config.s3_secret_access_key = SecretStr("wrong")
+    with pytest.raises(storage.StorageError, match="403, access denied") as caught:
+        await backend.S3Storage(config).open()
+    assert not isinstance(caught.value, storage.StorageUnavailableError)
+    config.s3_endpoint_url = f"http://127.0.0.1:{s3.free_port()}"
+    config.s3_timeout_seconds = 1
+    with pytest.raises(storage.StorageUnavailableError, match="Could not connect"):
+        await backend.S3Storage(config).open()
