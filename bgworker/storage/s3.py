@@ -167,7 +167,10 @@ class S3Storage:
         uploads = self.client.get_paginator("list_multipart_uploads")
         async for listing in uploads.paginate(Bucket=self.bucket, Prefix=self.prefix):
             for upload in listing.get("Uploads", []):
-                if upload["Initiated"].timestamp() < older_than:
+                # Ours only, as for objects: with the default prefix "" the listing is the
+                # whole bucket, and remove_part refuses anything else.
+                ours = base.is_key(upload["Key"].removeprefix(self.prefix))
+                if ours and upload["Initiated"].timestamp() < older_than:
                     found.parts.append(upload["Key"] + _PART_SEP + upload["UploadId"])
         return found
 

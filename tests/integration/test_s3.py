@@ -174,6 +174,10 @@ async def test_clean_deletes_expired_and_orphans_and_aborts_dangling_uploads(
     await orphan.finish()
     outside = "elsewhere/" + _key()  # not under our prefix: never touched
     await s3_files.client.put_object(Bucket=s3_files.bucket, Key=outside, Body=b"keep")
+    # Under the prefix but not one of our keys (another app, an operator): never touched,
+    # and no reason for clean to fail (it raised "not one of our uploads").
+    foreign = s3_files.prefix + "someone-elses.bin"
+    await s3_files.client.create_multipart_upload(Bucket=s3_files.bucket, Key=foreign)
 
     young = await cleanup.clean(db, s3_files)  # default age: the orphan is too young to go
     assert (young.expired, young.orphans) == (1, 0)
@@ -181,14 +185,14 @@ async def test_clean_deletes_expired_and_orphans_and_aborts_dangling_uploads(
     # on SeaweedFS below.)
     dangling = s3_files.writer(_key())  # a worker killed mid-upload
     await dangling.write(os.urandom(PART))
-    assert len(await _uploads(s3_files)) == 1
+    assert len(await _uploads(s3_files)) == 2
     dry = await cleanup.clean(db, s3_files, orphan_age_seconds=-1, dry_run=True)
     assert (dry.orphans, dry.temp_parts, dry.bytes_freed) == (1, 1, 10)
-    assert len(await _uploads(s3_files)) == 1
+    assert len(await _uploads(s3_files)) == 2
 
     report = await cleanup.clean(db, s3_files, orphan_age_seconds=-1)
     assert (report.orphans, report.temp_parts) == (1, 1)
-    assert await _uploads(s3_files) == []
+    assert await _uploads(s3_files) == [foreign]
     live_key = s3_files.object_key(str(rows[live.id].storage_key))
     assert sorted(await _objects(s3_files)) == sorted([live_key, outside])
     assert (await get_row(db, old.id)).status == "expired"
