@@ -98,6 +98,8 @@ async def _cmd_serve(settings: settings_mod.Settings, args: argparse.Namespace) 
 
     if settings.web.workers > 1:  # a parent that runs N of the branch below
         w = settings.web
+        if taken := supervisor.port_taken(w.host, w.port):
+            raise diagnosis.unavailable(taken)
         return await supervisor.Supervisor(w.workers, w.host, w.port).run()
     stop = asyncio.Event()
     _install_signals(stop.set, "server")

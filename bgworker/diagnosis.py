@@ -198,8 +198,10 @@ async def probe(settings: settings_mod.Settings, command: str) -> None:
         try:
             async with storage.opened(settings):  # S3: looks the bucket up
                 pass
-        except storage.StorageError as exc:
+        except storage.StorageUnavailableError as exc:
             raise unavailable(str(exc)) from None
+        except storage.StorageError as exc:  # it answered: no such bucket, access denied
+            raise config(str(exc)) from None
 
 
 def service_error(exc: BaseException, settings: settings_mod.Settings) -> StartupError:

@@ -164,6 +164,18 @@ class StorageSettings(BaseModel):
     # Lifetime of a presigned download URL (download_mode=redirect): the link's own check
     # is done by then, so a few minutes suffice to start the download.
     presign_seconds: int = Field(300, gt=0, le=7 * 24 * 3600)
+    # Connect and per-read timeout of one S3 call (botocore's default is 60 s each, times
+    # its 5 attempts). A store that hangs then fails a download with 503 and an upload's
+    # attempt within about 5 x this, instead of holding them for minutes.
+    s3_timeout_seconds: float = Field(10.0, gt=0, le=600, allow_inf_nan=False)
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        # botocore would raise a bare ValueError (a traceback at start) on anything else.
+        if value is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError("must be an http:// or https:// URL, like http://127.0.0.1:8333")
+        return value
 
     @model_validator(mode="after")
     def _check_s3(self) -> StorageSettings:

@@ -43,7 +43,13 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_STORAGE__S3_PART_SIZE_BYTES": (
         "multipart part size (5 MiB to 5 GiB): each running upload buffers one part"
     ),
-    "BGWORKER_STORAGE__PRESIGN_SECONDS": "lifetime of a presigned download URL (redirect mode)",
+    "BGWORKER_STORAGE__PRESIGN_SECONDS": (
+        "lifetime of a presigned download URL (redirect mode), never past the file's expiry"
+    ),
+    "BGWORKER_STORAGE__S3_TIMEOUT_SECONDS": (
+        "connect and per-read timeout of one S3 call (5 attempts): a hung store fails a "
+        "download with 503 within about 5x this"
+    ),
     "BGWORKER_TEMPLATE_DIR": "directory whose templates override the shipped ones "
     "(`email/*.j2`, `pages/page.html.j2`)",
     "BGWORKER_HANDLERS": "handler registries to load, comma-separated `module:attribute`",

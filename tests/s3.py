@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +40,18 @@ PART_SIZE: Final = 5 * 1024 * 1024  # S3's smallest part: many parts from small 
 class S3Server:
     url: str
     name: str  # "moto" or "seaweedfs"
+    pid: int
+
+
+@contextlib.contextmanager
+def frozen(server: S3Server) -> Iterator[None]:
+    """The server hangs (SIGSTOP): connections are accepted by the kernel, nothing answers,
+    as with an overloaded or partitioned store. Thawed on the way out."""
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
 
 
 def free_port() -> int:
@@ -83,7 +97,9 @@ def _wait_http(
 
 
 @contextlib.contextmanager
-def _running(cmd: list[str], url: str, timeout: float, cwd: Path | None = None) -> Iterator[str]:
+def _running(
+    cmd: list[str], url: str, timeout: float, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     # Its output goes to a file beside it (the working directory, else a temp file), so a
     # server that will not start says why in the error.
     log_file = tempfile.NamedTemporaryFile(
@@ -93,7 +109,7 @@ def _running(cmd: list[str], url: str, timeout: float, cwd: Path | None = None) 
     process = subprocess.Popen(cmd, cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         _wait_http(url, process, timeout, log)
-        yield url
+        yield process
     finally:
         process.terminate()
         try:
@@ -110,8 +126,8 @@ def _running(cmd: list[str], url: str, timeout: float, cwd: Path | None = None) 
 def moto() -> Iterator[S3Server]:
     port = free_port()
     cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    with _running(cmd, f"http://127.0.0.1:{port}/", timeout=30) as url:
-        yield S3Server(url.rstrip("/"), "moto")
+    with _running(cmd, f"http://127.0.0.1:{port}/", timeout=30) as process:
+        yield S3Server(f"http://127.0.0.1:{port}", "moto", process.pid)
 
 
 def weed_binary() -> str:
@@ -162,8 +178,8 @@ def seaweedfs(workdir: Path) -> Iterator[S3Server]:
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
     ]
-    with _running(cmd, f"http://127.0.0.1:{port}/", timeout=60, cwd=workdir) as url:
-        yield S3Server(url.rstrip("/"), "seaweedfs")
+    with _running(cmd, f"http://127.0.0.1:{port}/", timeout=60, cwd=workdir) as process:
+        yield S3Server(f"http://127.0.0.1:{port}", "seaweedfs", process.pid)
 
 
 def storage_settings(server: S3Server, bucket: str) -> settings_mod.StorageSettings:

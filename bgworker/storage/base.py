@@ -18,6 +18,11 @@ class StorageError(Exception):
     pass
 
 
+class StorageUnavailableError(StorageError):
+    """The store did not answer (down, hung past its timeout, or failing with 5xx): the
+    server answers 503, never a 500 or a refusal that says the file is gone."""
+
+
 class FileWriter(Protocol):
     """What a handler writes to. Bytes only; the file is never held whole in memory."""
 

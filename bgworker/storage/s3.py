@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, cast
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from bgworker import settings as settings_mod
 from bgworker.storage import base
@@ -96,6 +96,10 @@ class S3Storage:
                     request_checksum_calculation="when_required",
                     response_checksum_validation="when_required",
                     retries={"mode": "standard", "max_attempts": 5},
+                    # botocore waits 60 s to connect and 60 s per read, each of 5 attempts:
+                    # a hung store would hold a download, a /status or a job for minutes.
+                    connect_timeout=c.s3_timeout_seconds,
+                    read_timeout=c.s3_timeout_seconds,
                 ),
             )
         )
@@ -106,8 +110,11 @@ class S3Storage:
             # Wrong endpoint, credentials or bucket: one line at start, not a failed job.
             await self.close()
             where = self._config.s3_endpoint_url or f"AWS {self._config.s3_region}"
-            reason = _code(exc) if isinstance(exc, ClientError) else str(exc)
-            raise base.StorageError(f"S3 bucket {self.bucket!r} at {where}: {reason}") from exc
+            line = f"S3 bucket {self.bucket!r} at {where}: {_refusal(exc)}"
+            if isinstance(exc, ClientError) and _status(exc) < 500:
+                # The store answered and refused: a setting to fix (64), not an outage (69).
+                raise base.StorageError(line) from exc
+            raise base.StorageUnavailableError(line) from exc
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -131,7 +138,9 @@ class S3Storage:
         except ClientError as exc:
             if _code(exc) in _MISSING:
                 return None
-            raise
+            raise _unavailable(exc) from exc
+        except BotoCoreError as exc:  # connection refused, timed out...
+            raise _unavailable(exc) from exc
         return head["ContentLength"]
 
     async def exists(self, key: str) -> bool:
@@ -158,7 +167,10 @@ class S3Storage:
         uploads = self.client.get_paginator("list_multipart_uploads")
         async for listing in uploads.paginate(Bucket=self.bucket, Prefix=self.prefix):
             for upload in listing.get("Uploads", []):
-                if upload["Initiated"].timestamp() < older_than:
+                # Ours only, as for objects: with the default prefix "" the listing is the
+                # whole bucket, and remove_part refuses anything else.
+                ours = base.is_key(upload["Key"].removeprefix(self.prefix))
+                if ours and upload["Initiated"].timestamp() < older_than:
                     found.parts.append(upload["Key"] + _PART_SEP + upload["UploadId"])
         return found
 
@@ -175,9 +187,12 @@ class S3Storage:
                 raise
         return 0  # its parts' size is not worth a ListParts per upload
 
-    async def presigned_get(self, key: str, *, content_type: str, disposition: str) -> str:
-        """A URL that GETs the file for ``presign_seconds``, with the name and type the
-        server would send (S3's response-content-* overrides, covered by the signature)."""
+    async def presigned_get(
+        self, key: str, *, content_type: str, disposition: str, seconds: int | None = None
+    ) -> str:
+        """A URL that GETs the file for ``seconds`` (at most ``presign_seconds``), with the
+        name and type the server would send (S3's response-content-* overrides, covered by
+        the signature)."""
         return await self.client.generate_presigned_url(
             "get_object",
             Params={
@@ -186,12 +201,13 @@ class S3Storage:
                 "ResponseContentType": content_type,
                 "ResponseContentDisposition": disposition,
             },
-            ExpiresIn=self.presign_seconds,
+            ExpiresIn=min(seconds or self.presign_seconds, self.presign_seconds),
         )
 
     async def get(self, key: str, byte_range: str | None = None) -> ObjectStream:
         """GET the file, or the range ``bytes=...`` as the client sent it (S3 parses it as
-        RFC 9110 does). Raises RangeNotSatisfiableError, or ClientError (missing...)."""
+        RFC 9110 does). Raises RangeNotSatisfiableError, ClientError when the object is
+        missing, StorageUnavailableError when the store does not answer."""
         object_key = self.object_key(key)
         try:
             if byte_range:
@@ -203,7 +219,11 @@ class S3Storage:
         except ClientError as exc:
             if _code(exc) in {"InvalidRange", "416"}:
                 raise RangeNotSatisfiableError(str(exc)) from exc
-            raise
+            if _code(exc) in _MISSING:
+                raise
+            raise _unavailable(exc) from exc
+        except BotoCoreError as exc:
+            raise _unavailable(exc) from exc
         status = got["ResponseMetadata"]["HTTPStatusCode"]
         return ObjectStream(status, got["ContentLength"], got.get("ContentRange"), got["Body"])
 
@@ -353,6 +373,29 @@ def _session() -> AioSession:
     if not _SESSIONS:
         _SESSIONS.append(get_session())
     return _SESSIONS[0]
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _refusal(exc: Exception) -> str:
+    """HeadBucket's answer in words: it has no body, so botocore's code is the status."""
+    if not isinstance(exc, ClientError):
+        return str(exc)
+    status = _status(exc)
+    if status == 404:
+        return "404, no such bucket (create it, or fix BGWORKER_STORAGE__S3_BUCKET)"
+    if status in {401, 403}:
+        return (
+            f"{status}, access denied (check BGWORKER_STORAGE__S3_ACCESS_KEY_ID and "
+            "BGWORKER_STORAGE__S3_SECRET_ACCESS_KEY, and the key's rights on the bucket)"
+        )
+    return _code(exc) or str(status)
+
+
+def _unavailable(exc: Exception) -> base.StorageUnavailableError:
+    return base.StorageUnavailableError(f"S3: {exc}")
 
 
 def _code(exc: ClientError) -> str:

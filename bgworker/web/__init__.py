@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Final
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from bgworker import metrics, storage, store, tokens, tracing
 from bgworker import settings as settings_mod
@@ -35,6 +36,24 @@ async def healthz(request: web.Request) -> web.Response:
     return responses.json_response({"status": "ok", "pid": os.getpid()})
 
 
+# Seconds a client should wait after a 503 for an object store that does not answer.
+STORAGE_RETRY_AFTER: Final = "30"
+
+
+@web.middleware
+async def storage_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An object store that is down or hung (past ``s3_timeout_seconds``) answers 503 with
+    Retry-After, as PostgreSQL away does on /healthz: a 500 would read as a bug, and a 410
+    as a file that is gone for good."""
+    try:
+        return await handler(request)
+    except storage.StorageUnavailableError as exc:
+        log.warning("%s %s: %s", request.method, request.rel_url.path.split("/")[1], exc)
+        body = {"error": "the file storage is unavailable", "status": 503, "state": "unavailable"}
+        headers = {"Retry-After": STORAGE_RETRY_AFTER}
+        return responses.json_response(body, status=503, headers=headers)
+
+
 async def metrics_view(request: web.Request) -> web.Response:
     # The server's own registry only: the worker's series live in the worker processes.
     return metrics.exposition(metrics.SERVER)
@@ -50,7 +69,7 @@ def create_app(
     ``settings.web.identity_header``, if set). ``db`` lets an embedding app share its pool."""
     if settings.tracing.enabled:
         tracing.enable()
-    app = web.Application()
+    app = web.Application(middlewares=[storage_unavailable])
     app[keys.SIGNER] = tokens.Signer(settings.tokens, bind=tokens.binds_requester(settings))
     tokens.warn_unusable_links(settings, identity_callable=identity is not None)
     app[keys.IDENTITY] = identity or identity_mod.header_identity(settings.web.identity_header)

@@ -10,6 +10,7 @@ never carry exception text (``messages``).
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -26,12 +27,27 @@ from bgworker.web import headers, identity, keys, offload, pages, responses
 RETRY_AFTER_SECONDS: Final = 30
 
 
+_ZERO_SUFFIX: Final = re.compile(r"bytes=-0+", re.ASCII | re.IGNORECASE)
+
+
 class _FileResponse(web.FileResponse):
     """aiohttp evaluates ``If-Range`` only as a date and ignores an entity tag, so a resumed
     download with a stale ETag would get a range of another representation. RFC 9110
     section 13.1.5: unless the entity tag matches strongly, ignore ``Range`` (send it all)."""
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        wanted = request.headers.get(hdrs.RANGE, "").strip()
+        if wanted and (request.method != hdrs.METH_GET or not wanted.lower().startswith("bytes=")):
+            # RFC 9110 section 14.2: Range is defined for GET only, and a range unit the
+            # server does not know is ignored; aiohttp answered HEAD 206 and items= 416.
+            request = request.clone(headers=_without(request, hdrs.RANGE))
+        elif _ZERO_SUFFIX.fullmatch(wanted):
+            # "bytes=-0" asks for no byte: unsatisfiable (section 14.1.3), and aiohttp would
+            # send the whole file as a 206. A start past the end is its way to say 416.
+            st = await asyncio.to_thread(self._path.stat)
+            headers = request.headers.copy()
+            headers[hdrs.RANGE] = f"bytes={st.st_size}-"
+            request = request.clone(headers=headers)
         if "," in request.headers.get(hdrs.RANGE, ""):
             # aiohttp parses one range only and answers a multi-range request 416 even
             # when it is satisfiable. RFC 9110 section 14.2: a server MAY ignore Range;

@@ -10,7 +10,9 @@ is answered from the row in both modes (a URL presigned for GET does not answer 
 
 from __future__ import annotations
 
+import math
 import re
+from datetime import UTC, datetime
 from typing import Final
 
 from aiohttp import hdrs, web
@@ -46,13 +48,26 @@ async def send(
         return response
     if request.app[keys.DOWNLOAD_MODE] == "redirect":
         url = await files.presigned_get(
-            row.storage_key, content_type=row.content_type, disposition=disposition
+            row.storage_key,
+            content_type=row.content_type,
+            disposition=disposition,
+            seconds=_until_expiry(row),
         )
         # no-store: a cached redirect would outlive the presigned URL it points to.
         return web.Response(status=302, headers={hdrs.LOCATION: url, **headers.SECURITY_HEADERS})
-    if etag in _tags(request.headers.get(hdrs.IF_NONE_MATCH, "")):
+    # "*" matches any current representation (RFC 9110 section 13.1.2), as on local files.
+    if _tags(request.headers.get(hdrs.IF_NONE_MATCH, "")) & {etag, "*"}:
         return web.Response(status=304, headers={hdrs.ETAG: etag, **headers.SECURITY_HEADERS})
     return await _stream(request, files, row.storage_key, common)
+
+
+def _until_expiry(row: store.RequestRow) -> int | None:
+    """Seconds the file has left: a presigned URL must not outlive the file's expiry
+    (the link's own limit), which may come sooner than ``presign_seconds``."""
+    if row.expires_at is None:
+        return None
+    left = (row.expires_at - datetime.now(UTC)).total_seconds()
+    return max(1, math.ceil(left))
 
 
 def _tags(value: str) -> set[str]:
@@ -89,7 +104,8 @@ async def _stream(
             headers={hdrs.CONTENT_RANGE: f"bytes */{size}", **headers.SECURITY_HEADERS},
         )
     except ClientError:
-        # Deleted between the row check and now (clean, an operator): gone, as the row says.
+        # Missing (a store that fails raises StorageUnavailableError: 503, web/__init__):
+        # deleted between the row check and now (clean, an operator): gone, as the row says.
         body = {"error": "the file is no longer stored", "status": 410, "state": "gone"}
         return responses.json_response(body, status=410)
     response = web.StreamResponse(status=got.status, headers=common)

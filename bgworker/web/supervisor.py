@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Final
@@ -111,6 +112,26 @@ class Supervisor:
             child.kill()
         for child in self.children:
             await child.wait()
+
+
+def port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be served (something already accepts connections there),
+    or None. SO_REUSEPORT lets a
+    second ``serve --workers N`` (an old deployment left running, a second unit) bind the
+    same port without an error, and the kernel would then silently split the connections
+    between two servers that may run different code or settings; a single ``serve`` (no
+    SO_REUSEPORT) gets "address already in use" instead. Asked before the children bind."""
+    wildcard = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+    target = wildcard.get(host, host)
+    try:
+        with socket.create_connection((target, port), timeout=1.0):
+            pass
+    except OSError:  # refused, unreachable, timed out: nobody listens there
+        return None
+    return (
+        f"port {port} on {host} already accepts connections (another server?); --workers "
+        "binds with SO_REUSEPORT and would share it silently"
+    )
 
 
 async def watch_parent(parent: int, stop: asyncio.Event, interval: float = 1.0) -> None:

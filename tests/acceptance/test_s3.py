@@ -122,6 +122,22 @@ async def test_serve_with_a_missing_bucket_says_so_in_one_line(
 ) -> None:
     env = {**settings_env(settings), "BGWORKER_STORAGE__S3_BUCKET": "no-such-bucket"}
     result = await run_cli("serve", "--port", "1", env=env)
-    assert result.code == 69, result.err  # EX_UNAVAILABLE: a service we need is not usable
+    # 64 (a setting to fix), as for a missing database: the store answered and refused.
+    assert result.code == 64, result.err
     [line] = result.err.strip().splitlines()
     assert line.startswith("bgworker serve: S3 bucket 'no-such-bucket' at http://127.0.0.1:")
+    assert line.endswith("404, no such bucket (create it, or fix BGWORKER_STORAGE__S3_BUCKET)")
+
+
+async def test_serve_with_wrong_s3_settings_says_which_in_one_line(
+    settings: settings_mod.Settings,
+) -> None:
+    for change, code, words in (
+        ({"BGWORKER_STORAGE__S3_ENDPOINT_URL": "not-a-url"}, 64, "S3_ENDPOINT_URL"),
+        ({"BGWORKER_STORAGE__S3_ENDPOINT_URL": "http://127.0.0.1:1"}, 69, "Could not connect"),
+    ):
+        env = {**settings_env(settings), **change}
+        result = await run_cli("serve", "--port", "1", env=env)
+        assert result.code == code, (change, result.err)
+        [line] = result.err.strip().splitlines()
+        assert line.startswith("bgworker serve: ") and words in line, line

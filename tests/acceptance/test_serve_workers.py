@@ -109,6 +109,21 @@ async def test_a_child_that_dies_is_reported_and_fails_the_parent(spawn: Spawn) 
     assert not _alive(other)
 
 
+async def test_a_second_server_on_the_same_port_is_refused(
+    spawn: Spawn, settings: settings_mod.Settings
+) -> None:
+    # SO_REUSEPORT would let it bind and take half the connections without a word.
+    proc = await spawn("serve", "--workers", "2")
+    await wait_healthy(proc)
+    env = {**settings_env(settings), "BGWORKER_WEB__PORT": str(proc.port)}
+    result = await run_cli("serve", "--workers", "2", env=env, timeout=60)
+    assert result.code == 69, result.err
+    assert f"port {proc.port} on 127.0.0.1 already accepts connections" in result.err
+    assert len(_children(proc.pid)) == 2 and proc.running()  # the first one is untouched
+    proc.signal()
+    assert await proc.wait_exit(timeout=60) == 0
+
+
 async def test_workers_need_a_fixed_port(settings: settings_mod.Settings) -> None:
     env = {**settings_env(settings), "BGWORKER_WEB__PORT": "0"}
     result = await run_cli("serve", "--workers", "2", env=env)

@@ -126,6 +126,22 @@ async def test_range_requests(server: str, ready: store.RequestRow, signer: toke
     assert data[:16] not in body
 
 
+async def test_ranges_the_rfc_says_to_ignore_or_refuse(
+    server: str, ready: store.RequestRow, signer: tokens.Signer
+) -> None:
+    """RFC 9110 section 14: Range only on GET, an unknown unit ignored, and a zero-length
+    suffix unsatisfiable. Also collected by test_s3_downloads: both backends agree."""
+    url = f"{server}/download/{signer.general(ready.id)}"
+    status, hdrs, body = await fetch("HEAD", url, headers={"Range": "bytes=0-9"})
+    assert (status, hdrs["Content-Length"], body) == (200, str(SIZE), b"")
+    assert "Content-Range" not in hdrs
+    status, _, body = await fetch("GET", url, headers={"Range": "items=0-9"})
+    assert (status, body) == (200, blob_bytes(SIZE, SEED))
+    status, hdrs, body = await fetch("GET", url, headers={"Range": "bytes=-0"})
+    assert status == 416 and hdrs["Content-Range"] == f"bytes */{SIZE}"
+    assert blob_bytes(SIZE, SEED)[:16] not in body
+
+
 async def test_conditional_requests(
     server: str, ready: store.RequestRow, signer: tokens.Signer
 ) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from aiobotocore.session import get_session
+from pydantic import SecretStr
 from types_aiobotocore_s3 import S3Client
 
 from bgworker import cleanup, storage, store
@@ -173,6 +174,10 @@ async def test_clean_deletes_expired_and_orphans_and_aborts_dangling_uploads(
     await orphan.finish()
     outside = "elsewhere/" + _key()  # not under our prefix: never touched
     await s3_files.client.put_object(Bucket=s3_files.bucket, Key=outside, Body=b"keep")
+    # Under the prefix but not one of our keys (another app, an operator): never touched,
+    # and no reason for clean to fail (it raised "not one of our uploads").
+    foreign = s3_files.prefix + "someone-elses.bin"
+    await s3_files.client.create_multipart_upload(Bucket=s3_files.bucket, Key=foreign)
 
     young = await cleanup.clean(db, s3_files)  # default age: the orphan is too young to go
     assert (young.expired, young.orphans) == (1, 0)
@@ -180,14 +185,14 @@ async def test_clean_deletes_expired_and_orphans_and_aborts_dangling_uploads(
     # on SeaweedFS below.)
     dangling = s3_files.writer(_key())  # a worker killed mid-upload
     await dangling.write(os.urandom(PART))
-    assert len(await _uploads(s3_files)) == 1
+    assert len(await _uploads(s3_files)) == 2
     dry = await cleanup.clean(db, s3_files, orphan_age_seconds=-1, dry_run=True)
     assert (dry.orphans, dry.temp_parts, dry.bytes_freed) == (1, 1, 10)
-    assert len(await _uploads(s3_files)) == 1
+    assert len(await _uploads(s3_files)) == 2
 
     report = await cleanup.clean(db, s3_files, orphan_age_seconds=-1)
     assert (report.orphans, report.temp_parts) == (1, 1)
-    assert await _uploads(s3_files) == []
+    assert await _uploads(s3_files) == [foreign]
     live_key = s3_files.object_key(str(rows[live.id].storage_key))
     assert sorted(await _objects(s3_files)) == sorted([live_key, outside])
     assert (await get_row(db, old.id)).status == "expired"
@@ -298,3 +303,19 @@ async def test_a_missing_bucket_is_one_clear_error_at_start(s3_server: s3.S3Serv
     files = backend.S3Storage(s3.storage_settings(s3_server, "no-such-bucket"))
     with pytest.raises(storage.StorageError, match=r"S3 bucket 'no-such-bucket' at http://"):
         await files.open()
+
+
+async def test_a_wrong_secret_is_a_setting_to_fix_not_an_outage(
+    seaweedfs: s3.S3Server,
+) -> None:
+    # SeaweedFS checks signatures (moto does not): a refusal is StorageError (exit 64), a
+    # store that does not answer StorageUnavailableError (exit 69).
+    config = s3.storage_settings(seaweedfs, await s3.new_bucket(seaweedfs))
+    config.s3_secret_access_key = SecretStr("wrong")
+    with pytest.raises(storage.StorageError, match="403, access denied") as caught:
+        await backend.S3Storage(config).open()
+    assert not isinstance(caught.value, storage.StorageUnavailableError)
+    config.s3_endpoint_url = f"http://127.0.0.1:{s3.free_port()}"
+    config.s3_timeout_seconds = 1
+    with pytest.raises(storage.StorageUnavailableError, match="Could not connect"):
+        await backend.S3Storage(config).open()
