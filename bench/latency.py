@@ -18,7 +18,7 @@ from typing import Any, Final
 import asyncpg
 
 from bench import common, throughput
-from bgworker import events, topology, wire
+from bgworker import events, topology
 from bgworker.smtp_sink import SmtpSink
 
 MESSAGE_ID_RE: Final = re.compile(r"<([0-9a-f-]{36})\.")
@@ -62,7 +62,7 @@ async def run(dsn: str, storage: Path, rate: float, seconds: float, logdir: Path
             sends: list[asyncio.Task[None]] = []
 
             async def send(event: events.FileRequested) -> None:
-                message = wire.request(event.model_dump(mode="json"), str(event.id))
+                message = throughput._bgworker_message_for(event)
                 published[event.id] = time.time()
                 await exchange.publish(message, topology.REQUESTED_KEY, mandatory=True)
 
