@@ -18,7 +18,7 @@ from typing import Any, Final
 import asyncpg
 
 from bench import common, throughput
-from bgworker import events, topology, wire
+from bgworker import events, topology
 from bgworker.smtp_sink import SmtpSink
 
 MESSAGE_ID_RE: Final = re.compile(r"<([0-9a-f-]{36})\.")
@@ -62,7 +62,7 @@ async def run(dsn: str, storage: Path, rate: float, seconds: float, logdir: Path
             sends: list[asyncio.Task[None]] = []
 
             async def send(event: events.FileRequested) -> None:
-                message = wire.request(event.model_dump(mode="json"), str(event.id))
+                message = throughput._bgworker_message_for(event)
                 published[event.id] = time.time()
                 await exchange.publish(message, topology.REQUESTED_KEY, mandatory=True)
 
@@ -86,8 +86,10 @@ async def run(dsn: str, storage: Path, rate: float, seconds: float, logdir: Path
                 while len(emailed) < n:
                     child.check_alive()
                     await asyncio.sleep(0.1)
+            # received_at: the claim's transaction (the row is inserted claimed).
             rows = await db.fetch(
-                "SELECT id, extract(epoch FROM finished_at) AS t FROM bgworker_requests "
+                "SELECT id, extract(epoch FROM finished_at) AS t, "
+                "extract(epoch FROM received_at) AS claimed FROM bgworker_requests "
                 "WHERE status = 'ready'"
             )
         finally:
@@ -97,12 +99,15 @@ async def run(dsn: str, storage: Path, rate: float, seconds: float, logdir: Path
             await child.stop()
             await throughput.cleanup(setup)
     ready_ms = [(float(r["t"]) - published[r["id"]]) * 1000 for r in rows]
+    # Where the time goes: waiting to be taken and claimed, or the job itself.
+    claim_ms = [(float(r["claimed"]) - published[r["id"]]) * 1000 for r in rows]
     mail_ms = [(t - published[i]) * 1000 for i, t in emailed.items()]
     return {
         "offered_rate": rate,
         "requests": n,
         "ready_ms": {f"p{q}": common.percentile(ready_ms, q) for q in (50, 95, 99)},
         "email_ms": {f"p{q}": common.percentile(mail_ms, q) for q in (50, 99)},
+        "claim_ms": {f"p{q}": common.percentile(claim_ms, q) for q in (50, 99)},
         "ready_samples": len(ready_ms),
         "email_samples": len(mail_ms),
     }
@@ -115,9 +120,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "requests_per_run": runs[0]["requests"],
         "runs": runs,
     }
-    for figure in ("ready_ms", "email_ms"):
+    for figure in ("ready_ms", "email_ms", "claim_ms"):
         out[figure] = {}
-        for q in runs[0][figure]:
+        for q in runs[0].get(figure, {}):
             series = common.Series([r[figure][q] for r in runs])
             out[figure][q] = series.to_json()
     return out

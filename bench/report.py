@@ -95,6 +95,8 @@ def table(result: dict[str, Any]) -> str:
         lat = result["latency"]
         rows = [[f"publish -> ready {q}", _fig(s, ".1f")] for q, s in lat["ready_ms"].items()]
         rows += [[f"publish -> email {q}", _fig(s, ".1f")] for q, s in lat["email_ms"].items()]
+        claims = lat.get("claim_ms", {}).items()
+        rows += [[f"publish -> claimed {q}", _fig(s, ".1f")] for q, s in claims]
         lines += _rows(
             f"2. latency at {lat['offered_rate']:.0f} req/s offered, tmpfs "
             f"({lat['requests_per_run']} requests per run)",

@@ -181,11 +181,13 @@ def _bgworker_message(request_id: uuid.UUID, seed: int) -> aio_pika.Message:
         filename=f"bench-{seed}.csv",
         content_type="text/csv",
     )
-    return wire.request(event.model_dump(mode="json"), str(request_id))
+    return _bgworker_message_for(event)
 
 
 def _bgworker_message_for(event: events.FileRequested) -> aio_pika.Message:
-    return wire.request(event.model_dump(mode="json"), str(event.id))
+    # Fields left empty are left out, as a producer sends them: a baseline from before a
+    # field existed (callback_url) refuses it, even empty, as an extra input.
+    return wire.request(event.model_dump(mode="json", exclude_none=True), str(event.id))
 
 
 def _floor_message(request_id: uuid.UUID, seed: int) -> aio_pika.Message:

@@ -28,6 +28,7 @@ from bgworker import (
     handlers,
     links,
     logs,
+    loopwatch,
     publisher,
     store,
     tracing,
@@ -79,6 +80,7 @@ async def _cmd_worker(settings: settings_mod.Settings, args: argparse.Namespace)
     registry = diagnosis.load_handlers(settings.handlers)
     limits = worker.Limits(max_jobs=args.max_jobs, max_seconds=args.max_seconds, burst=args.burst)
     pool = worker.Worker(settings, registry, limits=limits)
+    loopwatch.freeze_startup_objects()  # this process's only: tests run workers in theirs
     _install_signals(pool.stop, "worker")
     try:
         await pool.run()

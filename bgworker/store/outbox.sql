@@ -2,18 +2,17 @@
 -- (bgworker.store.outbox).
 
 -- name: insert_outbox
--- Every effect of the state changes of one transaction in one statement: request ids $1,
--- kinds $2 and payloads $3, in threes.
--- With $4 (seconds) the rows start claimed by the inserting worker, which performs them
--- right after the commit: no separate claim round trip. NULL leaves them to the sweep.
--- The request's link generation comes back with them: the links they carry are signed
--- under it without another round trip.
+-- One effect of a state change: request id $1, kind $2, payload $3. The effects of one
+-- transaction run it in one pipelined round trip (asyncpg ``fetchmany``); scalar parameters
+-- keep the generic plan (see mark_ready).
+-- With $4 (seconds) the row starts claimed by the inserting worker, which performs it right
+-- after the commit: no separate claim round trip. NULL leaves it to the sweep.
+-- The request's link generation comes back with it: the links it carries are signed under
+-- it without another round trip.
 WITH inserted AS (
     INSERT INTO bgworker_outbox (request_id, kind, payload, claimed_until, attempts)
-    SELECT e.request_id, e.kind, e.payload,
-           now() + make_interval(secs => $4::double precision),
-           CASE WHEN $4::double precision IS NULL THEN 0 ELSE 1 END
-    FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) AS e (request_id, kind, payload)
+    VALUES ($1, $2, $3, now() + make_interval(secs => $4::double precision),
+            CASE WHEN $4::double precision IS NULL THEN 0 ELSE 1 END)
     ON CONFLICT (request_id, kind) DO NOTHING
     RETURNING request_id, kind, payload, attempts
 )
@@ -38,13 +37,12 @@ RETURNING o.request_id, o.kind, o.payload, o.attempts,
           (SELECT r.link_generation FROM bgworker_requests r WHERE r.id = o.request_id);
 
 -- name: outbox_done
--- Effects performed, in one statement for as many as finished together (group commit:
--- bgworker.store.outbox): request ids $1 and kinds $2, in pairs.
+-- An effect performed: request id $1, kind $2. The calls that finish together run it in one
+-- pipelined round trip and one transaction (group commit: bgworker.store.outbox).
 WITH done AS (
     UPDATE bgworker_outbox o
     SET status = 'done', done_at = now(), claimed_until = NULL, last_error = NULL
-    FROM unnest($1::uuid[], $2::text[]) AS d (request_id, kind)
-    WHERE o.request_id = d.request_id AND o.kind = d.kind
+    WHERE o.request_id = $1 AND o.kind = $2
     RETURNING o.request_id, o.kind
 )
 UPDATE bgworker_requests r

@@ -145,3 +145,38 @@ async def test_a_cancelled_caller_leaves_the_statement_to_the_others(db: store.S
     await wait_until(lambda: db.done_group.calls == len(items))
     statuses = [r["status"] for c in claims for r in await db.list_outbox(c.request_id)]
     assert statuses == ["done"] * len(items)
+
+
+async def test_finalize_statements_are_planned_once(database_url: str) -> None:
+    """The statements of a job's finish keep one generic plan per connection instead of
+    being planned again on every call (with array parameters PostgreSQL made a custom plan
+    every time, which cost more CPU than running them)."""
+    pool = await store.create_pool(database_url, min_size=1, max_size=1)  # one session
+    try:
+        # A table of some size: on a near-empty one the generic plan of the array form
+        # looked cheap enough, and the test would not see the re-planning.
+        await pool.execute(
+            "INSERT INTO bgworker_requests (id, file_type, status, event, filename, content_type,"
+            " requested_at, attempts) SELECT gen_random_uuid(), 'blob', 'ready', '{}', 'x', 'x',"
+            " now(), 1 FROM generate_series(1, 5000)"
+        )
+        await pool.execute("ANALYZE bgworker_requests")
+        announced: list[store.OutboxItem] = []
+        db = store.Store(pool, claim_effects_seconds=30, on_effects=announced.extend)
+        for _ in range(12):  # PostgreSQL weighs a generic plan after five custom ones
+            await _ready(db, await _claimed(db, email=None))
+            await db.outbox_done(announced.pop())
+        plans = {
+            r["statement"].split("\n")[0]: (r["generic_plans"], r["custom_plans"])
+            for r in await pool.fetch(
+                "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+            )
+        }
+        finishing = {
+            name: next(v for k, v in plans.items() if store.Q[name].startswith(k))
+            for name in ("mark_ready", "insert_outbox", "outbox_done")
+        }
+        for name, (generic, custom) in finishing.items():
+            assert custom <= 5 and generic >= 7, (name, generic, custom)
+    finally:
+        await pool.close()
