@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from types import ModuleType
 
-from bgworker import cli
+from bgworker import arguments
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
@@ -44,7 +44,7 @@ def test_settings_table_write_replaces_only_the_table(tmp_path: Path) -> None:
 
 
 def test_readme_names_every_cli_command() -> None:
-    parser = cli._parser()
+    parser = arguments.parser()
     [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     missing = [name for name in sub.choices if f"`bgworker {name}" not in README]
     assert missing == []
