@@ -40,14 +40,15 @@ node: $(NODE_STAMPS)
 test-deps:
 	@bash scripts/test_deps.sh
 
-# The main suite: everything except the tests that restart the shared services.
+# The main suite: everything except the tests that restart the shared services, in two
+# pytest-xdist processes (each test isolates itself: its own database, queues, bucket).
 test: $(STAMP) services test-deps node
 	$(BIN)/ruff check bgworker tests bench scripts
 	$(BIN)/ruff format --check bgworker tests bench scripts
 	$(BIN)/mypy bgworker tests
 	$(BIN)/bgworker schemas export --check
 	$(BIN)/lint-imports --no-logo --no-cache
-	$(BIN)/pytest -m "not faults"
+	$(BIN)/pytest -m "not faults" -n 2
 
 # Restarts RabbitMQ and PostgreSQL mid-run: run alone, never next to another test run.
 test-faults: $(STAMP) services

@@ -184,6 +184,8 @@ def test_settings_read_secrets_and_url_from_the_environment(
         "whsec_" + base64.b64encode(b"short").decode(),
         base64.b64encode(KEY).decode(),  # the prefix is part of the format
     ],
+    # Stable ids: KEY is random, and pytest-xdist needs every worker to collect the same ids.
+    ids=["no-prefix", "not-base64", "too-short", "bare-key"],
 )
 def test_malformed_secrets_are_refused_at_start(secret: str) -> None:
     with pytest.raises(ValidationError, match="webhook secret"):
