@@ -38,6 +38,11 @@ class SmtpSettings(BaseModel):
     start_tls: bool | None = None  # None: aiosmtplib upgrades when the server offers it
     sender: str = "bgworker <bgworker@localhost>"
     timeout_seconds: float = 30.0
+    # Emails reuse connections: one idle this long is closed (QUIT); 0 makes a connection
+    # per email. Keep it under the server's own idle timeout (often 60 s to 5 min).
+    idle_seconds: float = Field(10.0, ge=0)
+    # A connection is closed after this many messages: some servers limit it.
+    max_messages_per_connection: int = Field(100, ge=1)
 
 
 class WorkerSettings(BaseModel):
