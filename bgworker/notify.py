@@ -258,10 +258,12 @@ class Mailer:
 
     async def _quit(self, client: _Connection) -> None:
         # A short timeout: a server that does not answer QUIT must not hold up a stop.
-        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
-            if client.is_connected:
-                await client.quit(timeout=min(self.config.timeout_seconds, QUIT_TIMEOUT))
-        client.close()
+        try:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                if client.is_connected:
+                    await client.quit(timeout=min(self.config.timeout_seconds, QUIT_TIMEOUT))
+        finally:
+            client.close()  # also when cancelled mid-QUIT
 
     def render(self, template: str, to: str, context: dict[str, Any]) -> EmailMessage:
         return render(template, to, self.config.sender, context, template_dir=self.template_dir)
