@@ -6,7 +6,8 @@ in a child process so its CPU is not counted as the sender's), once with connect
 email, as before), one send at a time and 4 at once (a worker's outbox sends the emails of
 concurrent jobs). The repetitions alternate the two modes. Printed per email: wall time,
 the sender's CPU (this process: aiosmtplib, the event loop) and the sink's CPU, medians of
-the repetitions; the emails are rendered before the clock starts. Printed, never asserted.
+the repetitions; the emails are rendered before the clock starts. The sender runs on uvloop
+as the worker does (``--loop asyncio``: asyncio's loop). Printed, never asserted.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import argparse
 import asyncio
 import tempfile
 import time
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Final
+
+import uvloop
 
 from bench import common
 from bgworker import notify
@@ -98,7 +102,7 @@ async def _trial(
     return wall * 1000 / n, cpu * 1000 / n, sink_cpu * 1000 / n, mailer.connections_made
 
 
-async def main(emails: int, reps: int) -> None:
+async def main(emails: int, reps: int, loop: str) -> None:
     port = free_port()
     with tempfile.TemporaryDirectory() as logdir:
         child = common.python_child(
@@ -120,6 +124,7 @@ async def main(emails: int, reps: int) -> None:
                             s.add(value)
                         made[(mode, concurrency)] = result[3]
                 common.log(f"repetition {rep + 1}/{reps} done")
+            print(f"\nsender on {loop}")
             _print(figures, made, emails, reps)
         finally:
             await child.stop()
@@ -146,12 +151,17 @@ def cli() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.smtp", description=__doc__)
     parser.add_argument("--emails", type=int, default=500, help="emails per trial")
     parser.add_argument("--reps", type=int, default=5, help="repetitions of each trial")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)  # the child's port
     args = parser.parse_args()
     if args.sink is not None:
         asyncio.run(_serve(args.sink))
         return
-    asyncio.run(main(args.emails, args.reps))
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if args.loop == "uvloop":
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main(args.emails, args.reps, args.loop))
 
 
 if __name__ == "__main__":
