@@ -66,7 +66,8 @@ class WorkerSettings(BaseModel):
         default_factory=lambda: [5.0, 30.0, 120.0, 600.0]
     )
     # A dispatcher owns a claimed effect this long; then another may retry it. Keep it above
-    # the SMTP and webhook timeouts, or a slow send could be repeated by a second dispatcher.
+    # the SMTP and webhook timeouts, or a slow send could be repeated by a second dispatcher
+    # (an email on a connection gone stale may wait out one SMTP timeout before its retry).
     outbox_claim_seconds: float = Field(120.0, gt=0)
     drain_timeout_seconds: float = Field(60.0, ge=0)
     # A queued request unclaimed this long, or a retrying one this long past its next run,
