@@ -57,6 +57,8 @@ async def run(dsn: str, storage: Path, rate: float, seconds: float, logdir: Path
         try:
             topo = topology.Topology(setup.namespace)
             await common.wait_consumers(connection, topo.work_queue, 1)
+            # The worker's CPU over the run (startup excluded): jobs, emails and events.
+            cpu_before = common.cpu_seconds([child.pid])
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             exchange = await channel.get_exchange(topo.requests_exchange)
             sends: list[asyncio.Task[None]] = []
@@ -86,6 +88,7 @@ async def run(dsn: str, storage: Path, rate: float, seconds: float, logdir: Path
                 while len(emailed) < n:
                     child.check_alive()
                     await asyncio.sleep(0.1)
+            worker_cpu_ms = (common.cpu_seconds([child.pid]) - cpu_before) * 1000 / n
             # received_at: the claim's transaction (the row is inserted claimed).
             rows = await db.fetch(
                 "SELECT id, extract(epoch FROM finished_at) AS t, "
@@ -108,6 +111,7 @@ async def run(dsn: str, storage: Path, rate: float, seconds: float, logdir: Path
         "ready_ms": {f"p{q}": common.percentile(ready_ms, q) for q in (50, 95, 99)},
         "email_ms": {f"p{q}": common.percentile(mail_ms, q) for q in (50, 99)},
         "claim_ms": {f"p{q}": common.percentile(claim_ms, q) for q in (50, 99)},
+        "worker_cpu_ms_per_job": worker_cpu_ms,
         "ready_samples": len(ready_ms),
         "email_samples": len(mail_ms),
     }
@@ -125,4 +129,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         for q in runs[0].get(figure, {}):
             series = common.Series([r[figure][q] for r in runs])
             out[figure][q] = series.to_json()
+    if all("worker_cpu_ms_per_job" in r for r in runs):  # results from before it: absent
+        out["worker_cpu_ms_per_job"] = common.Series(
+            [r["worker_cpu_ms_per_job"] for r in runs]
+        ).to_json()
     return out

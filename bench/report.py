@@ -97,6 +97,8 @@ def table(result: dict[str, Any]) -> str:
         rows += [[f"publish -> email {q}", _fig(s, ".1f")] for q, s in lat["email_ms"].items()]
         claims = lat.get("claim_ms", {}).items()
         rows += [[f"publish -> claimed {q}", _fig(s, ".1f")] for q, s in claims]
+        if "worker_cpu_ms_per_job" in lat:
+            rows.append(["worker CPU per job", _fig(lat["worker_cpu_ms_per_job"], ".2f")])
         lines += _rows(
             f"2. latency at {lat['offered_rate']:.0f} req/s offered, tmpfs "
             f"({lat['requests_per_run']} requests per run)",

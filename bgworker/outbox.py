@@ -135,9 +135,10 @@ class Dispatcher:
 
     async def close(self) -> None:
         """End ``run`` once every effect in hand is done (the worker calls it after its
-        drain, before the pool and channel close)."""
+        drain, before the pool and channel close), then QUIT the idle SMTP connections."""
         self._closing.set()
         await self.drain()
+        await self.mailer.close()
 
     async def drain(self) -> None:
         """Finish every effect in hand, including ones handed off meanwhile."""

@@ -38,6 +38,11 @@ class SmtpSettings(BaseModel):
     start_tls: bool | None = None  # None: aiosmtplib upgrades when the server offers it
     sender: str = "bgworker <bgworker@localhost>"
     timeout_seconds: float = 30.0
+    # Emails reuse connections: one idle this long is closed (QUIT); 0 makes a connection
+    # per email. Keep it under the server's own idle timeout (often 60 s to 5 min).
+    idle_seconds: float = Field(10.0, ge=0)
+    # A connection is closed after this many messages: some servers limit it.
+    max_messages_per_connection: int = Field(100, ge=1)
 
 
 class WorkerSettings(BaseModel):
@@ -61,7 +66,8 @@ class WorkerSettings(BaseModel):
         default_factory=lambda: [5.0, 30.0, 120.0, 600.0]
     )
     # A dispatcher owns a claimed effect this long; then another may retry it. Keep it above
-    # the SMTP and webhook timeouts, or a slow send could be repeated by a second dispatcher.
+    # the SMTP and webhook timeouts, or a slow send could be repeated by a second dispatcher
+    # (an email on a connection gone stale may wait out one SMTP timeout before its retry).
     outbox_claim_seconds: float = Field(120.0, gt=0)
     drain_timeout_seconds: float = Field(60.0, ge=0)
     # A queued request unclaimed this long, or a retrying one this long past its next run,

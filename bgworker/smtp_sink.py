@@ -11,7 +11,7 @@ import email
 import email.policy
 import socket
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, Final
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -20,6 +20,21 @@ class _Collect:
     def __init__(self, sink: SmtpSink) -> None:
         self._sink = sink
 
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        fault = self._sink.faults.pop("MAIL", None)
+        if fault is not None:
+            return fault
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or envelope.content
         assert isinstance(raw, bytes)
@@ -27,7 +42,21 @@ class _Collect:
         assert isinstance(message, EmailMessage)
         self._sink.messages.append(message)
         self._sink.changed.set()
+        fault = self._sink.faults.pop("DATA", None)
+        if fault == DROP:
+            # Kept, but the client never hears so: the case a sender must not repeat at once.
+            assert server.transport is not None
+            server.transport.close()
+        elif fault is not None:
+            return fault
         return "250 Message accepted for delivery"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self._sink.quits += 1
+        return "221 Bye"
+
+
+DROP: Final = "drop"
 
 
 def free_port() -> int:
@@ -44,22 +73,54 @@ class SmtpSink:
         self.messages: list[EmailMessage] = []
         self.changed = asyncio.Event()
         self._server: asyncio.Server | None = None
+        # Counted for the tests of connection reuse (notify.Mailer).
+        self.connections = 0
+        self.quits = 0
+        self._sessions: list[SMTP] = []
+        # One-shot replies: "MAIL" -> a reply to the next MAIL FROM instead of 250; "DATA"
+        # -> a reply after the next message is kept, or DROP to close without replying.
+        self.faults: dict[str, str] = {}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         handler = _Collect(self)
+
+        def session() -> SMTP:
+            self.connections += 1
+            made = SMTP(handler, hostname="bgworker-sink", enable_SMTPUTF8=True)
+            self._sessions.append(made)
+            return made
+
         self._server = await loop.create_server(
-            lambda: SMTP(handler, hostname="bgworker-sink", enable_SMTPUTF8=True),
+            session,
             self.host,
             self.port,
             reuse_address=True,
         )
 
     async def stop(self) -> None:
+        """An outage: the open connections close too (``Server.close`` leaves them)."""
+        self.drop_connections()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+
+    def drop_connections(self) -> int:
+        """Close every open client connection from the server's side, as a server does with
+        idle ones; how many were open."""
+        dropped = 0
+        for made in self._sessions:
+            if made.transport is not None and not made.transport.is_closing():
+                made.transport.close()
+                dropped += 1
+        self._sessions = [made for made in self._sessions if made.transport is not None]
+        return dropped
+
+    def open_connections(self) -> int:
+        return sum(
+            1 for made in self._sessions if made.transport and not made.transport.is_closing()
+        )
 
     async def __aenter__(self) -> SmtpSink:
         await self.start()

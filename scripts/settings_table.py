@@ -63,6 +63,12 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_SMTP__START_TLS": "STARTTLS: true/false; unset upgrades when offered",
     "BGWORKER_SMTP__SENDER": "From: address of the emails",
     "BGWORKER_SMTP__TIMEOUT_SECONDS": "SMTP timeout",
+    "BGWORKER_SMTP__IDLE_SECONDS": (
+        "emails reuse connections; one idle this long is closed (QUIT); 0: one per email"
+    ),
+    "BGWORKER_SMTP__MAX_MESSAGES_PER_CONNECTION": (
+        "a connection is closed after this many emails (some servers limit it)"
+    ),
     "BGWORKER_WORKER__CONCURRENCY": "jobs at once per worker process",
     "BGWORKER_WORKER__LEASE_SECONDS": "lease of a claimed job; the heartbeat renews it",
     "BGWORKER_WORKER__REAP_INTERVAL_SECONDS": "how often expired leases are requeued",
