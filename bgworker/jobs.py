@@ -274,7 +274,7 @@ class Runner:
                     self.db, self.finalizer, claim, event, registration.dedupe_seconds
                 )
                 if settled is not None:
-                    await writer.abort()  # nothing built: drop its empty temp file
+                    await writer.abort()  # nothing built: drop what it may have left
                     return settled
             # Raises handlers.TimeLimitError past the time limit: an ordinary error below.
             with tracing.span("handler", file_type=event.file_type, attempt=claim.attempt):

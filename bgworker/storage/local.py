@@ -12,7 +12,7 @@ import hashlib
 import os
 import uuid
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from bgworker.storage import base
 
@@ -20,10 +20,18 @@ BUFFER_SIZE: Final = 1024 * 1024
 
 
 class LocalWriter:
+    """The temp file is created with the first bytes that leave the buffer, on the thread
+    that writes them: a small file is created, written, fsynced and renamed in one thread
+    hop (``finish``), and the event loop never opens a file. A writer aborted before then
+    has nothing on disk to remove."""
+
     def __init__(self, final: Path, temp: Path) -> None:
         self._final = final
         self._temp = temp
-        self._file = open(temp, "xb")
+        self._file: BinaryIO | None = None
+        # A write or finish was handed to a thread (or made on a handler's): from then on
+        # the temp file may exist, so abort must look.
+        self._started = False
         self._hash = hashlib.sha256()
         self._size = 0
         self._buffer = bytearray()
@@ -32,6 +40,7 @@ class LocalWriter:
         self._buffer += data
         if len(self._buffer) >= BUFFER_SIZE:
             chunk, self._buffer = bytes(self._buffer), bytearray()
+            self._started = True
             # Disk writes and hashing block; hashlib and file I/O release the GIL in a thread.
             await asyncio.to_thread(self._write_sync, chunk)
 
@@ -40,32 +49,45 @@ class LocalWriter:
         self._buffer += data
         if len(self._buffer) >= BUFFER_SIZE:
             chunk, self._buffer = bytes(self._buffer), bytearray()
+            self._started = True
             self._write_sync(chunk)
 
     def _write_sync(self, chunk: bytes) -> None:
+        if self._file is None:
+            self._file = open(self._temp, "xb")  # noqa: SIM115 (closed by finish or abort)
         self._file.write(chunk)
         self._hash.update(chunk)
         self._size += len(chunk)
 
     async def finish(self) -> tuple[int, str]:
         chunk, self._buffer = bytes(self._buffer), bytearray()
+        self._started = True
         await asyncio.to_thread(self._finish_sync, chunk)
         return self._size, self._hash.hexdigest()
 
     def _finish_sync(self, chunk: bytes) -> None:
-        self._write_sync(chunk)
+        self._write_sync(chunk)  # opens the temp file if nothing was written yet
+        assert self._file is not None
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        self._final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(self._temp, self._final)
+        try:
+            os.rename(self._temp, self._final)
+        except FileNotFoundError:
+            # The key's directory is new (the temp file exists: it was just written). Made
+            # only then: a mkdir per file costs a failed mkdir and a stat when it exists.
+            self._final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(self._temp, self._final)
         _fsync_dir(self._final.parent)
 
     async def abort(self) -> None:
+        if not self._started:
+            return  # nothing was handed to a thread: no temp file exists
         await asyncio.to_thread(self._abort_sync)
 
     def _abort_sync(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         self._temp.unlink(missing_ok=True)
 
 

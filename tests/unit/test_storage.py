@@ -129,3 +129,30 @@ def test_path_stays_under_root(files: storage.LocalStorage) -> None:
     key = storage.key_for(uuid.uuid4(), uuid.uuid4())
     path = files.path(key)
     assert path.resolve().is_relative_to(files.root)
+
+
+async def test_a_small_file_touches_the_disk_only_in_finish(files: storage.LocalStorage) -> None:
+    # The temp file is created on the thread that finishes a small file (one hop), and the
+    # key's directory, missing here, is made there too.
+    rid = uuid.uuid4()
+    key = storage.key_for(rid, uuid.uuid4())
+    writer = files.writer(key)
+    await writer.write(b"a,b\n1,2\n")
+    assert _temps(files.root) == []
+    assert not files.path(key).parent.exists()
+    assert await writer.finish() == (8, hashlib.sha256(b"a,b\n1,2\n").hexdigest())
+    assert files.path(key).read_bytes() == b"a,b\n1,2\n"
+    # Another attempt's file: the same directory, which exists now.
+    other = storage.key_for(rid, uuid.uuid4())
+    writer = files.writer(other)
+    await writer.write(b"x")
+    await writer.finish()
+    assert files.path(other).read_bytes() == b"x"
+    assert _temps(files.root) == []
+
+
+async def test_abort_before_any_bytes_reached_the_disk(files: storage.LocalStorage) -> None:
+    writer = files.writer(storage.key_for(uuid.uuid4(), uuid.uuid4()))
+    await writer.write(b"only buffered")
+    await writer.abort()
+    assert _temps(files.root) == [] and _visible(files.root) == []
