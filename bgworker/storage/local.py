@@ -54,7 +54,7 @@ class LocalWriter:
 
     def _write_sync(self, chunk: bytes) -> None:
         if self._file is None:
-            self._file = open(self._temp, "xb")  # noqa: SIM115 (closed by finish or abort)
+            self._file = open(self._temp, "xb")  # closed by finish or abort
         self._file.write(chunk)
         self._hash.update(chunk)
         self._size += len(chunk)
