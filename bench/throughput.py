@@ -50,6 +50,8 @@ CONTENDERS: Final = (
     Contender("bgworker x1", "bgworker", processes=1),
     Contender("bgworker x1 classic", "bgworker", processes=1, queue_type="classic"),
     Contender("bgworker x2", "bgworker", processes=2),
+    # Celery's best runs at -c20: bgworker at a concurrency of that order.
+    Contender("bgworker x1 -c16", "bgworker", processes=1, concurrency=16),
     Contender("celery threads -c4", "celery", pool="threads", concurrency=4, queue_type="classic"),
     Contender("celery threads -c4 quorum", "celery", pool="threads", concurrency=4),
     Contender(
@@ -114,6 +116,7 @@ def start(
             storage,
             BGWORKER_NAMESPACE=topo.namespace,
             BGWORKER_QUEUE_TYPE=c.queue_type,
+            BGWORKER_WORKER__CONCURRENCY=str(c.concurrency),
             **(extra or {}),
         )
         where: dict[str, Any] = {}
