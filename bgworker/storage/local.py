@@ -12,11 +12,13 @@ import hashlib
 import os
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Final
 
 from bgworker.storage import base
 
 BUFFER_SIZE: Final = 1024 * 1024
+# What open(path, "xb") asks for: a new file only, not inherited by child processes.
+_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
 class LocalWriter:
@@ -28,7 +30,7 @@ class LocalWriter:
     def __init__(self, final: Path, temp: Path) -> None:
         self._final = final
         self._temp = temp
-        self._file: BinaryIO | None = None
+        self._fd: int | None = None
         # A write or finish was handed to a thread (or made on a handler's): from then on
         # the temp file may exist, so abort must look.
         self._started = False
@@ -53,9 +55,14 @@ class LocalWriter:
             self._write_sync(chunk)
 
     def _write_sync(self, chunk: bytes) -> None:
-        if self._file is None:
-            self._file = open(self._temp, "xb")  # closed by finish or abort
-        self._file.write(chunk)
+        if self._fd is None:
+            # A bare descriptor, not open(): that adds an fstat, an isatty ioctl and an
+            # lseek, and each system call on this thread passes the GIL to and from the
+            # event loop's. Closed by finish or abort.
+            self._fd = os.open(self._temp, _CREATE, 0o666)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self._fd, view) :]
         self._hash.update(chunk)
         self._size += len(chunk)
 
@@ -67,10 +74,10 @@ class LocalWriter:
 
     def _finish_sync(self, chunk: bytes) -> None:
         self._write_sync(chunk)  # opens the temp file if nothing was written yet
-        assert self._file is not None
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        assert self._fd is not None
+        os.fsync(self._fd)
+        fd, self._fd = self._fd, None  # closed even if close reports an error
+        os.close(fd)
         try:
             os.rename(self._temp, self._final)
         except FileNotFoundError:
@@ -86,8 +93,9 @@ class LocalWriter:
         await asyncio.to_thread(self._abort_sync)
 
     def _abort_sync(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
         self._temp.unlink(missing_ok=True)
 
 
