@@ -309,7 +309,8 @@ def python_child(
 
 def _maybe_profile(child: Child) -> None:
     """BENCH_PROFILE=<substring of a child's name>: py-spy records that child (folded stacks,
-    ``--idle`` included) into BENCH_PROFILE_DIR (default /tmp) for BENCH_PROFILE_SECONDS."""
+    ``--idle`` included unless BENCH_PROFILE_IDLE=0: then only samples on the CPU) into
+    BENCH_PROFILE_DIR (default /tmp) for BENCH_PROFILE_SECONDS."""
     wanted = os.environ.get("BENCH_PROFILE")
     pyspy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if not wanted or wanted not in child.name or pyspy is None:
@@ -317,7 +318,9 @@ def _maybe_profile(child: Child) -> None:
     out = Path(os.environ.get("BENCH_PROFILE_DIR", "/tmp")) / f"{child.name}.folded"
     seconds = os.environ.get("BENCH_PROFILE_SECONDS", "10")
     argv = [pyspy, "record", "--pid", str(child.pid), "-d", seconds, "-r", "200"]
-    argv += ["--format", "raw", "--idle", "-o", str(out), "--nonblocking"]
+    argv += ["--format", "raw", "-o", str(out), "--nonblocking"]
+    if os.environ.get("BENCH_PROFILE_IDLE", "1") != "0":
+        argv.append("--idle")
     log(f"profiling {child.name} into {out}")
     subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -50,6 +50,8 @@ CONTENDERS: Final = (
     Contender("bgworker x1", "bgworker", processes=1),
     Contender("bgworker x1 classic", "bgworker", processes=1, queue_type="classic"),
     Contender("bgworker x2", "bgworker", processes=2),
+    # Celery's best runs at -c20: bgworker at a concurrency of that order.
+    Contender("bgworker x1 -c16", "bgworker", processes=1, concurrency=16),
     Contender("celery threads -c4", "celery", pool="threads", concurrency=4, queue_type="classic"),
     Contender("celery threads -c4 quorum", "celery", pool="threads", concurrency=4),
     Contender(
@@ -60,8 +62,11 @@ CONTENDERS: Final = (
 )
 
 
-def baseline_contender(rev: str) -> Contender:
-    return Contender(f"bgworker@{rev} x1", "bgworker", processes=1, baseline=True)
+def baseline_contender(rev: str, concurrency: int = 4) -> Contender:
+    suffix = "" if concurrency == 4 else f" -c{concurrency}"
+    return Contender(
+        f"bgworker@{rev} x1{suffix}", "bgworker", concurrency=concurrency, baseline=True
+    )
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ def start(
             storage,
             BGWORKER_NAMESPACE=topo.namespace,
             BGWORKER_QUEUE_TYPE=c.queue_type,
+            BGWORKER_WORKER__CONCURRENCY=str(c.concurrency),
             **(extra or {}),
         )
         where: dict[str, Any] = {}
@@ -388,6 +394,9 @@ async def run(
         short = baseline.resolve(baseline_rev)
         installed = baseline.install(short)
         everyone.insert(1, baseline_contender(short))
+        # The baseline at -c16 too, only when named (a paired run of a change at -c16).
+        if only and f"bgworker@{short} x1 -c16" in only.split(","):
+            everyone.insert(2, baseline_contender(short, 16))
     contenders = [
         c for c in everyone if not only or any(_picks(o, c, everyone) for o in only.split(","))
     ]

@@ -12,6 +12,7 @@ to kill one, so a synchronous handler is *told* to stop (its next ``out.write`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -20,11 +21,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from bgworker import handlers, storage
 
 log = logging.getLogger(__name__)
+
+_NO_DEADLINE: Final = contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,11 @@ class Execution:
             time.monotonic(),
             asyncio.current_task(),
         )
-        deadline = asyncio.timeout(limit)
+        # No limit: no timeout object to enter and leave (each looks up the running task and
+        # loop, several times per job; BENCHMARKS.md, issue 11).
+        deadline = asyncio.timeout(limit) if limit is not None else None
         try:
-            async with deadline:
+            async with deadline if deadline is not None else _NO_DEADLINE:
                 if blocking is not None:
                     await self._in_thread(
                         cast(handlers.SyncHandler, registration.handler), ctx, blocking
@@ -97,7 +102,7 @@ class Execution:
                 else:
                     await cast(handlers.AsyncHandler, registration.handler)(ctx, out)
         except TimeoutError:
-            if not deadline.expired():
+            if deadline is None or not deadline.expired():
                 raise  # the handler's own TimeoutError (a network call...): an ordinary error
             assert limit is not None
             error = handlers.TimeLimitError(limit)

@@ -33,7 +33,9 @@ ack opens the window; with prefetch 1 the delivery that fills the last slot is t
 whose ack is held back. One consumer serialises the claims (the next delivery comes only
 after the previous claim's commit and ack); two overlap them, but at concurrency 4 they
 are cancelled and reopened for most jobs (the sum reaches the limit at 3 busy slots), and
-measured no faster while costing more CPU per job, so ``CONSUMERS`` is 1.
+measured no faster while costing more CPU per job. So one consumer below a concurrency of
+``SECOND_CONSUMER_AT``, two from there on, where the sum reaches the limit only with all
+but one slot busy, so a cancel and re-consume stays rare.
 
 aio-pika's robust queue forgets a consumer as soon as ``cancel`` is called, so a reconnect
 restores only the open ones; a consume that fails (channel being restored) is retried by
@@ -56,7 +58,8 @@ from bgworker import wire
 log = logging.getLogger(__name__)
 
 PREFETCH: Final = 1  # per consumer; the invariant above depends on it
-CONSUMERS: Final = 1  # open at most (never more than the free slots)
+CONSUMERS: Final = 1  # open at most (never more than the free slots) ...
+SECOND_CONSUMER_AT: Final = 8  # ... and one more from this concurrency on
 RETRY_SECONDS: Final = 1.0
 # aio-pika waits for a lost connection to come back before sending a consume or cancel: bound
 # it, so a stop during a broker outage (or a delivery's cancel) does not wait for the broker.
@@ -80,6 +83,7 @@ class Intake:
         self._queue = queue
         self._deliver = deliver  # starts the job; must not wait for it
         self._slots = slots
+        self._consumers = CONSUMERS + 1 if slots >= SECOND_CONSUMER_AT else CONSUMERS
         self._limit = limit  # --max-jobs: deliveries to take in all (duplicates excepted)
         self._stopping = stopping  # the worker's stop event: take nothing more once it is set
         self._busy = 0  # deliveries in hand: being claimed or running
@@ -104,7 +108,7 @@ class Intake:
         """How many consumers may be open now."""
         if self._stopping.is_set():
             return 0
-        room = min(CONSUMERS, self._slots - self._busy)
+        room = min(self._consumers, self._slots - self._busy)
         if self._limit is not None:
             room = min(room, self._limit - self._taken)
         return max(room, 0)

@@ -260,10 +260,20 @@ class Runner:
         job = asyncio.current_task()
         assert job is not None
         lost = asyncio.Event()
-        beat = asyncio.create_task(
-            self._heartbeat(claim, ctx, job, lost), name=f"heartbeat-{event.id}"
-        )
         started = time.monotonic()
+        # The heartbeat's first look is one poll interval away: a timer until then, and a
+        # task only for a job still running at that point (most end sooner: a task per job
+        # cost more than the timer; BENCHMARKS.md, issue 11).
+        beat: list[asyncio.Task[None]] = []
+
+        def start_beat() -> None:
+            beat.append(
+                asyncio.create_task(
+                    self._heartbeat(claim, ctx, job, lost, started), name=f"heartbeat-{event.id}"
+                )
+            )
+
+        timer = asyncio.get_running_loop().call_later(self._poll_seconds(), start_beat)
         in_flight = metrics.IN_FLIGHT.labels(event.file_type)
         in_flight.inc()
         log.info("request %s: attempt %d of %s started", event.id, claim.attempt, event.file_type)
@@ -274,7 +284,7 @@ class Runner:
                     self.db, self.finalizer, claim, event, registration.dedupe_seconds
                 )
                 if settled is not None:
-                    await writer.abort()  # nothing built: drop its empty temp file
+                    await writer.abort()  # nothing built: drop what it may have left
                     return settled
             # Raises handlers.TimeLimitError past the time limit: an ordinary error below.
             with tracing.span("handler", file_type=event.file_type, attempt=claim.attempt):
@@ -291,12 +301,17 @@ class Runner:
             await writer.abort()
             return await self.finalizer.after_error(claim, body, exc)
         finally:
-            beat.cancel()
+            timer.cancel()
+            for task in beat:
+                task.cancel()
             in_flight.dec()
             metrics.JOB_SECONDS.labels(event.file_type).observe(time.monotonic() - started)
         return await self.finalizer.ready(
             claim, key=key, size=size, digest=digest, reported=ctx.reported
         )
+
+    def _poll_seconds(self) -> float:
+        return min(PROGRESS_POLL_SECONDS, self.config.lease_seconds / 3)
 
     async def _heartbeat(
         self,
@@ -304,16 +319,20 @@ class Runner:
         ctx: handlers.JobContext,
         job: asyncio.Task[Any],
         lost: asyncio.Event,
+        renewed: float,
     ) -> None:
         """Renew the lease every third of it, and save new progress within about a second
         of its report (one UPDATE, which renews the lease too). Either write finds out
-        when the lease is gone (a cancel, a takeover): then the handler is stopped."""
+        when the lease is gone (a cancel, a takeover): then the handler is stopped.
+        Started one poll interval after ``renewed`` (the claim took the lease then)."""
         lease = self.config.lease_seconds
         saved: progress.Progress | None = None  # the claim reset the row's progress
-        renewed = time.monotonic()  # the claim took the lease
         wrote = False  # the first progress is saved at the first look
+        waited = True  # the timer that started this task waited the first interval
         while True:
-            await asyncio.sleep(min(PROGRESS_POLL_SECONDS, lease / 3))
+            if not waited:
+                await asyncio.sleep(self._poll_seconds())
+            waited = False
             reported = ctx.reported  # one read: a handler thread may replace it meanwhile
             since = time.monotonic() - renewed
             too_soon = wrote and since < PROGRESS_SECONDS

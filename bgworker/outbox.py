@@ -114,29 +114,38 @@ class Dispatcher:
         worker's drain), until ``close``."""
         loop = asyncio.get_running_loop()
         next_sweep = loop.time()
-        while True:
-            self._take_handed_off()
-            if self._closing.is_set():
-                break
-            timeout = None
-            if not stop.is_set():
-                if loop.time() >= next_sweep:
-                    await self.sweep()
-                    next_sweep = loop.time() + self.config.outbox_interval_seconds
-                    continue  # take what arrived during the sweep
-                timeout = next_sweep - loop.time()
-            events_ = [self.handoff.arrived, self._closing]
-            if timeout is not None:
-                events_.append(stop)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await _first(events_)
+        # One event wakes the loop: items handed off set it, and so do ``stop`` (through
+        # this one relay) and ``close``. Waiting on the three events at once took a task
+        # per event at every wake, about 2.5 tasks per job (BENCHMARKS.md, issue 11).
+        relay = asyncio.create_task(self._wake_on(stop), name="outbox-stop-relay")
+        try:
+            while True:
+                self._take_handed_off()
+                if self._closing.is_set():
+                    break
+                timeout = None
+                if not stop.is_set():
+                    if loop.time() >= next_sweep:
+                        await self.sweep()
+                        next_sweep = loop.time() + self.config.outbox_interval_seconds
+                        continue  # take what arrived during the sweep
+                    timeout = next_sweep - loop.time()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self.handoff.arrived.wait()
+        finally:
+            relay.cancel()
         await self.drain()
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.handoff.arrived.set()  # ``run`` looks at ``stop`` itself once awake
 
     async def close(self) -> None:
         """End ``run`` once every effect in hand is done (the worker calls it after its
         drain, before the pool and channel close), then QUIT the idle SMTP connections."""
         self._closing.set()
+        self.handoff.arrived.set()  # wakes ``run``, which sees ``_closing``
         await self.drain()
         await self.mailer.close()
 
@@ -346,13 +355,3 @@ def _resent(message: EmailMessage, payload: dict[str, Any]) -> EmailMessage:
         old = str(message["Message-ID"])
         message.replace_header("Message-ID", old.replace("@", f".resend-{resend}@", 1))
     return message
-
-
-async def _first(flags: list[asyncio.Event]) -> None:
-    """Wait until one of ``flags`` is set."""
-    tasks = [asyncio.create_task(flag.wait(), name="outbox-wait") for flag in flags]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -58,7 +59,7 @@ class RequestRow:
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> RequestRow:
-        values = {f.name: record[f.name] for f in fields(cls)}
+        values = {name: record[name] for name in _request_fields()}
         # The column's CHECK constraint holds exactly these values (tests/.../test_states.py).
         values["status"] = states.Status(values["status"])
         return cls(**values)
@@ -79,6 +80,12 @@ class RequestRow:
 
 # Builds the outbox rows (kind, payload) a state change causes, from the updated row.
 Effects = Callable[[RequestRow], list[tuple[str, dict[str, Any]]]]
+
+
+@functools.cache
+def _request_fields() -> tuple[str, ...]:
+    # Read once: ``dataclasses.fields`` builds its tuple anew on every call (one per row read).
+    return tuple(f.name for f in fields(RequestRow))
 
 
 @dataclass(frozen=True)

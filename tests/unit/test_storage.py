@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bgworker import storage
+from bgworker.storage import local
 
 RID = "ab0c62f4-5a3e-4a43-9c55-6f3cb2a1d7e9"
 LEASE = "0f4d8e1c2b3a49d7a6e5f4c3b2a1d0e9"
@@ -129,3 +133,95 @@ def test_path_stays_under_root(files: storage.LocalStorage) -> None:
     key = storage.key_for(uuid.uuid4(), uuid.uuid4())
     path = files.path(key)
     assert path.resolve().is_relative_to(files.root)
+
+
+async def test_a_small_file_touches_the_disk_only_in_finish(files: storage.LocalStorage) -> None:
+    # The temp file is created on the thread that finishes a small file (one hop), and the
+    # key's directory, missing here, is made there too.
+    rid = uuid.uuid4()
+    key = storage.key_for(rid, uuid.uuid4())
+    writer = files.writer(key)
+    await writer.write(b"a,b\n1,2\n")
+    assert _temps(files.root) == []
+    assert not files.path(key).parent.exists()
+    assert await writer.finish() == (8, hashlib.sha256(b"a,b\n1,2\n").hexdigest())
+    assert files.path(key).read_bytes() == b"a,b\n1,2\n"
+    # Another attempt's file: the same directory, which exists now.
+    other = storage.key_for(rid, uuid.uuid4())
+    writer = files.writer(other)
+    await writer.write(b"x")
+    await writer.finish()
+    assert files.path(other).read_bytes() == b"x"
+    assert _temps(files.root) == []
+
+
+async def test_abort_before_any_bytes_reached_the_disk(files: storage.LocalStorage) -> None:
+    writer = files.writer(storage.key_for(uuid.uuid4(), uuid.uuid4()))
+    await writer.write(b"only buffered")
+    await writer.abort()
+    assert _temps(files.root) == [] and _visible(files.root) == []
+
+
+MOUNTINFO = """\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+25 24 0:23 / /dev/shm rw,relatime - tmpfs tmpfs rw
+30 25 0:27 / /dev/shm rw,relatime master:2 - ramfs none rw
+31 27 0:28 / /srv/my\\040files rw - tmpfs tmpfs rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "fstype"),
+    [
+        ("/", "ext4"),
+        ("/var/files", "ext4"),
+        ("/dev/shm/files", "ramfs"),  # two mounts on /dev/shm: the last is on top
+        ("/dev/shmem", "ext4"),  # not under /dev/shm
+        ("/srv/my files/a", "tmpfs"),  # the mount point's space is escaped
+    ],
+)
+def test_filesystem_of_reads_the_mount_that_holds_the_path(path: str, fstype: str) -> None:
+    assert local.filesystem_of(Path(path), MOUNTINFO) == fstype
+
+
+async def test_in_memory_a_small_file_is_finished_without_a_thread_hop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    shm = Path("/dev/shm")
+    if local.filesystem_of(shm) not in local.IN_MEMORY:
+        pytest.skip("no tmpfs at /dev/shm")
+    hops: list[object] = []
+    real = asyncio.to_thread
+
+    async def counted(func: Any, *args: Any) -> Any:
+        hops.append(func)
+        return await real(func, *args)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    with tempfile.TemporaryDirectory(dir=shm) as root:
+        files = storage.LocalStorage(Path(root))
+        files.ensure()
+        assert files.in_memory
+        small = storage.key_for(uuid.uuid4(), uuid.uuid4())
+        writer = files.writer(small)
+        await writer.write(b"x" * local.INLINE_MAX)
+        assert await writer.finish() == (
+            local.INLINE_MAX,
+            hashlib.sha256(b"x" * local.INLINE_MAX).hexdigest(),
+        )
+        assert files.path(small).read_bytes() == b"x" * local.INLINE_MAX
+        assert hops == []
+        # One byte more: on a thread, as on disk.
+        big = storage.key_for(uuid.uuid4(), uuid.uuid4())
+        writer = files.writer(big)
+        await writer.write(b"y" * (local.INLINE_MAX + 1))
+        await writer.finish()
+        assert files.path(big).stat().st_size == local.INLINE_MAX + 1
+        assert len(hops) == 1
+        assert _temps(files.root) == []
+
+
+def test_on_disk_nothing_is_finished_inline(files: storage.LocalStorage) -> None:
+    on = local.filesystem_of(files.root)
+    assert files.in_memory == (on in local.IN_MEMORY)
