@@ -5,7 +5,8 @@ files to the same clients (one ``curl`` stream, and ``wrk -c64``): nginx alone (
 on``, one worker process, started here on a loopback port with its own config); bgworker
 offload (``serve`` in accel mode checks the link, the same nginx sends the file:
 ``bench.offload``); ``bgworker serve`` (token check, PostgreSQL lookup and the bytes, one
-process) and ``serve --workers N``. Server CPU comes from /proc/<pid>/stat.
+process) and ``serve --workers N``; and ``serve`` on S3 (SeaweedFS), streaming or
+redirecting (``bench.s3_downloads``). Server CPU comes from /proc/<pid>/stat.
 """
 
 from __future__ import annotations
