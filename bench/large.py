@@ -5,7 +5,8 @@ files to the same clients (one ``curl`` stream, and ``wrk -c64``): nginx alone (
 on``, one worker process, started here on a loopback port with its own config); bgworker
 offload (``serve`` in accel mode checks the link, the same nginx sends the file:
 ``bench.offload``); ``bgworker serve`` (token check, PostgreSQL lookup and the bytes, one
-process) and ``serve --workers N``. Server CPU comes from /proc/<pid>/stat.
+process) and ``serve --workers N``; and ``serve`` on S3 (SeaweedFS), streaming or
+redirecting (``bench.s3_downloads``). Server CPU comes from /proc/<pid>/stat.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Final
 import aiohttp
 import asyncpg
 
-from bench import common, offload, throughput
+from bench import common, offload, s3_downloads, throughput
 from bgworker import events, tokens, topology
 from bgworker import settings as settings_mod
 from bgworker.smtp_sink import free_port
@@ -76,6 +77,7 @@ class Server:
     rss_pid: int  # whose VmHWM is reported (nginx: its worker)
     urls: dict[str, list[str]]  # "1g" | "10m" | "100k" -> URLs
     cost_pids: list[int] = field(default_factory=list)  # offload: the link check's share
+    follow: bool = False  # S3 redirect: the client follows the 302 to the object store
 
 
 def _read_bytes(text: str) -> int:
@@ -97,7 +99,8 @@ async def _run(argv: list[str]) -> str:
 
 async def curl(server: Server, url: str, times: int) -> dict[str, float]:
     """One curl process, ``times`` transfers in a row on one connection."""
-    argv = ["curl", "-sS", "--fail", "-w", "%{size_download} %{time_total}\\n"]
+    argv = ["curl", "-sS", "--fail", *(["-L"] if server.follow else [])]
+    argv += ["-w", "%{size_download} %{time_total}\\n"]
     for _ in range(times):
         argv += [url, "-o", "/dev/null"]
     cpu0 = common.cpu_seconds(server.pids)
@@ -110,6 +113,8 @@ async def curl(server: Server, url: str, times: int) -> dict[str, float]:
 
 
 async def wrk(server: Server, urls: list[str], seconds: float, tmp: Path) -> dict[str, float]:
+    if server.follow:  # wrk cannot follow a redirect to another host
+        return await s3_downloads.followed(urls, seconds, server.pids)
     argv = ["wrk", "-t2", "-c64", f"-d{max(1, round(seconds))}s"]
     if len(urls) > 1:
         base = re.match(r"(https?://[^/]+)", urls[0])
@@ -138,7 +143,7 @@ async def wrk(server: Server, urls: list[str], seconds: float, tmp: Path) -> dic
         "req_per_s": float(req[1]),
         "mib_per_s": size / MIB / elapsed,
         "cpu_s_per_gib": cpu / (size / GIB) if size else float("nan"),
-        "cpu_ms_per_req": cpu * 1000 / requests,
+        "cpu_ms_per_req": cpu * 1000 / requests if requests else float("nan"),
         "non_2xx": float(bad[1]) if bad else 0.0,
     }
     if server.cost_pids:
@@ -336,30 +341,34 @@ async def run(
                 links(multi_port),
             ),
         ]
-        for rep in range(reps):
-            for s in servers:
-                tests = {
-                    "curl 1 stream, large file": curl(s, s.urls["1g"][0], 1),
-                    "curl 1 stream, 10 MiB x20": curl(s, s.urls["10m"][0], 20),
-                    "wrk -c64, 10 MiB": wrk(s, s.urls["10m"], wrk_seconds, tmp),
-                    "wrk -c64, 100 KiB x64 files": wrk(s, s.urls["100k"], wrk_seconds, tmp),
+        # The same files in SeaweedFS, behind `serve` on S3 (stream and redirect).
+        keys = [k for _, k, _ in files]
+        async with s3_downloads.contenders(env, storage, keys, links, logdir) as on_s3:
+            servers += [Server(c.name, c.pids, c.rss_pid, c.urls, follow=c.follow) for c in on_s3]
+            for rep in range(reps):
+                for s in servers:
+                    tests = {
+                        "curl 1 stream, large file": curl(s, s.urls["1g"][0], 1),
+                        "curl 1 stream, 10 MiB x20": curl(s, s.urls["10m"][0], 20),
+                        "wrk -c64, 10 MiB": wrk(s, s.urls["10m"], wrk_seconds, tmp),
+                        "wrk -c64, 100 KiB x64 files": wrk(s, s.urls["100k"], wrk_seconds, tmp),
+                    }
+                    for name, coro in tests.items():
+                        out = await coro
+                        by = results.setdefault(name, {}).setdefault(s.name, {})
+                        for k, v in out.items():
+                            by.setdefault(k, common.Series()).add(v)
+                        common.log(
+                            f"download rep {rep + 1}/{reps} {s.name:15} {name:28} "
+                            + "  ".join(f"{k}={v:.3g}" for k, v in out.items())
+                        )
+            rss = {
+                s.name: {
+                    "vmhwm_mib": common.mib(common.status_kib(s.rss_pid, "VmHWM")),
+                    "vmrss_mib": common.mib(common.status_kib(s.rss_pid, "VmRSS")),
                 }
-                for name, coro in tests.items():
-                    out = await coro
-                    by = results.setdefault(name, {}).setdefault(s.name, {})
-                    for k, v in out.items():
-                        by.setdefault(k, common.Series()).add(v)
-                    common.log(
-                        f"download rep {rep + 1}/{reps} {s.name:15} {name:28} "
-                        + "  ".join(f"{k}={v:.3g}" for k, v in out.items())
-                    )
-        rss = {
-            s.name: {
-                "vmhwm_mib": common.mib(common.status_kib(s.rss_pid, "VmHWM")),
-                "vmrss_mib": common.mib(common.status_kib(s.rss_pid, "VmRSS")),
+                for s in servers
             }
-            for s in servers
-        }
     finally:
         for child in (serve, accel, multi, nginx):
             await child.stop()

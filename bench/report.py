@@ -173,7 +173,8 @@ def _downloads(lg: dict[str, Any], goals: list[list[str]]) -> list[str]:
             t = off["throughput"]
             goals.append([f"download {test}: offload >= 0.9x nginx", f"{t:.2f}", _goal(t >= 0.9)])
     lines += _rows(
-        "4. downloads (server side; same client for all)",
+        "4. downloads (server side; same client for all, but S3 redirect's wrk rows are "
+        "curl --parallel -L: wrk cannot follow a 302 to another host)",
         ["test", "server", "MiB/s", "req/s", "server CPU s/GiB"],
         rows,
     )

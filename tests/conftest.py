@@ -98,11 +98,21 @@ def s3_server() -> Iterator[s3.S3Server]:
         yield server
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``both_storages`` (or in a module so marked) runs twice, as
+    ``[local]`` and ``[s3]`` (moto, its own bucket): ``storage_backend`` below gets each."""
+    if metafunc.definition.get_closest_marker("both_storages") is None:
+        return
+    if "storage_backend" in metafunc.fixturenames:
+        metafunc.parametrize("storage_backend", ["local", "s3"], indirect=True)
+
+
 @pytest.fixture
-def storage_backend() -> str:
-    """Where the test's files live. Modules whose tests run on both backends override it
-    with a parametrized fixture of the same name."""
-    return "local"
+def storage_backend(request: pytest.FixtureRequest) -> str:
+    """Where the test's files live: local, unless the test is marked ``both_storages``
+    (then each backend in turn). S3-only modules override it with one returning "s3"."""
+    backend: str = getattr(request, "param", "local")
+    return backend
 
 
 @pytest.fixture

@@ -127,6 +127,12 @@ async def stored_keys(settings: settings_mod.Settings) -> list[str]:
         return sorted((await files.stale(float("inf"))).keys)
 
 
+async def unfinished_writes(settings: settings_mod.Settings) -> list[str]:
+    """Writes begun and never finished nor aborted: local temp parts, S3 multipart uploads."""
+    async with storage.opened(settings) as files:
+        return sorted((await files.stale(float("inf"))).parts)
+
+
 async def wait_for_status(
     db: store.Store, request_id: uuid.UUID, statuses: set[str] | str, timeout: float = 30
 ) -> store.RequestRow:

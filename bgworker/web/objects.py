@@ -112,8 +112,14 @@ async def _stream(
     response.content_length = got.length
     if got.content_range:
         response.headers[hdrs.CONTENT_RANGE] = got.content_range
-    await response.prepare(request)
-    async for chunk in got.chunks(request.app[keys.CHUNK_SIZE]):
-        await response.write(chunk)
-    await response.write_eof()
+    try:
+        await response.prepare(request)
+        async for chunk in got.chunks(request.app[keys.CHUNK_SIZE]):
+            await response.write(chunk)
+        await response.write_eof()
+    finally:
+        # A client that hangs up makes a write raise: the body must go back now, not when
+        # the garbage collector gets to it, or each one holds one of botocore's 10 pooled
+        # connections and downloads wait on the pool.
+        got.body.close()
     return response

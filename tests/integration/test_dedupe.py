@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bgworker import cleanup, events, metrics, storage, store, tokens
@@ -22,6 +23,7 @@ from tests.helpers import (
     StartServer,
     StartWorker,
     get_row,
+    stored_keys,
     wait_for_status,
     wait_until,
 )
@@ -46,9 +48,11 @@ def _reused() -> float:
 
 
 async def _download(base: str, signer: tokens.Signer, row: store.RequestRow) -> bytes:
-    status, _, body = await fetch("GET", f"{base}/download/{signer.general(row.id)}")
-    assert status == 200
-    return body
+    """The file's bytes (on S3, from the presigned URL the server redirects to)."""
+    url = f"{base}/download/{signer.general(row.id)}"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        return await response.read()
 
 
 async def _status(base: str, signer: tokens.Signer, row: store.RequestRow) -> Any:
@@ -210,6 +214,7 @@ async def _all_are(db: store.Store, published: list[events.FileRequested], statu
     return all(row is not None and row.status == status for row in found)
 
 
+@pytest.mark.both_storages
 @pytest.mark.usefixtures("dedupe_registry")
 async def test_cleanup_keeps_bytes_a_live_row_still_serves(
     settings: settings_mod.Settings,
@@ -227,20 +232,21 @@ async def test_cleanup_keeps_bytes_a_live_row_still_serves(
     short = await publish("report", {"run": run, "rows": 40}, requester=ALICE, lifetime_seconds=60)
     reused = await wait_for_status(db, short.id, "ready")
     assert reused.reused_from == built.id and reused.storage_key == built.storage_key
-    files = storage.LocalStorage(settings.storage_dir)
     # A negative leeway expires what expires within the next 120 s: the reused row (60 s
     # lifetime), not the source (a week). No clock is faked; the SQL compares as it would.
-    report = await cleanup.clean(db, files, leeway_seconds=-120, orphan_age_seconds=0)
+    async with storage.opened(settings) as files:
+        report = await cleanup.clean(db, files, leeway_seconds=-120, orphan_age_seconds=0)
     assert report.expired == 1 and report.orphans == 0
     assert (await get_row(db, reused.id)).status == "expired"
     assert (await get_row(db, built.id)).status == "ready"
-    assert built.storage_key is not None and files.path(built.storage_key).exists()
+    assert await stored_keys(settings) == [built.storage_key]
     assert await _download(base, signer, built) == dedupe_handlers.rows_of({"run": run, "rows": 40})
     # The reused link ended with its row; the source's bytes go with the source.
     status, _, _ = await fetch("GET", f"{base}/download/{signer.general(reused.id)}")
     assert status == 410
-    await cleanup.clean(db, files, leeway_seconds=-8 * 24 * 3600, orphan_age_seconds=0)
-    assert not files.path(built.storage_key).exists()
+    async with storage.opened(settings) as files:
+        await cleanup.clean(db, files, leeway_seconds=-8 * 24 * 3600, orphan_age_seconds=0)
+    assert await stored_keys(settings) == []
 
 
 @pytest.mark.usefixtures("dedupe_registry")

@@ -6,7 +6,6 @@ import asyncio
 import subprocess
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import aio_pika
 import pytest
@@ -20,14 +19,12 @@ from tests.helpers import (
     StartWorker,
     consume_all,
     get_row,
+    stored_keys,
     text_header,
+    unfinished_writes,
     wait_for_status,
     wait_until,
 )
-
-
-def _user_files(settings: settings_mod.Settings) -> list[Path]:
-    return [p for p in settings.storage_dir.rglob("*") if p.is_file() and ".tmp" not in p.parts]
 
 
 async def test_flaky_handler_is_retried_with_backoff_until_ready(
@@ -51,6 +48,7 @@ async def test_flaky_handler_is_retried_with_backoff_until_ready(
         assert waited >= delay * 0.9, (waited, delay)
 
 
+@pytest.mark.both_storages
 async def test_always_failing_handler_is_dead_lettered_and_others_continue(
     db: store.Store,
     publish: Publish,
@@ -62,7 +60,8 @@ async def test_always_failing_handler_is_dead_lettered_and_others_continue(
     await start_worker()
     bad = await publish("always_fails", {}, requester={"email": "carol@example.com"})
     good = await publish("blob", {"size": 2048})
-    assert (await wait_for_status(db, good.id, "ready")).attempts == 1
+    good_row = await wait_for_status(db, good.id, "ready")
+    assert good_row.attempts == 1
 
     row = await wait_for_status(db, bad.id, "failed")
     assert row.attempts == 3  # the handler's own max_attempts
@@ -87,8 +86,8 @@ async def test_always_failing_handler_is_dead_lettered_and_others_continue(
     assert "Traceback" in text_header(headers, "x-bgworker-traceback")
     assert letters[0].message_id == str(bad.id)
     # Only the good request's file exists: partial bytes of failed attempts never appear.
-    assert len(_user_files(settings)) == 1
-    assert list((settings.storage_dir / ".tmp").iterdir()) == []
+    assert await stored_keys(settings) == [good_row.storage_key]
+    assert await unfinished_writes(settings) == []
 
 
 async def test_permanent_error_skips_retries(
@@ -141,7 +140,7 @@ async def test_job_longer_than_its_lease_completes_once(
     assert row.attempts == 1
     assert [a["outcome"] for a in await db.list_attempts(event.id)] == ["ready"]
     assert running.lease_expires_at is not None
-    assert len(_user_files(settings)) == 1
+    assert len(await stored_keys(settings)) == 1
 
 
 async def test_smtp_outage_delays_email_but_sends_each_once(
@@ -175,6 +174,7 @@ async def test_smtp_outage_delays_email_but_sends_each_once(
     assert recipients == Counter(f"user{i}@example.com" for i in range(5))
 
 
+@pytest.mark.both_storages
 async def test_cancel_running_request_stops_it_without_file_or_email(
     db: store.Store,
     publish: Publish,
@@ -190,7 +190,7 @@ async def test_cancel_running_request_stops_it_without_file_or_email(
     row = await wait_for_status(db, event.id, "cancelled", timeout=20)
     assert row.storage_key is None
     await wait_until(lambda: w.outcomes["cancelled"] == 1)
-    assert _user_files(settings) == []
+    assert await stored_keys(settings) == [] and await unfinished_writes(settings) == []
     assert smtp_sink.messages == [] and event_log == []
 
 
@@ -204,7 +204,7 @@ async def test_cancel_queued_request_is_never_run(
     await wait_until(lambda: w.outcomes["duplicate"] == 1)
     row = await get_row(db, event.id)
     assert row.status == "cancelled" and row.attempts == 0
-    assert _user_files(settings) == []
+    assert await stored_keys(settings) == []
     # Cancelling twice is refused: it is no longer cancellable.
     assert await db.request_cancel(event.id) is None
 

@@ -22,6 +22,8 @@ from tests.helpers import (
     StartWorker,
     event_body,
     raw,
+    stored_keys,
+    unfinished_writes,
     wait_for_status,
     wait_until,
 )
@@ -189,6 +191,7 @@ async def _cancel_while_running(db: store.Store, request_id: uuid.UUID) -> None:
     ],
     ids=["then-succeeds", "then-fails-and-would-retry", "then-fails-for-good"],
 )
+@pytest.mark.both_storages
 async def test_cancel_wins_over_what_the_handler_does_next(
     db: store.Store,
     settings: settings_mod.Settings,
@@ -219,7 +222,10 @@ async def test_cancel_wins_over_what_the_handler_does_next(
     assert await db.list_outbox(event.id) == []
     assert dead.seen == [] and await _dead_depth(dead) == 0
     assert (await db.get_request(event.id)).status == "cancelled"  # type: ignore[union-attr]
-    assert not list((settings.storage_dir).rglob(f"{event.id}*"))
+    good_row = await db.get_request(good.id)
+    assert good_row is not None  # only the good request's file: the cancelled one's aborted
+    assert await stored_keys(settings) == [good_row.storage_key]
+    assert await unfinished_writes(settings) == []
     assert w.outcomes["cancelled"] == 1
 
 

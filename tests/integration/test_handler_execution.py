@@ -8,7 +8,6 @@ import logging
 import re
 import sys
 import time
-from pathlib import Path
 
 import aio_pika
 import pytest
@@ -22,18 +21,11 @@ from tests.helpers import (
     StartWorker,
     consume_all,
     settings_env,
+    stored_keys,
+    unfinished_writes,
     wait_for_status,
     wait_until,
 )
-
-
-def _user_files(settings: settings_mod.Settings) -> list[Path]:
-    return [p for p in settings.storage_dir.rglob("*") if p.is_file() and ".tmp" not in p.parts]
-
-
-def _temp_files(settings: settings_mod.Settings) -> list[Path]:
-    tmp = settings.storage_dir / ".tmp"
-    return list(tmp.iterdir()) if tmp.exists() else []
 
 
 async def test_sync_handler_blocking_for_three_leases_completes_in_one_attempt(
@@ -80,6 +72,7 @@ async def test_sync_handler_blocking_for_three_leases_completes_in_one_attempt(
     assert log.thread.startswith("bgworker-handler-")  # ran on a handler thread
 
 
+@pytest.mark.both_storages
 async def test_hung_async_handler_is_stopped_by_its_time_limit_and_dead_lettered(
     db: store.Store, publish: Publish, start_worker: StartWorker, settings: settings_mod.Settings
 ) -> None:
@@ -102,7 +95,7 @@ async def test_hung_async_handler_is_stopped_by_its_time_limit_and_dead_lettered
     assert letter.headers["x-bgworker-reason"] == "max_attempts"
     # The handler had written bytes: the writer was aborted, nothing partial remains.
     assert row.storage_key is None
-    assert _user_files(settings) == [] and _temp_files(settings) == []
+    assert await stored_keys(settings) == [] and await unfinished_writes(settings) == []
 
 
 async def test_the_global_default_time_limit_applies_to_handlers_without_their_own(
@@ -117,6 +110,7 @@ async def test_the_global_default_time_limit_applies_to_handlers_without_their_o
     assert row.last_error == "exceeded its time limit of 0.5 s"
 
 
+@pytest.mark.both_storages
 async def test_sync_handler_that_ignores_the_stop_ends_its_attempt_at_the_limit(
     db: store.Store, publish: Publish, start_worker: StartWorker, settings: settings_mod.Settings
 ) -> None:
@@ -132,7 +126,8 @@ async def test_sync_handler_that_ignores_the_stop_ends_its_attempt_at_the_limit(
     assert row.attempts == 1
     assert row.last_error_class == "TimeLimitError"
     assert row.last_error == "exceeded its time limit of 1.0 s"
-    assert row.storage_key is None and _user_files(settings) == [] and _temp_files(settings) == []
+    assert row.storage_key is None
+    assert await stored_keys(settings) == [] and await unfinished_writes(settings) == []
 
     # A sync job after it waits for the one thread, then runs normally: the slot was kept
     # by the runaway thread and given back when it returned, not lost or doubled.
@@ -142,8 +137,8 @@ async def test_sync_handler_that_ignores_the_stop_ends_its_attempt_at_the_limit(
     assert log.returned.is_set()
     # Its late write was refused: told to stop, it could not touch the aborted file.
     assert log.raised == "TimeLimitError"
-    assert _temp_files(settings) == []
-    assert len(_user_files(settings)) == 1
+    assert await unfinished_writes(settings) == []
+    assert await stored_keys(settings) == [ready.storage_key]
 
 
 async def test_cooperative_sync_handler_stops_at_its_next_check(

@@ -26,12 +26,8 @@ from tests.helpers import (
     wait_until,
 )
 
-
-@pytest.fixture(params=["local", "s3"])
-def storage_backend(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on both storage backends (on s3, downloads redirect)."""
-    backend: str = request.param
-    return backend
+# Every test here runs on both storage backends (on s3, downloads redirect).
+pytestmark = pytest.mark.both_storages
 
 
 async def test_request_becomes_ready_file_with_event(

@@ -4,15 +4,16 @@ and the redirect mode answers with a presigned URL that keeps the name and type.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 import pytest
 
 from bgworker import settings as settings_mod
 from bgworker import store, tokens
 from tests.handlers import blob_bytes
-from tests.helpers import StartServer, stored_keys
+from tests.helpers import Publish, StartServer, stored_keys, wait_for_status, wait_until
 from tests.integration.downloads import CONTENT_TYPE, SEED, SIZE, assert_refusal, fetch, tamper
 
 # The local tests, collected again here with the fixtures below: the same assertions.
@@ -138,3 +139,42 @@ async def test_odd_ranges_are_answered_never_an_error(
         assert status in {200, 206, 416}, (value, status, body[:200])
         if status == 416:
             assert hdrs["Content-Range"] == f"bytes */{SIZE}"
+
+
+async def _download_until_cut(url: SplitResult, size: int, done: list[int]) -> None:
+    """As one wrk connection: the same download again and again on one connection, until
+    cancelled, then it hangs up (mid-body, or before the next answer's headers)."""
+    assert url.hostname is not None and url.port is not None
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    get = f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode()
+    try:
+        while True:
+            writer.write(get)
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+            await reader.readexactly(size)
+            done.append(size)
+    finally:
+        writer.close()
+
+
+async def test_clients_that_hang_up_never_use_up_the_connections_to_s3(
+    server: str,
+    ready: store.RequestRow,
+    signer: tokens.Signer,
+    publish: Publish,
+    db: store.Store,
+) -> None:
+    size = 10 * 1024 * 1024
+    big = await publish("blob", {"size": size, "seed": 1})
+    big_url = urlsplit(f"{server}/download/{signer.general(big.id)}")
+    await wait_for_status(db, big.id, "ready")
+    done: list[int] = []
+    # Many more clients than botocore's pool (10 connections): a body left open holds one.
+    clients = [asyncio.create_task(_download_until_cut(big_url, size, done)) for _ in range(48)]
+    await wait_until(lambda: len(done) >= 48)
+    for client in clients:  # all hang up at once, as wrk does at the end of its run
+        client.cancel()
+    await asyncio.gather(*clients, return_exceptions=True)
+    async with asyncio.timeout(30):  # with the pool used up, downloads wait, then fail
+        status, _, body = await fetch("GET", f"{server}/download/{signer.general(ready.id)}")
+    assert (status, body) == (200, blob_bytes(SIZE, SEED))
