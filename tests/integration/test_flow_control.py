@@ -210,7 +210,11 @@ def _rabbitmqctl(*args: str) -> list[list[str]]:
         check=True,
         timeout=60,
     ).stdout
-    return [line.split("\t") for line in out.splitlines() if line]
+    # Only whole rows: a field with a line break in it (another client's properties on the
+    # shared broker) would otherwise leave a fragment row (seen once: a one-field row).
+    fields = len(args) - 1
+    rows = [line.split("\t", fields - 1) for line in out.splitlines() if line]
+    return [row for row in rows if len(row) == fields] if args[0].startswith("list_") else rows
 
 
 def _connection_of(worker_id: str) -> tuple[str, int] | None:
