@@ -32,7 +32,6 @@ from aio_pika.abc import (
 
 from bgworker import (
     broker,
-    faults,
     handlers,
     health,
     intake,
@@ -42,6 +41,7 @@ from bgworker import (
     outbox,
     reaper,
     sampler,
+    settling,
     states,
     storage,
     store,
@@ -52,8 +52,6 @@ from bgworker import (
 from bgworker import settings as settings_mod
 
 log = logging.getLogger(__name__)
-
-INFRA_BACKOFF_SECONDS = 1.0
 
 
 def make_worker_id() -> str:
@@ -318,76 +316,18 @@ class Worker:
         """The intake admitted this delivery into a free slot: run it, free the slot."""
         outcome = states.JobOutcome.ERROR
         try:
-            outcome = await self._handle_until_settled(message, runner)
+            outcome = await settling.handle_until_settled(
+                message,
+                runner,
+                hold_seconds=self.settings.worker.hold_timeout_seconds,
+                stopping=self.stopping,
+            )
         finally:
             # A duplicate ran nothing: it does not count towards --max-jobs.
             consuming.release(counted=outcome not in states.NOT_A_RUN)
         self.outcomes[outcome] += 1
         if self.limits.max_jobs and self._finished_jobs() >= self.limits.max_jobs:
             self.stop()
-
-    async def _handle_until_settled(
-        self, message: AbstractIncomingMessage, runner: jobs.Runner
-    ) -> states.JobOutcome:
-        """Run the delivery; on an infrastructure failure (database away) before it was
-        acked, keep it and retry here with backoff. Handing it back at once would spin it
-        through the queue, and a quorum queue dead-letters a message after 20 deliveries.
-        Any other failure before the ack is the message's: dead-lettered at once."""
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.settings.worker.hold_timeout_seconds
-        delay = INFRA_BACKOFF_SECONDS
-        while True:
-            try:
-                return await runner.handle(message)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if message.processed:
-                    # Acked after the claim: the lease expires and the reaper requeues it.
-                    log.exception(
-                        "request %s: failed after its claim; the reaper will requeue "
-                        "it when the lease expires",
-                        message.message_id,
-                    )
-                    return states.JobOutcome.ERROR
-                if not faults.is_infrastructure(exc):
-                    return await self._reject_unprocessable(message, runner, exc)
-                if self.stopping.is_set() or loop.time() + delay > give_up:
-                    log.warning(
-                        "delivery %s: giving it back to the queue: %s", message.message_id, exc
-                    )
-                    with contextlib.suppress(Exception):
-                        await message.nack(requeue=True)
-                    return states.JobOutcome.ERROR
-                log.warning("delivery %s: %s; retrying in %.1fs", message.message_id, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
-    async def _reject_unprocessable(
-        self, message: AbstractIncomingMessage, runner: jobs.Runner, exc: Exception
-    ) -> states.JobOutcome:
-        """Last line of defence: an error ``Runner.handle`` did not classify, raised before
-        the ack. Holding it would loop on the same poison; dead-letter it instead."""
-        log.error(
-            "delivery %s: unexpected %s before its claim; dead-lettering it",
-            message.message_id,
-            type(exc).__name__,
-            exc_info=exc,
-        )
-        try:
-            await runner.reject(
-                message,
-                states.Reason.UNPROCESSABLE,
-                type(exc).__name__,
-                str(exc) or repr(exc),
-                None,
-            )
-        except Exception as again:  # the broker is away: hand it back, it comes again
-            log.warning("delivery %s: could not dead-letter it: %s", message.message_id, again)
-            with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
-            return states.JobOutcome.ERROR
-        return states.JobOutcome.UNPROCESSABLE
 
     def _finished_jobs(self) -> int:
         return sum(n for k, n in self.outcomes.items() if k not in states.NOT_A_RUN)
