@@ -114,7 +114,7 @@ class Worker:
             connection = await self._connect(stack)
             channel = await broker.open_channel(connection)
             queue = await self.topology.declare(channel)
-            dispatcher = await self._make_dispatcher(db, handoff, connection, signer)
+            dispatcher = await self._make_dispatcher(stack, db, handoff, connection, signer)
             # The registries' lifespans: opened once before the first job, closed by the
             # exit stack after the drain (it unwinds in reverse, before the pool).
             try:
@@ -158,15 +158,20 @@ class Worker:
 
     async def _make_dispatcher(
         self,
+        stack: AsyncExitStack,
         db: store.Store,
         handoff: outbox.Handoff,
         connection: AbstractRobustConnection,
         signer: tokens.Signer,
     ) -> outbox.Dispatcher:
+        mailer = notify.Mailer(self.settings.smtp, template_dir=self.settings.template_dir)
+        # The dispatcher's close QUITs the pooled SMTP connections after the drain; this
+        # covers a run that ends in an error before it (a second close does nothing).
+        stack.push_async_callback(mailer.close)
         return outbox.Dispatcher(
             db=db,
             handoff=handoff,
-            mailer=notify.Mailer(self.settings.smtp, template_dir=self.settings.template_dir),
+            mailer=mailer,
             signer=signer,
             # Effects get their own channel so a slow consumer channel never delays them.
             channel=await broker.open_channel(connection),

@@ -8,7 +8,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from bgworker import notify
+from bgworker import notify, worker
 from bgworker import settings as settings_mod
 from bgworker import smtp_sink as sink_mod
 from bgworker.smtp_sink import SmtpSink
@@ -181,3 +181,27 @@ async def test_worker_stop_quits_its_connections(
     await wait_until(lambda: smtp_sink.open_connections() == 0)
     assert smtp_sink.quits == smtp_sink.connections
     assert smtp_sink.connections <= 3
+
+
+async def test_a_worker_that_fails_while_stopping_still_quits_its_connections(
+    settings: settings_mod.Settings,
+    smtp_sink: SmtpSink,
+    publish: Publish,
+    start_worker: StartWorker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The dispatcher's close never runs when the stop itself fails (a crash, simulated):
+    the worker's exit stack still QUITs the pooled connections."""
+
+    async def crash(*args: object) -> None:
+        raise RuntimeError("simulated crash while stopping")
+
+    settings.smtp.idle_seconds = 600  # only the stop can close them within the test
+    w = await start_worker()
+    await publish("blob", {"size": 10, "seed": 1}, requester={"email": "u1@example.com"})
+    await smtp_sink.wait_for(1, timeout=30)
+    assert smtp_sink.open_connections() == 1  # kept for the next email
+    monkeypatch.setattr(worker.Worker, "_shutdown", crash)
+    w.stop()
+    await wait_until(lambda: smtp_sink.open_connections() == 0)
+    assert smtp_sink.quits == smtp_sink.connections == 1
