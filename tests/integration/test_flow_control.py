@@ -14,7 +14,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from bgworker import broker, handlers, store, topology, worker
+from bgworker import broker, handlers, intake, store, topology, worker
 from bgworker import settings as settings_mod
 from tests.helpers import Publish, StartWorker, wait_for_status, wait_until
 
@@ -287,3 +287,40 @@ async def test_a_reconnect_restores_the_consumer_only_while_a_slot_is_free(
     await wait_for_status(db, after.id, "ready", timeout=30)
     assert w.intake.counts["redelivered"] == 0
     assert w.intake.counts["returned"] == 0
+
+
+async def test_two_consumers_never_take_more_than_the_free_slots(
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+) -> None:
+    """From a concurrency of ``intake.SECOND_CONSUMER_AT`` a worker keeps two consumers of
+    prefetch 1 open, and the rule still holds: never more deliveries in hand than slots,
+    nothing handed back, the rest left in the queue, no consumer open while every slot is
+    busy."""
+    slots = intake.SECOND_CONSUMER_AT
+    settings.worker.concurrency = slots
+    w = await start_worker()
+    assert w.intake is not None
+    assert w.intake.consumers == 2  # idle: both open
+
+    requests = [await publish("slow", {"seconds": 3}) for _ in range(slots + 3)]
+    await wait_until(lambda: _running_is(db, slots), timeout=15)
+    # Every slot busy: both consumers cancelled, the other three still in the broker.
+    assert w.intake.consumers == 0
+    assert await _depth(amqp, settings) == 3
+
+    for r in requests:
+        await wait_for_status(db, r.id, "ready", timeout=30)
+    assert w.intake.peak == slots
+    assert w.intake.counts["taken"] == slots + 3
+    assert w.intake.counts["returned"] == 0
+    assert w.intake.counts["redelivered"] == 0
+    spans = []
+    for r in requests:
+        [attempt] = await db.list_attempts(r.id)
+        spans.append((attempt["started_at"], attempt["finished_at"]))
+    assert max(sum(1 for s, f in spans if s <= t < f) for t, _ in spans) == slots
+    await wait_until(lambda: w.intake is not None and w.intake.consumers == 2, timeout=10)
