@@ -88,6 +88,9 @@ class SmtpSink:
         def session() -> SMTP:
             self.connections += 1
             made = SMTP(handler, hostname="bgworker-sink", enable_SMTPUTF8=True)
+            # Closed ones are let go (a long demo or test run makes many); one accepted but
+            # not yet connected has no session yet and is kept.
+            self._sessions = [m for m in self._sessions if m.session is None or m.transport]
             self._sessions.append(made)
             return made
 
@@ -109,18 +112,17 @@ class SmtpSink:
     def drop_connections(self) -> int:
         """Close every open client connection from the server's side, as a server does with
         idle ones; how many were open."""
-        dropped = 0
-        for made in self._sessions:
-            if made.transport is not None and not made.transport.is_closing():
-                made.transport.close()
-                dropped += 1
-        self._sessions = [made for made in self._sessions if made.transport is not None]
-        return dropped
+        dropped = self._open()
+        for made in dropped:
+            assert made.transport is not None
+            made.transport.close()
+        return len(dropped)
 
     def open_connections(self) -> int:
-        return sum(
-            1 for made in self._sessions if made.transport and not made.transport.is_closing()
-        )
+        return len(self._open())
+
+    def _open(self) -> list[SMTP]:
+        return [m for m in self._sessions if m.transport and not m.transport.is_closing()]
 
     async def __aenter__(self) -> SmtpSink:
         await self.start()
