@@ -74,6 +74,17 @@ def test_every_page_is_in_the_site_and_the_readme() -> None:
             assert f"](docs/{page.name})" in README, page.name
 
 
+def test_the_readme_the_home_page_and_the_architecture_page_agree() -> None:
+    """The README's first paragraph opens the site's home page, and its flow picture is on
+    the home and architecture pages (copies, so that each reads on GitHub too)."""
+    intro = README.split("\n\n")[1]
+    assert intro.startswith("bgworker builds files") and intro in (DOCS / "index.md").read_text()
+    drawn = README.split("<!-- flow:start")[1].split("-->\n", 1)[1].split("<!-- flow:end -->")[0]
+    assert drawn.startswith("```text\n") and "bgworker serve" in drawn
+    for page in ("index.md", "architecture.md"):
+        assert drawn in (DOCS / page).read_text(), page
+
+
 # Paths as the docs write them: `bgworker/faults.py`, `store/queries.sql` (inside the
 # package), `schemas/`, and the targets of relative links.
 _CODE_SPAN = re.compile(r"`([^`\s]+)`")
@@ -90,6 +101,13 @@ _UNTIL_THE_MOVE = {
     "bgworker/worker/pool.py": "bgworker/worker.py",
     "bgworker/ops/deadletters/": "bgworker/deadletters/",
     "bgworker/ops/deadletters/letters.py": "bgworker/deadletters/letters.py",
+    # The packages themselves (`contract/`): their modules sit flat in bgworker/ until then.
+    **{
+        f"bgworker/{package}/": "bgworker/"
+        for package in (
+            "cli contract effects handlers links messaging observe ops producing worker".split()
+        )
+    },
 }
 
 
