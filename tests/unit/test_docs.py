@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 
 from bgworker import arguments
 
@@ -170,3 +174,65 @@ def test_every_path_and_anchor_a_page_names_exists(doc: Path) -> None:
         if target.suffix == ".md" and anchor not in _anchors(target.read_text()):
             broken.append(link)
     assert broken == [], f"{doc.name} links to headings that do not exist: {broken}"
+
+
+def _build(project: Path) -> subprocess.CompletedProcess[str]:
+    mkdocs = Path(sys.executable).parent / "mkdocs"
+    return subprocess.run(
+        [str(mkdocs), "build", "--strict", "--site-dir", str(project / "site")],
+        cwd=project,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _project(tmp_path: Path, page: str, nav: list[str]) -> Path:
+    """A two-page site under the real mkdocs.yml's theme, checks and hook."""
+    tmp_path.mkdir()
+    config = yaml.safe_load((REPO / "mkdocs.yml").read_text())
+    config["nav"] = nav
+    config["hooks"] = [str(REPO / "scripts" / "mkdocs_hooks.py")]
+    (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(config))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "index.md").write_text(page)
+    (tmp_path / "docs" / "other.md").write_text("# Other\n\n## Here\n")
+    (tmp_path / "present.conf").write_text("")
+    return tmp_path
+
+
+def test_the_site_builds_strict(tmp_path: Path) -> None:
+    mkdocs = Path(sys.executable).parent / "mkdocs"
+    built = subprocess.run(
+        [str(mkdocs), "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=REPO,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    assert (tmp_path / "site" / "reference" / "index.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("page", "nav", "complaint"),
+    [
+        ("# Home\n\n[a file](../absent.conf)\n", ["index.md", "other.md"], "absent.conf"),
+        ("# Home\n\n[a page](missing.md)\n", ["index.md", "other.md"], "missing.md"),
+        ("# Home\n\n[a heading](other.md#nowhere)\n", ["index.md", "other.md"], "nowhere"),
+        ("# Home\n", ["index.md"], "other.md"),  # a page left out of the nav
+    ],
+)
+def test_a_broken_link_or_a_page_out_of_the_nav_fails_the_build(
+    tmp_path: Path, page: str, nav: list[str], complaint: str
+) -> None:
+    good = _build(
+        _project(tmp_path / "good", "# Home\n\n[conf](../present.conf)\n", ["index.md", "other.md"])
+    )
+    assert good.returncode == 0, good.stderr
+    bad = _build(_project(tmp_path / "bad", page, nav))
+    assert bad.returncode != 0 and complaint in bad.stderr, bad.stderr
