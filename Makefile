@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Quiets the notice Material for MkDocs prints on every build (its end of life, May 2027).
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install demo test test-deps test-faults lint typecheck schemas bench bench-quick services node
+.PHONY: install demo test test-deps test-faults lint typecheck schemas docs docs-serve bench bench-quick services node
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +50,7 @@ test: $(STAMP) services test-deps node
 	$(BIN)/mypy bgworker tests
 	$(BIN)/bgworker schemas export --check
 	$(BIN)/lint-imports --no-logo --no-cache
+	$(BIN)/mkdocs build --strict --quiet
 	$(BIN)/pytest -m "not faults" -n 2
 
 # Restarts RabbitMQ and PostgreSQL mid-run: run alone, never next to another test run.
@@ -64,6 +67,15 @@ typecheck:
 
 schemas: $(STAMP)
 	$(BIN)/bgworker schemas export
+
+# The documentation site (mkdocs.yml, pages in docs/) into site/, git-ignored. --strict: a
+# broken link or anchor, or a page left out of the nav, fails the build (as in `make test`).
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+# The site on http://127.0.0.1:8000, rebuilt as the pages change.
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve --strict
 
 # Benchmarks (BENCHMARKS.md): not part of `make test`. Needs nginx and wrk from Debian
 # (apt-get install nginx-light wrk); Celery and the profiler come with the `bench` extra.

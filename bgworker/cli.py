@@ -41,7 +41,7 @@ log = logging.getLogger("bgworker")
 
 EXIT_UNAVAILABLE = diagnosis.EXIT_UNAVAILABLE  # EX_UNAVAILABLE: a service we need is down
 EXIT_USAGE = diagnosis.EXIT_USAGE  # EX_USAGE: bad settings
-EXIT_NOT_RECORDED = 3  # `status`: the id is in no row (yet); see README "Command line"
+EXIT_NOT_RECORDED = 3  # `status`: the id is in no row (yet); see docs/reference.md "Exit codes"
 
 
 def _install_signals(stop: Callable[[], None], what: str) -> None:

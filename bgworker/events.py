@@ -3,7 +3,8 @@
 These pydantic models are the source of truth for ``schemas/*.json`` (``bgworker schemas
 export``); a test fails when the committed files drift from them. Every rule the worker
 enforces on a ``FileRequested`` is stated in its schema: as a JSON Schema keyword where one
-exists, else as a documented ``x-bgworker-*`` keyword (README, "The event contract").
+exists, else as a documented ``x-bgworker-*`` keyword (docs/reference.md, "The event
+contract").
 
 The rules exist because an accepted event must be *carried* all the way: stored in
 PostgreSQL (text, jsonb, timestamptz), put in HTTP and email headers, and rendered in an

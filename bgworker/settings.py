@@ -152,7 +152,8 @@ MIB: Final = 1024 * 1024
 
 class StorageSettings(BaseModel):
     # local: files under storage_dir (one host, or a volume every host shares); s3: any
-    # S3-compatible object store, shared by any number of hosts (README "Storage").
+    # S3-compatible object store, shared by any number of hosts (docs/links-and-pages.md,
+    # "Storage").
     backend: Literal["local", "s3"] = "local"
     s3_bucket: str | None = None  # required with backend=s3
     # None: AWS itself; else MinIO, SeaweedFS, Ceph RGW, Garage, R2... (http://host:port).
@@ -322,7 +323,7 @@ class Settings(BaseSettings):
 
 
 def env_names() -> list[tuple[str, str]]:
-    """(variable, default) pairs for every setting, for ``--help`` and the README."""
+    """(variable, default) pairs for every setting, for ``--help`` and docs/reference.md."""
     rows: list[tuple[str, str]] = []
 
     def walk(model: type[BaseModel], prefix: str) -> None:

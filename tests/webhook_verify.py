@@ -1,5 +1,5 @@
-"""The webhook verification code the README shows a receiver, loaded from the README itself
-so the tests run exactly what a reader copies."""
+"""The webhook verification code docs/producing.md shows a receiver, loaded from the page
+itself so the tests run exactly what a reader copies."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "producing.md"
 _BLOCK = re.compile(
     r"<!-- webhook-verify:start -->\n```python\n(.*?)```\n<!-- webhook-verify:end -->", re.S
 )
@@ -17,9 +17,9 @@ Verify = Callable[[str, Mapping[str, str], bytes], Any]
 
 
 def documented_verify() -> Verify:
-    match = _BLOCK.search(README.read_text(encoding="utf-8"))
-    assert match, "README.md lost its webhook-verify block"
+    match = _BLOCK.search(PAGE.read_text(encoding="utf-8"))
+    assert match, "docs/producing.md lost its webhook-verify block"
     namespace: dict[str, Any] = {}
-    exec(compile(match[1], "README.md#webhook-verify", "exec"), namespace)
+    exec(compile(match[1], "docs/producing.md#webhook-verify", "exec"), namespace)
     verify: Verify = namespace["verify_webhook"]
     return verify

@@ -159,7 +159,7 @@ async def test_status_of_unknown_request_and_unreachable_database(
     env = settings_env(settings)
     unknown = uuid.uuid4()
     result = await run_cli("status", str(unknown), env=env)
-    assert result.code == 3  # README "Command line": not recorded (yet)
+    assert result.code == 3  # docs/reference.md "Exit codes": not recorded (yet)
     assert f"{unknown}: not recorded yet: no worker has taken it" in result.err
     assert "may be waiting in the queue" in result.err
 

@@ -18,7 +18,8 @@ from tests.acceptance.test_large_file import RSS_LIMIT_MIB, SEED, SIZE, expected
 from tests.helpers import Publish, get_row, settings_env, wait_for_status, wait_until
 
 # The same bound as the local backend's, though botocore and its S3 model cost an idle
-# process about 22 MiB (README "Storage"): measured 94-96 MiB for 200 MiB and 1 GiB files.
+# process about 22 MiB (docs/links-and-pages.md "Storage"): measured 94-96 MiB for 200 MiB
+# and 1 GiB files.
 S3_RSS_LIMIT_MIB = RSS_LIMIT_MIB
 
 

@@ -1,5 +1,5 @@
-"""Links end to end with a real worker, server, RabbitMQ, PostgreSQL and SMTP: the README's
-producer example, link lifetime and clock skew, `bgworker link`/`revoke`/`resend`, link
+"""Links end to end with a real worker, server, RabbitMQ, PostgreSQL and SMTP: the producer
+example of docs/producing.md, link lifetime and clock skew, `bgworker link`/`revoke`/`resend`, link
 modes, canonical URLs over HTTP, multi-range, and what a requester is told on failure."""
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ def _rebase(url: str, base: str) -> str:
     return f"{base}/{match[1]}/{match[2]}"
 
 
-def _readme_example() -> str:
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Producing requests", 1)[1]
-    return section.split("```python\n", 1)[1].split("```", 1)[0]
+def _producing_example() -> str:
+    """The first example of docs/producing.md, the publisher."""
+    page = (REPO / "docs" / "producing.md").read_text()
+    return page.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-async def test_readme_producer_example_ends_in_a_working_download(
+async def test_docs_producer_example_ends_in_a_working_download(
     settings: settings_mod.Settings,
     db: store.Store,
     smtp_sink: SmtpSink,
@@ -61,7 +61,7 @@ async def test_readme_producer_example_ends_in_a_working_download(
     assert settings.tokens.link_mode == "auto" and settings.web.identity_header is None
     await start_worker()
     base = await start_server()
-    code = _readme_example()
+    code = _producing_example()
     assert 'Requester(id="42", email="ann@example.com"' in code
     assert 'namespace="bgworker"' in code
     code = code.replace('namespace="bgworker"', f'namespace="{settings.namespace}"')

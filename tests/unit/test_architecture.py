@@ -1,5 +1,5 @@
-"""The layer contract: what import-linter checks is what the README draws, covers every
-module, and catches an import that goes up a layer."""
+"""The layer contract: what import-linter checks is what docs/architecture.md draws, covers
+every module, and catches an import that goes up a layer."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import bgworker.web
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT: dict[str, Any] = tomllib.loads((REPO / "pyproject.toml").read_text())
-README = (REPO / "README.md").read_text()
+ARCHITECTURE = (REPO / "docs" / "architecture.md").read_text()
 LABEL_WIDTH = 15  # the diagram's first column names the band
 
 
@@ -43,8 +43,8 @@ def _modules() -> set[str]:
 
 
 def _diagram() -> list[tuple[int, int, str]]:
-    """(line, column, module) for every module name in the README's layer drawing."""
-    block = README.split("<!-- layers:start")[1].split("<!-- layers:end -->")[0]
+    """(line, column, module) for every module name in the page's layer drawing."""
+    block = ARCHITECTURE.split("<!-- layers:start")[1].split("<!-- layers:end -->")[0]
     block = block.split("```text\n")[1].split("```")[0]
     found = []
     for row, line in enumerate(block.splitlines()):
@@ -62,7 +62,7 @@ def test_every_module_is_in_a_layer() -> None:
     assert _contract("layers")["exhaustive"] is True
 
 
-def test_readme_draws_the_layers_of_the_contract() -> None:
+def test_the_docs_draw_the_layers_of_the_contract() -> None:
     drawn = _diagram()
     names = [name for _, _, name in drawn]
     assert len(names) == len(set(names)), "a module is drawn twice"
@@ -73,10 +73,16 @@ def test_readme_draws_the_layers_of_the_contract() -> None:
     assert order == sorted(order)
 
 
-def test_readme_names_every_module() -> None:
-    section = README.split("## Architecture")[1].split("\n## ")[0]
+# The page names modules as they are called inside their subsystem packages (issue 19);
+# until the move has landed, these three stand for the flat modules they replace.
+_UNTIL_THE_MOVE = {"notify": "mail", "messages": "requester_texts", "handler_errors": "errors"}
+
+
+def test_the_docs_name_every_module() -> None:
+    section = ARCHITECTURE.split("## The packages")[1].split("\n## ")[0]
     web = {m.name for m in pkgutil.iter_modules(bgworker.web.__path__)}
     named = set(re.findall(r"`([a-z_]+)/?`", section))
+    named |= {old for old, new in _UNTIL_THE_MOVE.items() if new in named}
     assert (_modules() | web) - {"__main__"} - named == set()
 
 

@@ -149,7 +149,7 @@ def _depth(value: Any) -> int:
 
 
 def _max_json_bytes(validator: Any, limit: int, instance: Any, schema: Any) -> Iterator[Any]:
-    # The measure the README states: UTF-8 bytes of the compact JSON, non-ASCII unescaped.
+    # The measure docs/reference.md states: UTF-8 bytes of the compact JSON, non-ASCII unescaped.
     size = len(json.dumps(instance, separators=(",", ":"), ensure_ascii=False).encode())
     if size > limit:
         yield ValidationError(f"{size} bytes as JSON; the limit is {limit}")

@@ -1,5 +1,5 @@
-"""Webhook signing (Standard Webhooks), the README's verification code, the address policy
-and the webhook settings, without services."""
+"""Webhook signing (Standard Webhooks), the verification code of docs/producing.md, the
+address policy and the webhook settings, without services."""
 
 from __future__ import annotations
 

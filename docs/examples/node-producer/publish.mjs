@@ -31,8 +31,8 @@ function depth(value) {
   return 1 + (children.length ? Math.max(...children.map(depth)) : 0);
 }
 
-// The schema's own keywords (README, "The event contract"). Those that state a rule are
-// checked; the others (x-bgworker-tzdata: which tz database the enum comes from) are
+// The schema's own keywords (docs/reference.md, "The event contract"). Those that state a
+// rule are checked; the others (x-bgworker-tzdata: which tz database the enum comes from) are
 // declared as annotations, so ajv's strict mode accepts them.
 const RULES = {
   // Compact UTF-8 JSON, non-ASCII not escaped: what JSON.stringify writes.
