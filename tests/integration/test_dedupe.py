@@ -214,6 +214,12 @@ async def _all_are(db: store.Store, published: list[events.FileRequested], statu
     return all(row is not None and row.status == status for row in found)
 
 
+async def _effects_done(db: store.Store, *rows: store.RequestRow) -> bool:
+    """Every outbox effect of ``rows`` performed, and its record committed."""
+    effects = [await db.list_outbox(row.id) for row in rows]
+    return all(e and all(o["status"] == "done" for o in e) for e in effects)
+
+
 @pytest.mark.both_storages
 @pytest.mark.usefixtures("dedupe_registry")
 async def test_cleanup_keeps_bytes_a_live_row_still_serves(
@@ -232,6 +238,9 @@ async def test_cleanup_keeps_bytes_a_live_row_still_serves(
     short = await publish("report", {"run": run, "rows": 40}, requester=ALICE, lifetime_seconds=60)
     reused = await wait_for_status(db, short.id, "ready")
     assert reused.reused_from == built.id and reused.storage_key == built.storage_key
+    # A ready row is still the worker's until its effects are done: recording the email as
+    # sent updates the row, and a clean meanwhile skips the locked row (SKIP LOCKED).
+    await wait_until(lambda: _effects_done(db, built, reused))
     # A negative leeway expires what expires within the next 120 s: the reused row (60 s
     # lifetime), not the source (a week). No clock is faked; the SQL compares as it would.
     async with storage.opened(settings) as files:
