@@ -12,7 +12,14 @@ import re
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bgworker import callback_urls
@@ -130,13 +137,17 @@ class WebSettings(BaseModel):
     admin_secret_key: SecretStr | None = None
     # Mark the console's cookies Secure even over plain HTTP: a TLS proxy is in front.
     admin_secure_cookies: bool = False
+    # Reverse proxies (addresses or CIDRs, comma-separated) whose X-Forwarded-For is
+    # believed: the console's login throttle counts per client address, the right-most one
+    # in that header that is not a listed proxy. Empty: the connection's peer address.
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
 
     # Keys of POST /requests (`Authorization: Bearer <key>`), comma-separated: several at
     # once let a key be rotated without downtime. Unset: no POST /requests, and the server
     # never connects to RabbitMQ.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
 
-    _split = field_validator("api_keys", mode="before")(_split_list)
+    _split = field_validator("api_keys", "trusted_proxies", mode="before")(_split_list)
 
     @field_validator("api_keys")
     @classmethod

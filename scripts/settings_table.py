@@ -144,6 +144,10 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_WEB__ADMIN_SECURE_COOKIES": (
         "console cookies always `Secure` (set it behind a TLS proxy)"
     ),
+    "BGWORKER_WEB__TRUSTED_PROXIES": (
+        "reverse proxies (addresses, CIDRs; comma-separated) whose `X-Forwarded-For` names the"
+        " client for the console's login throttle; unset: the peer address"
+    ),
     "BGWORKER_WEB__API_KEYS": (
         "keys of `POST /requests` (`Authorization: Bearer`), comma-separated, 16+ characters;"
         " unset: no `POST /requests`"

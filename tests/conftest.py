@@ -293,10 +293,7 @@ async def start_server(
     runners: list[web.AppRunner] = []
 
     async def _start(**kwargs: Any) -> str:
-        runner = web.AppRunner(
-            web_app.create_app(settings, **kwargs),
-            access_log_class=access_log.RedactingAccessLogger,
-        )
+        runner = access_log.Runner(web_app.create_app(settings, **kwargs))
         await runner.setup()
         runners.append(runner)
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -18,6 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any, Final, cast
 
 from aiobotocore.config import AioConfig
@@ -58,6 +59,17 @@ class ObjectStream:
                 yield chunk
         finally:
             self.body.close()
+
+
+@dataclass(frozen=True)
+class ObjectHead:
+    """What HeadObject tells of a stored object: the validators are the store's own (its
+    ETag is an MD5, or for a multipart upload an MD5 of MD5s with the part count), the ones
+    it sends, and evaluates conditional requests against, on a presigned GET."""
+
+    size: int
+    etag: str  # quoted, as in the ETag header
+    last_modified: datetime
 
 
 class S3Storage:
@@ -132,7 +144,8 @@ class S3Storage:
     def writer(self, key: str) -> S3Writer:
         return S3Writer(self, self.object_key(key))
 
-    async def _head(self, key: str) -> int | None:
+    async def head(self, key: str) -> ObjectHead | None:
+        """The stored object's size and validators, or None when there is none."""
         try:
             head = await self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
         except ClientError as exc:
@@ -141,17 +154,20 @@ class S3Storage:
             raise _unavailable(exc) from exc
         except BotoCoreError as exc:  # connection refused, timed out...
             raise _unavailable(exc) from exc
-        return head["ContentLength"]
+        # botocore's datetime is in dateutil's UTC zone; the stdlib's, for email.utils.
+        modified = head["LastModified"].astimezone(UTC)
+        return ObjectHead(head["ContentLength"], head["ETag"], modified)
 
     async def exists(self, key: str) -> bool:
-        return await self._head(key) is not None
+        return await self.head(key) is not None
 
     async def size(self, key: str) -> int:
-        return await self._head(key) or 0
+        found = await self.head(key)
+        return found.size if found is not None else 0
 
     async def delete(self, key: str) -> bool:
         # DeleteObject answers 204 whether or not there was an object: ask first.
-        if await self._head(key) is None:
+        if await self.head(key) is None:
             return False
         await self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
         return True
@@ -188,10 +204,16 @@ class S3Storage:
         return 0  # its parts' size is not worth a ListParts per upload
 
     async def presigned_get(
-        self, key: str, *, content_type: str, disposition: str, seconds: int | None = None
+        self,
+        key: str,
+        *,
+        content_type: str,
+        disposition: str,
+        cache_control: str,
+        seconds: int | None = None,
     ) -> str:
         """A URL that GETs the file for ``seconds`` (at most ``presign_seconds``), with the
-        name and type the server would send (S3's response-content-* overrides, covered by
+        name, type and caching the server would send (S3's response-* overrides, covered by
         the signature)."""
         return await self.client.generate_presigned_url(
             "get_object",
@@ -200,6 +222,7 @@ class S3Storage:
                 "Key": self.object_key(key),
                 "ResponseContentType": content_type,
                 "ResponseContentDisposition": disposition,
+                "ResponseCacheControl": cache_control,
             },
             ExpiresIn=min(seconds or self.presign_seconds, self.presign_seconds),
         )

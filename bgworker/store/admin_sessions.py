@@ -1,5 +1,6 @@
 """The admin console's server-side sessions and shared secrets (``admin_sessions.sql``,
-tables from migration 0006). Tokens arrive already hashed: this module never sees a cookie.
+tables from migration 0006), and its login throttle (0012). Tokens arrive already hashed:
+this module never sees a cookie.
 """
 
 from __future__ import annotations
@@ -45,3 +46,24 @@ class AdminSessions:
 
     async def delete(self, token_hash: bytes) -> None:
         await self.pool.execute(Q["admin_session_delete"], token_hash)
+
+    # -- the login throttle ---------------------------------------------------------------
+
+    async def login_attempt(self, client: str, limit: int, window: float) -> float | None:
+        """Record one login attempt of ``client``, counted as a failure until
+        ``login_succeeded``; unless ``client`` has ``limit`` failures within the last
+        ``window`` seconds: then nothing is recorded and the seconds until the oldest of them
+        leaves the window are returned."""
+        await self.pool.execute(Q["admin_login_failures_prune"], window)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(Q["admin_login_lock"], client)
+            recent = await conn.fetchrow(Q["admin_login_failures_recent"], client, window)
+            if recent["failures"] >= limit:
+                wait: float = recent["wait"]
+                return wait
+            await conn.execute(Q["admin_login_failure_insert"], client)
+        return None
+
+    async def login_succeeded(self, client: str) -> None:
+        """A right password: ``client``'s failures are forgotten."""
+        await self.pool.execute(Q["admin_login_failures_clear"], client)

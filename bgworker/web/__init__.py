@@ -121,7 +121,7 @@ async def serve(
     ``parent``: the supervisor's pid, for one of ``serve --workers N``'s processes (it binds
     with SO_REUSEPORT and stops when the parent is gone)."""
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log_class=access_log.RedactingAccessLogger)
+    runner = access_log.Runner(app)
     await runner.setup()
     reuse_port = True if parent is not None else None
     site = web.TCPSite(runner, settings.web.host, settings.web.port, reuse_port=reuse_port)

@@ -44,6 +44,7 @@ def create_admin(settings: settings_mod.Settings) -> web.Application:
         web_settings.admin_session_seconds,
         secret_key=key.get_secret_value() if key is not None else None,
         secure_cookies=web_settings.admin_secure_cookies,
+        trusted_proxies=web_settings.trusted_proxies,
     )
     guard = admin_auth.middleware(auth, frozenset({"/admin/login"}), _db)
     app = web.Application(middlewares=[guard])
@@ -155,8 +156,8 @@ async def login(request: web.Request) -> web.StreamResponse:
     if not auth.login_csrf_ok(token if isinstance(token, str) else None, nonce):
         return web.Response(status=403, text="403: missing or invalid CSRF token")
     user, password = str(form.get("user", "")), str(form.get("password", ""))
-    client = admin_auth.client_of(request)
-    if not await auth.check_password(client, user, password):  # ThrottledError: 429
+    client = auth.client(request)
+    if not await auth.check_password(_db(request), client, user, password):  # 429 if throttled
         return await login_form(request, error="Wrong user or password.")
     response = web.HTTPSeeOther("/admin/dead-letters")
     await auth.new_session(_db(request), response, request)

@@ -12,6 +12,9 @@ Management and Authentication cheat sheets ask.
 - **Guessing is throttled per client**: after ``MAX_FAILURES`` wrong passwords within
   ``FAILURE_WINDOW_SECONDS``, through the form or HTTP Basic, every attempt (the right
   password too) gets 429 with ``Retry-After`` until the oldest failure leaves the window.
+  The count is in PostgreSQL, shared by every server process, and the client is its
+  address through ``BGWORKER_WEB__TRUSTED_PROXIES`` (``identity.client_address``), so one
+  guesser behind a reverse proxy does not lock out everyone behind it.
 - Every POST carries a CSRF token: the session's own random token (synchroniser token), or
   before login a signed nonce that matches a short-lived pre-login cookie. Cookies are
   HttpOnly and SameSite=Strict, and ``Secure`` when the request came over TLS or
@@ -23,12 +26,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import collections
 import hashlib
 import hmac
+import math
 import secrets
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -36,7 +38,7 @@ import itsdangerous
 from aiohttp import web
 
 from bgworker import store
-from bgworker.web import headers, responses
+from bgworker.web import headers, identity, responses
 
 SESSION_COOKIE: Final = "bgworker_admin"
 LOGIN_COOKIE: Final = "bgworker_admin_login"
@@ -44,7 +46,6 @@ COOKIE_PATH: Final = "/admin"
 LOGIN_MAX_AGE: Final = 3600
 MAX_FAILURES: Final = 5
 FAILURE_WINDOW_SECONDS: Final = 300.0
-MAX_TRACKED_CLIENTS: Final = 10_000  # bounded memory under a flood of addresses
 # scrypt cost (RFC 7914): N=2^14, r=8, p=1 is hashlib's ceiling with its default maxmem
 # and takes tens of milliseconds, run off the event loop.
 SCRYPT: Final = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
@@ -74,37 +75,23 @@ CALLER: Final = web.RequestKey("admin_caller", Caller)
 
 
 class Throttle:
-    """Failed logins per client address in a sliding window (in this process's memory)."""
+    """Failed logins per client address in a sliding window, shared by every server
+    process through PostgreSQL (``AdminSessions.login_attempt``): kept in one process's
+    memory, ``serve --workers N`` allowed N times the guesses."""
 
     def __init__(self, limit: int = MAX_FAILURES, window: float = FAILURE_WINDOW_SECONDS):
         self.limit = limit
         self.window = window
-        self._failures: collections.OrderedDict[str, collections.deque[float]] = (
-            collections.OrderedDict()
-        )
 
-    def retry_after(self, client: str) -> int | None:
-        """Seconds until ``client`` may try again, or None when it may now."""
-        failures = self._recent(client)
-        if len(failures) < self.limit:
-            return None
-        return max(1, int(failures[0] + self.window - time.monotonic()) + 1)
+    async def attempt(self, db: store.Store, client: str) -> None:
+        """Take one attempt for ``client`` (a failure until ``succeeded``); raises
+        ThrottledError, taking none, while ``client`` is locked out."""
+        wait = await db.admin_sessions.login_attempt(client, self.limit, self.window)
+        if wait is not None:
+            raise ThrottledError(max(1, math.ceil(wait)))
 
-    def failed(self, client: str) -> None:
-        self._recent(client).append(time.monotonic())
-        self._failures.move_to_end(client)
-        while len(self._failures) > MAX_TRACKED_CLIENTS:
-            self._failures.popitem(last=False)
-
-    def succeeded(self, client: str) -> None:
-        self._failures.pop(client, None)
-
-    def _recent(self, client: str) -> collections.deque[float]:
-        failures = self._failures.setdefault(client, collections.deque())
-        cutoff = time.monotonic() - self.window
-        while failures and failures[0] <= cutoff:
-            failures.popleft()
-        return failures
+    async def succeeded(self, db: store.Store, client: str) -> None:
+        await db.admin_sessions.login_succeeded(client)
 
 
 class ThrottledError(Exception):
@@ -122,10 +109,12 @@ class Auth:
         *,
         secret_key: str | None = None,
         secure_cookies: bool = False,
+        trusted_proxies: Sequence[identity.Network] = (),
     ) -> None:
         self.user = user
         self.session_seconds = session_seconds
         self.secure_cookies = secure_cookies
+        self.trusted_proxies = tuple(trusted_proxies)
         self.throttle = Throttle()
         self._secret_key = secret_key
         # Kept only until ready() has hashed it against the stored salt.
@@ -161,19 +150,19 @@ class Auth:
                 key, salt="bgworker.admin.login-csrf"
             )
 
-    async def check_password(self, client: str, user: str, password: str) -> bool:
+    def client(self, request: web.Request) -> str:
+        """The throttle's key: the client's address, through the trusted proxies."""
+        return identity.client_address(request, self.trusted_proxies)
+
+    async def check_password(self, db: store.Store, client: str, user: str, password: str) -> bool:
         """Compared in constant time, both always compared; throttled per client (raises
         ThrottledError, without checking, while the client is locked out)."""
-        wait = self.throttle.retry_after(client)
-        if wait is not None:
-            raise ThrottledError(wait)
+        await self.throttle.attempt(db, client)
         candidate = await asyncio.to_thread(scrypt, password, self._salt)
         ok_user = hmac.compare_digest(user.encode(), self.user.encode())
         ok = hmac.compare_digest(candidate, self._hash) and ok_user
         if ok:
-            self.throttle.succeeded(client)
-        else:
-            self.throttle.failed(client)
+            await self.throttle.succeeded(db, client)
         return ok
 
     # -- sessions -----------------------------------------------------------------------
@@ -210,7 +199,7 @@ class Auth:
             user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return None
-        if await self.check_password(client_of(request), user, password):
+        if await self.check_password(db, self.client(request), user, password):
             return Caller(user, None)
         return None
 
@@ -258,11 +247,6 @@ class Auth:
             # Behind a TLS-terminating proxy the request arrives as plain HTTP.
             secure=self.secure_cookies or request.secure,
         )
-
-
-def client_of(request: web.Request) -> str:
-    """The throttle's key: the peer address (behind a proxy, the proxy's)."""
-    return request.remote or "unknown"
 
 
 def too_many(exc: ThrottledError) -> web.Response:

@@ -312,4 +312,7 @@ async def _page(request: web.Request, *, download: bool) -> web.Response:
     kind = _PAGE_KIND[view.state]
     if view.state == LinkState.WAITING and view.row is None:
         kind = pages.Kind.WAITING
-    return pages.render(request, pages.State(kind, status, view.row))
+    # A refused link names nothing (pages._context): a revoked one found its row, but its
+    # page may say no more than the JSON refusal, in the browser's language.
+    row = None if view.state in STATUS_REFUSALS else view.row
+    return pages.render(request, pages.State(kind, status, row))

@@ -1,11 +1,13 @@
 """Downloads from object storage, after ``downloads`` has checked the token and the row.
 
 redirect (the default for s3): a 302 to a presigned GET that lives
-``storage.presign_seconds``, carrying ``response-content-disposition`` and
-``response-content-type`` so the name and type the server would send survive; the bytes
-never pass through Python. stream: the server GETs the object and streams it, passing
-``Range`` through to S3 (206 with Content-Range, 416), with the sha256 as strong ETag. A HEAD
-is answered from the row in both modes (a URL presigned for GET does not answer HEAD).
+``storage.presign_seconds``, carrying ``response-content-disposition``,
+``response-content-type`` and ``response-cache-control`` so the name, type and
+``private, no-store`` the server would send survive; the bytes never pass through Python.
+stream: the server GETs the object and streams it, passing ``Range`` through to S3 (206 with
+Content-Range, 416), with the sha256 as strong ETag. A HEAD is answered here in both modes
+(a URL presigned for GET does not answer HEAD), with the validators of whoever answers the
+GET: the sha256 in stream mode, the object store's ETag and Last-Modified in redirect mode.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Final
 
 from aiohttp import hdrs, web
@@ -40,17 +43,15 @@ async def send(
         hdrs.ACCEPT_RANGES: "bytes",
         **headers.SECURITY_HEADERS,
     }
+    redirect = request.app[keys.DOWNLOAD_MODE] == "redirect"
     if request.method == hdrs.METH_HEAD:
-        response = web.StreamResponse(headers=common)
-        response.content_length = row.size_bytes or 0
-        await response.prepare(request)
-        await response.write_eof()
-        return response
-    if request.app[keys.DOWNLOAD_MODE] == "redirect":
+        return await _head(request, files, row, common, redirect=redirect)
+    if redirect:
         url = await files.presigned_get(
             row.storage_key,
             content_type=row.content_type,
             disposition=disposition,
+            cache_control=headers.SECURITY_HEADERS[hdrs.CACHE_CONTROL],
             seconds=_until_expiry(row),
         )
         # no-store: a cached redirect would outlive the presigned URL it points to.
@@ -59,6 +60,41 @@ async def send(
     if _tags(request.headers.get(hdrs.IF_NONE_MATCH, "")) & {etag, "*"}:
         return web.Response(status=304, headers={hdrs.ETAG: etag, **headers.SECURITY_HEADERS})
     return await _stream(request, files, row.storage_key, common)
+
+
+async def _head(
+    request: web.Request,
+    files: s3.S3Storage,
+    row: store.RequestRow,
+    common: dict[str, str],
+    *,
+    redirect: bool,
+) -> web.StreamResponse:
+    """A HEAD, answered here (a URL presigned for GET does not answer HEAD). In redirect
+    mode the GET that follows is answered by the object store, with its own ETag and
+    Last-Modified: HEAD gives those, so a client that resumes with ``If-Range`` (or asks
+    ``If-None-Match``) from a HEAD sends a validator the store knows, not our sha256 that
+    it would never match (RFC 9110 section 13.1.5: a whole new body instead of the rest)."""
+    size = row.size_bytes or 0
+    if redirect:
+        assert row.storage_key is not None
+        found = await files.head(row.storage_key)
+        if found is None:
+            return _gone()
+        common = {**common, hdrs.ETAG: found.etag}
+        common[hdrs.LAST_MODIFIED] = format_datetime(found.last_modified, usegmt=True)
+        size = found.size
+    response = web.StreamResponse(headers=common)
+    response.content_length = size
+    await response.prepare(request)
+    await response.write_eof()
+    return response
+
+
+def _gone() -> web.Response:
+    # Deleted between the row check and now (clean, an operator): gone, as the row says.
+    body = {"error": "the file is no longer stored", "status": 410, "state": "gone"}
+    return responses.json_response(body, status=410)
 
 
 def _until_expiry(row: store.RequestRow) -> int | None:
@@ -104,10 +140,8 @@ async def _stream(
             headers={hdrs.CONTENT_RANGE: f"bytes */{size}", **headers.SECURITY_HEADERS},
         )
     except ClientError:
-        # Missing (a store that fails raises StorageUnavailableError: 503, web/__init__):
-        # deleted between the row check and now (clean, an operator): gone, as the row says.
-        body = {"error": "the file is no longer stored", "status": 410, "state": "gone"}
-        return responses.json_response(body, status=410)
+        # Missing (a store that fails raises StorageUnavailableError: 503, web/__init__).
+        return _gone()
     response = web.StreamResponse(status=got.status, headers=common)
     response.content_length = got.length
     if got.content_range:

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from bgworker import events, store, tokens
+from bgworker import events, languages, store, tokens
 from bgworker import settings as settings_mod
 from bgworker.web import headers as web_headers
 from tests.helpers import Publish, StartServer, StartWorker, wait_for_status
-from tests.integration.downloads import IDENTITY, Headers, fetch, tamper
+from tests.integration.downloads import IDENTITY, Headers, fetch, signer_in_the_past, tamper
+from tests.integration.letters import Cli
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 NONCE_RE = re.compile(r"script-src 'nonce-([A-Za-z0-9_-]+)'")
@@ -116,6 +117,62 @@ async def test_refusals_say_what_happened_and_nothing_about_the_request(
     # The owner sees their page.
     status, _, text = await page(f"{base}/download/{bound}", **{IDENTITY: "alice"})
     assert status == 409 and "rapport" in text
+
+
+async def test_refused_links_name_nothing_about_the_request(
+    settings: settings_mod.Settings,
+    start_server: StartServer,
+    db: store.Store,
+    signer: tokens.Signer,
+    cli: Cli,
+) -> None:
+    """Revoked (after `bgworker revoke`), expired, signed with another key, tampered or
+    someone else's: the page says what happened to the link, in the browser's language,
+    and nothing the request holds (its JSON answer shows none of it either)."""
+    settings.tokens.max_age_seconds = 3600
+    settings.web.identity_header = IDENTITY
+    base = await start_server()
+    event = events.FileRequested(
+        id=uuid.uuid4(),
+        file_type="blob",
+        filename="salaires-lyon.csv",
+        description="Paie du troisième trimestre",
+        requester={"id": "alice", "language": "fr", "timezone": "Europe/Paris"},
+    )
+    await db.insert_request(event, max_attempts=3)
+    row = await db.get_request(event.id)
+    assert row is not None
+    requested = languages.format_datetime(row.requested_at, "Europe/Paris", "fr")
+    shown: list[str] = [row.filename, "Paie du troisième trimestre", requested, 'lang="fr"']
+    general, bound = signer.general(event.id), signer.bound(event.id, "alice")
+    # While the link is good its page names the file (what must vanish below).
+    status, _, text = await page(f"{base}/status/{general}")
+    assert status == 200 and all(p in text for p in shown), text
+
+    assert (await cli("revoke", str(event.id)))[0] == 0
+    other = tokens.Signer(settings_mod.TokenSettings(secret_keys=["another key" * 3]))
+    refused = [
+        (f"/download/{general}", {}, 410, "This link has been withdrawn"),
+        (f"/status/{general}", {}, 410, "This link has been withdrawn"),
+        (f"/status/{bound}", {IDENTITY: "alice"}, 410, "This link has been withdrawn"),
+        (
+            f"/download/{signer_in_the_past(settings.tokens, 7200).general(event.id)}",
+            {},
+            410,
+            "expired",
+        ),
+        (f"/status/{other.general(event.id)}", {}, 400, "This link is not valid"),
+        (f"/download/{tamper(general)}", {}, 400, "This link is not valid"),
+        (f"/download/{bound}", {IDENTITY: "mallory"}, 403, "This link belongs to someone else"),
+    ]
+    for path, extra, expected, words in refused:
+        status, hdrs, text = await page(base + path, **{"Accept-Language": "en", **extra})
+        assert (status, hdrs["Content-Language"]) == (expected, "en"), path
+        assert words in text, path
+        assert_page(hdrs, text)
+        leaked = [p for p in [*shown, str(event.id)] if p in text]
+        assert not leaked, (path, leaked)
+        assert "<dl>" not in text and "<title>Your file</title>" in text
 
 
 async def test_failed_page_shows_no_exception_text(
