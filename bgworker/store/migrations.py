@@ -1,5 +1,12 @@
 """Numbered SQL migrations: applied in order, recorded, safe to run from two processes.
 
+A database records each applied version (``bgworker_migrations``) and gets every file whose
+version it lacks, in order. The numbers need not be consecutive: no file ever had 0009 or
+0010 (0011 was numbered during issue 14 while other work of that round could still have
+needed them; none did). A skipped number stays unused for good (SKIPPED): a database that
+recorded 0011 would apply a new 0009 after 0011, in another order than a fresh database, so
+``available`` refuses such a file. A new migration takes the next number after the highest.
+
 The bookkeeping queries are in ``migrations.sql`` like every other query: a query file is
 parsed at import and needs no table, so it can serve the code that creates the tables."""
 
@@ -21,6 +28,8 @@ log = logging.getLogger(__name__)
 _FILE_RE: Final = re.compile(r"^(\d{4})_(\w+)\.sql$")
 # Any constant works: it only has to be the same in every process running migrations.
 _LOCK_KEY: Final = 0x6267776B  # "bgwk"
+# Numbers never used, and never to be: see the module's docstring.
+SKIPPED: Final = frozenset({9, 10})
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,11 @@ def available() -> list[Migration]:
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise RuntimeError(f"duplicate migration numbers in {versions}")
+    if reused := SKIPPED.intersection(versions):
+        raise RuntimeError(
+            f"migration numbers {sorted(reused)} were skipped for good (databases past them "
+            "would apply them out of order): take the next number after the highest"
+        )
     return found
 
 
@@ -56,7 +70,8 @@ async def apply(conn: asyncpg.Connection) -> list[Migration]:
         for migration in available():
             if migration.version in done:
                 continue
-            log.info("applying migration %04d_%s", migration.version, migration.name)
+            # DEBUG: `bgworker migrate` prints each one it applied, once.
+            log.debug("applying migration %04d_%s", migration.version, migration.name)
             await conn.execute(migration.sql)
             await conn.execute(Q["record_migration"], migration.version, migration.name)
             applied.append(migration)
