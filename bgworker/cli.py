@@ -20,11 +20,9 @@ if TYPE_CHECKING:
     from bgworker import diagnosis, events
     from bgworker import settings as settings_mod
 
-# Not imported here: asyncio and logging (with ssl and concurrent.futures) are a third of
+# Not imported here either: asyncio and logging (with ssl, concurrent.futures), a third of
 # what `bgworker --help` would load.
-
-EXIT_FAILED: Final = 1  # refused, or a followed request ended failed or cancelled
-EXIT_NOT_RECORDED: Final = 3  # `status`: the id is in no row (yet); see README "Command line"
+EXIT_FAILED: Final = 1  # refused (overview.EXIT_UNSUCCESSFUL: a followed request failed)
 EXIT_CLOSED_PIPE: Final = 141  # 128 + SIGPIPE: what a shell shows for `yes | head -1`
 
 
@@ -59,8 +57,8 @@ def _guard_stdout() -> None:
     """Put _Stdout in place of sys.stdout (the same descriptor and encoding). Characters the
     terminal's encoding lacks become "?" rather than an error (what `dlq` did for itself)."""
     stream = sys.stdout
-    if not isinstance(stream, io.TextIOWrapper) or isinstance(stream, _Stdout):
-        return  # captured by a test harness, or done already
+    if stream is not sys.__stdout__ or not isinstance(stream, io.TextIOWrapper):
+        return  # replaced by a test harness (or done already), or no stdout at all
     encoding, line_buffering = stream.encoding, stream.line_buffering
     sys.stdout = _Stdout(
         stream.detach(), encoding=encoding, errors="replace", line_buffering=line_buffering
@@ -123,11 +121,8 @@ def _install_signals(stop: Callable[[], None], what: str) -> None:
 
 
 async def _cmd_worker(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    import logging
-
     from bgworker import diagnosis, faults, handlers, loopwatch, worker
 
-    logging.getLogger("bgworker").info("worker settings: %s", settings.summary())
     registry = diagnosis.load_handlers(settings.handlers)
     limits = worker.Limits(max_jobs=args.max_jobs, max_seconds=args.max_seconds, burst=args.burst)
     pool = worker.Worker(settings, registry, limits=limits)
@@ -162,71 +157,6 @@ async def _cmd_serve(settings: settings_mod.Settings, args: argparse.Namespace) 
     return 0
 
 
-async def _cmd_migrate(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    import asyncpg
-
-    from bgworker import store
-    from bgworker.store import migrations
-
-    dsn = settings.database_url.get_secret_value()
-    if await store.ensure_database(dsn):
-        print(f"created database {dsn.rsplit('/', 1)[-1]}")
-    conn = await asyncpg.connect(dsn)
-    try:
-        applied = await migrations.apply(conn)
-    finally:
-        await conn.close()
-    for m in applied:
-        print(f"applied {m.version:04d}_{m.name}")
-    if not applied:
-        print("database is up to date")
-    return 0
-
-
-class _RefusedError(Exception):
-    """A command's input is refused: one line, exit 1."""
-
-
-def _build_request(args: argparse.Namespace) -> events.FileRequested:
-    import json
-    import uuid
-
-    import pydantic
-
-    from bgworker import events
-
-    try:
-        criteria = json.loads(args.criteria)
-    except json.JSONDecodeError as exc:
-        raise _RefusedError(f"--criteria is not JSON: {exc}") from None
-    # A requester is whatever the flags name: the contract lets one carry only a language
-    # or a time zone (the handler writes the file in them), and checks each value alike.
-    given = {
-        "id": args.requester_id,
-        "email": args.email,
-        "language": args.language,
-        "timezone": args.timezone,
-    }
-    requester = {name: value for name, value in given.items() if value is not None} or None
-    raw: dict[str, Any] = {
-        "id": args.id or str(uuid.uuid4()),
-        "file_type": args.file_type,
-        "criteria": criteria,
-        # Left out, the worker uses what the file type's handler declares.
-        "filename": args.filename,
-        "content_type": args.content_type,
-        "description": args.description,
-        "requester": requester,
-        "callback_url": args.callback_url,
-    }
-    if args.lifetime is not None:  # 0 too: the contract refuses it, it is not "unset"
-        raw["lifetime_seconds"] = args.lifetime
-    try:
-        return events.FileRequested.model_validate(raw)
-    except pydantic.ValidationError as exc:
-        raise _RefusedError(f"invalid request: {events.describe_validation_error(exc)}") from None
-
-
 async def _cmd_publish(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     from bgworker import diagnosis, publisher
 
@@ -242,45 +172,9 @@ async def _cmd_publish(settings: settings_mod.Settings, args: argparse.Namespace
     print(event.id, flush=True)  # first, alone on its line: scripts read it
     if not args.wait:
         return 0
-    return await _follow(settings, event.id, as_json=False)
+    from bgworker import overview
 
-
-async def _cmd_status(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    import json
-    from datetime import UTC, datetime
-
-    from bgworker import overview, store
-
-    if args.watch:
-        return await _follow(settings, args.id, as_json=args.json)
-    async with store.opened(settings.database_url.get_secret_value()) as db:
-        snap = await overview.read(db, args.id)
-    if snap is None:
-        # Producers publish without writing to the database: a request exists here only
-        # once a worker has taken (or rejected) its message.
-        _say("status", f"{args.id}: {overview.NOT_RECORDED} (or the id is wrong)")
-        return EXIT_NOT_RECORDED
-    now = datetime.now(UTC)
-    if args.json:
-        print(json.dumps(overview.to_json(snap, now), indent=2))
-    else:
-        print("\n".join(overview.summary(snap, now)))
-    return 0
-
-
-async def _follow(settings: settings_mod.Settings, request_id: Any, *, as_json: bool) -> int:
-    """Follow a request until it ends (``publish --wait``, ``status --watch``): 0 when it is
-    ready, 1 when it failed or was cancelled."""
-    from datetime import UTC, datetime
-
-    from bgworker import overview, store
-
-    async with store.opened(settings.database_url.get_secret_value()) as db:
-        with overview.display(sys.stdout, as_json=as_json) as show:
-            snap = await overview.follow(db, request_id, show)
-    if not as_json:
-        print("\n".join(overview.summary(snap, datetime.now(UTC))))
-    return 0 if snap.row.status in overview.SUCCEEDED else EXIT_FAILED
+    return await overview.wait(settings, event.id)
 
 
 async def _cmd_cancel(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
@@ -297,6 +191,7 @@ async def _cmd_cancel(settings: settings_mod.Settings, args: argparse.Namespace)
     return 0
 
 
+# The commands whose module has its own `run(settings, args)`: imported when one runs.
 async def _cmd_links(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     from bgworker import links
 
@@ -309,30 +204,22 @@ async def _cmd_dlq(settings: settings_mod.Settings, args: argparse.Namespace) ->
     return await dlq_cli.run(settings, args)
 
 
-async def _cmd_clean(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    from bgworker import cleanup, storage, store
+async def _cmd_status(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from bgworker import overview
 
-    async with (
-        store.opened(settings.database_url.get_secret_value()) as db,
-        storage.opened(settings) as files,
-    ):
-        report = await cleanup.clean(
-            db,
-            files,
-            leeway_seconds=args.leeway,
-            orphan_age_seconds=args.orphan_age,
-            timeout_seconds=args.timeout,
-            sleep_seconds=args.sleep,
-            dry_run=args.dry_run,
-        )
-    verb = "would remove" if args.dry_run else "removed"
-    print(
-        f"{verb}: {report.expired} expired file(s), {report.orphans} orphaned file(s), "
-        f"{report.temp_parts} temp part(s), {report.front_door} front-door record(s); "
-        f"{report.bytes_freed} bytes freed"
-        + ("; stopped at --timeout" if report.stopped_early else "")
-    )
-    return 0
+    return await overview.run(settings, args)
+
+
+async def _cmd_clean(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from bgworker import cleanup
+
+    return await cleanup.run(settings, args)
+
+
+async def _cmd_migrate(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from bgworker.store import migrations
+
+    return await migrations.run(settings, args)
 
 
 async def _cmd_smtp_sink(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
@@ -417,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _main(argv)
         finally:
-            sys.stdout.flush()  # what is still buffered: a closed pipe shows here too
+            if sys.stdout is not None:
+                sys.stdout.flush()  # what is still buffered: a closed pipe shows here too
     except OutputClosedError:
         return _output_closed()
 
@@ -441,9 +329,6 @@ def _main(argv: list[str] | None) -> int:
         _prepare(settings, args)
     except diagnosis.StartupError as exc:
         return _fail(args, exc)
-    except _RefusedError as exc:
-        _say(args.command, str(exc))
-        return EXIT_FAILED
     if args.command in SYNC_COMMANDS:
         return SYNC_COMMANDS[args.command](settings, args)
     try:
@@ -479,7 +364,12 @@ def _prepare(settings: settings_mod.Settings, args: argparse.Namespace) -> None:
         except tracing.TracingUnavailableError as exc:
             raise diagnosis.config(str(exc)) from None
     if args.command == "publish":
-        args.event = _build_request(args)
+        from bgworker import publisher
+
+        try:
+            args.event = publisher.from_flags(args)
+        except ValueError as exc:
+            raise diagnosis.StartupError(str(exc), EXIT_FAILED) from None
 
 
 async def _run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:

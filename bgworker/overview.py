@@ -8,51 +8,69 @@ no worker has recorded has no row: producers publish without writing to the data
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
+import sys
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TextIO
 
-from bgworker import states, store
+from bgworker import languages, states, store
+from bgworker import settings as settings_mod
+from bgworker.store import rows
 
 # The row's progress is saved about once a second (bgworker.progress): polling twice as
 # often shows every saved value.
 POLL_SECONDS: Final = 0.5
-TERMINAL: Final = frozenset(
-    {states.Status.READY, states.Status.FAILED, states.Status.CANCELLED, states.Status.EXPIRED}
-)
+TERMINAL: Final = frozenset(states.Status) - states.IN_PROGRESS
 # A followed request that ends otherwise (failed, cancelled) makes the command exit 1.
 SUCCEEDED: Final = frozenset({states.Status.READY, states.Status.EXPIRED})
+EXIT_UNSUCCESSFUL: Final = 1
+EXIT_NOT_RECORDED: Final = 3  # `status` of an id in no row (yet); README "Command line"
 NOT_RECORDED: Final = "not recorded yet: no worker has taken it; it may be waiting in the queue"
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """One reading of a request: its row, link generation, attempts and effects."""
+async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    """``bgworker status ID [--json] [--watch]``."""
+    if args.watch:
+        return await wait(settings, args.id, as_json=args.json)
+    async with store.opened(settings.database_url.get_secret_value()) as db:
+        snap = await read(db, args.id)
+    if snap is None:
+        # Producers publish without writing to the database: a request exists here only
+        # once a worker has taken (or rejected) its message.
+        print(f"bgworker status: {args.id}: {NOT_RECORDED} (or the id is wrong)", file=sys.stderr)
+        return EXIT_NOT_RECORDED
+    now = datetime.now(UTC)
+    if args.json:
+        print(json.dumps(to_json(snap, now), indent=2))
+    else:
+        print("\n".join(summary(snap, now)))
+    return 0
 
-    row: store.RequestRow
-    generation: int
-    attempts: list[dict[str, Any]]
-    effects: list[dict[str, Any]]
 
-    @property
-    def ended(self) -> bool:
-        return self.row.status in TERMINAL
+async def wait(
+    settings: settings_mod.Settings, request_id: uuid.UUID, *, as_json: bool = False
+) -> int:
+    """Follow a request until it ends (``status --watch``, ``publish --wait``) on standard
+    output, then show its summary; 0 when it is ready, 1 when it failed or was cancelled."""
+    async with store.opened(settings.database_url.get_secret_value()) as db:
+        with display(sys.stdout, as_json=as_json) as show:
+            snap = await follow(db, request_id, show)
+    if not as_json:
+        print("\n".join(summary(snap, datetime.now(UTC))))
+    return 0 if snap.row.status in SUCCEEDED else EXIT_UNSUCCESSFUL
+
+
+Snapshot = rows.Overview  # what the store reads of a request, all at once
 
 
 async def read(db: store.Store, request_id: uuid.UUID) -> Snapshot | None:
     """The request now; None when no worker has recorded it."""
-    found = await db.get_request_for_link(request_id)
-    if found is None:
-        return None
-    row, generation = found
-    attempts = await db.list_attempts(request_id)
-    effects = await db.listing.effects(request_id)  # a given-up webhook too
-    return Snapshot(row, generation, attempts, effects)
+    return await db.listing.overview(request_id)
 
 
 def link_state(row: store.RequestRow, now: datetime) -> str:
@@ -90,7 +108,7 @@ def to_json(snap: Snapshot, now: datetime) -> dict[str, Any]:
         "attempts": row.attempts,
         "max_attempts": row.max_attempts,
         "cancel_requested": row.cancel_requested,
-        "reused_from": _text(row.reused_from),
+        "reused_from": str(row.reused_from) if row.reused_from else None,
         "link": {"state": link_state(row, now), "generation": snap.generation},
         "requester": requester if isinstance(requester, dict) else None,
         "requested_at": _iso(row.requested_at),
@@ -111,10 +129,6 @@ def to_json(snap: Snapshot, now: datetime) -> dict[str, Any]:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
-
-
-def _text(value: object) -> str | None:
-    return None if value is None else str(value)
 
 
 def _plain(record: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +168,8 @@ def summary(snap: Snapshot, now: datetime) -> list[str]:
         lines.append((label, _when(value, now)))
     if row.last_error or row.last_error_class:
         reason = f" [{row.failure_reason}]" if row.failure_reason else ""
-        lines.append(("error", f"{row.last_error_class or 'error'}: {row.last_error}{reason}"))
+        error = f"{row.last_error_class or 'error'}: {_one_line(row.last_error)}{reason}"
+        lines.append(("error", error))
     lines.extend(("", line) for line in _attempt_lines(snap.attempts))
     if snap.effects:
         lines.append(("effects", "; ".join(_effect(e) for e in snap.effects)))
@@ -175,20 +190,9 @@ def _state(snap: Snapshot, now: datetime) -> str:
 
 
 def _file(row: store.RequestRow) -> str:
-    size = "-" if row.size_bytes is None else size_text(row.size_bytes)
-    return f"{row.filename}, {row.content_type}, {size}"
-
-
-def size_text(size: int) -> str:
-    """``1.5 MiB (1,572,864 bytes)``; bytes alone under 1 KiB."""
-    if size < 1024:
-        return f"{size} bytes"
-    value = float(size)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            break
-    return f"{value:.1f} {unit} ({size:,} bytes)"
+    size = row.size_bytes
+    shown = "-" if size is None else f"{languages.format_size(size, 'en')} ({size:,} bytes)"
+    return f"{row.filename}, {row.content_type}, {shown}"
 
 
 def progress_text(row: store.RequestRow) -> str:
@@ -213,7 +217,7 @@ def _attempt_lines(attempts: list[dict[str, Any]]) -> list[str]:
     out = []
     for a in attempts:
         if a.get("error") or a.get("outcome") == states.AttemptOutcome.LOST:
-            error = f"{a.get('error_class') or ''}: {a.get('error') or ''}".strip(": ")
+            error = f"{a.get('error_class') or ''}: {_one_line(a.get('error'))}".strip(": ")
             out.append(f"attempt {a['attempt']} {a.get('outcome') or 'running'}: {error}")
     return out
 
@@ -247,8 +251,14 @@ def _requester(row: store.RequestRow) -> str:
 def _effect(effect: dict[str, Any]) -> str:
     text = f"{effect['kind']} {effect['status']}"
     if effect.get("last_error"):
-        text += f" ({effect['last_error']})"
+        text += f" ({_one_line(effect['last_error'])})"
     return text
+
+
+def _one_line(text: object, width: int = 200) -> str:
+    """An error on one line and at most ``width`` characters (``--json`` has it whole)."""
+    flat = " ".join(str(text or "").split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def _when(value: datetime | None, now: datetime) -> str:
@@ -272,17 +282,19 @@ def _relative(value: datetime, now: datetime) -> str:
 # -- following a request until it ends -------------------------------------------------
 
 
+def _doing(row: store.RequestRow) -> str:
+    text = str(row.status)
+    if row.status in states.IN_PROGRESS and row.attempts:
+        text += f", attempt {_attempts(row)}"
+    return text
+
+
 def line(snap: Snapshot | None) -> str:
     """One line of a followed request: its state and how far it is."""
     if snap is None:
         return NOT_RECORDED
-    row = snap.row
-    text = str(row.status)
-    if row.status in states.IN_PROGRESS and row.attempts:
-        text += f", attempt {_attempts(row)}"
-    if progress := progress_text(row):
-        text += f", {progress}"
-    return text
+    progress = progress_text(snap.row)
+    return _doing(snap.row) + (f", {progress}" if progress else "")
 
 
 def _key(snap: Snapshot | None) -> tuple[object, ...]:
@@ -302,7 +314,7 @@ async def follow(db: store.Store, request_id: uuid.UUID, show: Show) -> Snapshot
     while True:
         snap = await read(db, request_id)
         show(snap)
-        if snap is not None and snap.ended:
+        if snap is not None and snap.row.status in TERMINAL:
             return snap
         await asyncio.sleep(POLL_SECONDS)
 
@@ -354,45 +366,30 @@ def progress_bar(out: TextIO) -> Iterator[Show]:
     """A live bar (rich): the state, the handler's progress and the time it has taken.
     Redrawn from the polling loop only, no thread of its own: an error writing the
     terminal reaches the command, not a thread's traceback."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        SpinnerColumn,
-        TaskProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    from rich import console, progress
 
-    bar = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}", markup=False),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        console=Console(file=out),
+    bar = progress.Progress(
+        progress.SpinnerColumn(),
+        progress.TextColumn("{task.description}", markup=False),
+        progress.BarColumn(),
+        progress.TaskProgressColumn(),
+        progress.TimeElapsedColumn(),
+        console=console.Console(file=out),
         auto_refresh=False,
         redirect_stdout=False,
         redirect_stderr=False,
     )
     with bar:
-        task = bar.add_task("", total=None)
+        task = bar.add_task("queued (not recorded yet)", total=None)
 
         def show(snap: Snapshot | None) -> None:
-            if snap is None:
-                bar.update(task, description="queued (not recorded yet)")
-            else:
+            if snap is not None:
                 row = snap.row
-                description = str(row.status)
-                if row.status in states.IN_PROGRESS and row.attempts:
-                    description += f", attempt {_attempts(row)}"
-                fraction = row.progress
-                if row.status == states.Status.READY:
-                    fraction = 1.0
-                if fraction is None:
-                    bar.update(task, description=description)
+                done = 1.0 if row.status == states.Status.READY else row.progress
+                if done is None:  # nothing reported: the bar pulses
+                    bar.update(task, description=_doing(row))
                 else:
-                    bar.update(task, description=description, total=1.0, completed=fraction)
+                    bar.update(task, description=_doing(row), total=1.0, completed=done)
             bar.refresh()
 
         yield show

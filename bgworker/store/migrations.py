@@ -12,6 +12,7 @@ parsed at import and needs no table, so it can serve the code that creates the t
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from typing import Final
 
 import asyncpg
 
-from bgworker.store import queries
+from bgworker import settings as settings_mod
+from bgworker.store import connection, queries
 
 Q: Final = queries.QUERIES
 log = logging.getLogger(__name__)
@@ -84,3 +86,21 @@ async def pending(conn: asyncpg.Connection) -> list[Migration]:
     if exists:
         done = {r["version"] for r in await conn.fetch(Q["applied_migrations"])}
     return [m for m in available() if m.version not in done]
+
+
+async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    """``bgworker migrate``: create the database if missing, apply what is missing, and say
+    each once."""
+    dsn = settings.database_url.get_secret_value()
+    if await connection.ensure_database(dsn):
+        print(f"created database {dsn.rsplit('/', 1)[-1]}")
+    conn = await asyncpg.connect(dsn)
+    try:
+        applied = await apply(conn)
+    finally:
+        await conn.close()
+    for m in applied:
+        print(f"applied {m.version:04d}_{m.name}")
+    if not applied:
+        print("database is up to date")
+    return 0

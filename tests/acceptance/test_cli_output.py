@@ -218,7 +218,7 @@ async def test_publish_wait_follows_a_real_worker(
     env = settings_env(settings)
     worker = await spawn("worker")
     # One start-up line says what the worker runs with, and no secret.
-    [summary] = [line for line in worker.log().splitlines() if "worker settings:" in line]
+    [summary] = [line for line in worker.log().splitlines() if " settings: " in line]
     for part in ("storage=local:", "download_mode=stream", "queue=quorum", "concurrency=4"):
         assert part in summary
     assert settings.tokens.secret_keys[0].get_secret_value() not in worker.log()
