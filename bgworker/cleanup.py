@@ -11,11 +11,13 @@ multipart uploads of attempts that died, aborted once older than ``orphan_age``.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
 
+from bgworker import settings as settings_mod
 from bgworker import states, storage, store
 
 log = logging.getLogger(__name__)
@@ -124,3 +126,28 @@ async def clean(
         )
     log.info("clean: %s", run.report)
     return run.report
+
+
+async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    """``bgworker clean`` (its flags are in ``bgworker.arguments``)."""
+    async with (
+        store.opened(settings.database_url.get_secret_value()) as db,
+        storage.opened(settings) as files,
+    ):
+        report = await clean(
+            db,
+            files,
+            leeway_seconds=args.leeway,
+            orphan_age_seconds=args.orphan_age,
+            timeout_seconds=args.timeout,
+            sleep_seconds=args.sleep,
+            dry_run=args.dry_run,
+        )
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"{verb}: {report.expired} expired file(s), {report.orphans} orphaned file(s), "
+        f"{report.temp_parts} temp part(s), {report.front_door} front-door record(s); "
+        f"{report.bytes_freed} bytes freed"
+        + ("; stopped at --timeout" if report.stopped_early else "")
+    )
+    return 0

@@ -1,52 +1,100 @@
-"""The ``bgworker`` command. Flags override ``BGWORKER_*`` settings; ``--help`` names them."""
+"""The ``bgworker`` command. Flags override ``BGWORKER_*`` settings; ``--help`` names them.
+
+Only the parser is imported before the arguments are parsed: each command imports what it
+uses (the clients of RabbitMQ, PostgreSQL and S3, the web server, the metrics), so ``--help``
+and a mistyped flag answer at once (``tests/unit/test_arguments.py``).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import logging
+import io
 import os
-import signal
 import sys
-import uuid
 from collections.abc import Callable, Coroutine
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
-import aiormq
-import asyncpg
-import pydantic
-import uvloop
+from bgworker import arguments
 
-from bgworker import (
-    arguments,
-    asyncapi,
-    diagnosis,
-    events,
-    faults,
-    handlers,
-    links,
-    logs,
-    loopwatch,
-    publisher,
-    store,
-    tracing,
-    worker,
-)
-from bgworker import settings as settings_mod
-from bgworker.deadletters import cli as dlq_cli
+if TYPE_CHECKING:
+    from bgworker import diagnosis, events
+    from bgworker import settings as settings_mod
 
-log = logging.getLogger("bgworker")
+# Not imported here either: asyncio and logging (with ssl, concurrent.futures), a third of
+# what `bgworker --help` would load.
+EXIT_FAILED: Final = 1  # refused (overview.EXIT_UNSUCCESSFUL: a followed request failed)
+EXIT_CLOSED_PIPE: Final = 141  # 128 + SIGPIPE: what a shell shows for `yes | head -1`
 
-EXIT_UNAVAILABLE = diagnosis.EXIT_UNAVAILABLE  # EX_UNAVAILABLE: a service we need is down
-EXIT_USAGE = diagnosis.EXIT_USAGE  # EX_USAGE: bad settings
-EXIT_NOT_RECORDED = 3  # `status`: the id is in no row (yet); see docs/reference.md "Exit codes"
+
+# -- output ---------------------------------------------------------------------------
+
+
+class OutputClosedError(Exception):
+    """Whoever read our standard output went away (``bgworker dlq list | head -1``).
+
+    Not an OSError on purpose: a BrokenPipeError is also what a socket to a vanished
+    service raises, and every handler that rides out (or reports) a lost connection would
+    take it for one."""
+
+
+class _Stdout(io.TextIOWrapper):
+    """Standard output that raises OutputClosedError when the pipe's reader is gone."""
+
+    def write(self, text: str) -> int:
+        try:
+            return super().write(text)
+        except BrokenPipeError as exc:
+            raise OutputClosedError from exc
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except BrokenPipeError as exc:
+            raise OutputClosedError from exc
+
+
+def _guard_stdout() -> None:
+    """Put _Stdout in place of sys.stdout (the same descriptor and encoding). Characters the
+    terminal's encoding lacks become "?" rather than an error (what `dlq` did for itself)."""
+    stream = sys.stdout
+    if stream is not sys.__stdout__ or not isinstance(stream, io.TextIOWrapper):
+        return  # replaced by a test harness (or done already), or no stdout at all
+    encoding, line_buffering = stream.encoding, stream.line_buffering
+    sys.stdout = _Stdout(
+        stream.detach(), encoding=encoding, errors="replace", line_buffering=line_buffering
+    )
+    if isinstance(sys.stderr, io.TextIOWrapper):
+        sys.stderr.reconfigure(errors="replace")
+
+
+def _output_closed() -> int:
+    # Quietly, like other Unix tools; what is still buffered goes to /dev/null so that the
+    # interpreter's last flush does not fail again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_CLOSED_PIPE
+
+
+def _say(command: str, line: str) -> None:
+    """One line on stderr, named after the command, like every error of this CLI."""
+    try:
+        print(f"bgworker {command}: {line}", file=sys.stderr)
+    except BrokenPipeError:
+        pass  # nobody reads stderr either: the exit status says it
+
+
+# -- commands -------------------------------------------------------------------------
 
 
 def _install_signals(stop: Callable[[], None], what: str) -> None:
     """First SIGTERM/SIGINT: graceful stop. Second: exit at once (leases expire, the
     reaper requeues whatever was running)."""
+    import asyncio
+    import logging
+    import signal
+
+    log = logging.getLogger("bgworker")
     loop = asyncio.get_running_loop()
     calls = 0
 
@@ -73,6 +121,8 @@ def _install_signals(stop: Callable[[], None], what: str) -> None:
 
 
 async def _cmd_worker(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from bgworker import diagnosis, faults, handlers, loopwatch, worker
+
     registry = diagnosis.load_handlers(settings.handlers)
     limits = worker.Limits(max_jobs=args.max_jobs, max_seconds=args.max_seconds, burst=args.burst)
     pool = worker.Worker(settings, registry, limits=limits)
@@ -91,7 +141,9 @@ async def _cmd_worker(settings: settings_mod.Settings, args: argparse.Namespace)
 
 
 async def _cmd_serve(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    from bgworker import web
+    import asyncio
+
+    from bgworker import diagnosis, web
     from bgworker.web import supervisor
 
     if settings.web.workers > 1:  # a parent that runs N of the branch below
@@ -105,139 +157,97 @@ async def _cmd_serve(settings: settings_mod.Settings, args: argparse.Namespace) 
     return 0
 
 
-async def _cmd_migrate(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    from bgworker.store import migrations
-
-    dsn = settings.database_url.get_secret_value()
-    if await store.ensure_database(dsn):
-        print(f"created database {dsn.rsplit('/', 1)[-1]}")
-    conn = await asyncpg.connect(dsn)
-    try:
-        applied = await migrations.apply(conn)
-    finally:
-        await conn.close()
-    for m in applied:
-        print(f"applied {m.version:04d}_{m.name}")
-    if not applied:
-        print("database is up to date")
-    return 0
-
-
-def _build_request(args: argparse.Namespace) -> events.FileRequested:
-    try:
-        criteria = json.loads(args.criteria)
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"--criteria is not JSON: {exc}") from None
-    requester = None
-    if args.email or args.requester_id:
-        requester = {
-            "id": args.requester_id,
-            "email": args.email,
-            "language": args.language,
-            "timezone": args.timezone,
-        }
-    raw: dict[str, Any] = {
-        "id": args.id or str(uuid.uuid4()),
-        "file_type": args.file_type,
-        "criteria": criteria,
-        # Left out, the worker uses what the file type's handler declares.
-        "filename": args.filename,
-        "content_type": args.content_type,
-        "description": args.description,
-        "requester": requester,
-    }
-    if args.lifetime:
-        raw["lifetime_seconds"] = args.lifetime
-    try:
-        return events.FileRequested.model_validate(raw)
-    except pydantic.ValidationError as exc:
-        raise SystemExit(f"invalid request: {events.describe_validation_error(exc)}") from None
-
-
 async def _cmd_publish(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    event = _build_request(args)
+    from bgworker import diagnosis, publisher
+
+    event: events.FileRequested = args.event  # built and checked before connecting (_prepare)
+    if args.wait:  # following needs the database: say now if it cannot be reached
+        await diagnosis.probe(settings, "status")
     async with publisher.Publisher(
         settings.amqp_url.get_secret_value(),
         namespace=settings.namespace,
         queue_type=settings.queue_type,
     ) as pub:
         await pub.publish(event)
-    print(event.id)
-    return 0
+    print(event.id, flush=True)  # first, alone on its line: scripts read it
+    if not args.wait:
+        return 0
+    from bgworker import overview
+
+    return await overview.wait(settings, event.id)
 
 
 async def _cmd_cancel(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from bgworker import store
+
     async with store.opened(settings.database_url.get_secret_value()) as db:
         status = await db.request_cancel(args.id)
         row = await db.get_request(args.id)
     if status is None:
         state = row.status if row else "unknown to this database"
-        print(f"{args.id}: not cancellable (status: {state})", file=sys.stderr)
-        return 1
+        _say("cancel", f"{args.id}: not cancellable (status: {state})")
+        return EXIT_FAILED
     print(f"{args.id}: {'cancelling (running)' if status == 'running' else 'cancelled'}")
     return 0
 
 
+# The commands whose module has its own `run(settings, args)`: imported when one runs.
+async def _cmd_links(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from bgworker import links
+
+    return await links.run(settings, args)
+
+
+async def _cmd_dlq(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from bgworker.deadletters import cli as dlq_cli
+
+    return await dlq_cli.run(settings, args)
+
+
 async def _cmd_status(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    async with store.opened(settings.database_url.get_secret_value()) as db:
-        row = await db.get_request(args.id)
-        attempts = await db.list_attempts(args.id) if row else []
-        effects = await db.listing.effects(args.id) if row else []  # a given-up webhook too
-    if row is None:
-        # Producers publish without writing to the database: a request exists here only
-        # once a worker has taken (or rejected) its message.
-        print(
-            f"{args.id}: not recorded yet: no worker has taken it; it may be waiting in the "
-            "queue (or the id is wrong)",
-            file=sys.stderr,
-        )
-        return EXIT_NOT_RECORDED
-    out = row.to_json()
-    out.pop("lease_token", None)
-    out["percent"] = row.percent  # 65.0: the fraction for people
-    out["attempt_log"] = attempts
-    out["effects"] = effects
-    print(json.dumps(out, indent=2, default=_json_value))
-    return 0
+    from bgworker import overview
 
-
-def _json_value(value: object) -> str:
-    # Timestamps as ISO 8601, anything else (UUIDs) as text.
-    isoformat = getattr(value, "isoformat", None)
-    return str(isoformat()) if callable(isoformat) else str(value)
+    return await overview.run(settings, args)
 
 
 async def _cmd_clean(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    from bgworker import cleanup, storage
+    from bgworker import cleanup
 
-    async with (
-        store.opened(settings.database_url.get_secret_value()) as db,
-        storage.opened(settings) as files,
-    ):
-        report = await cleanup.clean(
-            db,
-            files,
-            leeway_seconds=args.leeway,
-            orphan_age_seconds=args.orphan_age,
-            timeout_seconds=args.timeout,
-            sleep_seconds=args.sleep,
-            dry_run=args.dry_run,
-        )
-    verb = "would remove" if args.dry_run else "removed"
-    print(
-        f"{verb}: {report.expired} expired file(s), {report.orphans} orphaned file(s), "
-        f"{report.temp_parts} temp part(s), {report.front_door} front-door record(s); "
-        f"{report.bytes_freed} bytes freed"
-        + ("; stopped at --timeout" if report.stopped_early else "")
-    )
+    return await cleanup.run(settings, args)
+
+
+async def _cmd_migrate(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from bgworker.store import migrations
+
+    return await migrations.run(settings, args)
+
+
+async def _cmd_smtp_sink(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from bgworker import diagnosis, smtp_sink
+
+    host, port = args.host or settings.smtp.host, args.port or settings.smtp.port
+    save = Path(args.save) if args.save else None
+    stop = asyncio.Event()
+    _install_signals(stop.set, "smtp-sink")
+    try:
+        await smtp_sink.serve(host, port, sys.stdout, stop, save_dir=save)
+    except smtp_sink.ListenError as exc:
+        raise diagnosis.unavailable(str(exc)) from None
     return 0
 
 
 def _cmd_schemas(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bgworker import asyncapi
+
     stale = asyncapi.export(Path(args.dir), check=args.check)
     if args.check and stale:
-        print(f"out of date: {', '.join(stale)}; run `bgworker schemas export`", file=sys.stderr)
-        return 1
+        _say("schemas", f"out of date: {', '.join(stale)}; run `bgworker schemas export`")
+        return EXIT_FAILED
     return 0
 
 
@@ -252,10 +262,11 @@ def _apply_flags(
 ) -> settings_mod.Settings:
     if getattr(args, "concurrency", None):
         settings.worker.concurrency = args.concurrency
-    if getattr(args, "host", None):
-        settings.web.host = args.host
-    if getattr(args, "port", None):
-        settings.web.port = args.port
+    if args.command == "serve":  # smtp-sink's --host and --port are its own
+        if args.host:
+            settings.web.host = args.host
+        if args.port:
+            settings.web.port = args.port
     if getattr(args, "workers", None):
         settings.web.workers = args.workers
     if getattr(args, "metrics_port", None) is not None:
@@ -263,9 +274,8 @@ def _apply_flags(
     return settings
 
 
-ASYNC_COMMANDS: dict[
-    str, Callable[[settings_mod.Settings, argparse.Namespace], Coroutine[Any, Any, int]]
-] = {
+Command = Callable[["settings_mod.Settings", argparse.Namespace], Coroutine[Any, Any, int]]
+ASYNC_COMMANDS: Final[dict[str, Command]] = {
     "worker": _cmd_worker,
     "serve": _cmd_serve,
     "migrate": _cmd_migrate,
@@ -273,37 +283,63 @@ ASYNC_COMMANDS: dict[
     "cancel": _cmd_cancel,
     "status": _cmd_status,
     "clean": _cmd_clean,
-    "dlq": dlq_cli.run,
-    "link": links.run,
-    "revoke": links.run,
-    "resend": links.run,
+    "dlq": _cmd_dlq,
+    "link": _cmd_links,
+    "revoke": _cmd_links,
+    "resend": _cmd_links,
+    "smtp-sink": _cmd_smtp_sink,
+}
+
+
+# The commands that run without an event loop.
+SYNC_COMMANDS: Final[dict[str, Callable[[settings_mod.Settings, argparse.Namespace], int]]] = {
+    "schemas": _cmd_schemas,
+    "demo": _cmd_demo,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
+    _guard_stdout()
+    try:
+        try:
+            return _main(argv)
+        finally:
+            if sys.stdout is not None:
+                sys.stdout.flush()  # what is still buffered: a closed pipe shows here too
+    except OutputClosedError:
+        return _output_closed()
+
+
+def _main(argv: list[str] | None) -> int:
     args = arguments.parser().parse_args(argv)
+    # Imported once the arguments are known to be good (see the module's docstring).
+    import asyncio
+
+    import aiormq
+    import pydantic
+
+    from bgworker import diagnosis, store
+    from bgworker import settings as settings_mod
+
     try:
         settings = _apply_flags(settings_mod.Settings(), args)
     except pydantic.ValidationError as exc:
         return _fail(args, diagnosis.settings_error(exc))
     try:
-        diagnosis.check_settings(settings, args.command)
+        _prepare(settings, args)
     except diagnosis.StartupError as exc:
         return _fail(args, exc)
-    logs.configure(settings.log_level, settings.log_format)
-    if settings.tracing.enabled:
-        try:
-            tracing.configure(settings.tracing.service_name)
-        except tracing.TracingUnavailableError as exc:
-            return _fail(args, diagnosis.config(str(exc)))
-    if args.command == "schemas":
-        return _cmd_schemas(settings, args)
-    if args.command == "demo":
-        return _cmd_demo(settings, args)
+    if args.command in SYNC_COMMANDS:
+        return SYNC_COMMANDS[args.command](settings, args)
     try:
-        # The worker on uvloop: less CPU per job (BENCHMARKS.md, issue 11). The rest keep
-        # asyncio's loop: aiohttp's FileResponse needs its sendfile, which uvloop lacks.
-        loop = uvloop.new_event_loop if args.command == "worker" else None
+        loop = None
+        if args.command == "worker":
+            # The worker on uvloop: less CPU per job (BENCHMARKS.md, issue 11). The rest
+            # keep asyncio's loop: aiohttp's FileResponse needs its sendfile, which uvloop
+            # lacks.
+            import uvloop
+
+            loop = uvloop.new_event_loop
         with asyncio.Runner(loop_factory=loop) as runner:
             return runner.run(_run(settings, args))
     except diagnosis.StartupError as exc:
@@ -315,13 +351,36 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _prepare(settings: settings_mod.Settings, args: argparse.Namespace) -> None:
+    """What is checked and set up before any command runs: the settings it depends on,
+    logging and tracing, and a request to publish (refused before anything connects)."""
+    from bgworker import diagnosis, logs, tracing
+
+    diagnosis.check_settings(settings, args.command)
+    logs.configure(settings.log_level, settings.log_format)
+    if settings.tracing.enabled:
+        try:
+            tracing.configure(settings.tracing.service_name)
+        except tracing.TracingUnavailableError as exc:
+            raise diagnosis.config(str(exc)) from None
+    if args.command == "publish":
+        from bgworker import publisher
+
+        try:
+            args.event = publisher.from_flags(args)
+        except ValueError as exc:
+            raise diagnosis.StartupError(str(exc), EXIT_FAILED) from None
+
+
 async def _run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from bgworker import diagnosis
+
     await diagnosis.probe(settings, args.command)
     return await ASYNC_COMMANDS[args.command](settings, args)
 
 
 def _fail(args: argparse.Namespace, exc: diagnosis.StartupError) -> int:
-    print(f"bgworker {args.command}: {exc.line}", file=sys.stderr)
+    _say(args.command, exc.line)
     return exc.code
 
 

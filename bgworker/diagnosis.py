@@ -92,7 +92,7 @@ def check_settings(settings: settings_mod.Settings, command: str) -> None:
             f"{LOG_LEVEL}={settings.log_level!r} is not a logging level: "
             "use DEBUG, INFO, WARNING, ERROR or CRITICAL"
         )
-    if command != "schemas":  # the one command that uses no service
+    if command not in ("schemas", "smtp-sink"):  # the commands that use no service
         dsn = settings.database_url.get_secret_value()
         _check_url(DATABASE_URL, dsn, ("postgresql", "postgres"))
         _check_url(AMQP_URL, settings.amqp_url.get_secret_value(), ("amqp", "amqps"))

@@ -16,7 +16,6 @@ import json
 import sys
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from bgworker import settings as settings_mod
 from bgworker import store, tokens
@@ -72,20 +71,6 @@ async def resend(db: store.Store, request_id: uuid.UUID) -> str | None:
 # -- the commands ------------------------------------------------------------------------
 
 
-def add_parsers(sub: Any) -> None:
-    """``bgworker link``, ``revoke`` and ``resend`` (``sub``: the CLI's subparsers)."""
-    link = sub.add_parser("link", help="print a fresh link for a request")
-    link.add_argument("id", type=uuid.UUID)
-    link.add_argument("--json", action="store_true", help="the link and its kind as JSON")
-    link.add_argument(
-        "--status", action="store_true", help="a status-only link (works before the file)"
-    )
-    revoke_ = sub.add_parser("revoke", help="invalidate every link issued so far")
-    revoke_.add_argument("id", type=uuid.UUID)
-    resend_ = sub.add_parser("resend", help="send the request's email again")
-    resend_.add_argument("id", type=uuid.UUID)
-
-
 async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     async with store.opened(settings.database_url.get_secret_value()) as db:
         if args.command == "link":
@@ -93,7 +78,7 @@ async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
         if args.command == "revoke":
             generation = await revoke(db, args.id)
             if generation is None:
-                print(f"{args.id}: unknown request", file=sys.stderr)
+                print(f"bgworker revoke: {args.id}: unknown request", file=sys.stderr)
                 return 1
             print(f"{args.id}: every earlier link revoked (link generation {generation})")
             return 0
@@ -102,8 +87,8 @@ async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
             row = await db.get_request(args.id)
             state = row.status if row else "unknown request"
             print(
-                f"{args.id}: no email to send again (status: {state}; a request without an "
-                "email address, or whose email is not sent yet, has none)",
+                f"bgworker resend: {args.id}: no email to send again (status: {state}; a "
+                "request without an email address, or whose email is not sent yet, has none)",
                 file=sys.stderr,
             )
             return 1
@@ -116,7 +101,8 @@ async def _link(settings: settings_mod.Settings, db: store.Store, args: argparse
     link = await issue(db, signer, settings.web.public_url, args.id, status_only=args.status)
     if link is None:
         print(
-            f"{args.id}: unknown request (use --status for a request not seen yet)", file=sys.stderr
+            f"bgworker link: {args.id}: unknown request (use --status for a request not seen yet)",
+            file=sys.stderr,
         )
         return 1
     if args.json:

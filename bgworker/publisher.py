@@ -4,17 +4,22 @@
         await pub.publish(events.FileRequested(...))
 
 ``publish`` returns once RabbitMQ has confirmed the message into the work queue; an
-unroutable message (topology not declared) raises ``broker.PublishError``.
+unroutable message (topology not declared) raises ``broker.PublishError``. ``from_flags``
+makes the event ``bgworker publish`` describes.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import threading
+import uuid
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Self
 
+import pydantic
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from bgworker import broker, events, topology
@@ -115,3 +120,36 @@ class SyncPublisher:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def from_flags(args: argparse.Namespace) -> events.FileRequested:
+    """The request ``bgworker publish``'s flags describe; ValueError saying what is wrong."""
+    try:
+        criteria = json.loads(args.criteria)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--criteria is not JSON: {exc}") from None
+    # A requester is whatever the flags name: the contract lets one carry only a language
+    # or a time zone (the handler writes the file in them), and checks each value alike.
+    given = {
+        "id": args.requester_id,
+        "email": args.email,
+        "language": args.language,
+        "timezone": args.timezone,
+    }
+    raw: dict[str, Any] = {
+        "id": args.id or str(uuid.uuid4()),
+        "file_type": args.file_type,
+        "criteria": criteria,
+        # Left out, the worker uses what the file type's handler declares.
+        "filename": args.filename,
+        "content_type": args.content_type,
+        "description": args.description,
+        "requester": {k: v for k, v in given.items() if v is not None} or None,
+        "callback_url": args.callback_url,
+    }
+    if args.lifetime is not None:  # 0 too: the contract refuses it, it is not "unset"
+        raw["lifetime_seconds"] = args.lifetime
+    try:
+        return events.FileRequested.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise ValueError(f"invalid request: {events.describe_validation_error(exc)}") from None

@@ -11,6 +11,7 @@ import binascii
 import re
 from pathlib import Path
 from typing import Annotated, Final, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -325,6 +326,31 @@ class Settings(BaseSettings):
             return "redirect" if self.storage.backend == "s3" else "stream"
         return self.web.download_mode
 
+    def summary(self) -> str:
+        """What a process runs with, as one line of ``key=value`` for its start-up log:
+        where things go and how, never a secret (services by host, port and name only)."""
+        s = self.storage
+        if s.backend == "s3":
+            endpoint = f"@{_address(s.s3_endpoint_url)}" if s.s3_endpoint_url else ""
+            where = f"s3:{s.s3_bucket}{endpoint}"
+        else:
+            where = f"local:{self.storage_dir}"
+        parts = {
+            "namespace": self.namespace,
+            "queue": self.queue_type,
+            "concurrency": self.worker.concurrency,
+            "storage": where,
+            "download_mode": self.download_mode(),
+            "link_mode": self.tokens.link_mode,
+            "broker": _address(self.amqp_url.get_secret_value(), path=True),
+            "database": _address(self.database_url.get_secret_value(), path=True),
+            "smtp": f"{self.smtp.host}:{self.smtp.port}",
+            "webhook_url": _address(self.webhooks.url) if self.webhooks.url else "unset",
+            "metrics": f"{self.metrics.host}:{self.metrics.port}" if self.metrics.port else "off",
+            "tracing": "on" if self.tracing.enabled else "off",
+        }
+        return " ".join(f"{key}={value}" for key, value in parts.items())
+
     @field_validator("namespace")
     @classmethod
     def _check_namespace(cls, value: str) -> str:
@@ -350,3 +376,17 @@ def env_names() -> list[tuple[str, str]]:
 
     walk(Settings, ENV_PREFIX)
     return rows
+
+
+def _address(url: str | None, *, path: bool = False) -> str:
+    """``host:port`` of a URL (``/path`` too when asked: a vhost, a database name), never
+    its user, password or query; a webhook's path may hold a token."""
+    parts = urlsplit(url or "")
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{host}{port}{parts.path.rstrip('/') if path else ''}"

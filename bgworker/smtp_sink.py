@@ -1,4 +1,5 @@
-"""A real SMTP server that keeps what it receives (aiosmtpd), for the demo and the tests.
+"""A real SMTP server that keeps what it receives (aiosmtpd), for the demo, the tests and
+``bgworker smtp-sink`` (the emails of a development set-up, printed instead of delivered).
 
 It runs in the caller's event loop, so it can be stopped and started again on the same
 port to simulate an SMTP outage.
@@ -9,9 +10,16 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import itertools
+import logging
+import re
 import socket
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
 from email.message import EmailMessage
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, TextIO
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -40,7 +48,10 @@ class _Collect:
         assert isinstance(raw, bytes)
         message = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
-        self._sink.messages.append(message)
+        if self._sink.on_message is not None:
+            self._sink.on_message(message, raw)
+        if self._sink.keep:
+            self._sink.messages.append(message)
         self._sink.changed.set()
         fault = self._sink.faults.pop("DATA", None)
         if fault == DROP:
@@ -67,9 +78,20 @@ def free_port() -> int:
 
 
 class SmtpSink:
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        *,
+        on_message: Callable[[EmailMessage, bytes], None] | None = None,
+        keep: bool = True,
+    ) -> None:
         self.host = host
         self.port = port or free_port()
+        # Called with each message as it arrives (and its bytes as received); ``keep``
+        # False: not kept in ``messages`` (a sink that runs for days).
+        self.on_message = on_message
+        self.keep = keep
         self.messages: list[EmailMessage] = []
         self.changed = asyncio.Event()
         self._server: asyncio.Server | None = None
@@ -145,3 +167,79 @@ def text_body(message: EmailMessage) -> str:
     assert part is not None
     content: str = part.get_content()
     return content
+
+
+# -- bgworker smtp-sink ------------------------------------------------------------------
+
+# A link in a text body: up to white space or what ends one in prose.
+_LINK_RE: Final = re.compile(r"https?://[^\s<>\"')\]]+")
+
+
+class ListenError(Exception):
+    """The sink cannot listen where it was asked to (the address is taken, or not ours)."""
+
+
+def links(message: EmailMessage) -> list[str]:
+    """The http(s) links of the message's text parts, in order, each once."""
+    found: dict[str, None] = {}
+    for part in message.walk():
+        if part.get_content_type() in ("text/plain", "text/html") and isinstance(
+            part, EmailMessage
+        ):
+            text = part.get_content()
+            for link in _LINK_RE.findall(text if isinstance(text, str) else ""):
+                found.setdefault(link.rstrip(".,;:"))
+    return list(found)
+
+
+def describe(message: EmailMessage, saved: Path | None = None) -> str:
+    """What ``bgworker smtp-sink`` prints for one message: a header line, then the subject,
+    the links and where it was saved, one a line."""
+    stamp = f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"
+    lines = [
+        f"--- {stamp}  to {message.get('To', '?')}  from {message.get('From', '?')}",
+        f"subject: {message.get('Subject', '')}",
+        *(f"link:    {link}" for link in links(message)),
+    ]
+    if saved is not None:
+        lines.append(f"saved:   {saved}")
+    return "\n".join(lines)
+
+
+async def serve(
+    host: str, port: int, out: TextIO, stop: asyncio.Event, *, save_dir: Path | None = None
+) -> None:
+    """Receive emails on host:port until ``stop`` is set, printing each (and writing it to
+    ``save_dir`` as a .eml file). ListenError if it cannot listen."""
+    # aiosmtpd logs every SMTP command at INFO: what the sink prints says it better.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    numbers = itertools.count(1)
+    if save_dir is not None:
+        await asyncio.to_thread(save_dir.mkdir, parents=True, exist_ok=True)
+
+    def received(message: EmailMessage, raw: bytes) -> None:
+        number = next(numbers)
+        saved = None
+        if save_dir is not None:
+            saved = save_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{number}.eml"
+            saved.write_bytes(raw)
+        print(describe(message, saved), file=out, flush=True)
+
+    sink = SmtpSink(host, port, on_message=received, keep=False)
+    try:
+        await sink.start()
+    except OSError as exc:
+        raise ListenError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}): another SMTP server "
+            "may run there; pick another with --port (and BGWORKER_SMTP__PORT for the worker)"
+        ) from None
+    print(
+        f"smtp-sink: listening on {host}:{port}; emails are printed here, not delivered "
+        "(Ctrl-C stops)",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await sink.stop()

@@ -284,6 +284,8 @@ class Worker:
             self.settings.worker.concurrency,
             ", ".join(self.registry.file_types),
         )
+        # Once it runs (a start that fails says only why): what it runs with, no secret.
+        log.info("worker %s settings: %s", self.worker_id, self.settings.summary())
 
     def _log_summary(self, consuming: intake.Intake) -> None:
         summary = ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items())) or "no jobs"

@@ -1,4 +1,5 @@
-"""``bgworker dlq list|show|stats|replay|purge``: the dead-letter queue from a terminal."""
+"""``bgworker dlq list|show|stats|replay|purge``: the dead-letter queue from a terminal (the
+arguments are in ``bgworker.arguments``, with every other command's)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,12 @@ import argparse
 import asyncio
 import contextlib
 import getpass
-import io
 import logging
 import socket
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, TextIO
+from typing import Final, TextIO
 
 from bgworker import settings as settings_mod
 from bgworker import store
@@ -21,57 +21,6 @@ from bgworker.deadletters import actions, letters, queue, reading, selection
 EXIT_UNAVAILABLE: Final = 69
 EXIT_USAGE: Final = 64
 EXIT_NOT_FOUND: Final = 1
-
-
-def add_parser(sub: Any) -> None:
-    """Register ``dlq`` on the main parser's subparsers."""
-    p = sub.add_parser("dlq", help="inspect, replay and purge dead letters")
-    commands = p.add_subparsers(dest="dlq_command", required=True)
-
-    def filters(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--file-type", help="only letters of this file type")
-        q.add_argument("--error-class", help="only letters with this error class")
-        q.add_argument("--reason", help="only letters with this reason (max_attempts, ...)")
-        age = selection.parse_age
-        q.add_argument("--older-than", type=age, help="last death before: 30m, 2h, 3d")
-        q.add_argument("--newer-than", type=age, help="last death within: 30m, 2h")
-
-    ls = commands.add_parser("list", help="a table of dead letters (changes nothing)")
-    filters(ls)
-    ls.add_argument("--json", action="store_true", help="one JSON array, for scripts")
-
-    show = commands.add_parser("show", help="payload, all headers and traceback of one letter")
-    show.add_argument("id", help="request id or msg-<hash> key (the ID column of `dlq list`)")
-
-    st = commands.add_parser("stats", help="counts by file type and error class")
-    filters(st)
-    st.add_argument("--json", action="store_true")
-
-    for name, text in (("replay", "republish to the work queue"), ("purge", "delete for good")):
-        a = commands.add_parser(name, help=f"{text}: by id, filter, or --all")
-        a.add_argument("ids", nargs="*", metavar="ID", help="request ids or msg-<hash> keys")
-        filters(a)
-        a.add_argument("--all", action="store_true", help="every letter (with the filters)")
-        a.add_argument("--dry-run", action="store_true", help="say what would happen")
-        a.add_argument("--json", action="store_true", help="the report as JSON")
-        if name == "replay":
-            a.add_argument(
-                "--keep-attempts",
-                action="store_true",
-                help="keep the attempt counter (default: reset to 0)",
-            )
-            a.add_argument(
-                "--force",
-                action="store_true",
-                help="replay cancelled requests too: clear the cancel and run them",
-            )
-        else:
-            a.add_argument("--yes", "-y", action="store_true", help="do not ask")
-            a.add_argument(
-                "--undecodable",
-                action="store_true",
-                help="remove the first letter the AMQP client cannot decode (by position)",
-            )
 
 
 def _selection(args: argparse.Namespace) -> selection.Selection:
@@ -237,11 +186,9 @@ async def _act(
             if not preview.outcomes:
                 print("purge: nothing matched")
                 return 0
-            question = f"purge {len(preview.outcomes)} dead letter(s) for good? [y/N] "
-            answer = await asyncio.to_thread(input, question)
-            if answer.strip().lower() not in ("y", "yes"):
-                print("purge: cancelled")
-                return 1
+            question = f"purge {len(preview.outcomes)} dead letter(s) for good?"
+            if (declined := await _confirm(question)) is not None:
+                return declined
         progress = StderrProgress(args.dlq_command)
         if args.dlq_command == "replay":
             report = await actions.replay(
@@ -265,6 +212,26 @@ async def _act(
     return EXIT_NOT_FOUND if refused else 0
 
 
+async def _confirm(question: str) -> int | None:
+    """Ask on the terminal; None when the answer is yes, else the exit status. Without a
+    terminal nobody can answer: refuse at once, saying what to pass instead."""
+    if not sys.stdin.isatty():
+        print(
+            f"bgworker dlq purge: no terminal to ask {question!r}: pass --yes to purge without "
+            "asking (or --dry-run to see what would go)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        answer = await asyncio.to_thread(input, f"{question} [y/N] ")
+    except EOFError:  # Ctrl-D: no answer is no
+        answer = ""
+    if answer.strip().lower() in ("y", "yes"):
+        return None
+    print("purge: cancelled")
+    return EXIT_NOT_FOUND
+
+
 async def _purge_undecodable(
     q: queue.DeadLetterQueue, settings: settings_mod.Settings, args: argparse.Namespace
 ) -> int:
@@ -278,22 +245,18 @@ async def _purge_undecodable(
             _print_report(preview, args)
             return 0
         if not args.yes:
-            question = f"purge {found.key} ({found.detail}) for good, unread? [y/N] "
-            answer = await asyncio.to_thread(input, question)
-            if answer.strip().lower() not in ("y", "yes"):
-                print("purge: cancelled")
-                return 1
+            question = f"purge {found.key} ({found.detail}) for good, unread?"
+            if (declined := await _confirm(question)) is not None:
+                return declined
         report = await actions.purge_undecodable(q, db, actor=actor())
     _print_report(report, args)
     return 0
 
 
 async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    # Everything printed is valid UTF-8 (deadletters.letters replaces what is not); on a terminal
-    # whose encoding is not UTF-8, characters it lacks become "?" rather than a crash.
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper):
-            stream.reconfigure(errors="replace")
+    # Everything printed is valid UTF-8 (deadletters.letters replaces what is not); on a
+    # terminal whose encoding is not UTF-8, characters it lacks become "?" (bgworker.cli sets
+    # errors="replace" on the standard streams for every command).
     # aiormq logs its reader's traceback when a frame cannot be decoded (or the broker
     # goes away); the same error reaches us and is reported in one plain line.
     logging.getLogger("aiormq.connection").setLevel(logging.ERROR)

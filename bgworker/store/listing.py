@@ -1,5 +1,5 @@
 """Requests listed for the admin console (``listing.sql``): by status, searched with
-paging, and a request's side effects."""
+paging, and a request's side effects; a request's overview for ``bgworker status``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Final
 import asyncpg
 
 from bgworker import states
-from bgworker.store import queries
+from bgworker.store import queries, rows
 
 Q: Final = queries.QUERIES
 
@@ -59,3 +59,17 @@ class Listing:
     async def effects(self, request_id: uuid.UUID) -> list[dict[str, Any]]:
         """The request's outbox rows (emails and events), oldest first."""
         return [dict(r) for r in await self.pool.fetch(Q["request_effects"], request_id)]
+
+    async def overview(self, request_id: uuid.UUID) -> rows.Overview | None:
+        """The request's row with its link generation, attempts and effects; None when no
+        worker has recorded it."""
+        record = await self.pool.fetchrow(Q["get_request_for_link"], request_id)
+        if record is None:
+            return None
+        attempts = await self.pool.fetch(Q["list_attempts"], request_id)
+        return rows.Overview(
+            rows.RequestRow.from_record(record),
+            record["link_generation"],
+            [dict(a) for a in attempts],
+            await self.effects(request_id),  # a given-up webhook too
+        )

@@ -78,6 +78,17 @@ class RequestRow:
         return out
 
 
+@dataclass(frozen=True)
+class Overview:
+    """A request as `bgworker status` shows it: its row, link generation (how many times its
+    links were revoked), attempt log and outbox effects (``Listing.overview``)."""
+
+    row: RequestRow
+    generation: int
+    attempts: list[dict[str, Any]]
+    effects: list[dict[str, Any]]
+
+
 # Builds the outbox rows (kind, payload) a state change causes, from the updated row.
 Effects = Callable[[RequestRow], list[tuple[str, dict[str, Any]]]]
 

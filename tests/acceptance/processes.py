@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
+import pty
 import re
 import signal
+import struct
 import sys
+import termios
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -123,5 +128,51 @@ async def run_cli(*args: str, env: dict[str, str], timeout: float = 120, **kw: A
         proc.kill()
         await proc.communicate()
         raise AssertionError(f"bgworker {' '.join(args)} still running after {timeout}s") from None
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+async def run_on_terminal(*args: str, env: dict[str, str], timeout: float = 120) -> Result:
+    """Run ``python -m bgworker ARGS`` as at a shell prompt: standard input and output on a
+    pseudo-terminal (100 columns), stderr apart. ``out`` is what the terminal received."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    terminal_env = {k: v for k, v in env.items() if k != "NO_COLOR"} | {"TERM": "xterm"}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bgworker",
+            *args,
+            env=terminal_env,
+            cwd=REPO,
+            stdin=slave,
+            stdout=slave,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    finally:
+        os.close(slave)
+
+    def screen() -> bytes:
+        received = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: nobody has the terminal open any more
+                break
+            if not chunk:
+                break
+            received.append(chunk)
+        return b"".join(received)
+
+    try:
+        async with asyncio.timeout(timeout):
+            out, (_, err) = await asyncio.gather(asyncio.to_thread(screen), proc.communicate())
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"bgworker {' '.join(args)} still running after {timeout}s") from None
+    finally:
+        os.close(master)
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))

@@ -10,7 +10,7 @@ from pathlib import Path
 import aio_pika
 import asyncpg
 
-from bgworker import events, store
+from bgworker import events, store, topology
 from bgworker import settings as settings_mod
 from bgworker.smtp_sink import SmtpSink
 from bgworker.store import migrations
@@ -67,6 +67,39 @@ async def test_publish_rejects_bad_criteria_and_bad_email(
     # Nothing was printed as if published.
     assert bad_json.out == bad_email.out == ""
 
+    # A requester's time zone and language are checked with an email or without one (the
+    # contract lets a requester carry only them); 0 is a lifetime, and refused.
+    for extra in ((), ("--email", "x@example.com")):
+        zone = await run_cli("publish", "login_events", "--timezone", "Mars/Base", *extra, env=env)
+        assert (zone.code, zone.out) == (1, "") and "requester.timezone" in zone.err
+    for flag, value, field in (
+        ("--language", "not a language", "requester.language"),
+        ("--lifetime", "0", "lifetime_seconds"),
+        ("--callback-url", "ftp://example.com/hook", "callback_url"),
+    ):
+        refused = await run_cli("publish", "login_events", flag, value, env=env)
+        assert (refused.code, refused.out) == (1, "") and field in refused.err, flag
+
+
+async def test_publish_puts_every_flag_in_the_event(
+    settings: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
+) -> None:
+    result = await run_cli(
+        "publish", "login_events", "--timezone", "Europe/Paris", "--language", "de",
+        "--callback-url", "http://127.0.0.1:9/hook", "--lifetime", "120",
+        env=settings_env(settings),
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    queue = await amqp.get_queue(topology.Topology(settings.namespace).work_queue)
+    message = await queue.get(no_ack=True, timeout=10)
+    assert message is not None
+    body = json.loads(message.body)
+    assert body["id"] == result.out.strip()
+    assert body["requester"]["timezone"] == "Europe/Paris"  # was dropped without --email
+    assert body["requester"]["language"] == "de" and body["requester"]["email"] is None
+    assert body["callback_url"] == "http://127.0.0.1:9/hook"
+    assert body["lifetime_seconds"] == 120
+
 
 async def test_migrate_creates_a_fresh_database_and_is_idempotent(
     settings: settings_mod.Settings,
@@ -79,6 +112,8 @@ async def test_migrate_creates_a_fresh_database_and_is_idempotent(
         assert f"created database {name}" in first.out
         for m in migrations.available():
             assert f"applied {m.version:04d}_{m.name}" in first.out
+            # Said once: the runner's own log line is DEBUG.
+            assert (first.out + first.err).count(f"{m.version:04d}_{m.name}") == 1
 
         second = await run_cli("migrate", env=env)
         assert second.code == 0, second.err
@@ -131,7 +166,7 @@ async def test_status_and_cancel_a_queued_request(
     )
     await db.insert_request(event, 4)
 
-    status = await run_cli("status", str(event.id), env=env)
+    status = await run_cli("status", str(event.id), "--json", env=env)
     assert status.code == 0, status.err
     shown = json.loads(status.out)
     assert shown["id"] == str(event.id)
@@ -150,7 +185,7 @@ async def test_status_and_cancel_a_queued_request(
     assert "not cancellable (status: cancelled)" in again.err
 
     after = await run_cli("status", str(event.id), env=env)
-    assert json.loads(after.out)["status"] == "cancelled"
+    assert "state      cancelled" in after.out
 
 
 async def test_status_of_unknown_request_and_unreachable_database(

@@ -4,6 +4,8 @@ the dead-letter tests' `bgworker` command and dead-letter queue."""
 from __future__ import annotations
 
 import asyncio
+import os
+import pty
 import sys
 from collections.abc import AsyncIterator, Iterator
 
@@ -44,7 +46,11 @@ def cli(settings: settings_mod.Settings) -> Cli:
     """Run the real `bgworker` command in a subprocess (without blocking the test's loop,
     where the worker runs)."""
 
-    async def _run(*argv: str, stdin: str = "", **env: str) -> CliResult:
+    async def _run(
+        *argv: str, stdin: str = "", terminal: str | None = None, **env: str
+    ) -> CliResult:
+        # terminal: what a person types, on a pseudo-terminal (prompts refuse a pipe).
+        master, slave = pty.openpty() if terminal is not None else (None, None)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -52,11 +58,19 @@ def cli(settings: settings_mod.Settings) -> Cli:
             *argv,
             cwd=REPO,
             env={**settings_env(settings), "BGWORKER_LOG_LEVEL": "WARNING", **env},
-            stdin=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.PIPE if slave is None else slave,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 120)
+        try:
+            if master is not None and slave is not None and terminal is not None:
+                os.close(slave)
+                os.write(master, terminal.encode())
+            typed = stdin.encode() if master is None else None
+            out, err = await asyncio.wait_for(proc.communicate(typed), 120)
+        finally:
+            if master is not None:
+                os.close(master)
         assert proc.returncode is not None
         return proc.returncode, out.decode(), err.decode()
 

@@ -12,7 +12,7 @@ from bgworker import broker, store
 from tests.helpers import Publish, wait_for_status, wait_until
 
 CliResult = tuple[int, str, str]
-# cli(*argv, stdin=..., **BGWORKER_* env) -> (exit code, stdout, stderr)
+# cli(*argv, stdin=..., terminal=..., **BGWORKER_* env) -> (exit code, stdout, stderr)
 Cli = Callable[..., Awaitable[CliResult]]
 
 

@@ -245,11 +245,16 @@ async def test_purge_asks_then_removes_and_records(
     doomed = await make_letters(db, amqp, dead_queue.name, publish, "permanent", 2)
     [kept] = await make_letters(db, amqp, dead_queue.name, publish, "fixable", 1)
 
-    code, out, _ = await cli("dlq", "purge", "--file-type", "permanent", stdin="n\n")
+    # No terminal (a pipe, /dev/null): nobody to ask, so refused with what to pass.
+    code, out, err = await cli("dlq", "purge", "--file-type", "permanent")
+    assert code == 64 and "pass --yes" in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and await depth(amqp, dead_queue.name) == 3
+
+    code, out, _ = await cli("dlq", "purge", "--file-type", "permanent", terminal="n\n")
     assert code == 1 and "purge 2 dead letter(s) for good?" in out and "cancelled" in out
     assert await depth(amqp, dead_queue.name) == 3
 
-    code, out, err = await cli("dlq", "purge", "--file-type", "permanent", stdin="y\n")
+    code, out, err = await cli("dlq", "purge", "--file-type", "permanent", terminal="y\n")
     assert code == 0, err
     assert "purged 2" in out
     assert [letter.key async for letter in reading.matching(dead_queue)] == [str(kept)]

@@ -379,7 +379,9 @@ async def test_letters_the_client_cannot_decode_are_named_and_purged(
     assert "purged 1" in out
     code, _, err = await cli("dlq", "stats")
     assert code == 1 and "letter #3 in" in err  # the next one
-    code, out, err = await cli("dlq", "purge", "--undecodable", stdin="y\n")
+    code, out, err = await cli("dlq", "purge", "--undecodable")  # no terminal: refused
+    assert code == 64 and "pass --yes" in err and "Traceback" not in err
+    code, out, err = await cli("dlq", "purge", "--undecodable", terminal="y\n")
     assert code == 0 and "purged 1" in out, err
     code, out, err = await cli("dlq", "purge", "--undecodable", "--yes")
     assert code == 0 and "nothing to do" in out

@@ -183,7 +183,7 @@ async def test_bgworker_publish_leaves_the_names_to_the_handler_and_status_shows
     assert row.status == "ready", row.last_error
     assert (row.filename, row.content_type) == ("squares.csv", "text/csv; charset=utf-8")
 
-    code, out, err = await cli("status", str(row.id))
+    code, out, err = await cli("status", str(row.id), "--json")
     assert code == 0, err
     shown = json.loads(out)
     assert (shown["progress_done"], shown["progress_total"]) == (2, 2)

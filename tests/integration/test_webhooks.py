@@ -171,7 +171,7 @@ async def test_a_failing_receiver_is_retried_then_given_up_and_blocks_nothing(
     assert "webhook_ready" not in await _effects(db, other.id)
 
     # Visible to an operator: `bgworker status` lists the effect with its reason.
-    code, out, err = await cli("status", str(event.id))
+    code, out, err = await cli("status", str(event.id), "--json")
     assert code == 0, err
     shown = {e["kind"]: e for e in json.loads(out)["effects"]}
     assert shown["webhook_ready"]["status"] == "given_up"

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from bgworker import arguments
+from bgworker import settings as settings_mod
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -42,6 +43,15 @@ def test_reference_has_the_current_settings_table() -> None:
         "docs/reference.md's configuration table is out of date: "
         "run `.venv/bin/python scripts/settings_table.py --write`"
     )
+
+
+def test_help_lists_the_current_settings() -> None:
+    # `bgworker --help` reads a generated copy (importing pydantic would double its time).
+    assert list(arguments.SETTINGS) == _settings_table().help_rows(), (
+        "bgworker/arguments.py's SETTINGS is out of date: "
+        "run `.venv/bin/python scripts/settings_table.py --write`"
+    )
+    assert arguments.ENV_PREFIX == settings_mod.ENV_PREFIX
 
 
 def test_settings_table_write_replaces_only_the_table(tmp_path: Path) -> None:

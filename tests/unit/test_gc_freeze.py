@@ -7,7 +7,7 @@ import sys
 
 SCRIPT = """
 import gc
-from bgworker import cli, loopwatch  # what a worker process has imported at startup
+from bgworker import cli, loopwatch, worker  # what a worker process has imported at startup
 before = gc.get_freeze_count()
 loopwatch.freeze_startup_objects()
 frozen = gc.get_freeze_count()
