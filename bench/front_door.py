@@ -23,7 +23,8 @@ from typing import Any, Final
 import aiohttp
 
 from bench import common
-from bgworker import events, publisher, topology
+from bgworker.contract import events
+from bgworker.messaging import publisher, topology
 
 RUNS: Final = 3
 KEY: Final = secrets.token_urlsafe(24)

@@ -14,7 +14,9 @@ import uuid
 import aiohttp
 from aiohttp import web
 
-from bgworker import events, handlers, producing, publisher, settings, storage
+from bgworker import handlers, producing, settings, storage
+from bgworker.contract import events
+from bgworker.messaging import publisher
 
 CHUNK = b"x" * 256 * 1024
 registry = handlers.Registry()

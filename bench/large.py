@@ -27,9 +27,11 @@ import aiohttp
 import asyncpg
 
 from bench import common, offload, s3_downloads, throughput
-from bgworker import events, tokens, topology
 from bgworker import settings as settings_mod
-from bgworker.smtp_sink import free_port
+from bgworker.cli.smtp_sink import free_port
+from bgworker.contract import events
+from bgworker.links import tokens
+from bgworker.messaging import topology
 
 GIB: Final = 1024**3
 MIB: Final = 1024**2

@@ -1,7 +1,7 @@
 """Benchmark 2: publish -> ``ready`` and publish -> email received at a steady offered load.
 
 One ``bgworker worker`` process (default concurrency), files on tmpfs, an aiosmtpd sink
-(``bgworker.smtp_sink.SmtpSink``) in this process. Requests are published open-loop: request
+(``bgworker.cli.smtp_sink.SmtpSink``) in this process. Requests are published open-loop: request
 i leaves at t0 + i/rate whether or not earlier ones are done. Ready times come from the
 row's ``finished_at`` (same clock: same machine), email times from the sink's arrivals.
 """
@@ -18,8 +18,9 @@ from typing import Any, Final
 import asyncpg
 
 from bench import common, throughput
-from bgworker import events, topology
-from bgworker.smtp_sink import SmtpSink
+from bgworker.cli.smtp_sink import SmtpSink
+from bgworker.contract import events
+from bgworker.messaging import topology
 
 MESSAGE_ID_RE: Final = re.compile(r"<([0-9a-f-]{36})\.")
 

@@ -28,9 +28,11 @@ from aiobotocore.session import get_session
 from pydantic import SecretStr
 
 from bench import common, throughput
-from bgworker import events, publisher, tokens
 from bgworker import settings as settings_mod
-from bgworker.smtp_sink import free_port
+from bgworker.cli.smtp_sink import free_port
+from bgworker.contract import events
+from bgworker.links import tokens
+from bgworker.messaging import publisher
 
 KEY: Final = "bench-s3"
 SECRET: Final = "bench-s3-secret"

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Final
 
 from bench import common
-from bgworker.smtp_sink import free_port
+from bgworker.cli.smtp_sink import free_port
 from bgworker.storage import s3 as s3_storage
 from tests import s3
 

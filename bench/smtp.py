@@ -1,6 +1,6 @@
 """``python -m bench.smtp [--emails N] [--reps R]``: what reusing SMTP connections saves.
 
-``notify.Mailer`` sends N rendered emails to the aiosmtpd sink (``bgworker.smtp_sink``, run
+``notify.Mailer`` sends N rendered emails to the aiosmtpd sink (``bgworker.cli.smtp_sink``, run
 in a child process so its CPU is not counted as the sender's), once with connection reuse
 (the default ``SMTP__IDLE_SECONDS``) and once with ``IDLE_SECONDS=0`` (a connection per
 email, as before), one send at a time and 4 at once (a worker's outbox sends the emails of
@@ -24,9 +24,9 @@ from typing import Final
 import uvloop
 
 from bench import common
-from bgworker import notify
 from bgworker import settings as settings_mod
-from bgworker.smtp_sink import SmtpSink, free_port
+from bgworker.cli.smtp_sink import SmtpSink, free_port
+from bgworker.effects import mail
 
 MODES: Final = {"reuse": 10.0, "per email (IDLE_SECONDS=0)": 0.0}
 CONCURRENCY: Final = (1, 4)
@@ -57,7 +57,7 @@ async def _wait_port(port: int, child: common.Child, timeout: float = 30) -> Non
 def _emails(n: int) -> list[EmailMessage]:
     sender = settings_mod.SmtpSettings().sender
     return [
-        notify.render(
+        mail.render(
             "ready",
             f"user{i}@example.com",
             sender,
@@ -78,7 +78,7 @@ async def _trial(
 ) -> tuple[float, float, float, int]:
     """Wall, sender CPU and sink CPU in ms per email, and connections made."""
     config = settings_mod.SmtpSettings(port=port, idle_seconds=idle_seconds)
-    mailer = notify.Mailer(config)
+    mailer = mail.Mailer(config)
     queue = list(reversed(emails))
 
     async def accepted() -> None:

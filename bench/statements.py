@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench import common, workload
-from bgworker import events
+from bgworker.contract import events
 from bgworker.store import connection, queries
 from bgworker.store.requests import request_columns
 

@@ -19,7 +19,8 @@ import asyncpg
 from aio_pika.abc import DeliveryMode
 
 from bench import baseline, celery_app, common, services
-from bgworker import events, topology, wire
+from bgworker.contract import events
+from bgworker.messaging import topology, wire
 
 READY_SQL: Final = {
     "bgworker_requests": "SELECT count(*) FILTER (WHERE status = 'ready'), "

@@ -11,11 +11,11 @@ import importlib
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from bgworker.events import FileFailed, FileReady, FileRequested, Requester
+    from bgworker.contract.events import FileFailed, FileReady, FileRequested, Requester
     from bgworker.handlers import JobContext, PermanentError, Registry
-    from bgworker.publisher import Publisher, SyncPublisher
+    from bgworker.links.tokens import status_url
+    from bgworker.messaging.publisher import Publisher, SyncPublisher
     from bgworker.settings import Settings
-    from bgworker.tokens import status_url
 
 # Each public name and the module that defines it.
 _EXPORTS: Final = {

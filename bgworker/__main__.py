@@ -1,5 +1,5 @@
 import sys
 
-from bgworker.cli import main
+from bgworker.cli.main import main
 
 sys.exit(main())

@@ -15,7 +15,7 @@ from typing import Final
 import aiormq.exceptions
 import asyncpg
 
-from bgworker import broker
+from bgworker.messaging import broker
 
 # SQLSTATE classes that say the server, not the statement, is the problem
 # (https://www.postgresql.org/docs/current/errcodes-appendix.html):

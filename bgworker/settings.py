@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from bgworker import callback_urls
+from bgworker.contract import callback_urls
 
 ENV_PREFIX: Final = "BGWORKER_"
 NAMESPACE_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -291,7 +291,7 @@ class Settings(BaseSettings):
     # (email/ready.subject.j2, pages/page.html.j2): bgworker/languages.py.
     template_dir: Path | None = None
     # "json": one JSON object per line, with request_id, file_type, attempt and worker_id on
-    # every line about a job (bgworker.logs); "text" for people at a terminal.
+    # every line about a job (bgworker.observe.logs); "text" for people at a terminal.
     log_format: Literal["text", "json"] = "text"
 
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)

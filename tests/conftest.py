@@ -24,10 +24,12 @@ from aiohttp import web
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from bgworker import broker, events, handlers, publisher, storage, store, topology, wire, worker
+from bgworker import handlers, storage, store, worker
 from bgworker import settings as settings_mod
 from bgworker import web as web_app
-from bgworker.smtp_sink import SmtpSink
+from bgworker.cli.smtp_sink import SmtpSink
+from bgworker.contract import events
+from bgworker.messaging import broker, publisher, topology, wire
 from bgworker.storage import s3 as s3_backend
 from bgworker.store import migrations
 from bgworker.web import access_log

@@ -11,7 +11,8 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import path
 
-from bgworker import events, producing
+from bgworker import producing
+from bgworker.contract import events
 
 PRODUCER: dict[str, producing.SyncProducer] = {}
 

@@ -22,8 +22,10 @@ import aio_pika
 import asyncpg
 import pytest
 
-from bgworker import broker, events, storage, store, topology, worker
 from bgworker import settings as settings_mod
+from bgworker import storage, store, worker
+from bgworker.contract import events
+from bgworker.messaging import broker, topology
 
 AMQP_URL: Final = os.environ.get("BGWORKER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 PG_ADMIN: Final = os.environ.get(

@@ -1,7 +1,7 @@
 """The request-row side of dead-letter replay and purge, and the record of every action
 (``bgworker_dlq_actions``). Queries in ``dead_letters.sql``.
 
-This module sits below the dead-letter package (``bgworker.deadletters``) and imports
+This module sits below the dead-letter package (``bgworker.ops.deadletters``) and imports
 nothing from it: a letter arrives as plain values (``LetterFacts``), and the replay rule as
 a callback whose answer only has to say how the row changes (``Verdict``). So the
 dependency runs one way, operations above the store.

@@ -9,7 +9,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from bgworker import states
+from bgworker.contract import states
 from bgworker.store import queries, rows
 
 Q: Final = queries.QUERIES

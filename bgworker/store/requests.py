@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from bgworker import events, progress, states
+from bgworker.contract import events, progress, states
 from bgworker.store import grouping, outbox, queries, rows
 
 Q: Final = queries.QUERIES

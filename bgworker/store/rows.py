@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from bgworker import progress, states
+from bgworker.contract import progress, states
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,10 @@ from typing import Final
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from bgworker import metrics, storage, store, tokens, tracing
 from bgworker import settings as settings_mod
+from bgworker import storage, store
+from bgworker.links import tokens
+from bgworker.observe import metrics, tracing
 from bgworker.web import access_log, downloads, keys, responses, supervisor
 from bgworker.web import identity as identity_mod
 

@@ -19,8 +19,10 @@ import jinja2
 from aiohttp import web
 
 from bgworker import settings as settings_mod
-from bgworker import states, store, wire
-from bgworker.deadletters import actions, letters, queue, reading, selection
+from bgworker import store
+from bgworker.contract import states
+from bgworker.messaging import wire
+from bgworker.ops.deadletters import actions, letters, queue, reading, selection
 from bgworker.web import admin_auth, admin_requests, keys
 
 STATUSES: Final = (

@@ -16,8 +16,10 @@ from typing import Any, Final
 import aiohttp_jinja2
 from aiohttp import web
 
-from bgworker import links, states, store
-from bgworker.deadletters import letters, queue, reading
+from bgworker import store
+from bgworker.contract import states
+from bgworker.links import lifecycle
+from bgworker.ops.deadletters import letters, queue, reading
 from bgworker.store import listing
 from bgworker.web import admin_auth, keys
 
@@ -169,7 +171,7 @@ async def issue_link(request: web.Request) -> web.Response:
     """A fresh link, shown on the page itself: a redirect would put the token in a URL (and
     so in the access log and the browser history)."""
     request_id = _request_id(request)
-    link = await links.issue(
+    link = await lifecycle.issue(
         _db(request),
         request.config_dict[keys.SIGNER],
         request.config_dict[keys.PUBLIC_URL],
@@ -184,7 +186,7 @@ async def issue_link(request: web.Request) -> web.Response:
 async def revoke_links(request: web.Request) -> web.StreamResponse:
     """As ``bgworker revoke``: every link issued so far stops working; the file stays."""
     request_id = _request_id(request)
-    generation = await links.revoke(_db(request), request_id)
+    generation = await lifecycle.revoke(_db(request), request_id)
     note = "revoked" if generation is not None else "not-revocable"
     raise web.HTTPSeeOther(f"/admin/requests/{request_id}?note={note}")
 
@@ -192,7 +194,7 @@ async def revoke_links(request: web.Request) -> web.StreamResponse:
 async def resend_email(request: web.Request) -> web.StreamResponse:
     """As ``bgworker resend``: the email again, through the outbox, with a fresh link."""
     request_id = _request_id(request)
-    kind = await links.resend(_db(request), request_id)
+    kind = await lifecycle.resend(_db(request), request_id)
     note = "resent" if kind is not None else "not-resendable"
     raise web.HTTPSeeOther(f"/admin/requests/{request_id}?note={note}")
 

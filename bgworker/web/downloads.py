@@ -19,7 +19,10 @@ from typing import Any, Final
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
-from bgworker import messages, metrics, states, storage, store, tokens, tracing
+from bgworker import storage, store
+from bgworker.contract import requester_texts, states
+from bgworker.links import tokens
+from bgworker.observe import metrics, tracing
 from bgworker.web import headers, identity, keys, offload, pages, responses
 
 # RFC 9110 section 10.2.3: how long a client should wait before asking again for a file
@@ -173,7 +176,8 @@ def _message(state: LinkState, row: store.RequestRow) -> str:
     if state in {LinkState.WAITING, LinkState.RUNNING}:
         return f"the file is not ready yet (status: {row.status})"
     if state == LinkState.FAILED:
-        return f"the file is not available (status: failed): {messages.failure(row.failure_reason)}"
+        reason = requester_texts.failure(row.failure_reason)
+        return f"the file is not available (status: failed): {reason}"
     if state == LinkState.CANCELLED:
         return "the file is not available (status: cancelled)"
     if state == LinkState.EXPIRED:
@@ -277,7 +281,7 @@ def status_body(view: LinkView) -> dict[str, Any]:
         "finished_at": row.finished_at.isoformat() if row.finished_at else None,
         "expires_at": row.expires_at.isoformat() if row.expires_at else None,
         # The requester's words, never the exception (the row and `bgworker status` keep it).
-        "error": messages.failure(row.failure_reason)
+        "error": requester_texts.failure(row.failure_reason)
         if row.status == states.Status.FAILED
         else None,
     }

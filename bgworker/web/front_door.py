@@ -25,9 +25,12 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from bgworker import events, faults, links, rejection, states, store, tokens
+from bgworker import faults, store
 from bgworker import settings as settings_mod
+from bgworker.contract import events, states
+from bgworker.links import lifecycle, tokens
 from bgworker.web import gateway, keys, responses
+from bgworker.worker import rejection
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +190,9 @@ async def _accepted(
     link = None
     if status is not None:
         # Under the row's link generation (a revoked request's old links stay revoked).
-        link = await links.issue(app[keys.STORE], signer, public_url, event.id, status_only=True)
+        link = await lifecycle.issue(
+            app[keys.STORE], signer, public_url, event.id, status_only=True
+        )
     if link is not None:
         url = link.url
     else:

@@ -13,8 +13,9 @@ import contextlib
 import logging
 from typing import Final
 
-from bgworker import events, publisher
 from bgworker import settings as settings_mod
+from bgworker.contract import events
+from bgworker.messaging import publisher
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ from typing import Final
 
 from aiohttp import web
 
-from bgworker import storage, store, tokens
+from bgworker import storage, store
+from bgworker.links import tokens
 from bgworker.web import admin_auth, gateway, identity
 
 # Set by create_app for every route.

@@ -17,7 +17,8 @@ from typing import Any, Final
 
 from aiohttp import hdrs, web
 
-from bgworker import languages, states, store
+from bgworker import languages, store
+from bgworker.contract import states
 from bgworker.web import headers, keys
 
 # A query parameter on the download URL that asks for the bytes even from a browser: the

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bgworker import settings as settings_mod
-from bgworker.smtp_sink import free_port
+from bgworker.cli.smtp_sink import free_port
 from tests.acceptance.processes import WORKER_READY, Proc, Spawn, wait_healthy
 from tests.helpers import REPO, settings_env
 

@@ -10,9 +10,11 @@ from pathlib import Path
 import aio_pika
 import asyncpg
 
-from bgworker import events, store, topology
 from bgworker import settings as settings_mod
-from bgworker.smtp_sink import SmtpSink
+from bgworker import store
+from bgworker.cli.smtp_sink import SmtpSink
+from bgworker.contract import events
+from bgworker.messaging import topology
 from bgworker.store import migrations
 from tests.acceptance.processes import Spawn, run_cli
 from tests.helpers import REPO, db_url, drop_database, settings_env, wait_for_status

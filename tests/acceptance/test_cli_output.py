@@ -16,9 +16,11 @@ from pathlib import Path
 
 import aio_pika
 
-from bgworker import events, store, topology, wire
 from bgworker import settings as settings_mod
-from bgworker.smtp_sink import free_port
+from bgworker import store
+from bgworker.cli.smtp_sink import free_port
+from bgworker.contract import events
+from bgworker.messaging import topology, wire
 from tests.acceptance.processes import Spawn, run_cli, run_on_terminal
 from tests.helpers import REPO, settings_env
 

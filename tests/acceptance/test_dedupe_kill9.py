@@ -9,8 +9,10 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from bgworker import events, publisher, store
 from bgworker import settings as settings_mod
+from bgworker import store
+from bgworker.contract import events
+from bgworker.messaging import publisher
 from tests import dedupe_handlers
 from tests.acceptance.workers import WorkerProcs
 from tests.helpers import AMQP_URL, StartWorker, get_row, settings_env, wait_for_status, wait_until

@@ -11,9 +11,10 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from bgworker import publisher, store, topology
 from bgworker import settings as settings_mod
-from bgworker.smtp_sink import SmtpSink
+from bgworker import store
+from bgworker.cli.smtp_sink import SmtpSink
+from bgworker.messaging import publisher, topology
 from tests.acceptance.workers import WorkerProcs, make_requests, verify_all_ready
 from tests.helpers import AMQP_URL, settings_env, wait_until
 

@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 
 from bgworker import settings as settings_mod
-from bgworker import store, tokens
+from bgworker import store
+from bgworker.links import tokens
 from tests.acceptance.processes import Spawn
 from tests.handlers import CHUNK
 from tests.helpers import Publish, wait_for_status

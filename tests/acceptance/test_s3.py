@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 
 from bgworker import settings as settings_mod
-from bgworker import store, tokens
+from bgworker import store
+from bgworker.links import tokens
 from bgworker.storage import s3 as backend
 from tests.acceptance.processes import Spawn, run_cli
 from tests.acceptance.test_large_file import RSS_LIMIT_MIB, SEED, SIZE, expected_sha256

@@ -15,8 +15,9 @@ from pathlib import Path
 import aiohttp
 
 from bgworker import settings as settings_mod
-from bgworker import store, tokens
-from bgworker.smtp_sink import free_port
+from bgworker import store
+from bgworker.cli.smtp_sink import free_port
+from bgworker.links import tokens
 from tests.acceptance.processes import Proc, Spawn, run_cli, wait_healthy
 from tests.handlers import blob_bytes
 from tests.helpers import REPO, Publish, StartWorker, settings_env, wait_for_status, wait_until

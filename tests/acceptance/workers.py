@@ -12,7 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bgworker import events, handlers, store
+from bgworker import handlers, store
+from bgworker.contract import events
 from bgworker.examples import login_events
 
 

@@ -13,8 +13,9 @@ import aio_pika
 import pytest
 
 from bgworker import settings as settings_mod
-from bgworker import store, tokens
-from bgworker.deadletters import queue
+from bgworker import store
+from bgworker.links import tokens
+from bgworker.ops.deadletters import queue
 from tests import dlq_handlers
 from tests.helpers import AMQP_URL, REPO, Publish, StartWorker, settings_env, wait_for_status
 from tests.integration.console import serving

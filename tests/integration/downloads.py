@@ -11,8 +11,10 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict
 
-from bgworker import events, store, tokens
 from bgworker import settings as settings_mod
+from bgworker import store
+from bgworker.contract import events
+from bgworker.links import tokens
 from bgworker.web import headers as web_headers
 
 SIZE = 300_001

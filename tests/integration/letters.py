@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 
 import aio_pika
 
-from bgworker import broker, store
+from bgworker import store
+from bgworker.messaging import broker
 from tests.helpers import Publish, wait_for_status, wait_until
 
 CliResult = tuple[int, str, str]

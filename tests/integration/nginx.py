@@ -14,7 +14,7 @@ from typing import IO, Final
 
 import aiohttp
 
-from bgworker.smtp_sink import free_port
+from bgworker.cli.smtp_sink import free_port
 from tests.helpers import REPO
 
 SHIPPED: Final = REPO / "deploy" / "nginx" / "bgworker.conf"

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from bgworker import settings as settings_mod
-from bgworker import tokens
 from bgworker import web as web_app
+from bgworker.links import tokens
 from tests.helpers import wait_until
 
 # How long one exchange waits for the server's answer: a request the server still waits

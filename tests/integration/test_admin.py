@@ -10,10 +10,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bgworker import broker, store
 from bgworker import settings as settings_mod
+from bgworker import store
 from bgworker import web as web_app
-from bgworker.deadletters import queue, reading
+from bgworker.messaging import broker
+from bgworker.ops.deadletters import queue, reading
 from tests import dlq_handlers
 from tests.helpers import Publish, StartWorker, get_row, wait_for_status
 from tests.integration.console import PASSWORD, basic, client, csrf_token, log_in

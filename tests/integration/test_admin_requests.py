@@ -11,9 +11,10 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from bgworker import events, store
 from bgworker import settings as settings_mod
-from bgworker.smtp_sink import SmtpSink
+from bgworker import store
+from bgworker.cli.smtp_sink import SmtpSink
+from bgworker.contract import events
 from bgworker.web import admin_requests
 from tests import dlq_handlers
 from tests.helpers import Publish, StartWorker, get_row, wait_for_status

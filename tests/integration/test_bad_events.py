@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from bgworker import store, topology
+from bgworker import store
+from bgworker.messaging import topology
 from tests.helpers import (
     DeadLetters,
     EventLog,

@@ -10,8 +10,9 @@ import uuid
 
 import pytest
 
-from bgworker import cleanup, storage, store
 from bgworker import settings as settings_mod
+from bgworker import storage, store
+from bgworker.ops import cleanup
 from tests.helpers import Publish, StartWorker, get_row, stored_keys, wait_for_status
 
 pytestmark = pytest.mark.both_storages

@@ -12,9 +12,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bgworker import cleanup, events, metrics, storage, store, tokens
 from bgworker import settings as settings_mod
-from bgworker.smtp_sink import SmtpSink
+from bgworker import storage, store
+from bgworker.cli.smtp_sink import SmtpSink
+from bgworker.contract import events
+from bgworker.links import tokens
+from bgworker.observe import metrics
+from bgworker.ops import cleanup
 from tests import dedupe_handlers
 from tests.helpers import (
     DeadLetters,

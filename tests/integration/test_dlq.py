@@ -9,9 +9,10 @@ from collections import Counter
 import aio_pika
 import pytest
 
-from bgworker import broker, store, topology, wire
 from bgworker import settings as settings_mod
-from bgworker.deadletters import actions, letters, queue, reading, selection
+from bgworker import store
+from bgworker.messaging import broker, topology, wire
+from bgworker.ops.deadletters import actions, letters, queue, reading, selection
 from tests import dlq_handlers
 from tests.helpers import (
     EventLog,

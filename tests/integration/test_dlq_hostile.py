@@ -19,9 +19,10 @@ import aio_pika
 import pamqp.encode
 import pytest
 
-from bgworker import amqp_frames, broker, store
 from bgworker import settings as settings_mod
-from bgworker.deadletters import letters, queue, reading
+from bgworker import store
+from bgworker.messaging import amqp_frames, broker
+from bgworker.ops.deadletters import letters, queue, reading
 from tests.helpers import REPO
 from tests.integration.console import CSRF_RE, basic, client, log_in
 from tests.integration.letters import Cli, depth, drain, wait_depth
@@ -291,7 +292,7 @@ def undecodable_encoders(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(pamqp.encode, "encode_table_value", encode_value)
     monkeypatch.setitem(pamqp.encode.METHODS, "shortstr", encode_short)
-    # bgworker reads these two leniently (bgworker.amqp_frames); with pamqp's strict
+    # bgworker reads these two leniently (bgworker.messaging.amqp_frames); with pamqp's strict
     # decoders back they stand for a frame that no decoder can read.
     amqp_frames.uninstall()
     yield
@@ -342,7 +343,7 @@ async def test_letters_the_client_cannot_decode_are_named_and_purged(
     strict = tmp_path / "strict"
     strict.mkdir()
     (strict / "sitecustomize.py").write_text(
-        "from bgworker import amqp_frames\n"
+        "from bgworker.messaging import amqp_frames\n"
         "amqp_frames.uninstall()\n"
         "amqp_frames.install = lambda: None\n"
     )

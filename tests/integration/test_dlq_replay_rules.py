@@ -13,9 +13,11 @@ from datetime import UTC, datetime
 import aio_pika
 import pytest
 
-from bgworker import events, store, topology
 from bgworker import settings as settings_mod
-from bgworker.deadletters import actions, queue, reading, rule, selection
+from bgworker import store
+from bgworker.contract import events
+from bgworker.messaging import topology
+from bgworker.ops.deadletters import actions, queue, reading, rule, selection
 from tests import dlq_handlers
 from tests.helpers import EventLog, Publish, StartWorker, get_row, wait_for_status, wait_until
 from tests.integration.console import client, log_in

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bgworker import settings as settings_mod
-from bgworker import storage, store, tokens
+from bgworker import storage, store
+from bgworker.links import tokens
 from tests.helpers import Publish, StartServer, wait_for_status
 from tests.integration.downloads import (
     IDENTITY,

@@ -13,9 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bgworker import messages, store, tokens
 from bgworker import settings as settings_mod
+from bgworker import store
 from bgworker import web as web_app
+from bgworker.contract import requester_texts
+from bgworker.links import tokens
 from bgworker.web import headers as web_headers
 from tests.handlers import blob_bytes
 from tests.helpers import Publish, StartServer, StartWorker, wait_for_status, wait_until
@@ -257,7 +259,7 @@ async def test_status_of_a_failed_request_says_so_without_the_exception(
     doc = json.loads(body)
     assert (doc["status"], doc["state"]) == ("failed", "failed")
     # The requester gets plain words; the exception text stays with the row (operators).
-    assert doc["error"] == messages.failure(row.failure_reason)
+    assert doc["error"] == requester_texts.failure(row.failure_reason)
     assert "criteria make no sense" not in body.decode()
     assert row.last_error is not None and "criteria make no sense" in row.last_error
 

@@ -12,7 +12,7 @@ import pytest
 
 from bgworker import handlers, store, worker
 from bgworker import settings as settings_mod
-from bgworker.smtp_sink import SmtpSink
+from bgworker.cli.smtp_sink import SmtpSink
 from tests.helpers import (
     EventLog,
     Publish,

@@ -14,8 +14,10 @@ from typing import Any
 import aio_pika
 import pytest
 
-from bgworker import broker, handlers, intake, store, topology, worker
+from bgworker import handlers, store, worker
 from bgworker import settings as settings_mod
+from bgworker.messaging import broker, topology
+from bgworker.worker import intake
 from tests.helpers import Publish, StartWorker, wait_for_status, wait_until
 
 

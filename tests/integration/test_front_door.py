@@ -19,9 +19,11 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from bgworker import cleanup, storage, store, topology
 from bgworker import settings as settings_mod
-from bgworker.smtp_sink import SmtpSink, text_body
+from bgworker import storage, store
+from bgworker.cli.smtp_sink import SmtpSink, text_body
+from bgworker.messaging import topology
+from bgworker.ops import cleanup
 from bgworker.web import front_door
 from tests.helpers import (
     EventLog,

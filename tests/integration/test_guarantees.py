@@ -11,9 +11,11 @@ from typing import Any
 import aio_pika
 import pytest
 
-from bgworker import events, store, topology
 from bgworker import settings as settings_mod
-from bgworker.smtp_sink import SmtpSink
+from bgworker import store
+from bgworker.cli.smtp_sink import SmtpSink
+from bgworker.contract import events
+from bgworker.messaging import topology
 from tests.helpers import (
     DeadLetters,
     EventLog,

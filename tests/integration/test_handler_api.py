@@ -15,8 +15,10 @@ import aio_pika
 import aiohttp
 import pytest
 
-from bgworker import broker, publisher, storage, store, tokens, topology
 from bgworker import settings as settings_mod
+from bgworker import storage, store
+from bgworker.links import tokens
+from bgworker.messaging import broker, publisher, topology
 from tests import resource_handlers
 from tests.helpers import (
     AMQP_URL,

@@ -161,13 +161,13 @@ async def test_blocking_async_handler_is_named_in_a_loop_blocked_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings.worker.loop_block_warning_seconds = 0.3
-    caplog.set_level(logging.WARNING, logger="bgworker.loopwatch")
+    caplog.set_level(logging.WARNING, logger="bgworker.worker.loopwatch")
     await start_worker()
     event = await publish("block_loop", {"seconds": 1.5})
     await wait_for_status(db, event.id, "ready", timeout=30)
 
     def watchdog_lines() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name == "bgworker.loopwatch"]
+        return [r.getMessage() for r in caplog.records if r.name == "bgworker.worker.loopwatch"]
 
     await wait_until(lambda: any("was blocked" in m for m in watchdog_lines()), timeout=10)
     lines = [m for m in watchdog_lines() if f"(request {event.id})" in m]
@@ -188,7 +188,7 @@ async def test_a_blocking_sync_handler_does_not_block_the_loop(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings.worker.loop_block_warning_seconds = 0.3
-    caplog.set_level(logging.WARNING, logger="bgworker.loopwatch")
+    caplog.set_level(logging.WARNING, logger="bgworker.worker.loopwatch")
     await start_worker()
     event = await publish("sync_sleep", {"seconds": 1.5})
     await wait_for_status(db, event.id, "ready", timeout=30)

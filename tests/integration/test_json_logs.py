@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
-from bgworker import logs, states, store
 from bgworker import settings as settings_mod
+from bgworker import store
+from bgworker.contract import states
+from bgworker.observe import logs
 from tests import helpers
 
 
@@ -77,7 +79,7 @@ async def test_every_line_of_a_job_is_json_with_its_fields(
     flaky_attempts = {r["attempt"] for r in lines if r.get("request_id") == str(flaky.id)}
     assert {1, 2} <= flaky_attempts
     # The worker's own lines are not about a job and say so by carrying no job fields.
-    start = [r for r in lines if "consuming" in r["message"] and r["logger"] == "bgworker.worker"]
+    start = [r for r in lines if "consuming" in r["message"] and r["logger"] == "bgworker.worker.pool"]
     assert start and all("request_id" not in r for r in start)
 
 

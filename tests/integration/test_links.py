@@ -17,9 +17,11 @@ import pytest
 import yarl
 
 import bgworker
-from bgworker import messages, store, tokens
 from bgworker import settings as settings_mod
-from bgworker.smtp_sink import SmtpSink, text_body
+from bgworker import store
+from bgworker.cli.smtp_sink import SmtpSink, text_body
+from bgworker.contract import requester_texts
+from bgworker.links import tokens
 from tests.helpers import (
     EventLog,
     Publish,
@@ -202,13 +204,13 @@ async def test_bound_mode_without_identity_warns_at_start(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings.tokens.link_mode = "bound"
-    with caplog.at_level(logging.WARNING, logger="bgworker.tokens"):
+    with caplog.at_level(logging.WARNING, logger="bgworker.links.tokens"):
         await start_server()
         await start_worker()
     warnings = [r for r in caplog.records if "LINK_MODE=bound" in r.getMessage()]
     assert len(warnings) == 2
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="bgworker.tokens"):
+    with caplog.at_level(logging.WARNING, logger="bgworker.links.tokens"):
         await start_server(identity=lambda request: request.headers.get("X-User"))
     assert not [r for r in caplog.records if "LINK_MODE=bound" in r.getMessage()]
 
@@ -289,11 +291,11 @@ async def test_failure_texts_for_the_requester_carry_no_exception(
         r["payload"] for r in await db.list_outbox(event.id) if r["kind"] == "email_failed"
     ]
     context = json.loads(context) if isinstance(context, str) else context
-    assert context["error"] == context["message"] == messages.failure(row.failure_reason)
+    assert context["error"] == context["message"] == requester_texts.failure(row.failure_reason)
     assert "criteria make no sense" not in json.dumps(context)
     await wait_until(lambda: any(k.endswith("failed") for k, _ in event_log), timeout=30)
     [(_, failed)] = [(k, b) for k, b in event_log if k.endswith("failed")]
-    assert failed["message"] == messages.failure(row.failure_reason)
+    assert failed["message"] == requester_texts.failure(row.failure_reason)
     assert "criteria make no sense" in failed["error"]  # services (operators) keep it
     for kind in ("download", "status"):
         _, _, body = await fetch("GET", f"{server}/{kind}/{signer.general(event.id)}")

@@ -8,8 +8,10 @@ import socket
 import aiohttp
 from prometheus_client import parser
 
-from bgworker import events, metrics, states, store
 from bgworker import settings as settings_mod
+from bgworker import store
+from bgworker.contract import events, states
+from bgworker.observe import metrics
 from tests import helpers
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -17,7 +17,8 @@ import aio_pika
 import pytest
 
 from bgworker import settings as settings_mod
-from bgworker import store, topology
+from bgworker import store
+from bgworker.messaging import topology
 from tests.helpers import (
     AMQP_URL,
     REPO,

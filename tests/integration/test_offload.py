@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from bgworker import settings as settings_mod
-from bgworker import store, tokens
+from bgworker import store
+from bgworker.links import tokens
 from bgworker.web import headers as web_headers
 from bgworker.web import offload
 from tests.handlers import blob_bytes

@@ -12,7 +12,9 @@ import uuid
 import asyncpg
 import pytest
 
-from bgworker import effects, events, store
+from bgworker import store
+from bgworker.contract import events
+from bgworker.effects import outcomes
 from tests.helpers import wait_until
 
 
@@ -31,7 +33,7 @@ async def _claimed(db: store.Store, email: str | None = "a@example.com") -> stor
 
 async def _ready(db: store.Store, claim: store.Claim) -> store.RequestRow:
     row = await db.mark_ready(
-        claim, size=3, sha256="0" * 64, storage_key="k", effects=effects.ready_effects
+        claim, size=3, sha256="0" * 64, storage_key="k", effects=outcomes.ready_effects
     )
     assert row is not None
     return row
@@ -91,7 +93,7 @@ async def test_jobs_finishing_together_share_one_transaction(db: store.Store) ->
     rows = await asyncio.gather(
         *(
             db.mark_ready(
-                c, size=i, sha256=f"{i}" * 64, storage_key=f"k{i}", effects=effects.ready_effects
+                c, size=i, sha256=f"{i}" * 64, storage_key=f"k{i}", effects=outcomes.ready_effects
             )
             for i, c in enumerate([*claims, stale])
         )
@@ -116,7 +118,7 @@ async def test_a_failed_statement_fails_every_caller_it_carried(database_url: st
     results = await asyncio.gather(
         *(
             db.mark_ready(
-                c, size=1, sha256="0" * 64, storage_key="k", effects=effects.ready_effects
+                c, size=1, sha256="0" * 64, storage_key="k", effects=outcomes.ready_effects
             )
             for c in claims
         ),

@@ -12,7 +12,7 @@ from aiohttp import web
 from bgworker import settings as settings_mod
 from bgworker import storage, store
 from bgworker import web as web_app
-from bgworker.smtp_sink import SmtpSink, text_body
+from bgworker.cli.smtp_sink import SmtpSink, text_body
 from tests.handlers import blob_bytes
 from tests.helpers import (
     EventLog,

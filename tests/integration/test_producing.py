@@ -17,8 +17,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bgworker import events, handlers, producing, publisher, topology
+from bgworker import handlers, producing
 from bgworker import settings as settings_mod
+from bgworker.contract import events
+from bgworker.messaging import publisher, topology
 from tests import dedupe_handlers, django_app
 from tests.helpers import AMQP_URL, StartServer, StartWorker, wait_until
 

@@ -10,8 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import aio_pika
 import pytest
 
-from bgworker import broker, events, publisher, store, topology
 from bgworker import settings as settings_mod
+from bgworker import store
+from bgworker.contract import events
+from bgworker.messaging import broker, publisher, topology
 from tests.helpers import AMQP_URL, StartWorker, wait_for_status, wait_until
 
 

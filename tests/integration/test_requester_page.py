@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bgworker import events, languages, store, tokens
+from bgworker import languages, store
 from bgworker import settings as settings_mod
+from bgworker.contract import events
+from bgworker.links import tokens
 from bgworker.web import headers as web_headers
 from tests.helpers import Publish, StartServer, StartWorker, wait_for_status
 from tests.integration.downloads import IDENTITY, Headers, fetch, signer_in_the_past, tamper

@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 
-from bgworker import outbox, store, tokens
 from bgworker import settings as settings_mod
-from bgworker.smtp_sink import SmtpSink, text_body
+from bgworker import store
+from bgworker.cli.smtp_sink import SmtpSink, text_body
+from bgworker.effects import outbox
+from bgworker.links import tokens
 from tests.helpers import Publish, StartServer, StartWorker, must_match, wait_for_status
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -19,8 +19,9 @@ from aiobotocore.session import get_session
 from pydantic import SecretStr
 from types_aiobotocore_s3 import S3Client
 
-from bgworker import cleanup, storage, store
 from bgworker import settings as settings_mod
+from bgworker import storage, store
+from bgworker.ops import cleanup
 from bgworker.storage import s3 as backend
 from tests import s3
 from tests.handlers import blob_bytes

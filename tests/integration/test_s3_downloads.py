@@ -11,7 +11,8 @@ from urllib.parse import SplitResult, parse_qs, urlsplit
 import pytest
 
 from bgworker import settings as settings_mod
-from bgworker import store, tokens
+from bgworker import store
+from bgworker.links import tokens
 from tests.handlers import blob_bytes
 from tests.helpers import Publish, StartServer, stored_keys, wait_for_status, wait_until
 from tests.integration.downloads import CONTENT_TYPE, SEED, SIZE, assert_refusal, fetch, tamper

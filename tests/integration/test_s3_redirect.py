@@ -12,7 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from bgworker import settings as settings_mod
-from bgworker import store, tokens
+from bgworker import store
+from bgworker.links import tokens
 from tests import s3
 from tests.helpers import Publish, StartServer, StartWorker, wait_for_status
 from tests.integration.downloads import fetch

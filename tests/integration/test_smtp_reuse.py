@@ -8,22 +8,23 @@ from email.message import EmailMessage
 
 import pytest
 
-from bgworker import notify, worker
 from bgworker import settings as settings_mod
-from bgworker import smtp_sink as sink_mod
-from bgworker.smtp_sink import SmtpSink
+from bgworker import worker
+from bgworker.cli import smtp_sink as sink_mod
+from bgworker.cli.smtp_sink import SmtpSink
+from bgworker.effects import mail
 from tests.helpers import Publish, StartWorker, wait_until
 
-MakeMailer = Callable[..., notify.Mailer]
+MakeMailer = Callable[..., mail.Mailer]
 
 
 @pytest.fixture
 async def make_mailer(smtp_sink: SmtpSink) -> AsyncIterator[MakeMailer]:
-    made: list[notify.Mailer] = []
+    made: list[mail.Mailer] = []
 
-    def _make(**config: float) -> notify.Mailer:
+    def _make(**config: float) -> mail.Mailer:
         smtp = settings_mod.SmtpSettings(port=smtp_sink.port, timeout_seconds=5)
-        mailer = notify.Mailer(smtp.model_copy(update=config))
+        mailer = mail.Mailer(smtp.model_copy(update=config))
         made.append(mailer)
         return mailer
 
@@ -40,7 +41,7 @@ def _email(n: int) -> EmailMessage:
         "expires_at": "2026-12-01T10:00:00+00:00",
         "download_url": "http://files.example.com/download/TOKEN",
     }
-    return notify.render("ready", f"user{n}@example.com", "bgworker <b@localhost>", context)
+    return mail.render("ready", f"user{n}@example.com", "bgworker <b@localhost>", context)
 
 
 def _ids(sink: SmtpSink) -> list[str]:
@@ -138,7 +139,7 @@ async def test_first_use_failure_is_not_retried(
     # A fresh connection refusing the sender is the server's answer, not a stale connection.
     mailer = make_mailer()
     smtp_sink.faults["MAIL"] = "421 busy"
-    with pytest.raises(notify.NotifyError, match="421"):
+    with pytest.raises(mail.NotifyError, match="421"):
         await mailer.send(_email(0))
     assert smtp_sink.connections == 1 and smtp_sink.messages == []
 
@@ -155,7 +156,7 @@ async def test_failure_during_data_is_reported_not_resent(
     async def on_accepted() -> None:
         accepted.append(True)
 
-    with pytest.raises(notify.NotifyError):
+    with pytest.raises(mail.NotifyError):
         await mailer.send(_email(1), on_accepted)
     assert accepted == []
     assert _ids(smtp_sink) == ["<r0.ready@bgworker>", "<r1.ready@bgworker>"]  # no copy

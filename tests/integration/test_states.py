@@ -1,4 +1,4 @@
-"""The names of states live in ``bgworker.states``; the database checks the same values."""
+"""The names of states live in ``bgworker.contract.states``; the database checks the same values."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from enum import StrEnum
 
 import pytest
 
-from bgworker import states, store
+from bgworker import store
+from bgworker.contract import states
 
 
 async def _allowed(db: store.Store, table: str, column: str) -> set[str]:

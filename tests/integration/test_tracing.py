@@ -20,8 +20,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 
 from bgworker import settings as settings_mod
-from bgworker import states, store, tracing
-from bgworker.smtp_sink import SmtpSink
+from bgworker import store
+from bgworker.cli.smtp_sink import SmtpSink
+from bgworker.contract import states
+from bgworker.observe import tracing
 from tests import helpers
 
 
@@ -91,7 +93,12 @@ def test_tracing_off_imports_no_opentelemetry() -> None:
     """A worker's modules, imported and used with tracing off, load no opentelemetry."""
     code = (
         "import sys\n"
-        "from bgworker import cli, tracing, worker, jobs, outbox, broker\n"
+        "from bgworker import cli, worker\n"
+        "from bgworker.cli import main\n"
+        "from bgworker.effects import outbox\n"
+        "from bgworker.messaging import broker\n"
+        "from bgworker.observe import tracing\n"
+        "from bgworker.worker import jobs\n"
         "from bgworker import web\n"
         "with tracing.span('x'):\n"
         "    assert tracing.carrier() == {}\n"

@@ -1,5 +1,5 @@
 """Messages whose AMQP frames pamqp cannot decode (a timestamp header past the year 9999, a
-short string that is not UTF-8) on the work queue: before ``bgworker.amqp_frames``, aiormq
+short string that is not UTF-8) on the work queue: before ``bgworker.messaging.amqp_frames``, aiormq
 closed the connection on each delivery, so the worker stopped working (quorum: for 20
 reconnects, classic: forever). Now they are read leniently and dead-lettered like any other
 bad event."""
@@ -13,8 +13,9 @@ import aio_pika
 import pamqp.encode
 import pytest
 
-from bgworker import broker, store, topology
 from bgworker import settings as settings_mod
+from bgworker import store
+from bgworker.messaging import broker, topology
 from tests.helpers import AMQP_URL, DeadLetters, Publish, StartWorker, wait_for_status
 
 

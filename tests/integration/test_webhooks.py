@@ -18,9 +18,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 from pydantic import SecretStr
 
-from bgworker import addresses, store, webhooks
 from bgworker import settings as settings_mod
-from bgworker.smtp_sink import SmtpSink
+from bgworker import store
+from bgworker.cli.smtp_sink import SmtpSink
+from bgworker.effects import addresses, webhooks
 from tests.helpers import EventLog, Publish, StartWorker, wait_until
 from tests.integration.console import PASSWORD, basic, client
 from tests.integration.letters import Cli

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bgworker import settings as settings_mod
-from bgworker import tokens
+from bgworker.links import tokens
 from bgworker.web import access_log
 
 # Fixed ids and clock: the tokens name the parametrized tests, the same in every xdist worker.

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import MultiDict
 
-from bgworker import states
+from bgworker.contract import states
 from bgworker.web import admin_requests
 
 NAMES = ["id", "requester", "file_type", "status", "page", "other"]

@@ -111,6 +111,6 @@ def test_an_import_up_a_layer_breaks_the_contract(tmp_path: Path) -> None:
 
     broken = run(tmp_path)
     assert broken.returncode == 1, broken.stdout
-    assert "bgworker.events is not allowed to import bgworker.worker" in broken.stdout
+    assert "bgworker.contract.events is not allowed to import bgworker.worker" in broken.stdout
     kept = run(REPO)
     assert kept.returncode == 0, kept.stdout

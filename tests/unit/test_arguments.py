@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from bgworker import arguments
+from bgworker.cli import arguments
 from tests.helpers import REPO
 
 # What a command imports once it runs, never before its arguments are parsed: the clients
@@ -44,7 +44,7 @@ def _imported(*argv: str, env: dict[str, str] | None = None) -> tuple[set[str], 
         env=env,
     )
     modules = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", done.stderr, re.M))
-    assert "bgworker.arguments" in modules, done.stderr[-2000:]
+    assert "bgworker.cli.arguments" in modules, done.stderr[-2000:]
     return modules, done.stdout
 
 

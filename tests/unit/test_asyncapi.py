@@ -12,7 +12,8 @@ from typing import Any, Final
 
 import pytest
 
-from bgworker import asyncapi, events, topology, wire
+from bgworker.contract import events
+from bgworker.messaging import asyncapi, topology, wire
 from tests.helpers import REPO, node_project
 
 SCHEMAS: Final = REPO / "schemas"

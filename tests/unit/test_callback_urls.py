@@ -12,7 +12,7 @@ import yarl
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bgworker import callback_urls, events
+from bgworker.contract import callback_urls, events
 from tests.unit.test_contract import FULL, PLAIN, VALID, schema_accepts
 
 

@@ -25,7 +25,7 @@ from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, ValidationError, validators
 
-from bgworker import events
+from bgworker.contract import events
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = json.loads((ROOT / "tests/contract/cases.json").read_text(encoding="utf-8"))

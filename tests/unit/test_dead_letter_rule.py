@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bgworker import states
-from bgworker.deadletters import actions, letters, rule
+from bgworker.contract import states
+from bgworker.ops.deadletters import actions, letters, rule
 from bgworker.store import dead_letters, queries
 
 STATUSES = st.one_of(st.none(), st.sampled_from(list(states.Status)), st.text(max_size=20))

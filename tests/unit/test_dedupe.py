@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bgworker import dedupe, events, handlers, storage
+from bgworker import handlers, storage
+from bgworker.contract import events
+from bgworker.worker import dedupe
 
 ALICE: dict[str, Any] = {"id": "alice", "email": "alice@example.com"}
 # JSON values as producers send them (criteria come from outside; the contract refuses

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pamqp import commands, header
 
-from bgworker.deadletters import letters
+from bgworker.ops.deadletters import letters
 
 # Anything but newline and tab that a reader could trip over: controls, lone surrogates.
 UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")

@@ -16,8 +16,8 @@ from types import ModuleType
 import pytest
 import yaml
 
-from bgworker import arguments
 from bgworker import settings as settings_mod
+from bgworker.cli import arguments
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"

@@ -11,7 +11,7 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bgworker import notify
+from bgworker.effects import mail
 
 SENDER = "bgworker <bgworker@example.com>"
 DATE = re.compile(rb"^Date: .*\r?\n", re.MULTILINE)
@@ -47,17 +47,17 @@ def _wire(message: EmailMessage) -> bytes:
 def test_the_cached_policy_renders_the_same_bytes_as_the_default(
     filename: str, language: str, to: str
 ) -> None:
-    ours = notify.render("ready", to, SENDER, _context(filename, language))
-    assert ours.policy is notify.POLICY
-    with mock.patch.object(notify, "POLICY", email.policy.default):
-        theirs = notify.render("ready", to, SENDER, _context(filename, language))
+    ours = mail.render("ready", to, SENDER, _context(filename, language))
+    assert ours.policy is mail.POLICY
+    with mock.patch.object(mail, "POLICY", email.policy.default):
+        theirs = mail.render("ready", to, SENDER, _context(filename, language))
     assert theirs.policy is email.policy.default
     assert _wire(ours) == _wire(theirs)
 
 
 def test_header_classes_are_made_once() -> None:
-    first = notify.render("ready", "ann@example.com", SENDER, _context("a.csv", "en"))
-    second = notify.render("ready", "bob@example.com", SENDER, _context("b.csv", "en"))
+    first = mail.render("ready", "ann@example.com", SENDER, _context("a.csv", "en"))
+    second = mail.render("ready", "bob@example.com", SENDER, _context("b.csv", "en"))
     assert type(first["To"]) is type(second["To"])
     assert type(first["Subject"]) is type(second["Subject"])
     # The stdlib's registry makes a new class each time (what the cache saves).

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from bgworker import events, strict_json
+from bgworker.contract import events, strict_json
 
 
 def _valid(**overrides: Any) -> dict[str, Any]:

@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bgworker import events, handlers, progress, storage
-from bgworker import execution as execution_mod
+from bgworker import handlers, storage
 from bgworker import settings as settings_mod
+from bgworker.contract import events, progress
+from bgworker.handlers import execution as execution_mod
 
 SETTINGS = settings_mod.Settings(namespace="unit")
 
@@ -188,7 +189,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
     now = [1000.0]
     # time.monotonic itself (the module handlers reads it from): only synchronous tests use
     # this fixture, so no event loop sees the frozen clock.
-    monkeypatch.setattr("bgworker.handlers.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("bgworker.handlers.registry.time.monotonic", lambda: now[0])
     yield now
 
 

@@ -18,9 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bgworker import events, handlers, storage
-from bgworker import execution as execution_mod
+from bgworker import handlers, storage
+from bgworker.contract import events
 from bgworker.examples import login_events
+from bgworker.handlers import execution as execution_mod
 from tests import handlers as test_handlers
 from tests.helpers import wait_until
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bgworker import events
+from bgworker.contract import events
 from bgworker.web import headers
 
 

@@ -1,4 +1,5 @@
-"""The inline build's stream (bgworker.inline) when its reader goes away with the queue full.
+"""The inline build's stream (bgworker.producing.inline) when its reader goes away with the queue
+full.
 
 A response closed early closes the stream, which stops and cancels the build. The build
 must not then wait to hand an end mark to a full queue nobody reads any more: that hung
@@ -13,8 +14,10 @@ import threading
 
 import pytest
 
-from bgworker import events, handlers, inline
+from bgworker import handlers
 from bgworker import settings as settings_mod
+from bgworker.contract import events
+from bgworker.producing import inline
 from bgworker.storage import FileWriter, SyncFileWriter
 from tests.helpers import event_body
 

@@ -10,7 +10,8 @@ from babel.messages import extract, mofile, pofile
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bgworker import languages, notify
+from bgworker import languages
+from bgworker.effects import mail as mail_mod
 
 TEMPLATES = Path(languages.__file__).parent / "templates"
 CATALOGS = ("fr", "nl", "de")
@@ -104,7 +105,7 @@ def test_every_template_string_is_translated(language: str) -> None:
 
 
 def test_french_requester_gets_the_french_email() -> None:
-    mail = notify.render("ready", "ann@example.com", SENDER, ready_context("fr"))
+    mail = mail_mod.render("ready", "ann@example.com", SENDER, ready_context("fr"))
     assert mail["Subject"] == "Votre fichier logins.csv est prêt"
     text = mail.get_body(preferencelist=("plain",))
     html = mail.get_body(preferencelist=("html",))
@@ -119,7 +120,7 @@ def test_french_requester_gets_the_french_email() -> None:
 
 @pytest.mark.parametrize("language", ["xx", "pt-BR", "en"])
 def test_unknown_language_gets_the_english_email(language: str) -> None:
-    mail = notify.render("ready", "ann@example.com", SENDER, ready_context(language))
+    mail = mail_mod.render("ready", "ann@example.com", SENDER, ready_context(language))
     assert mail["Subject"] == "Your file logins.csv is ready"
     text = mail.get_body(preferencelist=("plain",))
     assert text is not None
@@ -138,7 +139,7 @@ def test_failed_email_never_shows_the_exception(language: str, error: str) -> No
         "language": language,
         "error": f"SECRET{error}",
     }
-    mail = notify.render("failed", "ann@example.com", SENDER, context)
+    mail = mail_mod.render("failed", "ann@example.com", SENDER, context)
     for part in mail.walk():
         if part.get_content_maintype() == "text":
             assert "SECRET" not in part.get_content()
@@ -151,7 +152,7 @@ def test_template_in_the_override_directory_wins(tmp_path: Path) -> None:
     (tmp_path / "email" / "ready.subject.j2").write_text(
         "{% trans %}ACME: {{ filename }} is waiting for you{% endtrans %}\n"
     )
-    mail = notify.render(
+    mail = mail_mod.render(
         "ready", "ann@example.com", SENDER, ready_context("de"), template_dir=tmp_path
     )
     assert mail["Subject"] == "ACME: logins.csv is waiting for you"  # no catalog entry: as written

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from bgworker import tokens
+from bgworker.links import tokens
 from bgworker.settings import Settings, TokenSettings
 
 KEY = "key-0123456789abcdef"

@@ -11,11 +11,11 @@ import uuid
 
 import pytest
 
-from bgworker import execution as execution_mod
-from bgworker import loopwatch
+from bgworker.handlers import execution as execution_mod
+from bgworker.worker import loopwatch
 from tests.helpers import wait_until
 
-LOGGER = "bgworker.loopwatch"
+LOGGER = "bgworker.worker.loopwatch"
 
 
 def _messages(caplog: pytest.LogCaptureFixture) -> list[str]:

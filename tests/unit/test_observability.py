@@ -13,8 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bgworker import arguments, cli, logs, tracing, wire
 from bgworker import settings as settings_mod
+from bgworker.cli import arguments, main
+from bgworker.messaging import wire
+from bgworker.observe import logs, tracing
 
 
 def test_metrics_port_flag_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -24,7 +26,7 @@ def test_metrics_port_flag_and_variable(monkeypatch: pytest.MonkeyPatch) -> None
     settings = settings_mod.Settings()
     assert (settings.metrics.host, settings.metrics.port) == ("0.0.0.0", 9100)
     args = arguments.parser().parse_args(["worker", "--metrics-port", "9200"])
-    assert cli._apply_flags(settings, args).metrics.port == 9200
+    assert main._apply_flags(settings, args).metrics.port == 9200
     assert settings.web.host == "127.0.0.1"  # the worker's metrics no longer use it
 
 

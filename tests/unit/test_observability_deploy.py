@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from bgworker import metrics
+from bgworker.observe import metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

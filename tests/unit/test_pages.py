@@ -13,7 +13,8 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bgworker import languages, states, store
+from bgworker import languages, store
+from bgworker.contract import states
 from bgworker.web import keys, pages
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)

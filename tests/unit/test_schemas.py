@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from bgworker import asyncapi, events
+from bgworker.contract import events
+from bgworker.messaging import asyncapi
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 

@@ -10,7 +10,7 @@ import itsdangerous
 import pytest
 from pydantic import SecretStr
 
-from bgworker import tokens
+from bgworker.links import tokens
 from bgworker.settings import TokenSettings
 
 OLD, NEW = "old-key-0123456789", "new-key-9876543210"

@@ -16,8 +16,8 @@ import standardwebhooks
 from multidict import CIMultiDict
 from pydantic import SecretStr, ValidationError
 
-from bgworker import addresses, webhooks
 from bgworker import settings as settings_mod
+from bgworker.effects import addresses, webhooks
 from tests.webhook_verify import documented_verify
 
 verify = documented_verify()

@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pamqp import commands, encode, header
 
-from bgworker import events, states, topology, wire
+from bgworker.contract import events, states
+from bgworker.messaging import topology, wire
 
 
 def _delivered(*, redelivered: bool, headers: dict[str, Any] | None) -> aio_pika.IncomingMessage:

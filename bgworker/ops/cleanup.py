@@ -1,0 +1,154 @@
+"""``bgworker clean``: delete expired files and files no request points to (and the
+records of ``POST /requests`` that no POST needs any more).
+
+Parity with dj-bgfiles' ``bgfiles clean --timeout --sleep --leeway``, without its swapped
+arguments: ``leeway`` keeps recently expired files for last-minute downloads, ``timeout``
+bounds the whole run, ``sleep`` pauses between deletions to spare the disk.
+
+The same run for both backends (``storage.Storage``): for S3, the "temp parts" are
+multipart uploads of attempts that died, aborted once older than ``orphan_age``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from bgworker import settings as settings_mod
+from bgworker import storage, store
+from bgworker.contract import states
+
+log = logging.getLogger(__name__)
+
+BATCH = 100
+
+
+@dataclass
+class CleanReport:
+    expired: int = 0
+    orphans: int = 0
+    temp_parts: int = 0
+    # Records of POST /requests that no POST needs any more (store.front_door).
+    front_door: int = 0
+    bytes_freed: int = 0
+    stopped_early: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    db: store.Store
+    files: storage.Storage
+    sleep_seconds: float
+    dry_run: bool
+    deadline: float | None
+    report: CleanReport = field(default_factory=CleanReport)
+
+    def out_of_time(self) -> bool:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.report.stopped_early = True
+        return self.report.stopped_early
+
+    async def remove(self, key: str) -> None:
+        # What the real run would free: in a dry run the same files, sized, not removed.
+        size = await self.files.size(key)
+        if not self.dry_run and not await self.files.delete(key):
+            size = 0  # gone meanwhile
+        self.report.bytes_freed += size
+        await self._pause()
+
+    async def remove_part(self, part: str) -> None:
+        if not self.dry_run:
+            self.report.bytes_freed += await self.files.remove_part(part)
+        await self._pause()
+
+    async def _pause(self) -> None:
+        if self.sleep_seconds and not self.dry_run:
+            await asyncio.sleep(self.sleep_seconds)
+
+    async def expired(self, leeway_seconds: float) -> None:
+        if self.dry_run:
+            keys = await self.db.expirable_keys(leeway_seconds)
+            self.report.expired = len(keys)
+            for key in keys:
+                if key:
+                    await self.remove(key)
+            return
+        while not self.out_of_time():
+            expired = await self.db.expire_ready(leeway_seconds, BATCH)
+            for item in expired:
+                if item.storage_key:
+                    await self.remove(item.storage_key)
+                self.report.expired += 1
+            if len(expired) < BATCH:
+                return
+
+    async def orphans(self, age_seconds: float) -> None:
+        # Files of attempts that lost their lease or died between rename and commit. The
+        # age threshold protects an attempt that is finalizing right now.
+        stale = await self.files.stale(time.time() - age_seconds)
+        keys = stale.keys
+        for start in range(0, len(keys), 1000):
+            if self.out_of_time():
+                return
+            batch = keys[start : start + 1000]
+            referenced = await self.db.referenced_keys(batch)
+            for key in batch:
+                if key not in referenced:
+                    self.report.orphans += 1
+                    await self.remove(key)
+        for part in stale.parts:
+            if self.out_of_time():
+                return
+            self.report.temp_parts += 1
+            await self.remove_part(part)
+
+
+async def clean(
+    db: store.Store,
+    files: storage.Storage,
+    *,
+    leeway_seconds: float = 3600,
+    orphan_age_seconds: float = 86400,
+    timeout_seconds: float | None = None,
+    sleep_seconds: float = 0.0,
+    dry_run: bool = False,
+) -> CleanReport:
+    deadline = time.monotonic() + timeout_seconds if timeout_seconds else None
+    run = _Run(db, files, sleep_seconds, dry_run, deadline)
+    await run.expired(leeway_seconds)
+    await run.orphans(orphan_age_seconds)
+    if not run.out_of_time():
+        run.report.front_door = await db.front_door.prune(
+            states.SUPERSEDABLE, orphan_age_seconds, dry_run=dry_run
+        )
+    log.info("clean: %s", run.report)
+    return run.report
+
+
+async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    """``bgworker clean`` (its flags are in ``bgworker.cli.arguments``)."""
+    async with (
+        store.opened(settings.database_url.get_secret_value()) as db,
+        storage.opened(settings) as files,
+    ):
+        report = await clean(
+            db,
+            files,
+            leeway_seconds=args.leeway,
+            orphan_age_seconds=args.orphan_age,
+            timeout_seconds=args.timeout,
+            sleep_seconds=args.sleep,
+            dry_run=args.dry_run,
+        )
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"{verb}: {report.expired} expired file(s), {report.orphans} orphaned file(s), "
+        f"{report.temp_parts} temp part(s), {report.front_door} front-door record(s); "
+        f"{report.bytes_freed} bytes freed"
+        + ("; stopped at --timeout" if report.stopped_early else "")
+    )
+    return 0

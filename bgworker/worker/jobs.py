@@ -1,0 +1,368 @@
+"""One delivery, from message to committed outcome.
+
+    decode -> record -> claim (lease) -> ack -> run handler (heartbeat) -> finalize
+
+The message is acknowledged once the claim is committed: from then on PostgreSQL owns the
+job, so a job may run longer than the broker's consumer timeout, and if the worker dies the
+lease expires and the reaper puts the request back on the queue. Every outcome after that
+(ready, retrying, failed, cancelled, released) is a fenced update on the lease token, so a
+worker that lost its lease can change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from bgworker import faults, handlers, settings, storage, store
+from bgworker.contract import events, progress, states
+from bgworker.handlers import execution
+from bgworker.messaging import topology
+from bgworker.observe import logs, metrics, tracing
+from bgworker.worker import dedupe, finalize, rejection
+
+log = logging.getLogger(__name__)
+
+# The file_type label of attempts whose type has no handler: one series however many
+# unknown names producers send (a file type cannot start with "_", so none collides).
+UNKNOWN_FILE_TYPE_LABEL: Final = "_unknown"
+
+# Progress a handler reports is saved at most this often (and with every lease renewal), so
+# a status page is at most about a second behind a handler that reports on every row. The
+# heartbeat looks for new progress every PROGRESS_POLL_SECONDS, so a first report after a
+# quiet spell shows sooner.
+PROGRESS_SECONDS: Final = 1.0
+PROGRESS_POLL_SECONDS: Final = 0.25
+
+
+@dataclass(kw_only=True)
+class Runner:
+    """Runs deliveries. Built complete by the worker; ``releasing`` is set on a drain
+    timeout, so the jobs it then cancels are released rather than left to the reaper."""
+
+    config: settings.WorkerSettings
+    registry: handlers.Registry
+    db: store.Store
+    files: storage.Storage
+    channel: AbstractChannel
+    topology: topology.Topology
+    worker_id: str
+    # What every job's context carries: the worker's settings and the resources its
+    # registries' lifespans opened (see handlers.Registry.resources).
+    root_settings: settings.Settings | None = None
+    resources: Mapping[str, Any] = field(default_factory=lambda: handlers.NO_RESOURCES)
+    releasing: bool = False
+    # Runs the handlers: sync ones on threads, time limits (see execution.Execution).
+    execution: execution.Execution = field(init=False)
+    finalizer: finalize.Finalizer = field(init=False)
+    rejecter: rejection.Rejecter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.execution = execution.Execution(
+            self.config.concurrency, self.config.time_limit_seconds
+        )
+        self.finalizer = finalize.Finalizer(
+            db=self.db,
+            files=self.files,
+            channel=self.channel,
+            topology=self.topology,
+            worker_id=self.worker_id,
+            max_attempts=self.config.max_attempts,
+            webhook_url=self._webhook_url(),
+        )
+        self.rejecter = rejection.Rejecter(
+            db=self.db,
+            channel=self.channel,
+            topology=self.topology,
+            worker_id=self.worker_id,
+            webhook_url=self._webhook_url(),
+        )
+
+    def _webhook_url(self) -> str | None:
+        return self.root_settings.webhooks.url if self.root_settings else None
+
+    async def handle(self, message: AbstractIncomingMessage) -> states.JobOutcome:
+        """Process one delivery; returns the outcome (for logs, metrics and tests).
+
+        Before the ack, only infrastructure errors (``faults.is_infrastructure``) escape, for
+        the worker to hold the delivery and retry it in place; anything else the message
+        causes ends as a dead letter with a reason, now."""
+        # A child of the publisher's span when the message carries one (tracing on).
+        parent = tracing.from_headers(message.headers)
+        with tracing.span("job", parent=parent, kind="consumer", worker=self.worker_id):
+            return await self._handle(message)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> states.JobOutcome:
+        try:
+            event = events.parse_file_requested(message.body)
+        except events.InvalidEventError as exc:
+            # exc.reason is one of events.REASONS, all of them states.Reason values.
+            reason = states.Reason(exc.reason)
+            await self.reject(message, reason, "InvalidEventError", str(exc), exc.request_id)
+            return states.JobOutcome.INVALID
+        logs.bind(request_id=str(event.id), file_type=event.file_type, worker_id=self.worker_id)
+        registration = self.registry.find(event.file_type)
+        # What the handler declares fills a filename or content type the producer left out.
+        # The event is recorded as published (a redelivery must compare equal to it); the
+        # filled names go to the row's columns and to the handler.
+        names = handlers.served_names(event, registration)
+        max_attempts = (registration.max_attempts if registration else None) or (
+            self.config.max_attempts
+        )
+        lease = self.config.lease_seconds
+        try:
+            with tracing.span("claim", request_id=str(event.id), file_type=event.file_type):
+                claim = await self.db.record_and_claim(
+                    event, max_attempts, self.worker_id, lease, names
+                )
+            if claim is None:
+                claim = await self._not_runnable(message, event, max_attempts, names)
+                if claim is None:
+                    return states.JobOutcome.DUPLICATE
+        except Exception as exc:
+            if faults.is_infrastructure(exc):
+                raise
+            # Valid as JSON Schema goes, but PostgreSQL refuses it (a value out of its range,
+            # text it cannot hold): it would fail the same way on every delivery.
+            await self.reject(
+                message,
+                states.Reason.UNSTORABLE,
+                type(exc).__name__,
+                f"the event could not be recorded: {exc}",
+                event.id,
+            )
+            return states.JobOutcome.UNSTORABLE
+        await _ack(message)
+        logs.bind(attempt=claim.attempt)
+        if registration is None:
+            return await self._counted(
+                UNKNOWN_FILE_TYPE_LABEL,
+                self.finalizer.fail(
+                    claim,
+                    message.body,
+                    handlers.UnknownFileTypeError(
+                        f"no handler for file_type {event.file_type!r} "
+                        f"(registered: {', '.join(self.registry.file_types) or 'none'})"
+                    ),
+                    reason=states.Reason.UNKNOWN_FILE_TYPE,
+                ),
+            )
+        filled = handlers.with_defaults(event, registration)
+        return await self._counted(
+            event.file_type, self._run(filled, claim, registration, message.body)
+        )
+
+    async def _counted(
+        self, file_type: str, attempt: Awaitable[states.JobOutcome]
+    ) -> states.JobOutcome:
+        """An attempt's outcome, counted by file type (not when the attempt is cancelled
+        without an outcome: a worker stopping at once)."""
+        outcome = await attempt
+        metrics.JOBS.labels(file_type, outcome).inc()
+        return outcome
+
+    async def reject(
+        self,
+        message: AbstractIncomingMessage,
+        reason: states.Reason,
+        error_class: str,
+        error: str,
+        request_id: uuid.UUID | None,
+    ) -> None:
+        """Dead-letter a delivery that can never be processed (see ``rejection``)."""
+        await self.rejecter.reject(message, reason, error_class, error, request_id)
+
+    async def _not_runnable(
+        self,
+        message: AbstractIncomingMessage,
+        event: events.FileRequested,
+        max_attempts: int,
+        names: tuple[str, str],
+    ) -> store.Claim | None:
+        """The id is recorded and the claim refused. Returns a claim when this event
+        supersedes a request that failed validation; otherwise settles the delivery as a
+        duplicate or, when its body differs from the recorded one, a conflicting duplicate."""
+        row = await self.db.get_request(event.id)
+        if (
+            row is not None
+            and row.status == states.Status.FAILED
+            and row.failure_reason in states.SUPERSEDABLE
+        ):
+            claim = await self.db.supersede_invalid(
+                event,
+                max_attempts,
+                self.worker_id,
+                self.config.lease_seconds,
+                states.SUPERSEDABLE,
+                names,
+            )
+            if claim is not None:
+                log.info(
+                    "request %s: a valid event superseded the one rejected (%s)",
+                    event.id,
+                    row.failure_reason,
+                )
+                return claim
+        if row is not None and not rejection.same_request(row.event, event):
+            fields = ", ".join(rejection.differing_fields(row.event, event)) or "?"
+            await self.reject(
+                message,
+                states.Reason.CONFLICTING_DUPLICATE,
+                "ConflictingDuplicateError",
+                f"request {event.id} is already recorded ({row.status}) with a different body "
+                f"(fields that differ: {fields}); the recorded request is unchanged",
+                None,  # never touch the recorded request's row
+            )
+            return None
+        # Ready, failed, cancelled, or running under another worker's live lease: this
+        # delivery is a duplicate (redelivery, double publish). PostgreSQL has it covered.
+        await _ack(message)
+        log.info("request %s: not runnable (duplicate delivery), acked", event.id)
+        return None
+
+    async def _run(
+        self,
+        event: events.FileRequested,
+        claim: store.Claim,
+        registration: handlers.Registration,
+        body: bytes,
+    ) -> states.JobOutcome:
+        ctx = handlers.JobContext(
+            event,
+            claim.attempt,
+            self.worker_id,
+            logging.getLogger(f"bgworker.job.{event.file_type}"),
+            settings=self.root_settings,
+            resources=self.resources,
+        )
+        key = storage.key_for(event.id, claim.lease_token)
+        writer = self.files.writer(key)
+        job = asyncio.current_task()
+        assert job is not None
+        lost = asyncio.Event()
+        started = time.monotonic()
+        # The heartbeat's first look is one poll interval away: a timer until then, and a
+        # task only for a job still running at that point (most end sooner: a task per job
+        # cost more than the timer; BENCHMARKS.md, issue 11).
+        beat: list[asyncio.Task[None]] = []
+
+        def start_beat() -> None:
+            beat.append(
+                asyncio.create_task(
+                    self._heartbeat(claim, ctx, job, lost, started), name=f"heartbeat-{event.id}"
+                )
+            )
+
+        timer = asyncio.get_running_loop().call_later(self._poll_seconds(), start_beat)
+        in_flight = metrics.IN_FLIGHT.labels(event.file_type)
+        in_flight.inc()
+        log.info("request %s: attempt %d of %s started", event.id, claim.attempt, event.file_type)
+        try:
+            if registration.dedupe_seconds:
+                # A ready identical file to reuse, or one being built to wait for.
+                settled = await dedupe.settle(
+                    self.db, self.finalizer, claim, event, registration.dedupe_seconds
+                )
+                if settled is not None:
+                    await writer.abort()  # nothing built: drop what it may have left
+                    return settled
+            # Raises handlers.TimeLimitError past the time limit: an ordinary error below.
+            with tracing.span("handler", file_type=event.file_type, attempt=claim.attempt):
+                await self.execution.call(registration, ctx, writer)
+            size, digest = await writer.finish()
+        except asyncio.CancelledError:
+            await writer.abort()
+            if lost.is_set():
+                return await self.finalizer.cancelled_or_lost(claim)
+            if self.releasing:
+                return await self.finalizer.release(claim)
+            raise
+        except Exception as exc:
+            await writer.abort()
+            return await self.finalizer.after_error(claim, body, exc)
+        finally:
+            timer.cancel()
+            for task in beat:
+                task.cancel()
+            in_flight.dec()
+            metrics.JOB_SECONDS.labels(event.file_type).observe(time.monotonic() - started)
+        return await self.finalizer.ready(
+            claim, key=key, size=size, digest=digest, reported=ctx.reported
+        )
+
+    def _poll_seconds(self) -> float:
+        return min(PROGRESS_POLL_SECONDS, self.config.lease_seconds / 3)
+
+    async def _heartbeat(
+        self,
+        claim: store.Claim,
+        ctx: handlers.JobContext,
+        job: asyncio.Task[Any],
+        lost: asyncio.Event,
+        renewed: float,
+    ) -> None:
+        """Renew the lease every third of it, and save new progress within about a second
+        of its report (one UPDATE, which renews the lease too). Either write finds out
+        when the lease is gone (a cancel, a takeover): then the handler is stopped.
+        Started one poll interval after ``renewed`` (the claim took the lease then)."""
+        lease = self.config.lease_seconds
+        saved: progress.Progress | None = None  # the claim reset the row's progress
+        wrote = False  # the first progress is saved at the first look
+        waited = True  # the timer that started this task waited the first interval
+        while True:
+            if not waited:
+                await asyncio.sleep(self._poll_seconds())
+            waited = False
+            reported = ctx.reported  # one read: a handler thread may replace it meanwhile
+            since = time.monotonic() - renewed
+            too_soon = wrote and since < PROGRESS_SECONDS
+            if since < lease / 3 and (reported == saved or too_soon):
+                continue
+            try:
+                alive = await self.db.heartbeat(claim, lease, reported)
+            except Exception as exc:  # a dead heartbeat would lose the lease
+                # PostgreSQL unreachable: keep working and keep trying; if it stays away past
+                # the lease, the fenced finalize refuses and the reaper requeues.
+                log.warning("request %s: heartbeat failed: %s", claim.request_id, exc)
+                continue
+            finally:
+                # A failed write waits for the next renewal too, not for the next second.
+                saved, renewed, wrote = reported, time.monotonic(), True
+            if not alive:
+                # Cancelled, or taken over after the lease expired: the finalizer says
+                # which once the handler has stopped. ctx.cancelled turns true first, so an
+                # async handler that catches the cancellation still sees why.
+                log.info("request %s: lease gone, stopping the handler", claim.request_id)
+                ctx.stop(handlers.StoppedError("the request was cancelled or its lease lost"))
+                lost.set()
+                job.cancel()
+                return
+
+
+async def _ack(message: AbstractIncomingMessage) -> None:
+    """Ack after the claim committed. If the channel died meanwhile (broker restart), the
+    message comes back and is recognised as a duplicate: the job still runs here."""
+    try:
+        await message.ack()
+    except Exception as exc:
+        log.warning(
+            "ack of %s failed (%s); its redelivery will be dropped as a duplicate",
+            message.message_id,
+            exc,
+        )
+
+
+async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

@@ -1,0 +1,355 @@
+"""The consumer pool: run, stop, drain.
+
+A worker consumes the work queue only while it has a free slot (see ``intake``) and runs
+each delivery as a named task (see ``jobs``). Side tasks: the intake (reopens the consumer
+when a slot frees), the reaper (requeues requests whose worker died) and the outbox
+dispatcher (emails, events). The first stop request cancels the consumer and drains
+running jobs up to ``drain_timeout_seconds``, then releases what is left back to the
+queue; the CLI turns a second signal into an immediate exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from bgworker import handlers, storage, store
+from bgworker import settings as settings_mod
+from bgworker.contract import states
+from bgworker.effects import mail, outbox
+from bgworker.links import tokens
+from bgworker.messaging import broker, topology
+from bgworker.observe import tracing
+from bgworker.worker import health, intake, jobs, loopwatch, reaper, sampler, settling
+
+log = logging.getLogger(__name__)
+
+
+def make_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Limits:
+    """Batch mode (cron-style runs): stop after this many jobs or seconds, or when idle."""
+
+    max_jobs: int | None = None
+    max_seconds: float | None = None
+    burst: bool = False
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: settings_mod.Settings,
+        registry: handlers.Registry,
+        *,
+        worker_id: str | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.worker_id = worker_id or make_worker_id()
+        self.limits = limits or Limits()
+        self.topology = topology.Topology(
+            settings.namespace,
+            tuple(settings.worker.retry_delays_seconds),
+            settings.queue_type,
+        )
+        self.stopping = asyncio.Event()
+        # Keyed by states.JobOutcome members, which are their strings (w.outcomes["ready"]).
+        self.outcomes: Counter[str] = Counter()
+        self.ready = asyncio.Event()  # set once consuming: tests and health checks wait on it
+        self.intake: intake.Intake | None = None  # set once consuming
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = time.monotonic()
+        self.health: dict[str, bool] = {}  # see health.Health
+        self.crashed = False  # a side task died: the CLI exits non-zero
+        self.metrics_url: str | None = None  # set once serving BGWORKER_METRICS__PORT
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self) -> Counter[str]:
+        """Open the resources, consume until stopped, then drain and close in reverse."""
+        # No keys: fail before connecting. Links nobody could use: say so at start.
+        signer = tokens.Signer(self.settings.tokens, bind=tokens.binds_requester(self.settings))
+        tokens.warn_unusable_links(self.settings, identity_callable=False)
+        if self.settings.tracing.enabled:
+            tracing.enable()
+        async with AsyncExitStack() as stack:
+            files = await stack.enter_async_context(storage.opened(self.settings))
+            # Made first and given to both store and dispatcher: see outbox.Handoff.
+            handoff = outbox.Handoff()
+            db = await self._open_store(stack, handoff)
+            connection = await self._connect(stack)
+            channel = await broker.open_channel(connection)
+            queue = await self.topology.declare(channel)
+            dispatcher = await self._make_dispatcher(stack, db, handoff, connection, signer)
+            # The registries' lifespans: opened once before the first job, closed by the
+            # exit stack after the drain (it unwinds in reverse, before the pool).
+            try:
+                resources = await stack.enter_async_context(self.registry.resources(self.settings))
+            except Exception as exc:
+                raise handlers.LifespanError(
+                    f"a handler lifespan failed to open: {type(exc).__name__}: {exc}"
+                ) from exc
+            runner = self._make_runner(db, files, channel, resources)
+            consuming = await self._consume(queue, runner)
+            side = self._start_side_tasks(db, connection, channel, dispatcher, runner, consuming)
+            metered, self.metrics_url = await sampler.start(
+                stack, self.settings.metrics, db, connection, self.topology, self.stopping
+            )
+            side.append(metered)
+            self._log_start()
+            self.ready.set()
+            await self._wait_until_stopped(side)
+            await self._shutdown(consuming, runner, dispatcher, side)
+        self._log_summary(consuming)
+        return self.outcomes
+
+    async def _open_store(self, stack: AsyncExitStack, handoff: outbox.Handoff) -> store.Store:
+        cfg = self.settings.worker
+        pool = await store.create_pool(
+            self.settings.database_url.get_secret_value(), max_size=cfg.concurrency + 4
+        )
+        stack.push_async_callback(pool.close)
+        # Outbox rows this worker writes start claimed by it and go straight to its
+        # dispatcher after their commit; the sweep covers the rest.
+        return store.Store(
+            pool, claim_effects_seconds=cfg.outbox_claim_seconds, on_effects=handoff.put
+        )
+
+    async def _connect(self, stack: AsyncExitStack) -> AbstractRobustConnection:
+        connection = await broker.connect(
+            self.settings.amqp_url.get_secret_value(), name=f"bgworker-worker {self.worker_id}"
+        )
+        stack.push_async_callback(connection.close)
+        return connection
+
+    async def _make_dispatcher(
+        self,
+        stack: AsyncExitStack,
+        db: store.Store,
+        handoff: outbox.Handoff,
+        connection: AbstractRobustConnection,
+        signer: tokens.Signer,
+    ) -> outbox.Dispatcher:
+        mailer = mail.Mailer(self.settings.smtp, template_dir=self.settings.template_dir)
+        # The dispatcher's close QUITs the pooled SMTP connections after the drain; this
+        # covers a run that ends in an error before it (a second close does nothing).
+        stack.push_async_callback(mailer.close)
+        return outbox.Dispatcher(
+            db=db,
+            handoff=handoff,
+            mailer=mailer,
+            signer=signer,
+            # Effects get their own channel so a slow consumer channel never delays them.
+            channel=await broker.open_channel(connection),
+            topology=self.topology,
+            public_url=self.settings.web.public_url,
+            config=self.settings.worker,
+            webhook_config=self.settings.webhooks,
+        )
+
+    def _make_runner(
+        self,
+        db: store.Store,
+        files: storage.Storage,
+        channel: AbstractChannel,
+        resources: Mapping[str, Any],
+    ) -> jobs.Runner:
+        return jobs.Runner(
+            config=self.settings.worker,
+            root_settings=self.settings,
+            resources=resources,
+            registry=self.registry,
+            db=db,
+            files=files,
+            channel=channel,
+            topology=self.topology,
+            worker_id=self.worker_id,
+        )
+
+    async def _consume(self, queue: AbstractQueue, runner: jobs.Runner) -> intake.Intake:
+        """Start consuming: the intake takes deliveries into free slots only."""
+
+        async def start_job(message: AbstractIncomingMessage) -> None:
+            task = asyncio.create_task(
+                self._process(message, runner, consuming), name=f"job-{message.message_id}"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        # Prefetch 1, whatever the concurrency: see ``intake`` (flow control).
+        await runner.channel.set_qos(prefetch_count=intake.PREFETCH)
+        consuming = intake.Intake(
+            queue,
+            start_job,
+            slots=self.settings.worker.concurrency,
+            limit=self.limits.max_jobs,
+            stopping=self.stopping,
+        )
+        self.intake = consuming
+        await consuming.sync()  # consuming from here on
+        return consuming
+
+    def _start_side_tasks(
+        self,
+        db: store.Store,
+        connection: AbstractRobustConnection,
+        channel: AbstractChannel,
+        dispatcher: outbox.Dispatcher,
+        runner: jobs.Runner,
+        consuming: intake.Intake,
+    ) -> list[asyncio.Task[None]]:
+        cfg = self.settings.worker
+        reaping = reaper.Reaper(
+            db=db,
+            channel=channel,
+            topology=self.topology,
+            worker_id=self.worker_id,
+            config=cfg,
+            webhook_url=self.settings.webhooks.url,
+        )
+        watching = health.Health(db=db, connection=connection, status=self.health)
+        side = [
+            asyncio.create_task(consuming.run(), name="intake"),
+            asyncio.create_task(dispatcher.run(self.stopping), name="outbox-dispatcher"),
+            asyncio.create_task(reaping.run(self.stopping), name="lease-reaper"),
+            asyncio.create_task(watching.run(self.stopping), name="health"),
+        ]
+        if cfg.loop_block_warning_seconds > 0:
+            watch = loopwatch.LoopWatch(cfg.loop_block_warning_seconds, runner.execution)
+            side.append(asyncio.create_task(watch.run(self.stopping), name="loop-watchdog"))
+        if self.limits.burst or self.limits.max_seconds:
+            side.append(asyncio.create_task(self._watch_limits(channel), name="batch-limits"))
+        return side
+
+    async def _shutdown(
+        self,
+        consuming: intake.Intake,
+        runner: jobs.Runner,
+        dispatcher: outbox.Dispatcher,
+        side: list[asyncio.Task[None]],
+    ) -> None:
+        """Cancel the consumer, drain the jobs (releasing what outlives the drain), finish
+        the effects in hand, then end the side tasks; the exit stack closes the rest."""
+        try:
+            await consuming.close()
+        except Exception as exc:  # channel gone: it took its consumer with it
+            log.warning("cancelling the consumer: %s", exc)
+        await self._drain(runner)
+        # Jobs that finished during the drain handed their effects to the dispatcher: let
+        # them complete before the pool and channel close, or their claims would run out
+        # and another worker would repeat them.
+        await dispatcher.close()
+        await asyncio.wait(side, timeout=self.settings.worker.outbox_interval_seconds + 5)
+        await jobs.cancel_all(side)
+
+    def _log_start(self) -> None:
+        log.info(
+            "worker %s consuming %s (concurrency %d, handlers: %s)",
+            self.worker_id,
+            self.topology.work_queue,
+            self.settings.worker.concurrency,
+            ", ".join(self.registry.file_types),
+        )
+        # Once it runs (a start that fails says only why): what it runs with, no secret.
+        log.info("worker %s settings: %s", self.worker_id, self.settings.summary())
+
+    def _log_summary(self, consuming: intake.Intake) -> None:
+        summary = ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items())) or "no jobs"
+        flow = ", ".join(f"{k}={v}" for k, v in sorted(consuming.counts.items()))
+        log.info(
+            "worker %s stopped after %.1fs: %s (deliveries: %s)",
+            self.worker_id,
+            time.monotonic() - self._started,
+            summary,
+            flow or "none",
+        )
+
+    async def _wait_until_stopped(self, side: list[asyncio.Task[Any]]) -> None:
+        stop = asyncio.create_task(self.stopping.wait(), name="stop-event")
+        done, _ = await asyncio.wait([stop, *side], return_when=asyncio.FIRST_COMPLETED)
+        asked_to_stop = self.stopping.is_set()
+        for task in done:
+            if task is stop or task.cancelled():
+                continue
+            # Side tasks run until the stop event: one that ended first crashed or returned
+            # by mistake. Stop rather than run without a reaper or dispatcher.
+            if task.exception() is not None:
+                log.error("side task %s crashed", task.get_name(), exc_info=task.exception())
+            elif not asked_to_stop:
+                log.error("side task %s ended unexpectedly", task.get_name())
+            else:
+                continue
+            self.crashed = True
+            self.stopping.set()
+        stop.cancel()
+
+    async def _process(
+        self, message: AbstractIncomingMessage, runner: jobs.Runner, consuming: intake.Intake
+    ) -> None:
+        """The intake admitted this delivery into a free slot: run it, free the slot."""
+        outcome = states.JobOutcome.ERROR
+        try:
+            outcome = await settling.handle_until_settled(
+                message,
+                runner,
+                hold_seconds=self.settings.worker.hold_timeout_seconds,
+                stopping=self.stopping,
+            )
+        finally:
+            # A duplicate ran nothing: it does not count towards --max-jobs.
+            consuming.release(counted=outcome not in states.NOT_A_RUN)
+        self.outcomes[outcome] += 1
+        if self.limits.max_jobs and self._finished_jobs() >= self.limits.max_jobs:
+            self.stop()
+
+    def _finished_jobs(self) -> int:
+        return sum(n for k, n in self.outcomes.items() if k not in states.NOT_A_RUN)
+
+    async def _drain(self, runner: jobs.Runner) -> None:
+        if not self._tasks:
+            return
+        grace = self.settings.worker.drain_timeout_seconds
+        log.info("draining %d job(s), up to %.0fs", len(self._tasks), grace)
+        _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
+        if pending:
+            log.warning("drain timeout: releasing %d job(s) back to the queue", len(pending))
+            runner.releasing = True
+            await jobs.cancel_all(list(pending))
+
+    async def _watch_limits(self, channel: AbstractChannel) -> None:
+        deadline = (time.monotonic() + self.limits.max_seconds) if self.limits.max_seconds else None
+        while not self.stopping.is_set():
+            if deadline and time.monotonic() >= deadline:
+                log.info("batch mode: --max-seconds reached")
+                self.stop()
+                return
+            if self.limits.burst and self.intake is not None and not self.intake.busy:
+                if not await broker.queue_depth(channel, self.topology.work_queue):
+                    log.info("batch mode: queue empty, exiting (--burst)")
+                    self.stop()
+                    return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self.stopping.wait()

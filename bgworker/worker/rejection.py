@@ -1,0 +1,107 @@
+"""Deliveries that can never be processed: dead-lettered at once, with their reason.
+
+An invalid body, one PostgreSQL cannot store, or a conflicting duplicate would fail the
+same way on every delivery, so it is not retried: it goes to the dead-letter exchange with
+``x-bgworker-*`` headers that say why, and is acknowledged only once the broker confirmed
+the dead letter. When it carries a usable id that is not taken yet, a ``failed`` row is
+recorded too (and so ``FileFailed`` and the failure email).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from bgworker import faults, store
+from bgworker.contract import events, states
+from bgworker.effects import outcomes
+from bgworker.messaging import broker, topology, wire
+
+log = logging.getLogger(__name__)
+
+
+def same_request(recorded: dict[str, Any], event: events.FileRequested) -> bool:
+    """Whether ``event`` is the request already recorded under its id (the same comparison
+    as record_and_claim's: jsonb equality, requested_at only when the producer set it)."""
+    return not differing_fields(recorded, event)
+
+
+def differing_fields(recorded: dict[str, Any], event: events.FileRequested) -> list[str]:
+    new = event.model_dump(mode="json")
+    names = set(recorded) | set(new)
+    if "requested_at" not in event.model_fields_set:
+        names.discard("requested_at")
+    return sorted(n for n in names if recorded.get(n) != new.get(n))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rejecter:
+    db: store.Store
+    channel: AbstractChannel
+    topology: topology.Topology
+    worker_id: str
+    webhook_url: str | None = None  # the deployment's (settings.webhooks.url)
+
+    @property
+    def _effects(self) -> store.Effects:
+        return functools.partial(outcomes.failed_effects, webhook_url=self.webhook_url)
+
+    async def reject(
+        self,
+        message: AbstractIncomingMessage,
+        reason: states.Reason,
+        error_class: str,
+        error: str,
+        request_id: uuid.UUID | None,
+    ) -> None:
+        """Dead-letter a delivery that can never be processed, with its reason; when it
+        carries a usable id that is not taken yet, record a failed row (and so FileFailed and
+        the failure email). Acked only once the dead letter is confirmed."""
+        log.warning("rejecting message %s: %s: %s", message.message_id, reason, error)
+        if request_id is not None:
+            await self._record(request_id, message.body, reason, error_class, error)
+        letter = wire.DeadLetter(reason=reason, error_class=error_class, error=error, attempts=0)
+        await broker.publish_dead_letter(
+            self.channel,
+            self.topology,
+            message.body,
+            letter,
+            worker_id=self.worker_id,
+            message_id=message.message_id,
+            routing_key=message.routing_key,
+        )
+        await message.ack()  # only after the dead letter is confirmed: raise if we cannot
+
+    async def _record(
+        self,
+        request_id: uuid.UUID,
+        body: bytes,
+        reason: states.Reason,
+        error_class: str,
+        error: str,
+    ) -> None:
+        raw = events.storable_body(body)
+        try:
+            await self.db.insert_invalid_request(
+                request_id, raw, reason, error_class, error, effects=self._effects
+            )
+        except Exception as exc:
+            if faults.is_infrastructure(exc):
+                raise
+            # Even the cleaned-up body was refused: keep the reason, drop the body.
+            log.warning(
+                "request %s: body not recordable (%s); recorded without it", request_id, exc
+            )
+            await self.db.insert_invalid_request(
+                request_id,
+                {"body": "(not recordable)"},
+                reason,
+                error_class,
+                wire.shorten(error.encode("ascii", "backslashreplace").decode(), wire.ERROR_LIMIT),
+                effects=self._effects,
+            )
