@@ -7,7 +7,9 @@ import sys
 
 SCRIPT = """
 import gc
-from bgworker import cli, loopwatch, worker  # what a worker process has imported at startup
+from bgworker import worker  # what a worker process has imported at startup
+from bgworker.cli import main
+from bgworker.worker import loopwatch
 before = gc.get_freeze_count()
 loopwatch.freeze_startup_objects()
 frozen = gc.get_freeze_count()
