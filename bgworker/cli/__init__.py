@@ -1,1 +1,1 @@
-"""cli."""
+"""The ``bgworker`` command: its parser, every verb, the demo and the SMTP sink."""

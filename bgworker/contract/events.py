@@ -321,3 +321,17 @@ def json_schemas() -> dict[str, str]:
         schema["$id"] = f"https://bgworker.dev/schemas/{name}.v{SCHEMA_VERSION}.json"
         out[f"{name}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     return out
+
+
+def same_request(recorded: dict[str, Any], event: FileRequested) -> bool:
+    """Whether ``event`` is the request already recorded under its id (the same comparison
+    as record_and_claim's: jsonb equality, requested_at only when the producer set it)."""
+    return not differing_fields(recorded, event)
+
+
+def differing_fields(recorded: dict[str, Any], event: FileRequested) -> list[str]:
+    new = event.model_dump(mode="json")
+    names = set(recorded) | set(new)
+    if "requested_at" not in event.model_fields_set:
+        names.discard("requested_at")
+    return sorted(n for n in names if recorded.get(n) != new.get(n))

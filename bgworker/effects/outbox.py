@@ -34,27 +34,13 @@ from aio_pika.abc import AbstractChannel
 from bgworker import settings, store
 from bgworker.contract import events, requester_texts, states
 from bgworker.effects import addresses, mail, webhooks
-from bgworker.links import tokens
+from bgworker.links import lifecycle, tokens
 from bgworker.messaging import broker, topology, wire
 from bgworker.observe import logs, metrics, tracing
 
 log = logging.getLogger(__name__)
 
 SWEEP_BATCH: Final = 50
-
-
-def download_url(
-    public_url: str,
-    signer: tokens.Signer,
-    request_id: uuid.UUID,
-    requester_id: str | None,
-    generation: int = 0,
-) -> str:
-    """The link put in emails and ``FileReady``, signed when sent: bound to the requester
-    only in the link mode that binds (``tokens.binds_requester``), and under the request's
-    current link generation, so an email resent after a revoke carries a working link."""
-    token = signer.issue(request_id, requester_id=requester_id, generation=generation)
-    return tokens.download_url(public_url, token)
 
 
 class Handoff:
@@ -317,7 +303,7 @@ class Dispatcher:
         if generation is None:
             generation = await self.db.link_generation(item.request_id)
         requester_id = item.payload.get("requester_id")
-        return download_url(
+        return lifecycle.download_url(
             self.public_url, self.signer, item.request_id, requester_id, generation or 0
         )
 

@@ -22,6 +22,20 @@ from bgworker import store
 from bgworker.links import tokens
 
 
+def download_url(
+    public_url: str,
+    signer: tokens.Signer,
+    request_id: uuid.UUID,
+    requester_id: str | None,
+    generation: int = 0,
+) -> str:
+    """The link put in emails and ``FileReady``, signed when sent: bound to the requester
+    only in the link mode that binds (``tokens.binds_requester``), and under the request's
+    current link generation, so an email resent after a revoke carries a working link."""
+    token = signer.issue(request_id, requester_id=requester_id, generation=generation)
+    return tokens.download_url(public_url, token)
+
+
 @dataclass(frozen=True)
 class Link:
     request_id: uuid.UUID

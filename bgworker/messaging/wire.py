@@ -24,6 +24,7 @@ from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 
 from bgworker.contract import events
 from bgworker.messaging import topology
+from bgworker.observe import tracing
 
 # Dead letters (read back by the dead-letter tools).
 REASON: Final = "x-bgworker-reason"
@@ -38,10 +39,9 @@ TRACEBACK: Final = "x-bgworker-traceback"
 REPLAY: Final = "x-bgworker-replay"
 # Set by RabbitMQ on letters it dead-lettered itself (delivery limit, reject), and on
 # quorum-queue redeliveries.
-# W3C Trace Context (https://www.w3.org/TR/trace-context/): OpenTelemetry's default
-# propagator writes and reads exactly these names; set only when tracing is on (tracing).
-TRACEPARENT: Final = "traceparent"
-TRACESTATE: Final = "tracestate"
+# W3C Trace Context headers: named by tracing (their owner), here beside the others.
+TRACEPARENT: Final = tracing.TRACEPARENT
+TRACESTATE: Final = tracing.TRACESTATE
 X_DEATH: Final = "x-death"
 X_DELIVERY_COUNT: Final = "x-delivery-count"
 

@@ -1,1 +1,1 @@
-"""observe."""
+"""Observability: Prometheus metrics, logging setup and optional OpenTelemetry tracing."""

@@ -6,7 +6,7 @@ function here is a no-op and nothing imports ``opentelemetry``: the package is t
 ``tracing`` extra, imported only inside :func:`enable` and the functions it turns on.
 
 The trace context crosses RabbitMQ in the W3C Trace Context headers (``traceparent``,
-``tracestate``: https://www.w3.org/TR/trace-context/), named in ``wire``, and crosses
+``tracestate``: https://www.w3.org/TR/trace-context/), named here, and crosses
 PostgreSQL in the outbox payloads (``TRACE_KEY``), so the dispatcher's email and event
 spans and the server's download span join the trace of the job that made them.
 """
@@ -17,12 +17,14 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from bgworker.messaging import wire
-
 if TYPE_CHECKING:  # types only: the extra may not be installed
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Tracer
 
+# W3C Trace Context (https://www.w3.org/TR/trace-context/): OpenTelemetry's default
+# propagator writes and reads exactly these AMQP header names; set only when tracing is on.
+TRACEPARENT: Final = "traceparent"
+TRACESTATE: Final = "tracestate"
 # The key under which an outbox payload keeps the trace context of the job that wrote it.
 TRACE_KEY: Final = "trace"
 INSTRUMENTATION: Final = "bgworker"
@@ -139,7 +141,7 @@ def carrier() -> dict[str, str]:
 def from_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
     """The trace headers of an AMQP message, as text (others ignored)."""
     found: dict[str, str] = {}
-    for name in (wire.TRACEPARENT, wire.TRACESTATE):
+    for name in (TRACEPARENT, TRACESTATE):
         value = (headers or {}).get(name)
         if isinstance(value, bytes):
             value = value.decode("ascii", "replace")

@@ -1,1 +1,1 @@
-"""ops."""
+"""Operator tools: ``bgworker clean`` (expired and orphaned files) and the dead-letter queue."""

@@ -6,7 +6,7 @@ accepts exactly what a worker would. An accepted event is published to the reque
 exchange with publisher confirms, and the answer (202) carries the status link.
 
 Idempotent on the event's ``id``, with the worker's rule for a body published twice
-(``rejection.differing_fields``): the same body again gets the same answer and is published
+(``events.differing_fields``): the same body again gets the same answer and is published
 once; a different body under a known id is 409 and changes nothing. Before a worker has
 recorded the request (it may wait in the queue), the door's own record
 (``store.front_door``, migration 0011) answers; after, the request row does. The door
@@ -30,7 +30,6 @@ from bgworker import settings as settings_mod
 from bgworker.contract import events, states
 from bgworker.links import lifecycle, tokens
 from bgworker.web import gateway, keys, responses
-from bgworker.worker import rejection
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +147,12 @@ async def _accept(request: web.Request, event: events.FileRequested) -> web.Resp
     if row is not None and not (
         row.status == states.Status.FAILED and row.failure_reason in states.SUPERSEDABLE
     ):
-        differ = rejection.differing_fields(row.event, event)
+        differ = events.differing_fields(row.event, event)
         if differ:
             return _conflict(event, differ, row.status)
         return await _accepted(request, event, row.status)
     reserved = await db.front_door.reserve(event.id, event.model_dump(mode="json"))
-    differ = rejection.differing_fields(reserved.event, event)
+    differ = events.differing_fields(reserved.event, event)
     if differ:
         return _conflict(event, differ, None)
     if reserved.published_at is None:

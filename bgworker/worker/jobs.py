@@ -211,8 +211,8 @@ class Runner:
                     row.failure_reason,
                 )
                 return claim
-        if row is not None and not rejection.same_request(row.event, event):
-            fields = ", ".join(rejection.differing_fields(row.event, event)) or "?"
+        if row is not None and not events.same_request(row.event, event):
+            fields = ", ".join(events.differing_fields(row.event, event)) or "?"
             await self.reject(
                 message,
                 states.Reason.CONFLICTING_DUPLICATE,

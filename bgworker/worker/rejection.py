@@ -13,7 +13,6 @@ import functools
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
@@ -23,20 +22,6 @@ from bgworker.effects import outcomes
 from bgworker.messaging import broker, topology, wire
 
 log = logging.getLogger(__name__)
-
-
-def same_request(recorded: dict[str, Any], event: events.FileRequested) -> bool:
-    """Whether ``event`` is the request already recorded under its id (the same comparison
-    as record_and_claim's: jsonb equality, requested_at only when the producer set it)."""
-    return not differing_fields(recorded, event)
-
-
-def differing_fields(recorded: dict[str, Any], event: events.FileRequested) -> list[str]:
-    new = event.model_dump(mode="json")
-    names = set(recorded) | set(new)
-    if "requested_at" not in event.model_fields_set:
-        names.discard("requested_at")
-    return sorted(n for n in names if recorded.get(n) != new.get(n))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,8 +15,7 @@ import pytest
 from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.cli.smtp_sink import SmtpSink, text_body
-from bgworker.effects import outbox
-from bgworker.links import tokens
+from bgworker.links import lifecycle, tokens
 from tests.helpers import Publish, StartServer, StartWorker, must_match, wait_for_status
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -66,7 +65,7 @@ async def test_emailed_link_running_then_ready_then_download(
     )
     # The email only comes once the file is ready; while it runs, open the link the email
     # will carry (the same function signs it; only the signing time differs).
-    early = outbox.download_url(base, tokens.Signer(settings.tokens), event.id, None)
+    early = lifecycle.download_url(base, tokens.Signer(settings.tokens), event.id, None)
     await wait_for_status(db, event.id, "running")
     page = await browser.new_page(viewport={"width": 900, "height": 640})
     await page.goto(early)

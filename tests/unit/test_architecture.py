@@ -1,5 +1,5 @@
-"""The layer contract: what import-linter checks is what docs/architecture.md draws, covers
-every module, and catches an import that goes up a layer."""
+"""The layer contract: what import-linter checks is what the architecture page draws,
+covers every subsystem folder, and catches an import that goes up a layer."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 import bgworker
-import bgworker.web
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT: dict[str, Any] = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -43,7 +42,7 @@ def _modules() -> set[str]:
 
 
 def _diagram() -> list[tuple[int, int, str]]:
-    """(line, column, module) for every module name in the page's layer drawing."""
+    """(line, column, name) for every folder or module in the architecture page's drawing."""
     block = ARCHITECTURE.split("<!-- layers:start")[1].split("<!-- layers:end -->")[0]
     block = block.split("```text\n")[1].split("```")[0]
     found = []
@@ -62,7 +61,7 @@ def test_every_module_is_in_a_layer() -> None:
     assert _contract("layers")["exhaustive"] is True
 
 
-def test_the_docs_draw_the_layers_of_the_contract() -> None:
+def test_the_architecture_page_draws_the_layers_of_the_contract() -> None:
     drawn = _diagram()
     names = [name for _, _, name in drawn]
     assert len(names) == len(set(names)), "a module is drawn twice"
@@ -73,17 +72,15 @@ def test_the_docs_draw_the_layers_of_the_contract() -> None:
     assert order == sorted(order)
 
 
-# The page names modules as they are called inside their subsystem packages (issue 19);
-# until the move has landed, these three stand for the flat modules they replace.
-_UNTIL_THE_MOVE = {"notify": "mail", "messages": "requester_texts", "handler_errors": "errors"}
-
-
-def test_the_docs_name_every_module() -> None:
-    section = ARCHITECTURE.split("## The packages")[1].split("\n## ")[0]
-    web = {m.name for m in pkgutil.iter_modules(bgworker.web.__path__)}
-    named = set(re.findall(r"`([a-z_]+)/?`", section))
-    named |= {old for old, new in _UNTIL_THE_MOVE.items() if new in named}
-    assert (_modules() | web) - {"__main__"} - named == set()
+def test_the_architecture_page_names_every_module_of_every_folder() -> None:
+    named = set(re.findall(r"`([a-z_][a-z0-9_]*)(?:\.py|/)?`", ARCHITECTURE))
+    inside = {
+        m.name
+        for folder in pkgutil.iter_modules(bgworker.__path__)
+        if folder.ispkg
+        for m in pkgutil.iter_modules([str(Path(bgworker.__path__[0]) / folder.name)])
+    }
+    assert (_modules() | inside) - {"__main__"} - named == set()
 
 
 @pytest.mark.skipif(
@@ -94,7 +91,7 @@ def test_an_import_up_a_layer_breaks_the_contract(tmp_path: Path) -> None:
     # A copy of the package in which the contract layer imports the runtime.
     shutil.copytree(REPO / "bgworker", tmp_path / "bgworker")
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
-    events = tmp_path / "bgworker" / "events.py"
+    events = tmp_path / "bgworker" / "contract" / "events.py"
     events.write_text(events.read_text() + "\nfrom bgworker import worker  # noqa: E402\n")
     lint = str(Path(sys.executable).parent / "lint-imports")
 
@@ -111,6 +108,7 @@ def test_an_import_up_a_layer_breaks_the_contract(tmp_path: Path) -> None:
 
     broken = run(tmp_path)
     assert broken.returncode == 1, broken.stdout
-    assert "bgworker.contract.events is not allowed to import bgworker.worker" in broken.stdout
+    assert "bgworker.contract is not allowed to import bgworker.worker" in broken.stdout
+    assert "bgworker.contract.events -> bgworker.worker" in broken.stdout
     kept = run(REPO)
     assert kept.returncode == 0, kept.stdout

@@ -8,7 +8,7 @@
 //    2020-12, formats on) plus the schema's x-bgworker-* keywords, so a bad event is refused
 //    here, before anything is published (exit 1, the errors as JSON on stderr).
 // 2. Publishes it on a confirm channel to <namespace>.requests with routing key
-//    file.requested and the properties bgworker's own publisher sets (bgworker/wire.py):
+//    file.requested and the properties bgworker's own publisher sets (bgworker/messaging/wire.py):
 //    content type application/json, message id = the request id, type FileRequested,
 //    persistent, mandatory. Returns once RabbitMQ has confirmed it; an unroutable or
 //    refused message is an error (exit 2). Prints the request id.
