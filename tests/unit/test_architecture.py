@@ -73,7 +73,7 @@ def test_the_architecture_page_draws_the_layers_of_the_contract() -> None:
 
 
 def test_the_architecture_page_names_every_module_of_every_folder() -> None:
-    named = set(re.findall(r"`([a-z_][a-z0-9_]*)(?:\.py|/)?`", ARCHITECTURE))
+    named = set(re.findall(r"`(?:[a-z_]+/)*([a-z_][a-z0-9_]*)(?:\.py|/)?`", ARCHITECTURE))
     inside = {
         m.name
         for folder in pkgutil.iter_modules(bgworker.__path__)
