@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Quiets the notice Material for MkDocs prints on every build (its end of life, May 2027).
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install demo test test-deps test-faults lint typecheck schemas docs docs-serve bench bench-quick services node
+.PHONY: install demo test test-deps test-faults lint typecheck schemas schema-sql docs docs-serve bench bench-quick services node
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,7 @@ test: $(STAMP) services test-deps node
 	$(BIN)/ruff format --check bgworker tests bench scripts
 	$(BIN)/mypy bgworker tests
 	$(BIN)/bgworker schemas export --check
+	$(BIN)/python scripts/schema_sql.py --check
 	$(BIN)/lint-imports --no-logo --no-cache
 	$(BIN)/mkdocs build --strict --quiet
 	$(BIN)/pytest -m "not faults" -n 2
@@ -76,6 +77,10 @@ docs: $(STAMP)
 # The site on http://127.0.0.1:8000, rebuilt as the pages change.
 docs-serve: $(STAMP)
 	$(BIN)/mkdocs serve --strict
+
+# bgworker/store/schema.sql: today's schema, from the migrations (needs PostgreSQL, pg_dump).
+schema-sql: $(STAMP) services
+	$(BIN)/python scripts/schema_sql.py
 
 # Benchmarks (BENCHMARKS.md): not part of `make test`. Needs nginx and wrk from Debian
 # (apt-get install nginx-light wrk); Celery and the profiler come with the `bench` extra.
