@@ -26,6 +26,7 @@ from bgworker import settings as settings_mod
 from bgworker import storage, store, worker
 from bgworker.contract import events
 from bgworker.messaging import broker, topology
+from bgworker.store import requests as store_requests
 
 AMQP_URL: Final = os.environ.get("BGWORKER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 PG_ADMIN: Final = os.environ.get(
@@ -265,3 +266,26 @@ def node_project(folder: Path) -> Path:
             timeout=600,
         )
     return folder
+
+
+# Test-only ways into the request table, kept out of the production store.
+_INSERT_REQUEST: Final = """
+INSERT INTO bgworker_requests
+    (id, file_type, event, filename, content_type, requester_id, requester_email,
+     requested_at, max_attempts)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (id) DO NOTHING
+"""
+
+
+async def insert_request(db: store.Store, event: events.FileRequested, max_attempts: int) -> None:
+    """Record ``event`` as a queued request, as a worker would have before its message was
+    lost (no claim, no attempt)."""
+    columns = store_requests.request_columns(event, max_attempts)
+    await db.pool.execute(_INSERT_REQUEST, *columns.values())
+
+
+async def list_outbox(db: store.Store, request_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Every outbox row of a request, by kind."""
+    query = "SELECT * FROM bgworker_outbox WHERE request_id = $1 ORDER BY kind"
+    return [dict(r) for r in await db.pool.fetch(query, request_id)]

@@ -302,11 +302,6 @@ def storable_body(body: bytes) -> dict[str, JsonValue]:
     return stored
 
 
-def strip_nul(value: Any) -> Any:
-    """Kept for callers of the old name: ``storable(value)``."""
-    return storable(value)
-
-
 def json_schemas() -> dict[str, str]:
     """File name -> JSON Schema text for every event, stable so the files diff cleanly."""
     out: dict[str, str] = {}

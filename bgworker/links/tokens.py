@@ -212,10 +212,6 @@ class Signer:
         payload = _payload(request_id, requester_id, generation, status_only)
         return BOUND_PREFIX + self._bound.dumps(payload)
 
-    def for_request(self, request_id: uuid.UUID, requester_id: str | None) -> str:
-        """Bound whenever there is a requester id, whatever the mode (tests, old callers)."""
-        return self.bound(request_id, requester_id) if requester_id else self.general(request_id)
-
     def verify(self, token: str, caller_id: str | None) -> Grant:
         """Check form, signature, age and (for bound tokens) the caller; raise a TokenError
         subclass. Form first: a non-canonical token is refused before any HMAC."""

@@ -72,6 +72,3 @@ class Outbox(connection.Connected):
 
     async def outbox_give_up(self, item: rows.OutboxItem, error: str) -> None:
         await self.pool.execute(Q["outbox_give_up"], item.request_id, item.kind, error)
-
-    async def list_outbox(self, request_id: uuid.UUID) -> list[dict[str, Any]]:
-        return [dict(r) for r in await self.pool.fetch(Q["list_outbox"], request_id)]

@@ -62,6 +62,3 @@ WHERE request_id = $1 AND kind = $2;
 UPDATE bgworker_outbox
 SET status = 'given_up', claimed_until = NULL, last_error = $3
 WHERE request_id = $1 AND kind = $2;
-
--- name: list_outbox
-SELECT * FROM bgworker_outbox WHERE request_id = $1 ORDER BY kind;

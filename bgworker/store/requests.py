@@ -28,7 +28,7 @@ bind: Final = queries.bind
 def request_columns(
     event: events.FileRequested, max_attempts: int, names: tuple[str, str] | None = None
 ) -> dict[str, Any]:
-    """The columns an event fills: the first nine parameters of insert_request,
+    """The columns an event fills: the first nine parameters of
     record_and_claim and supersede_invalid. ``event`` is stored as published, so a
     redelivery compares equal to it; ``names`` is the (filename, content_type) to serve, as
     the worker filled them from the handler when the producer left them out."""
@@ -68,9 +68,6 @@ class _ReadyJob:
 
 class Requests(outbox.Outbox):
     # -- intake -------------------------------------------------------------------------
-
-    async def insert_request(self, event: events.FileRequested, max_attempts: int) -> None:
-        await self.pool.execute(*bind("insert_request", **request_columns(event, max_attempts)))
 
     async def insert_invalid_request(
         self,

@@ -2,17 +2,6 @@
 -- A block whose query takes more than four parameters names them in a `-- params:` line
 -- ($1, $2, ... in order); the Python side binds them by keyword (bgworker.store.queries.bind).
 
--- name: insert_request
--- params: id, file_type, event, filename, content_type, requester_id, requester_email,
---         requested_at, max_attempts
--- A request enters PostgreSQL the first time a worker sees its event; redeliveries and
--- duplicate publishes hit the primary key and change nothing.
-INSERT INTO bgworker_requests
-    (id, file_type, event, filename, content_type, requester_id, requester_email,
-     requested_at, max_attempts)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-ON CONFLICT (id) DO NOTHING;
-
 -- name: insert_invalid_request
 -- params: id, file_type, event, failure_reason, error_class, error
 -- An event that failed validation but carried a usable id: recorded as failed so the

@@ -17,7 +17,7 @@ from bgworker.contract import events
 from bgworker.messaging import topology
 from bgworker.store import migrations
 from tests.acceptance.processes import Spawn, run_cli
-from tests.helpers import REPO, db_url, drop_database, settings_env, wait_for_status
+from tests.helpers import REPO, db_url, drop_database, insert_request, settings_env, wait_for_status
 
 
 async def test_publish_prints_the_id_and_a_worker_makes_it_ready(
@@ -166,7 +166,7 @@ async def test_status_and_cancel_a_queued_request(
     event = events.FileRequested(
         id=uuid.uuid4(), file_type="login_events", criteria={"rows": 5}, filename="l.csv"
     )
-    await db.insert_request(event, 4)
+    await insert_request(db, event, 4)
 
     status = await run_cli("status", str(event.id), "--json", env=env)
     assert status.code == 0, status.err

@@ -23,6 +23,7 @@ from bgworker.contract import events
 from bgworker.messaging import topology, wire
 from tests.acceptance.processes import Spawn, run_cli, run_on_terminal
 from tests.helpers import REPO, settings_env
+from tests.helpers import insert_request
 
 # Status of a command whose reader went away: 0, or 141 (128 + SIGPIPE) like `yes | head`.
 CLOSED_PIPE = {0, 141}
@@ -112,7 +113,7 @@ async def _queued(db: store.Store, **fields: object) -> events.FileRequested:
     event = events.FileRequested(
         id=uuid.uuid4(), file_type="login_events", criteria={"rows": 5}, **fields
     )
-    await db.insert_request(event, 4)
+    await insert_request(db, event, 4)
     return event
 
 
@@ -194,7 +195,7 @@ async def test_status_watch_follows_until_the_request_ends(
         # Not recorded yet: watched all the same (a producer has just published it).
         assert "not recorded yet" in await _next_line(plain)
         event = events.FileRequested(id=request_id, file_type="login_events")
-        await db.insert_request(event, 4)
+        await insert_request(db, event, 4)
         assert "queued" in await _next_line(plain)
         assert json.loads(await _next_line(as_json))["status"] == "queued"
         assert await db.request_cancel(request_id) == "cancelled"

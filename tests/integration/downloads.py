@@ -16,6 +16,7 @@ from bgworker import store
 from bgworker.contract import events
 from bgworker.links import tokens
 from bgworker.web import headers as web_headers
+from tests.helpers import insert_request
 
 SIZE = 300_001
 SEED = 5
@@ -52,7 +53,7 @@ async def new_event(db: store.Store, requester_id: str | None = "alice") -> even
         filename="pending.bin",
         requester={"id": requester_id} if requester_id else None,
     )
-    await db.insert_request(event, max_attempts=3)
+    await insert_request(db, event, max_attempts=3)
     return event
 
 

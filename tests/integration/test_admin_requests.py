@@ -17,7 +17,7 @@ from bgworker.cli.smtp_sink import SmtpSink
 from bgworker.contract import events
 from bgworker.web import admin_requests
 from tests import dlq_handlers
-from tests.helpers import Publish, StartWorker, get_row, wait_for_status
+from tests.helpers import Publish, StartWorker, get_row, insert_request, wait_for_status
 from tests.integration.console import PASSWORD, basic, client, csrf_token, log_in
 from tests.integration.letters import make_letters
 
@@ -38,7 +38,7 @@ async def insert(
         filename=f"{file_type}.csv",
         requester=who,
     )
-    await db.insert_request(event, 4)
+    await insert_request(db, event, 4)
     return event
 
 

@@ -33,6 +33,7 @@ from tests.helpers import (
 )
 from tests.integration.console import PASSWORD, basic, client, log_in
 from tests.integration.downloads import fetch
+from tests.helpers import list_outbox
 
 ALICE: dict[str, Any] = {"id": "alice", "email": "alice@example.com"}
 
@@ -220,7 +221,7 @@ async def _all_are(db: store.Store, published: list[events.FileRequested], statu
 
 async def _effects_done(db: store.Store, *rows: store.RequestRow) -> bool:
     """Every outbox effect of ``rows`` performed, and its record committed."""
-    effects = [await db.list_outbox(row.id) for row in rows]
+    effects = [await list_outbox(db, row.id) for row in rows]
     return all(e and all(o["status"] == "done" for o in e) for e in effects)
 
 

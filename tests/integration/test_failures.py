@@ -19,6 +19,8 @@ from tests.helpers import (
     StartWorker,
     consume_all,
     get_row,
+    insert_request,
+    list_outbox,
     stored_keys,
     text_header,
     unfinished_writes,
@@ -156,7 +158,7 @@ async def test_smtp_outage_delays_email_but_sends_each_once(
         assert (await wait_for_status(db, event.id, "ready")).status == "ready"
 
     async def all_failed_once() -> bool:
-        rows = [o for e in sent for o in await db.list_outbox(e.id) if o["kind"] == "email_ready"]
+        rows = [o for e in sent for o in await list_outbox(db, e.id) if o["kind"] == "email_ready"]
         return len(rows) == 5 and all(o["attempts"] >= 1 and o["last_error"] for o in rows)
 
     await wait_until(all_failed_once)
@@ -166,7 +168,7 @@ async def test_smtp_outage_delays_email_but_sends_each_once(
     await smtp_sink.wait_for(5, timeout=30)
 
     async def all_done() -> bool:
-        rows = [o for e in sent for o in await db.list_outbox(e.id) if o["kind"] == "email_ready"]
+        rows = [o for e in sent for o in await list_outbox(db, e.id) if o["kind"] == "email_ready"]
         return all(o["status"] == "done" for o in rows)
 
     await wait_until(all_done)
@@ -198,7 +200,7 @@ async def test_cancel_queued_request_is_never_run(
     db: store.Store, publish: Publish, start_worker: StartWorker, settings: settings_mod.Settings
 ) -> None:
     event = await publish("blob", {"size": 10})
-    await db.insert_request(event, max_attempts=4)
+    await insert_request(db, event, max_attempts=4)
     assert await db.request_cancel(event.id) == "cancelled"
     w = await start_worker()
     await wait_until(lambda: w.outcomes["duplicate"] == 1)
@@ -267,7 +269,7 @@ async def test_stop_during_a_job_sends_its_email_before_exiting(
     # claim that would expire and be repeated by another worker.
     assert (await get_row(db, event.id)).status == "ready"
     assert [m["To"] for m in smtp_sink.messages] == ["eve@example.com"]
-    assert {o["kind"]: o["status"] for o in await db.list_outbox(event.id)} == {
+    assert {o["kind"]: o["status"] for o in await list_outbox(db, event.id)} == {
         "email_ready": "done",
         "event_ready": "done",
     }

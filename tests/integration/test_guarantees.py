@@ -23,6 +23,8 @@ from tests.helpers import (
     PublishRaw,
     StartWorker,
     event_body,
+    insert_request,
+    list_outbox,
     raw,
     stored_keys,
     unfinished_writes,
@@ -221,7 +223,7 @@ async def test_cancel_wins_over_what_the_handler_does_next(
     await wait_for_status(db, good.id, "ready")
     await wait_until(lambda: any(b["id"] == str(good.id) for _, b in event_log))
     assert not [b for _, b in event_log if b["id"] == str(event.id)]
-    assert await db.list_outbox(event.id) == []
+    assert await list_outbox(db, event.id) == []
     assert dead.seen == [] and await _dead_depth(dead) == 0
     assert (await db.get_request(event.id)).status == "cancelled"  # type: ignore[union-attr]
     good_row = await db.get_request(good.id)
@@ -297,7 +299,7 @@ async def test_a_queued_request_whose_message_never_arrived_is_republished(
     event = events.FileRequested(
         id=uuid.uuid4(), file_type="blob", criteria={"size": 50}, filename="late.bin"
     )
-    await db.insert_request(event, 3)  # recorded as queued; its message was lost on the way
+    await insert_request(db, event, 3)  # recorded as queued; its message was lost on the way
     await start_worker()
     row = await wait_for_status(db, event.id, "ready", timeout=20)
     assert row.attempts == 1 and row.size_bytes == 50
@@ -383,7 +385,7 @@ async def test_a_conflicting_body_cannot_claim_a_waiting_request(
     event = events.FileRequested(
         id=uuid.uuid4(), file_type="blob", criteria={"size": 77}, filename="real.bin"
     )
-    await db.insert_request(event, 3)
+    await insert_request(db, event, 3)
     impostor = raw({**event.model_dump(mode="json"), "criteria": {"size": 5}})
     await publish_raw(impostor)
     await start_worker()

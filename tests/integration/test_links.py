@@ -27,6 +27,7 @@ from tests.helpers import (
     Publish,
     StartServer,
     StartWorker,
+    list_outbox,
     wait_for_status,
     wait_until,
 )
@@ -193,7 +194,7 @@ async def test_resend_sends_the_ready_email_again_with_a_working_link(
 
 
 async def _email_done(db: store.Store, request_id: uuid.UUID) -> bool:
-    rows = await db.list_outbox(request_id)
+    rows = await list_outbox(db, request_id)
     return any(r["kind"] == "email_ready" and r["status"] == "done" for r in rows)
 
 
@@ -288,7 +289,7 @@ async def test_failure_texts_for_the_requester_carry_no_exception(
     assert "criteria make no sense" not in email.as_string()
     # The template's context (kept in the outbox row) has the safe text, not the exception.
     [context] = [
-        r["payload"] for r in await db.list_outbox(event.id) if r["kind"] == "email_failed"
+        r["payload"] for r in await list_outbox(db, event.id) if r["kind"] == "email_failed"
     ]
     context = json.loads(context) if isinstance(context, str) else context
     assert context["error"] == context["message"] == requester_texts.failure(row.failure_reason)

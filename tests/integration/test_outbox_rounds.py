@@ -15,7 +15,7 @@ import pytest
 from bgworker import store
 from bgworker.contract import events
 from bgworker.effects import outcomes
-from tests.helpers import wait_until
+from tests.helpers import list_outbox, wait_until
 
 
 async def _claimed(db: store.Store, email: str | None = "a@example.com") -> store.Claim:
@@ -76,7 +76,7 @@ async def test_overlapping_done_calls_share_one_statement(db: store.Store) -> No
     await asyncio.gather(*(db.outbox_done(item) for item in items))
     assert (group.flushes, group.calls) == (1, 8)
     for claim in claims:
-        rows = await db.list_outbox(claim.request_id)
+        rows = await list_outbox(db, claim.request_id)
         assert {r["status"] for r in rows} == {"done"}
         row = await db.get_request(claim.request_id)
         assert row is not None and row.notified_at is not None
@@ -100,11 +100,11 @@ async def test_jobs_finishing_together_share_one_transaction(db: store.Store) ->
     )
     assert (group.flushes, group.calls) == (1, 5)
     assert rows[4] is None
-    assert await db.list_outbox(stale.request_id) == []
+    assert await list_outbox(db, stale.request_id) == []
     for i, (claim, row) in enumerate(zip(claims, rows, strict=False)):
         assert row is not None and row.id == claim.request_id
         assert (row.status, row.size_bytes, row.storage_key) == ("ready", i, f"k{i}")
-        kinds = {r["kind"] for r in await db.list_outbox(claim.request_id)}
+        kinds = {r["kind"] for r in await list_outbox(db, claim.request_id)}
         assert kinds == ({"event_ready"} if i % 2 else {"event_ready", "email_ready"})
         attempts = await db.list_attempts(claim.request_id)
         assert [a["outcome"] for a in attempts] == ["ready"]
@@ -145,7 +145,7 @@ async def test_a_cancelled_caller_leaves_the_statement_to_the_others(db: store.S
     async with asyncio.timeout(10):
         await asyncio.gather(*others)
     await wait_until(lambda: db.done_group.calls == len(items))
-    statuses = [r["status"] for c in claims for r in await db.list_outbox(c.request_id)]
+    statuses = [r["status"] for c in claims for r in await list_outbox(db, c.request_id)]
     assert statuses == ["done"] * len(items)
 
 

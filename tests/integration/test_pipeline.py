@@ -19,6 +19,7 @@ from tests.helpers import (
     Publish,
     StartWorker,
     get_row,
+    list_outbox,
     must_match,
     stored_bytes,
     stored_keys,
@@ -129,7 +130,7 @@ async def test_same_request_published_twice_yields_one_file_and_one_email(
     await wait_until(lambda: len(event_log) >= 1)
 
     async def outbox_done() -> bool:
-        rows = await db.list_outbox(request_id)
+        rows = await list_outbox(db, request_id)
         return len(rows) == 2 and all(o["status"] == "done" for o in rows)
 
     await wait_until(outbox_done)

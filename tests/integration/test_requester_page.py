@@ -16,7 +16,7 @@ from bgworker import settings as settings_mod
 from bgworker.contract import events
 from bgworker.links import tokens
 from bgworker.web import headers as web_headers
-from tests.helpers import Publish, StartServer, StartWorker, wait_for_status
+from tests.helpers import Publish, StartServer, StartWorker, insert_request, wait_for_status
 from tests.integration.downloads import IDENTITY, Headers, fetch, signer_in_the_past, tamper
 from tests.integration.letters import Cli
 
@@ -51,7 +51,7 @@ async def queued(db: store.Store, **requester: str) -> events.FileRequested:
         filename="rapport <2026>.csv",
         requester=requester or None,
     )
-    await db.insert_request(event, max_attempts=3)
+    await insert_request(db, event, max_attempts=3)
     return event
 
 
@@ -141,7 +141,7 @@ async def test_refused_links_name_nothing_about_the_request(
         description="Paie du troisième trimestre",
         requester={"id": "alice", "language": "fr", "timezone": "Europe/Paris"},
     )
-    await db.insert_request(event, max_attempts=3)
+    await insert_request(db, event, max_attempts=3)
     row = await db.get_request(event.id)
     assert row is not None
     requested = languages.format_datetime(row.requested_at, "Europe/Paris", "fr")

@@ -22,7 +22,7 @@ from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.cli.smtp_sink import SmtpSink
 from bgworker.effects import addresses, webhooks
-from tests.helpers import EventLog, Publish, StartWorker, wait_until
+from tests.helpers import EventLog, Publish, StartWorker, list_outbox, wait_until
 from tests.integration.console import PASSWORD, basic, client
 from tests.integration.letters import Cli
 from tests.webhook_verify import documented_verify
@@ -84,7 +84,7 @@ def _webhooks(settings: settings_mod.Settings) -> None:
 
 
 async def _effects(db: store.Store, request_id: Any) -> dict[str, dict[str, Any]]:
-    return {o["kind"]: o for o in await db.list_outbox(request_id)}
+    return {o["kind"]: o for o in await list_outbox(db, request_id)}
 
 
 async def _settled(db: store.Store, request_id: Any, kind: str, status: str) -> dict[str, Any]:

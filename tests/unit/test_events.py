@@ -107,9 +107,9 @@ def test_nul_error_names_where_it_is() -> None:
         events.FileRequested.model_validate(_valid(criteria={"q": ["ok", {"deep": "\x00"}]}))
 
 
-def test_strip_nul_makes_a_body_storable() -> None:
+def test_storable_replaces_nul_characters() -> None:
     raw = {"a\x00": ["x\x00y", {"b": "\x00"}], "n": 1, "t": None}
-    assert events.strip_nul(raw) == {"a\ufffd": ["x\ufffdy", {"b": "\ufffd"}], "n": 1, "t": None}
+    assert events.storable(raw) == {"a\ufffd": ["x\ufffdy", {"b": "\ufffd"}], "n": 1, "t": None}
 
 
 def test_unicode_filename_is_allowed() -> None:

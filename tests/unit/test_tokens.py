@@ -42,11 +42,11 @@ def test_bound_token_needs_the_requester() -> None:
         s.verify(token, "")
 
 
-def test_for_request_picks_bound_only_with_a_requester_id() -> None:
+def test_a_general_link_names_no_requester_and_a_bound_one_refuses_others() -> None:
     rid, s = uuid.uuid4(), signer(NEW)
-    assert s.verify(s.for_request(rid, None), None).requester_id is None
+    assert s.verify(s.general(rid), None).requester_id is None
     with pytest.raises(tokens.NotRequesterError):
-        s.verify(s.for_request(rid, "alice"), None)
+        s.verify(s.bound(rid, "alice"), None)
 
 
 def test_old_key_still_verifies_while_listed_after_rotation() -> None:
