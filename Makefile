@@ -78,7 +78,7 @@ docs: $(STAMP)
 docs-serve: $(STAMP)
 	$(BIN)/mkdocs serve --strict
 
-# bgworker/store/schema.sql: today's schema, from the migrations (needs PostgreSQL, pg_dump).
+# bgworker/store/migrations/schema.sql: today's schema, from the migrations (needs PostgreSQL, pg_dump).
 schema-sql: $(STAMP) services
 	$(BIN)/python scripts/schema_sql.py
 

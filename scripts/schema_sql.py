@@ -1,4 +1,4 @@
-"""Write ``bgworker/store/schema.sql``: today's schema, generated from the migrations.
+"""Write ``bgworker/store/migrations/schema.sql``: today's schema, generated from the migrations.
 
     python scripts/schema_sql.py            # regenerate the file (make schema-sql)
     python scripts/schema_sql.py --check    # fail when the file is not what the migrations make
@@ -29,11 +29,13 @@ import asyncpg
 
 from bgworker.store import migrations
 
-SCHEMA: Final = Path(__file__).resolve().parent.parent / "bgworker" / "store" / "schema.sql"
+SCHEMA: Final = (
+    Path(__file__).resolve().parent.parent / "bgworker" / "store" / "migrations" / "schema.sql"
+)
 SERVER: Final = os.environ.get("BGWORKER_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/x")
 HEADER: Final = """\
 -- Today's schema of bgworker's PostgreSQL tables, for reading: generated from the migrations
--- in migrations/ by scripts/schema_sql.py (make schema-sql), checked by make test.
+-- beside it by scripts/schema_sql.py (make schema-sql), checked by make test.
 -- Never applied: `bgworker migrate` applies the migrations.
 """
 # Lines of pg_dump's output that say nothing about the schema, or differ by version.

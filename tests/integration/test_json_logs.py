@@ -79,7 +79,9 @@ async def test_every_line_of_a_job_is_json_with_its_fields(
     flaky_attempts = {r["attempt"] for r in lines if r.get("request_id") == str(flaky.id)}
     assert {1, 2} <= flaky_attempts
     # The worker's own lines are not about a job and say so by carrying no job fields.
-    start = [r for r in lines if "consuming" in r["message"] and r["logger"] == "bgworker.worker.pool"]
+    start = [
+        r for r in lines if "consuming" in r["message"] and r["logger"] == "bgworker.worker.pool"
+    ]
     assert start and all("request_id" not in r for r in start)
 
 

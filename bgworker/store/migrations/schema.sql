@@ -1,5 +1,5 @@
 -- Today's schema of bgworker's PostgreSQL tables, for reading: generated from the migrations
--- in migrations/ by scripts/schema_sql.py (make schema-sql), checked by make test.
+-- beside it by scripts/schema_sql.py (make schema-sql), checked by make test.
 -- Never applied: `bgworker migrate` applies the migrations.
 
 CREATE TABLE public.bgworker_admin_secrets (
