@@ -143,7 +143,7 @@ async def wait_for_status(
     wanted = {statuses} if isinstance(statuses, str) else statuses
     async with asyncio.timeout(timeout):
         while True:
-            row = await db.get_request(request_id)
+            row = await db.requests.get_request(request_id)
             if row is not None and row.status in wanted:
                 return row
             await asyncio.sleep(0.05)
@@ -188,7 +188,7 @@ class DeadLetters:
 
 async def get_row(db: store.Store, request_id: uuid.UUID) -> store.RequestRow:
     """The request's row, which the test knows exists."""
-    row = await db.get_request(request_id)
+    row = await db.requests.get_request(request_id)
     assert row is not None, f"no row for request {request_id}"
     return row
 

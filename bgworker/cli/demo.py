@@ -178,7 +178,7 @@ async def _exercise(
     link = match.group(0)
     pool = await store.create_pool(dsn, min_size=1, max_size=1)
     try:
-        row = await store.Store(pool).get_request(request.id)
+        row = await store.Store(pool).requests.get_request(request.id)
     finally:
         await pool.close()
     if row is None or row.sha256 is None or row.size_bytes is None:

@@ -186,8 +186,8 @@ async def _cmd_cancel(settings: settings_mod.Settings, args: argparse.Namespace)
     from bgworker import store
 
     async with store.opened(settings.database_url.get_secret_value()) as db:
-        status = await db.request_cancel(args.id)
-        row = await db.get_request(args.id)
+        status = await db.requests.request_cancel(args.id)
+        row = await db.requests.get_request(args.id)
     if status is None:
         state = row.status if row else "unknown to this database"
         _say("cancel", f"{args.id}: not cancellable (status: {state})")

@@ -137,7 +137,9 @@ class Dispatcher:
 
     async def sweep(self) -> int:
         try:
-            items = await self.db.claim_outbox_due(SWEEP_BATCH, self.config.outbox_claim_seconds)
+            items = await self.db.outbox.claim_outbox_due(
+                SWEEP_BATCH, self.config.outbox_claim_seconds
+            )
         except Exception as exc:  # next sweep retries; the loop must not die
             log.warning("outbox sweep failed, will retry: %s", exc)
             return 0
@@ -186,7 +188,7 @@ class Dispatcher:
             )
             metrics.OUTBOX_FAILURES.labels(item.kind).inc()
             try:
-                await self.db.outbox_retry(item, f"{type(exc).__name__}: {exc}", delay)
+                await self.db.outbox.outbox_retry(item, f"{type(exc).__name__}: {exc}", delay)
             except Exception:
                 log.exception(
                     "could not record outbox failure for %s",
@@ -208,7 +210,7 @@ class Dispatcher:
         )
         metrics.OUTBOX_FAILURES.labels(item.kind).inc()
         try:
-            await self.db.outbox_give_up(item, wire.shorten(error, wire.ERROR_LIMIT))
+            await self.db.outbox.outbox_give_up(item, wire.shorten(error, wire.ERROR_LIMIT))
         except Exception:  # the claim runs out and the next attempt gives it up again
             log.exception(
                 "could not record that %s for %s was given up",
@@ -227,7 +229,7 @@ class Dispatcher:
         delay = 0.2
         while True:
             try:
-                await self.db.outbox_done(item)
+                await self.db.outbox.outbox_done(item)
             except Exception as exc:
                 if loop.time() + delay >= give_up:
                     log.error(
@@ -301,7 +303,7 @@ class Dispatcher:
         # would be, one round trip fewer); an item made without it asks.
         generation = item.link_generation
         if generation is None:
-            generation = await self.db.link_generation(item.request_id)
+            generation = await self.db.links.link_generation(item.request_id)
         requester_id = item.payload.get("requester_id")
         return lifecycle.download_url(
             self.public_url, self.signer, item.request_id, requester_id, generation or 0

@@ -56,7 +56,7 @@ async def issue(
     """A fresh link under the request's current generation (bound when the signer binds
     and the request has a requester id). A status-only link may name a request no worker
     has recorded yet; a download link needs the row. None: no such request."""
-    found = await db.get_request_for_link(request_id)
+    found = await db.links.get_request_for_link(request_id)
     if found is None:
         if not status_only:
             return None
@@ -74,13 +74,13 @@ async def issue(
 async def revoke(db: store.Store, request_id: uuid.UUID) -> int | None:
     """Invalidate every link issued so far for the request; the new generation, or None
     when the request is unknown."""
-    return await db.revoke_links(request_id)
+    return await db.links.revoke_links(request_id)
 
 
 async def resend(db: store.Store, request_id: uuid.UUID) -> str | None:
     """Send the request's email again (ready or failed, as the request ended); the email
     kind, or None when there is nothing to resend."""
-    return await db.resend_email(request_id)
+    return await db.links.resend_email(request_id)
 
 
 # -- the commands ------------------------------------------------------------------------
@@ -99,7 +99,7 @@ async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
             return 0
         kind = await resend(db, args.id)
         if kind is None:
-            row = await db.get_request(args.id)
+            row = await db.requests.get_request(args.id)
             state = row.status if row else "unknown request"
             print(
                 f"bgworker resend: {args.id}: no email to send again (status: {state}; a "

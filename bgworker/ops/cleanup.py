@@ -71,14 +71,14 @@ class _Run:
 
     async def expired(self, leeway_seconds: float) -> None:
         if self.dry_run:
-            keys = await self.db.expirable_keys(leeway_seconds)
+            keys = await self.db.maintenance.expirable_keys(leeway_seconds)
             self.report.expired = len(keys)
             for key in keys:
                 if key:
                     await self.remove(key)
             return
         while not self.out_of_time():
-            expired = await self.db.expire_ready(leeway_seconds, BATCH)
+            expired = await self.db.maintenance.expire_ready(leeway_seconds, BATCH)
             for item in expired:
                 if item.storage_key:
                     await self.remove(item.storage_key)
@@ -95,7 +95,7 @@ class _Run:
             if self.out_of_time():
                 return
             batch = keys[start : start + 1000]
-            referenced = await self.db.referenced_keys(batch)
+            referenced = await self.db.maintenance.referenced_keys(batch)
             for key in batch:
                 if key not in referenced:
                     self.report.orphans += 1

@@ -37,6 +37,7 @@ from bgworker.store import (
     links,
     listing,
     maintenance,
+    outbox,
     queries,
     recovery,
     requests,
@@ -84,19 +85,14 @@ Effects = rows.Effects
 OutboxBacklog = gauges.OutboxBacklog
 
 
-class Store(
-    requests.Requests,
-    recovery.Recovery,
-    maintenance.Maintenance,
-    gauges.Gauges,
-    traces.Traces,
-    links.Links,
-    dedupe.Dedupe,
-):
+class Store:
     """The one way to the database: ``Store(pool, claim_effects_seconds=...,
-    on_effects=...)`` (see ``connection.Connected``), then its methods; the dead-letter
-    tools' records and the console's listing as ``store.dead_letters`` and
-    ``store.listing``."""
+    on_effects=...)``, then one part per concept, each its own object: ``db.requests``,
+    ``db.recovery``, ``db.outbox``, ``db.dedupe``, ``db.links``, ``db.maintenance``,
+    ``db.gauges``, ``db.traces``, ``db.dead_letters``, ``db.listing``,
+    ``db.admin_sessions``, ``db.front_door``. The parts whose transactions cause effects
+    (requests, recovery, dedupe) write them through the one ``outbox``, which knows how
+    they reach this process's dispatcher (``claim_effects_seconds``, ``on_effects``)."""
 
     def __init__(
         self,
@@ -105,7 +101,17 @@ class Store(
         claim_effects_seconds: float | None = None,
         on_effects: connection.EffectsHook | None = None,
     ) -> None:
-        super().__init__(pool, claim_effects_seconds=claim_effects_seconds, on_effects=on_effects)
+        self.pool = pool
+        self.outbox = outbox.Outbox(
+            pool, claim_effects_seconds=claim_effects_seconds, on_effects=on_effects
+        )
+        self.requests = requests.Requests(pool, self.outbox)
+        self.recovery = recovery.Recovery(pool, self.outbox)
+        self.dedupe = dedupe.Dedupe(pool, self.outbox)
+        self.links = links.Links(pool)
+        self.maintenance = maintenance.Maintenance(pool)
+        self.gauges = gauges.Gauges(pool)
+        self.traces = traces.Traces(pool)
         self.dead_letters = dead_letters.DeadLetterRecords(pool)
         self.listing = listing.Listing(pool)
         self.admin_sessions = admin_sessions.AdminSessions(pool)

@@ -75,22 +75,10 @@ EffectsHook = Callable[[list[rows.OutboxItem]], None]
 
 
 class Connected:
-    """The state each part of the store (requests, recovery, outbox, maintenance) works on:
-    the pool, and how the outbox rows a transaction writes reach a dispatcher."""
+    """What each part of the store works on: the pool, and transactions from it."""
 
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        *,
-        claim_effects_seconds: float | None = None,
-        on_effects: EffectsHook | None = None,
-    ) -> None:
-        """``claim_effects_seconds``: outbox rows start claimed by this process for that
-        long, and ``on_effects`` gets them once their transaction committed (a worker's
-        dispatcher performs them at once). Without it they wait for a dispatcher's sweep."""
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self.claim_effects_seconds = claim_effects_seconds
-        self.on_effects = on_effects
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:

@@ -8,7 +8,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Final
 
-from bgworker.store import outbox, queries, rows
+import asyncpg
+
+from bgworker.store import connection, outbox, queries, rows
 
 Q: Final = queries.QUERIES
 bind: Final = queries.bind
@@ -28,7 +30,11 @@ class Decision:
     builder: uuid.UUID | None = None  # what it waits for (WAIT)
 
 
-class Dedupe(outbox.Outbox):
+class Dedupe(connection.Connected):
+    def __init__(self, pool: asyncpg.Pool, effects_to: outbox.Outbox) -> None:
+        super().__init__(pool)
+        self.outbox = effects_to  # writes the effects this part's transactions cause
+
     async def dedupe_step(
         self, claim: rows.Claim, fingerprint: str, window_seconds: float, effects: rows.Effects
     ) -> Decision:
@@ -49,7 +55,7 @@ class Dedupe(outbox.Outbox):
             )
             if record is not None:
                 row = rows.RequestRow.from_record(record)
-                claimed = await self._insert_effects(conn, row.id, effects(row))
+                claimed = await self.outbox.insert_effects(conn, row.id, effects(row))
                 reused = Decision(Step.REUSED, row=row)
             else:
                 builder = await conn.fetchval(
@@ -61,5 +67,5 @@ class Dedupe(outbox.Outbox):
                     Q["dedupe_lead"], claim.request_id, claim.lease_token, fingerprint
                 )
                 return Decision(Step.LEAD if led is not None else Step.LOST)
-        self._announce(claimed)
+        self.outbox.announce(claimed)
         return reused

@@ -19,16 +19,33 @@ Q: Final = queries.QUERIES
 
 
 class Outbox(connection.Connected):
-    async def _insert_effects(
+    """The outbox part, and the one writer of effects: the parts whose transactions cause
+    effects (requests, recovery, dedupe) are given this object and write through it."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        claim_effects_seconds: float | None = None,
+        on_effects: connection.EffectsHook | None = None,
+    ) -> None:
+        """``claim_effects_seconds``: outbox rows start claimed by this process for that
+        long, and ``on_effects`` gets them once their transaction committed (a worker's
+        dispatcher performs them at once). Without it they wait for a dispatcher's sweep."""
+        super().__init__(pool)
+        self.claim_effects_seconds = claim_effects_seconds
+        self.on_effects = on_effects
+
+    async def insert_effects(
         self, conn: asyncpg.Connection, request_id: uuid.UUID, items: list[tuple[str, Any]]
     ) -> list[rows.OutboxItem]:
         """Write the effects inside the caller's transaction; returns those this process
-        claimed (``claim_effects_seconds``), to hand to :meth:`_announce` after the commit."""
+        claimed (``claim_effects_seconds``), to hand to :meth:`announce` after the commit."""
         if not items:
             return []
-        return await self._insert_effects_of(conn, [(request_id, k, p) for k, p in items])
+        return await self.insert_effects_of(conn, [(request_id, k, p) for k, p in items])
 
-    async def _insert_effects_of(
+    async def insert_effects_of(
         self, conn: asyncpg.Connection, items: list[tuple[uuid.UUID, str, Any]]
     ) -> list[rows.OutboxItem]:
         """The same for the effects of several requests (group commit), in one statement."""
@@ -43,7 +60,7 @@ class Outbox(connection.Connected):
             return []
         return [rows.OutboxItem.from_record(r) for r in records]
 
-    def _announce(self, claimed: list[rows.OutboxItem]) -> None:
+    def announce(self, claimed: list[rows.OutboxItem]) -> None:
         # Called after the commit only: an effect must never run for a rolled-back change.
         if claimed and self.on_effects is not None:
             self.on_effects(claimed)

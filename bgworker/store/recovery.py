@@ -11,12 +11,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from bgworker.store import outbox, queries, rows
+import asyncpg
+
+from bgworker.store import connection, outbox, queries, rows
 
 Q: Final = queries.QUERIES
 
 
-class Recovery(outbox.Outbox):
+class Recovery(connection.Connected):
+    def __init__(self, pool: asyncpg.Pool, effects_to: outbox.Outbox) -> None:
+        super().__init__(pool)
+        self.outbox = effects_to  # writes the effects this part's transactions cause
+
     async def reap_expired_leases(
         self,
         limit: int,
@@ -44,7 +50,7 @@ class Recovery(outbox.Outbox):
                     failed = rows.RequestRow.from_record(
                         await conn.fetchrow(Q["fail_expired"], rid, error)
                     )
-                    claimed += await self._insert_effects(conn, rid, effects(failed))
+                    claimed += await self.outbox.insert_effects(conn, rid, effects(failed))
                     await dead_letter(failed)
                     report.failed.append(rid)
                 else:
@@ -54,7 +60,7 @@ class Recovery(outbox.Outbox):
                     await requeue(row["event"])
                     await conn.execute(Q["requeue_expired"], rid)
                     report.requeued += 1
-        self._announce(claimed)
+        self.outbox.announce(claimed)
         return report
 
     async def recover_stalled(

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+import asyncpg
+
 from bgworker.contract import events, progress, states
-from bgworker.store import grouping, outbox, queries, rows
+from bgworker.store import connection, grouping, outbox, queries, rows
 
 Q: Final = queries.QUERIES
 bind: Final = queries.bind
@@ -66,7 +68,11 @@ class _ReadyJob:
     context: contextvars.Context
 
 
-class Requests(outbox.Outbox):
+class Requests(connection.Connected):
+    def __init__(self, pool: asyncpg.Pool, effects_to: outbox.Outbox) -> None:
+        super().__init__(pool)
+        self.outbox = effects_to  # writes the effects this part's transactions cause
+
     # -- intake -------------------------------------------------------------------------
 
     async def insert_invalid_request(
@@ -95,8 +101,8 @@ class Requests(outbox.Outbox):
             if inserted is None:
                 return False
             row = rows.RequestRow.from_record(await conn.fetchrow(Q["get_request"], request_id))
-            claimed = await self._insert_effects(conn, row.id, effects(row))
-        self._announce(claimed)
+            claimed = await self.outbox.insert_effects(conn, row.id, effects(row))
+        self.outbox.announce(claimed)
         return True
 
     # -- running ------------------------------------------------------------------------
@@ -218,8 +224,8 @@ class Requests(outbox.Outbox):
                 if (row := ready.get(j.claim.request_id)) is not None
                 for kind, payload in j.context.run(j.effects, row)
             ]
-            claimed = await self._insert_effects_of(conn, items)
-        self._announce(claimed)
+            claimed = await self.outbox.insert_effects_of(conn, items)
+        self.outbox.announce(claimed)
         return [ready.get(j.claim.request_id) for j in jobs]
 
     async def mark_retrying(
@@ -291,9 +297,9 @@ class Requests(outbox.Outbox):
                     claim, states.AttemptOutcome.FAILED, error_class=error_class, error=error
                 )
             )
-            claimed = await self._insert_effects(conn, row.id, effects(row))
+            claimed = await self.outbox.insert_effects(conn, row.id, effects(row))
             await publish()
-        self._announce(claimed)
+        self.outbox.announce(claimed)
         return row
 
     async def cancel_claimed(self, claim: rows.Claim) -> bool:

@@ -31,7 +31,7 @@ HEALTH_TIMEOUT_SECONDS: Final = 2.0
 async def healthz(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
-            await request.app[keys.STORE].ping()
+            await request.app[keys.STORE].maintenance.ping()
     except Exception as exc:
         return responses.json_response({"status": "unhealthy", "database": str(exc)}, status=503)
     # The pid tells which of `serve --workers N`'s processes answered.

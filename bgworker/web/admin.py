@@ -215,7 +215,7 @@ async def _detail(request: web.Request) -> dict[str, Any]:
     if found.get("request_id"):
         request_id = uuid.UUID(found["request_id"])
         db = _db(request)
-        row = await db.get_request(request_id)
+        row = await db.requests.get_request(request_id)
         if row is not None:
             marks = await db.dead_letters.request_marks(request_id)
             found["request"] = letters.plain(row.to_json() | marks)
@@ -279,7 +279,7 @@ async def _requests(request: web.Request) -> dict[str, Any]:
     limit = 200 if wanted else 25
     db = _db(request)
     return {
-        "counts": await db.count_by_status(),
+        "counts": await db.maintenance.count_by_status(),
         "rows": {s: await db.listing.requests_by_status(s, limit) for s in statuses},
         "statuses": STATUSES,
         "selected": selected,

@@ -117,7 +117,7 @@ def _request_id(request: web.Request) -> uuid.UUID:
 async def _details(request: web.Request) -> dict[str, Any]:
     request_id = _request_id(request)
     db = _db(request)
-    row = await db.get_request(request_id)
+    row = await db.requests.get_request(request_id)
     if row is None:
         raise web.HTTPNotFound(
             text=f"{request_id}: not recorded yet: no worker has taken it; it may be "
@@ -134,7 +134,7 @@ async def _details(request: web.Request) -> dict[str, Any]:
         dlq_error = str(exc)  # the page still shows what PostgreSQL knows
     return {
         "row": shown,
-        "attempts": await db.list_attempts(request_id),
+        "attempts": await db.requests.list_attempts(request_id),
         "effects": await db.listing.effects(request_id),
         "dlq_history": await db.dead_letters.list_actions(request_id),
         "has_letter": letter is not None,
@@ -157,7 +157,7 @@ async def cancel(request: web.Request) -> web.StreamResponse:
     """As ``bgworker cancel``: a queued or retrying request ends at once, a running one at
     its next heartbeat; anything else is not cancellable."""
     request_id = _request_id(request)
-    status = await _db(request).request_cancel(request_id)
+    status = await _db(request).requests.request_cancel(request_id)
     if status is None:
         note = "not-cancellable"
     elif status == states.Status.RUNNING:

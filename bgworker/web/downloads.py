@@ -136,7 +136,7 @@ async def link_state(request: web.Request, *, download: bool) -> LinkView:
         return LinkView(LinkState.NOT_YOURS, str(exc))
     if download and grant.status_only:
         return LinkView(LinkState.STATUS_ONLY, "this link shows the status only", grant)
-    found = await request.app[keys.STORE].get_request_for_link(grant.request_id)
+    found = await request.app[keys.STORE].links.get_request_for_link(grant.request_id)
     if found is None:
         if grant.generation != 0:
             return LinkView(LinkState.REVOKED, _REVOKED, grant)
@@ -207,7 +207,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     assert row.storage_key is not None
     metrics.DOWNLOADS.labels("200").inc()
     if tracing.enabled():  # the download joins the trace of the job that built the file
-        parent = await request.app[keys.STORE].trace_carrier(row.id)
+        parent = await request.app[keys.STORE].traces.trace_carrier(row.id)
         with tracing.span("download", parent=parent, kind="server", request_id=str(row.id)):
             pass  # marks the grant; the bytes stream after the handler returns
     if (offloaded := offload.response(request, row)) is not None:

@@ -141,7 +141,7 @@ async def create_request(request: web.Request) -> web.Response:
 
 async def _accept(request: web.Request, event: events.FileRequested) -> web.Response:
     db = request.app[keys.STORE]
-    row = await db.get_request(event.id)
+    row = await db.requests.get_request(event.id)
     # A request the worker recorded answers from its row, unless it is the failed record
     # of an invalid body under this id: a valid event supersedes it (the worker's rule).
     if row is not None and not (

@@ -1,7 +1,7 @@
 """Dedupe by content: a file type registered with ``dedupe_seconds`` builds a file once for
 identical requests (same file type, criteria and requester).
 
-After its claim, such a request takes one step at a time (``store.dedupe_step``, under an
+After its claim, such a request takes one step at a time (``Store.dedupe.dedupe_step``, under an
 advisory lock on its fingerprint):
 
 - a ready file of the fingerprint built within the window: the request ends ready on the
@@ -69,7 +69,7 @@ async def settle(
     while True:
         # The same effects as a built file: email, FileReady and the webhook, if any.
         ready = functools.partial(outcomes.ready_effects, webhook_url=finalizer.webhook_url)
-        decision = await db.dedupe_step(claim, key, window_seconds, ready)
+        decision = await db.dedupe.dedupe_step(claim, key, window_seconds, ready)
         if decision.step is store.DedupeStep.LEAD:
             if waited_for is not None:
                 log.info("request %s: %s ended without a file; building", event.id, waited_for)

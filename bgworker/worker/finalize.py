@@ -45,7 +45,7 @@ class Finalizer:
         digest: str,
         reported: progress.Progress | None = None,
     ) -> states.JobOutcome:
-        row = await self.db.mark_ready(
+        row = await self.db.requests.mark_ready(
             claim,
             size=size,
             sha256=digest,
@@ -64,7 +64,7 @@ class Finalizer:
     async def cancelled_or_lost(self, claim: store.Claim) -> states.JobOutcome:
         """A fenced outcome was refused: end the attempt as cancelled if a cancel is pending
         and the lease is still ours, else it was lost to another worker."""
-        if await self.db.cancel_claimed(claim):
+        if await self.db.requests.cancel_claimed(claim):
             log.info("request %s: cancelled while running", claim.request_id)
             return states.JobOutcome.CANCELLED
         log.warning(
@@ -79,7 +79,7 @@ class Finalizer:
         async def republish(event: dict[str, Any]) -> None:
             await broker.put_back(self.channel, self.topology, event, str(claim.request_id))
 
-        if not await self.db.release(claim, republish):
+        if not await self.db.requests.release(claim, republish):
             return await self.cancelled_or_lost(claim)
         log.info("request %s: released back to the queue (shutdown)", claim.request_id)
         return states.JobOutcome.RELEASED
@@ -101,7 +101,7 @@ class Finalizer:
                 self.channel, self.topology, body, str(claim.request_id), delay
             )
 
-        retrying = await self.db.mark_retrying(
+        retrying = await self.db.requests.mark_retrying(
             claim,
             error_class=type(exc).__name__,
             error=error,
@@ -145,7 +145,7 @@ class Finalizer:
             )
 
         # Confirmed into the dead-letter queue inside the transaction that marks it failed.
-        row = await self.db.mark_failed(
+        row = await self.db.requests.mark_failed(
             claim,
             reason=reason,
             error_class=error_class,

@@ -28,7 +28,7 @@ class Health:
         while not stopping.is_set():
             try:
                 async with asyncio.timeout(PING_TIMEOUT_SECONDS):
-                    await self.db.ping()
+                    await self.db.maintenance.ping()
                 database = True
             except Exception:
                 database = False

@@ -120,7 +120,7 @@ class Runner:
         lease = self.config.lease_seconds
         try:
             with tracing.span("claim", request_id=str(event.id), file_type=event.file_type):
-                claim = await self.db.record_and_claim(
+                claim = await self.db.requests.record_and_claim(
                     event, max_attempts, self.worker_id, lease, names
                 )
             if claim is None:
@@ -190,13 +190,13 @@ class Runner:
         """The id is recorded and the claim refused. Returns a claim when this event
         supersedes a request that failed validation; otherwise settles the delivery as a
         duplicate or, when its body differs from the recorded one, a conflicting duplicate."""
-        row = await self.db.get_request(event.id)
+        row = await self.db.requests.get_request(event.id)
         if (
             row is not None
             and row.status == states.Status.FAILED
             and row.failure_reason in states.SUPERSEDABLE
         ):
-            claim = await self.db.supersede_invalid(
+            claim = await self.db.requests.supersede_invalid(
                 event,
                 max_attempts,
                 self.worker_id,
@@ -327,7 +327,7 @@ class Runner:
             if since < lease / 3 and (reported == saved or too_soon):
                 continue
             try:
-                alive = await self.db.heartbeat(claim, lease, reported)
+                alive = await self.db.requests.heartbeat(claim, lease, reported)
             except Exception as exc:  # a dead heartbeat would lose the lease
                 # PostgreSQL unreachable: keep working and keep trying; if it stays away past
                 # the lease, the fenced finalize refuses and the reaper requeues.

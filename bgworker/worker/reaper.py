@@ -63,13 +63,13 @@ class Reaper:
 
         while not stopping.is_set():
             try:
-                report = await self.db.reap_expired_leases(
+                report = await self.db.recovery.reap_expired_leases(
                     REAP_BATCH,
                     requeue,
                     dead_letter,
                     functools.partial(outcomes.failed_effects, webhook_url=self.webhook_url),
                 )
-                recovered = await self.db.recover_stalled(
+                recovered = await self.db.recovery.recover_stalled(
                     self.config.recovery_grace_seconds, REAP_BATCH, requeue
                 )
             except Exception as exc:  # database or broker away: try next round

@@ -72,7 +72,7 @@ class Rejecter:
     ) -> None:
         raw = events.storable_body(body)
         try:
-            await self.db.insert_invalid_request(
+            await self.db.requests.insert_invalid_request(
                 request_id, raw, reason, error_class, error, effects=self._effects
             )
         except Exception as exc:
@@ -82,7 +82,7 @@ class Rejecter:
             log.warning(
                 "request %s: body not recordable (%s); recorded without it", request_id, exc
             )
-            await self.db.insert_invalid_request(
+            await self.db.requests.insert_invalid_request(
                 request_id,
                 {"body": "(not recordable)"},
                 reason,

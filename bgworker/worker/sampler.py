@@ -75,14 +75,14 @@ class Sampler:
             ("dead", self.topology.dead_queue),
         ):
             metrics.QUEUE_MESSAGES.labels(label).set(await broker.queue_depth(self.channel, name))
-        backlog = {b.kind: b for b in await self.db.outbox_backlog()}
+        backlog = {b.kind: b for b in await self.db.gauges.outbox_backlog()}
         for kind in states.EffectKind:
             found = backlog.get(kind)
             metrics.OUTBOX_PENDING.labels(kind).set(found.pending if found else 0)
         metrics.OUTBOX_OLDEST_SECONDS.set(
             max((b.oldest_seconds for b in backlog.values()), default=0)
         )
-        counts = await self.db.count_by_status()
+        counts = await self.db.maintenance.count_by_status()
         # Every status gets a value, 0 included, so a status that emptied does not keep
         # its last count.
         for status in states.Status:

@@ -179,7 +179,7 @@ async def test_status_and_cancel_a_queued_request(
     cancel = await run_cli("cancel", str(event.id), env=env)
     assert cancel.code == 0, cancel.err
     assert f"{event.id}: cancelled" in cancel.out
-    row = await db.get_request(event.id)
+    row = await db.requests.get_request(event.id)
     assert row is not None and row.status == "cancelled" and row.cancel_requested
 
     again = await run_cli("cancel", str(event.id), env=env)

@@ -198,7 +198,7 @@ async def test_status_watch_follows_until_the_request_ends(
         await insert_request(db, event, 4)
         assert "queued" in await _next_line(plain)
         assert json.loads(await _next_line(as_json))["status"] == "queued"
-        assert await db.request_cancel(request_id) == "cancelled"
+        assert await db.requests.request_cancel(request_id) == "cancelled"
 
         out, err = await asyncio.wait_for(plain.communicate(), 30)
         assert plain.returncode == 1, err  # it ended, but not ready
@@ -239,7 +239,7 @@ async def test_publish_wait_follows_a_real_worker(
     shown = json.loads((await run_cli("status", first, "--json", env=env)).out)
     assert shown["size"] == 300000 and shown["link"] == {"state": "ready", "generation": 0}
     assert shown["requester"]["timezone"] == "Europe/Paris"  # no email, still a requester
-    assert (await db.get_request(request_id)) is not None
+    assert (await db.requests.get_request(request_id)) is not None
 
     failed = await run_cli("publish", "permanent", "--wait", env=env)
     assert failed.code == 1, failed.err

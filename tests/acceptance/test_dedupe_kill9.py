@@ -37,7 +37,7 @@ async def test_kill9_of_the_builder_and_its_waiter_loses_neither(
             leader = await publish_one(pub, criteria, requester)
 
             async def leading() -> bool:
-                row = await db.get_request(leader.id)
+                row = await db.requests.get_request(leader.id)
                 return row is not None and row.fingerprint is not None
 
             await wait_until(leading)  # building in the subprocess, held at the gate

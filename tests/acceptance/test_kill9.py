@@ -59,7 +59,7 @@ async def test_kill9_workers_repeatedly_during_a_run(
     try:
         while procs.killed < KILLS:
             await asyncio.sleep(rng.uniform(0.8, 1.6))
-            counts = await db.count_by_status()
+            counts = await db.maintenance.count_by_status()
             if counts.get("ready", 0) >= REQUESTS:
                 break
             in_flight_at_kill.append(counts.get("running", 0))
@@ -67,7 +67,7 @@ async def test_kill9_workers_repeatedly_during_a_run(
             procs.start()
 
         async def all_ready() -> bool:
-            return (await db.count_by_status()).get("ready", 0) == REQUESTS
+            return (await db.maintenance.count_by_status()).get("ready", 0) == REQUESTS
 
         await wait_until(all_ready, timeout=240)
         await smtp_sink.wait_for(REQUESTS, timeout=120)
@@ -81,7 +81,7 @@ async def test_kill9_workers_repeatedly_during_a_run(
         await wait_until(outbox_settled, timeout=120)
         await wait_until(lambda: len(ready_events) == REQUESTS, timeout=60)
     except TimeoutError:
-        pytest.fail(f"run did not settle: {await db.count_by_status()}\n{procs.logs()}")
+        pytest.fail(f"run did not settle: {await db.maintenance.count_by_status()}\n{procs.logs()}")
     finally:
         codes = procs.stop_all()
         await connection.close()

@@ -27,7 +27,7 @@ async def test_handler_that_kills_its_worker_is_failed_after_max_attempts(
         if not procs.alive:
             restarts += 1
             procs.start()
-        row = await db.get_request(poison.id)
+        row = await db.requests.get_request(poison.id)
         return row is not None and row.status == "failed"
 
     try:
@@ -39,7 +39,7 @@ async def test_handler_that_kills_its_worker_is_failed_after_max_attempts(
     row = await get_row(db, poison.id)
     assert row.failure_reason == "worker_lost"
     assert row.attempts == 2 and restarts == 2
-    outcomes = [a["outcome"] for a in await db.list_attempts(poison.id)]
+    outcomes = [a["outcome"] for a in await db.requests.list_attempts(poison.id)]
     assert outcomes == ["lost", "lost"]
     connection = await aio_pika.connect(AMQP_URL)
     try:

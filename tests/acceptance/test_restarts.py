@@ -70,7 +70,7 @@ async def _publish_with_retry(pub: publisher.Publisher, event: events.FileReques
 
 async def _count_ready(db: store.Store) -> int:
     try:
-        return (await db.count_by_status()).get("ready", 0)
+        return (await db.maintenance.count_by_status()).get("ready", 0)
     except store.TRANSIENT_ERRORS:
         return -1  # PostgreSQL is restarting; ask again
 
@@ -129,7 +129,7 @@ async def _run_through_outage(
 
         await wait_until(drain_events, timeout=120)
     except TimeoutError:
-        pytest.fail(f"run did not settle: {await db.count_by_status()}\n{procs.logs()}")
+        pytest.fail(f"run did not settle: {await db.maintenance.count_by_status()}\n{procs.logs()}")
     finally:
         codes = procs.stop_all()
         with contextlib.suppress(Exception):
@@ -253,7 +253,7 @@ async def test_job_longer_than_broker_consumer_timeout_completes_once(
 
         async def ready() -> bool:
             nonlocal row
-            row = await db.get_request(event.id)
+            row = await db.requests.get_request(event.id)
             return row is not None and row.status == "ready"
 
         await wait_until(ready, timeout=60)
@@ -262,7 +262,7 @@ async def test_job_longer_than_broker_consumer_timeout_completes_once(
         await asyncio.to_thread(_set_consumer_timeout, 1800000, 60000)
         codes = procs.stop_all()
     assert row is not None and row.attempts == 1
-    assert [a["outcome"] for a in await db.list_attempts(event.id)] == ["ready"]
+    assert [a["outcome"] for a in await db.requests.list_attempts(event.id)] == ["ready"]
     assert len(smtp_sink.messages) == 1
     assert codes == [0, 0]
     # The channel stayed open: no worker logged a consumer-timeout channel closure.

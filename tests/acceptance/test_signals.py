@@ -20,7 +20,7 @@ async def test_sigterm_lets_the_running_job_finish_and_exits_0(
     worker.signal(signal.SIGTERM)
     assert await worker.wait_exit(timeout=60) == 0, worker.log()
 
-    row = await db.get_request(event.id)
+    row = await db.requests.get_request(event.id)
     assert row is not None
     assert row.status == "ready", worker.log()
     assert row.attempts == 1
@@ -39,12 +39,12 @@ async def test_drain_timeout_releases_the_job_to_the_next_worker(
     assert "releasing 1 job(s)" in first.log()
 
     # Handed back: queued again, the interrupted attempt not counted, no lease held.
-    row = await db.get_request(event.id)
+    row = await db.requests.get_request(event.id)
     assert row is not None
     assert row.status == "queued", first.log()
     assert row.attempts == 0
     assert row.lease_owner is None
-    assert await db.list_attempts(event.id) == []
+    assert await db.requests.list_attempts(event.id) == []
 
     second = await spawn("worker")
     row = await wait_for_status(db, event.id, {"ready", "failed"}, timeout=60)
@@ -68,7 +68,7 @@ async def test_second_sigterm_exits_at_once_and_the_lease_brings_the_job_back(
     code = await first.wait_exit(timeout=3)
     assert code != 0, first.log()
     assert "second signal, exiting now" in first.log()
-    row = await db.get_request(event.id)
+    row = await db.requests.get_request(event.id)
     assert row is not None
     assert row.status == "running"  # left behind with a lease nobody renews
 
@@ -76,6 +76,6 @@ async def test_second_sigterm_exits_at_once_and_the_lease_brings_the_job_back(
     row = await wait_for_status(db, event.id, {"ready", "failed"}, timeout=60)
     assert row.status == "ready", second.log()
     assert row.attempts == 2
-    attempts = await db.list_attempts(event.id)
+    attempts = await db.requests.list_attempts(event.id)
     assert [a["outcome"] for a in attempts] == ["lost", "ready"]
     assert attempts[0]["worker"] == running.lease_owner

@@ -105,7 +105,7 @@ async def verify_all_ready(
     files = storage.LocalStorage(storage_dir)
     attempts: Counter[int] = Counter()
     for event in requests:
-        row = await db.get_request(event.id)
+        row = await db.requests.get_request(event.id)
         assert row is not None and row.status == "ready", (event.id, row and row.status)
         data = await asyncio.to_thread(files.path(row.storage_key or "").read_bytes)
         digest = hashlib.sha256(data).hexdigest()

@@ -78,7 +78,7 @@ async def test_bad_events_are_dead_lettered_with_reasons_and_the_worker_goes_on(
     # A parseable id gives the producer a failed row and a FileFailed event.
     with_id = {rid: reason for reason, rid in cases.values() if rid is not None}
     for rid, reason in with_id.items():
-        row = await db.get_request(rid)
+        row = await db.requests.get_request(rid)
         assert row is not None and row.status == "failed"
         assert row.failure_reason == reason
         assert row.last_error
@@ -115,7 +115,7 @@ async def test_bad_event_reusing_a_real_id_changes_nothing(
     [letter] = await dead.wait_for(1)
     assert letter.body == body
     assert letter.headers["x-bgworker-reason"] == "invalid_schema"
-    assert await db.get_request(good.id) == before
+    assert await db.requests.get_request(good.id) == before
 
 
 @pytest.mark.parametrize(

@@ -181,7 +181,7 @@ async def test_a_cancelled_leader_does_not_strand_its_waiter(
     run, gate = _run(), tmp_path / "gate"
     criteria = {"run": run, "rows": 20, "gate": str(gate)}
     leader, [waiter] = await _leader_and_waiters(db, publish, criteria, 1)
-    assert await db.request_cancel(leader.id) == "running"
+    assert await db.requests.request_cancel(leader.id) == "running"
     await wait_for_status(db, leader.id, "cancelled")
     # The waiter takes over: its own build waits for the gate too.
     await wait_until(lambda: dedupe_handlers.CALLS[run] == 2)
@@ -215,7 +215,7 @@ async def _leader_and_waiters(
 async def _all_are(db: store.Store, published: list[events.FileRequested], status: str) -> bool:
     """Every one of ``published`` is recorded with ``status`` (a worker may not have seen
     one yet)."""
-    found = [await db.get_request(e.id) for e in published]
+    found = [await db.requests.get_request(e.id) for e in published]
     return all(row is not None and row.status == status for row in found)
 
 

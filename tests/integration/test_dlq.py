@@ -125,7 +125,7 @@ async def test_replay_after_the_fix_makes_each_request_ready_once(
         assert [a["action"] for a in actions] == ["replay"]
         assert actions[0]["previous_status"] == "failed"
         assert [a["outcome"] for a in actions[0]["attempt_log"]] == ["retrying", "failed"]
-        attempts = await db.list_attempts(request_id)
+        attempts = await db.requests.list_attempts(request_id)
         assert [a["outcome"] for a in attempts] == ["ready"]
     await wait_until(lambda: len([k for k, _ in event_log if k == "file.ready"]) >= 4)
     ready = Counter(body["id"] for key, body in event_log if key == "file.ready")
@@ -155,7 +155,11 @@ async def test_keep_attempts_and_filters(
     )
     assert report.counts == Counter({"replayed": 1})
     row = await wait_for_status(db, kept, "ready")
-    assert row.attempts == 3 and [a["attempt"] for a in await db.list_attempts(kept)] == [1, 2, 3]
+    assert row.attempts == 3 and [a["attempt"] for a in await db.requests.list_attempts(kept)] == [
+        1,
+        2,
+        3,
+    ]
     # The other letter is untouched, and a filter that matches nothing does nothing.
     report = await actions.replay(
         dead_queue, db, selection.Selection(file_type="nothing-like-this"), actor="test"
@@ -229,7 +233,7 @@ async def test_worker_stopped_mid_replay_loses_nothing(
     ready = Counter(body["id"] for key, body in event_log if key == "file.ready")
     assert ready == Counter({str(i): 1 for i in ids})
     for request_id in ids:
-        outcomes = [a["outcome"] for a in await db.list_attempts(request_id)]
+        outcomes = [a["outcome"] for a in await db.requests.list_attempts(request_id)]
         assert outcomes.count("ready") == 1
 
 

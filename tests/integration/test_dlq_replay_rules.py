@@ -72,10 +72,10 @@ async def test_replay_republishes_a_request_whose_message_is_gone(
     dlq_handlers.FIXED["value"] = True
     event = await publish("fixable")
     # A worker claimed it, then its retry (or, at shutdown, its requeue) message was lost.
-    claim = await db.record_and_claim(event, 2, "gone-worker", 30)
+    claim = await db.requests.record_and_claim(event, 2, "gone-worker", 30)
     assert claim is not None
     if status == "retrying":
-        await db.mark_retrying(
+        await db.requests.mark_retrying(
             claim,
             error_class="ExportBugError",
             error="boom",
@@ -83,7 +83,7 @@ async def test_replay_republishes_a_request_whose_message_is_gone(
             publish=nothing,
         )
     else:
-        assert await db.release(claim, nothing)
+        assert await db.requests.release(claim, nothing)
     # Its first message reached the delivery limit and was dead-lettered by the broker.
     await dead_letter_from_work_queue(amqp, settings, event)
     await lose_messages(amqp, settings)
@@ -102,7 +102,7 @@ async def test_replay_republishes_a_request_whose_message_is_gone(
     await wait_depth(amqp, topology.Topology(settings.namespace).work_queue, 0)
     ready = Counter(body["id"] for key, body in event_log if key == "file.ready")
     assert ready == Counter({str(event.id): 1})
-    outcomes = [a["outcome"] for a in await db.list_attempts(event.id)]
+    outcomes = [a["outcome"] for a in await db.requests.list_attempts(event.id)]
     assert outcomes.count("ready") == 1 and row.attempts == len(outcomes)
 
 
@@ -199,8 +199,8 @@ async def test_running_request_letter_removed_only_under_a_live_lease(
     live = await publish("fixable")
     expired = await publish("fixable")
     await lose_messages(amqp, settings)
-    live_claim = await db.record_and_claim(live, 2, "busy-worker", 60)
-    dead_claim = await db.record_and_claim(expired, 2, "dead-worker", 0.001)
+    live_claim = await db.requests.record_and_claim(live, 2, "busy-worker", 60)
+    dead_claim = await db.requests.record_and_claim(expired, 2, "dead-worker", 0.001)
     assert live_claim is not None and dead_claim is not None
     channel = await dead_queue.connection.channel()
     exchange = await channel.get_exchange(dead_queue.topology.dead_exchange)

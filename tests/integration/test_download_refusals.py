@@ -134,15 +134,15 @@ async def test_request_not_ready_is_409_with_retry_after(
 ) -> None:
     queued = await new_event(db)
     running = await new_event(db)
-    assert await db.record_and_claim(running, 3, "test-worker", 60) is not None
+    assert await db.requests.record_and_claim(running, 3, "test-worker", 60) is not None
     retrying = await new_event(db)
-    claim = await db.record_and_claim(retrying, 3, "test-worker", 60)
+    claim = await db.requests.record_and_claim(retrying, 3, "test-worker", 60)
     assert claim is not None
 
     async def no_publish() -> None:
         return None
 
-    assert await db.mark_retrying(
+    assert await db.requests.mark_retrying(
         claim,
         error_class="RuntimeError",
         error="boom",
@@ -150,7 +150,7 @@ async def test_request_not_ready_is_409_with_retry_after(
         publish=no_publish,
     )
     for event, state in ((queued, "queued"), (running, "running"), (retrying, "retrying")):
-        assert (await db.get_request(event.id)).status == state  # type: ignore[union-attr]
+        assert (await db.requests.get_request(event.id)).status == state  # type: ignore[union-attr]
         status, hdrs, body = await fetch("GET", f"{server}/download/{signer.general(event.id)}")
         payload = assert_refusal(status, hdrs, body, 409)
         assert int(hdrs["Retry-After"]) > 0
@@ -189,7 +189,7 @@ async def test_failed_cancelled_and_vanished_files_are_410(
     assert "failed" in assert_refusal(status, hdrs, body, 410)["error"]
 
     cancelled = await new_event(db)
-    assert await db.request_cancel(cancelled.id) == "cancelled"
+    assert await db.requests.request_cancel(cancelled.id) == "cancelled"
     status, hdrs, body = await fetch("GET", f"{server}/download/{signer.general(cancelled.id)}")
     assert "cancelled" in assert_refusal(status, hdrs, body, 410)["error"]
 

@@ -37,7 +37,7 @@ async def test_flaky_handler_is_retried_with_backoff_until_ready(
     row = await wait_for_status(db, event.id, "ready")
     assert row.attempts == 3
 
-    attempts = await db.list_attempts(event.id)
+    attempts = await db.requests.list_attempts(event.id)
     assert [a["outcome"] for a in attempts] == ["retrying", "retrying", "ready"]
     assert [a["error_class"] for a in attempts] == ["RuntimeError", "RuntimeError", None]
     assert "attempt 1" in attempts[0]["error"]
@@ -140,7 +140,7 @@ async def test_job_longer_than_its_lease_completes_once(
     assert await asyncio.to_thread(_unacked, f"{settings.namespace}.work") == 0
     row = await wait_for_status(db, event.id, "ready", timeout=60)
     assert row.attempts == 1
-    assert [a["outcome"] for a in await db.list_attempts(event.id)] == ["ready"]
+    assert [a["outcome"] for a in await db.requests.list_attempts(event.id)] == ["ready"]
     assert running.lease_expires_at is not None
     assert len(await stored_keys(settings)) == 1
 
@@ -188,7 +188,7 @@ async def test_cancel_running_request_stops_it_without_file_or_email(
     w = await start_worker()
     event = await publish("slow", {"seconds": 30}, requester={"email": "dan@example.com"})
     await wait_for_status(db, event.id, "running")
-    assert await db.request_cancel(event.id) == "running"
+    assert await db.requests.request_cancel(event.id) == "running"
     row = await wait_for_status(db, event.id, "cancelled", timeout=20)
     assert row.storage_key is None
     await wait_until(lambda: w.outcomes["cancelled"] == 1)
@@ -201,14 +201,14 @@ async def test_cancel_queued_request_is_never_run(
 ) -> None:
     event = await publish("blob", {"size": 10})
     await insert_request(db, event, max_attempts=4)
-    assert await db.request_cancel(event.id) == "cancelled"
+    assert await db.requests.request_cancel(event.id) == "cancelled"
     w = await start_worker()
     await wait_until(lambda: w.outcomes["duplicate"] == 1)
     row = await get_row(db, event.id)
     assert row.status == "cancelled" and row.attempts == 0
     assert await stored_keys(settings) == []
     # Cancelling twice is refused: it is no longer cancellable.
-    assert await db.request_cancel(event.id) is None
+    assert await db.requests.request_cancel(event.id) is None
 
 
 @pytest.mark.parametrize("limit", ["max_jobs", "burst"])
@@ -225,7 +225,7 @@ async def test_batch_mode_exits_by_itself(
     outcomes = await asyncio.wait_for(w.run(), timeout=60)
     statuses: Counter[str] = Counter()
     for event in events:
-        row = await db.get_request(event.id)
+        row = await db.requests.get_request(event.id)
         statuses[row.status if row else "unseen"] += 1
     if limit == "max_jobs":
         assert outcomes["ready"] >= 3

@@ -84,7 +84,7 @@ async def test_an_idle_worker_gets_the_job_a_busy_worker_cannot_start(
     waited = loop.time() - since
     assert waited < 2.0, f"the instant job waited {waited:.1f}s behind the 20 s one"
     assert row.attempts == 1
-    assert [a["worker"] for a in await db.list_attempts(instant.id)] == ["idle"]
+    assert [a["worker"] for a in await db.requests.list_attempts(instant.id)] == ["idle"]
 
     # Its delivery count did not grow: the idle worker got it as a first delivery (no
     # redelivered flag, no x-delivery-count), and the busy worker handed nothing back.
@@ -94,7 +94,7 @@ async def test_an_idle_worker_gets_the_job_a_busy_worker_cannot_start(
     assert busy.intake.counts["taken"] == 1
     assert busy.intake.counts["returned"] == 0
     assert busy.intake.consumers == 0  # its one slot is busy: no consumer open
-    status = await db.get_request(slow.id)
+    status = await db.requests.get_request(slow.id)
     assert status is not None and status.status == "running"
 
 
@@ -114,7 +114,7 @@ async def test_max_jobs_runs_exactly_n_and_leaves_the_rest_undelivered(
     assert w.intake.counts["returned"] == 0
 
     # The other three never left the queue: no row was recorded for them ...
-    rows = [await db.get_request(r.id) for r in requests]
+    rows = [await db.requests.get_request(r.id) for r in requests]
     assert sorted(r.status if r else "unseen" for r in rows) == ["ready"] * 2 + ["unseen"] * 3
     assert await _depth(amqp, settings) == 3
 
@@ -146,7 +146,7 @@ async def test_max_jobs_does_not_count_a_duplicate_delivery(
     w = worker.Worker(settings, handlers.load(settings.handlers), limits=worker.Limits(max_jobs=1))
     outcomes = await asyncio.wait_for(w.run(), timeout=60)
     assert dict(outcomes) == {"duplicate": 1, "ready": 1}
-    row = await db.get_request(fresh.id)
+    row = await db.requests.get_request(fresh.id)
     assert row is not None and row.status == "ready"
 
 
@@ -175,13 +175,13 @@ async def test_a_full_worker_leaves_the_rest_in_the_queue_and_never_hands_back(
     # Never more than two at once, by the attempts' own start and finish times.
     spans = []
     for r in requests:
-        [attempt] = await db.list_attempts(r.id)
+        [attempt] = await db.requests.list_attempts(r.id)
         spans.append((attempt["started_at"], attempt["finished_at"]))
     assert max(sum(1 for s, f in spans if s <= t < f) for t, _ in spans) == 2
 
 
 async def _running_is(db: store.Store, n: int) -> bool:
-    return (await db.count_by_status()).get("running", 0) == n
+    return (await db.maintenance.count_by_status()).get("running", 0) == n
 
 
 async def test_stop_cancels_the_consumer_and_leaves_the_queue_to_others(
@@ -322,7 +322,7 @@ async def test_two_consumers_never_take_more_than_the_free_slots(
     assert w.intake.counts["redelivered"] == 0
     spans = []
     for r in requests:
-        [attempt] = await db.list_attempts(r.id)
+        [attempt] = await db.requests.list_attempts(r.id)
         spans.append((attempt["started_at"], attempt["finished_at"]))
     assert max(sum(1 for s, f in spans if s <= t < f) for t, _ in spans) == slots
     await wait_until(lambda: w.intake is not None and w.intake.consumers == 2, timeout=10)

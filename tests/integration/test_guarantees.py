@@ -109,7 +109,7 @@ async def test_every_poison_class_is_dead_lettered_at_once_and_good_work_goes_on
         letter = dead.by_body(bodies[name])
         assert letter.headers["x-bgworker-reason"] in reasons, name
         assert letter.headers["x-bgworker-error"], name
-        row = await db.get_request(ids[name])
+        row = await db.requests.get_request(ids[name])
         if has_id:
             assert row is not None and row.status == "failed", name
             assert row.failure_reason in reasons, name
@@ -183,7 +183,7 @@ async def test_an_unexpected_error_before_the_claim_is_not_held(
 
 async def _cancel_while_running(db: store.Store, request_id: uuid.UUID) -> None:
     await wait_for_status(db, request_id, "running")
-    assert await db.request_cancel(request_id) == "running"
+    assert await db.requests.request_cancel(request_id) == "running"
 
 
 @pytest.mark.parametrize(
@@ -216,7 +216,7 @@ async def test_cancel_wins_over_what_the_handler_does_next(
     row = await wait_for_status(db, event.id, {"cancelled", "ready", "retrying", "failed"})
     assert row.status == "cancelled"
     assert row.storage_key is None and row.size_bytes is None
-    [attempt] = await db.list_attempts(event.id)
+    [attempt] = await db.requests.list_attempts(event.id)
     assert attempt["outcome"] == "cancelled"
     # Nothing a finished, retried or failed request would cause happened.
     good = await publish("blob", {"size": 10})  # everything before it has been settled
@@ -225,8 +225,8 @@ async def test_cancel_wins_over_what_the_handler_does_next(
     assert not [b for _, b in event_log if b["id"] == str(event.id)]
     assert await list_outbox(db, event.id) == []
     assert dead.seen == [] and await _dead_depth(dead) == 0
-    assert (await db.get_request(event.id)).status == "cancelled"  # type: ignore[union-attr]
-    good_row = await db.get_request(good.id)
+    assert (await db.requests.get_request(event.id)).status == "cancelled"  # type: ignore[union-attr]
+    good_row = await db.requests.get_request(good.id)
     assert good_row is not None  # only the good request's file: the cancelled one's aborted
     assert await stored_keys(settings) == [good_row.storage_key]
     assert await unfinished_writes(settings) == []
@@ -332,7 +332,7 @@ async def test_an_invalid_event_corrected_under_the_same_id_is_built(
     # Once it is a real request, an invalid copy changes nothing (and is dead-lettered).
     await publish_raw(raw(event_body(id=str(rid), filename="../x")))
     await dead.wait_for(2)
-    assert (await db.get_request(rid)) == row
+    assert (await db.requests.get_request(rid)) == row
 
 
 async def test_a_request_that_failed_for_good_is_not_resubmitted_by_publishing_again(
@@ -344,7 +344,7 @@ async def test_a_request_that_failed_for_good_is_not_resubmitted_by_publishing_a
     again = await publish("permanent", id=event.id, filename=event.filename)
     assert again.id == event.id
     await wait_until(lambda: w.outcomes["duplicate"] == 1)
-    row = await db.get_request(event.id)
+    row = await db.requests.get_request(event.id)
     assert row is not None and row.status == "failed" and row.attempts == 1
 
 
@@ -365,7 +365,7 @@ async def test_a_different_body_under_a_recorded_id_is_dead_lettered_and_changes
     assert letter.headers["x-bgworker-reason"] == "conflicting_duplicate"
     assert "criteria" in str(letter.headers["x-bgworker-error"])
     assert "filename" in str(letter.headers["x-bgworker-error"])
-    assert await db.get_request(event.id) == before
+    assert await db.requests.get_request(event.id) == before
     # The same body again is a plain duplicate: acked quietly, no second letter.
     await publish_raw(json.dumps(recorded).encode())
     await wait_until(lambda: w.outcomes["duplicate"] == 1)

@@ -19,6 +19,7 @@ from bgworker import settings as settings_mod
 from bgworker import storage, store
 from bgworker.links import tokens
 from bgworker.messaging import broker, publisher, topology
+from bgworker.store import requests as store_requests
 from tests import resource_handlers
 from tests.helpers import (
     AMQP_URL,
@@ -152,7 +153,7 @@ async def test_a_request_without_filename_gets_the_handlers_extension_and_conten
         assert row.status == "ready", (row.last_error_class, row.last_error)
         assert (row.filename, row.content_type) == (filename, content_type)
     # The event is recorded as published: a redelivery compares equal to it.
-    recorded = await db.get_request(declared.id)
+    recorded = await db.requests.get_request(declared.id)
     assert recorded is not None
     assert (recorded.event["filename"], recorded.event["content_type"]) == (None, None)
 
@@ -203,13 +204,13 @@ async def test_progress_reported_on_every_step_is_saved_at_most_about_once_a_sec
     # carry them (the real heartbeat query, wrapped). A 60 s lease renews only at 20 s.
     settings.worker.lease_seconds = 60
     writes: list[float] = []
-    heartbeat = store.Store.heartbeat
+    heartbeat = store_requests.Requests.heartbeat
 
-    async def counting(self: store.Store, *args: Any) -> bool:
+    async def counting(self: store_requests.Requests, *args: Any) -> bool:
         writes.append(time.monotonic())
         return await heartbeat(self, *args)
 
-    monkeypatch.setattr(store.Store, "heartbeat", counting)
+    monkeypatch.setattr(store_requests.Requests, "heartbeat", counting)
     await start_worker()
     event = await publish("slow", {"seconds": 2.5})
     row = await wait_for_status(db, event.id, {"ready", "failed"})

@@ -48,7 +48,7 @@ async def test_sync_handler_blocking_for_three_leases_completes_in_one_attempt(
     progress: set[float | None] = set()
 
     async def lease_renewed_while_blocked() -> bool:
-        row = await db.get_request(event.id)
+        row = await db.requests.get_request(event.id)
         assert row is not None and row.status == "running", row
         expiries.add(row.lease_expires_at)
         progress.add(row.progress)
@@ -63,7 +63,7 @@ async def test_sync_handler_blocking_for_three_leases_completes_in_one_attempt(
     assert row.status == "ready", (row.status, row.failure_reason, row.last_error)
     assert row.attempts == 1
     assert row.failure_reason is None and row.last_error_class is None
-    assert [a["outcome"] for a in await db.list_attempts(event.id)] == ["ready"]
+    assert [a["outcome"] for a in await db.requests.list_attempts(event.id)] == ["ready"]
     assert row.storage_key is not None
     data = test_handlers.blob_bytes(size, 7)
     assert storage.LocalStorage(settings.storage_dir).path(row.storage_key).read_bytes() == data
@@ -86,7 +86,7 @@ async def test_hung_async_handler_is_stopped_by_its_time_limit_and_dead_lettered
     assert row.failure_reason == "max_attempts"
     assert row.last_error_class == "TimeLimitError"
     assert row.last_error == "exceeded its time limit of 1.0 s"
-    attempts = await db.list_attempts(event.id)
+    attempts = await db.requests.list_attempts(event.id)
     assert [a["error_class"] for a in attempts] == ["TimeLimitError", "TimeLimitError"]
     assert [a["outcome"] for a in attempts] == ["retrying", "failed"]
 

@@ -118,7 +118,7 @@ async def test_every_published_document_ends_ready_or_dead_lettered_once(
         for body, rid in zip(bodies, ids, strict=True):
             if body in lettered:
                 continue
-            row = await db.get_request(rid) if rid is not None else None
+            row = await db.requests.get_request(rid) if rid is not None else None
             if row is None or row.status != "ready":
                 return False
         return True
@@ -130,7 +130,7 @@ async def test_every_published_document_ends_ready_or_dead_lettered_once(
     deliveries = 0
     ready = 0
     for body, rid in zip(bodies, ids, strict=True):
-        row = await db.get_request(rid) if rid is not None else None
+        row = await db.requests.get_request(rid) if rid is not None else None
         got = letters.get(body, [])
         if row is not None and row.status == "ready":
             assert got == [], body  # ready, so never dead-lettered too

@@ -149,7 +149,7 @@ async def test_refused_links_never_reach_the_bytes(
                 assert_refusal(status, hdrs, body, expected)
     # Revoked: the old link is refused, a link of the new generation works.
     old = signer.general(ready.id)
-    generation = await db.revoke_links(ready.id)
+    generation = await db.links.revoke_links(ready.id)
     assert generation is not None
     status, hdrs, body = await fetch("GET", f"{nginx}/download/{old}")
     assert_refusal(status, hdrs, body, 410)

@@ -26,13 +26,13 @@ async def _claimed(db: store.Store, email: str | None = "a@example.com") -> stor
         filename="x.bin",
         requester={"id": "u1", "email": email} if email else None,
     )
-    claim = await db.record_and_claim(event, 3, "test-worker", 60)
+    claim = await db.requests.record_and_claim(event, 3, "test-worker", 60)
     assert claim is not None
     return claim
 
 
 async def _ready(db: store.Store, claim: store.Claim) -> store.RequestRow:
-    row = await db.mark_ready(
+    row = await db.requests.mark_ready(
         claim, size=3, sha256="0" * 64, storage_key="k", effects=outcomes.ready_effects
     )
     assert row is not None
@@ -47,7 +47,7 @@ async def test_effects_carry_the_link_generation_of_their_commit(database_url: s
     try:
         db = store.Store(pool, claim_effects_seconds=30, on_effects=announced.extend)
         claim = await _claimed(db)
-        assert await db.revoke_links(claim.request_id) == 1
+        assert await db.links.revoke_links(claim.request_id) == 1
         await _ready(db, claim)
         assert {i.kind for i in announced} == {"event_ready", "email_ready"}
         assert {i.link_generation for i in announced} == {1}
@@ -56,9 +56,9 @@ async def test_effects_carry_the_link_generation_of_their_commit(database_url: s
         sweeping = store.Store(pool)
         other = await _claimed(sweeping)
         await _ready(sweeping, other)
-        assert await sweeping.revoke_links(other.request_id) == 1
-        assert await sweeping.revoke_links(other.request_id) == 2
-        due = await sweeping.claim_outbox_due(10, 30)
+        assert await sweeping.links.revoke_links(other.request_id) == 1
+        assert await sweeping.links.revoke_links(other.request_id) == 2
+        due = await sweeping.outbox.claim_outbox_due(10, 30)
         assert {(i.request_id, i.link_generation) for i in due} == {(other.request_id, 2)}
     finally:
         await pool.close()
@@ -70,15 +70,15 @@ async def test_overlapping_done_calls_share_one_statement(db: store.Store) -> No
     claims = [await _claimed(db) for _ in range(4)]
     for claim in claims:
         await _ready(db, claim)
-    items = await db.claim_outbox_due(50, 30)
+    items = await db.outbox.claim_outbox_due(50, 30)
     assert len(items) == 8
-    group = db.done_group
-    await asyncio.gather(*(db.outbox_done(item) for item in items))
+    group = db.outbox.done_group
+    await asyncio.gather(*(db.outbox.outbox_done(item) for item in items))
     assert (group.flushes, group.calls) == (1, 8)
     for claim in claims:
         rows = await list_outbox(db, claim.request_id)
         assert {r["status"] for r in rows} == {"done"}
-        row = await db.get_request(claim.request_id)
+        row = await db.requests.get_request(claim.request_id)
         assert row is not None and row.notified_at is not None
 
 
@@ -89,10 +89,10 @@ async def test_jobs_finishing_together_share_one_transaction(db: store.Store) ->
     claims = [await _claimed(db, email=None if i % 2 else f"u{i}@example.com") for i in range(4)]
     stale = await _claimed(db)
     stale = dataclasses.replace(stale, lease_token=uuid.uuid4())
-    group = db.ready_group
+    group = db.requests.ready_group
     rows = await asyncio.gather(
         *(
-            db.mark_ready(
+            db.requests.mark_ready(
                 c, size=i, sha256=f"{i}" * 64, storage_key=f"k{i}", effects=outcomes.ready_effects
             )
             for i, c in enumerate([*claims, stale])
@@ -106,7 +106,7 @@ async def test_jobs_finishing_together_share_one_transaction(db: store.Store) ->
         assert (row.status, row.size_bytes, row.storage_key) == ("ready", i, f"k{i}")
         kinds = {r["kind"] for r in await list_outbox(db, claim.request_id)}
         assert kinds == ({"event_ready"} if i % 2 else {"event_ready", "email_ready"})
-        attempts = await db.list_attempts(claim.request_id)
+        attempts = await db.requests.list_attempts(claim.request_id)
         assert [a["outcome"] for a in attempts] == ["ready"]
 
 
@@ -117,7 +117,7 @@ async def test_a_failed_statement_fails_every_caller_it_carried(database_url: st
     await pool.close()
     results = await asyncio.gather(
         *(
-            db.mark_ready(
+            db.requests.mark_ready(
                 c, size=1, sha256="0" * 64, storage_key="k", effects=outcomes.ready_effects
             )
             for c in claims
@@ -125,7 +125,7 @@ async def test_a_failed_statement_fails_every_caller_it_carried(database_url: st
         return_exceptions=True,
     )
     assert all(isinstance(r, asyncpg.InterfaceError) for r in results), results
-    assert db.ready_group.flushes == 0
+    assert db.requests.ready_group.flushes == 0
 
 
 async def test_a_cancelled_caller_leaves_the_statement_to_the_others(db: store.Store) -> None:
@@ -134,17 +134,17 @@ async def test_a_cancelled_caller_leaves_the_statement_to_the_others(db: store.S
     claims = [await _claimed(db) for _ in range(3)]
     for claim in claims:
         await _ready(db, claim)
-    items = await db.claim_outbox_due(50, 30)
-    first = asyncio.create_task(db.outbox_done(items[0]))
+    items = await db.outbox.claim_outbox_due(50, 30)
+    first = asyncio.create_task(db.outbox.outbox_done(items[0]))
     await asyncio.sleep(0)  # its flush has started
-    others = [asyncio.create_task(db.outbox_done(item)) for item in items[1:]]
+    others = [asyncio.create_task(db.outbox.outbox_done(item)) for item in items[1:]]
     await asyncio.sleep(0)
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
     async with asyncio.timeout(10):
         await asyncio.gather(*others)
-    await wait_until(lambda: db.done_group.calls == len(items))
+    await wait_until(lambda: db.outbox.done_group.calls == len(items))
     statuses = [r["status"] for c in claims for r in await list_outbox(db, c.request_id)]
     assert statuses == ["done"] * len(items)
 
@@ -167,7 +167,7 @@ async def test_finalize_statements_are_planned_once(database_url: str) -> None:
         db = store.Store(pool, claim_effects_seconds=30, on_effects=announced.extend)
         for _ in range(12):  # PostgreSQL weighs a generic plan after five custom ones
             await _ready(db, await _claimed(db, email=None))
-            await db.outbox_done(announced.pop())
+            await db.outbox.outbox_done(announced.pop())
         plans = {
             r["statement"].split("\n")[0]: (r["generic_plans"], r["custom_plans"])
             for r in await pool.fetch(

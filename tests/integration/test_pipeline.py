@@ -85,7 +85,7 @@ async def test_email_link_downloads_the_same_bytes(
     link = must_match(r"http://\S+/download/\S+", text_body(mail)).group(0)
 
     async def notified() -> bool:
-        row = await db.get_request(event.id)
+        row = await db.requests.get_request(event.id)
         return row is not None and row.notified_at is not None
 
     await wait_until(notified)  # the email was recorded as sent

@@ -142,7 +142,7 @@ async def test_refused_links_name_nothing_about_the_request(
         requester={"id": "alice", "language": "fr", "timezone": "Europe/Paris"},
     )
     await insert_request(db, event, max_attempts=3)
-    row = await db.get_request(event.id)
+    row = await db.requests.get_request(event.id)
     assert row is not None
     requested = languages.format_datetime(row.requested_at, "Europe/Paris", "fr")
     shown: list[str] = [row.filename, "Paie du troisième trimestre", requested, 'lang="fr"']

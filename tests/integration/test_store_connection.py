@@ -1,4 +1,4 @@
-"""The store's reach to the database: ``Store.ping`` and ``ensure_database``."""
+"""The store's reach to the database: ``Store.maintenance.ping`` and ``ensure_database``."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from tests.helpers import PG_ADMIN, db_url, drop_database
 
 
 async def test_ping_answers_while_the_database_is_there(db: store.Store) -> None:
-    await db.ping()
+    await db.maintenance.ping()
 
 
 async def test_ping_raises_a_transient_error_when_the_pool_is_gone(database_url: str) -> None:
     pool = await store.create_pool(database_url)
     await pool.close()
     with pytest.raises(store.TRANSIENT_ERRORS):
-        await store.Store(pool).ping()
+        await store.Store(pool).maintenance.ping()
 
 
 @pytest.mark.parametrize(

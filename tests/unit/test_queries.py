@@ -21,7 +21,8 @@ PACKAGE: Final = Path(bgworker.__file__).parent
 # blocks moved verbatim into dead_letters.sql, whose owner (the dead-letter package) names
 # them.
 UNNAMED_PENDING: Final[set[str]] = set()
-# Modules whose inline SQL other parts of issue 13 replace (``Store.ping()``, the façade):
+# Modules whose inline SQL other parts of issue 13 replace (the façade, e.g.
+# ``Store.maintenance.ping()``):
 # remove each entry once its module runs its queries through the store.
 INLINE_SQL_PENDING: Final[set[str]] = set()
 SQL_START: Final = re.compile(

@@ -197,7 +197,7 @@ async def _plan_one(
 ) -> Outcome:
     """What replay would do with one letter (dry run: nothing locked, nothing changed)."""
     key = str(request_id)
-    row = await db.get_request(request_id)
+    row = await db.requests.get_request(request_id)
     lease = row.lease_expires_at if row else None
     decision = rule.decide(
         key,

@@ -130,7 +130,7 @@ async def _show(
     if request_id:
         with contextlib.suppress(*store.TRANSIENT_ERRORS):
             async with store.opened(settings.database_url.get_secret_value()) as db:
-                row = await db.get_request(uuid.UUID(request_id))
+                row = await db.requests.get_request(uuid.UUID(request_id))
                 found["request"] = (
                     None
                     if row is None
