@@ -35,7 +35,7 @@ def _webhook(
 
 
 def ready_effects(
-    row: store.RequestRow, webhook_url: str | None = None
+    row: store.RequestRow, *, webhook_url: str | None
 ) -> list[tuple[str, dict[str, Any]]]:
     assert row.finished_at is not None and row.expires_at is not None
     requester = _requester(row.event)
@@ -77,7 +77,7 @@ def _trace() -> dict[str, Any]:
 
 
 def failed_effects(
-    row: store.RequestRow, webhook_url: str | None = None
+    row: store.RequestRow, *, webhook_url: str | None
 ) -> list[tuple[str, dict[str, Any]]]:
     assert row.finished_at is not None
     common = {

@@ -1,7 +1,7 @@
 """Dedupe by content: a file type registered with ``dedupe_seconds`` builds a file once for
 identical requests (same file type, criteria and requester).
 
-After its claim, such a request takes one step at a time (``Store.dedupe.dedupe_step``, under an
+After its claim, such a request takes one step at a time (``store.dedupe_step``, under an
 advisory lock on its fingerprint):
 
 - a ready file of the fingerprint built within the window: the request ends ready on the
@@ -21,7 +21,6 @@ decides again. No decision is held in memory, so none is lost with a process.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import logging
@@ -29,7 +28,6 @@ from typing import Final
 
 from bgworker import store
 from bgworker.contract import events, states
-from bgworker.effects import outcomes
 from bgworker.observe import metrics
 from bgworker.worker import finalize
 
@@ -68,8 +66,7 @@ async def settle(
     waited_for = None
     while True:
         # The same effects as a built file: email, FileReady and the webhook, if any.
-        ready = functools.partial(outcomes.ready_effects, webhook_url=finalizer.webhook_url)
-        decision = await db.dedupe.dedupe_step(claim, key, window_seconds, ready)
+        decision = await db.dedupe.dedupe_step(claim, key, window_seconds, finalizer.ready_effects)
         if decision.step is store.DedupeStep.LEAD:
             if waited_for is not None:
                 log.info("request %s: %s ended without a file; building", event.id, waited_for)

@@ -9,7 +9,6 @@ outcome: the row changes only once the broker has confirmed the message.
 
 from __future__ import annotations
 
-import functools
 import logging
 import traceback
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractChannel
 
-from bgworker import handlers, storage, store
+from bgworker import handlers, settings, storage, store
 from bgworker.contract import progress, states
 from bgworker.effects import outcomes
 from bgworker.messaging import broker, topology, wire
@@ -34,7 +33,15 @@ class Finalizer:
     topology: topology.Topology
     worker_id: str
     max_attempts: int  # unless the claim carries the handler's own
-    webhook_url: str | None = None  # the deployment's (settings.webhooks.url)
+    webhooks: settings.WebhookSettings  # the deployment's webhook (a request's own wins)
+
+    def ready_effects(self, row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
+        """What a ready request causes (email, ``FileReady``, webhooks), however it got its
+        file: built here, or reused by ``dedupe``."""
+        return outcomes.ready_effects(row, webhook_url=self.webhooks.url)
+
+    def failed_effects(self, row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
+        return outcomes.failed_effects(row, webhook_url=self.webhooks.url)
 
     async def ready(
         self,
@@ -50,7 +57,7 @@ class Finalizer:
             size=size,
             sha256=digest,
             storage_key=key,
-            effects=functools.partial(outcomes.ready_effects, webhook_url=self.webhook_url),
+            effects=self.ready_effects,
             reported=reported,
         )
         if row is None:
@@ -150,7 +157,7 @@ class Finalizer:
             reason=reason,
             error_class=error_class,
             error=error,
-            effects=functools.partial(outcomes.failed_effects, webhook_url=self.webhook_url),
+            effects=self.failed_effects,
             publish=publish_dead_letter,
         )
         if row is None:

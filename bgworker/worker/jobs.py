@@ -15,14 +15,14 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from bgworker import faults, handlers, settings, storage, store
+from bgworker import faults, handlers, storage, store
+from bgworker import settings as settings_mod
 from bgworker.contract import events, progress, states
 from bgworker.handlers import execution
 from bgworker.messaging import topology
@@ -48,24 +48,27 @@ class Runner:
     """Runs deliveries. Built complete by the worker; ``releasing`` is set on a drain
     timeout, so the jobs it then cancels are released rather than left to the reaper."""
 
-    config: settings.WorkerSettings
+    # The whole deployment's settings: every job's context carries them, and each part
+    # below takes its own piece from them, complete (no piece to forget to pass).
+    settings: settings_mod.Settings
     registry: handlers.Registry
     db: store.Store
     files: storage.Storage
     channel: AbstractChannel
     topology: topology.Topology
     worker_id: str
-    # What every job's context carries: the worker's settings and the resources its
-    # registries' lifespans opened (see handlers.Registry.resources).
-    root_settings: settings.Settings | None = None
+    # What every job's context carries besides the settings: the resources its registries'
+    # lifespans opened (see handlers.Registry.resources).
     resources: Mapping[str, Any] = field(default_factory=lambda: handlers.NO_RESOURCES)
     releasing: bool = False
+    config: settings_mod.WorkerSettings = field(init=False)  # settings.worker
     # Runs the handlers: sync ones on threads, time limits (see execution.Execution).
     execution: execution.Execution = field(init=False)
     finalizer: finalize.Finalizer = field(init=False)
     rejecter: rejection.Rejecter = field(init=False)
 
     def __post_init__(self) -> None:
+        self.config = self.settings.worker
         self.execution = execution.Execution(
             self.config.concurrency, self.config.time_limit_seconds
         )
@@ -76,18 +79,15 @@ class Runner:
             topology=self.topology,
             worker_id=self.worker_id,
             max_attempts=self.config.max_attempts,
-            webhook_url=self._webhook_url(),
+            webhooks=self.settings.webhooks,
         )
         self.rejecter = rejection.Rejecter(
             db=self.db,
             channel=self.channel,
             topology=self.topology,
             worker_id=self.worker_id,
-            webhook_url=self._webhook_url(),
+            webhooks=self.settings.webhooks,
         )
-
-    def _webhook_url(self) -> str | None:
-        return self.root_settings.webhooks.url if self.root_settings else None
 
     async def handle(self, message: AbstractIncomingMessage) -> states.JobOutcome:
         """Process one delivery; returns the outcome (for logs, metrics and tests).
@@ -106,7 +106,9 @@ class Runner:
         except events.InvalidEventError as exc:
             # exc.reason is one of events.REASONS, all of them states.Reason values.
             reason = states.Reason(exc.reason)
-            await self.reject(message, reason, "InvalidEventError", str(exc), exc.request_id)
+            await self.rejecter.reject(
+                message, reason, "InvalidEventError", str(exc), exc.request_id
+            )
             return states.JobOutcome.INVALID
         logs.bind(request_id=str(event.id), file_type=event.file_type, worker_id=self.worker_id)
         registration = self.registry.find(event.file_type)
@@ -132,7 +134,7 @@ class Runner:
                 raise
             # Valid as JSON Schema goes, but PostgreSQL refuses it (a value out of its range,
             # text it cannot hold): it would fail the same way on every delivery.
-            await self.reject(
+            await self.rejecter.reject(
                 message,
                 states.Reason.UNSTORABLE,
                 type(exc).__name__,
@@ -169,17 +171,6 @@ class Runner:
         metrics.JOBS.labels(file_type, outcome).inc()
         return outcome
 
-    async def reject(
-        self,
-        message: AbstractIncomingMessage,
-        reason: states.Reason,
-        error_class: str,
-        error: str,
-        request_id: uuid.UUID | None,
-    ) -> None:
-        """Dead-letter a delivery that can never be processed (see ``rejection``)."""
-        await self.rejecter.reject(message, reason, error_class, error, request_id)
-
     async def _not_runnable(
         self,
         message: AbstractIncomingMessage,
@@ -213,7 +204,7 @@ class Runner:
                 return claim
         if row is not None and not events.same_request(row.event, event):
             fields = ", ".join(events.differing_fields(row.event, event)) or "?"
-            await self.reject(
+            await self.rejecter.reject(
                 message,
                 states.Reason.CONFLICTING_DUPLICATE,
                 "ConflictingDuplicateError",
@@ -240,7 +231,7 @@ class Runner:
             claim.attempt,
             self.worker_id,
             logging.getLogger(f"bgworker.job.{event.file_type}"),
-            settings=self.root_settings,
+            settings=self.settings,
             resources=self.resources,
         )
         key = storage.key_for(event.id, claim.lease_token)

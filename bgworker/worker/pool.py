@@ -177,8 +177,7 @@ class Worker:
         resources: Mapping[str, Any],
     ) -> jobs.Runner:
         return jobs.Runner(
-            config=self.settings.worker,
-            root_settings=self.settings,
+            settings=self.settings,
             resources=resources,
             registry=self.registry,
             db=db,
@@ -227,7 +226,7 @@ class Worker:
             topology=self.topology,
             worker_id=self.worker_id,
             config=cfg,
-            webhook_url=self.settings.webhooks.url,
+            webhooks=self.settings.webhooks,
         )
         watching = health.Health(db=db, connection=connection, status=self.health)
         side = [

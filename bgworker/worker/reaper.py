@@ -37,7 +37,7 @@ class Reaper:
     topology: topology.Topology
     worker_id: str
     config: settings.WorkerSettings
-    webhook_url: str | None = None  # the deployment's (settings.webhooks.url)
+    webhooks: settings.WebhookSettings  # the deployment's webhook (a request's own wins)
 
     async def run(self, stopping: asyncio.Event) -> None:
         async def requeue(event: dict[str, Any]) -> None:
@@ -67,7 +67,7 @@ class Reaper:
                     REAP_BATCH,
                     requeue,
                     dead_letter,
-                    functools.partial(outcomes.failed_effects, webhook_url=self.webhook_url),
+                    functools.partial(outcomes.failed_effects, webhook_url=self.webhooks.url),
                 )
                 recovered = await self.db.recovery.recover_stalled(
                     self.config.recovery_grace_seconds, REAP_BATCH, requeue

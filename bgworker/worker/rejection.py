@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from bgworker import faults, store
+from bgworker import faults, settings, store
 from bgworker.contract import events, states
 from bgworker.effects import outcomes
 from bgworker.messaging import broker, topology, wire
@@ -30,11 +30,11 @@ class Rejecter:
     channel: AbstractChannel
     topology: topology.Topology
     worker_id: str
-    webhook_url: str | None = None  # the deployment's (settings.webhooks.url)
+    webhooks: settings.WebhookSettings  # the deployment's webhook (a request's own wins)
 
     @property
     def _effects(self) -> store.Effects:
-        return functools.partial(outcomes.failed_effects, webhook_url=self.webhook_url)
+        return functools.partial(outcomes.failed_effects, webhook_url=self.webhooks.url)
 
     async def reject(
         self,

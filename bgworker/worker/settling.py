@@ -78,7 +78,7 @@ async def reject_unprocessable(
         exc_info=exc,
     )
     try:
-        await runner.reject(
+        await runner.rejecter.reject(
             message,
             states.Reason.UNPROCESSABLE,
             type(exc).__name__,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import uuid
 
 import asyncpg
@@ -16,6 +17,9 @@ from bgworker import store
 from bgworker.contract import events
 from bgworker.effects import outcomes
 from tests.helpers import list_outbox, wait_until
+
+# A ready request's effects, no deployment webhook.
+READY = functools.partial(outcomes.ready_effects, webhook_url=None)
 
 
 async def _claimed(db: store.Store, email: str | None = "a@example.com") -> store.Claim:
@@ -33,7 +37,7 @@ async def _claimed(db: store.Store, email: str | None = "a@example.com") -> stor
 
 async def _ready(db: store.Store, claim: store.Claim) -> store.RequestRow:
     row = await db.requests.mark_ready(
-        claim, size=3, sha256="0" * 64, storage_key="k", effects=outcomes.ready_effects
+        claim, size=3, sha256="0" * 64, storage_key="k", effects=READY
     )
     assert row is not None
     return row
@@ -93,7 +97,7 @@ async def test_jobs_finishing_together_share_one_transaction(db: store.Store) ->
     rows = await asyncio.gather(
         *(
             db.requests.mark_ready(
-                c, size=i, sha256=f"{i}" * 64, storage_key=f"k{i}", effects=outcomes.ready_effects
+                c, size=i, sha256=f"{i}" * 64, storage_key=f"k{i}", effects=READY
             )
             for i, c in enumerate([*claims, stale])
         )
@@ -117,9 +121,7 @@ async def test_a_failed_statement_fails_every_caller_it_carried(database_url: st
     await pool.close()
     results = await asyncio.gather(
         *(
-            db.requests.mark_ready(
-                c, size=1, sha256="0" * 64, storage_key="k", effects=outcomes.ready_effects
-            )
+            db.requests.mark_ready(c, size=1, sha256="0" * 64, storage_key="k", effects=READY)
             for c in claims
         ),
         return_exceptions=True,
