@@ -1,5 +1,6 @@
-"""How a worker runs its handlers: async ones on the event loop, sync ones on threads of
-their own, each under its time limit.
+"""How handler code runs, in a worker and in an inline build (``producing``): async
+handlers on the event loop, sync ones on threads of their own, each under its time limit,
+told to stop when their attempt ends early.
 
 Why threads and not a process pool (docs/handlers.md has the long form): the writer streams
 bytes to a temp file while hashing them, and handlers close over module state, connections
@@ -21,13 +22,31 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from bgworker import handlers, storage
 
 log = logging.getLogger(__name__)
 
 _NO_DEADLINE: Final = contextlib.nullcontext()
+
+
+def time_limit(registration: handlers.Registration, default: float) -> float | None:
+    """A handler's time limit in seconds: its file type's, else ``default`` (the
+    deployment's ``worker.time_limit_seconds``); None for none (a limit of 0)."""
+    limit = registration.time_limit
+    if limit is None:
+        limit = default
+    return limit or None
+
+
+class Output(Protocol):
+    """Where a handler's bytes go: a storage ``Writer`` in a worker, the response's queue
+    inline. ``write_blocking`` is for a sync handler, on its thread."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    def write_blocking(self, data: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -42,8 +61,9 @@ class Running:
 
 
 class Execution:
-    """Runs one worker's handlers: async ones on the event loop, sync ones on at most
-    ``threads`` daemon threads (the worker's concurrency), each under its time limit.
+    """Runs handlers: async ones on the event loop, sync ones on daemon threads, at most
+    ``threads`` at once (a worker's concurrency; None: unbounded, an inline build's),
+    each under its time limit.
 
     Not ``loop.run_in_executor(None, ...)``: the default executor is shared with file I/O
     (``asyncio.to_thread`` in storage), so long handlers would starve it, and its threads
@@ -51,32 +71,45 @@ class Execution:
     process alive. Here a thread per call, bounded by a semaphore, daemon.
     """
 
-    def __init__(self, threads: int, default_time_limit: float = 0) -> None:
+    def __init__(
+        self,
+        threads: int | None,
+        default_time_limit: float = 0,
+        *,
+        thread_name: str = "bgworker-handler",
+    ) -> None:
         self.threads = threads
         self.default_time_limit = default_time_limit
+        self.thread_name = thread_name  # a thread is named f"{thread_name}-{request id}"
         self.running: dict[uuid.UUID, Running] = {}
         # Threads still running a handler whose attempt already ended (time limit, cancel):
         # each keeps its thread slot until the handler returns.
         self.abandoned = 0
-        self._free = asyncio.Semaphore(threads)
+        self._free = asyncio.Semaphore(threads) if threads is not None else None
 
     def time_limit(self, registration: handlers.Registration) -> float | None:
-        limit = registration.time_limit
-        if limit is None:
-            limit = self.default_time_limit
-        return limit or None  # 0: no limit
+        return time_limit(registration, self.default_time_limit)
 
     async def call(
         self,
         registration: handlers.Registration,
         ctx: handlers.JobContext,
-        out: storage.Writer,
+        out: Output,
     ) -> None:
-        """Run the handler to completion; raise ``TimeLimitError`` when it runs past its
-        limit, or its own exception. On any early end (time limit, cancellation) the handler
-        is told to stop and, if it is on a thread, can no longer write to ``out`` once this
-        returns, so the caller may abort ``out`` at once."""
-        limit = self.time_limit(registration)
+        """``run`` under the handler's own time limit, else this execution's default."""
+        await self.run(registration, ctx, out, self.time_limit(registration))
+
+    async def run(
+        self,
+        registration: handlers.Registration,
+        ctx: handlers.JobContext,
+        out: Output,
+        limit: float | None,
+    ) -> None:
+        """Run the handler to completion; raise ``TimeLimitError`` when it runs past
+        ``limit`` seconds (None: no limit), or its own exception. On any early end (time
+        limit, cancellation) the handler is told to stop and, if it is on a thread, can no
+        longer write to ``out`` once this returns, so the caller may abort ``out`` at once."""
         ctx.start(limit)  # ctx.check() raises past it, even before the timer below fires
 
         def check() -> None:
@@ -126,10 +159,9 @@ class Execution:
             # not; later writes raise. Then the caller can abort the temp file safely.
             await asyncio.to_thread(blocking.close)
 
-    async def _in_thread(
-        self, handler: handlers.SyncHandler, ctx: handlers.JobContext, out: storage.BlockingWriter
-    ) -> None:
-        loop = asyncio.get_running_loop()
+    async def _take_thread(self, ctx: handlers.JobContext) -> None:
+        if self._free is None:
+            return  # unbounded
         if self._free.locked() and self.abandoned:
             log.warning(
                 "request %s waits for a handler thread: %d of %d are held by handlers whose "
@@ -139,11 +171,21 @@ class Execution:
                 self.threads,
             )
         await self._free.acquire()
+
+    def _give_thread(self) -> None:
+        if self._free is not None:
+            self._free.release()
+
+    async def _in_thread(
+        self, handler: handlers.SyncHandler, ctx: handlers.JobContext, out: storage.BlockingWriter
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        await self._take_thread(ctx)
         done: asyncio.Future[None] = loop.create_future()
         stopped_at: list[float] = []
 
         def settle(error: BaseException | None) -> None:  # on the loop, once the call returned
-            self._free.release()
+            self._give_thread()
             if done.cancelled():
                 self.abandoned -= 1
                 late = time.monotonic() - stopped_at[0] if stopped_at else 0.0
@@ -167,12 +209,15 @@ class Execution:
         # The job's context (its log fields, bgworker.observe.logs) goes with it onto the thread.
         job_context = contextvars.copy_context()
         thread = threading.Thread(
-            target=job_context.run, args=(target,), name=f"bgworker-handler-{ctx.id}", daemon=True
+            target=job_context.run,
+            args=(target,),
+            name=f"{self.thread_name}-{ctx.id}",
+            daemon=True,
         )
         try:
             thread.start()
         except BaseException:
-            self._free.release()
+            self._give_thread()
             raise
         try:
             await done

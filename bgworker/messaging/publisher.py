@@ -15,15 +15,18 @@ import asyncio
 import json
 import threading
 import uuid
+from collections.abc import Coroutine
 from concurrent.futures import Future
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import pydantic
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from bgworker.contract import events
 from bgworker.messaging import broker, topology
+
+T = TypeVar("T")
 
 
 class Publisher:
@@ -68,11 +71,39 @@ class Publisher:
         await broker.publish_request(self._channel, self.topology, event)
 
 
+class PrivateLoop:
+    """An event loop on a daemon thread of its own, for code that has none (Django, Flask,
+    scripts): ``call`` runs a coroutine on it from any thread and blocks for its result.
+    The one such loop of the package: ``SyncPublisher`` and ``producing.SyncProducer``."""
+
+    def __init__(self, name: str, *, timeout: float) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.timeout = timeout  # how long ``close`` waits for the thread
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        """``coro``'s result, or its error; past ``timeout`` seconds (None: no bound) it is
+        cancelled, not left running on the loop, and ``TimeoutError`` raised."""
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(self.timeout)
+        self.loop.close()
+
+
 class SyncPublisher:
-    """For code without an event loop (Django, Flask): a private loop in a daemon thread.
+    """For code without an event loop (Django, Flask): a ``Publisher`` on a private loop.
 
     Thread-safe: WSGI worker threads may share one instance. ``publish`` blocks until the
-    broker confirms.
+    broker confirms, at most ``timeout`` seconds (connecting and closing too). A failed
+    connect raises from the constructor and leaves no thread behind.
     """
 
     def __init__(
@@ -82,37 +113,26 @@ class SyncPublisher:
         namespace: str = "bgworker",
         queue_type: str = "quorum",
         timeout: float = 30.0,
+        name: str = "bgworker-publisher",  # the loop thread's
     ) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="bgworker-publisher", daemon=True
-        )
-        self._thread.start()
         self._timeout = timeout
-        self._publisher = Publisher(amqp_url, namespace=namespace, queue_type=queue_type)
+        self.loop = PrivateLoop(name, timeout=timeout)
+        # The async publisher, on ``loop``: what a producer built on this one publishes with.
+        self.publisher = Publisher(amqp_url, namespace=namespace, queue_type=queue_type)
         try:
-            self._call(self._publisher.connect())
+            self.loop.call(self.publisher.connect(), timeout)
         except BaseException:
-            self._stop_loop()
+            self.loop.close()
             raise
 
-    def _call(self, coro: Any) -> Any:
-        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result(self._timeout)
-
     def publish(self, event: events.FileRequested) -> None:
-        self._call(self._publisher.publish(event))
+        self.loop.call(self.publisher.publish(event), self._timeout)
 
     def close(self) -> None:
         try:
-            self._call(self._publisher.close())
+            self.loop.call(self.publisher.close(), self._timeout)
         finally:
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(self._timeout)
-        self._loop.close()
+            self.loop.close()
 
     def __enter__(self) -> Self:
         return self

@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import contextvars
-import threading
 from collections.abc import AsyncGenerator
 from typing import Final, cast
 
 from bgworker import handlers
+from bgworker.handlers import execution
 
 CHUNK_SIZE: Final = 64 * 1024
 DEPTH: Final = 8  # chunks queued between the handler and the response
@@ -25,7 +24,8 @@ _END: Final = object()
 
 
 class _Pipe:
-    """The writer an inline handler gets: chunks into a bounded queue on the loop."""
+    """The writer an inline handler gets: chunks into a bounded queue on the loop
+    (an ``execution.Output``)."""
 
     def __init__(self, ctx: handlers.JobContext, depth: int) -> None:
         self.ctx = ctx
@@ -55,71 +55,18 @@ class _Pipe:
                     raise
 
 
-class _BlockingPipe:
-    def __init__(self, pipe: _Pipe) -> None:
-        self.write = pipe.write_blocking
-
-
-async def _in_thread(handler: handlers.SyncHandler, ctx: handlers.JobContext, pipe: _Pipe) -> None:
-    """A plain ``def`` handler on a daemon thread of its own (not the default executor:
-    one that ignores the stop must not hold a thread the loop's file I/O needs)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def settle(error: BaseException | None) -> None:
-        if done.done():
-            return
-        if error is None:
-            done.set_result(None)
-        else:
-            done.set_exception(error)
-
-    def target() -> None:
-        error: BaseException | None = None
-        try:
-            handler(ctx, _BlockingPipe(pipe))
-        except BaseException as exc:  # back to the loop, whatever it is
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(settle, error)
-
-    thread = threading.Thread(
-        target=contextvars.copy_context().run,
-        args=(target,),
-        name=f"bgworker-inline-{ctx.id}",
-        daemon=True,
-    )
-    thread.start()
-    await done
-
-
 async def _build(
     registration: handlers.Registration, ctx: handlers.JobContext, pipe: _Pipe, limit: float | None
 ) -> None:
-    """The handler, under its time limit as in a worker: a hard one (a handler awaiting
-    something that never comes, between writes, would otherwise run on for ever, and a
-    client that left stops it only at its next write)."""
-    ctx.start(limit)  # ctx.check() raises TimeLimitError past it
-    deadline = asyncio.timeout(limit)
+    """The handler run as in a worker (``execution``: a plain ``def`` on a daemon thread of
+    its own, a hard time limit, told to stop when the stream closes), then the end mark."""
+    runner = execution.Execution(None, thread_name="bgworker-inline")
     try:
-        async with deadline:
-            if registration.sync:
-                await _in_thread(cast(handlers.SyncHandler, registration.handler), ctx, pipe)
-            else:
-                await cast(handlers.AsyncHandler, registration.handler)(ctx, pipe)
+        await runner.run(registration, ctx, pipe, limit)
     except asyncio.CancelledError:
         # Cancelled by ``stream`` (its reader went away): no end mark, since nobody reads the
         # queue any more, and waiting to put one into a full queue would never return.
         raise
-    except TimeoutError:
-        if not deadline.expired():
-            await pipe.queue.put(_END)
-            raise  # the handler's own TimeoutError
-        assert limit is not None
-        error = handlers.TimeLimitError(limit)
-        ctx.stop(error)  # a thread's next write raises
-        await pipe.queue.put(_END)
-        raise error from None
     except BaseException:
         await pipe.queue.put(_END)  # the reader drains the queue, then sees the error
         raise

@@ -26,10 +26,8 @@ WSGI code (Django, Flask) uses ``SyncProducer``: the same on a private event loo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import threading
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 from bgworker import handlers
 from bgworker import settings as settings_mod
 from bgworker.contract import events
+from bgworker.handlers import execution
 from bgworker.links import tokens
 from bgworker.messaging import publisher
 from bgworker.producing import inline
@@ -126,10 +125,8 @@ class Producer:
             log.info("request %s: built inline (estimate %s)", event.id, estimate)
             assert filled.filename is not None and filled.content_type is not None
             # The worker's rule: the file type's limit, else the default; 0 is none.
-            limit = registration.time_limit
-            if limit is None:
-                limit = self.settings.worker.time_limit_seconds
-            chunks = inline.stream(registration, ctx, self.depth, limit or None)
+            limit = execution.time_limit(registration, self.settings.worker.time_limit_seconds)
+            chunks = inline.stream(registration, ctx, self.depth, limit)
             # The first chunk before any answer: a handler that fails before writing raises
             # here, so the view answers an error, not a 200 whose body breaks off at once.
             first = await anext(chunks, None)
@@ -152,9 +149,7 @@ class Producer:
 class SyncChunks:
     """An async iterator of chunks read from another thread, one chunk at a time."""
 
-    def __init__(
-        self, chunks: AsyncGenerator[bytes, None], loop: asyncio.AbstractEventLoop
-    ) -> None:
+    def __init__(self, chunks: AsyncGenerator[bytes, None], loop: publisher.PrivateLoop) -> None:
         self._chunks = chunks
         self._loop = loop
 
@@ -162,15 +157,15 @@ class SyncChunks:
         return self
 
     def __next__(self) -> bytes:
-        future = asyncio.run_coroutine_threadsafe(anext_or_none(self._chunks), self._loop)
-        chunk = future.result()
+        # No bound of our own: the handler's time limit bounds how long a chunk can take.
+        chunk = self._loop.call(anext_or_none(self._chunks), None)
         if chunk is None:
             raise StopIteration
         return chunk
 
     def close(self) -> None:
         """Called by the WSGI server when the response ends (early or not)."""
-        asyncio.run_coroutine_threadsafe(self._chunks.aclose(), self._loop).result()
+        self._loop.call(self._chunks.aclose(), None)
 
 
 async def anext_or_none(chunks: AsyncIterator[bytes]) -> bytes | None:
@@ -178,8 +173,9 @@ async def anext_or_none(chunks: AsyncIterator[bytes]) -> bytes | None:
 
 
 class SyncProducer:
-    """``Producer`` for code without an event loop: a private loop on a daemon thread, a
-    publisher on it. Thread-safe; close it at exit (or use ``with``)."""
+    """``Producer`` for code without an event loop: a ``SyncPublisher``'s private loop, the
+    producer on it. Thread-safe; close it at exit (or use ``with``). Connecting and closing
+    wait at most ``timeout`` seconds; a failed connect raises here and leaves no thread."""
 
     def __init__(
         self,
@@ -188,39 +184,34 @@ class SyncProducer:
         *,
         threshold: float,
         resources: Mapping[str, Any] = handlers.NO_RESOURCES,
+        timeout: float = 30.0,
     ) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="bgworker-producer", daemon=True
-        )
-        self._thread.start()
-        self._publisher = publisher.Publisher(
+        self._publishing = publisher.SyncPublisher(
             settings.amqp_url.get_secret_value(),
             namespace=settings.namespace,
             queue_type=settings.queue_type,
+            timeout=timeout,
+            name="bgworker-producer",
         )
-        self._call(self._publisher.connect())
+        self._loop = self._publishing.loop
         self.producer = Producer(
-            settings, registry, self._publisher, threshold=threshold, resources=resources
+            settings,
+            registry,
+            self._publishing.publisher,
+            threshold=threshold,
+            resources=resources,
         )
-
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def request(self, event: events.FileRequested) -> SyncInline | Delayed:
-        decision = self._call(self.producer.request(event))
+        # No bound of our own: an inline build's first chunk comes within its time limit.
+        decision = self._loop.call(self.producer.request(event), None)
         if isinstance(decision, Delayed):
             return decision
         chunks = SyncChunks(decision.chunks, self._loop)
         return SyncInline(decision.request_id, decision.filename, decision.content_type, chunks)
 
     def close(self) -> None:
-        try:
-            self._call(self._publisher.close())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(30)
-            self._loop.close()
+        self._publishing.close()
 
     def __enter__(self) -> SyncProducer:
         return self

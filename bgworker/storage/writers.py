@@ -6,8 +6,13 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 from bgworker.storage import base
+
+
+class _WritesBlocking(Protocol):
+    def write_blocking(self, data: bytes) -> None: ...
 
 
 def _nothing() -> None:
@@ -25,7 +30,7 @@ class BlockingWriter:
     still running.
     """
 
-    def __init__(self, writer: base.Writer, check: Callable[[], None] = _nothing) -> None:
+    def __init__(self, writer: _WritesBlocking, check: Callable[[], None] = _nothing) -> None:
         self._writer = writer
         self._check = check
         self._lock = threading.Lock()

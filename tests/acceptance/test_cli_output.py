@@ -22,8 +22,7 @@ from bgworker.cli.smtp_sink import free_port
 from bgworker.contract import events
 from bgworker.messaging import topology, wire
 from tests.acceptance.processes import Spawn, run_cli, run_on_terminal
-from tests.helpers import REPO, settings_env
-from tests.helpers import insert_request
+from tests.helpers import REPO, insert_request, settings_env
 
 # Status of a command whose reader went away: 0, or 141 (128 + SIGPIPE) like `yes | head`.
 CLOSED_PIPE = {0, 141}

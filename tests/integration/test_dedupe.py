@@ -27,13 +27,13 @@ from tests.helpers import (
     StartServer,
     StartWorker,
     get_row,
+    list_outbox,
     stored_keys,
     wait_for_status,
     wait_until,
 )
 from tests.integration.console import PASSWORD, basic, client, log_in
 from tests.integration.downloads import fetch
-from tests.helpers import list_outbox
 
 ALICE: dict[str, Any] = {"id": "alice", "email": "alice@example.com"}
 

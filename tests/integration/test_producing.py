@@ -353,3 +353,21 @@ async def test_starlette_inline_and_delayed_under_uvicorn(
         finally:
             server.should_exit = True
             await serve
+
+
+async def test_sync_producer_connect_failure_raises_and_leaves_no_thread() -> None:
+    """A broker that refuses the connection: the constructor raises the connect error at
+    once (not a timeout) and its private loop thread is gone, as for ``SyncPublisher``."""
+
+    def loop_threads() -> int:
+        return sum(t.name == "bgworker-producer" for t in threading.enumerate())
+
+    wrong_port = settings_mod.Settings(amqp_url="amqp://guest:guest@127.0.0.1:1/")
+    before = loop_threads()
+    with pytest.raises(Exception) as info:
+        await asyncio.to_thread(
+            producing.SyncProducer, wrong_port, handlers.Registry(), threshold=THRESHOLD, timeout=10
+        )
+    assert not isinstance(info.value, TimeoutError)  # refused at once, not after a timeout
+    assert isinstance(info.value, ConnectionError), repr(info.value)
+    assert loop_threads() == before

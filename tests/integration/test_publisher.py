@@ -97,6 +97,29 @@ async def test_sync_publisher_connect_failure_raises_and_cleans_up() -> None:
     assert loop_threads() == before
 
 
+def test_a_private_loop_call_past_its_timeout_is_cancelled_not_left_running() -> None:
+    """The sync facades' loop: a call that outlives its timeout raises TimeoutError and is
+    cancelled on the loop (a publish or connect nobody waits for must not run on)."""
+    private = publisher.PrivateLoop("bgworker-test-loop", timeout=10)
+    started, ended = threading.Event(), threading.Event()
+
+    async def hang() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.set()
+
+    try:
+        with pytest.raises(TimeoutError):
+            private.call(hang(), 0.2)
+        assert started.is_set() and ended.wait(10)
+        assert private.call(asyncio.sleep(0, "still usable"), 10) == "still usable"
+    finally:
+        private.close()
+    assert not any(t.name == "bgworker-test-loop" for t in threading.enumerate())
+
+
 async def test_publish_without_declared_topology_raises(namespace: str) -> None:
     """Nothing declared for this namespace and declare=False: the publish is refused, not
     silently dropped."""
