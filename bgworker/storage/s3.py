@@ -11,7 +11,6 @@ can see, which ``clean`` aborts once it is older than its grace period.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -27,8 +26,6 @@ from bgworker.storage import base, s3_upload
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
-
-log = logging.getLogger(__name__)
 
 # Separates key and upload id in the name ``stale`` gives an unfinished upload.
 _PART_SEP: Final = "\n"
