@@ -19,17 +19,17 @@ if TYPE_CHECKING:
 
 # Each public name and the module that defines it.
 _EXPORTS: Final = {
-    "FileFailed": "events",
-    "FileReady": "events",
-    "FileRequested": "events",
-    "Requester": "events",
+    "FileFailed": "contract.events",
+    "FileReady": "contract.events",
+    "FileRequested": "contract.events",
+    "Requester": "contract.events",
     "JobContext": "handlers",
     "PermanentError": "handlers",
     "Registry": "handlers",
-    "Publisher": "publisher",
-    "SyncPublisher": "publisher",
+    "Publisher": "messaging.publisher",
+    "SyncPublisher": "messaging.publisher",
     "Settings": "settings",
-    "status_url": "tokens",
+    "status_url": "links.tokens",
 }
 
 __all__ = [

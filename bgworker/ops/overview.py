@@ -21,6 +21,7 @@ from typing import Any, Final, TextIO
 from bgworker import languages, store
 from bgworker import settings as settings_mod
 from bgworker.contract import states
+from bgworker.links import state as link_states
 from bgworker.store import rows
 
 # The row's progress is saved about once a second (bgworker.contract.progress): polling twice as
@@ -74,17 +75,10 @@ async def read(db: store.Store, request_id: uuid.UUID) -> Snapshot | None:
     return await db.listing.overview(request_id)
 
 
-def link_state(row: store.RequestRow, now: datetime) -> str:
+def link_state(row: store.RequestRow, now: datetime) -> link_states.LinkState:
     """What a link to the request leads to, in the words of ``GET /status`` (``state``),
     without asking the storage whether the bytes are still there."""
-    status = row.status
-    if status == states.Status.QUEUED:
-        return "waiting"
-    if status in states.IN_PROGRESS:
-        return "running"
-    if status == states.Status.EXPIRED or (row.expires_at is not None and row.expires_at <= now):
-        return "expired"
-    return str(status)  # ready, failed, cancelled
+    return link_states.of_row(row, now)
 
 
 # -- the JSON object (docs/operating.md "Command line": `bgworker status --json`) ---------

@@ -1,5 +1,6 @@
 """``GET/HEAD /download/{token}`` and ``GET /status/{token}``, and ``link_state``: what a
-link leads to, decided once for the JSON answers here and the requester's HTML pages.
+link leads to (the token here, the request by ``links.state``), decided once for the JSON
+answers here and the requester's HTML pages.
 
 Every refusal is decided before any byte of the file is touched, and a refusal never tells
 whether some other request exists: the token is checked first (its form, then its
@@ -12,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, Final
 
 from aiohttp import hdrs, web
@@ -21,6 +20,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from bgworker import storage, store
 from bgworker.contract import requester_texts, states
+from bgworker.links import state as link_states
 from bgworker.links import tokens
 from bgworker.observe import metrics, tracing
 from bgworker.web import headers, identity, keys, offload, pages, responses
@@ -71,42 +71,9 @@ def _without(request: web.BaseRequest, name: str) -> Any:
     return headers
 
 
-class LinkState(StrEnum):
-    """What a link leads to, in the words a page for the requester would use."""
-
-    INVALID = "invalid"  # not a token we signed, or not in its canonical form
-    NOT_YOURS = "not_yours"  # a requester-bound link, someone else (or nobody) calling
-    LINK_EXPIRED = "link_expired"  # older than MAX_AGE_SECONDS
-    REVOKED = "revoked"  # issued before `bgworker revoke`
-    STATUS_ONLY = "status_only"  # a status link used to download
-    WAITING = "waiting"  # queued, or not seen by any worker yet
-    RUNNING = "running"  # running, or waiting for a retry
-    READY = "ready"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    EXPIRED = "expired"  # the file's own lifetime is over
-    GONE = "gone"  # ready, but the bytes are no longer stored
-
-
-# HTTP status of /download for each state (READY: 200 with the file).
-DOWNLOAD_STATUS: Final[dict[LinkState, int]] = {
-    LinkState.INVALID: 400,
-    LinkState.NOT_YOURS: 403,
-    LinkState.STATUS_ONLY: 403,
-    LinkState.LINK_EXPIRED: 410,
-    LinkState.REVOKED: 410,
-    LinkState.WAITING: 409,
-    LinkState.RUNNING: 409,
-    LinkState.READY: 200,
-    LinkState.FAILED: 410,
-    LinkState.CANCELLED: 410,
-    LinkState.EXPIRED: 410,
-    LinkState.GONE: 410,
-}
-# The states in which /status refuses (the link itself grants nothing); others answer 200.
-STATUS_REFUSALS: Final = frozenset(
-    {LinkState.INVALID, LinkState.NOT_YOURS, LinkState.LINK_EXPIRED, LinkState.REVOKED}
-)
+LinkState = link_states.LinkState
+DOWNLOAD_STATUS: Final = link_states.DOWNLOAD_STATUS
+STATUS_REFUSALS: Final = link_states.STATUS_REFUSALS
 
 
 @dataclass(frozen=True)
@@ -146,45 +113,15 @@ async def link_state(request: web.Request, *, download: bool) -> LinkView:
     row, generation = found
     if grant.generation != generation:
         return LinkView(LinkState.REVOKED, _REVOKED, grant, row)
-    state = await _row_state(request, row)
-    return LinkView(state, _message(state, row), grant, row)
+    state = link_states.of_row(row)
+    if state == LinkState.READY:  # the row says ready: are the bytes still stored?
+        assert row.storage_key is not None
+        if not await request.app[keys.STORAGE].exists(row.storage_key):
+            state = LinkState.GONE
+    return LinkView(state, link_states.message(state, row), grant, row)
 
 
 _REVOKED: Final = "this link was revoked; ask for a new one"
-
-
-async def _row_state(request: web.Request, row: store.RequestRow) -> LinkState:
-    if row.status == states.Status.QUEUED:
-        return LinkState.WAITING
-    if row.status in states.IN_PROGRESS:
-        return LinkState.RUNNING
-    if row.status == states.Status.FAILED:
-        return LinkState.FAILED
-    if row.status == states.Status.CANCELLED:
-        return LinkState.CANCELLED
-    if row.status == states.Status.EXPIRED or (
-        row.expires_at is not None and row.expires_at <= datetime.now(UTC)
-    ):
-        return LinkState.EXPIRED
-    if row.status != states.Status.READY or row.storage_key is None:
-        return LinkState.GONE
-    exists = await request.app[keys.STORAGE].exists(row.storage_key)
-    return LinkState.READY if exists else LinkState.GONE
-
-
-def _message(state: LinkState, row: store.RequestRow) -> str:
-    if state in {LinkState.WAITING, LinkState.RUNNING}:
-        return f"the file is not ready yet (status: {row.status})"
-    if state == LinkState.FAILED:
-        reason = requester_texts.failure(row.failure_reason)
-        return f"the file is not available (status: failed): {reason}"
-    if state == LinkState.CANCELLED:
-        return "the file is not available (status: cancelled)"
-    if state == LinkState.EXPIRED:
-        return "the file has expired"
-    if state == LinkState.GONE:
-        return "the file is no longer stored"
-    return "the file is ready"
 
 
 def _refuse(status: int, view: LinkView) -> web.Response:
@@ -287,23 +224,6 @@ def status_body(view: LinkView) -> dict[str, Any]:
     }
 
 
-# The page a browser gets for each state (pages.Kind), with the JSON answer's HTTP status.
-_PAGE_KIND: Final[dict[LinkState, pages.Kind]] = {
-    LinkState.INVALID: pages.Kind.INVALID,
-    LinkState.NOT_YOURS: pages.Kind.NOT_YOURS,
-    LinkState.LINK_EXPIRED: pages.Kind.EXPIRED,
-    LinkState.REVOKED: pages.Kind.REVOKED,
-    LinkState.STATUS_ONLY: pages.Kind.IN_PROGRESS,  # replaced below by the status view
-    LinkState.WAITING: pages.Kind.IN_PROGRESS,
-    LinkState.RUNNING: pages.Kind.IN_PROGRESS,
-    LinkState.READY: pages.Kind.READY,
-    LinkState.FAILED: pages.Kind.FAILED,
-    LinkState.CANCELLED: pages.Kind.CANCELLED,
-    LinkState.EXPIRED: pages.Kind.EXPIRED,
-    LinkState.GONE: pages.Kind.GONE,
-}
-
-
 async def _page(request: web.Request, *, download: bool) -> web.Response:
     """A browser's answer (content negotiation, ``pages.wants_html``): ``link_state``'s
     decision, as the requester's page, with the HTTP status the JSON answer has."""
@@ -313,7 +233,7 @@ async def _page(request: web.Request, *, download: bool) -> web.Response:
     status = DOWNLOAD_STATUS[view.state]
     if not download and view.state not in STATUS_REFUSALS:
         status = 200
-    kind = _PAGE_KIND[view.state]
+    kind = pages.KIND_OF[view.state]
     if view.state == LinkState.WAITING and view.row is None:
         kind = pages.Kind.WAITING
     # A refused link names nothing (pages._context): a revoked one found its row, but its

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
@@ -19,6 +18,7 @@ from aiohttp import hdrs, web
 
 from bgworker import languages, store
 from bgworker.contract import states
+from bgworker.links import state as link_states
 from bgworker.web import headers, keys
 
 # A query parameter on the download URL that asks for the bytes even from a browser: the
@@ -48,21 +48,21 @@ class State:
     row: store.RequestRow | None = None
 
 
-def state_of(row: store.RequestRow | None, now: datetime | None = None) -> State:
-    """The page for a valid token's request, by the rules the JSON download answer uses."""
-    if row is None:
-        return State(Kind.WAITING, 404)
-    if row.status in states.IN_PROGRESS:
-        return State(Kind.IN_PROGRESS, 409, row)
-    if row.status == states.Status.FAILED:
-        return State(Kind.FAILED, 410, row)
-    if row.status == states.Status.CANCELLED:
-        return State(Kind.CANCELLED, 410, row)
-    if row.status != states.Status.READY or row.storage_key is None:
-        return State(Kind.EXPIRED, 410, row)
-    if row.expires_at is not None and row.expires_at <= (now or datetime.now(UTC)):
-        return State(Kind.EXPIRED, 410, row)
-    return State(Kind.READY, 200, row)
+# The page a browser gets for each state of a link (its HTTP status: links.state).
+KIND_OF: Final[dict[link_states.LinkState, Kind]] = {
+    link_states.LinkState.INVALID: Kind.INVALID,
+    link_states.LinkState.NOT_YOURS: Kind.NOT_YOURS,
+    link_states.LinkState.LINK_EXPIRED: Kind.EXPIRED,
+    link_states.LinkState.REVOKED: Kind.REVOKED,
+    link_states.LinkState.STATUS_ONLY: Kind.IN_PROGRESS,  # downloads shows the status view
+    link_states.LinkState.WAITING: Kind.IN_PROGRESS,
+    link_states.LinkState.RUNNING: Kind.IN_PROGRESS,
+    link_states.LinkState.READY: Kind.READY,
+    link_states.LinkState.FAILED: Kind.FAILED,
+    link_states.LinkState.CANCELLED: Kind.CANCELLED,
+    link_states.LinkState.EXPIRED: Kind.EXPIRED,
+    link_states.LinkState.GONE: Kind.GONE,
+}
 
 
 def _quality(accept: str, wanted: str) -> float:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from bgworker import languages, store
 from bgworker.contract import states
+from bgworker.links import state as link_states
 from bgworker.web import keys, pages
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
@@ -96,21 +97,26 @@ def row(status: states.Status, **changes: object) -> store.RequestRow:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-def test_no_row_is_waiting_in_the_queue() -> None:
-    assert pages.state_of(None, NOW) == pages.State(pages.Kind.WAITING, 404)
+def page_of(r: store.RequestRow, now: datetime | None = None) -> pages.State:
+    """The page a valid link to ``r`` gets, by the one decision the JSON answers use."""
+    state = link_states.of_row(r, now)
+    return pages.State(pages.KIND_OF[state], link_states.DOWNLOAD_STATUS[state], r)
+
+
+def test_a_queued_row_is_waiting_in_the_queue() -> None:
+    assert link_states.of_row(row(states.Status.QUEUED), NOW) == link_states.LinkState.WAITING
+    assert page_of(row(states.Status.QUEUED), NOW).status == 409
 
 
 @pytest.mark.parametrize("status", sorted(states.IN_PROGRESS))
 def test_unfinished_rows_are_in_progress(status: states.Status) -> None:
-    assert pages.state_of(row(status), NOW).kind == pages.Kind.IN_PROGRESS
+    assert page_of(row(status), NOW).kind == pages.Kind.IN_PROGRESS
 
 
 def test_ready_until_it_expires() -> None:
     ready = row(states.Status.READY, storage_key="k", expires_at=NOW + timedelta(seconds=1))
-    assert pages.state_of(ready, NOW).kind == pages.Kind.READY
-    assert pages.state_of(ready, NOW + timedelta(seconds=1)) == pages.State(
-        pages.Kind.EXPIRED, 410, ready
-    )
+    assert page_of(ready, NOW).kind == pages.Kind.READY
+    assert page_of(ready, NOW + timedelta(seconds=1)) == pages.State(pages.Kind.EXPIRED, 410, ready)
 
 
 @pytest.mark.parametrize(
@@ -119,17 +125,17 @@ def test_ready_until_it_expires() -> None:
         (states.Status.FAILED, pages.Kind.FAILED),
         (states.Status.CANCELLED, pages.Kind.CANCELLED),
         (states.Status.EXPIRED, pages.Kind.EXPIRED),
-        (states.Status.READY, pages.Kind.EXPIRED),  # ready without a stored file
+        (states.Status.READY, pages.Kind.GONE),  # ready without a stored file
     ],
 )
 def test_finished_rows(status: states.Status, kind: pages.Kind) -> None:
-    state = pages.state_of(row(status), NOW)
+    state = page_of(row(status), NOW)
     assert (state.kind, state.status) == (kind, 410)
 
 
 def test_every_status_has_a_page() -> None:
     for status in states.Status:
-        assert pages.state_of(row(status), NOW).kind in pages.Kind
+        assert page_of(row(status), NOW).kind in pages.Kind
 
 
 def rendered(state: pages.State) -> str:
@@ -157,7 +163,7 @@ def test_producer_text_never_becomes_markup(
     land, and the page keeps exactly its one script."""
     event = {"description": description, "requester": {"language": language}}
     for status in (states.Status.RUNNING, states.Status.FAILED):
-        state = pages.state_of(row(status, filename=filename, event=event, progress=progress))
+        state = page_of(row(status, filename=filename, event=event, progress=progress))
         text = rendered(state)
         assert str(markupsafe.escape(filename)) in text
         assert text.count("<script") == (1 if status == states.Status.RUNNING else 0)
