@@ -2,6 +2,21 @@
 -- beside it by scripts/schema_sql.py (make schema-sql), checked by make test.
 -- Never applied: `bgworker migrate` applies the migrations.
 
+CREATE TABLE public.bgworker_admin_login_failures (
+    id bigint NOT NULL,
+    client text NOT NULL,
+    failed_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE public.bgworker_admin_login_failures ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.bgworker_admin_login_failures_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 CREATE TABLE public.bgworker_admin_secrets (
     name text NOT NULL,
     value bytea NOT NULL,
@@ -135,6 +150,9 @@ CREATE TABLE public.bgworker_requests (
 
 ALTER TABLE ONLY public.bgworker_dlq_actions ALTER COLUMN id SET DEFAULT nextval('public.bgworker_dlq_actions_id_seq'::regclass);
 
+ALTER TABLE ONLY public.bgworker_admin_login_failures
+    ADD CONSTRAINT bgworker_admin_login_failures_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.bgworker_admin_secrets
     ADD CONSTRAINT bgworker_admin_secrets_pkey PRIMARY KEY (name);
 
@@ -158,6 +176,10 @@ ALTER TABLE ONLY public.bgworker_outbox
 
 ALTER TABLE ONLY public.bgworker_requests
     ADD CONSTRAINT bgworker_requests_pkey PRIMARY KEY (id);
+
+CREATE INDEX bgworker_admin_login_failures_age ON public.bgworker_admin_login_failures USING btree (failed_at);
+
+CREATE INDEX bgworker_admin_login_failures_client ON public.bgworker_admin_login_failures USING btree (client, failed_at);
 
 CREATE INDEX bgworker_admin_sessions_expiry ON public.bgworker_admin_sessions USING btree (expires_at);
 
