@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-deps test-faults lint typecheck schemas bench bench-quick services node
+.PHONY: install demo test test-deps test-faults fuzz lint typecheck schemas bench bench-quick services node
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,15 @@ test: $(STAMP) services test-deps node
 	$(BIN)/bgworker schemas export --check
 	$(BIN)/lint-imports --no-logo --no-cache
 	$(BIN)/pytest -m "not faults" -n 2
+
+# The property tests (hypothesis) searching at random: FUZZ_FACTOR (tests/helpers.py) times
+# their examples, from a seed printed first and in the header; `make fuzz SEED=N` replays a
+# run. `make test` never searches at random (profile "ci", tests/conftest.py).
+fuzz: $(STAMP)
+	@seed="$(SEED)"; seed="$${seed:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"; \
+	echo "fuzz: seed $$seed (replay: make fuzz SEED=$$seed)"; \
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -m "hypothesis and not faults" -n 2 --timeout=0 \
+		--hypothesis-seed="$$seed" || { echo "fuzz: failed with seed $$seed"; exit 1; }
 
 # Restarts RabbitMQ and PostgreSQL mid-run: run alone, never next to another test run.
 test-faults: $(STAMP) services

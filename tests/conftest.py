@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aio_pika
 import asyncpg
@@ -35,10 +36,38 @@ from tests import helpers, s3
 
 # Property tests run on two shared cores next to RabbitMQ and PostgreSQL: a slow example is
 # the machine's load, not a finding. No per-example deadline, and no "too slow" health check.
+_SHARED: Final[dict[str, Any]] = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow],
+    "print_blob": True,
+}
+# "ci", the default (make test, CI, a plain pytest): the same examples on every run and every
+# machine, so a clean run cannot turn red by luck. derandomize draws each test's examples
+# from a seed made of the test's own code; database=None because replaying failures saved
+# in a local .hypothesis/ directory would make this checkout's run differ from a fresh
+# clone's. Searching for new failures is `make fuzz`'s job.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, **_SHARED)
+# "fuzz" (make fuzz): a random seed, printed in the header (replay with make fuzz SEED=N),
+# FUZZ_FACTOR times the examples; a failure it finds is kept in .hypothesis/ and tried first
+# by the next fuzz run here (never by ci). Turn what it finds into an @example.
 hypothesis_settings.register_profile(
-    "bgworker", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "fuzz", max_examples=helpers.FUZZ_FACTOR * 100, derandomize=False, **_SHARED
 )
-hypothesis_settings.load_profile("bgworker")
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    profile = hypothesis_settings.get_current_profile_name()
+    current = hypothesis_settings()  # the loaded profile's values
+    if current.derandomize:
+        how = "derandomized: each test's examples are fixed by its code"
+    else:
+        seed = config.getoption("hypothesis_seed", None)
+        how = f"seed {seed}" if seed is not None else "a random seed per test"
+    return (
+        f"hypothesis profile {profile}: {how}, max_examples={current.max_examples}, "
+        f"database={current.database}"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import aio_pika
 import asyncpg
+import hypothesis
 import pytest
 
 from bgworker import broker, events, storage, store, topology, worker
@@ -30,6 +31,19 @@ PG_ADMIN: Final = os.environ.get(
     "BGWORKER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REPO: Final = Path(__file__).resolve().parent.parent
+
+# How many times its usual examples a property test tries under `make fuzz` (the "fuzz"
+# hypothesis profile of conftest.py).
+FUZZ_FACTOR: Final = 10
+
+
+def examples(n: int) -> int:
+    """``max_examples`` for a property test that tries ``n`` in ``make test``: scaled by the
+    loaded hypothesis profile (100 examples by default, FUZZ_FACTOR times that in fuzz), so
+    ``make fuzz`` searches longer in the tests that set their own count too."""
+    # settings() is the loaded profile's values.
+    return n * hypothesis.settings().max_examples // 100
+
 
 # The factory fixtures of conftest.py, as the tests that request them see them.
 # publish(file_type, criteria=..., **FileRequested fields) -> the event, broker-confirmed
