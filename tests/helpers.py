@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -252,6 +252,49 @@ async def consume_all(queue_name: str) -> list[aio_pika.abc.AbstractIncomingMess
             await message.ack()
             out.append(message)
         return out
+    finally:
+        await connection.close()
+
+
+def on_broker(namespaces: Iterable[str]) -> list[tuple[str, str]]:
+    """("queue" or "exchange", name) of everything the test broker holds under these
+    namespaces (a name is ``<namespace>.x`` or ``<namespace>-suffix.x``), read with
+    rabbitmqctl: it sees what every process declared, subprocess workers' included (the
+    management API is not enabled on this machine). Other runs' namespaces are not looked
+    at: they share the broker and may still be running."""
+    prefixes = tuple(p for ns in namespaces for p in (f"{ns}.", f"{ns}-"))
+    found: list[tuple[str, str]] = []
+    for kind in ("queue", "exchange"):
+        out = subprocess.run(
+            ["rabbitmqctl", "-q", "--no-table-headers", f"list_{kind}s", "name"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
+        found += [(kind, name) for name in out.splitlines() if name.startswith(prefixes)]
+    return sorted(found)
+
+
+async def delete_topology(topo: topology.Topology) -> None:
+    """Delete what ``topo.declare`` makes (deleting what is not there is no error)."""
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        await topo.delete(await connection.channel())
+    finally:
+        await connection.close()
+
+
+async def delete_from_broker(found: Iterable[tuple[str, str]]) -> None:
+    """Delete these queues and exchanges (``on_broker``'s answer)."""
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        for kind, name in found:
+            if kind == "queue":
+                await channel.queue_delete(name)
+            else:
+                await channel.exchange_delete(name)
     finally:
         await connection.close()
 
