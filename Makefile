@@ -22,7 +22,8 @@ demo: $(STAMP) services
 	$(BIN)/bgworker demo
 
 # The Node.js folders: the AsyncAPI parser the schema test runs, and the Node producer
-# example (npm ci from their lock files). Without node and npm their tests skip.
+# example (npm ci from their lock files). Without node and npm, or with
+# BGWORKER_TEST_INSTALL=no, their tests skip.
 NODE_DIRS := scripts/asyncapi docs/examples/node-producer
 
 # Reinstalled only when a lock file is newer than what npm ci last installed.
@@ -31,12 +32,15 @@ NODE_STAMPS := $(addsuffix /node_modules/.package-lock.json,$(NODE_DIRS))
 node: $(NODE_STAMPS)
 
 %/node_modules/.package-lock.json: %/package-lock.json
-	@if command -v npm >/dev/null; then \
+	@if [ "$${BGWORKER_TEST_INSTALL:-yes}" = no ]; then \
+		echo "node: BGWORKER_TEST_INSTALL=no: not running npm ci in $*; its tests skip"; \
+	elif command -v npm >/dev/null; then \
 		npm ci --prefix $* --no-audit --no-fund --loglevel=error; \
 	else echo "node: npm is not installed; the Node.js tests in $* will skip"; fi
 
 # System packages the tests run for real (nginx for the offload tests, node and npm for the
-# AsyncAPI parser and the Node producer); only what is missing.
+# AsyncAPI parser and the Node producer); only what is missing, only as root, never with
+# BGWORKER_TEST_INSTALL=no.
 test-deps:
 	@bash scripts/test_deps.sh
 

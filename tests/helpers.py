@@ -31,7 +31,6 @@ PG_ADMIN: Final = os.environ.get(
     "BGWORKER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REPO: Final = Path(__file__).resolve().parent.parent
-
 # How many times its usual examples a property test tries under `make fuzz` (the "fuzz"
 # hypothesis profile of conftest.py).
 FUZZ_FACTOR: Final = 10
@@ -307,12 +306,15 @@ async def work_queue_depth(channel: aio_pika.abc.AbstractChannel, namespace: str
 def node_project(folder: Path) -> Path:
     """A Node.js folder of the repo (package.json + package-lock.json) with its packages
     installed by ``npm ci`` (as ``make node`` does) when they are missing or older than the
-    lock file. Skips the test when node or npm is not on the machine."""
+    lock file. Skips the test when node or npm is not on the machine, or when the packages
+    are missing and BGWORKER_TEST_INSTALL=no (install nothing)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node and npm are not installed")
     installed = folder / "node_modules" / ".package-lock.json"
     lock = folder / "package-lock.json"
     if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+        if os.environ.get("BGWORKER_TEST_INSTALL") == "no":
+            pytest.skip(f"BGWORKER_TEST_INSTALL=no and {folder.name} has no node_modules")
         subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
             cwd=folder,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import re
 from pathlib import Path
 from types import ModuleType
@@ -96,3 +97,23 @@ def test_every_path_and_anchor_the_readme_names_exists() -> None:
     anchors = {_anchor(h) for h in re.findall(r"^#+ (.+)$", README, re.MULTILINE)}
     broken = sorted(link for link in links if link.startswith("#") and link[1:] not in anchors)
     assert broken == [], f"README.md links to headings that do not exist: {broken}"
+
+
+def test_setup_says_what_make_test_installs() -> None:
+    # Whatever scripts/test_deps.sh may apt-get install and `make node` may npm ci is named
+    # in Set up, with the number of npm packages and the switch that installs nothing.
+    setup = README[README.index("## Set up") : README.index("### Docker Compose")]
+    script = (REPO / "scripts" / "test_deps.sh").read_text()
+    makefile = (REPO / "Makefile").read_text()
+    packages = re.findall(r"missing\+=\(([\w-]+)\)", script)
+    assert packages and [p for p in packages if f"`{p}`" not in setup] == []
+    [dirs] = re.findall(r"^NODE_DIRS := (.+)$", makefile, re.MULTILINE)
+    assert [d for d in dirs.split() if f"`{d}`" not in setup] == []
+    locked = sum(
+        len([name for name in json.loads((REPO / d / "package-lock.json").read_text())["packages"]
+             if name])
+        for d in dirs.split()
+    )  # fmt: skip
+    assert f"{locked} packages from the npm" in setup
+    assert "BGWORKER_TEST_INSTALL=no" in setup
+    assert "BGWORKER_TEST_INSTALL" in script and "BGWORKER_TEST_INSTALL" in makefile
