@@ -46,7 +46,9 @@ _SHARED: Final[dict[str, Any]] = {
 # machine, so a clean run cannot turn red by luck. derandomize draws each test's examples
 # from a seed made of the test's own code; database=None because replaying failures saved
 # in a local .hypothesis/ directory would make this checkout's run differ from a fresh
-# clone's. Searching for new failures is `make fuzz`'s job.
+# clone's. Searching for new failures is `make fuzz`'s job. Derandomized rather than one
+# fixed --hypothesis-seed: it needs no command-line option, so a plain `pytest tests/x.py`
+# draws exactly what `make test` draws.
 hypothesis_settings.register_profile("ci", derandomize=True, database=None, **_SHARED)
 # "fuzz" (make fuzz): a random seed, printed in the header (replay with make fuzz SEED=N),
 # FUZZ_FACTOR times the examples; a failure it finds is kept in .hypothesis/ and tried first
