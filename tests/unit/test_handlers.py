@@ -22,6 +22,7 @@ from bgworker import events, handlers, storage
 from bgworker import execution as execution_mod
 from bgworker.examples import login_events
 from tests import handlers as test_handlers
+from tests import helpers
 from tests.helpers import wait_until
 
 
@@ -315,7 +316,7 @@ async def test_cancelling_a_sync_call_tells_the_handler_to_stop(
 # --- BlockingWriter: any sequence of writes gives the same file as one write --------------
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=helpers.examples(40), deadline=None)
 @given(
     st.lists(
         st.one_of(
