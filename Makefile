@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Quiets the notice Material for MkDocs prints on every build (its end of life, May 2027).
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install demo test test-deps test-faults lint typecheck schemas schema-sql docs docs-serve bench bench-quick services node
+.PHONY: install demo test test-deps test-faults fuzz lint typecheck schemas schema-sql docs docs-serve bench bench-quick services node
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,8 @@ demo: $(STAMP) services
 	$(BIN)/bgworker demo
 
 # The Node.js folders: the AsyncAPI parser the schema test runs, and the Node producer
-# example (npm ci from their lock files). Without node and npm their tests skip.
+# example (npm ci from their lock files). Without node and npm, or with
+# BGWORKER_TEST_INSTALL=no, their tests skip.
 NODE_DIRS := scripts/asyncapi docs/examples/node-producer
 
 # Reinstalled only when a lock file is newer than what npm ci last installed.
@@ -33,12 +34,15 @@ NODE_STAMPS := $(addsuffix /node_modules/.package-lock.json,$(NODE_DIRS))
 node: $(NODE_STAMPS)
 
 %/node_modules/.package-lock.json: %/package-lock.json
-	@if command -v npm >/dev/null; then \
+	@if [ "$${BGWORKER_TEST_INSTALL:-yes}" = no ]; then \
+		echo "node: BGWORKER_TEST_INSTALL=no: not running npm ci in $*; its tests skip"; \
+	elif command -v npm >/dev/null; then \
 		npm ci --prefix $* --no-audit --no-fund --loglevel=error; \
 	else echo "node: npm is not installed; the Node.js tests in $* will skip"; fi
 
 # System packages the tests run for real (nginx for the offload tests, node and npm for the
-# AsyncAPI parser and the Node producer); only what is missing.
+# AsyncAPI parser and the Node producer); only what is missing, only as root, never with
+# BGWORKER_TEST_INSTALL=no.
 test-deps:
 	@bash scripts/test_deps.sh
 
@@ -53,6 +57,15 @@ test: $(STAMP) services test-deps node
 	$(BIN)/lint-imports --no-logo --no-cache
 	$(BIN)/mkdocs build --strict --quiet
 	$(BIN)/pytest -m "not faults" -n 2
+
+# The property tests (hypothesis) searching at random: FUZZ_FACTOR (tests/helpers.py) times
+# their examples, from a seed printed first and in the header; `make fuzz SEED=N` replays a
+# run. `make test` never searches at random (profile "ci", tests/conftest.py).
+fuzz: $(STAMP)
+	@seed="$(SEED)"; seed="$${seed:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"; \
+	echo "fuzz: seed $$seed (replay: make fuzz SEED=$$seed)"; \
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -m "hypothesis and not faults" -n 2 --timeout=0 \
+		--hypothesis-seed="$$seed" || { echo "fuzz: failed with seed $$seed"; exit 1; }
 
 # Restarts RabbitMQ and PostgreSQL mid-run: run alone, never next to another test run.
 test-faults: $(STAMP) services

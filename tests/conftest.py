@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aio_pika
 import asyncpg
@@ -37,10 +39,40 @@ from tests import helpers, s3
 
 # Property tests run on two shared cores next to RabbitMQ and PostgreSQL: a slow example is
 # the machine's load, not a finding. No per-example deadline, and no "too slow" health check.
+_SHARED: Final[dict[str, Any]] = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow],
+    "print_blob": True,
+}
+# "ci", the default (make test, CI, a plain pytest): the same examples on every run and every
+# machine, so a clean run cannot turn red by luck. derandomize draws each test's examples
+# from a seed made of the test's own code; database=None because replaying failures saved
+# in a local .hypothesis/ directory would make this checkout's run differ from a fresh
+# clone's. Searching for new failures is `make fuzz`'s job. Derandomized rather than one
+# fixed --hypothesis-seed: it needs no command-line option, so a plain `pytest tests/x.py`
+# draws exactly what `make test` draws.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, **_SHARED)
+# "fuzz" (make fuzz): a random seed, printed in the header (replay with make fuzz SEED=N),
+# FUZZ_FACTOR times the examples; a failure it finds is kept in .hypothesis/ and tried first
+# by the next fuzz run here (never by ci). Turn what it finds into an @example.
 hypothesis_settings.register_profile(
-    "bgworker", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "fuzz", max_examples=helpers.FUZZ_FACTOR * 100, derandomize=False, **_SHARED
 )
-hypothesis_settings.load_profile("bgworker")
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    profile = hypothesis_settings.get_current_profile_name()
+    current = hypothesis_settings()  # the loaded profile's values
+    if current.derandomize:
+        how = "derandomized: each test's examples are fixed by its code"
+    else:
+        seed = config.getoption("hypothesis_seed", None)
+        how = f"seed {seed}" if seed is not None else "a random seed per test"
+    return (
+        f"hypothesis profile {profile}: {how}, max_examples={current.max_examples}, "
+        f"database={current.database}"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -82,9 +114,60 @@ async def smtp_sink() -> AsyncIterator[SmtpSink]:
         yield sink
 
 
+# The namespaces this process's tests made, each with the test that made it: at the end of
+# the run none of them may have a queue or exchange left on the broker (broker_left_clean).
+_NAMESPACES: dict[str, str] = {}
+
+
+# The settings made for each namespace: at its teardown they say which retry tiers the test
+# ended up with (tests change settings.worker.retry_delays_seconds after the fixtures
+# declared _TEST_RETRY_DELAYS').
+_SETTINGS: dict[str, settings_mod.Settings] = {}
+_TEST_RETRY_DELAYS: Final = (0.2, 0.4, 0.8)
+
+
 @pytest.fixture
-def namespace() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
+async def namespace(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """The test's own RabbitMQ namespace. Torn down after everything that used it (workers,
+    subprocesses, channels), it removes the topology bgworker declares under it, whoever
+    declared it and however the test ended; anything else a test declares, it removes
+    itself (broker_left_clean checks)."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    _NAMESPACES[name] = request.node.nodeid
+    yield name
+    delays = {*topology.Topology(name).retry_delays_seconds, *_TEST_RETRY_DELAYS}
+    if (made := _SETTINGS.pop(name, None)) is not None:
+        delays |= {*made.worker.retry_delays_seconds}
+    await helpers.delete_topology(topology.Topology(name, tuple(sorted(delays))))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def broker_left_clean() -> Iterator[None]:
+    """Fails the run (an error at the teardown of this process's last test) when a queue or
+    exchange of a namespace one of this process's tests made is still on the shared broker,
+    naming the tests; then deletes them. Each pytest-xdist worker checks the namespaces its
+    own tests made, so another run on the same broker is never looked at or touched."""
+    yield
+    if not _NAMESPACES:
+        return
+    left = helpers.on_broker(_NAMESPACES)
+    if left:
+        # An exclusive or auto-delete queue goes when its connection has closed: the last
+        # test's may still be closing. One more look, then whatever is there was left.
+        time.sleep(2)
+        left = helpers.on_broker(_NAMESPACES)
+    if not left:
+        return
+    asyncio.run(helpers.delete_from_broker(left))
+    by_test: dict[str, list[str]] = {}
+    for kind, name in left:
+        ns = next(ns for ns in _NAMESPACES if name.startswith((f"{ns}.", f"{ns}-")))
+        by_test.setdefault(_NAMESPACES[ns], []).append(f"{kind} {name}")
+    pytest.fail(
+        f"{len(left)} queues and exchanges were left on RabbitMQ (now deleted):\n"
+        + "\n".join(f"  {test}: {', '.join(names)}" for test, names in sorted(by_test.items())),
+        pytrace=False,
+    )
 
 
 @pytest.fixture
@@ -145,7 +228,7 @@ def settings(
     storage_settings: settings_mod.StorageSettings,
 ) -> settings_mod.Settings:
     """Fast settings for tests: short leases, sub-second retry tiers."""
-    return settings_mod.Settings(
+    made = _SETTINGS[namespace] = settings_mod.Settings(
         amqp_url=helpers.AMQP_URL,
         database_url=database_url,
         namespace=namespace,
@@ -157,7 +240,7 @@ def settings(
             concurrency=4,
             lease_seconds=5,
             reap_interval_seconds=1,
-            retry_delays_seconds=[0.2, 0.4, 0.8],
+            retry_delays_seconds=list(_TEST_RETRY_DELAYS),
             max_attempts=4,
             outbox_interval_seconds=0.5,
             outbox_retry_seconds=[0.3, 0.6, 1.0],
@@ -168,11 +251,12 @@ def settings(
         web=settings_mod.WebSettings(public_url="http://127.0.0.1:1"),
         storage=storage_settings,
     )
+    return made
 
 
 @pytest.fixture
 async def amqp(settings: settings_mod.Settings) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
-    """A channel on the test's namespace; the topology is declared, then deleted after."""
+    """A channel on the test's namespace, its topology declared (``namespace`` deletes it)."""
     connection = await aio_pika.connect(helpers.AMQP_URL)
     channel = await connection.channel()
     topo = topology.Topology(
@@ -180,9 +264,6 @@ async def amqp(settings: settings_mod.Settings) -> AsyncIterator[aio_pika.abc.Ab
     )
     await topo.declare(channel)
     yield channel
-    with contextlib.suppress(Exception):
-        cleanup = await connection.channel()
-        await topo.delete(cleanup)
     await connection.close()
 
 

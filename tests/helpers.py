@@ -14,12 +14,13 @@ import re
 import shutil
 import subprocess
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
 
 import aio_pika
 import asyncpg
+import hypothesis
 import pytest
 
 from bgworker import settings as settings_mod
@@ -33,6 +34,18 @@ PG_ADMIN: Final = os.environ.get(
     "BGWORKER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REPO: Final = Path(__file__).resolve().parent.parent
+# How many times its usual examples a property test tries under `make fuzz` (the "fuzz"
+# hypothesis profile of conftest.py).
+FUZZ_FACTOR: Final = 10
+
+
+def examples(n: int) -> int:
+    """``max_examples`` for a property test that tries ``n`` in ``make test``: scaled by the
+    loaded hypothesis profile (100 examples by default, FUZZ_FACTOR times that in fuzz), so
+    ``make fuzz`` searches longer in the tests that set their own count too."""
+    # settings() is the loaded profile's values.
+    return n * hypothesis.settings().max_examples // 100
+
 
 # The factory fixtures of conftest.py, as the tests that request them see them.
 # publish(file_type, criteria=..., **FileRequested fields) -> the event, broker-confirmed
@@ -245,6 +258,49 @@ async def consume_all(queue_name: str) -> list[aio_pika.abc.AbstractIncomingMess
         await connection.close()
 
 
+def on_broker(namespaces: Iterable[str]) -> list[tuple[str, str]]:
+    """("queue" or "exchange", name) of everything the test broker holds under these
+    namespaces (a name is ``<namespace>.x`` or ``<namespace>-suffix.x``), read with
+    rabbitmqctl: it sees what every process declared, subprocess workers' included (the
+    management API is not enabled on this machine). Other runs' namespaces are not looked
+    at: they share the broker and may still be running."""
+    prefixes = tuple(p for ns in namespaces for p in (f"{ns}.", f"{ns}-"))
+    found: list[tuple[str, str]] = []
+    for kind in ("queue", "exchange"):
+        out = subprocess.run(
+            ["rabbitmqctl", "-q", "--no-table-headers", f"list_{kind}s", "name"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
+        found += [(kind, name) for name in out.splitlines() if name.startswith(prefixes)]
+    return sorted(found)
+
+
+async def delete_topology(topo: topology.Topology) -> None:
+    """Delete what ``topo.declare`` makes (deleting what is not there is no error)."""
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        await topo.delete(await connection.channel())
+    finally:
+        await connection.close()
+
+
+async def delete_from_broker(found: Iterable[tuple[str, str]]) -> None:
+    """Delete these queues and exchanges (``on_broker``'s answer)."""
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        for kind, name in found:
+            if kind == "queue":
+                await channel.queue_delete(name)
+            else:
+                await channel.exchange_delete(name)
+    finally:
+        await connection.close()
+
+
 async def work_queue_depth(channel: aio_pika.abc.AbstractChannel, namespace: str) -> int:
     """Ready messages in the work queue of the test's namespace."""
     return await broker.queue_depth(channel, topology.Topology(namespace).work_queue)
@@ -253,12 +309,15 @@ async def work_queue_depth(channel: aio_pika.abc.AbstractChannel, namespace: str
 def node_project(folder: Path) -> Path:
     """A Node.js folder of the repo (package.json + package-lock.json) with its packages
     installed by ``npm ci`` (as ``make node`` does) when they are missing or older than the
-    lock file. Skips the test when node or npm is not on the machine."""
+    lock file. Skips the test when node or npm is not on the machine, or when the packages
+    are missing and BGWORKER_TEST_INSTALL=no (install nothing)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node and npm are not installed")
     installed = folder / "node_modules" / ".package-lock.json"
     lock = folder / "package-lock.json"
     if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+        if os.environ.get("BGWORKER_TEST_INSTALL") == "no":
+            pytest.skip(f"BGWORKER_TEST_INSTALL=no and {folder.name} has no node_modules")
         subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
             cwd=folder,

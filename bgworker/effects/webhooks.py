@@ -29,13 +29,13 @@ import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from bgworker import settings
+from bgworker.contract import callback_urls
 from bgworker.effects import addresses
 
 ID: Final = "webhook-id"
 TIMESTAMP: Final = "webhook-timestamp"
 SIGNATURE: Final = "webhook-signature"
 USER_AGENT: Final = "bgworker-webhooks"
-_PORTS: Final = {"http": 80, "https": 443}
 
 
 class DeliveryError(Exception):
@@ -99,24 +99,27 @@ class Sender:
         the new location would escape the address check."""
         if not self.keys:
             raise addresses.RefusedError("no webhook secret is set (BGWORKER_WEBHOOKS__SECRET)")
-        target = yarl.URL(url, encoded=True)
-        if target.scheme not in _PORTS or not target.raw_host:
-            raise addresses.RefusedError(f"not an http(s) URL with a host: {url!r}")
+        try:
+            # The contract's own parser: the URL that passed validation is the one called.
+            # A URL stored before the rule tightened is refused here, not retried.
+            target = callback_urls.parse(url)
+        except callback_urls.InvalidUrlError as exc:
+            raise addresses.RefusedError(f"{url!r} is not a callback URL: it {exc}") from None
         try:
             await self._post(target, msg_id, body)
         except aiohttp.InvalidURL as exc:
-            # E.g. a legacy numeric IPv4 host ("134744072", "8.8.2056"): the contract takes
-            # it as a name, getaddrinfo maps it, aiohttp will not connect to it. Every
-            # attempt would end the same way, so it is refused, not retried.
+            # parse refuses what aiohttp refuses (legacy numeric IPv4 hosts, "127.1"); if
+            # they ever disagree, every attempt would end the same way: refused, not retried.
             raise addresses.RefusedError(f"aiohttp will not call this URL: {exc}") from None
         except TimeoutError:
             raise DeliveryError(f"no answer within {self.timeout_seconds:g} s") from None
 
     async def _post(self, target: yarl.URL, msg_id: str, body: bytes) -> None:
-        assert target.raw_host and target.scheme in _PORTS
-        port = target.explicit_port or _PORTS[target.scheme]
+        assert target.raw_host and target.port
         async with asyncio.timeout(self.timeout_seconds):
-            found = await addresses.resolve(target.raw_host, port, allow_private=self.allow_private)
+            found = await addresses.resolve(
+                target.raw_host, target.port, allow_private=self.allow_private
+            )
             connector = aiohttp.TCPConnector(
                 resolver=_Pinned(found), use_dns_cache=False, force_close=True
             )

@@ -156,6 +156,7 @@ async def test_unroutable_publish_raises(namespace: str) -> None:
     connection = await aio_pika.connect(AMQP_URL)
     try:
         channel = await connection.channel()
+        # auto_delete goes with the last binding, and this one never has one: deleted below.
         await channel.declare_exchange(
             topo.requests_exchange, aio_pika.ExchangeType.DIRECT, auto_delete=True
         )
@@ -163,6 +164,7 @@ async def test_unroutable_publish_raises(namespace: str) -> None:
             with pytest.raises(broker.PublishError, match="not confirmed"):
                 await pub.publish(_request())
     finally:
+        await topo.delete(await connection.channel())
         await connection.close()
 
 

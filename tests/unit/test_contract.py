@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
 from hypothesis import event as hypothesis_event
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, ValidationError, validators
 
 from bgworker.contract import events
+from tests import helpers
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = json.loads((ROOT / "tests/contract/cases.json").read_text(encoding="utf-8"))
@@ -268,7 +269,7 @@ def parse_outcome(body: bytes) -> events.FileRequested | None:
     return event
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=helpers.examples(300), deadline=None)
 @given(st.binary(max_size=512))
 @example(b"[" * 100_000)
 @example(b'{"a": ' * 50_000)
@@ -291,7 +292,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=helpers.examples(300), deadline=None)
 @given(json_values)
 def test_any_json_document(value: Any) -> None:
     # json.dumps writes NaN/Infinity and lone surrogates as escapes: the parser sees them.
@@ -324,7 +325,7 @@ PLAUSIBLE: dict[str, list[Any]] = {
 FIELDS = [*VALID, *(f"requester.{k}" for k in VALID["requester"])]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=helpers.examples(300), deadline=None)
 @given(
     st.lists(st.sampled_from(FIELDS), unique=True, max_size=3).flatmap(
         lambda keys: st.fixed_dictionaries(

@@ -23,11 +23,12 @@ import pamqp.encode
 import pamqp.frame
 import pytest
 from aiormq.abc import DeliveredMessage
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pamqp import commands, header
 
 from bgworker.ops.deadletters import letters
+from tests import helpers
 
 # Anything but newline and tab that a reader could trip over: controls, lone surrogates.
 UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -191,7 +192,7 @@ times = st.datetimes(
 # -- properties -------------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=helpers.examples(300), deadline=None)
 @given(body=bodies, headers=st.none() | header_tables, message_id=st.none() | st.text(max_size=40))
 def test_any_letter_reads_as_printable_json(
     body: bytes, headers: dict[str, Any] | None, message_id: str | None
@@ -208,7 +209,7 @@ def test_any_letter_reads_as_printable_json(
         assert shown["payload"] is None and isinstance(shown["body"], str)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=helpers.examples(200), deadline=None)
 @given(
     body=bodies,
     headers=st.dictionaries(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -246,3 +247,24 @@ def test_a_broken_link_or_a_page_out_of_the_nav_fails_the_build(
     assert good.returncode == 0, good.stderr
     bad = _build(_project(tmp_path / "bad", page, nav))
     assert bad.returncode != 0 and complaint in bad.stderr, bad.stderr
+
+
+def test_setup_says_what_make_test_installs() -> None:
+    # Whatever scripts/test_deps.sh may apt-get install and `make node` may npm ci is named
+    # in Set up, with the number of npm packages and the switch that installs nothing.
+    page = (REPO / "docs" / "getting-started.md").read_text()
+    setup = page[page.index("## Set up") : page.index("## Docker Compose")]
+    script = (REPO / "scripts" / "test_deps.sh").read_text()
+    makefile = (REPO / "Makefile").read_text()
+    packages = re.findall(r"missing\+=\(([\w-]+)\)", script)
+    assert packages and [p for p in packages if f"`{p}`" not in setup] == []
+    [dirs] = re.findall(r"^NODE_DIRS := (.+)$", makefile, re.MULTILINE)
+    assert [d for d in dirs.split() if f"`{d}`" not in setup] == []
+    locked = sum(
+        len([name for name in json.loads((REPO / d / "package-lock.json").read_text())["packages"]
+             if name])
+        for d in dirs.split()
+    )  # fmt: skip
+    assert f"{locked} packages from the npm" in setup
+    assert "BGWORKER_TEST_INSTALL=no" in setup
+    assert "BGWORKER_TEST_INSTALL" in script and "BGWORKER_TEST_INSTALL" in makefile

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bgworker.effects import mail
+from tests import helpers
 
 SENDER = "bgworker <bgworker@example.com>"
 DATE = re.compile(rb"^Date: .*\r?\n", re.MULTILINE)
@@ -35,7 +36,7 @@ def _wire(message: EmailMessage) -> bytes:
     return BOUNDARY.sub(b"BOUNDARY", DATE.sub(b"", message.as_bytes()))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=helpers.examples(40), deadline=None)
 @given(
     # Control characters never reach a subject (events refuse them in names).
     filename=st.text(

@@ -23,6 +23,7 @@ from bgworker.contract import events
 from bgworker.examples import login_events
 from bgworker.handlers import execution as execution_mod
 from tests import handlers as test_handlers
+from tests import helpers
 from tests.helpers import wait_until
 
 
@@ -316,7 +317,7 @@ async def test_cancelling_a_sync_call_tells_the_handler_to_stop(
 # --- BlockingWriter: any sequence of writes gives the same file as one write --------------
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=helpers.examples(40), deadline=None)
 @given(
     st.lists(
         st.one_of(

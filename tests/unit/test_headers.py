@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from bgworker.contract import events
 from bgworker.web import headers
+from tests import helpers
 
 
 def _params(value: str) -> dict[str, str]:
@@ -98,7 +99,7 @@ def test_fallback_is_never_empty_dots_only_or_a_percent_escape(name: str) -> Non
     assert unquote(params["filename*"].removeprefix("UTF-8''"), encoding="utf-8") == name
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=helpers.examples(500), deadline=None)
 @given(st.text(min_size=1, max_size=40))
 def test_any_name_gives_a_safe_fallback(name: str) -> None:
     value = headers.content_disposition(name)

@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from bgworker.links import tokens
 from bgworker.settings import Settings, TokenSettings
+from tests import helpers
 
 KEY = "key-0123456789abcdef"
 DAY = 86400.0
@@ -163,7 +164,7 @@ def _mutate(token: str, mutation: tuple[str, object]) -> str:
     return token[:i] + token[i + 1 :]
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=helpers.examples(3000), deadline=None)
 @given(index=st.integers(0, len(_TOKENS) - 1), mutation=_mutation)
 def test_no_mutation_of_a_token_verifies(index: int, mutation: tuple[str, object]) -> None:
     token = _TOKENS[index]
