@@ -13,7 +13,12 @@ from contextlib import asynccontextmanager
 
 from bgworker import settings as settings_mod
 from bgworker.storage.base import (
+    Attachment,
     FileWriter,
+    GoneError,
+    Head,
+    RangeNotSatisfiableError,
+    Source,
     Stale,
     Storage,
     StorageError,
@@ -28,11 +33,16 @@ from bgworker.storage.writers import BlockingWriter, MemoryWriter, SyncMemoryWri
 
 __all__ = [
     "BUFFER_SIZE",
+    "Attachment",
     "BlockingWriter",
     "FileWriter",
+    "GoneError",
+    "Head",
     "LocalStorage",
     "LocalWriter",
     "MemoryWriter",
+    "RangeNotSatisfiableError",
+    "Source",
     "Stale",
     "Storage",
     "StorageError",

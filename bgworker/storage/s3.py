@@ -11,10 +11,10 @@ can see, which ``clean`` aborts once it is older than its grace period.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import TYPE_CHECKING, Any, Final
 
 from aiobotocore.config import AioConfig
@@ -30,10 +30,6 @@ if TYPE_CHECKING:
 # Separates key and upload id in the name ``stale`` gives an unfinished upload.
 _PART_SEP: Final = "\n"
 _MISSING: Final = frozenset({"404", "NoSuchKey", "NotFound"})
-
-
-class RangeNotSatisfiableError(base.StorageError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -54,14 +50,28 @@ class ObjectStream:
 
 
 @dataclass(frozen=True)
-class ObjectHead:
-    """What HeadObject tells of a stored object: the validators are the store's own (its
-    ETag is an MD5, or for a multipart upload an MD5 of MD5s with the part count), the ones
-    it sends, and evaluates conditional requests against, on a presigned GET."""
+class S3Source:
+    """A stored object, to be sent: the size and ETag its row recorded (no HEAD first), and
+    its bytes by a GET of just the range wanted."""
 
+    files: S3Storage
+    key: str
     size: int
-    etag: str  # quoted, as in the ETag header
-    last_modified: datetime
+    etag: str
+    last_modified: None = None
+    path: None = None  # no file here: the bytes pass through Python
+
+    async def read(self, start: int, end: int, chunk_size: int) -> AsyncGenerator[bytes, None]:
+        whole = start == 0 and end == self.size - 1
+        got = await self.files.get(self.key, None if whole else f"bytes={start}-{end}")
+        try:
+            async for chunk in got.body.iter_chunks(chunk_size):
+                yield chunk
+        finally:
+            # A client that hangs up makes the sender close this generator: the body goes
+            # back now, not when the garbage collector gets to it, or each one holds one of
+            # botocore's 10 pooled connections and downloads wait on the pool.
+            got.body.close()
 
 
 class S3Storage:
@@ -136,8 +146,9 @@ class S3Storage:
     def writer(self, key: str) -> s3_upload.S3Writer:
         return s3_upload.S3Writer(self, self.object_key(key))
 
-    async def head(self, key: str) -> ObjectHead | None:
-        """The stored object's size and validators, or None when there is none."""
+    async def head(self, key: str) -> base.Head | None:
+        """The stored object's size and the store's own validators (its ETag is an MD5, or
+        for a multipart upload an MD5 of MD5s with the part count), or None."""
         try:
             head = await self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
         except ClientError as exc:
@@ -148,10 +159,13 @@ class S3Storage:
             raise _unavailable(exc) from exc
         # botocore's datetime is in dateutil's UTC zone; the stdlib's, for email.utils.
         modified = head["LastModified"].astimezone(UTC)
-        return ObjectHead(head["ContentLength"], head["ETag"], modified)
+        return base.Head(head["ContentLength"], head["ETag"], modified)
 
     async def exists(self, key: str) -> bool:
         return await self.head(key) is not None
+
+    async def source(self, key: str, *, size: int, etag: str) -> S3Source:
+        return S3Source(self, key, size, etag)
 
     async def size(self, key: str) -> int:
         found = await self.head(key)
@@ -196,13 +210,7 @@ class S3Storage:
         return 0  # its parts' size is not worth a ListParts per upload
 
     async def presigned_get(
-        self,
-        key: str,
-        *,
-        content_type: str,
-        disposition: str,
-        cache_control: str,
-        seconds: int | None = None,
+        self, key: str, attachment: base.Attachment, seconds: int | None = None
     ) -> str:
         """A URL that GETs the file for ``seconds`` (at most ``presign_seconds``), with the
         name, type and caching the server would send (S3's response-* overrides, covered by
@@ -212,17 +220,17 @@ class S3Storage:
             Params={
                 "Bucket": self.bucket,
                 "Key": self.object_key(key),
-                "ResponseContentType": content_type,
-                "ResponseContentDisposition": disposition,
-                "ResponseCacheControl": cache_control,
+                "ResponseContentType": attachment.content_type,
+                "ResponseContentDisposition": attachment.disposition,
+                "ResponseCacheControl": attachment.cache_control,
             },
             ExpiresIn=min(seconds or self.presign_seconds, self.presign_seconds),
         )
 
     async def get(self, key: str, byte_range: str | None = None) -> ObjectStream:
-        """GET the file, or the range ``bytes=...`` as the client sent it (S3 parses it as
-        RFC 9110 does). Raises RangeNotSatisfiableError, ClientError when the object is
-        missing, StorageUnavailableError when the store does not answer."""
+        """GET the file, or the range ``bytes=first-last``. Raises RangeNotSatisfiableError,
+        GoneError when the object is missing, StorageUnavailableError when the store does
+        not answer."""
         object_key = self.object_key(key)
         try:
             if byte_range:
@@ -233,9 +241,9 @@ class S3Storage:
                 got = await self.client.get_object(Bucket=self.bucket, Key=object_key)
         except ClientError as exc:
             if _code(exc) in {"InvalidRange", "416"}:
-                raise RangeNotSatisfiableError(str(exc)) from exc
+                raise base.RangeNotSatisfiableError(str(exc)) from exc
             if _code(exc) in _MISSING:
-                raise
+                raise base.GoneError(f"no stored object {object_key}") from exc
             raise _unavailable(exc) from exc
         except BotoCoreError as exc:
             raise _unavailable(exc) from exc

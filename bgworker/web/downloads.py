@@ -10,65 +10,21 @@ never carry exception text (``messages``).
 
 from __future__ import annotations
 
-import asyncio
-import re
 from dataclasses import dataclass
 from typing import Any, Final
 
 from aiohttp import hdrs, web
-from aiohttp.abc import AbstractStreamWriter
 
-from bgworker import storage, store
+from bgworker import store
 from bgworker.contract import requester_texts, states
 from bgworker.links import state as link_states
 from bgworker.links import tokens
 from bgworker.observe import metrics, tracing
-from bgworker.web import headers, identity, keys, offload, pages, responses
+from bgworker.web import delivery, identity, keys, offload, pages, responses
 
 # RFC 9110 section 10.2.3: how long a client should wait before asking again for a file
 # that is still being built.
 RETRY_AFTER_SECONDS: Final = 30
-
-
-_ZERO_SUFFIX: Final = re.compile(r"bytes=-0+", re.ASCII | re.IGNORECASE)
-
-
-class _FileResponse(web.FileResponse):
-    """aiohttp evaluates ``If-Range`` only as a date and ignores an entity tag, so a resumed
-    download with a stale ETag would get a range of another representation. RFC 9110
-    section 13.1.5: unless the entity tag matches strongly, ignore ``Range`` (send it all)."""
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        wanted = request.headers.get(hdrs.RANGE, "").strip()
-        if wanted and (request.method != hdrs.METH_GET or not wanted.lower().startswith("bytes=")):
-            # RFC 9110 section 14.2: Range is defined for GET only, and a range unit the
-            # server does not know is ignored; aiohttp answered HEAD 206 and items= 416.
-            request = request.clone(headers=_without(request, hdrs.RANGE))
-        elif _ZERO_SUFFIX.fullmatch(wanted):
-            # "bytes=-0" asks for no byte: unsatisfiable (section 14.1.3), and aiohttp would
-            # send the whole file as a 206. A start past the end is its way to say 416.
-            st = await asyncio.to_thread(self._path.stat)
-            headers = request.headers.copy()
-            headers[hdrs.RANGE] = f"bytes={st.st_size}-"
-            request = request.clone(headers=headers)
-        if "," in request.headers.get(hdrs.RANGE, ""):
-            # aiohttp parses one range only and answers a multi-range request 416 even
-            # when it is satisfiable. RFC 9110 section 14.2: a server MAY ignore Range;
-            # the whole file (200) is a correct answer, a 416 is not.
-            request = request.clone(headers=_without(request, hdrs.RANGE))
-        if_range = request.headers.get(hdrs.IF_RANGE, "").strip()
-        if if_range.startswith(('"', "W/")) and hdrs.RANGE in request.headers:
-            st = await asyncio.to_thread(self._path.stat)
-            # aiohttp's ETag for a file (web_fileresponse): mtime_ns and size, strong.
-            if if_range != f'"{st.st_mtime_ns:x}-{st.st_size:x}"':
-                request = request.clone(headers=_without(request, hdrs.RANGE))
-        return await super().prepare(request)
-
-
-def _without(request: web.BaseRequest, name: str) -> Any:
-    headers = request.headers.copy()
-    headers.popall(name, None)
-    return headers
 
 
 LinkState = link_states.LinkState
@@ -149,24 +105,7 @@ async def download(request: web.Request) -> web.StreamResponse:
             pass  # marks the grant; the bytes stream after the handler returns
     if (offloaded := offload.response(request, row)) is not None:
         return offloaded  # download_mode=accel: nginx sends the bytes
-    files = request.app[keys.STORAGE]
-    if not isinstance(files, storage.LocalStorage):
-        # Imported here: a server on local storage never loads botocore.
-        from bgworker.web import objects
-
-        return await objects.send(request, files, row)
-    # FileResponse streams from disk (sendfile where it can, chunks otherwise) and handles
-    # Range/If-None-Match and date If-Range itself (RFC 9110); _FileResponse adds entity-tag
-    # If-Range and multi-range, and we add the headers it cannot know.
-    return _FileResponse(
-        files.path(row.storage_key),
-        chunk_size=request.app[keys.CHUNK_SIZE],
-        headers={
-            "Content-Type": row.content_type,
-            "Content-Disposition": headers.content_disposition(row.filename),
-            **headers.SECURITY_HEADERS,
-        },
-    )
+    return await delivery.send(request, row)  # Range and conditionals: ranges.decide
 
 
 async def status(request: web.Request) -> web.Response:

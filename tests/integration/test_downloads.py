@@ -164,6 +164,34 @@ async def test_conditional_requests(
     assert (status, body) == (200, blob_bytes(SIZE, SEED))
 
 
+async def test_one_engine_answers_range_and_conditionals_on_every_backend(
+    server: str, ready: store.RequestRow, signer: tokens.Signer
+) -> None:
+    """web/ranges decides for every backend (collected by test_s3_downloads too): before it,
+    a reversed range was a 416 on local files and a 200 on S3, a weak If-None-Match and a
+    HEAD's were a 304 on local files and a 200 on S3."""
+    url = f"{server}/download/{signer.general(ready.id)}"
+    data = blob_bytes(SIZE, SEED)
+    _, hdrs, _ = await fetch("GET", url)
+    etag = hdrs["ETag"]
+    for value in ("bytes=0-1,5-9", "bytes=9-1", "bytes=abc"):
+        status, hdrs, body = await fetch("GET", url, headers={"Range": value})
+        assert (status, body) == (200, data), value
+        assert "Content-Range" not in hdrs
+    for method, tag in (("GET", f"W/{etag}"), ("HEAD", etag), ("GET", f'"x", {etag}')):
+        status, hdrs, body = await fetch(method, url, headers={"If-None-Match": tag})
+        assert (status, body, hdrs["ETag"]) == (304, b"", etag), (method, tag)
+    status, _, body = await fetch("GET", url, headers={"If-None-Match": '"x"'})
+    assert (status, body) == (200, data)
+    dated = {"Range": "bytes=0-9", "If-Range": "Wed, 21 Oct 2099 07:28:00 GMT"}
+    status, _, body = await fetch("GET", url, headers=dated)
+    assert (status, body) == (200, data)  # a date is not our ETag: all of it
+    status, hdrs, body = await fetch("GET", url, headers={"Range": f"bytes=10-{SIZE * 2}"})
+    assert (status, body, hdrs["Content-Range"]) == (206, data[10:], f"bytes 10-{SIZE - 1}/{SIZE}")
+    status, hdrs, body = await fetch("GET", url, headers={"Range": f"Bytes=-{SIZE * 2}"})
+    assert (status, body, hdrs["Content-Range"]) == (206, data, f"bytes 0-{SIZE - 1}/{SIZE}")
+
+
 # Written out, not read from bgworker.web.headers: a change to what the server sends must
 # fail here. Cache-Control: the body is the requester's data, never kept by a shared cache
 # (RFC 9111 section 5.2.2.3/5.2.2.7); Referrer-Policy: the URL carries the token.

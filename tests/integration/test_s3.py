@@ -227,9 +227,8 @@ async def test_presigned_urls_refuse_tampering_and_expiry(seaweedfs: s3.S3Server
             await writer.write(b"the file")
             await writer.finish()
         disposition = 'attachment; filename="report.csv"'
-        url = await s3_files.presigned_get(
-            key, content_type="text/csv", disposition=disposition, cache_control="no-store"
-        )
+        attachment = storage.Attachment("text/csv", disposition, "no-store")
+        url = await s3_files.presigned_get(key, attachment)
         signed_at = time.time()
         status, headers, body = await asyncio.to_thread(_get, url)
         assert (status, body) == (200, b"the file")

@@ -22,6 +22,7 @@ from tests.integration.test_downloads import (  # noqa: F401
     test_conditional_requests,
     test_get_streams_the_whole_file,
     test_head_sends_headers_and_no_body,
+    test_one_engine_answers_range_and_conditionals_on_every_backend,
     test_range_requests,
     test_ranges_the_rfc_says_to_ignore_or_refuse,
     test_security_headers,

@@ -225,3 +225,36 @@ async def test_in_memory_a_small_file_is_finished_without_a_thread_hop(
 def test_on_disk_nothing_is_finished_inline(files: storage.LocalStorage) -> None:
     on = local.filesystem_of(files.root)
     assert files.in_memory == (on in local.IN_MEMORY)
+
+
+async def test_a_source_reads_the_bytes_asked_for_and_gives_its_validators(
+    files: storage.LocalStorage,
+) -> None:
+    """The download server's view of a stored file (``Storage.source``): its own size and
+    validators (the row's are for a backend that has none), a path to send with sendfile,
+    and ``read`` for a sender that cannot use it."""
+    key = f"ab/{RID}.{LEASE}"
+    data = os.urandom(10_000)
+    writer = files.writer(key)
+    await writer.write(data)
+    await writer.finish()
+    source = await files.source(key, size=1, etag='"the row\'s"')
+    st = files.path(key).stat()
+    assert (source.size, source.path) == (len(data), files.path(key))
+    assert source.etag == f'"{st.st_mtime_ns:x}-{st.st_size:x}"'  # what FileResponse sends
+    assert source.last_modified is not None
+    assert abs(source.last_modified.timestamp() - st.st_mtime) < 1e-5  # microseconds
+    head = await files.head(key)
+    assert head is not None and (head.size, head.etag) == (len(data), source.etag)
+    for start, end, chunk in ((0, len(data) - 1, 4096), (10, 19, 3), (9_990, 9_999, 1 << 20)):
+        chunks = [c async for c in source.read(start, end, chunk)]
+        assert b"".join(chunks) == data[start : end + 1]
+        assert all(len(c) <= chunk for c in chunks)
+    backend: storage.Storage = files  # a directory has no URL of its own
+    assert await backend.presigned_get(key, storage.Attachment("a/b", "x", "no-store")) is None
+    await files.delete(key)
+    assert await files.head(key) is None
+    with pytest.raises(storage.GoneError):
+        await files.source(key, size=len(data), etag='"x"')
+    with pytest.raises(storage.GoneError):  # deleted after it was opened
+        await anext(source.read(0, 9, 10))
