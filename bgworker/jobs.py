@@ -118,7 +118,8 @@ class Runner:
         except events.InvalidEventError as exc:
             # exc.reason is one of events.REASONS, all of them states.Reason values.
             reason = states.Reason(exc.reason)
-            await self.reject(message, reason, "InvalidEventError", str(exc), exc.request_id)
+            request_id = exc.request_id or _message_id(message)
+            await self.reject(message, reason, "InvalidEventError", str(exc), request_id)
             return states.JobOutcome.INVALID
         logs.bind(request_id=str(event.id), file_type=event.file_type, worker_id=self.worker_id)
         registration = self.registry.find(event.file_type)
@@ -357,6 +358,21 @@ class Runner:
                 lost.set()
                 job.cancel()
                 return
+
+
+def _message_id(message: AbstractIncomingMessage) -> uuid.UUID | None:
+    """The request id a body that names none (not JSON, nested too deep to decode) still
+    carries: producers publish each request with its id as the AMQP message_id
+    (``wire.request``). With it the rejection is recorded, so ``status`` and a FileFailed
+    say why; a row already under that id is never touched (see ``rejection``). Only the
+    canonical 8-4-4-4-12 form counts: aio-pika makes up a 32-digit hex message_id for a
+    message published without one, which names no request."""
+    text = message.message_id or ""
+    try:
+        request_id = uuid.UUID(text)
+    except ValueError:
+        return None
+    return request_id if str(request_id) == text.lower() else None
 
 
 async def _ack(message: AbstractIncomingMessage) -> None:
