@@ -193,7 +193,9 @@ async def test_undecodable_body_with_an_id_in_its_properties_is_recorded_as_fail
 
 
 # "": aio-pika publishes a made-up 32-digit hex id instead, which names no request.
-@pytest.mark.parametrize("message_id", ["raw", "", "0a2899be5b0c4a0e9b0c9f6d7a1e2f3c", "0a2899be-not-a-uuid"])
+@pytest.mark.parametrize(
+    "message_id", ["raw", "", "0a2899be5b0c4a0e9b0c9f6d7a1e2f3c", "0a2899be-not-a-uuid"]
+)
 async def test_undecodable_body_without_a_usable_id_records_nothing(
     db: store.Store,
     publish_raw: PublishRaw,
