@@ -11,6 +11,7 @@ raised while decoding, validating, recording or claiming a delivery belongs to t
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import time
@@ -131,6 +132,10 @@ def level(exc: BaseException, what: str) -> int:
 # connections for now (53300). Refused credentials (28) or an unknown database (3D) are not.
 STARTING_SQLSTATES: Final = LOST_SQLSTATES | {"53300"}
 STARTUP_BACKOFF_SECONDS: Final = (1.0, 2.0, 4.0, 8.0)  # then 8 s until the time is up
+# A network that is not there yet (an interface coming up, a route being set).
+NETWORK_ERRNOS: Final = frozenset(
+    {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN}
+)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -166,7 +171,14 @@ def is_transient(exc: BaseException) -> bool:
         return True  # storage.StorageError (it answered: no bucket, access denied) is not
     if isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError):
         return True  # a connection closed during its handshake
-    return logs.connection_trouble(exc)
+    if not logs.connection_trouble(exc):  # a refusal: credentials, vhost, protocol
+        return False
+    # The network's answer, not the machine's (a PermissionError is an OSError too).
+    return any(
+        isinstance(cause, ConnectionError | TimeoutError | EOFError)
+        or (isinstance(cause, OSError) and cause.errno in NETWORK_ERRNOS)
+        for cause in chain
+    )
 
 
 async def ride_out(attempt: Callable[[], Awaitable[T]], *, service: str, seconds: float) -> T:

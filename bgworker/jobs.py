@@ -119,7 +119,7 @@ class Runner:
         except events.InvalidEventError as exc:
             # exc.reason is one of events.REASONS, all of them states.Reason values.
             reason = states.Reason(exc.reason)
-            request_id = exc.request_id or rejection.message_request_id(message)
+            request_id = exc.request_id or rejection.request_id_from(message.message_id)
             await self.reject(message, reason, "InvalidEventError", str(exc), request_id)
             return states.JobOutcome.INVALID
         logs.bind(request_id=str(event.id), file_type=event.file_type, worker_id=self.worker_id)

@@ -12,7 +12,6 @@ default) is the usual line for a terminal.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import logging
 import math
@@ -210,7 +209,9 @@ def connection_trouble(exc: BaseException) -> bool:
     """Whether ``exc`` says a connection is gone or cannot be made: the errors a routine
     reconnect raises, not a refusal (credentials, a frame the broker rejects, a bad
     statement) nor any other error."""
-    import aiormq.exceptions as amqp  # here: only a library line at WARNING gets this far
+    import asyncio  # here, as aiormq: only a library line at WARNING gets this far
+
+    import aiormq.exceptions as amqp
 
     if type(exc) is amqp.ConnectionClosed:
         # Closed by the broker with a code it does not map to a client's fault.

@@ -116,6 +116,11 @@ class LeaseKeeper:
         started.set()
         try:
             loop.run_until_complete(self._renew_until_stopped())
+        except BaseException:
+            # Never expected (every round catches its own errors), and fatal to the
+            # guarantee: the leases run out and other workers take the jobs.
+            log.exception("the lease keeper stopped; the leases of running jobs will expire")
+            raise
         finally:
             loop.close()
 
