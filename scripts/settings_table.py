@@ -74,7 +74,9 @@ MEANING: Final[dict[str, str]] = {
         "a connection is closed after this many emails (some servers limit it)"
     ),
     "BGWORKER_WORKER__CONCURRENCY": "jobs at once per worker process",
-    "BGWORKER_WORKER__LEASE_SECONDS": "lease of a claimed job; renewed every third of it from a thread",
+    "BGWORKER_WORKER__LEASE_SECONDS": (
+        "lease of a claimed job; renewed every third of it from a thread"
+    ),
     "BGWORKER_WORKER__REAP_INTERVAL_SECONDS": "how often expired leases are requeued",
     "BGWORKER_WORKER__HOLD_TIMEOUT_SECONDS": (
         "database away: retry a delivery in place this long, then requeue it"
