@@ -267,7 +267,12 @@ class Runner:
         def stop_job() -> None:
             # Cancelled, or taken over after the lease expired: the finalizer says which
             # once the handler has stopped. ctx.cancelled turns true first, so an async
-            # handler that catches the cancellation still sees why.
+            # handler that catches the cancellation still sees why. Once: the keeper and
+            # the progress saver may both find out, and a second cancel would interrupt
+            # the finalizer.
+            if lost.is_set():
+                return
+            self.leases.drop(claim)
             log.info("request %s: lease gone, stopping the handler", claim.request_id)
             ctx.stop(handlers.StoppedError("the request was cancelled or its lease lost"))
             lost.set()

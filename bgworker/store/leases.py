@@ -59,9 +59,8 @@ class LeaseKeeper:
         self._lock = threading.Lock()  # _held is read from the thread
         self._owner: asyncio.AbstractEventLoop | None = None  # the worker's loop
         self._loop: asyncio.AbstractEventLoop | None = None  # the thread's own
-        self._wake: asyncio.Event | None = None  # on the thread's loop
+        self._rounds: asyncio.Task[None] | None = None  # on the thread's loop
         self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
 
     # -- on the worker's loop -----------------------------------------------------------
 
@@ -91,13 +90,13 @@ class LeaseKeeper:
         await self.stop()
 
     async def stop(self) -> None:
-        """Stop renewing and wait for the thread (its connection closed)."""
+        """Stop renewing, a round in flight included (a statement that hangs does not hold
+        the worker's exit), and wait for the thread (its connection closed)."""
         if self._thread is None:
             return
-        self._stopping.set()
-        if self._loop is not None and self._wake is not None:
+        if self._loop is not None and self._rounds is not None:
             with contextlib.suppress(RuntimeError):  # its loop already closed
-                self._loop.call_soon_threadsafe(self._wake.set)
+                self._loop.call_soon_threadsafe(self._rounds.cancel)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
 
@@ -112,10 +111,12 @@ class LeaseKeeper:
     def _run(self, started: threading.Event) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
-        self._wake = asyncio.Event()
+        self._rounds = loop.create_task(self._renew_until_stopped(), name="lease-rounds")
         started.set()
         try:
-            loop.run_until_complete(self._renew_until_stopped())
+            loop.run_until_complete(self._rounds)
+        except asyncio.CancelledError:
+            pass  # stopped
         except BaseException:
             # Never expected (every round catches its own errors), and fatal to the
             # guarantee: the leases run out and other workers take the jobs.
@@ -126,19 +127,16 @@ class LeaseKeeper:
 
     async def _renew_until_stopped(self) -> None:
         """A round every ``interval`` from the start of the previous one, so a slow round
-        does not push the next one later."""
-        assert self._wake is not None
+        does not push the next one later; until cancelled (``stop``)."""
         loop = asyncio.get_running_loop()
         conn: asyncpg.Connection | None = None
-        with contextlib.suppress(Exception):  # connected before the first job needs it
-            conn = await asyncpg.connect(self.dsn, timeout=self.interval)
+        next_round = loop.time() + self.interval
         try:
-            while not self._stopping.is_set():
-                started = loop.time()
+            while True:
+                await asyncio.sleep(max(0.0, next_round - loop.time()))
+                # A round that took longer than an interval (a timeout) is followed at once.
+                next_round = max(next_round + self.interval, loop.time())
                 conn = await self._renew(conn)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout_at(started + self.interval):
-                        await self._wake.wait()
         finally:
             if conn is not None:
                 conn.terminate()
