@@ -308,8 +308,11 @@ class Runner:
                         await writer.abort()  # nothing built: drop what it may have left
                         return settled
                 # Raises handlers.TimeLimitError past the time limit: an ordinary error below.
+                limit = self.execution.time_limit(registration)
+                self.leases.bound(claim, limit and limit + self.config.lease_seconds)
                 with tracing.span("handler", file_type=event.file_type, attempt=claim.attempt):
                     await self.execution.call(registration, ctx, writer)
+                self.leases.bound(claim, None)  # storing the file is not the handler's time
                 size, digest = await writer.finish()
             finally:
                 # Before any outcome: from here on a lease found gone must not cancel the

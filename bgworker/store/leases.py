@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,10 +39,12 @@ from bgworker.store import queries, rows
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Held:
     request_id: uuid.UUID
     on_lost: Callable[[], None]
+    # Renewed until then (time.monotonic()); see ``bound``.
+    until: float = math.inf
 
 
 class LeaseKeeper:
@@ -67,6 +71,16 @@ class LeaseKeeper:
     def hold(self, claim: rows.Claim, on_lost: Callable[[], None]) -> None:
         with self._lock:
             self._held[claim.lease_token] = _Held(claim.request_id, on_lost)
+
+    def bound(self, claim: rows.Claim, seconds: float | None) -> None:
+        """Renew the claim's lease for at most ``seconds`` more (None: no bound). The job
+        sets its handler's time limit plus a lease: past it, only an event loop still
+        blocked could keep the handler running (the limit fires on the loop), a worker as
+        good as stopped, so its lease runs out and another worker takes the request."""
+        until = math.inf if seconds is None else time.monotonic() + seconds
+        with self._lock:
+            if (held := self._held.get(claim.lease_token)) is not None:
+                held.until = until
 
     def drop(self, claim: rows.Claim) -> None:
         """The job is done with its lease (its outcome is next): no renewal, no loss."""
@@ -143,8 +157,18 @@ class LeaseKeeper:
 
     async def _renew(self, conn: asyncpg.Connection | None) -> asyncpg.Connection | None:
         """One round; returns the connection to use next time (None: make a new one)."""
+        now = time.monotonic()
         with self._lock:
-            held = list(self._held.items())
+            held = [(token, h) for token, h in self._held.items() if h.until > now]
+            overdue = [h for h in self._held.values() if -math.inf < h.until <= now]
+            for h in overdue:
+                h.until = -math.inf  # said once
+        for h in overdue:
+            log.warning(
+                "request %s: past its time limit with the event loop still blocked; its "
+                "lease is no longer renewed (another worker will take the request)",
+                h.request_id,
+            )
         if not held:
             return conn
         try:

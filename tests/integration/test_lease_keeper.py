@@ -108,3 +108,22 @@ async def test_a_stopped_keeper_renews_nothing(database_url: str, db: store.Stor
     assert (await get_row(db, claim.request_id)).lease_expires_at == expiry
     with contextlib.suppress(Exception):
         await keeper.stop()  # a second stop is harmless
+
+
+async def test_a_lease_past_its_bound_is_let_go_once(
+    db: store.Store, keeper: store.LeaseKeeper, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A handler past its time limit plus a lease can only be running on a loop still
+    # blocked (the limit fires on the loop): its worker is as good as stopped.
+    bounded, witness = await _claim(db), await _claim(db)
+    lost: list[store.Claim] = []
+    keeper.hold(bounded, lambda: lost.append(bounded))
+    keeper.hold(witness, lambda: None)
+    keeper.bound(bounded, 0.0)
+    keeper.bound(witness, None)
+    expiry = (await get_row(db, bounded.request_id)).lease_expires_at
+    await _renewed(db, witness, 3)
+    assert (await get_row(db, bounded.request_id)).lease_expires_at == expiry
+    assert lost == []  # let go, not lost: the job hears of it from its fenced outcome
+    said = [r for r in caplog.records if "past its time limit" in r.getMessage()]
+    assert len(said) == 1 and str(bounded.request_id) in said[0].getMessage()
