@@ -9,7 +9,7 @@ from typing import Final
 
 from aio_pika.abc import AbstractRobustConnection
 
-from bgworker import metrics, store
+from bgworker import logs, metrics, store
 
 INTERVAL_SECONDS: Final = 5.0
 PING_TIMEOUT_SECONDS: Final = 2.0
@@ -29,8 +29,13 @@ class Health:
                 async with asyncio.timeout(PING_TIMEOUT_SECONDS):
                     await self.db.ping()
                 database = True
-            except Exception:
+            except Exception as exc:
+                # An idle worker hears of a lost PostgreSQL here first: one WARNING, then
+                # one INFO when a ping (or anything else) gets through again.
+                logs.OUTAGES[logs.POSTGRESQL].lost(exc, "health check")
                 database = False
+            if database:
+                logs.OUTAGES[logs.POSTGRESQL].back()
             self.status.update(database=database, broker=not self.connection.is_closed)
             for name, up in self.status.items():
                 metrics.DEPENDENCY_UP.labels(name).set(1 if up else 0)

@@ -19,7 +19,7 @@ from typing import Any, Final, Literal
 import aiosmtplib
 import aiosmtplib.typing
 
-from bgworker import languages
+from bgworker import languages, logs
 from bgworker import settings as settings_mod
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,9 @@ class Mailer:
                 except Exception as exc:
                     if not _before_data(client, exc):
                         raise
-                    log.info("SMTP connection went stale (%s); sending on a new one", exc)
+                    log.info(
+                        "SMTP connection went stale (%s); sending on a new one", logs.describe(exc)
+                    )
                     client = None
             if client is None:
                 client = await self._connect()

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from aio_pika.abc import AbstractChannel
 
-from bgworker import broker, effects, metrics, settings, states, store, topology, wire
+from bgworker import broker, effects, faults, logs, metrics, settings, states, store, topology, wire
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ class Reaper:
                     self.config.recovery_grace_seconds, REAP_BATCH, requeue
                 )
             except Exception as exc:  # database or broker away: try next round
-                log.warning("reaper: %s", exc)
+                if not faults.report(exc, "reaper"):
+                    log.warning("reaper: %s", logs.describe(exc))
             else:
                 if report.requeued or report.cancelled or report.failed:
                     metrics.REAPED.inc(report.requeued)

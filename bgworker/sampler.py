@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from bgworker import broker, metrics, states, store, topology
+from bgworker import broker, faults, logs, metrics, states, store, topology
 from bgworker import settings as settings_mod
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ class Sampler:
             try:
                 await self.sample()
             except Exception as exc:  # a service away: keep the last values, try again
-                log.warning("metrics sampler: %s", exc)
+                if not faults.report(exc, "metrics sampler"):
+                    log.warning("metrics sampler: %s", logs.describe(exc))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval_seconds):
                     await stopping.wait()
