@@ -55,7 +55,8 @@ class SmtpSettings(BaseModel):
 
 class WorkerSettings(BaseModel):
     concurrency: int = Field(4, ge=1, le=1000)
-    # A claimed job holds a lease in PostgreSQL; the heartbeat renews it every third of it.
+    # A claimed job holds a lease in PostgreSQL; the worker's lease keeper (a thread) renews
+    # it every third of it.
     lease_seconds: float = Field(60.0, gt=0)
     # How often expired leases (dead workers) are looked for and their requests re-queued.
     reap_interval_seconds: float = Field(10.0, gt=0)
@@ -293,6 +294,11 @@ class Settings(BaseSettings):
     # "json": one JSON object per line, with request_id, file_type, attempt and worker_id on
     # every line about a job (bgworker.observe.logs); "text" for people at a terminal.
     log_format: Literal["text", "json"] = "text"
+    # `worker` and `serve` wait this long at start for RabbitMQ, PostgreSQL and storage while
+    # they refuse, reset or time out (restarting, or started after us), one line per retry,
+    # then exit 69. A name that does not resolve or refused credentials exit at once. 0: no
+    # waiting.
+    startup_retry_seconds: float = Field(60.0, ge=0, allow_inf_nan=False)
 
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)

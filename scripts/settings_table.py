@@ -38,6 +38,10 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_AMQP_URL": "RabbitMQ URL",
     "BGWORKER_DATABASE_URL": "PostgreSQL URL (`bgworker migrate` creates the database)",
     "BGWORKER_NAMESPACE": "prefix of every exchange and queue name",
+    "BGWORKER_STARTUP_RETRY_SECONDS": (
+        "`worker` and `serve` wait this long at start for a service that refuses, resets or "
+        "times out (one line per retry), then exit 69; 0: fail at once"
+    ),
     "BGWORKER_QUEUE_TYPE": "`quorum` or `classic` work queue",
     "BGWORKER_STORAGE_DIR": (
         "directory the files are stored in with the local backend (shared by worker and server)"
@@ -83,7 +87,9 @@ MEANING: Final[dict[str, str]] = {
         "a connection is closed after this many emails (some servers limit it)"
     ),
     "BGWORKER_WORKER__CONCURRENCY": "jobs at once per worker process",
-    "BGWORKER_WORKER__LEASE_SECONDS": "lease of a claimed job; the heartbeat renews it",
+    "BGWORKER_WORKER__LEASE_SECONDS": (
+        "lease of a claimed job; renewed every third of it from a thread"
+    ),
     "BGWORKER_WORKER__REAP_INTERVAL_SECONDS": "how often expired leases are requeued",
     "BGWORKER_WORKER__HOLD_TIMEOUT_SECONDS": (
         "database away: retry a delivery in place this long, then requeue it"

@@ -296,17 +296,18 @@ async def publish(
 async def publish_raw(
     settings: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
 ) -> AsyncIterator[helpers.PublishRaw]:
-    """Publish arbitrary bytes to the requests exchange (bad events)."""
+    """Publish arbitrary bytes to the requests exchange (bad events), with a message id
+    ("raw", or one the test gives)."""
     connection = await aio_pika.connect(helpers.AMQP_URL)
     confirm = await broker.open_channel(connection)  # type: ignore[arg-type]
     topo = topology.Topology(settings.namespace)
 
-    async def _publish(body: bytes) -> None:
+    async def _publish(body: bytes, message_id: str = "raw") -> None:
         await broker.publish(
             confirm,
             topo.requests_exchange,
             topology.REQUESTED_KEY,
-            wire.request(body, "raw"),
+            wire.request(body, message_id),
         )
 
     yield _publish

@@ -50,8 +50,8 @@ def examples(n: int) -> int:
 # The factory fixtures of conftest.py, as the tests that request them see them.
 # publish(file_type, criteria=..., **FileRequested fields) -> the event, broker-confirmed
 Publish = Callable[..., Awaitable[events.FileRequested]]
-# publish_raw(body) -> None: arbitrary bytes to the requests exchange
-PublishRaw = Callable[[bytes], Awaitable[None]]
+# publish_raw(body, message_id="raw") -> None: arbitrary bytes to the requests exchange
+PublishRaw = Callable[..., Awaitable[None]]
 # start_worker(**Worker keyword arguments) -> a worker that consumes
 StartWorker = Callable[..., Awaitable[worker.Worker]]
 # start_server(**create_app keyword arguments) -> the server's base URL

@@ -31,6 +31,7 @@ SETTINGS: Final[tuple[tuple[str, str, bool], ...]] = (
     ("BGWORKER_LOG_LEVEL", "INFO", False),
     ("BGWORKER_TEMPLATE_DIR", "", False),
     ("BGWORKER_LOG_FORMAT", "text", False),
+    ("BGWORKER_STARTUP_RETRY_SECONDS", "60.0", False),
     ("BGWORKER_SMTP__HOST", "127.0.0.1", False),
     ("BGWORKER_SMTP__PORT", "1025", False),
     ("BGWORKER_SMTP__USERNAME", "", False),

@@ -9,7 +9,8 @@ later may help). Never a traceback: a traceback says "bug in bgworker", and thes
 
 The services a command needs are probed once before it runs (one connection each, closed at
 once), so the line can say which service failed even when the error type cannot (an
-``OSError`` from either client).
+``OSError`` from either client). ``worker`` and ``serve`` first wait out a service that
+refuses, resets or times out, for ``BGWORKER_STARTUP_RETRY_SECONDS`` (``faults.ride_out``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import aiormq
 import asyncpg
 import pydantic
 
-from bgworker import handlers, storage
+from bgworker import faults, handlers, storage
 from bgworker import settings as settings_mod
 
 EXIT_USAGE: Final = 64  # EX_USAGE: the settings are wrong
@@ -46,6 +47,9 @@ NEEDS_DATABASE: Final = frozenset({"worker", "serve", "status", "cancel", "clean
 NEEDS_BROKER: Final = frozenset({"worker", "publish", "dlq"})
 NEEDS_HANDLERS: Final = frozenset({"worker"})
 NEEDS_STORAGE: Final = frozenset({"worker", "serve", "clean"})
+# Started by a supervisor, often next to the services: they wait out a service that is not
+# up yet (BGWORKER_STARTUP_RETRY_SECONDS). A one-shot command answers at once.
+RIDES_OUT: Final = frozenset({"worker", "serve"})
 
 
 @dataclass
@@ -173,31 +177,46 @@ def load_handlers(paths: list[str]) -> handlers.Registry:
 
 async def probe(settings: settings_mod.Settings, command: str) -> None:
     """Connect once to each service ``command`` needs and close again; raise a
-    StartupError naming the one that failed."""
+    StartupError naming the one that failed. The long-running commands (``RIDES_OUT``)
+    first wait out a service that is restarting or not up yet (``faults.ride_out``)."""
+    seconds = settings.startup_retry_seconds if command in RIDES_OUT else 0.0
     if command in NEEDS_DATABASE:
         dsn = settings.database_url.get_secret_value()
-        try:
+
+        async def connect_database() -> None:
             conn = await asyncpg.connect(dsn, timeout=PROBE_TIMEOUT_SECONDS)
+            await conn.close()
+
+        try:
+            await faults.ride_out(connect_database, service=_service(dsn), seconds=seconds)
         except Exception as exc:
             raise database_error(exc, dsn) from None
-        await conn.close()
     if command in NEEDS_BROKER:
         url = settings.amqp_url.get_secret_value()
+
+        async def connect_broker() -> None:
+            connection = await aio_pika.connect(url, timeout=PROBE_TIMEOUT_SECONDS)
+            await connection.close()
+
         # aiormq logs a failed connect at ERROR before raising: the line below says it once.
         client_log = logging.getLogger("aiormq")
         level = client_log.level
         client_log.setLevel(logging.CRITICAL)
         try:
-            connection = await aio_pika.connect(url, timeout=PROBE_TIMEOUT_SECONDS)
+            await faults.ride_out(connect_broker, service=_service(url), seconds=seconds)
         except Exception as exc:
             raise broker_error(exc, url) from None
         finally:
             client_log.setLevel(level)
-        await connection.close()
     if command in NEEDS_STORAGE and settings.storage.backend == "s3":
-        try:
+
+        async def open_storage() -> None:
             async with storage.opened(settings):  # S3: looks the bucket up
                 pass
+
+        try:
+            where = settings.storage.s3_endpoint_url or "S3"
+            await faults.ride_out(open_storage, service=f"storage at {where}", seconds=seconds)
         except storage.StorageUnavailableError as exc:
             raise unavailable(str(exc)) from None
         except storage.StorageError as exc:  # it answered: no such bucket, access denied
@@ -226,6 +245,11 @@ def service_error(exc: BaseException, settings: settings_mod.Settings) -> Startu
 def _where(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port or ''}".rstrip(":")
+
+
+def _service(url: str) -> str:
+    name = "RabbitMQ" if url.startswith("amqp") else "PostgreSQL"
+    return f"{name} at {_where(url)}"
 
 
 def database_error(exc: BaseException, dsn: str) -> StartupError:

@@ -21,6 +21,7 @@ import aiosmtplib.typing
 
 from bgworker import languages
 from bgworker import settings as settings_mod
+from bgworker.observe import logs
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,9 @@ class Mailer:
                 except Exception as exc:
                     if not _before_data(client, exc):
                         raise
-                    log.info("SMTP connection went stale (%s); sending on a new one", exc)
+                    log.info(
+                        "SMTP connection went stale (%s); sending on a new one", logs.describe(exc)
+                    )
                     client = None
             if client is None:
                 client = await self._connect()

@@ -31,7 +31,7 @@ from typing import Any, Final
 
 from aio_pika.abc import AbstractChannel
 
-from bgworker import settings, store
+from bgworker import faults, settings, store
 from bgworker.contract import events, requester_texts, states
 from bgworker.effects import addresses, mail, webhooks
 from bgworker.links import lifecycle, tokens
@@ -141,7 +141,8 @@ class Dispatcher:
                 SWEEP_BATCH, self.config.outbox_claim_seconds
             )
         except Exception as exc:  # next sweep retries; the loop must not die
-            log.warning("outbox sweep failed, will retry: %s", exc)
+            if not faults.report(exc, "outbox sweep"):
+                log.warning("outbox sweep failed, will retry: %s", logs.describe(exc))
             return 0
         for item in items:
             self._spawn(item)
@@ -177,24 +178,28 @@ class Dispatcher:
             retry_seconds = self.config.outbox_retry_seconds
             step = min(item.attempts, len(retry_seconds)) - 1
             delay = retry_seconds[max(step, 0)]
-            log.warning(
+            # A connection lost meanwhile is said once (faults.report); this line is news
+            # about the effect, not an alert.
+            log.log(
+                faults.level(exc, f"{item.kind} for {item.request_id}"),
                 "%s for %s failed (attempt %d), retry in %.0fs: %s",
                 item.kind,
                 item.request_id,
                 item.attempts,
                 delay,
-                exc,
+                logs.describe(exc),
                 extra=logs.about(item.request_id),
             )
             metrics.OUTBOX_FAILURES.labels(item.kind).inc()
             try:
                 await self.db.outbox.outbox_retry(item, f"{type(exc).__name__}: {exc}", delay)
-            except Exception:
-                log.exception(
-                    "could not record outbox failure for %s",
-                    item.request_id,
-                    extra=logs.about(item.request_id),
-                )
+            except Exception as again:  # its claim runs out and it is retried then
+                if not faults.report(again, "outbox"):
+                    log.exception(
+                        "could not record outbox failure for %s",
+                        item.request_id,
+                        extra=logs.about(item.request_id),
+                    )
 
     async def _given_up(self, item: store.OutboxItem, exc: Exception) -> bool:
         """Give a webhook up when its URL is refused (permanent) or it was its last attempt;
@@ -211,13 +216,14 @@ class Dispatcher:
         metrics.OUTBOX_FAILURES.labels(item.kind).inc()
         try:
             await self.db.outbox.outbox_give_up(item, wire.shorten(error, wire.ERROR_LIMIT))
-        except Exception:  # the claim runs out and the next attempt gives it up again
-            log.exception(
-                "could not record that %s for %s was given up",
-                item.kind,
-                item.request_id,
-                extra=logs.about(item.request_id),
-            )
+        except Exception as again:  # the claim runs out and the next attempt gives it up
+            if not faults.report(again, "outbox"):
+                log.exception(
+                    "could not record that %s for %s was given up",
+                    item.kind,
+                    item.request_id,
+                    extra=logs.about(item.request_id),
+                )
         return True
 
     async def _record_done(self, item: store.OutboxItem) -> None:
@@ -236,7 +242,7 @@ class Dispatcher:
                         "%s for %s took effect but could not be recorded: %s; it may be repeated",
                         item.kind,
                         item.request_id,
-                        exc,
+                        logs.describe(exc),
                         extra=logs.about(item.request_id),
                     )
                     return

@@ -9,7 +9,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from bgworker.contract import events
 from bgworker.messaging import amqp_frames, topology, wire
-from bgworker.observe import metrics, tracing
+from bgworker.observe import logs, metrics, tracing
 
 PUBLISH_TIMEOUT: Final = 30.0
 
@@ -21,9 +21,28 @@ class PublishError(Exception):
     """The broker did not confirm the message (nack, unroutable, or timeout)."""
 
 
-async def connect(url: str, *, name: str) -> AbstractRobustConnection:
-    # Robust connections reconnect and restore channels, exchanges, queues and consumers.
-    return await aio_pika.connect_robust(url, client_properties={"connection_name": name})
+async def connect(
+    url: str, *, name: str, outage: logs.Outage | None = None
+) -> AbstractRobustConnection:
+    """A robust connection: it reconnects and restores channels, exchanges, queues and
+    consumers. Its loss is one WARNING and its return one INFO, through ``outage`` (the
+    worker's shared one; by default one of its own), instead of aio-pika's and aiormq's
+    tracebacks and per-channel errors (``logs.LibraryNoise``)."""
+    logs.quiet_libraries()
+    told = outage or logs.Outage(f"RabbitMQ at {logs.address(url)}")
+    connection = await aio_pika.connect_robust(url, client_properties={"connection_name": name})
+
+    def on_close(_: object, exc: BaseException | None) -> None:
+        if connection.is_closed or getattr(connection, "close_called", False):
+            return  # closed on purpose: no reconnect follows
+        told.lost(exc, name)
+
+    def on_reconnect(_: object) -> None:
+        told.back()
+
+    connection.close_callbacks.add(on_close)
+    connection.reconnect_callbacks.add(on_reconnect)
+    return connection
 
 
 async def open_channel(connection: AbstractRobustConnection) -> AbstractChannel:

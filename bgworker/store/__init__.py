@@ -5,7 +5,8 @@ named queries from the ``.sql`` files next to this module (parsed once by ``quer
 procrastinate's ``JobManager`` does. The store is split by concept, one module and one
 query file each, composed into ``Store``:
 
-- ``requests``: intake, claim, heartbeat, the fenced outcomes of an attempt, reading;
+- ``requests``: intake, claim, progress, the fenced outcomes of an attempt, reading;
+- ``leases``: the running jobs' leases, renewed from a thread and connection of their own;
 - ``recovery``: the lease reaper and the sweep for requests whose message went missing;
 - ``outbox``: side effects written with their state change, then performed;
 - ``maintenance``: ping, counts, expiry for ``bgworker clean``;
@@ -34,6 +35,7 @@ from bgworker.store import (
     dedupe,
     front_door,
     gauges,
+    leases,
     links,
     listing,
     maintenance,
@@ -52,6 +54,7 @@ __all__ = [
     "DedupeStep",
     "Effects",
     "ExpiredFile",
+    "LeaseKeeper",
     "OutboxBacklog",
     "OutboxItem",
     "PostgresError",
@@ -83,6 +86,7 @@ RecoveryReport = rows.RecoveryReport
 ExpiredFile = rows.ExpiredFile
 Effects = rows.Effects
 OutboxBacklog = gauges.OutboxBacklog
+LeaseKeeper = leases.LeaseKeeper
 
 
 class Store:

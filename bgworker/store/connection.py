@@ -10,6 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
+from bgworker.observe import logs
 from bgworker.store import queries, rows
 
 Q: Final = queries.QUERIES
@@ -25,6 +26,8 @@ PostgresError: Final = asyncpg.PostgresError
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    # A new connection: PostgreSQL answers (again), if it had been lost (faults.report).
+    logs.OUTAGES[logs.POSTGRESQL].back()
     for name in ("json", "jsonb"):
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 

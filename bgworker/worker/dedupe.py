@@ -7,7 +7,7 @@ advisory lock on its fingerprint):
 - a ready file of the fingerprint built within the window: the request ends ready on the
   same bytes, with its own link, email and ``FileReady``, and ``reused_from`` on its row;
 - an identical request being built (running under a live lease): wait, holding the claim
-  (its heartbeat keeps the lease), and look again;
+  (the worker keeps its lease), and look again;
 - neither: this request builds, and carries the fingerprint so later ones wait for it.
 
 When the one building fails, is cancelled, or waits for a retry, a waiter's next look
@@ -60,8 +60,8 @@ async def settle(
     event: events.FileRequested,
     window_seconds: float,
 ) -> states.JobOutcome | None:
-    """Reuse or wait; None when this request must build its file. Runs while the claim's
-    heartbeat renews the lease; a cancel or a lost lease cancels it like a handler."""
+    """Reuse or wait; None when this request must build its file. Runs while the worker's
+    lease keeper renews the claim's lease; a cancel or a lost lease cancels it like a handler."""
     key = fingerprint(event)
     waited_for = None
     while True:

@@ -62,7 +62,7 @@ class Finalizer:
         )
         if row is None:
             # A cancel arrived while the handler ran (cancellation wins), or the lease was
-            # lost between the last heartbeat and now: either way this file is not served.
+            # lost between the last renewal and now: either way this file is not served.
             await self.files.delete(key)
             return await self.cancelled_or_lost(claim)
         log.info("request %s: ready (%d bytes, sha256 %s)", claim.request_id, size, digest[:12])

@@ -10,7 +10,7 @@ from typing import Final
 from aio_pika.abc import AbstractRobustConnection
 
 from bgworker import store
-from bgworker.observe import metrics
+from bgworker.observe import logs, metrics
 
 INTERVAL_SECONDS: Final = 5.0
 PING_TIMEOUT_SECONDS: Final = 2.0
@@ -30,8 +30,13 @@ class Health:
                 async with asyncio.timeout(PING_TIMEOUT_SECONDS):
                     await self.db.maintenance.ping()
                 database = True
-            except Exception:
+            except Exception as exc:
+                # An idle worker hears of a lost PostgreSQL here first: one WARNING, then
+                # one INFO when a ping (or anything else) gets through again.
+                logs.OUTAGES[logs.POSTGRESQL].lost(exc, "health check")
                 database = False
+            if database:
+                logs.OUTAGES[logs.POSTGRESQL].back()
             self.status.update(database=database, broker=not self.connection.is_closed)
             for name, up in self.status.items():
                 metrics.DEPENDENCY_UP.labels(name).set(1 if up else 0)

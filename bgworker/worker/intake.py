@@ -53,7 +53,9 @@ from typing import Final
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, ConsumerTag
 
+from bgworker import faults
 from bgworker.messaging import wire
+from bgworker.observe import logs
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +151,10 @@ class Intake:
             try:
                 await self.sync()
             except Exception as exc:  # channel closed or being restored: next round
-                log.warning("intake: consumers not in step yet (%s); retrying", exc)
+                if not faults.report(exc, "intake"):
+                    log.warning(
+                        "intake: consumers not in step yet (%s); retrying", logs.describe(exc)
+                    )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(RETRY_SECONDS):
                     await self._changed.wait()
@@ -185,7 +190,8 @@ class Intake:
         except Exception as exc:
             # The channel is gone; so is this delivery's ack. The claim still runs the job
             # once, and the redelivery is recognised as a duplicate (see ``jobs._ack``).
-            log.warning("intake: could not cancel a consumer: %s", exc)
+            if not faults.report(exc, "intake"):
+                log.warning("intake: could not cancel a consumer: %s", logs.describe(exc))
         if self._stopping.is_set():
             self._busy -= 1
             self._taken -= 1

@@ -1,6 +1,6 @@
 """One delivery, from message to committed outcome.
 
-    decode -> record -> claim (lease) -> ack -> run handler (heartbeat) -> finalize
+    decode -> record -> claim (lease) -> ack -> run handler (lease kept) -> finalize
 
 The message is acknowledged once the claim is committed: from then on PostgreSQL owns the
 job, so a job may run longer than the broker's consumer timeout, and if the worker dies the
@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -35,10 +35,9 @@ log = logging.getLogger(__name__)
 # unknown names producers send (a file type cannot start with "_", so none collides).
 UNKNOWN_FILE_TYPE_LABEL: Final = "_unknown"
 
-# Progress a handler reports is saved at most this often (and with every lease renewal), so
-# a status page is at most about a second behind a handler that reports on every row. The
-# heartbeat looks for new progress every PROGRESS_POLL_SECONDS, so a first report after a
-# quiet spell shows sooner.
+# Progress a handler reports is saved at most this often, so a status page is at most about
+# a second behind a handler that reports on every row. The progress saver looks for new
+# progress every PROGRESS_POLL_SECONDS, so a first report after a quiet spell shows sooner.
 PROGRESS_SECONDS: Final = 1.0
 PROGRESS_POLL_SECONDS: Final = 0.25
 
@@ -57,6 +56,8 @@ class Runner:
     channel: AbstractChannel
     topology: topology.Topology
     worker_id: str
+    # Renews the leases of running jobs from its own thread (see store.leases).
+    leases: store.LeaseKeeper
     # What every job's context carries besides the settings: the resources its registries'
     # lifespans opened (see handlers.Registry.resources).
     resources: Mapping[str, Any] = field(default_factory=lambda: handlers.NO_RESOURCES)
@@ -106,9 +107,8 @@ class Runner:
         except events.InvalidEventError as exc:
             # exc.reason is one of events.REASONS, all of them states.Reason values.
             reason = states.Reason(exc.reason)
-            await self.rejecter.reject(
-                message, reason, "InvalidEventError", str(exc), exc.request_id
-            )
+            request_id = exc.request_id or rejection.request_id_from(message.message_id)
+            await self.rejecter.reject(message, reason, "InvalidEventError", str(exc), request_id)
             return states.JobOutcome.INVALID
         logs.bind(request_id=str(event.id), file_type=event.file_type, worker_id=self.worker_id)
         registration = self.registry.find(event.file_type)
@@ -240,15 +240,33 @@ class Runner:
         assert job is not None
         lost = asyncio.Event()
         started = time.monotonic()
-        # The heartbeat's first look is one poll interval away: a timer until then, and a
-        # task only for a job still running at that point (most end sooner: a task per job
-        # cost more than the timer; BENCHMARKS.md, issue 11).
+
+        def stop_job() -> None:
+            # Cancelled, or taken over after the lease expired: the finalizer says which
+            # once the handler has stopped. ctx.cancelled turns true first, so an async
+            # handler that catches the cancellation still sees why. Once: the keeper and
+            # the progress saver may both find out, and a second cancel would interrupt
+            # the finalizer.
+            if lost.is_set():
+                return
+            self.leases.drop(claim)
+            log.info("request %s: lease gone, stopping the handler", claim.request_id)
+            ctx.stop(handlers.StoppedError("the request was cancelled or its lease lost"))
+            lost.set()
+            job.cancel()
+
+        # The lease is renewed from the keeper's own thread, whatever the handler does to
+        # this loop (see store.leases); progress is saved from this loop. The progress
+        # saver's first look is one poll interval away: a timer until then, and a task only
+        # for a job still running at that point (most end sooner: a task per job cost more
+        # than the timer; BENCHMARKS.md, issue 11).
+        self.leases.hold(claim, stop_job)
         beat: list[asyncio.Task[None]] = []
 
         def start_beat() -> None:
             beat.append(
                 asyncio.create_task(
-                    self._heartbeat(claim, ctx, job, lost, started), name=f"heartbeat-{event.id}"
+                    self._save_progress(claim, ctx, stop_job), name=f"progress-{event.id}"
                 )
             )
 
@@ -257,18 +275,29 @@ class Runner:
         in_flight.inc()
         log.info("request %s: attempt %d of %s started", event.id, claim.attempt, event.file_type)
         try:
-            if registration.dedupe_seconds:
-                # A ready identical file to reuse, or one being built to wait for.
-                settled = await dedupe.settle(
-                    self.db, self.finalizer, claim, event, registration.dedupe_seconds
-                )
-                if settled is not None:
-                    await writer.abort()  # nothing built: drop what it may have left
-                    return settled
-            # Raises handlers.TimeLimitError past the time limit: an ordinary error below.
-            with tracing.span("handler", file_type=event.file_type, attempt=claim.attempt):
-                await self.execution.call(registration, ctx, writer)
-            size, digest = await writer.finish()
+            try:
+                if registration.dedupe_seconds:
+                    # A ready identical file to reuse, or one being built to wait for.
+                    settled = await dedupe.settle(
+                        self.db, self.finalizer, claim, event, registration.dedupe_seconds
+                    )
+                    if settled is not None:
+                        await writer.abort()  # nothing built: drop what it may have left
+                        return settled
+                # Raises handlers.TimeLimitError past the time limit: an ordinary error below.
+                limit = self.execution.time_limit(registration)
+                self.leases.bound(claim, limit and limit + self.config.lease_seconds)
+                with tracing.span("handler", file_type=event.file_type, attempt=claim.attempt):
+                    await self.execution.call(registration, ctx, writer)
+                self.leases.bound(claim, None)  # storing the file is not the handler's time
+                size, digest = await writer.finish()
+            finally:
+                # Before any outcome: from here on a lease found gone must not cancel the
+                # finalizer (its writes are fenced on the token anyway).
+                self.leases.drop(claim)
+                timer.cancel()
+                for task in beat:
+                    task.cancel()
         except asyncio.CancelledError:
             await writer.abort()
             if lost.is_set():
@@ -280,9 +309,6 @@ class Runner:
             await writer.abort()
             return await self.finalizer.after_error(claim, body, exc)
         finally:
-            timer.cancel()
-            for task in beat:
-                task.cancel()
             in_flight.dec()
             metrics.JOB_SECONDS.labels(event.file_type).observe(time.monotonic() - started)
         return await self.finalizer.ready(
@@ -292,49 +318,33 @@ class Runner:
     def _poll_seconds(self) -> float:
         return min(PROGRESS_POLL_SECONDS, self.config.lease_seconds / 3)
 
-    async def _heartbeat(
-        self,
-        claim: store.Claim,
-        ctx: handlers.JobContext,
-        job: asyncio.Task[Any],
-        lost: asyncio.Event,
-        renewed: float,
+    async def _save_progress(
+        self, claim: store.Claim, ctx: handlers.JobContext, stop_job: Callable[[], None]
     ) -> None:
-        """Renew the lease every third of it, and save new progress within about a second
-        of its report (one UPDATE, which renews the lease too). Either write finds out
-        when the lease is gone (a cancel, a takeover): then the handler is stopped.
-        Started one poll interval after ``renewed`` (the claim took the lease then)."""
-        lease = self.config.lease_seconds
-        saved: progress.Progress | None = None  # the claim reset the row's progress
-        wrote = False  # the first progress is saved at the first look
+        """Save new progress within about a second of its report (one fenced UPDATE, which
+        renews the lease too); a write that finds the lease gone (a cancel, a takeover)
+        stops the handler. Started one poll interval after the claim, which reset the
+        row's progress."""
+        saved: progress.Progress | None = None
+        last_write = 0.0
         waited = True  # the timer that started this task waited the first interval
         while True:
             if not waited:
                 await asyncio.sleep(self._poll_seconds())
             waited = False
             reported = ctx.reported  # one read: a handler thread may replace it meanwhile
-            since = time.monotonic() - renewed
-            too_soon = wrote and since < PROGRESS_SECONDS
-            if since < lease / 3 and (reported == saved or too_soon):
+            if reported == saved or time.monotonic() - last_write < PROGRESS_SECONDS:
                 continue
             try:
-                alive = await self.db.requests.heartbeat(claim, lease, reported)
-            except Exception as exc:  # a dead heartbeat would lose the lease
-                # PostgreSQL unreachable: keep working and keep trying; if it stays away past
-                # the lease, the fenced finalize refuses and the reaper requeues.
-                log.warning("request %s: heartbeat failed: %s", claim.request_id, exc)
+                alive = await self.db.requests.heartbeat(claim, self.config.lease_seconds, reported)
+            except Exception as exc:
+                # PostgreSQL away: the lease keeper reports it; try again in a second.
+                log.debug("request %s: progress not saved: %s", claim.request_id, exc)
+                last_write = time.monotonic()
                 continue
-            finally:
-                # A failed write waits for the next renewal too, not for the next second.
-                saved, renewed, wrote = reported, time.monotonic(), True
+            saved, last_write = reported, time.monotonic()
             if not alive:
-                # Cancelled, or taken over after the lease expired: the finalizer says
-                # which once the handler has stopped. ctx.cancelled turns true first, so an
-                # async handler that catches the cancellation still sees why.
-                log.info("request %s: lease gone, stopping the handler", claim.request_id)
-                ctx.stop(handlers.StoppedError("the request was cancelled or its lease lost"))
-                lost.set()
-                job.cancel()
+                stop_job()
                 return
 
 
@@ -344,10 +354,12 @@ async def _ack(message: AbstractIncomingMessage) -> None:
     try:
         await message.ack()
     except Exception as exc:
-        log.warning(
+        # The channel went with a lost connection (said once by faults.report): routine.
+        log.log(
+            faults.level(exc, f"ack of {message.message_id}"),
             "ack of %s failed (%s); its redelivery will be dropped as a duplicate",
             message.message_id,
-            exc,
+            logs.describe(exc),
         )
 
 

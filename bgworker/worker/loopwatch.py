@@ -2,12 +2,12 @@
 (and, below, startup objects kept out of garbage collection pauses).
 
 An ``async def`` handler that calls blocking code (``time.sleep``, the Django ORM, pandas,
-openpyxl) holds the whole event loop: heartbeats, the other jobs and the outbox wait until
-it returns, and past the lease another worker takes the job. A task on the loop refreshes
-a timestamp every ``interval``; a daemon thread compares it with the clock. The thread is
-the point: it runs while the loop is stuck, so the warning comes out during the block (even
-one that never ends), naming the asyncio task the loop is stuck in - looked up in the
-worker's table of running handlers - and the line it is executing.
+openpyxl) holds the whole event loop: the other jobs, progress saves and the outbox wait
+until it returns (the leases do not: ``store.leases`` renews them from a thread). A task
+on the loop refreshes a timestamp every ``interval``; a daemon thread compares it with the
+clock. The thread is the point: it runs while the loop is stuck, so the warning comes out
+during the block (even one that never ends), naming the asyncio task the loop is stuck in
+- looked up in the worker's table of running handlers - and the line it is executing.
 
 It cannot see a block that also holds the GIL (a C extension that does not release it):
 then the thread runs only after it, and the loop-side tick reports how late it was.
@@ -85,8 +85,8 @@ class LoopWatch:
                 if stuck >= self.threshold:
                     block = _Block(last, self.culprit())
                     log.warning(
-                        "event loop blocked for %.1f s so far by %s; heartbeats and other "
-                        "jobs wait until it returns (a blocking call in an async handler? "
+                        "event loop blocked for %.1f s so far by %s; other jobs, progress "
+                        "and emails wait until it returns (a blocking call in an async handler? "
                         "make it a plain def: see docs/handlers.md)",
                         stuck,
                         block.culprit,

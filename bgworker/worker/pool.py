@@ -18,10 +18,10 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aio_pika.abc import (
     AbstractChannel,
@@ -30,16 +30,17 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from bgworker import handlers, storage, store
+from bgworker import faults, handlers, storage, store
 from bgworker import settings as settings_mod
 from bgworker.contract import states
 from bgworker.effects import mail, outbox
 from bgworker.links import tokens
 from bgworker.messaging import broker, topology
-from bgworker.observe import tracing
+from bgworker.observe import logs, tracing
 from bgworker.worker import health, intake, jobs, loopwatch, reaper, sampler, settling
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def make_worker_id() -> str:
@@ -94,8 +95,15 @@ class Worker:
         tokens.warn_unusable_links(self.settings, identity_callable=False)
         if self.settings.tracing.enabled:
             tracing.enable()
+        # A lost connection is one WARNING and its return one INFO (bgworker.connections),
+        # never the client libraries' tracebacks: see logs.Outage and faults.report.
+        logs.quiet_libraries()
+        logs.locate(logs.POSTGRESQL, self.settings.database_url.get_secret_value())
+        logs.locate(logs.RABBITMQ, self.settings.amqp_url.get_secret_value())
         async with AsyncExitStack() as stack:
-            files = await stack.enter_async_context(storage.opened(self.settings))
+            files = await self._ride_out(
+                lambda: stack.enter_async_context(storage.opened(self.settings)), "storage"
+            )
             # Made first and given to both store and dispatcher: see outbox.Handoff.
             handoff = outbox.Handoff()
             db = await self._open_store(stack, handoff)
@@ -111,7 +119,16 @@ class Worker:
                 raise handlers.LifespanError(
                     f"a handler lifespan failed to open: {type(exc).__name__}: {exc}"
                 ) from exc
-            runner = self._make_runner(db, files, channel, resources)
+            # Renewing leases from its own thread until the exit stack closes it, after the
+            # drain (jobs that release their requests then still hold their leases).
+            leases = await stack.enter_async_context(
+                store.LeaseKeeper(
+                    self.settings.database_url.get_secret_value(),
+                    self.worker_id,
+                    self.settings.worker.lease_seconds,
+                )
+            )
+            runner = self._make_runner(db, files, channel, resources, leases)
             consuming = await self._consume(queue, runner)
             side = self._start_side_tasks(db, connection, channel, dispatcher, runner, consuming)
             metered, self.metrics_url = await sampler.start(
@@ -127,8 +144,10 @@ class Worker:
 
     async def _open_store(self, stack: AsyncExitStack, handoff: outbox.Handoff) -> store.Store:
         cfg = self.settings.worker
-        pool = await store.create_pool(
-            self.settings.database_url.get_secret_value(), max_size=cfg.concurrency + 4
+        dsn = self.settings.database_url.get_secret_value()
+        pool = await self._ride_out(
+            lambda: store.create_pool(dsn, max_size=cfg.concurrency + 4),
+            f"PostgreSQL at {logs.address(dsn)}",
         )
         stack.push_async_callback(pool.close)
         # Outbox rows this worker writes start claimed by it and go straight to its
@@ -137,9 +156,20 @@ class Worker:
             pool, claim_effects_seconds=cfg.outbox_claim_seconds, on_effects=handoff.put
         )
 
+    async def _ride_out(self, connect: Callable[[], Awaitable[T]], service: str) -> T:
+        """A connection at start, waiting out a service that is restarting (the CLI's probe
+        waited for it a moment ago; it may have gone again)."""
+        return await faults.ride_out(
+            connect, service=service, seconds=self.settings.startup_retry_seconds
+        )
+
     async def _connect(self, stack: AsyncExitStack) -> AbstractRobustConnection:
-        connection = await broker.connect(
-            self.settings.amqp_url.get_secret_value(), name=f"bgworker-worker {self.worker_id}"
+        url = self.settings.amqp_url.get_secret_value()
+        connection = await self._ride_out(
+            lambda: broker.connect(
+                url, name=f"bgworker-worker {self.worker_id}", outage=logs.OUTAGES[logs.RABBITMQ]
+            ),
+            f"RabbitMQ at {logs.address(url)}",
         )
         stack.push_async_callback(connection.close)
         return connection
@@ -175,9 +205,11 @@ class Worker:
         files: storage.Storage,
         channel: AbstractChannel,
         resources: Mapping[str, Any],
+        leases: store.LeaseKeeper,
     ) -> jobs.Runner:
         return jobs.Runner(
             settings=self.settings,
+            leases=leases,
             resources=resources,
             registry=self.registry,
             db=db,
@@ -254,7 +286,7 @@ class Worker:
         try:
             await consuming.close()
         except Exception as exc:  # channel gone: it took its consumer with it
-            log.warning("cancelling the consumer: %s", exc)
+            log.warning("cancelling the consumer: %s", logs.describe(exc))
         await self._drain(runner)
         # Jobs that finished during the drain handed their effects to the dispatcher: let
         # them complete before the pool and channel close, or their claims would run out

@@ -19,11 +19,11 @@ from typing import Any, Final
 
 from aio_pika.abc import AbstractChannel
 
-from bgworker import settings, store
+from bgworker import faults, settings, store
 from bgworker.contract import states
 from bgworker.effects import outcomes
 from bgworker.messaging import broker, topology, wire
-from bgworker.observe import metrics
+from bgworker.observe import logs, metrics
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ class Reaper:
                     self.config.recovery_grace_seconds, REAP_BATCH, requeue
                 )
             except Exception as exc:  # database or broker away: try next round
-                log.warning("reaper: %s", exc)
+                if not faults.report(exc, "reaper"):
+                    log.warning("reaper: %s", logs.describe(exc))
             else:
                 if report.requeued or report.cancelled or report.failed:
                     metrics.REAPED.inc(report.requeued)

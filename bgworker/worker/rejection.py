@@ -24,6 +24,21 @@ from bgworker.messaging import broker, topology, wire
 log = logging.getLogger(__name__)
 
 
+def request_id_from(message_id: str | None) -> uuid.UUID | None:
+    """The request id a body that names none (not JSON, nested too deep to decode) still
+    carries: producers publish each request with its id as the AMQP message_id
+    (``wire.request``). With it the rejection is recorded, so ``status`` and a FileFailed
+    say why; a row already under that id is never touched (``Rejecter._record``). Only the
+    canonical 8-4-4-4-12 form counts: aio-pika makes up a 32-digit hex message_id for a
+    message published without one, which names no request."""
+    text = message_id or ""
+    try:
+        request_id = uuid.UUID(text)
+    except ValueError:
+        return None
+    return request_id if str(request_id) == text.lower() else None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Rejecter:
     db: store.Store

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
+from bgworker import faults, store
 from bgworker import settings as settings_mod
-from bgworker import store
 from bgworker.contract import states
 from bgworker.messaging import broker, topology
-from bgworker.observe import metrics
+from bgworker.observe import logs, metrics
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ class Sampler:
             try:
                 await self.sample()
             except Exception as exc:  # a service away: keep the last values, try again
-                log.warning("metrics sampler: %s", exc)
+                if not faults.report(exc, "metrics sampler"):
+                    log.warning("metrics sampler: %s", logs.describe(exc))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval_seconds):
                     await stopping.wait()

@@ -20,6 +20,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from bgworker import faults
 from bgworker.contract import states
+from bgworker.observe import logs
 from bgworker.worker import jobs
 
 log = logging.getLogger(__name__)
@@ -48,20 +49,42 @@ async def handle_until_settled(
         except Exception as exc:
             if message.processed:
                 # Acked after the claim: the lease expires and the reaper requeues it.
-                log.exception(
-                    "request %s: failed after its claim; the reaper will requeue "
-                    "it when the lease expires",
-                    message.message_id,
-                )
+                # A lost connection is expected (one line, no traceback); anything else is
+                # a bug in bgworker, with its traceback.
+                if faults.report(exc, f"request {message.message_id}"):
+                    log.warning(
+                        "request %s: its outcome could not be recorded (%s); the reaper "
+                        "will requeue it when the lease expires",
+                        message.message_id,
+                        logs.describe(exc),
+                    )
+                else:
+                    log.exception(
+                        "request %s: failed after its claim; the reaper will requeue "
+                        "it when the lease expires",
+                        message.message_id,
+                    )
                 return states.JobOutcome.ERROR
             if not faults.is_infrastructure(exc):
                 return await reject_unprocessable(message, runner, exc)
             if stopping.is_set() or loop.time() + delay > give_up:
-                log.warning("delivery %s: giving it back to the queue: %s", message.message_id, exc)
+                log.warning(
+                    "delivery %s: giving it back to the queue: %s",
+                    message.message_id,
+                    logs.describe(exc),
+                )
                 with contextlib.suppress(Exception):
                     await message.nack(requeue=True)
                 return states.JobOutcome.ERROR
-            log.warning("delivery %s: %s; retrying in %.1fs", message.message_id, exc, delay)
+            # Held through a service's outage: said once (faults.report), then each retry
+            # quietly; anything else at WARNING.
+            log.log(
+                faults.level(exc, f"delivery {message.message_id}"),
+                "delivery %s: %s; retrying in %.1fs",
+                message.message_id,
+                logs.describe(exc),
+                delay,
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, INFRA_BACKOFF_MAX_SECONDS)
 
@@ -86,7 +109,9 @@ async def reject_unprocessable(
             None,
         )
     except Exception as again:  # the broker is away: hand it back, it comes again
-        log.warning("delivery %s: could not dead-letter it: %s", message.message_id, again)
+        log.warning(
+            "delivery %s: could not dead-letter it: %s", message.message_id, logs.describe(again)
+        )
         with contextlib.suppress(Exception):
             await message.nack(requeue=True)
         return states.JobOutcome.ERROR

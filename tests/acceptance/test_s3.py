@@ -138,7 +138,9 @@ async def test_serve_with_wrong_s3_settings_says_which_in_one_line(
         ({"BGWORKER_STORAGE__S3_ENDPOINT_URL": "not-a-url"}, 64, "S3_ENDPOINT_URL"),
         ({"BGWORKER_STORAGE__S3_ENDPOINT_URL": "http://127.0.0.1:1"}, 69, "Could not connect"),
     ):
-        env = {**settings_env(settings), **change}
+        # Not waited for: a refused endpoint is otherwise waited out at start (60 s, a line
+        # per retry: tests/acceptance/test_startup.py).
+        env = {**settings_env(settings), **change, "BGWORKER_STARTUP_RETRY_SECONDS": "0"}
         result = await run_cli("serve", "--port", "1", env=env)
         assert result.code == code, (change, result.err)
         [line] = result.err.strip().splitlines()

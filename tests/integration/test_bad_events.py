@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -20,6 +21,7 @@ from tests.helpers import (
     wait_for_status,
     wait_until,
 )
+from tests.integration.letters import Cli
 
 
 async def test_bad_events_are_dead_lettered_with_reasons_and_the_worker_goes_on(
@@ -147,3 +149,63 @@ async def test_nul_characters_do_not_poison_the_queue(
     assert letter.body == body
     assert letter.headers["x-bgworker-reason"] in {"invalid_schema", "unsupported_characters"}
     assert w.outcomes["error"] == 0
+
+
+async def test_undecodable_body_with_an_id_in_its_properties_is_recorded_as_failed(
+    db: store.Store,
+    publish_raw: PublishRaw,
+    start_worker: StartWorker,
+    event_log: EventLog,
+    dead: DeadLetters,
+    cli: Cli,
+) -> None:
+    # Issue 18, finding 5: JSON nested too deep to decode names no id in its body, but the
+    # message carries the request id as its message_id (as wire.request publishes it).
+    # Dead-lettered at once as before, and now recorded too: status tells the truth and the
+    # producer hears a FileFailed, once.
+    await start_worker()
+    rid = uuid.uuid4()
+    body = b"[" * 5000 + b"]" * 5000
+    await publish_raw(body, message_id=str(rid))
+    [letter] = await dead.wait_for(1)
+    assert letter.headers["x-bgworker-reason"] == "malformed_json"
+    assert letter.message_id == str(rid)
+
+    row = await wait_for_status(db, rid, "failed")
+    assert row.failure_reason == "malformed_json"
+    assert row.last_error_class == "InvalidEventError" and row.last_error
+    code, out, err = await cli("status", str(rid))
+    assert code == 0, err
+    shown = json.loads(out)
+    assert (shown["status"], shown["failure_reason"]) == ("failed", "malformed_json")
+
+    def failed() -> list[dict[str, Any]]:
+        return [b for k, b in event_log if k == topology.FAILED_KEY and b["id"] == str(rid)]
+
+    await wait_until(failed)
+    [event] = failed()
+    assert event["reason"] == "malformed_json"
+    # Redelivered or published again, the same bytes change nothing and tell nobody twice.
+    await publish_raw(body, message_id=str(rid))
+    await dead.wait_for(2)
+    assert await db.requests.get_request(rid) == row
+    kinds = [effect["kind"] for effect in await db.listing.effects(rid)]
+    assert kinds.count("event_failed") == 1
+
+
+# "": aio-pika publishes a made-up 32-digit hex id instead, which names no request.
+@pytest.mark.parametrize(
+    "message_id", ["raw", "", "0a2899be5b0c4a0e9b0c9f6d7a1e2f3c", "0a2899be-not-a-uuid"]
+)
+async def test_undecodable_body_without_a_usable_id_records_nothing(
+    db: store.Store,
+    publish_raw: PublishRaw,
+    start_worker: StartWorker,
+    dead: DeadLetters,
+    message_id: str,
+) -> None:
+    await start_worker()
+    await publish_raw(b"{not json", message_id=message_id)
+    [letter] = await dead.wait_for(1)
+    assert letter.headers["x-bgworker-reason"] == "malformed_json"
+    assert await db.maintenance.count_by_status() == {}
