@@ -128,9 +128,7 @@ async def test_every_published_document_ends_ready_or_dead_lettered_once(
                 return False
         return True
 
-    # Alone this settles in about 5 s; 60 s ran out twice on a machine loaded to 10 (two
-    # suites and helpers on 2 cores). The bound is for a hang, not for speed.
-    await wait_until(settled, timeout=180)
+    await wait_until(settled, timeout=60)
     letters: dict[bytes, list[aio_pika.abc.AbstractIncomingMessage]] = {}
     for message in dead.seen:
         letters.setdefault(message.body, []).append(message)
