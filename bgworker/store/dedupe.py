@@ -8,9 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Final
 
-import asyncpg
-
-from bgworker.store import connection, outbox, queries, rows
+from bgworker.store import outbox, queries, rows
 
 Q: Final = queries.QUERIES
 bind: Final = queries.bind
@@ -30,11 +28,7 @@ class Decision:
     builder: uuid.UUID | None = None  # what it waits for (WAIT)
 
 
-class Dedupe(connection.Connected):
-    def __init__(self, pool: asyncpg.Pool, effects_to: outbox.Outbox) -> None:
-        super().__init__(pool)
-        self.outbox = effects_to  # writes the effects this part's transactions cause
-
+class Dedupe(outbox.WritesEffects):
     async def dedupe_step(
         self, claim: rows.Claim, fingerprint: str, window_seconds: float, effects: rows.Effects
     ) -> Decision:

@@ -89,3 +89,13 @@ class Outbox(connection.Connected):
 
     async def outbox_give_up(self, item: rows.OutboxItem, error: str) -> None:
         await self.pool.execute(Q["outbox_give_up"], item.request_id, item.kind, error)
+
+
+class WritesEffects(connection.Connected):
+    """A part of the store whose transactions cause effects (requests, recovery, dedupe):
+    it writes them through the one :class:`Outbox` it is given, which alone knows how they
+    reach this process's dispatcher."""
+
+    def __init__(self, pool: asyncpg.Pool, effects_to: Outbox) -> None:
+        super().__init__(pool)
+        self.outbox = effects_to

@@ -11,18 +11,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-import asyncpg
-
-from bgworker.store import connection, outbox, queries, rows
+from bgworker.store import outbox, queries, rows
 
 Q: Final = queries.QUERIES
 
 
-class Recovery(connection.Connected):
-    def __init__(self, pool: asyncpg.Pool, effects_to: outbox.Outbox) -> None:
-        super().__init__(pool)
-        self.outbox = effects_to  # writes the effects this part's transactions cause
-
+class Recovery(outbox.WritesEffects):
     async def reap_expired_leases(
         self,
         limit: int,

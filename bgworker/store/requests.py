@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-import asyncpg
-
 from bgworker.contract import events, progress, states
-from bgworker.store import connection, grouping, outbox, queries, rows
+from bgworker.store import grouping, outbox, queries, rows
 
 Q: Final = queries.QUERIES
 bind: Final = queries.bind
@@ -68,11 +66,7 @@ class _ReadyJob:
     context: contextvars.Context
 
 
-class Requests(connection.Connected):
-    def __init__(self, pool: asyncpg.Pool, effects_to: outbox.Outbox) -> None:
-        super().__init__(pool)
-        self.outbox = effects_to  # writes the effects this part's transactions cause
-
+class Requests(outbox.WritesEffects):
     # -- intake -------------------------------------------------------------------------
 
     async def insert_invalid_request(

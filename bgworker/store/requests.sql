@@ -203,7 +203,7 @@ DELETE FROM bgworker_attempts WHERE request_id = $1 AND attempt = $2;
 
 -- name: request_cancel
 -- Queued or retrying requests are cancelled at once; a running one is flagged, and its
--- worker stops the handler at the next heartbeat.
+-- worker stops the handler at its next lease renewal.
 UPDATE bgworker_requests
 SET cancel_requested = true,
     status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,

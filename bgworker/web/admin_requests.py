@@ -155,7 +155,7 @@ async def request_json(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.StreamResponse:
     """As ``bgworker cancel``: a queued or retrying request ends at once, a running one at
-    its next heartbeat; anything else is not cancellable."""
+    its next lease renewal; anything else is not cancellable."""
     request_id = _request_id(request)
     status = await _db(request).requests.request_cancel(request_id)
     if status is None:

@@ -174,7 +174,7 @@ async def test_undecodable_body_with_an_id_in_its_properties_is_recorded_as_fail
     row = await wait_for_status(db, rid, "failed")
     assert row.failure_reason == "malformed_json"
     assert row.last_error_class == "InvalidEventError" and row.last_error
-    code, out, err = await cli("status", str(rid))
+    code, out, err = await cli("status", "--json", str(rid))
     assert code == 0, err
     shown = json.loads(out)
     assert (shown["status"], shown["failure_reason"]) == ("failed", "malformed_json")
