@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aio_pika
 import pytest
 
 from bgworker import settings as settings_mod
@@ -39,7 +40,10 @@ class Down:
 
 
 @pytest.fixture
-async def down(settings: settings_mod.Settings) -> AsyncIterator[Down]:
+async def down(
+    settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,  # the topology a worker declares is deleted after
+) -> AsyncIterator[Down]:
     database_url = settings.database_url.get_secret_value()
     async with (
         tcp_proxy.proxy_to(AMQP_URL) as broker,
