@@ -15,7 +15,8 @@ from tests import helpers
 def test_a_run_that_leaves_something_fails_and_names_the_test(tmp_path: Path) -> None:
     log = tmp_path / "namespaces"
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/leaky_tests.py"],
+        # -rN: no short summary, which repeats the report (in full where CI is set).
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rN", "tests/leaky_tests.py"],
         cwd=helpers.REPO,
         env={**os.environ, "BGWORKER_TEST_LEAK_LOG": str(log)},
         capture_output=True,
