@@ -48,12 +48,17 @@ def _dsn(database: str) -> str:
     return SERVER.rsplit("/", 1)[0] + "/" + database
 
 
-async def _migrated(database: str) -> None:
+async def _admin(statement: str) -> None:
+    """One statement on the server's ``postgres`` database (CREATE/DROP DATABASE)."""
     admin = await asyncpg.connect(_dsn("postgres"))
     try:
-        await admin.execute(f'CREATE DATABASE "{database}"')
+        await admin.execute(statement)
     finally:
         await admin.close()
+
+
+async def _migrated(database: str) -> None:
+    await _admin(f'CREATE DATABASE "{database}"')
     conn = await asyncpg.connect(_dsn(database))
     try:
         await migrations.apply(conn)
@@ -62,11 +67,7 @@ async def _migrated(database: str) -> None:
 
 
 async def _drop(database: str) -> None:
-    admin = await asyncpg.connect(_dsn("postgres"))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await _admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def generate() -> str:
