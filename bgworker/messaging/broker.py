@@ -78,6 +78,10 @@ async def publish(
         # aio-pika has restored it in the background, publishing finds it closed.
         aio_pika.exceptions.ChannelNotFoundEntity,
         aio_pika.exceptions.ChannelInvalidStateError,
+        # The connection went (its node did): not confirmed either; the robust connection
+        # moves on to another node, and the caller may publish again.
+        aio_pika.exceptions.AMQPConnectionError,
+        ConnectionError,
         TimeoutError,
     ) as exc:
         raise PublishError(f"{exchange}/{routing_key}: not confirmed ({exc!r})") from exc

@@ -109,9 +109,7 @@ async def connect_plain(
     error: BaseException | None = None
     for url in parse_urls(value):
         try:
-            connection: AbstractConnection = await aio_pika.connect(
-                url, timeout=timeout, **kwargs
-            )
+            connection: AbstractConnection = await aio_pika.connect(url, timeout=timeout, **kwargs)
             return connection
         except asyncio.CancelledError:
             raise
