@@ -155,15 +155,21 @@ class Topology:
     async def declare_side_queues(self, channel: AbstractChannel, *, retry: bool = True) -> None:
         """The dead-letter and (unless not ``retry``: a producer does not know the tiers)
         retry queues, bound (on a throwaway channel: see the module doc)."""
+        await self.declare_dead_queue(channel)
+        for delay in self.tiers if retry else []:
+            await self.declare_retry_queue(channel, delay)
+
+    async def declare_dead_queue(self, channel: AbstractChannel) -> None:
         dead = await channel.declare_queue(
             self.dead_queue, durable=True, arguments=self._dead_arguments()
         )
         await dead.bind(self.dead_exchange, "")
-        for delay in self.tiers if retry else []:
-            queue = await channel.declare_queue(
-                self.retry_queue(delay), durable=True, arguments=self._retry_arguments(delay)
-            )
-            await queue.bind(self.retry_exchange, self.retry_key(delay))
+
+    async def declare_retry_queue(self, channel: AbstractChannel, delay: float) -> None:
+        queue = await channel.declare_queue(
+            self.retry_queue(delay), durable=True, arguments=self._retry_arguments(delay)
+        )
+        await queue.bind(self.retry_exchange, self.retry_key(delay))
 
     async def declare(self, channel: AbstractChannel) -> AbstractQueue:
         """Everything on one channel, idempotent (redeclaring with the same arguments is a
