@@ -43,7 +43,8 @@ DELIVERY_LIMIT: Final = 20
 # The dead letters are read by returning them (a scan takes them unacknowledged and closes
 # its channel), and a quorum queue counts each return as a delivery; RabbitMQ 4.x drops a
 # message past a default limit of 20. So the dead-letter queue sets a limit no scanning
-# reaches (-1, "none", is 4.x only).
+# reaches (-1, "none", is 4.x only: 3.x takes a negative limit as 0, dropping every letter
+# at its first read).
 DEAD_DELIVERY_LIMIT: Final = 1_000_000
 QUORUM_SUFFIX: Final = ".quorum"
 
