@@ -13,7 +13,9 @@ failover check.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -90,7 +92,10 @@ def _request(file_type: str, criteria: dict[str, object]) -> events.FileRequeste
 
 
 async def _publish_all(
-    pub: publisher.Publisher, requests: list[events.FileRequested], confirmed: list[uuid.UUID]
+    pub: publisher.Publisher,
+    requests: list[events.FileRequested],
+    confirmed: list[uuid.UUID],
+    times: list[float],
 ) -> int:
     """Publish each until confirmed (a caller's retry: the same id again); the retries."""
     retries = 0
@@ -103,6 +108,7 @@ async def _publish_all(
                 retries += 1
                 await asyncio.sleep(0.5)
         confirmed.append(event.id)
+        times.append(time.monotonic())
         await asyncio.sleep(0.05)
     return retries
 
@@ -138,10 +144,12 @@ async def test_a_node_lost_for_good_loses_nothing(
         urls, namespace=settings.namespace, queue_type=settings.queue_type
     ) as pub:
         assert isinstance(pub._connection, failover.Connection)
-        producing = asyncio.create_task(_publish_all(pub, requests, confirmed))
+        times: list[float] = []
+        producing = asyncio.create_task(_publish_all(pub, requests, confirmed, times))
         await wait_until(lambda: len(confirmed) >= KILL_AFTER, timeout=60)
         await asyncio.to_thread(victim.kill)  # kill -9, and it stays down
-        await asyncio.wait_for(producing, 120)
+        killed = time.monotonic()
+        retries = await asyncio.wait_for(producing, 120)
         assert pub._connection.node != 0  # moved to a survivor
 
     kinds = {e.id: e.file_type for e in requests}
@@ -154,6 +162,13 @@ async def test_a_node_lost_for_good_loses_nothing(
         return True
 
     await wait_until(all_settled, timeout=120)
+    settled = time.monotonic() - killed
+    # Figures for the report (no timing is asserted): run with -s to see them.
+    gap = max(b - a for a, b in itertools.pairwise(times))
+    print(
+        f"\nnode lost for good: {len(confirmed)} published ({retries} publish retries), "
+        f"longest gap between confirms {gap:.1f} s, all settled {settled:.1f} s after the kill"
+    )
     for request_id in confirmed:
         row = await get_row(db, request_id)
         expected = "failed" if kinds[request_id] == "permanent" else "ready"
