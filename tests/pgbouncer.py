@@ -7,12 +7,14 @@ any, is never touched.
 PgBouncer refuses to run as root: as root it is started with ``-u`` as the ``postgres``
 user (or ``nobody``), which owns the directory.
 
-Used by tests/integration/test_pgbouncer.py and ``bench pgbouncer``; the config it writes
-is deploy/pgbouncer/pgbouncer.ini's with test-sized pools.
+Used by tests/integration/test_pgbouncer.py and bench/pgbouncer.py; the config it writes
+is deploy/pgbouncer/pgbouncer.ini's, with the test's addresses, files and pool sizes.
 """
 
 from __future__ import annotations
 
+import configparser
+import io
 import os
 import pwd
 import shutil
@@ -50,6 +52,9 @@ class PgBouncer:
         return urlunsplit(parts._replace(netloc=f"{user}@{self.host}:{self.port}"))
 
 
+EXAMPLE: Final = Path(__file__).resolve().parent.parent / "deploy" / "pgbouncer" / "pgbouncer.ini"
+
+
 def config(
     *,
     port: int,
@@ -60,32 +65,31 @@ def config(
     max_client_conn: int,
     pool_mode: str = "transaction",
 ) -> str:
-    return "\n".join(
-        [
-            "[databases]",
-            # Any database name the client asks for, on the one server: each test's own.
-            f"* = host={server_host} port={server_port}",
-            "[pgbouncer]",
-            "listen_addr = 127.0.0.1",
-            f"listen_port = {port}",
-            "unix_socket_dir =",
-            f"pool_mode = {pool_mode}",
+    """deploy/pgbouncer/pgbouncer.ini with what the test sets (its comments say which)."""
+    ini = configparser.ConfigParser(interpolation=None, delimiters=("=",))
+    ini.optionxform = str  # type: ignore[assignment,method-assign]  # keep "*" and case
+    ini.read_string(EXAMPLE.read_text())
+    # Any database name the client asks for, on the one server: each test has its own.
+    ini["databases"] = {"*": f"host={server_host} port={server_port}"}
+    ini["pgbouncer"].update(
+        {
+            "listen_addr": "127.0.0.1",
+            "listen_port": str(port),
+            "unix_socket_dir": "",
+            "pool_mode": pool_mode,
+            "default_pool_size": str(pool_size),
+            "max_db_connections": str(pool_size),
+            "max_client_conn": str(max_client_conn),
             # The machine's PostgreSQL trusts loopback; PgBouncer still wants the user listed.
-            "auth_type = trust",
-            f"auth_file = {directory / 'userlist.txt'}",
-            f"max_client_conn = {max_client_conn}",
-            f"default_pool_size = {pool_size}",
-            f"max_db_connections = {pool_size}",
-            "min_pool_size = 0",
-            "reserve_pool_size = 0",
-            "server_reset_query =",
-            f"logfile = {directory / 'pgbouncer.log'}",
-            f"pidfile = {directory / 'pgbouncer.pid'}",
-            "log_connections = 0",
-            "log_disconnections = 0",
-            "",
-        ]
+            "auth_type": "trust",
+            "auth_file": str(directory / "userlist.txt"),
+            "logfile": str(directory / "pgbouncer.log"),
+            "pidfile": str(directory / "pgbouncer.pid"),
+        }
     )
+    out = io.StringIO()
+    ini.write(out)
+    return out.getvalue()
 
 
 def _run_as() -> list[str]:
