@@ -44,6 +44,7 @@ class PgBouncer:
     host: str
     port: int
     log: Path
+    pid: int
 
     def url(self, dsn: str) -> str:
         """``dsn`` (a database on the machine's PostgreSQL) through this PgBouncer."""
@@ -153,7 +154,7 @@ def _started(
     )
     try:
         _wait_listening(port, process, directory / "pgbouncer.log")
-        yield PgBouncer("127.0.0.1", port, directory / "pgbouncer.log")
+        yield PgBouncer("127.0.0.1", port, directory / "pgbouncer.log", process.pid)
     finally:
         process.send_signal(signal.SIGTERM)  # a fast shutdown: closes every connection
         try:
