@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import subprocess
 import sys
 import uuid
@@ -18,9 +19,10 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from bgworker import faults
+from bgworker import faults, store
 from bgworker import settings as settings_mod
 from bgworker.cli.smtp_sink import SmtpSink, text_body
+from bgworker.contract import events
 from tests import helpers, pgbouncer
 from tests.helpers import Publish, StartWorker, wait_until
 
@@ -278,3 +280,46 @@ async def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
         text=True,
         timeout=60,
     )
+
+
+async def test_the_lease_keeper_renews_through_pgbouncer(
+    database_url: str,
+    db: store.Store,
+    bouncer: pgbouncer.PgBouncer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The lease keeper's own connection (not the worker's pool) goes through PgBouncer
+    too: its renewals keep working while other clients make PgBouncer move it from one
+    server connection to another between rounds."""
+    url = bouncer.url(database_url)
+    worker = "pgbouncer-test:1:abcdef"
+    event = events.FileRequested.model_validate(helpers.event_body())
+    claim = await db.requests.record_and_claim(event, 3, worker, 1.5)
+    assert claim is not None
+    lost: list[int] = []
+    churn = await store.create_pool(url, min_size=5, max_size=5, pooler="transaction")
+    stop = asyncio.Event()
+
+    async def busy() -> None:
+        while not stop.is_set():
+            await churn.fetchval("SELECT pg_sleep(0.01)")
+
+    busy_tasks = [asyncio.create_task(busy()) for _ in range(5)]
+    try:
+        async with store.LeaseKeeper(url, worker, 1.5, pooler="transaction") as keeper:
+            keeper.hold(claim, lambda: lost.append(1))
+            seen = {(await helpers.get_row(db, claim.request_id)).lease_expires_at}
+
+            async def renewed() -> bool:
+                seen.add((await helpers.get_row(db, claim.request_id)).lease_expires_at)
+                return len(seen) > 5
+
+            await wait_until(renewed, timeout=30)
+    finally:
+        stop.set()
+        await asyncio.gather(*busy_tasks)
+        await churn.close()
+    assert lost == []
+    # Not one round failed (a failed round is a WARNING of bgworker.connections, and the
+    # next round reconnects, which would hide it from the lease).
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
