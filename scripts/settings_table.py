@@ -40,6 +40,10 @@ MEANING: Final[dict[str, str]] = {
         "when its node goes ([Scaling out](operating.md#rabbitmq))"
     ),
     "BGWORKER_DATABASE_URL": "PostgreSQL URL (`bgworker migrate` creates the database)",
+    "BGWORKER_DATABASE_POOLER": (
+        "`transaction` when the URL reaches PgBouncer in transaction mode: asyncpg's "
+        "statement cache off ([PgBouncer](operating.md#pgbouncer)); `none` otherwise"
+    ),
     "BGWORKER_NAMESPACE": "prefix of every exchange and queue name",
     "BGWORKER_STARTUP_RETRY_SECONDS": (
         "`worker` and `serve` wait this long at start for a service that refuses, resets or "

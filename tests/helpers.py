@@ -88,6 +88,7 @@ def settings_env(settings: settings_mod.Settings) -> dict[str, str]:
     env = {
         "BGWORKER_AMQP_URL": settings.amqp_url.get_secret_value(),
         "BGWORKER_DATABASE_URL": settings.database_url.get_secret_value(),
+        "BGWORKER_DATABASE_POOLER": settings.database_pooler,
         "BGWORKER_NAMESPACE": settings.namespace,
         "BGWORKER_QUEUE_TYPE": settings.queue_type,
         "BGWORKER_STORAGE_DIR": str(settings.storage_dir),

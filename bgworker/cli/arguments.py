@@ -24,6 +24,7 @@ ENV_PREFIX: Final = "BGWORKER_"  # bgworker.settings.ENV_PREFIX (a test keeps th
 SETTINGS: Final[tuple[tuple[str, str, bool], ...]] = (
     ("BGWORKER_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", True),
     ("BGWORKER_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/bgworker", True),
+    ("BGWORKER_DATABASE_POOLER", "none", False),
     ("BGWORKER_NAMESPACE", "bgworker", False),
     ("BGWORKER_QUEUE_TYPE", "quorum", False),
     ("BGWORKER_STORAGE_DIR", "var/files", False),

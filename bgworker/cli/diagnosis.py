@@ -26,7 +26,7 @@ import aiormq
 import asyncpg
 import pydantic
 
-from bgworker import faults, handlers, storage
+from bgworker import faults, handlers, storage, store
 from bgworker import settings as settings_mod
 from bgworker.messaging import failover
 from bgworker.observe import logs
@@ -36,6 +36,7 @@ EXIT_UNAVAILABLE: Final = 69  # EX_UNAVAILABLE: a service we need does not answe
 
 AMQP_URL: Final = f"{settings_mod.ENV_PREFIX}AMQP_URL"
 DATABASE_URL: Final = f"{settings_mod.ENV_PREFIX}DATABASE_URL"
+DATABASE_POOLER: Final = f"{settings_mod.ENV_PREFIX}DATABASE_POOLER"
 HANDLERS: Final = f"{settings_mod.ENV_PREFIX}HANDLERS"
 LOG_LEVEL: Final = f"{settings_mod.ENV_PREFIX}LOG_LEVEL"
 SECRET_KEYS: Final = f"{settings_mod.ENV_PREFIX}TOKENS__SECRET_KEYS"
@@ -193,8 +194,19 @@ async def probe(settings: settings_mod.Settings, command: str) -> None:
 
         try:
             await faults.ride_out(connect_database, service=_service(dsn), seconds=seconds)
+            pooled = settings.database_pooler == "none" and await store.transaction_pooled(
+                dsn, timeout=PROBE_TIMEOUT_SECONDS
+            )
         except Exception as exc:
             raise database_error(exc, dsn) from None
+        if pooled:
+            # asyncpg's cached named statements would be missing on the next transaction's
+            # server connection: every query could fail, and requests with them.
+            raise config(
+                f"{DATABASE_URL}: {_service(dsn)} is a pooler in transaction mode (the "
+                "server process changed between two statements of one connection): set "
+                f"{DATABASE_POOLER}=transaction, or use session mode"
+            )
     if command in NEEDS_BROKER:
         url = settings.amqp_url.get_secret_value()
 

@@ -185,7 +185,9 @@ async def _cmd_publish(settings: settings_mod.Settings, args: argparse.Namespace
 async def _cmd_cancel(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     from bgworker import store
 
-    async with store.opened(settings.database_url.get_secret_value()) as db:
+    async with store.opened(
+        settings.database_url.get_secret_value(), pooler=settings.database_pooler
+    ) as db:
         status = await db.requests.request_cancel(args.id)
         row = await db.requests.get_request(args.id)
     if status is None:

@@ -132,7 +132,9 @@ async def clean(
 async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     """``bgworker clean`` (its flags are in ``bgworker.cli.arguments``)."""
     async with (
-        store.opened(settings.database_url.get_secret_value()) as db,
+        store.opened(
+            settings.database_url.get_secret_value(), pooler=settings.database_pooler
+        ) as db,
         storage.opened(settings) as files,
     ):
         report = await clean(

@@ -87,7 +87,9 @@ def create_app(
             app[keys.STORE] = db
             yield
             return
-        pool = await store.create_pool(settings.database_url.get_secret_value())
+        pool = await store.create_pool(
+            settings.database_url.get_secret_value(), pooler=settings.database_pooler
+        )
         app[keys.STORE] = store.Store(pool)
         yield
         await pool.close()

@@ -133,6 +133,7 @@ class Worker:
                     self.settings.database_url.get_secret_value(),
                     self.worker_id,
                     self.settings.worker.lease_seconds,
+                    pooler=self.settings.database_pooler,
                 )
             )
             runner = self._make_runner(db, files, channel, resources, leases)
@@ -153,7 +154,9 @@ class Worker:
         cfg = self.settings.worker
         dsn = self.settings.database_url.get_secret_value()
         pool = await self._ride_out(
-            lambda: store.create_pool(dsn, max_size=cfg.concurrency + 4),
+            lambda: store.create_pool(
+                dsn, max_size=cfg.concurrency + 4, pooler=self.settings.database_pooler
+            ),
             f"PostgreSQL at {logs.address(dsn)}",
         )
         stack.push_async_callback(pool.close)

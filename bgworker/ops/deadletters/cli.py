@@ -129,7 +129,9 @@ async def _show(
     request_id = found.get("request_id")
     if request_id:
         with contextlib.suppress(*store.TRANSIENT_ERRORS):
-            async with store.opened(settings.database_url.get_secret_value()) as db:
+            async with store.opened(
+                settings.database_url.get_secret_value(), pooler=settings.database_pooler
+            ) as db:
                 row = await db.requests.get_request(uuid.UUID(request_id))
                 found["request"] = (
                     None
@@ -180,7 +182,9 @@ async def _act(
     if chosen.is_empty:
         print(f"dlq {args.dlq_command}: name ids, give a filter, or pass --all", file=sys.stderr)
         return EXIT_USAGE
-    async with store.opened(settings.database_url.get_secret_value()) as db:
+    async with store.opened(
+        settings.database_url.get_secret_value(), pooler=settings.database_pooler
+    ) as db:
         if args.dlq_command == "purge" and not (args.yes or args.dry_run):
             preview = await actions.purge(q, db, chosen, actor=actor(), dry_run=True)
             if not preview.outcomes:
@@ -235,7 +239,9 @@ async def _confirm(question: str) -> int | None:
 async def _purge_undecodable(
     q: queue.DeadLetterQueue, settings: settings_mod.Settings, args: argparse.Namespace
 ) -> int:
-    async with store.opened(settings.database_url.get_secret_value()) as db:
+    async with store.opened(
+        settings.database_url.get_secret_value(), pooler=settings.database_pooler
+    ) as db:
         preview = await actions.purge_undecodable(q, db, actor=actor(), dry_run=True)
         if not preview.outcomes:
             print(f"purge: every letter in {q.name} decodes; nothing to do")
