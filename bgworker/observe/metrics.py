@@ -209,15 +209,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
-async def serve(registry: CollectorRegistry, host: str, port: int) -> tuple[web.AppRunner, str]:
+async def serve(
+    registry: CollectorRegistry, host: str, port: int, health: Mapping[str, bool] | None = None
+) -> tuple[web.AppRunner, str]:
     """Serve ``registry`` at ``http://host:port/metrics`` on the running loop (port 0: any
-    free port). Returns the runner (``cleanup()`` stops it) and the URL actually bound."""
+    free port), and ``health`` (kept up to date by its owner) at ``/healthz``: 200 while
+    every dependency in it is up, else 503 (a readiness probe's answer). Returns the runner
+    (``cleanup()`` stops it) and the URL of the metrics actually bound."""
 
     async def view(request: web.Request) -> web.Response:
         return exposition(registry)
 
+    async def healthz(request: web.Request) -> web.Response:
+        checked = dict(health or {})
+        up = bool(checked) and all(checked.values())  # nothing checked yet: not ready
+        return web.json_response(
+            {"status": "ok" if up else "unhealthy", **checked, "pid": os.getpid()},
+            status=200 if up else 503,
+        )
+
     app = web.Application()
     app.router.add_get("/metrics", view)
+    if health is not None:
+        app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
