@@ -87,17 +87,18 @@ def test_the_dashboard_queries_only_series_bgworker_exports() -> None:
 
 
 def test_the_dashboard_breaks_figures_down_by_host() -> None:
-    # Prometheus' `instance` label names the scraped process: a worker, or a whole server
-    # (`serve --workers N` sums its processes into one scrape, metrics.exposition).
+    # Prometheus' `instance` label names the scraped target (a worker's metrics port, a
+    # server whose `serve --workers N` sums its processes, metrics.exposition); without its
+    # port it names the host, so two workers on one host add up.
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "bgworker.json").read_text())
-    per_host = [
-        p for p in dashboard["panels"] if p["title"].endswith(("by host", "by host and status"))
-    ]
+    per_host = [p for p in dashboard["panels"] if " by host" in p["title"]]
     series: set[str] = set()
     for panel in per_host:
         [target] = panel["targets"]
-        assert re.match(r"(sum|min|max) by \(instance\b", target["expr"]), target["expr"]
-        assert "{{instance}}" in target["legendFormat"]
+        expr = target["expr"]
+        assert re.match(r"(sum|min|max) by \(host\b[^)]*\) \(label_replace\(", expr), expr
+        assert expr.endswith(', "host", "$1", "instance", "(.*):[0-9]+"))'), expr
+        assert "{{host}}" in target["legendFormat"]
         series.update(SERIES_RE.findall(target["expr"]))
     # The worker's jobs and the server's requests, each per host.
     assert {"bgworker_jobs_total", "bgworker_http_requests_total"} <= series
