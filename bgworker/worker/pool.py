@@ -140,7 +140,13 @@ class Worker:
             consuming = await self._consume(queue, runner)
             side = self._start_side_tasks(db, connection, channel, dispatcher, runner, consuming)
             metered, self.metrics_url = await sampler.start(
-                stack, self.settings.metrics, db, connection, self.topology, self.stopping
+                stack,
+                self.settings.metrics,
+                db,
+                connection,
+                self.topology,
+                self.stopping,
+                self.health,
             )
             side.append(metered)
             self._log_start()
