@@ -18,7 +18,7 @@ import asyncpg
 from bench import common
 
 
-def _pids_named(name: str) -> list[int]:
+def pids_named(name: str) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -62,7 +62,7 @@ class ServiceCpu:
         return int(value or 0)
 
     async def start(self) -> None:
-        self._broker = _cpu_by_pid(_pids_named("beam.smp"))
+        self._broker = _cpu_by_pid(pids_named("beam.smp"))
         self._pg = _cpu_by_pid(await self._backends())
         self._commits = await self._commit_count()
 

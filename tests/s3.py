@@ -61,20 +61,20 @@ def free_port() -> int:
         return port
 
 
-def _bindable(port: int) -> bool:
+def _bindable(port: int, ip: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((ip, port))
         except OSError:
             return False
     return True
 
 
-def _grpc_port() -> int:
+def _grpc_port(ip: str = "127.0.0.1") -> int:
     """A free port whose gRPC twin (SeaweedFS listens on port + 10000 too) is free."""
     while True:
         port = random.randrange(20000, 45000)
-        if _bindable(port) and _bindable(port + 10000):
+        if _bindable(port, ip) and _bindable(port + 10000, ip):
             return port
 
 
@@ -139,9 +139,10 @@ def weed_binary() -> str:
 
 
 @contextlib.contextmanager
-def seaweedfs(workdir: Path) -> Iterator[S3Server]:
+def seaweedfs(workdir: Path, ip: str = "127.0.0.1") -> Iterator[S3Server]:
     """A one-process SeaweedFS (master, volume, filer, S3 gateway) with one identity, so
-    it signs-checks every request (anonymous requests are refused)."""
+    it signs-checks every request (anonymous requests are refused). ``ip``: the address it
+    listens on (the bench's scale-out puts it on the hosts' bridge)."""
     config = workdir / "s3.json"
     config.write_text(
         json.dumps(
@@ -156,14 +157,14 @@ def seaweedfs(workdir: Path) -> Iterator[S3Server]:
             }
         )
     )
-    port = _grpc_port()
-    ports = [str(_grpc_port()) for _ in range(3)]
+    port = _grpc_port(ip)
+    ports = [str(_grpc_port(ip)) for _ in range(3)]
     cmd = [
         weed_binary(),
         "server",
         f"-dir={workdir}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
+        f"-ip={ip}",
+        f"-ip.bind={ip}",
         f"-master.port={ports[0]}",
         f"-volume.port={ports[1]}",
         f"-filer.port={ports[2]}",
@@ -178,8 +179,8 @@ def seaweedfs(workdir: Path) -> Iterator[S3Server]:
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
     ]
-    with _running(cmd, f"http://127.0.0.1:{port}/", timeout=60, cwd=workdir) as process:
-        yield S3Server(f"http://127.0.0.1:{port}", "seaweedfs", process.pid)
+    with _running(cmd, f"http://{ip}:{port}/", timeout=60, cwd=workdir) as process:
+        yield S3Server(f"http://{ip}:{port}", "seaweedfs", process.pid)
 
 
 def storage_settings(server: S3Server, bucket: str) -> settings_mod.StorageSettings:
