@@ -21,12 +21,12 @@ import argparse
 import asyncio
 import contextlib
 import os
-import shutil
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -45,20 +45,31 @@ READY_SQL: Final = (
 )
 
 
-def worker_env(
-    site: sites.Site, host: int, dsn: str, namespace: str, s3_env: dict[str, str], conc: int
-) -> dict[str, str]:
+@dataclass(frozen=True)
+class Bench:
+    """What every run shares."""
+
+    site: sites.Site
+    dsn: str
+    topo: topology.Topology
+    s3_env: dict[str, str]
+    requests: int
+    concurrency: int
+    logdir: Path
+
+
+def worker_env(b: Bench, host: int) -> dict[str, str]:
     return common.child_env(
         {
-            "BGWORKER_AMQP_URL": site.amqp_url(host),
-            "BGWORKER_DATABASE_URL": site.worker_dsn(dsn),
-            "BGWORKER_NAMESPACE": namespace,
+            "BGWORKER_AMQP_URL": b.site.worker_amqp_url(host),
+            "BGWORKER_DATABASE_URL": b.site.worker_dsn(b.dsn),
+            "BGWORKER_NAMESPACE": b.topo.namespace,
             "BGWORKER_STORAGE_DIR": "/nonexistent",  # S3 only: no local file is written
             "BGWORKER_HANDLERS": "bench.handlers:registry",
             "BGWORKER_TOKENS__SECRET_KEYS": "scaleout-bench-not-a-secret-key-0123456789",
             "BGWORKER_LOG_LEVEL": "WARNING",
-            "BGWORKER_WORKER__CONCURRENCY": str(conc),
-            **s3_env,
+            "BGWORKER_WORKER__CONCURRENCY": str(b.concurrency),
+            **b.s3_env,
         }
     )
 
@@ -109,52 +120,40 @@ async def _wait_ready(db: asyncpg.Connection, total: int, children: list[common.
         await asyncio.sleep(0.05)
 
 
-async def trial(
-    site: sites.Site,
-    hosts: int,
-    dsn: str,
-    topo: topology.Topology,
-    s3_env: dict[str, str],
-    n: int,
-    conc: int,
-    weed_pid: int,
-    logdir: Path,
-) -> dict[str, Any]:
-    await common.reset_tables(dsn)
+async def trial(b: Bench, hosts: int) -> dict[str, Any]:
+    """``hosts`` fresh workers, a warm-up batch, then ``b.requests`` jobs measured."""
+    site, n = b.site, b.requests
+    await common.reset_tables(b.dsn)
+    argv = [sys.executable, "-m", "bgworker", "worker"]
     children = [
-        common.Child(
-            f"scaleout-h{hosts}-worker{i}",
-            [*site.prefix(i), sys.executable, "-m", "bgworker", "worker"],
-            worker_env(site, i, dsn, topo.namespace, s3_env, conc),
-            logdir,
-        )
+        site.spawn(i, f"scaleout-h{hosts}-worker{i}", argv, worker_env(b, i), b.logdir)
         for i in range(hosts)
     ]
-    db = await asyncpg.connect(dsn)
+    db = await asyncpg.connect(b.dsn)
     admin = await asyncpg.connect(common.PG_ADMIN)
     try:
-        connection = await aio_pika.connect(site.amqp_url(0))
+        connection = await aio_pika.connect_robust(site.bench_amqp_url)
         try:
-            await common.wait_consumers(connection, topo.work_queue, hosts)  # type: ignore[arg-type]
+            await common.wait_consumers(connection, b.topo.work_queue, hosts)
         finally:
             await connection.close()
-        warm = hosts * conc * 2
-        await _publish(site.amqp_url(0), topo, range(warm))
+        warm = hosts * b.concurrency * 2
+        await _publish(site.bench_amqp_url, b.topo, range(warm))
         await _wait_ready(db, warm, children)
 
         async def parts() -> dict[str, list[int]]:
             return {
                 "workers": [c.pid for c in children],
                 "broker": site.broker_pids(),
-                "postgres": await _backends(admin, dsn.rsplit("/", 1)[1], db.get_server_pid()),
-                "s3": [weed_pid],
+                "postgres": await _backends(admin, b.dsn.rsplit("/", 1)[1], db.get_server_pid()),
+                "s3": [site.s3.server.pid],
                 "proxy": site.harness_pids(),
                 "bench": [os.getpid()],
             }
 
         before = cpu.snapshot(await parts(), alone=["bench"])
         t0 = time.time()
-        await _publish(site.amqp_url(0), topo, range(warm, warm + n))
+        await _publish(site.bench_amqp_url, b.topo, range(warm, warm + n))
         last = await _wait_ready(db, warm + n, children)
         after = cpu.snapshot(await parts(), alone=["bench"])
     finally:
@@ -166,7 +165,7 @@ async def trial(
     return {
         "hosts": hosts,
         "requests": n,
-        "concurrency": conc,
+        "concurrency": b.concurrency,
         "seconds": last - t0,
         "jobs_per_s": n / (last - t0),
         "cpu_ms_per_job": used.ms_per_job(n),
@@ -179,32 +178,15 @@ async def trial(
     }
 
 
-@contextlib.asynccontextmanager
-async def _bucket(site: sites.Site, logdir: Path) -> Any:
-    workdir = Path(tempfile.mkdtemp(prefix="bgw_bench_weed_", dir=common.TMPFS))
-    try:
-        with s3.seaweedfs(workdir, ip=site.s3_ip) as server:
-            bucket = await s3.new_bucket(server)
-            yield (
-                server,
-                {
-                    "BGWORKER_STORAGE__BACKEND": "s3",
-                    "BGWORKER_STORAGE__S3_BUCKET": bucket,
-                    "BGWORKER_STORAGE__S3_ENDPOINT_URL": server.url,
-                    "BGWORKER_STORAGE__S3_ACCESS_KEY_ID": s3.ACCESS_KEY,
-                    "BGWORKER_STORAGE__S3_SECRET_ACCESS_KEY": s3.SECRET_KEY,
-                },
-            )
-    finally:
-        # weed's log goes with the workers' into the logs directory; its data goes.
-        await asyncio.to_thread(_keep_logs, workdir, logdir)
-        await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
-
-
-def _keep_logs(workdir: Path, logdir: Path) -> None:
-    for log in workdir.glob("s3-server-*.log"):
-        with contextlib.suppress(OSError):
-            shutil.copy(log, logdir / log.name)
+async def _s3_env(site: sites.Site) -> dict[str, str]:
+    bucket = await s3.new_bucket(site.s3.server)
+    return {
+        "BGWORKER_STORAGE__BACKEND": "s3",
+        "BGWORKER_STORAGE__S3_BUCKET": bucket,
+        "BGWORKER_STORAGE__S3_ENDPOINT_URL": site.s3.worker_url,
+        "BGWORKER_STORAGE__S3_ACCESS_KEY_ID": s3.ACCESS_KEY,
+        "BGWORKER_STORAGE__S3_SECRET_ACCESS_KEY": s3.SECRET_KEY,
+    }
 
 
 async def run(
@@ -212,17 +194,19 @@ async def run(
 ) -> dict[str, Any]:
     await common.wait_for_services()
     result: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    async with sites.open_site(max(counts), loopback, logdir) as site:
+    async with sites.open_site(max(counts), loopback) as site:
         result["site"] = site.describe()
         common.log(f"scale-out on {site.describe()}")
-        async with _bucket(site, logdir) as (server, s3_env), common.bench_database() as dsn:
+        s3_env = await _s3_env(site)
+        async with common.bench_database() as dsn:
             topo = topology.Topology(f"bgw_bench_so_{uuid.uuid4().hex[:8]}")
-            connection = await aio_pika.connect(site.amqp_url(0))
+            b = Bench(site, dsn, topo, s3_env, n, conc, logdir)
+            connection = await aio_pika.connect(site.bench_amqp_url)
             try:
                 await topo.declare(await connection.channel())
                 runs = []
                 for hosts in counts:
-                    got = await trial(site, hosts, dsn, topo, s3_env, n, conc, server.pid, logdir)
+                    got = await trial(b, hosts)
                     runs.append(got)
                     ms = got["cpu_ms_per_job"]
                     common.log(
