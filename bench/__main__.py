@@ -134,7 +134,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             common.log(f"scaleout: skipped: {why}; `python -m bench.scaleout --loopback` runs it")
         else:
             counts = (1, 2) if quick else (1, 2, 4)
-            result["scaleout"] = await scaleout.run(counts, 100 if quick else 600, 8, False, logdir)
+            jobs = 100 if quick else 600
+            result["scaleout"] = await scaleout.run(counts, jobs, 8, False, logdir, reps)
     shutil.rmtree(logdir, ignore_errors=True)
     return result
 

@@ -16,12 +16,29 @@ so they count in the prediction here, never in the deployment's needs.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable
 from typing import Any, Final
 
 DEPLOYMENT_HOSTS: Final = 100
 WORKERS_PER_HOST: Final = 2
 CONNECTIONS_PER_WORKER: Final = 5  # + concurrency: pool headroom and the lease keeper
+
+
+def medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per host count: each figure's median over the rounds (per part for the CPU),
+    the run with the median jobs/s naming the bottleneck, and every round's jobs/s."""
+    out = []
+    for hosts in sorted({r["hosts"] for r in runs}):
+        mine = sorted((r for r in runs if r["hosts"] == hosts), key=lambda r: r["jobs_per_s"])
+        row = dict(mine[(len(mine) - 1) // 2])
+        for key in ("jobs_per_s", "seconds", "machine_cores", "other_cores"):
+            row[key] = statistics.median(r[key] for r in mine)
+        for key in ("cpu_ms_per_job", "cores"):
+            row[key] = {p: statistics.median(r[key][p] for r in mine) for p in mine[0][key]}
+        row["rounds_jobs_per_s"] = [r["jobs_per_s"] for r in mine]
+        out.append(row)
+    return out
 
 
 def model(
@@ -79,8 +96,16 @@ def _rows(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def _spread(r: dict[str, Any]) -> str:
+    """Median jobs/s, and its range over the rounds when there were several."""
+    rounds = r.get("rounds_jobs_per_s", [])
+    if len(rounds) < 2:
+        return f"{r['jobs_per_s']:.0f}"
+    return f"{r['jobs_per_s']:.0f} [{min(rounds):.0f}-{max(rounds):.0f}]"
+
+
 def table(result: dict[str, Any]) -> str:
-    runs = result["runs"]
+    runs = result["medians"]
     first = runs[0]
     parts = list(first["cpu_ms_per_job"])
     rows = []
@@ -89,7 +114,7 @@ def table(result: dict[str, Any]) -> str:
         rows.append(
             [
                 str(r["hosts"]),
-                f"{r['jobs_per_s']:.0f}",
+                _spread(r),
                 f"{r['jobs_per_s'] / first['jobs_per_s']:.2f}",
                 *(f"{ms[p]:.2f}" for p in parts),
                 f"{sum(ms.values()):.2f}",
@@ -100,7 +125,8 @@ def table(result: dict[str, Any]) -> str:
         )
     lines = _rows(
         f"scale-out ({result['site']}; {first['requests']} jobs per run, concurrency "
-        f"{first['concurrency']} per worker, {result['started']}); CPU ms per job",
+        f"{first['concurrency']} per worker, medians of {result['reps']} round(s), "
+        f"{result['started']}); CPU ms per job",
         [
             "hosts",
             "jobs/s",

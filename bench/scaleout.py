@@ -171,6 +171,7 @@ async def trial(b: Bench, hosts: int) -> dict[str, Any]:
         "cpu_ms_per_job": used.ms_per_job(n),
         "cores": {part: used.cores(part) for part in used.cpu},
         "worker_process_cores": [v / used.seconds for v in used.per_root["workers"]],
+        "broker_node_cores": [v / used.seconds for v in used.per_root["broker"]],
         "machine_cores": used.machine_cores,
         "other_cores": used.other_cores,
         "nproc": used.nproc,
@@ -190,8 +191,10 @@ async def _s3_env(site: sites.Site) -> dict[str, str]:
 
 
 async def run(
-    counts: Sequence[int], n: int, conc: int, loopback: bool, logdir: Path
+    counts: Sequence[int], n: int, conc: int, loopback: bool, logdir: Path, reps: int = 1
 ) -> dict[str, Any]:
+    """``reps`` rounds over ``counts`` (interleaved: each count sees the same stretch of a
+    shared machine's noise), medians per count."""
     await common.wait_for_services()
     result: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     async with sites.open_site(max(counts), loopback) as site:
@@ -205,21 +208,25 @@ async def run(
             try:
                 await topo.declare(await connection.channel())
                 runs = []
-                for hosts in counts:
-                    got = await trial(b, hosts)
-                    runs.append(got)
-                    ms = got["cpu_ms_per_job"]
-                    common.log(
-                        f"scale-out {hosts} host(s): {got['jobs_per_s']:.0f} jobs/s, CPU ms/job "
-                        + ", ".join(f"{k} {v:.2f}" for k, v in ms.items())
-                        + f"; saturates: {got['bottleneck']}"
-                    )
+                for rep in range(reps):
+                    for hosts in counts:
+                        got = await trial(b, hosts)
+                        runs.append(got)
+                        ms = got["cpu_ms_per_job"]
+                        common.log(
+                            f"scale-out {rep + 1}/{reps} {hosts} host(s): "
+                            f"{got['jobs_per_s']:.0f} jobs/s, CPU ms/job "
+                            + ", ".join(f"{k} {v:.2f}" for k, v in ms.items())
+                            + f"; saturates: {got['bottleneck']}"
+                        )
             finally:
                 with contextlib.suppress(Exception):
                     await topo.delete(await connection.channel())
                 await connection.close()
     result["runs"] = runs
-    result["model"] = capacity.model(runs, HARNESS)
+    result["reps"] = reps
+    result["medians"] = capacity.medians(runs)
+    result["model"] = capacity.model(result["medians"], HARNESS)
     return result
 
 
@@ -228,6 +235,7 @@ def cli() -> int:
     parser.add_argument("--hosts", default="1,2,4", help="worker host counts, in order")
     parser.add_argument("--requests", type=int, default=600, help="jobs per run")
     parser.add_argument("--concurrency", type=int, default=8, help="jobs at once per worker")
+    parser.add_argument("--reps", type=int, default=1, help="rounds over the host counts")
     parser.add_argument(
         "--loopback", action="store_true", help="every part on loopback (no namespaces)"
     )
@@ -235,7 +243,9 @@ def cli() -> int:
     args = parser.parse_args()
     logdir = Path(tempfile.mkdtemp(prefix="bgw_bench_scaleout_"))
     counts = [int(x) for x in args.hosts.split(",")]
-    result = asyncio.run(run(counts, args.requests, args.concurrency, args.loopback, logdir))
+    result = asyncio.run(
+        run(counts, args.requests, args.concurrency, args.loopback, logdir, args.reps)
+    )
     print(capacity.table(result))
     if args.json:
         common.dump(args.json, result)
