@@ -70,6 +70,10 @@ def model(
     parts = {p: v for p, v in ms.items() if p not in skip}
     per_worker = 1000 / parts["workers"]
     rate = hosts * workers_per_host * per_worker
+    # The work queue's leader lives on one node: the busiest node's share of the broker's
+    # CPU is what one node must carry however many nodes the cluster has.
+    nodes = base.get("broker_node_cores") or [1.0]
+    busiest = max(nodes) / sum(nodes) if sum(nodes) else 1.0
     return {
         "from_hosts": base["hosts"],
         "ms_per_job": parts,
@@ -81,6 +85,8 @@ def model(
             "jobs_per_s_per_worker": per_worker,
             "jobs_per_s": rate,
             "cores": {p: rate * v / 1000 for p, v in parts.items() if p != "workers"},
+            "busiest_broker_node_share": busiest,
+            "busiest_broker_node_cores": rate * parts.get("broker", 0.0) * busiest / 1000,
             "pg_connections": hosts
             * workers_per_host
             * (base["concurrency"] + CONNECTIONS_PER_WORKER),
@@ -163,7 +169,13 @@ def table(result: dict[str, Any]) -> str:
         ],
     )
     d = m["deployment"]
-    need = ", ".join(f"{p} {v:.1f} cores" for p, v in d["cores"].items())
+    busiest = (
+        f" (its busiest node {d['busiest_broker_node_cores']:.1f}: "
+        f"{d['busiest_broker_node_share']:.0%} of the broker's CPU here)"
+    )
+    need = ", ".join(
+        f"{p} {v:.1f} cores" + (busiest if p == "broker" else "") for p, v in d["cores"].items()
+    )
     lines.append(
         f"\n{d['hosts']} hosts x {d['workers_per_host']} workers at a full core "
         f"({d['jobs_per_s_per_worker']:.0f} jobs/s each) = {d['jobs_per_s']:.0f} jobs/s: "
