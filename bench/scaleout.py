@@ -104,6 +104,30 @@ async def _publish(url: str, topo: topology.Topology, seeds: range) -> None:
         await connection.close()
 
 
+async def _wait_consumers(
+    url: str, queue: str, n: int, children: list[common.Child], timeout: float = 120
+) -> None:
+    """Until ``n`` consumers are on ``queue``; a worker that exits meanwhile says why."""
+    connection = await aio_pika.connect(url)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            channel = await connection.channel()
+            try:
+                if await common.consumer_count(channel, queue) >= n:
+                    return
+            finally:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+            for child in children:
+                child.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fewer than {n} workers consume {queue}")
+            await asyncio.sleep(0.2)
+    finally:
+        await connection.close()
+
+
 async def _wait_ready(db: asyncpg.Connection, total: int, children: list[common.Child]) -> float:
     """Until ``total`` rows are ready; the epoch of the last one's ``finished_at``."""
     deadline = time.monotonic() + 120 + total / 5
@@ -132,11 +156,7 @@ async def trial(b: Bench, hosts: int) -> dict[str, Any]:
     db = await asyncpg.connect(b.dsn)
     admin = await asyncpg.connect(common.PG_ADMIN)
     try:
-        connection = await aio_pika.connect_robust(site.bench_amqp_url)
-        try:
-            await common.wait_consumers(connection, b.topo.work_queue, hosts)
-        finally:
-            await connection.close()
+        await _wait_consumers(site.bench_amqp_url, b.topo.work_queue, hosts, children)
         warm = hosts * b.concurrency * 2
         await _publish(site.bench_amqp_url, b.topo, range(warm))
         await _wait_ready(db, warm, children)
