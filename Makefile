@@ -106,6 +106,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 bench: $(BENCH_STAMP) services
 	$(BIN)/python -m bench run
 
-# Every benchmark briefly (a smoke run; no timing is asserted anywhere).
+# Every benchmark briefly (a smoke run; no timing is asserted anywhere). Its scale-out part
+# (workers on 1 and 2 namespace hosts, about 45 s) needs root: without it, it says why and skips.
 bench-quick: $(BENCH_STAMP) services
 	$(BIN)/python -m bench run --quick
