@@ -10,6 +10,7 @@ trial (reported as it is; compare contenders within one run, never across runs).
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,12 +20,16 @@ from bench import common
 
 
 def pids_named(name: str) -> list[int]:
+    """Processes called ``name`` in this process's network namespace: the machine's own,
+    not those of namespace hosts (the multi-host tests' RabbitMQ nodes are beam.smp too)."""
+    here = os.readlink("/proc/self/ns/net")
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 if (entry / "comm").read_text().strip() == name:
-                    out.append(int(entry.name))
+                    if os.readlink(entry / "ns" / "net") == here:
+                        out.append(int(entry.name))
     return out
 
 
