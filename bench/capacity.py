@@ -181,4 +181,16 @@ def table(result: dict[str, Any]) -> str:
         f"({d['jobs_per_s_per_worker']:.0f} jobs/s each) = {d['jobs_per_s']:.0f} jobs/s: "
         f"needs {need}; {d['pg_connections']} PostgreSQL connections"
     )
+    if "broker_nodes" in result:
+        lines.append(
+            "broker nodes' cores (each count's median run): "
+            + "; ".join(
+                f"{r['hosts']} host(s): "
+                + ", ".join(
+                    f"{name} {v:.2f}"
+                    for name, v in zip(result["broker_nodes"], r["broker_node_cores"], strict=False)
+                )
+                for r in runs
+            )
+        )
     return "\n".join(lines)

@@ -227,6 +227,9 @@ async def run(
             connection = await aio_pika.connect(site.bench_amqp_url)
             try:
                 await topo.declare(await connection.channel())
+                # Which node leads the work queue: the busiest node's share is read with it.
+                names = await asyncio.to_thread(site.broker_nodes, topo.work_queue)
+                result["broker_nodes"] = names
                 runs = []
                 for rep in range(reps):
                     for hosts in counts:

@@ -65,6 +65,10 @@ class Site(Protocol):
 
     def broker_pids(self) -> list[int]: ...
 
+    def broker_nodes(self, queue: str) -> list[str]:
+        """A name for each of ``broker_pids``, the one leading ``queue`` marked."""
+        ...
+
     def harness_pids(self) -> list[int]:
         """Processes of the set-up itself (proxies): measured, left out of the model."""
         ...
@@ -92,6 +96,9 @@ class Loopback:
 
     def broker_pids(self) -> list[int]:
         return services.pids_named("beam.smp")
+
+    def broker_nodes(self, queue: str) -> list[str]:
+        return ["the machine's node" for _ in self.broker_pids()]
 
     def harness_pids(self) -> list[int]:
         return []
@@ -153,6 +160,10 @@ class NamespaceHosts:
 
     def broker_pids(self) -> list[int]:
         return [n.proc.pid for n in self.cluster.nodes if n.proc is not None]
+
+    def broker_nodes(self, queue: str) -> list[str]:
+        leader = self.cluster.leader(queue)
+        return [n.host.name + (" (leader)" if n is leader else "") for n in self.cluster.nodes]
 
     def harness_pids(self) -> list[int]:
         return [p.proc.pid for p in self._proxies]
