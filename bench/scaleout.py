@@ -6,7 +6,8 @@ bench run --only scaleout``). A host is one worker process; ``bench.sites`` says
 parts run: on namespace hosts against a 3-node RabbitMQ cluster (root, and the hosts
 tooling), or all on loopback against the machine's broker (anyone; the broker's CPU then
 includes other users' traffic). PostgreSQL is the machine's (the workers' database is a
-fresh one); SeaweedFS is one ``weed server`` started as the tests start it, on tmpfs.
+fresh one); SeaweedFS is one ``weed server`` (``tests.s3.seaweedfs_command``), on tmpfs on
+loopback, on its own host's disk with namespace hosts.
 
 Each run: fresh worker processes, a warm-up batch (connections, pools, the S3 client),
 then ``N`` ``bench_csv`` jobs (10 KiB CSV, one PutObject each) published as fast as the
