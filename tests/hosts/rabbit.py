@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
-from tests.hosts.topology import FILES, Host, kill
+from tests.hosts.procs import kill
+from tests.hosts.topology import FILES, Host
 
 AMQP_PORT: Final = 5672
 
@@ -241,6 +242,12 @@ class RabbitCluster:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no leader for {queue} in {timeout} s")
             time.sleep(0.2)
+
+    def forget(self, gone: Node) -> None:
+        """Remove a stopped node from the cluster for good (forget_cluster_node, asked of a
+        running node): the quorum queues drop it from their members."""
+        via = next(n for n in self.nodes if n.running and n is not gone)
+        via.ctl("forget_cluster_node", gone.name, timeout=120)
 
     def stop(self) -> None:
         for node in self.nodes:
