@@ -20,7 +20,8 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from bgworker.messaging import broker, topology
+from bgworker.messaging import broker, failover, topology
+from bgworker.observe import logs
 from bgworker.ops.deadletters import letters
 
 GET_TIMEOUT: Final = 30.0
@@ -58,6 +59,8 @@ class Held:
 
 
 def _safe_url(url: str) -> str:
+    if "," in url:  # several nodes (messaging.failover)
+        return logs.address(url)
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port or 5672}{parts.path or '/'}"
 
@@ -86,7 +89,7 @@ class DeadLetterQueue:
         try:
             # A plain connection, not a robust one: an operator command should fail clearly
             # rather than reconnect and silently re-read.
-            self._connection = await aio_pika.connect(self.amqp_url, timeout=10)
+            self._connection = await failover.connect_plain(self.amqp_url, timeout=10)
         except (OSError, aiormq.exceptions.AMQPError, TimeoutError) as exc:
             raise DlqError(
                 f"cannot reach RabbitMQ at {_safe_url(self.amqp_url)}: {exc or type(exc).__name__}"
