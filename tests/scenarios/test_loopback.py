@@ -12,7 +12,7 @@ from bgworker import store
 from bgworker.cli.smtp_sink import free_port
 from tests.scenarios.conftest import scenario_env
 from tests.scenarios.harness import Producer, Report, Scenario, plan
-from tests.scenarios.processes import Processes
+from tests.scenarios.processes import Loopback, Processes
 from tests.scenarios.receivers import Mailbox, WebhookReceiver
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -30,9 +30,9 @@ async def test_control_run_on_loopback(
 ) -> None:
     port = free_port()
     env = scenario_env(settings, mailbox, hooks, f"http://127.0.0.1:{port}")
-    procs = Processes(env, tmp_path)
+    procs = Processes(env, tmp_path, Loopback(tmp_path))
     try:
-        await procs.server("srv", "127.0.0.1", port)
+        await procs.server("srv", "127.0.0.1", port, f"http://127.0.0.1:{port}")
         for host in HOSTS:
             await procs.worker(host)
         scenario = Scenario(
@@ -42,7 +42,7 @@ async def test_control_run_on_loopback(
             Producer(settings.amqp_url.get_secret_value(), settings.namespace, settings.queue_type),
             mailbox,
             hooks,
-            [procs.builds_file(h) for h in HOSTS],
+            procs.builds_files(),
             publish_seconds=10,
         )
         report = await scenario.run()
