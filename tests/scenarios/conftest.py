@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from bgworker import settings as settings_mod
+from bgworker import store
 from tests.helpers import settings_env
 from tests.scenarios.harness import Report
 from tests.scenarios.receivers import Mailbox, WebhookReceiver
+
+if TYPE_CHECKING:
+    from tests.scenarios.deploy import Deployment
+    from tests.scenarios.site import Site
 
 REPORTS: list[Report] = []
 
@@ -71,3 +78,38 @@ def scenario_env(
         "BGWORKER_STARTUP_RETRY_SECONDS": "60",
         "BGWORKER_LOG_LEVEL": "INFO",
     }
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """The hosts, the broker cluster and S3, made once for every scenario that runs on hosts
+    (skipped where hosts cannot be made: not root, no RabbitMQ server)."""
+    from tests.hosts import unavailable
+    from tests.hosts.rabbit import RabbitCluster
+    from tests.scenarios.site import site as make_site
+
+    if (reason := unavailable() or RabbitCluster.unavailable()) is not None:
+        pytest.skip(reason)
+    with make_site(tmp_path_factory.mktemp("seaweedfs")) as made:
+        yield made
+
+
+@pytest.fixture
+async def deployment(
+    site: Site,
+    settings: settings_mod.Settings,
+    db: store.Store,
+    mailbox: Mailbox,
+    hooks: WebhookReceiver,
+    tmp_path: Path,
+) -> AsyncIterator[Deployment]:
+    """The scenario's deployment on the site (``await deployment.start()`` starts its
+    processes); stopped, and the site restored, at the end."""
+    from tests.scenarios.deploy import Deployment
+
+    made = Deployment(site, settings, db, mailbox, hooks, tmp_path)
+    try:
+        yield made
+    finally:
+        codes = await made.stop()
+    assert all(code == 0 for code in codes.values()), (codes, made.procs.logs())

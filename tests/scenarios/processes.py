@@ -86,10 +86,10 @@ class Proc:
 
     async def wait(self, timeout: float) -> int | None:
         """The exit status, or None if it is still running after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while (code := self.popen.poll()) is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        return code
+        try:
+            return await asyncio.to_thread(self.popen.wait, timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
 
 class Processes:

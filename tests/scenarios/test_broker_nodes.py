@@ -1,0 +1,52 @@
+"""Broker nodes lost and restarted under load, on a 3-node RabbitMQ cluster across hosts:
+``kill -9`` of the node that leads the work queue and holds every other queue (brought back
+after 20 s, and never brought back), and a rolling restart of the three nodes. Each worker
+host lists the nodes starting with its own; the producer lists them all."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.scenarios.deploy import Deployment
+from tests.scenarios.harness import Report
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(240)]
+
+REQUESTS = 200
+
+
+def _holder(deployment: Deployment) -> str:
+    """The host of the node leading the work queue (r1, where the topology was declared),
+    checked to hold every other queue too."""
+    holders = deployment.site.holders(deployment.settings.namespace)
+    holder = holders[deployment.topology.work_queue]
+    assert set(holders.values()) == {holder}, holders
+    return holder
+
+
+async def test_kill9_of_the_node_leading_the_work_queue_then_back(
+    deployment: Deployment, reports: list[Report]
+) -> None:
+    await deployment.start()
+    site = deployment.site
+    holder = await asyncio.to_thread(_holder, deployment)
+    node = site.node(holder)
+
+    async def fault() -> None:
+        await asyncio.sleep(6)
+        await asyncio.to_thread(node.kill)
+        await asyncio.sleep(20)
+        node.start()
+        await asyncio.to_thread(site.cluster.wait)
+
+    report = await deployment.run(
+        f"kill -9 of {holder} (work queue leader), back after 20 s",
+        REQUESTS,
+        fault,
+        publish_seconds=25,
+    )
+    reports.append(report)
+    print(report.line())
+    report.check()
