@@ -61,7 +61,7 @@ class Deployment:
             }
         )
         self.env = env
-        self.procs = Processes(env, self.log_dir, OnHosts(site.hosts))
+        self.procs = Processes(env, self.log_dir, OnHosts(site.hosts, self.settings.namespace))
         # The whole topology declared on r1 first: r1 leads the work queue and holds every
         # other queue, as when a deployment's first client connects there.
         await self.declare_topology()
@@ -102,7 +102,7 @@ class Deployment:
     def scenario(self, name: str, n: int, **kw: float) -> Scenario:
         return Scenario(
             name,
-            plan(n),
+            plan(n, seed=hash(self.settings.namespace)),
             self.db,
             Producer(self.site.producer_urls, self.settings.namespace, self.settings.queue_type),
             self.mailbox,

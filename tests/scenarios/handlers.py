@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import time
 from typing import Final
 
 from bgworker import handlers, storage
@@ -37,7 +38,9 @@ def _record(ctx: handlers.JobContext) -> None:
     path = os.environ.get(BUILDS_ENV)
     if not path:
         return
-    line = json.dumps({"id": str(ctx.id), "attempt": ctx.attempt, "worker": ctx.worker_id})
+    line = json.dumps(
+        {"id": str(ctx.id), "attempt": ctx.attempt, "worker": ctx.worker_id, "t": time.time()}
+    )
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (line + "\n").encode())

@@ -247,7 +247,8 @@ class Scenario:
             await asyncio.sleep(0.25)
         return False
 
-    def _read_builds(self) -> list[dict[str, object]]:
+    def read_builds(self) -> list[dict[str, object]]:
+        """Every completed build: id, attempt, worker (its host name first), t (time.time())."""
         records = []
         for path in self.builds:
             if path.exists():
@@ -257,7 +258,7 @@ class Scenario:
     async def _count(self, report: Report) -> None:
         rows = {row.id: row for row in await _rows(self.db, [p.event.id for p in self.requests])}
         builds: dict[str, list[int]] = {}
-        for record in self._read_builds():
+        for record in self.read_builds():
             builds.setdefault(str(record["id"]), []).append(int(str(record["attempt"])))
         report.builds = sum(len(v) for v in builds.values())
         for planned in self.requests:

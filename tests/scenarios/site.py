@@ -31,12 +31,13 @@ WORKERS: Final = ("w1", "w2", "w3")
 SERVER: Final = "srv"
 SERVE_PORT: Final = 8080
 PG_PORT: Final = urlsplit(PG_ADMIN).port or 5432
-# Where the slow PostgreSQL (200 ms each way through the proxy) listens on gw.
+# Where the slow PostgreSQL listens on gw: 100 ms added each way, 200 ms a round trip.
 SLOW_PG_PORT: Final = 15432
+SLOW_PG_DELAY_MS: Final = 100
 # AMQP heartbeat (seconds) of the hosts' connections: a cut-off peer is noticed in two
 # missed beats, and the broker hands back what the cut-off consumer held (60 s by default).
 HEARTBEAT: Final = 5
-BUILDS: Final = "/tmp/scenario-builds.jsonl"  # a worker host's build record, on the host
+BUILDS: Final = "/tmp/scenario-builds"  # + "-<namespace>.jsonl": a host's build record
 
 
 class Site:
@@ -46,7 +47,7 @@ class Site:
         self.s3 = s3_server
         self.gw = hosts.gw
         self.pg = hosts.expose(PG_PORT)
-        self.slow_pg = hosts.expose(PG_PORT, listen_port=SLOW_PG_PORT, delay_ms=200)
+        self.slow_pg = hosts.expose(PG_PORT, listen_port=SLOW_PG_PORT, delay_ms=SLOW_PG_DELAY_MS)
         s3_port = urlsplit(s3_server.url).port
         assert s3_port is not None
         self.s3_proxy = hosts.expose(s3_port)
@@ -120,8 +121,9 @@ def _pid_node(pid: object) -> str:
 class OnHosts:
     """A ``processes.Placement``: a host's processes run on it, its builds in its /tmp."""
 
-    def __init__(self, hosts: Hosts) -> None:
+    def __init__(self, hosts: Hosts, namespace: str) -> None:
         self.hosts = hosts
+        self.name = f"{BUILDS}-{namespace}.jsonl"  # the site outlives a scenario
 
     def popen(
         self, host: str, argv: Sequence[str], env: dict[str, str], log: IO[bytes]
@@ -131,10 +133,10 @@ class OnHosts:
         )
 
     def builds_inside(self, host: str) -> str:
-        return BUILDS
+        return self.name
 
     def builds_outside(self, host: str) -> Path:
-        return self.hosts[host].tmp / Path(BUILDS).name
+        return self.hosts[host].tmp / Path(self.name).name
 
 
 @contextlib.contextmanager

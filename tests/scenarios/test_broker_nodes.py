@@ -50,3 +50,46 @@ async def test_kill9_of_the_node_leading_the_work_queue_then_back(
     reports.append(report)
     print(report.line())
     report.check()
+
+
+async def test_kill9_of_the_node_leading_the_work_queue_for_good(
+    deployment: Deployment, reports: list[Report]
+) -> None:
+    await deployment.start()
+    holder = await asyncio.to_thread(_holder, deployment)
+    node = deployment.site.node(holder)
+
+    async def fault() -> None:
+        await asyncio.sleep(6)
+        await asyncio.to_thread(node.kill)  # not started again until the site is restored
+
+    report = await deployment.run(
+        f"kill -9 of {holder} (work queue leader) for good", REQUESTS, fault, publish_seconds=25
+    )
+    reports.append(report)
+    print(report.line())
+    report.check()
+
+
+async def test_rolling_restart_of_the_three_nodes(
+    deployment: Deployment, reports: list[Report]
+) -> None:
+    await deployment.start()
+    cluster = deployment.site.cluster
+    restarted: list[str] = []
+
+    async def fault() -> None:
+        for node in cluster.nodes:
+            await asyncio.sleep(3)
+            await asyncio.to_thread(node.stop)  # rabbitmqctl stop: a graceful shutdown
+            node.start()
+            await asyncio.to_thread(cluster.wait)
+            restarted.append(node.host.name)
+
+    report = await deployment.run(
+        "rolling restart of r1, r2, r3", REQUESTS, fault, publish_seconds=30
+    )
+    report.notes.append(f"restarted {', '.join(restarted)}")
+    reports.append(report)
+    print(report.line())
+    report.check()

@@ -1,0 +1,90 @@
+"""A worker host cut off from one service while the others keep it: from the broker only
+(it keeps PostgreSQL: its leases run on, its jobs end ready, the broker hands what it held
+to the others), and from PostgreSQL only (its leases expire, another host takes the work,
+and the fence refuses the cut-off host's late writes)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.scenarios.deploy import Deployment
+from tests.scenarios.harness import Report
+from tests.scenarios.site import BROKERS, PG_PORT
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(240)]
+
+REQUESTS = 200
+CUT = "w1"
+# The lease keeper's refusal, logged by a worker whose fenced write found another owner.
+LEASE_LOST = "lease lost; another attempt owns the request now"
+DUPLICATE = "not runnable (duplicate delivery)"
+
+
+async def test_a_worker_host_cut_off_from_the_broker_only(
+    deployment: Deployment, reports: list[Report]
+) -> None:
+    await deployment.start()
+    site = deployment.site
+    host = site.hosts[CUT]
+    window: list[float] = []
+
+    async def fault() -> None:
+        await asyncio.sleep(6)
+        window.append(time.time())
+        for broker in BROKERS:
+            host.cut_from(site.hosts[broker])
+        # Longer than two heartbeats: the broker closes the host's connection and hands
+        # what its consumer held to the others.
+        await asyncio.sleep(20)
+        for broker in BROKERS:
+            host.heal_from(site.hosts[broker])
+        window.append(time.time())
+
+    scenario = deployment.scenario("w1 cut off from the broker for 20 s", REQUESTS)
+    scenario.publish_seconds = 25
+    report = await scenario.run(fault)
+    built_while_cut = [
+        b
+        for b in scenario.read_builds()
+        if str(b["worker"]).startswith(f"{CUT}:") and window[0] <= float(str(b["t"])) <= window[1]
+    ]
+    refusals = deployment.procs.count(LEASE_LOST)
+    report.notes.append(
+        f"{len(built_while_cut)} builds on {CUT} while cut off, {refusals} fence refusals, "
+        f"{deployment.procs.count(DUPLICATE)} duplicate deliveries dropped"
+    )
+    reports.append(report)
+    print(report.line())
+    report.check()
+    # Its leases ran on: what it was running when cut off finished there, and no write of
+    # it was refused.
+    assert built_while_cut, report.line()
+    assert report.fenced_builds == 0 and refusals == 0, report.line()
+
+
+async def test_a_worker_host_cut_off_from_postgresql_only(
+    deployment: Deployment, reports: list[Report]
+) -> None:
+    await deployment.start()
+    site = deployment.site
+    host = site.hosts[CUT]
+
+    async def fault() -> None:
+        await asyncio.sleep(6)
+        host.cut_from(site.gw, PG_PORT)
+        await asyncio.sleep(15)  # five lease lengths
+        host.heal_from(site.gw, PG_PORT)
+
+    report = await deployment.run(
+        "w1 cut off from PostgreSQL for 15 s", REQUESTS, fault, publish_seconds=25
+    )
+    refusals = deployment.procs.count(LEASE_LOST, host=CUT)
+    report.notes.append(f"{refusals} fence refusals on {CUT}")
+    reports.append(report)
+    print(report.line())
+    report.check()
+    # Its leases expired, the others took its jobs over, and its late writes were refused.
+    assert refusals >= 1, deployment.procs.logs()
