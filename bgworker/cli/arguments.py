@@ -268,6 +268,10 @@ def _dlq(sub: Any) -> None:
     show = commands.add_parser("show", help="payload, all headers and traceback of one letter")
     show.add_argument("id", help="request id or msg-<hash> key (the ID column of `dlq list`)")
 
+    commands.add_parser(
+        "migrate", help="move the letters of the classic queue of before into the quorum one"
+    )
+
     st = commands.add_parser("stats", help="counts by file type and error class")
     filters(st)
     st.add_argument("--json", action="store_true", help="one JSON object, for scripts")

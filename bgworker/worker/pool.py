@@ -35,7 +35,7 @@ from bgworker import settings as settings_mod
 from bgworker.contract import states
 from bgworker.effects import mail, outbox
 from bgworker.links import tokens
-from bgworker.messaging import broker, topology
+from bgworker.messaging import broker, declaring, topology
 from bgworker.observe import logs, tracing
 from bgworker.worker import health, intake, jobs, loopwatch, reaper, sampler, settling
 
@@ -109,7 +109,14 @@ class Worker:
             db = await self._open_store(stack, handoff)
             connection = await self._connect(stack)
             channel = await broker.open_channel(connection)
-            queue = await self.topology.declare(channel)
+            # On the robust channel, restored after a reconnect (to whichever node): the
+            # exchanges and the work queue with its consumer. The other queues beside it,
+            # so that a queue a surviving node cannot serve never blocks it (``declaring``).
+            await self.topology.declare_exchanges(channel)
+            queue = await self.topology.declare_work(channel)
+            declarations = declaring.Declarations(connection, self.topology, work_queue=False)
+            await declarations.start()
+            stack.push_async_callback(declarations.close)
             dispatcher = await self._make_dispatcher(stack, db, handoff, connection, signer)
             # The registries' lifespans: opened once before the first job, closed by the
             # exit stack after the drain (it unwinds in reverse, before the pool).

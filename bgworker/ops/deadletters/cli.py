@@ -262,7 +262,7 @@ async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     logging.getLogger("aiormq.connection").setLevel(logging.ERROR)
     try:
         async with queue.DeadLetterQueue(
-            settings.amqp_url.get_secret_value(), settings.namespace
+            settings.amqp_url.get_secret_value(), settings.namespace, settings.queue_type
         ) as q:
             if args.dlq_command == "list":
                 return await _list(q, args)
@@ -270,6 +270,10 @@ async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
                 return await _show(q, settings, args)
             if args.dlq_command == "stats":
                 return await _stats(q, args)
+            if args.dlq_command == "migrate":
+                moved = await q.migrate_classic()
+                print(f"moved {moved} letter(s) from {q.topology.classic_dead_queue} to {q.name}")
+                return 0
             return await _act(q, settings, args)
     except queue.UndecodableLetterError as exc:
         print(f"bgworker dlq {args.dlq_command}: {exc}", file=sys.stderr)
