@@ -88,9 +88,17 @@ class Producer:
     queue_type: str
     published: int = 0
     failed_tries: int = 0
+    slowest: float = 0.0  # seconds, from the first try to the confirm
     _pub: publisher.Publisher | None = None
 
     async def publish(self, event: events.FileRequested) -> None:
+        began = time.monotonic()
+        try:
+            await self._publish(event)
+        finally:
+            self.slowest = max(self.slowest, time.monotonic() - began)
+
+    async def _publish(self, event: events.FileRequested) -> None:
         while True:
             try:
                 if self._pub is None:
@@ -139,6 +147,7 @@ class Report:
     downloads_ok: int = 0
     bad_downloads: list[str] = field(default_factory=list)
     publish_retries: int = 0
+    slowest_publish: float = 0.0
     settle_seconds: float | None = None  # from the fault's end to settled; None: never
     run_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -150,7 +159,8 @@ class Report:
             f"{self.failed}, lost {len(self.lost)}, duplicates {self.duplicates} (builds "
             f"{len(self.double_builds)}, emails {self.email_copies}, webhooks "
             f"{self.webhook_copies}), fenced builds {self.fenced_builds}, downloads right "
-            f"{self.downloads_ok}/{self.ready}, settled "
+            f"{self.downloads_ok}/{self.ready}, publishes retried {self.publish_retries} "
+            f"(slowest {self.slowest_publish:.1f} s), settled "
             f"{settled} s after the fault ({self.run_seconds:.1f} s in all)"
             + (f"; {'; '.join(self.notes)}" if self.notes else "")
         )
@@ -220,6 +230,7 @@ class Scenario:
         report.run_seconds = time.monotonic() - started
         report.published = self.producer.published
         report.publish_retries = self.producer.failed_tries
+        report.slowest_publish = self.producer.slowest
         await self._count(report)
         return report
 

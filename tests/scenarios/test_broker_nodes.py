@@ -6,11 +6,25 @@ host lists the nodes starting with its own; the producer lists them all."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
 
 import pytest
 
 from tests.scenarios.deploy import Deployment
-from tests.scenarios.harness import Report
+from tests.scenarios.harness import Report, Scenario
+from tests.scenarios.site import WORKERS
+
+
+def _builds_after(scenario: Scenario, moment: float) -> str:
+    """Builds completed on each worker host after ``moment`` (time.time())."""
+    hosts = Counter(
+        str(b["worker"]).partition(":")[0]
+        for b in scenario.read_builds()
+        if float(str(b["t"])) > moment
+    )
+    return ", ".join(f"{h} {hosts.get(h, 0)}" for h in WORKERS)
+
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -26,6 +40,10 @@ def _holder(deployment: Deployment) -> str:
     return holder
 
 
+def _leader(deployment: Deployment) -> str:
+    return deployment.site.holders(deployment.settings.namespace)[deployment.topology.work_queue]
+
+
 async def test_kill9_of_the_node_leading_the_work_queue_then_back(
     deployment: Deployment, reports: list[Report]
 ) -> None:
@@ -34,18 +52,26 @@ async def test_kill9_of_the_node_leading_the_work_queue_then_back(
     holder = await asyncio.to_thread(_holder, deployment)
     node = site.node(holder)
 
+    killed: list[float] = []
+    moved: list[str] = []
+
     async def fault() -> None:
         await asyncio.sleep(6)
         await asyncio.to_thread(node.kill)
+        killed.append(time.time())
         await asyncio.sleep(20)
+        moved.append(await asyncio.to_thread(_leader, deployment))
         node.start()
         await asyncio.to_thread(site.cluster.wait)
 
-    report = await deployment.run(
-        f"kill -9 of {holder} (work queue leader), back after 20 s",
-        REQUESTS,
-        fault,
-        publish_seconds=25,
+    scenario = deployment.scenario(
+        f"kill -9 of {holder} (work queue leader), back after 20 s", REQUESTS
+    )
+    scenario.publish_seconds = 25
+    report = await scenario.run(fault)
+    report.notes.append(
+        f"work queue led by {moved[0]} while {holder} was down; builds after the kill: "
+        + _builds_after(scenario, killed[0])
     )
     reports.append(report)
     print(report.line())
@@ -59,12 +85,19 @@ async def test_kill9_of_the_node_leading_the_work_queue_for_good(
     holder = await asyncio.to_thread(_holder, deployment)
     node = deployment.site.node(holder)
 
+    killed: list[float] = []
+
     async def fault() -> None:
         await asyncio.sleep(6)
         await asyncio.to_thread(node.kill)  # not started again until the site is restored
+        killed.append(time.time())
 
-    report = await deployment.run(
-        f"kill -9 of {holder} (work queue leader) for good", REQUESTS, fault, publish_seconds=25
+    scenario = deployment.scenario(f"kill -9 of {holder} (work queue leader) for good", REQUESTS)
+    scenario.publish_seconds = 25
+    report = await scenario.run(fault)
+    report.notes.append(
+        f"work queue now led by {_leader(deployment)}; builds after the kill: "
+        + _builds_after(scenario, killed[0])
     )
     reports.append(report)
     print(report.line())
