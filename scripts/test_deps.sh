@@ -3,13 +3,15 @@
 # offload mode (tests/integration/test_offload.py); node and npm for the AsyncAPI parser and
 # the Node producer example (make node). Installs only what is missing; apt-get
 # needs root, so a non-root run says what to install and the nginx tests skip themselves;
-# BGWORKER_TEST_INSTALL=no installs nothing, as root too (README, Set up).
+# BGWORKER_TEST_INSTALL=no installs nothing, as root too (README, Set up). nftables: the
+# multi-host tests (tests/hosts) drop packets inside network namespaces with it.
 set -euo pipefail
 
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing+=(nftables)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

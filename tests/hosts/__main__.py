@@ -1,0 +1,60 @@
+"""``python -m tests.hosts``: list runs, tear down leftovers, or bring hosts up by hand.
+
+python -m tests.hosts list               # runs, with their owner alive or not
+python -m tests.hosts down --all-stale   # tear down runs whose process is gone
+python -m tests.hosts down PREFIX...     # tear down these runs, owner alive or not
+python -m tests.hosts up 3 [--rabbit]    # hosts (and a cluster) until Ctrl-C
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from tests.hosts import registry
+from tests.hosts.rabbit import RabbitCluster
+from tests.hosts.topology import Hosts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.hosts")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list")
+    down = sub.add_parser("down")
+    down.add_argument("prefixes", nargs="*")
+    down.add_argument("--all-stale", action="store_true")
+    up = sub.add_parser("up")
+    up.add_argument("n", type=int)
+    up.add_argument("--rabbit", action="store_true", help="a RabbitMQ node on each host")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for run in registry.runs():
+            state = "owner alive" if run.owner_alive() else "stale"
+            print(f"{run.prefix}\t{state}\t{' '.join(run.netns())}")
+    elif args.command == "down":
+        if args.all_stale:
+            for prefix in registry.down_stale():
+                print(f"tore down {prefix}")
+        for prefix in args.prefixes:
+            registry.Run(prefix).down()
+            print(f"tore down {prefix}")
+    else:
+        with Hosts(args.n) as hosts:
+            for h in hosts:
+                print(f"{h.name}\t{h.addr}\tip netns exec {h.ns} ...\tdisk {h.disk}")
+            print(f"gw\t{hosts.gw}\t(bridge in {hosts.switch})")
+            if args.rabbit:
+                cluster = RabbitCluster(list(hosts)).start()
+                print("\n".join(cluster.urls))
+            print("Ctrl-C tears it all down", flush=True)
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            try:
+                signal.pause()
+            except KeyboardInterrupt:
+                pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
