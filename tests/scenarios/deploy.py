@@ -99,20 +99,40 @@ class Deployment:
         finally:
             await connection.close()
 
-    def scenario(self, name: str, n: int, **kw: float) -> Scenario:
+    def scenario(
+        self,
+        name: str,
+        n: int,
+        *,
+        long_every: int = 0,
+        publish_seconds: float = 20.0,
+        settle_timeout: float = 90.0,
+    ) -> Scenario:
         return Scenario(
             name,
-            plan(n, seed=hash(self.settings.namespace)),
+            plan(n, seed=hash(self.settings.namespace), long_every=long_every),
             self.db,
             Producer(self.site.producer_urls, self.settings.namespace, self.settings.queue_type),
             self.mailbox,
             self.hooks,
             [self.procs.placement.builds_outside(h) for h in WORKERS],
-            **kw,
+            publish_seconds=publish_seconds,
+            settle_timeout=settle_timeout,
         )
 
-    async def run(self, name: str, n: int, fault: Fault | None = None, **kw: float) -> Report:
-        return await self.scenario(name, n, **kw).run(fault)
+    async def run(
+        self,
+        name: str,
+        n: int,
+        fault: Fault | None = None,
+        *,
+        publish_seconds: float = 20.0,
+        settle_timeout: float = 90.0,
+    ) -> Report:
+        scenario = self.scenario(
+            name, n, publish_seconds=publish_seconds, settle_timeout=settle_timeout
+        )
+        return await scenario.run(fault)
 
     async def stop(self) -> dict[str, int | None]:
         codes = await self.procs.stop() if hasattr(self, "procs") else {}

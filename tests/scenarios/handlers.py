@@ -34,12 +34,18 @@ def sha256_of(size: int, seed: int) -> str:
     return hashlib.sha256(content(size, seed)).hexdigest()
 
 
-def _record(ctx: handlers.JobContext) -> None:
+def _record(ctx: handlers.JobContext, began: float) -> None:
     path = os.environ.get(BUILDS_ENV)
     if not path:
         return
     line = json.dumps(
-        {"id": str(ctx.id), "attempt": ctx.attempt, "worker": ctx.worker_id, "t": time.time()}
+        {
+            "id": str(ctx.id),
+            "attempt": ctx.attempt,
+            "worker": ctx.worker_id,
+            "began": began,
+            "t": time.time(),
+        }
     )
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -52,6 +58,7 @@ def _record(ctx: handlers.JobContext) -> None:
 async def scenario(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
     """criteria: size, seed, seconds (the build's length), kind: "ok", "permanent" (fails
     for good), "flaky" (fails its first attempt, then builds)."""
+    began = time.time()
     kind = str(ctx.criteria.get("kind", "ok"))
     if kind == "permanent":
         raise handlers.PermanentError("this scenario request is meant to fail")
@@ -66,4 +73,4 @@ async def scenario(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
         await asyncio.sleep(seconds / STEPS)
         await out.write(data[i : i + step])
         ctx.report_progress(min(i + step, size), size)
-    _record(ctx)
+    _record(ctx, began)

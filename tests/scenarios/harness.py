@@ -41,6 +41,12 @@ PUBLISH_ERRORS = (
     TimeoutError,
 )
 
+# A producer that cannot publish for this long fails the scenario: the cluster (or the
+# client's failover) stopped taking requests.
+GIVE_UP_SECONDS = 60.0
+# A long build: two leases of the scenarios (3 s) and then some, so it outlives a lease.
+LONG_SECONDS = 8.0
+
 
 @dataclass(frozen=True)
 class Planned:
@@ -54,8 +60,11 @@ class Planned:
         return "failed" if self.kind == "permanent" else "ready"
 
 
-def plan(n: int, *, seed: int = 0, seconds: tuple[float, float] = (0.2, 1.2)) -> list[Planned]:
-    """``n`` requests, each with a requester email: 5% meant to fail, 10% failing once."""
+def plan(
+    n: int, *, seed: int = 0, seconds: tuple[float, float] = (0.2, 1.2), long_every: int = 0
+) -> list[Planned]:
+    """``n`` requests, each with a requester email: 5% meant to fail, 10% failing once, and
+    with ``long_every`` one in that many built in LONG_SECONDS (longer than a lease)."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -65,7 +74,9 @@ def plan(n: int, *, seed: int = 0, seconds: tuple[float, float] = (0.2, 1.2)) ->
             "kind": kind,
             "size": size,
             "seed": i,
-            "seconds": round(rng.uniform(*seconds), 2),
+            "seconds": LONG_SECONDS
+            if long_every and i % long_every == 5
+            else round(rng.uniform(*seconds), 2),
         }
         event = events.FileRequested(
             id=uuid.UUID(int=rng.getrandbits(128), version=4),
@@ -99,7 +110,8 @@ class Producer:
             self.slowest = max(self.slowest, time.monotonic() - began)
 
     async def _publish(self, event: events.FileRequested) -> None:
-        while True:
+        deadline = time.monotonic() + GIVE_UP_SECONDS
+        while time.monotonic() < deadline:
             try:
                 if self._pub is None:
                     pub = publisher.Publisher(
@@ -116,6 +128,7 @@ class Producer:
                 self.failed_tries += 1
                 await self.close()
                 await asyncio.sleep(0.5)
+        raise AssertionError(f"no broker node confirmed a publish for {GIVE_UP_SECONDS} s")
 
     async def close(self) -> None:
         if self._pub is not None:
@@ -235,17 +248,20 @@ class Scenario:
         return report
 
     async def _settled(self) -> bool:
-        counts = await self.db.maintenance.count_by_status()
-        terminal = counts.get("ready", 0) + counts.get("failed", 0)
-        if terminal < len(self.requests):
+        ids = [p.event.id for p in self.requests]
+        terminal = await self.db.pool.fetchval(
+            "SELECT count(*) FROM bgworker_requests WHERE id = ANY($1)"
+            " AND status IN ('ready', 'failed')",
+            ids,
+        )
+        if terminal < len(ids):
             return False
         open_rows = await self.db.pool.fetchval(
             "SELECT count(*) FROM bgworker_outbox WHERE status <> 'done'"
         )
+        hooked = self.hooks.ready.keys() | self.hooks.failed
         return bool(
-            open_rows == 0
-            and len(self.mailbox.by_request) >= len(self.requests)
-            and len(self.hooks.by_webhook_id) >= len(self.requests)
+            open_rows == 0 and all(rid in self.mailbox.by_request and rid in hooked for rid in ids)
         )
 
     async def _settle(self, deadline: float) -> bool:

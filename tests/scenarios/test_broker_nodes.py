@@ -65,9 +65,8 @@ async def test_kill9_of_the_node_leading_the_work_queue_then_back(
         await asyncio.to_thread(site.cluster.wait)
 
     scenario = deployment.scenario(
-        f"kill -9 of {holder} (work queue leader), back after 20 s", REQUESTS
+        f"kill -9 of {holder} (work queue leader), back after 20 s", REQUESTS, publish_seconds=25
     )
-    scenario.publish_seconds = 25
     report = await scenario.run(fault)
     report.notes.append(
         f"work queue led by {moved[0]} while {holder} was down; builds after the kill: "
@@ -92,8 +91,9 @@ async def test_kill9_of_the_node_leading_the_work_queue_for_good(
         await asyncio.to_thread(node.kill)  # not started again until the site is restored
         killed.append(time.time())
 
-    scenario = deployment.scenario(f"kill -9 of {holder} (work queue leader) for good", REQUESTS)
-    scenario.publish_seconds = 25
+    scenario = deployment.scenario(
+        f"kill -9 of {holder} (work queue leader) for good", REQUESTS, publish_seconds=25
+    )
     report = await scenario.run(fault)
     report.notes.append(
         f"work queue now led by {_leader(deployment)}; builds after the kill: "
