@@ -67,8 +67,9 @@ fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -m "hypothesis and not faults" -n 2 --timeout=0 \
 		--hypothesis-seed="$$seed" || { echo "fuzz: failed with seed $$seed"; exit 1; }
 
-# Restarts RabbitMQ and PostgreSQL mid-run: run alone, never next to another test run.
-test-faults: $(STAMP) services
+# Restarts RabbitMQ and PostgreSQL mid-run: run alone, never next to another test run. The
+# multi-host tests in it (tests/multihost, docs/hosts.md) need nftables from test-deps.
+test-faults: $(STAMP) services test-deps
 	$(BIN)/pytest -m faults
 
 lint:

@@ -5,7 +5,7 @@ anyone else's connections to them.
 Runs on the test's event loop: put only processes or in-process workers that never block
 their loop behind it (a worker subprocess is always fine). With ``delay`` it adds latency:
 each chunk is passed on ``delay`` seconds after it arrived, without slowing the stream
-otherwise (the kernel here has no netem). tests/hosts/proxy.py runs it between network
+otherwise (the kernel here has no netem). tests/hosts/relay.py runs it between network
 namespaces.
 """
 
@@ -49,7 +49,7 @@ class TcpProxy:
         self.upstream = upstream
         self.delay = delay  # seconds each chunk waits, each way
         # Send through the delaying queue even at delay 0, so a delay set later applies to
-        # connections already open (tests/hosts/proxy.py changes it on a signal).
+        # connections already open (tests/hosts/relay.py changes it on a signal).
         self.queued = False
         self.port = free_port()
         self._mode = Mode.FORWARD

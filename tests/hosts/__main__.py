@@ -4,6 +4,7 @@ python -m tests.hosts list               # runs, with their owner alive or not
 python -m tests.hosts down --all-stale   # tear down runs whose process is gone
 python -m tests.hosts down PREFIX...     # tear down these runs, owner alive or not
 python -m tests.hosts up 3 [--rabbit]    # hosts (and a cluster) until Ctrl-C
+python -m tests.hosts watch PREFIX       # (Hosts starts it) tear down once the owner dies
 """
 
 from __future__ import annotations
@@ -11,10 +12,36 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 
 from tests.hosts import registry
 from tests.hosts.rabbit import RabbitCluster
 from tests.hosts.topology import Hosts
+
+
+def _watch(prefix: str) -> None:
+    run = registry.Run(prefix)
+    while run.dir.exists():
+        if not run.owner_alive():
+            run.down()
+            return
+        time.sleep(0.5)
+
+
+def _up(n: int, rabbit: bool) -> None:
+    with Hosts(n) as hosts:
+        for h in hosts:
+            print(f"{h.name}\t{h.addr}\tip netns exec {h.ns} ...\tdisk {h.disk}")
+        print(f"gw\t{hosts.gw}\t(bridge in {hosts.switch})")
+        if rabbit:
+            cluster = RabbitCluster(list(hosts)).start()
+            print("\n".join(cluster.urls))
+        print("Ctrl-C tears it all down", flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up")
     up.add_argument("n", type=int)
     up.add_argument("--rabbit", action="store_true", help="a RabbitMQ node on each host")
+    sub.add_parser("watch").add_argument("prefix")
     args = parser.parse_args(argv)
     if args.command == "list":
         for run in registry.runs():
@@ -39,20 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         for prefix in args.prefixes:
             registry.Run(prefix).down()
             print(f"tore down {prefix}")
+    elif args.command == "watch":
+        _watch(args.prefix)
     else:
-        with Hosts(args.n) as hosts:
-            for h in hosts:
-                print(f"{h.name}\t{h.addr}\tip netns exec {h.ns} ...\tdisk {h.disk}")
-            print(f"gw\t{hosts.gw}\t(bridge in {hosts.switch})")
-            if args.rabbit:
-                cluster = RabbitCluster(list(hosts)).start()
-                print("\n".join(cluster.urls))
-            print("Ctrl-C tears it all down", flush=True)
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-            try:
-                signal.pause()
-            except KeyboardInterrupt:
-                pass
+        _up(args.n, args.rabbit)
     return 0
 
 

@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
-from tests.hosts.topology import FILES, Host, kill
+from tests.hosts.procs import kill
+from tests.hosts.topology import FILES, Host
 
 AMQP_PORT: Final = 5672
 
@@ -81,7 +82,11 @@ class Node:
         (outside / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = {AMQP_PORT}\n"
             "loopback_users = none\n"  # guest from the other hosts
-            "log.console = false\nlog.file.level = info\n" + peers
+            "log.console = false\nlog.file.level = info\n"
+            # What RabbitMQ's docs advise for 3 or 5 nodes: after a partition the minority
+            # side pauses and rejoins by itself once healed ("ignore", the default, would
+            # leave two clusters). Quorum queues elect leaders by Raft either way.
+            "cluster_partition_handling = pause_minority\n" + peers + self.cluster.extra_config
         )
         cookie_file = outside / ".erlang.cookie"
         cookie_file.write_text(cookie)
@@ -148,9 +153,12 @@ class Node:
 class RabbitCluster:
     """``RabbitCluster(hosts).start()``: a node on each host, clustered with the first."""
 
-    def __init__(self, hosts: Sequence[Host]) -> None:
+    def __init__(self, hosts: Sequence[Host], *, extra_config: str = "") -> None:
+        """``extra_config``: rabbitmq.conf lines added to every node's (e.g.
+        "net_ticktime = 10\n" to notice a cut node sooner than the default 60 s)."""
         self.nodes = [Node(h, self) for h in hosts]
         self.cookie = secrets.token_hex(16)
+        self.extra_config = extra_config
 
     @staticmethod
     def unavailable() -> str | None:
@@ -241,6 +249,12 @@ class RabbitCluster:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no leader for {queue} in {timeout} s")
             time.sleep(0.2)
+
+    def forget(self, gone: Node) -> None:
+        """Remove a stopped node from the cluster for good (forget_cluster_node, asked of a
+        running node): the quorum queues drop it from their members."""
+        via = next(n for n in self.nodes if n.running and n is not gone)
+        via.ctl("forget_cluster_node", gone.name, timeout=120)
 
     def stop(self) -> None:
         for node in self.nodes:

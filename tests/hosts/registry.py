@@ -49,10 +49,15 @@ class Run:
         self.disks = DISKS / prefix
 
     def create(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=False)
-        self.disks.mkdir(parents=True, exist_ok=True)
+        # The directory appears with its owner already in it (a rename), so another run's
+        # down_stale never takes a run being made for a dead one.
+        REGISTRY.mkdir(parents=True, exist_ok=True)
+        making = REGISTRY / f".{self.prefix}"
+        making.mkdir()
         pid = os.getpid()
-        (self.dir / "owner").write_text(f"{pid} {start_time(pid)}\n")
+        (making / "owner").write_text(f"{pid} {start_time(pid)}\n")
+        making.rename(self.dir)
+        self.disks.mkdir(parents=True, exist_ok=True)
 
     def owner_alive(self) -> bool:
         try:
@@ -124,7 +129,7 @@ def runs() -> list[Run]:
     prefixes: set[str] = set()
     for base in (REGISTRY, DISKS):
         if base.is_dir():
-            prefixes.update(p.name for p in base.iterdir())
+            prefixes.update(p.name for p in base.iterdir() if not p.name.startswith("."))
     return [Run(p) for p in sorted(prefixes)]
 
 

@@ -15,10 +15,8 @@ holding every host's disk hidden, so no host sees another's files.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,9 +25,10 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from tests.hosts import registry
+from tests.hosts.procs import REPO, kill, reap, sh
+from tests.hosts.proxy import Proxy
 
 FILES: Final = Path("/srv")  # a host's files directory, as its processes see it
-REPO: Final = Path(__file__).resolve().parents[2]
 GW: Final = 254  # the bridge's own address, last octet
 # The host side of a command: hostname, private /tmp and /srv, the others' disks hidden.
 _ENTER: Final = (
@@ -50,13 +49,6 @@ def unavailable() -> str | None:
     if subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
         return "`ip netns` does not work here"
     return None
-
-
-def sh(*argv: str, input: str | None = None) -> str:
-    done = subprocess.run(argv, input=input, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
-    return done.stdout
 
 
 class Host:
@@ -133,6 +125,10 @@ class Host:
         """``python args...`` with this checkout's interpreter (its venv), on this host."""
         return self.popen([sys.executable, *args], **kwargs)
 
+    def pids(self) -> list[int]:
+        """Every process running on this host (to measure CPU or memory per host)."""
+        return registry.netns_pids(self.ns)
+
     def reaches(self, addr: str, port: int) -> bool:
         """Whether a TCP connection from here to ``addr``:``port`` is made within a second."""
         probe = [sys.executable, "-m", "tests.hosts.probe", "connect", addr, str(port)]
@@ -181,12 +177,11 @@ class Host:
         if percent <= 0:
             self._rules.pop(key, None)
         else:
-            p = round(percent)
+            # In hundredths of a percent, so that 0.5% is 0.5%.
+            drop = f"numgen random mod 10000 < {round(percent * 100)} drop"
             self._rules[key] = (
-                f'iifname "eth0" {f"ip saddr {addr} " if addr else ""}'
-                f"numgen random mod 100 < {p} drop",
-                f'oifname "eth0" {f"ip daddr {addr} " if addr else ""}'
-                f"numgen random mod 100 < {p} drop",
+                f'iifname "eth0" {f"ip saddr {addr} " if addr else ""}{drop}',
+                f'oifname "eth0" {f"ip daddr {addr} " if addr else ""}{drop}',
             )
         self._apply()
 
@@ -208,28 +203,14 @@ class Host:
         sh("ip", "netns", "exec", self.ns, "nft", "-f", "-", input=script)
 
 
-def kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL, timeout: float = 30) -> None:
-    """Send ``sig`` to the process group ``popen`` started and wait for the process."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-    reap(proc, timeout)
-
-
-def reap(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """Wait for ``proc`` and close the pipes it was given."""
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout)
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
-
-
 class Hosts:
     """``with Hosts(3) as hosts:`` makes hosts h1..h3 (or ``names``), torn down on exit.
 
     Leftovers of runs whose process died are torn down first."""
 
-    def __init__(self, n: int = 3, names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, n: int = 3, names: Sequence[str] | None = None, *, watchdog: bool = True
+    ) -> None:
         self.names = list(names) if names is not None else [f"h{i}" for i in range(1, n + 1)]
         if len(self.names) > 200 or len(set(self.names)) != len(self.names):
             raise ValueError(f"host names must be distinct, at most 200: {self.names}")
@@ -242,13 +223,26 @@ class Hosts:
         self.run = registry.Run(self.prefix)
         self.hosts: list[Host] = []
         self.procs: list[subprocess.Popen[bytes]] = []
-        self._proxies: list[Any] = []
+        self._proxies: list[Proxy] = []
+        self.watchdog = watchdog
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Hosts:
         if (reason := unavailable()) is not None:
             raise RuntimeError(reason)
         registry.down_stale()
         self.run.create()
+        if self.watchdog:
+            # Tears the run down within a second of this process dying, however it dies
+            # (without it, the next run's start or `down --all-stale` does).
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-m", "tests.hosts", "watch", self.prefix],
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         try:
             self._make()
         except BaseException:
@@ -273,6 +267,10 @@ class Hosts:
     def _netns(self, name: str) -> None:
         self.run.add_netns(name)  # written down first: a crash from here on is cleaned up
         sh("ip", "netns", "add", name)
+        # IPv4 in 198.18.0.0/15 only: no IPv6 link-local chatter on the bridge either.
+        disable = "net.ipv6.conf.{}.disable_ipv6=1"
+        sh("ip", "netns", "exec", name, "sysctl", "-qw", disable.format("all"))
+        sh("ip", "netns", "exec", name, "sysctl", "-qw", disable.format("default"))
         sh("ip", "-n", name, "link", "set", "lo", "up")
 
     def _make(self) -> None:
@@ -308,7 +306,7 @@ class Hosts:
     ) -> Proxy:
         """A proxy process listening at ``listen`` (namespace, address, port; namespace ""
         is the root one, port 0 a free one) and connecting to ``upstream``."""
-        p = Proxy(self, listen, upstream, delay_ms)
+        p = Proxy(self.run, listen, upstream, delay_ms)
         self._proxies.append(p)
         return p
 
@@ -329,53 +327,8 @@ class Hosts:
         self.run.down()
         for proc in self.procs + [p.proc for p in self._proxies]:
             reap(proc, 5)  # every one of them was killed
-
-
-class Proxy:
-    """A ``tests.hosts.proxy`` process; ``.addr``/``.port`` is where it listens."""
-
-    def __init__(
-        self,
-        hosts: Hosts,
-        listen: tuple[str, str, int],
-        upstream: tuple[str, str, int],
-        delay_ms: float,
-    ) -> None:
-        self.delay_file = hosts.run.dir / f"delay-{id(self)}"
-        self.delay_file.write_text(str(delay_ms))
-        end = ":".join
-        # Its errors go to a file: inheriting the caller's stderr would keep a pipe the
-        # caller reads open for as long as the proxy lives (after a crash, until `down`).
-        log = (hosts.run.dir / f"proxy-{id(self)}.log").open("ab")
-        argv = [sys.executable, "-m", "tests.hosts.proxy", "--listen", end(map(str, listen))]
-        argv += ["--upstream", end(map(str, upstream)), "--delay-ms", str(delay_ms)]
-        argv += ["--delay-file", str(self.delay_file)]
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
-        hosts.run.add_pid(self.proc.pid)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()
-        if not line.startswith("ready "):
-            self.proc.kill()
-            reap(self.proc)
-            raise RuntimeError(f"proxy {listen} -> {upstream} did not start: {line!r}")
-        self.addr = listen[1]
-        self.port = int(line.split()[1])
-
-    def set_delay(self, delay_ms: float) -> None:
-        """Change the latency, also on connections already open."""
-        self.delay_file.write_text(str(delay_ms))
-        self.proc.send_signal(signal.SIGUSR1)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        reap(self.proc, 5)
-        self.proc.kill()
-        self.proc.wait()
+        if self._watchdog is not None:
+            reap(self._watchdog, 5)  # it sees the run gone within half a second
+            self._watchdog.kill()
+            reap(self._watchdog)
+            self._watchdog = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,7 +114,7 @@ def _namespaces() -> str:
 CRASHING_RUN = """
 import os, sys
 from tests.hosts import Hosts
-hosts = Hosts(2).__enter__()
+hosts = Hosts(2, watchdog=sys.argv[1] == "watchdog").__enter__()
 hosts[0].popen(["sleep", "1000"], stdout=-3, stderr=-3)  # DEVNULL: not the test's pipe
 hosts.expose(5432, listen_port=15432)
 print(hosts.prefix, flush=True)
@@ -121,25 +122,41 @@ os.kill(os.getpid(), 9)
 """
 
 
-def test_nothing_is_left_after_a_run_or_after_its_process_is_killed(tmp_path: Path) -> None:
+def _crash(watchdog: str) -> tuple[registry.Run, list[int]]:
+    """A run whose process is killed (-9) right after making hosts, a process on one and a
+    proxy; its prefix and the processes it left."""
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASHING_RUN, watchdog], cwd=REPO, capture_output=True, text=True
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    left = registry.Run(crashed.stdout.strip())
+    pids = [pid for pid, _ in left.pids()]
+    pids += [pid for ns in left.netns() for pid in registry.netns_pids(ns)]
+    return left, pids
+
+
+def _gone(run: registry.Run, pids: list[int]) -> bool:
+    return (
+        run.prefix not in _namespaces()
+        and not (registry.NETNS_ETC / f"{run.prefix}h1").exists()
+        and not run.dir.exists()
+        and not run.disks.exists()
+        and all(registry.start_time(pid) is None or _zombie(pid) for pid in pids)
+    )
+
+
+def test_nothing_is_left_after_a_run_or_after_its_process_is_killed() -> None:
     with Hosts(2) as run:
         sleeper = run[1].popen(["sleep", "1000"])
         run.expose(5432, listen_port=15432)
         assert run.prefix in _namespaces()
-    assert run.prefix not in _namespaces()
     assert sleeper.poll() is not None
-    assert not run.run.dir.exists() and not run.run.disks.exists()
+    assert _gone(run.run, [])
 
-    crashed = subprocess.run(
-        [sys.executable, "-c", CRASHING_RUN], cwd=REPO, capture_output=True, text=True
-    )
-    assert crashed.returncode == -signal.SIGKILL
-    prefix = crashed.stdout.strip()
-    left = registry.Run(prefix)
-    assert prefix in _namespaces() and not left.owner_alive()
-    stale_pids = [pid for ns in left.netns() for pid in registry.netns_pids(ns)]
-    stale_pids += [pid for pid, _ in left.pids()]
-    assert stale_pids
+    # Killed, without its watchdog: what it left is found and torn down by hand (or by the
+    # next run's start).
+    left, pids = _crash("no-watchdog")
+    assert pids and left.prefix in _namespaces() and not left.owner_alive()
     down = subprocess.run(
         [sys.executable, "-m", "tests.hosts", "down", "--all-stale"],
         cwd=REPO,
@@ -147,12 +164,16 @@ def test_nothing_is_left_after_a_run_or_after_its_process_is_killed(tmp_path: Pa
         text=True,
         check=True,
     )
-    assert f"tore down {prefix}" in down.stdout
-    assert prefix not in _namespaces()
-    assert not (registry.NETNS_ETC / f"{prefix}h1").exists()
-    assert not left.dir.exists() and not left.disks.exists()
-    for pid in stale_pids:
-        assert registry.start_time(pid) is None or _zombie(pid), pid
+    assert f"tore down {left.prefix}" in down.stdout
+    assert _gone(left, pids)
+
+    # Killed with its watchdog (the default): torn down without anyone asking.
+    left, pids = _crash("watchdog")
+    assert pids
+    deadline = time.monotonic() + 30
+    while not _gone(left, pids):
+        assert time.monotonic() < deadline, f"{left.prefix} still there"
+        time.sleep(0.2)
 
 
 def _zombie(pid: int) -> bool:
