@@ -102,6 +102,13 @@ class Site:
             for q in queues
         }
 
+    def connections_from(self, host: str) -> int:
+        """The broker connections the cluster holds open from ``host``'s address."""
+        via = next(n for n in self.cluster.nodes if n.running)
+        out = via.ctl("list_connections", "peer_host", "--formatter", "json")
+        addr = self.hosts[host].addr
+        return sum(1 for c in json.loads(out) if _address(c["peer_host"]) == addr)
+
     def restore(self) -> None:
         """Every link healed, every rule dropped, every node running in the cluster."""
         for host in self.hosts:
@@ -112,6 +119,16 @@ class Site:
             node.start()
         if down:
             self.cluster.wait()
+
+
+def _address(peer: object) -> str:
+    """An address as rabbitmqctl's JSON gives it: an IPv4 address's 4 bytes, or an IPv6
+    address's 8 words (an IPv4-mapped one, ::ffff:a.b.c.d, when the node listens on ::)."""
+    if isinstance(peer, list) and len(peer) == 8 and peer[:6] == [0, 0, 0, 0, 0, 0xFFFF]:
+        peer = [peer[6] >> 8, peer[6] & 0xFF, peer[7] >> 8, peer[7] & 0xFF]
+    if isinstance(peer, list) and len(peer) == 4:
+        return ".".join(map(str, peer))
+    return str(peer)
 
 
 def _pid_node(pid: object) -> str:

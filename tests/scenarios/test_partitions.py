@@ -33,15 +33,19 @@ async def test_a_worker_host_cut_off_from_the_broker_only(
     site = deployment.site
     host = site.hosts[CUT]
     window: list[float] = []
+    connections: list[int] = []
 
     async def fault() -> None:
         await asyncio.sleep(6)
+        connections.append(await asyncio.to_thread(site.connections_from, CUT))
         window.append(time.time())
         for broker in BROKERS:
             host.cut_from(site.hosts[broker])
-        # Longer than two heartbeats: the broker closes the host's connection and hands
-        # what its consumer held to the others.
-        await asyncio.sleep(20)
+        # Longer than two heartbeats: the broker closes the host's connections, which hands
+        # back what its consumer held for the others.
+        await asyncio.sleep(17)
+        connections.append(await asyncio.to_thread(site.connections_from, CUT))
+        await asyncio.sleep(max(0.0, window[0] + 20 - time.time()))
         for broker in BROKERS:
             host.heal_from(site.hosts[broker])
         window.append(time.time())
@@ -62,7 +66,9 @@ async def test_a_worker_host_cut_off_from_the_broker_only(
     ]
     refusals = deployment.procs.count(LEASE_LOST)
     report.notes.append(
-        f"{len(built_while_cut)} builds longer than a lease finished on {CUT} while cut off, "
+        f"broker connections from {CUT}: {connections[0]} before the cut, {connections[1]} "
+        f"17 s into it; {len(built_while_cut)} builds longer than a lease finished on {CUT} "
+        "while cut off, "
         f"{refusals} fence refusals, "
         f"{deployment.procs.count(DUPLICATE)} duplicate deliveries dropped"
     )
@@ -72,6 +78,8 @@ async def test_a_worker_host_cut_off_from_the_broker_only(
     # Its leases ran on: what it was running when cut off finished there, and no write of
     # it was refused.
     assert built_while_cut, report.line()
+    # The broker let go of the cut-off host (what its consumer held went to the others).
+    assert connections[0] >= 1 and connections[1] == 0, connections
     assert report.fenced_builds == 0 and refusals == 0, report.line()
 
 
