@@ -4,6 +4,7 @@ python -m tests.hosts list               # runs, with their owner alive or not
 python -m tests.hosts down --all-stale   # tear down runs whose process is gone
 python -m tests.hosts down PREFIX...     # tear down these runs, owner alive or not
 python -m tests.hosts up 3 [--rabbit]    # hosts (and a cluster) until Ctrl-C
+python -m tests.hosts measure            # time 3 hosts + a cluster, RSS per node, restarts
 python -m tests.hosts watch PREFIX       # (Hosts starts it) tear down once the owner dies
 """
 
@@ -13,6 +14,7 @@ import argparse
 import signal
 import sys
 import time
+from pathlib import Path
 
 from tests.hosts import registry
 from tests.hosts.rabbit import RabbitCluster
@@ -44,6 +46,43 @@ def _up(n: int, rabbit: bool) -> None:
             pass
 
 
+def _rss_mb(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) for line in status.splitlines() if "VmRSS" in line)
+    return total // 1024
+
+
+def _measure() -> None:
+    """What docs/hosts.md reports under "Cost"."""
+    started = time.monotonic()
+    with Hosts(3) as hosts:
+        made = time.monotonic()
+        cluster = RabbitCluster(list(hosts)).start()
+        ready = time.monotonic()
+        print(f"3 hosts: {made - started:.2f} s; 3-node cluster ready: {ready - made:.1f} s")
+        time.sleep(5)  # past the boot's peak
+        for node in cluster.nodes:
+            print(f"{node.name}: {_rss_mb(node.host.pids())} MB RSS on its host")
+        for what, node, stop in (
+            ("graceful stop", cluster[1], cluster[1].stop),
+            ("kill -9", cluster[2], cluster[2].kill),
+        ):
+            t = time.monotonic()
+            stop()
+            stopped = time.monotonic()
+            node.start()
+            cluster.wait()
+            back = time.monotonic()
+            print(f"{what}: {stopped - t:.1f} s, back in the cluster in {back - stopped:.1f} s")
+        t = time.monotonic()
+    print(f"teardown: {time.monotonic() - t:.2f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.hosts")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("n", type=int)
     up.add_argument("--rabbit", action="store_true", help="a RabbitMQ node on each host")
     sub.add_parser("watch").add_argument("prefix")
+    sub.add_parser("measure")
     args = parser.parse_args(argv)
     if args.command == "list":
         for run in registry.runs():
@@ -69,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tore down {prefix}")
     elif args.command == "watch":
         _watch(args.prefix)
+    elif args.command == "measure":
+        _measure()
     else:
         _up(args.n, args.rabbit)
     return 0

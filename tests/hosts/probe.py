@@ -1,8 +1,8 @@
 """Small network probes to run on a host (``host.python("-m", "tests.hosts.probe", ...)``):
 
 connect ADDR PORT        exit 0 if a TCP connection is made within a second, else 1
+wait-port ADDR PORT S    exit 0 once a TCP connection is made, 1 after S seconds without
 echo PORT                a TCP echo server on every address; prints "ready" once listening
-rtt ADDR PORT            prints the seconds one echo round trip took
 udp-count PORT SECONDS   counts UDP datagrams arriving for SECONDS; prints the count
 udp-send ADDR PORT N     sends N datagrams, a millisecond apart
 """
@@ -24,25 +24,22 @@ def _echo(conn: socket.socket) -> None:
 
 def main(argv: list[str]) -> int:
     command, *args = argv
-    if command == "connect":
-        try:
-            socket.create_connection((args[0], int(args[1])), timeout=1).close()
-        except OSError:
-            return 1
-        return 0
+    if command in ("connect", "wait-port"):
+        deadline = time.monotonic() + (float(args[2]) if command == "wait-port" else 0)
+        while True:  # at least one try
+            try:
+                socket.create_connection((args[0], int(args[1])), timeout=1).close()
+                return 0
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return 1
+                time.sleep(0.1)
     if command == "echo":
         server = socket.create_server(("0.0.0.0", int(args[0])), reuse_port=True)
         print("ready", flush=True)
         while True:
             conn, _ = server.accept()
             threading.Thread(target=_echo, args=(conn,), daemon=True).start()
-    if command == "rtt":
-        with socket.create_connection((args[0], int(args[1])), timeout=10) as conn:
-            started = time.monotonic()
-            conn.sendall(b"ping")
-            conn.recv(4)
-            print(time.monotonic() - started)
-        return 0
     if command == "udp-count":
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("0.0.0.0", int(args[0])))

@@ -46,6 +46,8 @@ def unavailable() -> str | None:
     for tool in ("ip", "nft", "unshare"):
         if shutil.which(tool) is None:
             return f"multi-host tests need `{tool}` (iproute2, nftables, util-linux)"
+    if not FILES.is_dir():
+        return f"multi-host tests mount a host's files directory on {FILES}, which is missing"
     if subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
         return "`ip netns` does not work here"
     return None

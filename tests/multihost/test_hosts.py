@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO
-from tests.hosts import Hosts, kill, registry
+from tests.hosts import Hosts, kill, registry, unavailable
 
 pytestmark = pytest.mark.faults
 
@@ -146,6 +146,8 @@ def _gone(run: registry.Run, pids: list[int]) -> bool:
 
 
 def test_nothing_is_left_after_a_run_or_after_its_process_is_killed() -> None:
+    if (reason := unavailable()) is not None:
+        pytest.skip(reason)
     with Hosts(2) as run:
         sleeper = run[1].popen(["sleep", "1000"])
         run.expose(5432, listen_port=15432)

