@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import aio_pika
@@ -112,15 +114,29 @@ class Declarations:
         return True
 
     async def _declare(self) -> None:
-        channel = await self._channel()
-        try:
-            # A producer's retry tiers are not the workers': it leaves those to them.
-            await self.topology.declare_side_queues(channel, retry=not self.work_queue)
-            if self.work_queue:
-                await self.topology.declare_work(channel)
-        finally:
-            await _close(channel)
-        if self.topology.quorum:
+        """Each queue on a channel of its own (a refusal closes the channel), each tried
+        even when one before failed: the work queue (for a producer) does not wait for the
+        dead-letter queue. The first error is raised once all were tried."""
+        topo = self.topology
+        steps: list[Callable[[AbstractChannel], Awaitable[object]]] = []
+        if self.work_queue:
+            steps.append(topo.declare_work)
+        steps.append(topo.declare_dead_queue)
+        # A producer's retry tiers are not the workers': it leaves those to them.
+        for delay in [] if self.work_queue else topo.tiers:
+            steps.append(functools.partial(topo.declare_retry_queue, delay=delay))
+        errors: list[BaseException] = []
+        for step in steps:
+            channel = await self._channel()
+            try:
+                await step(channel)
+            except aiormq.exceptions.AMQPChannelError as exc:
+                errors.append(exc)
+            finally:
+                await _close(channel)
+        if errors:
+            raise errors[0]
+        if topo.quorum:
             self._leftovers = await self._retire_classic()
 
     async def _channel(self) -> AbstractChannel:

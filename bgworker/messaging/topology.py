@@ -43,7 +43,8 @@ DELIVERY_LIMIT: Final = 20
 # The dead letters are read by returning them (a scan takes them unacknowledged and closes
 # its channel), and a quorum queue counts each return as a delivery; RabbitMQ 4.x drops a
 # message past a default limit of 20. So the dead-letter queue sets a limit no scanning
-# reaches (-1, "none", is 4.x only).
+# reaches (-1, "none", is 4.x only: 3.x takes a negative limit as 0, dropping every letter
+# at its first read).
 DEAD_DELIVERY_LIMIT: Final = 1_000_000
 QUORUM_SUFFIX: Final = ".quorum"
 
@@ -155,15 +156,21 @@ class Topology:
     async def declare_side_queues(self, channel: AbstractChannel, *, retry: bool = True) -> None:
         """The dead-letter and (unless not ``retry``: a producer does not know the tiers)
         retry queues, bound (on a throwaway channel: see the module doc)."""
+        await self.declare_dead_queue(channel)
+        for delay in self.tiers if retry else []:
+            await self.declare_retry_queue(channel, delay)
+
+    async def declare_dead_queue(self, channel: AbstractChannel) -> None:
         dead = await channel.declare_queue(
             self.dead_queue, durable=True, arguments=self._dead_arguments()
         )
         await dead.bind(self.dead_exchange, "")
-        for delay in self.tiers if retry else []:
-            queue = await channel.declare_queue(
-                self.retry_queue(delay), durable=True, arguments=self._retry_arguments(delay)
-            )
-            await queue.bind(self.retry_exchange, self.retry_key(delay))
+
+    async def declare_retry_queue(self, channel: AbstractChannel, delay: float) -> None:
+        queue = await channel.declare_queue(
+            self.retry_queue(delay), durable=True, arguments=self._retry_arguments(delay)
+        )
+        await queue.bind(self.retry_exchange, self.retry_key(delay))
 
     async def declare(self, channel: AbstractChannel) -> AbstractQueue:
         """Everything on one channel, idempotent (redeclaring with the same arguments is a

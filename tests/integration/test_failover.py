@@ -5,16 +5,18 @@ touching the shared broker. The 3-node cluster tests are in tests/acceptance
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
+import aio_pika
 import pytest
 from pydantic import SecretStr
 
 from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.contract import events
-from bgworker.messaging import broker, failover, publisher
+from bgworker.messaging import broker, failover, publisher, topology
 from tests import tcp_proxy
 from tests.helpers import AMQP_URL, StartWorker, wait_for_status, wait_until
 
@@ -80,3 +82,38 @@ async def test_publisher_and_worker_move_to_the_next_node_when_theirs_goes_for_g
         # The worker's consumer was restored on the second node: it takes the new request.
         await wait_for_status(db, after.id, "ready", timeout=60)
     assert second.accepted >= 2  # the worker's connection and the publisher's
+
+
+async def test_a_queue_that_cannot_be_declared_blocks_neither_connecting_nor_publishing(
+    namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a cluster, a queue whose node is down refuses every declaration (NOT_FOUND);
+    here a classic queue squats the quorum dead-letter queue's name, so every declaration
+    of it is refused (PRECONDITION_FAILED), on every connect. The producer connects and
+    publishes anyway, says so once, and declares the queue once it can."""
+    topo = topology.Topology(namespace)
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        squatter = await connection.channel()
+        await squatter.declare_queue(topo.dead_queue, durable=True)
+        caplog.set_level(logging.INFO, logger="bgworker.messaging.declaring")
+        async with publisher.Publisher(AMQP_URL, namespace=namespace) as pub:
+            await pub.publish(_request())  # the work queue was declared: confirmed
+            lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+            assert len(lines) == 1 and lines[0][0] == "WARNING", lines
+            assert lines[0][1].startswith(f"could not declare the {namespace} queues (")
+            assert "publishing and consuming go on, declaring again in 10 s" in lines[0][1]
+            await squatter.queue_delete(topo.dead_queue)
+
+            def declared() -> bool:
+                return any(
+                    r.getMessage() == f"declared the {namespace} queues" for r in caplog.records
+                )
+
+            await wait_until(declared, timeout=30)
+        raw = await (await connection.channel()).get_underlay_channel()
+        ok = await raw.queue_declare(topo.dead_queue, passive=True)  # now the quorum one
+        assert ok.message_count == 0
+        assert await broker.queue_depth(await connection.channel(), topo.work_queue) == 1
+    finally:
+        await connection.close()
