@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import random
@@ -91,7 +92,9 @@ def wait_http(
             return
         except urllib.error.HTTPError:
             return  # it answers (403 without credentials is an answer)
-        except OSError:
+        except (OSError, http.client.HTTPException):
+            # Not up yet; or, for a moment, another process on the port we picked (a
+            # non-HTTP answer): if the server cannot bind it, it exits and poll() says so.
             time.sleep(0.2)
     raise RuntimeError(f"S3 server at {url} did not answer within {timeout}s")
 
@@ -185,12 +188,22 @@ def seaweedfs_command(
 
 @contextlib.contextmanager
 def seaweedfs(workdir: Path) -> Iterator[S3Server]:
-    """A SeaweedFS on loopback (``seaweedfs_command``), stopped on the way out."""
-    ports = [_grpc_port() for _ in range(4)]
-    cmd = seaweedfs_command(workdir, "127.0.0.1", ports)
-    url = f"http://127.0.0.1:{ports[3]}"
-    with _running(cmd, url + "/", timeout=60, cwd=workdir) as process:
-        yield S3Server(url, "seaweedfs", process.pid)
+    """A SeaweedFS on loopback (``seaweedfs_command``), stopped on the way out. Its eight
+    ports are picked free, but another process can take one before it binds: a start that
+    fails is tried again on new ports (three times)."""
+    for attempt in range(3):
+        ports = [_grpc_port() for _ in range(4)]
+        cmd = seaweedfs_command(workdir, "127.0.0.1", ports)
+        url = f"http://127.0.0.1:{ports[3]}"
+        with contextlib.ExitStack() as stack:
+            try:
+                process = stack.enter_context(_running(cmd, url + "/", timeout=60, cwd=workdir))
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+                continue
+            yield S3Server(url, "seaweedfs", process.pid)
+            return
 
 
 def storage_settings(server: S3Server, bucket: str) -> settings_mod.StorageSettings:
