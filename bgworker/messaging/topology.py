@@ -3,6 +3,7 @@
 Routes (``ns`` is the configured namespace)::
 
     producers --file.requested--> ns.requests --> ns.work --> workers
+    producers --request.cancel--> ns.requests --> ns.cancel --> every worker's cancel consumer
     workers  --retry.Nms--> ns.retry --> ns.retry.Nms (TTL) --dead-letter--> ns.requests
     workers  --dead--> ns.dead (fanout) --> ns.dead (queue, reason headers)
     workers  --file.ready|file.failed--> ns.events (topic) --> other services' queues
@@ -20,6 +21,9 @@ from typing import Any, Final
 from aio_pika.abc import AbstractChannel, AbstractQueue, ExchangeType
 
 REQUESTED_KEY: Final = "file.requested"
+# CancelRequested: a queue of its own, so a cancel never waits behind the work backlog (a
+# worker takes work only into free slots; it takes cancels whenever they come).
+CANCEL_KEY: Final = "request.cancel"
 READY_KEY: Final = "file.ready"
 FAILED_KEY: Final = "file.failed"
 # Quorum queues dead-letter a message redelivered this often (a worker crashing on it each
@@ -40,6 +44,10 @@ class Topology:
     @property
     def work_queue(self) -> str:
         return f"{self.namespace}.work"
+
+    @property
+    def cancel_queue(self) -> str:
+        return f"{self.namespace}.cancel"
 
     @property
     def retry_exchange(self) -> str:
@@ -91,7 +99,19 @@ class Topology:
             self.work_queue, durable=True, arguments=self._work_arguments()
         )
         await work.bind(requests, REQUESTED_KEY)
+        await self.declare_cancels(channel)
         return work
+
+    async def declare_cancels(self, channel: AbstractChannel) -> AbstractQueue:
+        """The cancel queue, bound to the requests exchange (its exchange declared too, so a
+        worker may consume it on a channel of its own)."""
+        requests = await channel.declare_exchange(
+            self.requests_exchange, ExchangeType.DIRECT, durable=True
+        )
+        args: dict[str, Any] = {"x-queue-type": "quorum"} if self.queue_type == "quorum" else {}
+        cancels = await channel.declare_queue(self.cancel_queue, durable=True, arguments=args)
+        await cancels.bind(requests, CANCEL_KEY)
+        return cancels
 
     async def declare(self, channel: AbstractChannel) -> AbstractQueue:
         """Everything; idempotent (redeclaring with the same arguments is a no-op)."""
@@ -115,7 +135,7 @@ class Topology:
 
     async def delete(self, channel: AbstractChannel) -> None:
         """Remove everything ``declare`` made (tests, uninstall)."""
-        queues = [self.work_queue, self.dead_queue]
+        queues = [self.work_queue, self.cancel_queue, self.dead_queue]
         queues += [self.retry_queue(d) for d in set(self.retry_delays_seconds)]
         for name in queues:
             await channel.queue_delete(name)
