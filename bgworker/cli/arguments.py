@@ -241,6 +241,12 @@ def _operations(sub: Any) -> None:
     cl.add_argument("--sleep", type=float, default=0.0, help="pause between deletions (s)")
     cl.add_argument("--dry-run", action="store_true", help="count, delete nothing")
 
+    fg = sub.add_parser(
+        "forget", help="erase one person's requests, files, effects and dead letters"
+    )
+    fg.add_argument("--requester", required=True, help="the requester's email address")
+    fg.add_argument("--json", action="store_true", help="the report as JSON")
+
     sc = sub.add_parser("schemas", help="JSON Schemas of the events and the AsyncAPI document")
     sc.add_argument("action", choices=["export"], help="export: write the files")
     sc.add_argument("--dir", default="schemas", help="where (default schemas)")

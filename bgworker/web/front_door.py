@@ -114,7 +114,7 @@ async def _read_body(request: web.Request) -> bytes | None:
 
 
 async def create_request(request: web.Request) -> web.Response:
-    refused = _refuse_caller(request)
+    refused = refuse_caller(request)
     if refused is not None:
         return refused
     charset = (request.charset or "utf-8").lower()
@@ -141,7 +141,7 @@ async def create_request(request: web.Request) -> web.Response:
         raise
 
 
-def _refuse_caller(request: web.Request) -> web.Response | None:
+def refuse_caller(request: web.Request) -> web.Response | None:
     """401 unless the request carries one of the API keys."""
     ok = authorized(request.headers.get("Authorization"), request.app[keys.API_KEYS])
     if ok:
@@ -154,7 +154,7 @@ async def cancel_request(request: web.Request) -> web.Response:
     """``DELETE /requests/{id}``: a producer's cancel, idempotent, with the CLI's rule
     (``Requests.cancel_or_placeholder``). 200: cancelled (now, before, or before it even
     came); 202: running, stops at its next lease renewal; 409: already ended otherwise."""
-    refused = _refuse_caller(request)
+    refused = refuse_caller(request)
     if refused is not None:
         return refused
     try:
