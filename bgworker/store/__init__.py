@@ -18,7 +18,8 @@ query file each, composed into ``Store``:
   ``admin_sessions``: the console's server-side sessions and secrets; ``front_door``: the
   events ``POST /requests`` accepted, by id; ``dedupe``: reusing a ready file of identical
   content, or waiting for the one being built; ``erasure``: one person's data erased
-  (``bgworker forget``).
+  (``bgworker forget``); ``retention``: pruning what the retention settings no longer
+  keep, a batch at a time (``bgworker clean``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from bgworker.store import (
     queries,
     recovery,
     requests,
+    retention,
     rows,
     traces,
 )
@@ -96,7 +98,8 @@ class Store:
     on_effects=...)``, then one part per concept, each its own object: ``db.requests``,
     ``db.recovery``, ``db.outbox``, ``db.dedupe``, ``db.links``, ``db.maintenance``,
     ``db.gauges``, ``db.traces``, ``db.dead_letters``, ``db.listing``,
-    ``db.admin_sessions``, ``db.front_door``, ``db.erasure``. The parts whose transactions
+    ``db.admin_sessions``, ``db.front_door``, ``db.erasure``,
+    ``db.retention``. The parts whose transactions
     cause effects (requests, recovery, dedupe) write them through the one ``outbox``, which
     knows how they reach this process's dispatcher (``claim_effects_seconds``, ``on_effects``)."""
 
@@ -123,6 +126,7 @@ class Store:
         self.admin_sessions = admin_sessions.AdminSessions(pool)
         self.front_door = front_door.FrontDoor(pool)
         self.erasure = erasure.Erasure(pool)
+        self.retention = retention.Retention(pool)
 
 
 @asynccontextmanager

@@ -18,8 +18,9 @@ CREATE INDEX bgworker_requests_requester_email
     ON bgworker_requests (lower(requester_email))
     WHERE requester_email IS NOT NULL;
 
--- The outbox rows retention prunes: performed or given up, by when.
-CREATE INDEX bgworker_outbox_finished ON bgworker_outbox (done_at) WHERE status <> 'pending';
+-- The outbox rows retention prunes: performed or given up (which has no done_at), by when.
+CREATE INDEX bgworker_outbox_finished
+    ON bgworker_outbox ((coalesce(done_at, created_at))) WHERE status <> 'pending';
 
 -- Every erasure, without the address: a salted SHA-256 of it (lower-cased), which confirms
 -- an erasure to whoever holds the address, and what was removed.
@@ -48,3 +49,8 @@ CREATE TABLE bgworker_producer_outbox (
 );
 CREATE INDEX bgworker_producer_outbox_unpublished
     ON bgworker_producer_outbox (created_at) WHERE published_at IS NULL;
+CREATE INDEX bgworker_producer_outbox_published
+    ON bgworker_producer_outbox (published_at) WHERE published_at IS NOT NULL;
+
+-- Retention prunes action records of dead letters by age.
+CREATE INDEX bgworker_dlq_actions_at ON bgworker_dlq_actions (at);

@@ -222,11 +222,15 @@ CREATE INDEX bgworker_admin_login_failures_client ON public.bgworker_admin_login
 
 CREATE INDEX bgworker_admin_sessions_expiry ON public.bgworker_admin_sessions USING btree (expires_at);
 
+CREATE INDEX bgworker_dlq_actions_at ON public.bgworker_dlq_actions USING btree (at);
+
 CREATE INDEX bgworker_dlq_actions_request ON public.bgworker_dlq_actions USING btree (request_id, at);
 
 CREATE INDEX bgworker_outbox_due ON public.bgworker_outbox USING btree (next_attempt_at) WHERE (status = 'pending'::text);
 
-CREATE INDEX bgworker_outbox_finished ON public.bgworker_outbox USING btree (done_at) WHERE (status <> 'pending'::text);
+CREATE INDEX bgworker_outbox_finished ON public.bgworker_outbox USING btree (COALESCE(done_at, created_at)) WHERE (status <> 'pending'::text);
+
+CREATE INDEX bgworker_producer_outbox_published ON public.bgworker_producer_outbox USING btree (published_at) WHERE (published_at IS NOT NULL);
 
 CREATE INDEX bgworker_producer_outbox_unpublished ON public.bgworker_producer_outbox USING btree (created_at) WHERE (published_at IS NULL);
 
