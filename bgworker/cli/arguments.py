@@ -263,6 +263,11 @@ def _operations(sub: Any) -> None:
     fg.add_argument("--requester", required=True, help="the requester's email address")
     fg.add_argument("--json", action="store_true", help="the report as JSON")
 
+    rl = sub.add_parser("relay", help="publish the producer outbox's committed events")
+    rl.add_argument("--database-url", help="the producer's database (default: bgworker's)")
+    rl.add_argument("--create-table", action="store_true", help="create the table there first")
+    rl.add_argument("--once", action="store_true", help="publish what is there, then exit")
+
     sc = sub.add_parser("schemas", help="JSON Schemas of the events and the AsyncAPI document")
     sc.add_argument("action", choices=["export"], help="export: write the files")
     sc.add_argument("--dir", default="schemas", help="where (default schemas)")

@@ -44,7 +44,7 @@ PROBE_TIMEOUT_SECONDS: Final = 10.0
 # absent: it creates a missing database, so it maps its errors afterwards instead.
 NEEDS_KEYS: Final = frozenset({"worker", "serve"})
 NEEDS_DATABASE: Final = frozenset({"worker", "serve", "status", "cancel", "clean", "forget"})
-NEEDS_BROKER: Final = frozenset({"worker", "publish", "dlq", "forget"})
+NEEDS_BROKER: Final = frozenset({"worker", "publish", "dlq", "forget", "relay"})
 NEEDS_HANDLERS: Final = frozenset({"worker"})
 NEEDS_STORAGE: Final = frozenset({"worker", "serve", "clean", "forget"})
 # Started by a supervisor, often next to the services: they wait out a service that is not

@@ -216,9 +216,10 @@ async def _cmd_status(settings: settings_mod.Settings, args: argparse.Namespace)
 
 
 async def _cmd_clean(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    from bgworker.ops import cleanup, erasure  # `clean` prunes, `forget` erases one person
+    from bgworker.ops import cleanup, erasure, relay  # clean, forget, relay (producer outbox)
 
-    return await (erasure.run if args.command == "forget" else cleanup.run)(settings, args)
+    run = {"forget": erasure.run, "relay": relay.run}.get(args.command, cleanup.run)
+    return await run(settings, args)
 
 
 async def _cmd_migrate(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
@@ -289,6 +290,7 @@ ASYNC_COMMANDS: Final[dict[str, Command]] = {
     "status": _cmd_status,
     "clean": _cmd_clean,
     "forget": _cmd_clean,
+    "relay": _cmd_clean,
     "dlq": _cmd_dlq,
     "link": _cmd_links,
     "revoke": _cmd_links,

@@ -70,6 +70,13 @@ class Publisher:
             raise RuntimeError("Publisher is not connected: use `async with` or connect()")
         await broker.publish_request(self._channel, self.topology, event)
 
+    async def publish_recorded(self, body: dict[str, Any], request_id: uuid.UUID) -> None:
+        """A ``FileRequested`` as recorded (the producer outbox's relay), sent unchanged:
+        the worker validates it as any other."""
+        if self._channel is None:
+            raise RuntimeError("Publisher is not connected: use `async with` or connect()")
+        await broker.put_back(self._channel, self.topology, body, str(request_id))
+
     async def cancel(self, request_id: uuid.UUID) -> None:
         """Publish ``CancelRequested`` for ``request_id`` (idempotent; it may come before
         the request itself)."""

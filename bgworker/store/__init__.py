@@ -19,7 +19,8 @@ query file each, composed into ``Store``:
   events ``POST /requests`` accepted, by id; ``dedupe``: reusing a ready file of identical
   content, or waiting for the one being built; ``erasure``: one person's data erased
   (``bgworker forget``); ``retention``: pruning what the retention settings no longer
-  keep, a batch at a time (``bgworker clean``).
+  keep, a batch at a time (``bgworker clean``); ``producer_outbox``: producers' events
+  written in their own transactions, for the relay.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from bgworker.store import (
     listing,
     maintenance,
     outbox,
+    producer_outbox,
     queries,
     recovery,
     requests,
@@ -99,7 +101,7 @@ class Store:
     ``db.recovery``, ``db.outbox``, ``db.dedupe``, ``db.links``, ``db.maintenance``,
     ``db.gauges``, ``db.traces``, ``db.dead_letters``, ``db.listing``,
     ``db.admin_sessions``, ``db.front_door``, ``db.erasure``,
-    ``db.retention``. The parts whose transactions
+    ``db.retention``, ``db.producer_outbox``. The parts whose transactions
     cause effects (requests, recovery, dedupe) write them through the one ``outbox``, which
     knows how they reach this process's dispatcher (``claim_effects_seconds``, ``on_effects``)."""
 
@@ -127,6 +129,7 @@ class Store:
         self.front_door = front_door.FrontDoor(pool)
         self.erasure = erasure.Erasure(pool)
         self.retention = retention.Retention(pool)
+        self.producer_outbox = producer_outbox.ProducerOutbox(pool)
 
 
 @asynccontextmanager
