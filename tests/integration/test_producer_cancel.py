@@ -21,8 +21,9 @@ from pydantic import SecretStr
 from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.contract import events
-from bgworker.messaging import broker, publisher, topology
+from bgworker.messaging import broker, publisher, topology, wire
 from bgworker.observe import metrics
+from bgworker.ops.deadletters import actions, queue, selection
 from tests.helpers import (
     AMQP_URL,
     Publish,
@@ -223,3 +224,33 @@ def test_cancel_requested_contract() -> None:
     assert parsed.id == request_id
     with pytest.raises(events.InvalidEventError):
         events.parse_cancel_requested(b'{"id": "x"}')
+
+
+async def test_a_dead_letter_of_a_request_cancelled_before_it_came_is_never_replayed(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    start_worker: StartWorker,
+    amqp: aio_pika.abc.AbstractChannel,
+) -> None:
+    """A request RabbitMQ dead-lettered before any worker recorded it (delivery limit),
+    then cancelled by its producer: even ``dlq replay --force`` drops the letter, since
+    the placeholder means "never build this"."""
+    await start_worker()
+    request_id = uuid.uuid4()
+    topo = topology.Topology(settings.namespace)
+    body = json.dumps({"id": str(request_id), "file_type": "blob"}).encode()
+    letter = wire.DeadLetter("delivery_limit", "x-death", "delivered too often", 20)
+    message = wire.dead_letter(
+        body, letter, worker_id="w", message_id=str(request_id), routing_key=None
+    )
+    await broker.publish(amqp, topo.dead_exchange, "", message)
+    await _cancel(settings, request_id)
+    await wait_for_status(db, request_id, "cancelled")
+    async with queue.DeadLetterQueue(AMQP_URL, settings.namespace) as dlq:
+        chosen = selection.Selection(everything=True)
+        report = await actions.replay(dlq, db, chosen, actor="test", force=True)
+    [outcome] = report.outcomes
+    assert outcome.result == actions.Result.SKIPPED and outcome.removed, outcome
+    assert await broker.queue_depth(amqp, topo.dead_queue) == 0
+    row = await wait_for_status(db, request_id, "cancelled")
+    assert row.event == {} and row.attempts == 0
