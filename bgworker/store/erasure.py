@@ -86,8 +86,10 @@ class Erasure:
             ]
             ids = erased.request_ids + erased.pending_ids
             erased.effects = int(await conn.fetchval(Q["erase_dependents"], ids))
-            await conn.execute(Q["erase_rows"], erased.request_ids)
             await conn.execute(Q["erase_placeholders"], erased.pending_ids)
+            # The pending ones too: a worker may have recorded one since it was found (the
+            # placeholder's insert then waited for that row and left it as it was).
+            await conn.execute(Q["erase_rows"], ids)
         return erased
 
     async def record(

@@ -15,12 +15,9 @@ import asyncpg
 from bgworker.store import queries
 
 Q: Final = queries.QUERIES
-# The INSERT in DB-API form (%s placeholders: psycopg, Django's cursors), for producers that
-# do not use asyncpg.
-DBAPI_INSERT: Final = (
-    "INSERT INTO bgworker_producer_outbox (request_id, event) VALUES (%s, %s) "
-    "ON CONFLICT (request_id) DO NOTHING"
-)
+# The same INSERT in DB-API form (%s placeholders: psycopg, Django's cursors), for
+# producers that do not use asyncpg.
+DBAPI_INSERT: Final = Q["producer_outbox_enqueue"].replace("$1", "%s").replace("$2", "%s")
 
 
 class ProducerOutbox:
