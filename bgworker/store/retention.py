@@ -63,10 +63,12 @@ class Retention:
                 tx = conn.transaction()
                 await tx.start()
                 try:
-                    record = await conn.fetchrow(*args)
+                    records = await conn.fetch(*args)
                 finally:
                     await tx.rollback()
             else:
-                record = await conn.fetchrow(*args)
-        last = None if record["last"] is None else (record["last"], record["last_key"])
-        return Batch(int(record["pruned"]), int(record["scanned"]), last)
+                records = await conn.fetch(*args)
+        if not records:
+            return Batch(0, 0, None)
+        last = records[-1]
+        return Batch(int(records[0]["pruned"]), len(records), (last["ended"], last["key"]))

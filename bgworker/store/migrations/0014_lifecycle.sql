@@ -54,3 +54,22 @@ CREATE INDEX bgworker_producer_outbox_published
 
 -- Retention prunes action records of dead letters by age.
 CREATE INDEX bgworker_dlq_actions_at ON bgworker_dlq_actions (at);
+
+-- One batch of ended requests for retention (bgworker.store.retention): those that ended
+-- more than keep_seconds ago (when they finished, or when their file expired if later;
+-- never one waiting or running), after (after_at, after_key) in that order, locked, skipping
+-- rows someone else holds. Every retention stage on requests starts from it.
+CREATE FUNCTION bgworker_ended_batch(
+    keep_seconds double precision, lim integer, after_at timestamptz, after_key text
+) RETURNS TABLE (id uuid, ended timestamptz, key text)
+LANGUAGE sql AS $$
+    SELECT r.id, greatest(r.finished_at, r.expires_at), r.id::text
+    FROM bgworker_requests r
+    WHERE r.finished_at IS NOT NULL
+      AND greatest(r.finished_at, r.expires_at) < now() - make_interval(secs => keep_seconds)
+      AND (greatest(r.finished_at, r.expires_at), r.id::text) > (after_at, after_key)
+      AND r.status NOT IN ('queued', 'running', 'retrying')
+    ORDER BY greatest(r.finished_at, r.expires_at), r.id::text
+    LIMIT lim
+    FOR UPDATE SKIP LOCKED
+$$;

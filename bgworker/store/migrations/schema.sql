@@ -2,6 +2,20 @@
 -- beside it by scripts/schema_sql.py (make schema-sql), checked by make test.
 -- Never applied: `bgworker migrate` applies the migrations.
 
+CREATE FUNCTION public.bgworker_ended_batch(keep_seconds double precision, lim integer, after_at timestamp with time zone, after_key text) RETURNS TABLE(id uuid, ended timestamp with time zone, key text)
+    LANGUAGE sql
+    AS $$
+    SELECT r.id, greatest(r.finished_at, r.expires_at), r.id::text
+    FROM bgworker_requests r
+    WHERE r.finished_at IS NOT NULL
+      AND greatest(r.finished_at, r.expires_at) < now() - make_interval(secs => keep_seconds)
+      AND (greatest(r.finished_at, r.expires_at), r.id::text) > (after_at, after_key)
+      AND r.status NOT IN ('queued', 'running', 'retrying')
+    ORDER BY greatest(r.finished_at, r.expires_at), r.id::text
+    LIMIT lim
+    FOR UPDATE SKIP LOCKED
+$$;
+
 CREATE TABLE public.bgworker_admin_login_failures (
     id bigint NOT NULL,
     client text NOT NULL,
