@@ -67,8 +67,9 @@ fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -m "hypothesis and not faults" -n 2 --timeout=0 \
 		--hypothesis-seed="$$seed" || { echo "fuzz: failed with seed $$seed"; exit 1; }
 
-# Restarts RabbitMQ and PostgreSQL mid-run: run alone, never next to another test run.
-test-faults: $(STAMP) services
+# Restarts RabbitMQ and PostgreSQL mid-run: run alone, never next to another test run. The
+# multi-host tests in it (tests/multihost, docs/hosts.md) need nftables from test-deps.
+test-faults: $(STAMP) services test-deps
 	$(BIN)/pytest -m faults
 
 lint:
@@ -106,6 +107,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 bench: $(BENCH_STAMP) services
 	$(BIN)/python -m bench run
 
-# Every benchmark briefly (a smoke run; no timing is asserted anywhere).
+# Every benchmark briefly (a smoke run; no timing is asserted anywhere). Its scale-out part
+# (workers on 1 and 2 namespace hosts, about 45 s) needs root: without it, it says why and skips.
 bench-quick: $(BENCH_STAMP) services
 	$(BIN)/python -m bench run --quick

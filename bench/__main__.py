@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from bench import common, large, latency, report, throughput
+from bench import common, large, latency, report, scaleout, sites, throughput
 
 PACKAGES = (
     "bgworker",
@@ -31,7 +31,7 @@ PACKAGES = (
     "kombu",
     "psycopg",
 )
-BENCHMARKS = ("throughput", "latency", "large")
+BENCHMARKS = ("throughput", "latency", "large", "scaleout")
 
 
 def _tool_version(argv: list[str]) -> str:
@@ -127,6 +127,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "large files and downloads",
                     functools.partial(large.run, dsn, shm, size, reps, wrk_seconds, logdir),
                 )
+    if "scaleout" in only:
+        # Its own database, bucket and hosts: after the others, none of theirs is open.
+        why = sites.hosts_unavailable()
+        if why:
+            common.log(f"scaleout: skipped: {why}; `python -m bench.scaleout --loopback` runs it")
+        else:
+            counts = (1, 2) if quick else (1, 2, 4)
+            jobs = 100 if quick else 600
+            result["scaleout"] = await scaleout.run(counts, jobs, 8, False, logdir, reps)
     shutil.rmtree(logdir, ignore_errors=True)
     return result
 

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Final
 
+from bench import capacity
+
 
 def load(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.read_text())
@@ -127,6 +129,8 @@ def table(result: dict[str, Any]) -> str:
             ["large file: every process VmHWM < 100 MiB", f"{peak:.0f} MiB", _goal(peak < 100)]
         )
         lines += _downloads(lg, goals)
+    if "scaleout" in result:
+        lines.append(capacity.table(result["scaleout"]))
     if goals:
         lines += _rows("goals (issues 5 and 11)", ["goal", "measured", "status"], goals)
     return "\n".join(lines)

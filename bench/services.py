@@ -10,6 +10,7 @@ trial (reported as it is; compare contenders within one run, never across runs).
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,13 +19,17 @@ import asyncpg
 from bench import common
 
 
-def _pids_named(name: str) -> list[int]:
+def pids_named(name: str) -> list[int]:
+    """Processes called ``name`` in this process's network namespace: the machine's own,
+    not those of namespace hosts (the multi-host tests' RabbitMQ nodes are beam.smp too)."""
+    here = os.readlink("/proc/self/ns/net")
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 if (entry / "comm").read_text().strip() == name:
-                    out.append(int(entry.name))
+                    if os.readlink(entry / "ns" / "net") == here:
+                        out.append(int(entry.name))
     return out
 
 
@@ -62,7 +67,7 @@ class ServiceCpu:
         return int(value or 0)
 
     async def start(self) -> None:
-        self._broker = _cpu_by_pid(_pids_named("beam.smp"))
+        self._broker = _cpu_by_pid(pids_named("beam.smp"))
         self._pg = _cpu_by_pid(await self._backends())
         self._commits = await self._commit_count()
 

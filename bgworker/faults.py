@@ -31,13 +31,16 @@ T = TypeVar("T")
 
 # SQLSTATE classes that say the server, not the statement, is the problem
 # (https://www.postgresql.org/docs/current/errcodes-appendix.html):
-#   08 connection exception, 28 invalid authorization, 3D invalid catalog name (database
+#   08 connection exception, 26 invalid SQL statement name (a prepared statement missing:
+#   bgworker names none itself, so a pooler in transaction mode without
+#   BGWORKER_DATABASE_POOLER=transaction; 42P05, already exists, is in 42), 28 invalid
+#   authorization, 3D invalid catalog name (database
 #   gone), 40 transaction rollback (serialization failure, deadlock), 42 syntax error or
 #   access rule violation (schema not migrated, a missing grant: a deployment problem, not
 #   the event's), 53 insufficient resources, 57 operator intervention (shutdown, cancel),
 #   58 system error, XX internal error.
 INFRASTRUCTURE_SQLSTATE_CLASSES: Final = frozenset(
-    {"08", "28", "3D", "40", "42", "53", "57", "58", "XX"}
+    {"08", "26", "28", "3D", "40", "42", "53", "57", "58", "XX"}
 )
 
 _INFRASTRUCTURE_TYPES: Final = (

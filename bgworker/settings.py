@@ -272,6 +272,12 @@ class Settings(BaseSettings):
 
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/bgworker")
+    # What DATABASE_URL points at: "none" for PostgreSQL itself or a session-mode pooler;
+    # "transaction" for a pooler in transaction mode (PgBouncer pool_mode=transaction):
+    # asyncpg's statement cache is then off (statement_cache_size=0) in every pool and
+    # connection, since the next transaction may run on a server connection that never saw
+    # a statement prepared on another (docs/operating.md, PgBouncer).
+    database_pooler: Literal["none", "transaction"] = "none"
     # Prefix of every exchange and queue: two deployments (or test runs) never collide.
     namespace: str = "bgworker"
     # Quorum queues (replicated, RabbitMQ 3.8+) unless the broker cannot have them.
@@ -345,6 +351,7 @@ class Settings(BaseSettings):
             "link_mode": self.tokens.link_mode,
             "broker": _address(self.amqp_url.get_secret_value(), path=True),
             "database": _address(self.database_url.get_secret_value(), path=True),
+            "pooler": self.database_pooler,
             "smtp": f"{self.smtp.host}:{self.smtp.port}",
             "webhook_url": _address(self.webhooks.url) if self.webhooks.url else "unset",
             "metrics": f"{self.metrics.host}:{self.metrics.port}" if self.metrics.port else "off",

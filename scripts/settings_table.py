@@ -35,8 +35,15 @@ CODE_END: Final = "# settings-table:end"
 
 # One line per setting; a setting missing here still gets a row, with an empty meaning.
 MEANING: Final[dict[str, str]] = {
-    "BGWORKER_AMQP_URL": "RabbitMQ URL",
+    "BGWORKER_AMQP_URL": (
+        "RabbitMQ URL, or several nodes' URLs comma-separated: a client moves to the next "
+        "when its node goes ([Scaling out](operating.md#rabbitmq))"
+    ),
     "BGWORKER_DATABASE_URL": "PostgreSQL URL (`bgworker migrate` creates the database)",
+    "BGWORKER_DATABASE_POOLER": (
+        "`transaction` when the URL reaches PgBouncer in transaction mode: asyncpg's "
+        "statement cache off ([PgBouncer](operating.md#pgbouncer)); `none` otherwise"
+    ),
     "BGWORKER_NAMESPACE": "prefix of every exchange and queue name",
     "BGWORKER_STARTUP_RETRY_SECONDS": (
         "`worker` and `serve` wait this long at start for a service that refuses, resets or "

@@ -362,9 +362,11 @@ async def event_log(
 
 
 @pytest.fixture
-def dead(amqp: aio_pika.abc.AbstractChannel, namespace: str) -> helpers.DeadLetters:
+def dead(
+    amqp: aio_pika.abc.AbstractChannel, settings: settings_mod.Settings
+) -> helpers.DeadLetters:
     """The test namespace's dead-letter queue, read as letters arrive."""
-    return helpers.DeadLetters(amqp, namespace)
+    return helpers.DeadLetters(amqp, settings.namespace, settings.queue_type)
 
 
 @pytest.fixture

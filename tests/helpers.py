@@ -88,6 +88,7 @@ def settings_env(settings: settings_mod.Settings) -> dict[str, str]:
     env = {
         "BGWORKER_AMQP_URL": settings.amqp_url.get_secret_value(),
         "BGWORKER_DATABASE_URL": settings.database_url.get_secret_value(),
+        "BGWORKER_DATABASE_POOLER": settings.database_pooler,
         "BGWORKER_NAMESPACE": settings.namespace,
         "BGWORKER_QUEUE_TYPE": settings.queue_type,
         "BGWORKER_STORAGE_DIR": str(settings.storage_dir),
@@ -175,11 +176,13 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 30) -> None:
 
 
 class DeadLetters:
-    """Reads ``{namespace}.dead`` with basic.get; messages are kept in arrival order."""
+    """Reads the dead-letter queue with basic.get; messages are kept in arrival order."""
 
-    def __init__(self, channel: aio_pika.abc.AbstractChannel, namespace: str) -> None:
+    def __init__(
+        self, channel: aio_pika.abc.AbstractChannel, namespace: str, queue_type: str = "quorum"
+    ) -> None:
         self.channel = channel
-        self.name = topology.Topology(namespace).dead_queue
+        self.name = topology.Topology(namespace, queue_type=queue_type).dead_queue
         self.seen: list[aio_pika.abc.AbstractIncomingMessage] = []
 
     async def wait_for(self, n: int) -> list[aio_pika.abc.AbstractIncomingMessage]:
@@ -197,6 +200,11 @@ class DeadLetters:
     def by_body(self, body: bytes) -> aio_pika.abc.AbstractIncomingMessage:
         [message] = [m for m in self.seen if m.body == body]
         return message
+
+
+def dead_queue_of(settings: settings_mod.Settings) -> str:
+    """The dead-letter queue of the test's namespace and queue type."""
+    return topology.Topology(settings.namespace, queue_type=settings.queue_type).dead_queue
 
 
 async def get_row(db: store.Store, request_id: uuid.UUID) -> store.RequestRow:

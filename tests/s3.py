@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -78,7 +78,7 @@ def _grpc_port() -> int:
             return port
 
 
-def _wait_http(
+def wait_http(
     url: str, process: subprocess.Popen[bytes], timeout: float, log: Path | None = None
 ) -> None:
     deadline = time.monotonic() + timeout
@@ -108,7 +108,7 @@ def _running(
     log = Path(log_file.name)
     process = subprocess.Popen(cmd, cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        _wait_http(url, process, timeout, log)
+        wait_http(url, process, timeout, log)
         yield process
     finally:
         process.terminate()
@@ -138,12 +138,16 @@ def weed_binary() -> str:
     return str(path)
 
 
-@contextlib.contextmanager
-def seaweedfs(workdir: Path) -> Iterator[S3Server]:
-    """A one-process SeaweedFS (master, volume, filer, S3 gateway) with one identity, so
-    it signs-checks every request (anonymous requests are refused)."""
-    config = workdir / "s3.json"
-    config.write_text(
+def seaweedfs_command(
+    workdir: Path, ip: str, ports: Sequence[int], seen_as: str | None = None
+) -> list[str]:
+    """The command line of a one-process SeaweedFS (master, volume, filer, S3 gateway) with
+    one identity, so it signs-checks every request (anonymous requests are refused), its
+    identity file written into ``workdir``. ``ports``: master, volume, filer, S3 (each
+    port + 10000 is taken too, for gRPC). ``seen_as``: ``workdir`` as the server sees it
+    (a namespace host's own directory, ``bench.sites``)."""
+    inside = seen_as or str(workdir)
+    (workdir / "s3.json").write_text(
         json.dumps(
             {
                 "identities": [
@@ -156,30 +160,37 @@ def seaweedfs(workdir: Path) -> Iterator[S3Server]:
             }
         )
     )
-    port = _grpc_port()
-    ports = [str(_grpc_port()) for _ in range(3)]
-    cmd = [
+    master, volume, filer, s3 = ports
+    return [
         weed_binary(),
         "server",
-        f"-dir={workdir}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        f"-master.port={ports[0]}",
-        f"-volume.port={ports[1]}",
-        f"-filer.port={ports[2]}",
+        f"-dir={inside}",
+        f"-ip={ip}",
+        f"-ip.bind={ip}",
+        f"-master.port={master}",
+        f"-volume.port={volume}",
+        f"-filer.port={filer}",
         "-master.volumeSizeLimitMB=64",
         "-volume.max=64",
         "-master.telemetry=false",
         "-s3",
-        f"-s3.port={port}",
-        f"-s3.config={config}",
+        f"-s3.port={s3}",
+        f"-s3.config={inside}/s3.json",
         # Listeners with fixed default ports (8181, 9101) this test does not use: off, so two
         # test runs (or a developer's SeaweedFS) on one machine never collide on them.
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
     ]
-    with _running(cmd, f"http://127.0.0.1:{port}/", timeout=60, cwd=workdir) as process:
-        yield S3Server(f"http://127.0.0.1:{port}", "seaweedfs", process.pid)
+
+
+@contextlib.contextmanager
+def seaweedfs(workdir: Path) -> Iterator[S3Server]:
+    """A SeaweedFS on loopback (``seaweedfs_command``), stopped on the way out."""
+    ports = [_grpc_port() for _ in range(4)]
+    cmd = seaweedfs_command(workdir, "127.0.0.1", ports)
+    url = f"http://127.0.0.1:{ports[3]}"
+    with _running(cmd, url + "/", timeout=60, cwd=workdir) as process:
+        yield S3Server(url, "seaweedfs", process.pid)
 
 
 def storage_settings(server: S3Server, bucket: str) -> settings_mod.StorageSettings:

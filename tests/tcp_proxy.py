@@ -3,7 +3,10 @@ can be cut, refused, reset or held (a partition) without touching the shared ser
 anyone else's connections to them.
 
 Runs on the test's event loop: put only processes or in-process workers that never block
-their loop behind it (a worker subprocess is always fine).
+their loop behind it (a worker subprocess is always fine). With ``delay`` it adds latency:
+each chunk is passed on ``delay`` seconds after it arrived, without slowing the stream
+otherwise (the kernel here has no netem). tests/hosts/relay.py runs it between network
+namespaces.
 """
 
 from __future__ import annotations
@@ -42,8 +45,12 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 class TcpProxy:
     """Listens on 127.0.0.1:``port`` and forwards to ``upstream`` (host, port)."""
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(self, upstream: tuple[str, int], delay: float = 0.0) -> None:
         self.upstream = upstream
+        self.delay = delay  # seconds each chunk waits, each way
+        # Send through the delaying queue even at delay 0, so a delay set later applies to
+        # connections already open (tests/hosts/relay.py changes it on a signal).
+        self.queued = False
         self.port = free_port()
         self._mode = Mode.FORWARD
         self._flowing = asyncio.Event()
@@ -109,7 +116,7 @@ class TcpProxy:
         self._open.add(writer)
         await self._flowing.wait()  # a connection made during a partition waits for it
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            up_reader, up_writer = await self.open_upstream()
         except OSError:
             self._open.discard(writer)
             _reset(writer)
@@ -120,18 +127,48 @@ class TcpProxy:
             self._pipes.add(task)
             task.add_done_callback(self._pipes.discard)
 
+    async def open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(*self.upstream)
+
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        delayed: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        queued = self.delay or self.queued
+        sender = asyncio.create_task(self._send_late(delayed, sink)) if queued else None
         try:
             while data := await source.read(CHUNK):
                 await self._flowing.wait()
+                if sender is not None:
+                    delayed.put_nowait((asyncio.get_running_loop().time() + self.delay, data))
+                    continue
                 sink.write(data)
                 await sink.drain()
+            if sender is not None:  # what is in flight still arrives, then the FIN
+                delayed.put_nowait((0.0, b""))
+                await sender
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
+            if sender is not None:
+                sender.cancel()
             if sink in self._open:
                 self._open.discard(sink)
                 sink.close()
+
+    async def _send_late(
+        self, delayed: asyncio.Queue[tuple[float, bytes]], sink: asyncio.StreamWriter
+    ) -> None:
+        """Write each chunk when its time comes: chunks queue behind each other, so the
+        delay is added once, not once per chunk waiting ahead."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError):
+            while True:
+                due, data = await delayed.get()
+                if not data:
+                    return
+                if (wait := due - loop.time()) > 0:
+                    await asyncio.sleep(wait)
+                sink.write(data)
+                await sink.drain()
 
 
 @asynccontextmanager

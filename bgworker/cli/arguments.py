@@ -24,6 +24,7 @@ ENV_PREFIX: Final = "BGWORKER_"  # bgworker.settings.ENV_PREFIX (a test keeps th
 SETTINGS: Final[tuple[tuple[str, str, bool], ...]] = (
     ("BGWORKER_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", True),
     ("BGWORKER_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/bgworker", True),
+    ("BGWORKER_DATABASE_POOLER", "none", False),
     ("BGWORKER_NAMESPACE", "bgworker", False),
     ("BGWORKER_QUEUE_TYPE", "quorum", False),
     ("BGWORKER_STORAGE_DIR", "var/files", False),
@@ -294,6 +295,10 @@ def _dlq(sub: Any) -> None:
 
     show = commands.add_parser("show", help="payload, all headers and traceback of one letter")
     show.add_argument("id", help="request id or msg-<hash> key (the ID column of `dlq list`)")
+
+    commands.add_parser(
+        "migrate", help="move the letters of the classic queue of before into the quorum one"
+    )
 
     st = commands.add_parser("stats", help="counts by file type and error class")
     filters(st)

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-import aio_pika
 import aiohttp
 import asyncpg
 
@@ -33,7 +32,7 @@ from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.cli import smtp_sink
 from bgworker.contract import events
-from bgworker.messaging import broker, publisher, topology
+from bgworker.messaging import broker, failover, publisher, topology
 from bgworker.store import migrations
 
 PG_HINT: Final = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
@@ -76,7 +75,7 @@ async def _check_services(amqp_url: str, dsn: str) -> None:
         await conn.close()
     try:
         # A plain connection: a robust one would log "reconnecting" although we give up here.
-        connection = await aio_pika.connect(
+        connection = await failover.connect_plain(
             amqp_url, client_properties={"connection_name": "bgworker-demo-check"}
         )
     except (OSError, TimeoutError, ConnectionError) as exc:

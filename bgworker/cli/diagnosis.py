@@ -22,19 +22,21 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
-import aio_pika
 import aiormq
 import asyncpg
 import pydantic
 
-from bgworker import faults, handlers, storage
+from bgworker import faults, handlers, storage, store
 from bgworker import settings as settings_mod
+from bgworker.messaging import failover
+from bgworker.observe import logs
 
 EXIT_USAGE: Final = 64  # EX_USAGE: the settings are wrong
 EXIT_UNAVAILABLE: Final = 69  # EX_UNAVAILABLE: a service we need does not answer
 
 AMQP_URL: Final = f"{settings_mod.ENV_PREFIX}AMQP_URL"
 DATABASE_URL: Final = f"{settings_mod.ENV_PREFIX}DATABASE_URL"
+DATABASE_POOLER: Final = f"{settings_mod.ENV_PREFIX}DATABASE_POOLER"
 HANDLERS: Final = f"{settings_mod.ENV_PREFIX}HANDLERS"
 LOG_LEVEL: Final = f"{settings_mod.ENV_PREFIX}LOG_LEVEL"
 SECRET_KEYS: Final = f"{settings_mod.ENV_PREFIX}TOKENS__SECRET_KEYS"
@@ -99,7 +101,10 @@ def check_settings(settings: settings_mod.Settings, command: str) -> None:
     if command not in ("schemas", "smtp-sink"):  # the commands that use no service
         dsn = settings.database_url.get_secret_value()
         _check_url(DATABASE_URL, dsn, ("postgresql", "postgres"))
-        _check_url(AMQP_URL, settings.amqp_url.get_secret_value(), ("amqp", "amqps"))
+        try:  # one URL, or several nodes' comma-separated (messaging.failover)
+            failover.parse_urls(settings.amqp_url.get_secret_value())
+        except ValueError as exc:
+            raise config(f"{AMQP_URL}: {exc}") from None
     if command in NEEDS_KEYS and not any(k.get_secret_value() for k in settings.tokens.secret_keys):
         raise config(
             f"{SECRET_KEYS} is not set: download links are signed with it; set it to a "
@@ -189,13 +194,24 @@ async def probe(settings: settings_mod.Settings, command: str) -> None:
 
         try:
             await faults.ride_out(connect_database, service=_service(dsn), seconds=seconds)
+            pooled = settings.database_pooler == "none" and await store.transaction_pooled(
+                dsn, timeout=PROBE_TIMEOUT_SECONDS
+            )
         except Exception as exc:
             raise database_error(exc, dsn) from None
+        if pooled:
+            # asyncpg's cached named statements would be missing on the next transaction's
+            # server connection: every query could fail, and requests with them.
+            raise config(
+                f"{DATABASE_URL}: {_service(dsn)} is a pooler in transaction mode (the "
+                "server process changed between two statements of one connection): set "
+                f"{DATABASE_POOLER}=transaction, or use session mode"
+            )
     if command in NEEDS_BROKER:
         url = settings.amqp_url.get_secret_value()
 
         async def connect_broker() -> None:
-            connection = await aio_pika.connect(url, timeout=PROBE_TIMEOUT_SECONDS)
+            connection = await failover.connect_plain(url, timeout=PROBE_TIMEOUT_SECONDS)
             await connection.close()
 
         # aiormq logs a failed connect at ERROR before raising: the line below says it once.
@@ -243,6 +259,8 @@ def service_error(exc: BaseException, settings: settings_mod.Settings) -> Startu
 
 
 def _where(url: str) -> str:
+    if url.startswith("amqp"):  # one node, or several (messaging.failover)
+        return logs.address(url)
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port or ''}".rstrip(":")
 
@@ -277,7 +295,8 @@ def database_error(exc: BaseException, dsn: str) -> StartupError:
 
 
 def broker_error(exc: BaseException, url: str) -> StartupError:
-    parts = urlsplit(url)
+    # A cluster's nodes share users and vhosts: the first URL of a list names them.
+    parts = urlsplit(url.split(",")[0].strip())
     where = f"RabbitMQ at {_where(url)}"
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     user = unquote(parts.username or "guest")

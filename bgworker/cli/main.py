@@ -185,7 +185,9 @@ async def _cmd_publish(settings: settings_mod.Settings, args: argparse.Namespace
 async def _cmd_cancel(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     from bgworker import store
 
-    async with store.opened(settings.database_url.get_secret_value()) as db:
+    async with store.opened(
+        settings.database_url.get_secret_value(), pooler=settings.database_pooler
+    ) as db:
         status = await db.requests.request_cancel(args.id)
         row = await db.requests.get_request(args.id)
     if status is None:
@@ -216,10 +218,9 @@ async def _cmd_status(settings: settings_mod.Settings, args: argparse.Namespace)
 
 
 async def _cmd_clean(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    from bgworker.ops import cleanup, erasure, relay  # clean, forget, relay (producer outbox)
+    from bgworker import ops  # clean, forget, relay
 
-    run = {"forget": erasure.run, "relay": relay.run}.get(args.command, cleanup.run)
-    return await run(settings, args)
+    return await ops.run(settings, args)
 
 
 async def _cmd_migrate(settings: settings_mod.Settings, args: argparse.Namespace) -> int:

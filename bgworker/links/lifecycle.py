@@ -87,7 +87,9 @@ async def resend(db: store.Store, request_id: uuid.UUID) -> str | None:
 
 
 async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    async with store.opened(settings.database_url.get_secret_value()) as db:
+    async with store.opened(
+        settings.database_url.get_secret_value(), pooler=settings.database_pooler
+    ) as db:
         if args.command == "link":
             return await _link(settings, db, args)
         if args.command == "revoke":

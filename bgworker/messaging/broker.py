@@ -8,7 +8,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from bgworker.contract import events
-from bgworker.messaging import amqp_frames, topology, wire
+from bgworker.messaging import amqp_frames, failover, topology, wire
 from bgworker.observe import logs, metrics, tracing
 
 PUBLISH_TIMEOUT: Final = 30.0
@@ -25,12 +25,13 @@ async def connect(
     url: str, *, name: str, outage: logs.Outage | None = None
 ) -> AbstractRobustConnection:
     """A robust connection: it reconnects and restores channels, exchanges, queues and
-    consumers. Its loss is one WARNING and its return one INFO, through ``outage`` (the
-    worker's shared one; by default one of its own), instead of aio-pika's and aiormq's
-    tracebacks and per-channel errors (``logs.LibraryNoise``)."""
+    consumers. ``url`` may list several nodes, comma-separated: each reconnect moves on to
+    the next one that answers (``failover``). Its loss is one WARNING and its return one
+    INFO, through ``outage`` (the worker's shared one; by default one of its own), instead
+    of aio-pika's and aiormq's tracebacks and per-channel errors (``logs.LibraryNoise``)."""
     logs.quiet_libraries()
     told = outage or logs.Outage(f"RabbitMQ at {logs.address(url)}")
-    connection = await aio_pika.connect_robust(url, client_properties={"connection_name": name})
+    connection = await failover.connect_robust(url, client_properties={"connection_name": name})
 
     def on_close(_: object, exc: BaseException | None) -> None:
         if connection.is_closed or getattr(connection, "close_called", False):
@@ -77,6 +78,10 @@ async def publish(
         # aio-pika has restored it in the background, publishing finds it closed.
         aio_pika.exceptions.ChannelNotFoundEntity,
         aio_pika.exceptions.ChannelInvalidStateError,
+        # The connection went (its node did): not confirmed either; the robust connection
+        # moves on to another node, and the caller may publish again.
+        aio_pika.exceptions.AMQPConnectionError,
+        ConnectionError,
         TimeoutError,
     ) as exc:
         raise PublishError(f"{exchange}/{routing_key}: not confirmed ({exc!r})") from exc

@@ -24,7 +24,7 @@ import pydantic
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from bgworker.contract import events
-from bgworker.messaging import broker, topology
+from bgworker.messaging import broker, declaring, topology
 
 T = TypeVar("T")
 
@@ -43,15 +43,26 @@ class Publisher:
         self._declare = declare
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
+        self._declarations: declaring.Declarations | None = None
 
     async def connect(self) -> None:
         self._connection = await broker.connect(self._url, name="bgworker-publisher")
         self._channel = await broker.open_channel(self._connection)
         if self._declare:
             # Declaring is idempotent; it makes the first publish work on an empty broker.
-            await self.topology.declare_intake(self._channel)
+            # Exchanges (all that publishing needs) on the robust channel: any node serves
+            # them. Queues beside it, so a queue whose node is down never blocks connecting
+            # or reconnecting (``declaring``); a publish no queue took raises PublishError.
+            await self.topology.declare_exchanges(self._channel)
+            self._declarations = declaring.Declarations(
+                self._connection, self.topology, work_queue=True
+            )
+            await self._declarations.start()
 
     async def close(self) -> None:
+        if self._declarations is not None:
+            await self._declarations.close()
+            self._declarations = None
         if self._connection is not None:
             await self._connection.close()
             self._connection = self._channel = None

@@ -93,7 +93,11 @@ def describe(exc: BaseException | None) -> str:
 
 
 def address(url: str) -> str:
-    """``host:port`` of a service URL, for a log line (never its credentials)."""
+    """``host:port`` of a service URL, for a log line (never its credentials); of each URL
+    of a comma-separated list (``BGWORKER_AMQP_URL`` naming several nodes), comma-joined."""
+    several = url.split(",")
+    if len(several) > 1 and all("://" in one for one in several):
+        return ",".join(address(one.strip()) for one in several)
     parts = urlsplit(url)
     try:
         port = parts.port

@@ -154,7 +154,9 @@ async def clean(
 async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     """``bgworker clean`` (its flags are in ``bgworker.cli.arguments``)."""
     async with (
-        store.opened(settings.database_url.get_secret_value()) as db,
+        store.opened(
+            settings.database_url.get_secret_value(), pooler=settings.database_pooler
+        ) as db,
         storage.opened(settings) as files,
         contextlib.AsyncExitStack() as stack,
     ):
@@ -192,7 +194,9 @@ async def _dead_letters(
     settings: settings_mod.Settings, stack: contextlib.AsyncExitStack
 ) -> queue.DeadLetterQueue | None:
     """The dead-letter queue, or None when no worker has declared it yet (no letters)."""
-    dlq = queue.DeadLetterQueue(settings.amqp_url.get_secret_value(), settings.namespace)
+    dlq = queue.DeadLetterQueue(
+        settings.amqp_url.get_secret_value(), settings.namespace, settings.queue_type
+    )
     try:
         await dlq.connect()
     except queue.DlqError as exc:

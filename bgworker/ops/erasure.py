@@ -142,7 +142,7 @@ async def erase_with(
     has declared yet holds no letters)."""
     url = settings.amqp_url.get_secret_value()
     async with storage.opened(settings) as files, contextlib.AsyncExitStack() as stack:
-        dlq = queue.DeadLetterQueue(url, settings.namespace)
+        dlq = queue.DeadLetterQueue(url, settings.namespace, settings.queue_type)
         try:
             await dlq.connect()
         except queue.DlqError as exc:

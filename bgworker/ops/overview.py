@@ -39,7 +39,9 @@ async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     """``bgworker status ID [--json] [--watch]``."""
     if args.watch:
         return await wait(settings, args.id, as_json=args.json)
-    async with store.opened(settings.database_url.get_secret_value()) as db:
+    async with store.opened(
+        settings.database_url.get_secret_value(), pooler=settings.database_pooler
+    ) as db:
         snap = await read(db, args.id)
     if snap is None:
         # Producers publish without writing to the database: a request exists here only
@@ -59,7 +61,9 @@ async def wait(
 ) -> int:
     """Follow a request until it ends (``status --watch``, ``publish --wait``) on standard
     output, then show its summary; 0 when it is ready, 1 when it failed or was cancelled."""
-    async with store.opened(settings.database_url.get_secret_value()) as db:
+    async with store.opened(
+        settings.database_url.get_secret_value(), pooler=settings.database_pooler
+    ) as db:
         with display(sys.stdout, as_json=as_json) as show:
             snap = await follow(db, request_id, show)
     if not as_json:

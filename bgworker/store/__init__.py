@@ -63,6 +63,7 @@ __all__ = [
     "LeaseKeeper",
     "OutboxBacklog",
     "OutboxItem",
+    "Pooler",
     "PostgresError",
     "Q",
     "ReapReport",
@@ -73,6 +74,7 @@ __all__ = [
     "create_pool",
     "ensure_database",
     "opened",
+    "transaction_pooled",
 ]
 
 Q: Final = queries.QUERIES
@@ -80,6 +82,8 @@ TRANSIENT_ERRORS: Final = connection.TRANSIENT_ERRORS
 PostgresError: Final = connection.PostgresError
 create_pool: Final = connection.create_pool
 ensure_database: Final = connection.ensure_database
+transaction_pooled: Final = connection.transaction_pooled
+Pooler = connection.Pooler
 
 RequestRow = rows.RequestRow
 VanishedError = front_door.VanishedError
@@ -133,9 +137,11 @@ class Store:
 
 
 @asynccontextmanager
-async def opened(dsn: str, *, max_size: int = 2) -> AsyncIterator[Store]:
+async def opened(
+    dsn: str, *, max_size: int = 2, pooler: connection.Pooler = "none"
+) -> AsyncIterator[Store]:
     """A small pool for one-shot commands (CLI), closed on exit."""
-    pool = await create_pool(dsn, max_size=max_size)
+    pool = await create_pool(dsn, max_size=max_size, pooler=pooler)
     try:
         yield Store(pool)
     finally:

@@ -34,7 +34,7 @@ from typing import Self
 import asyncpg
 
 from bgworker.observe import logs
-from bgworker.store import queries, rows
+from bgworker.store import connection, queries, rows
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,16 @@ class LeaseKeeper:
     ``hold`` and ``drop`` are called on the worker's loop around a job's run; ``on_lost``
     is called there too, once, when the lease is found gone while still held."""
 
-    def __init__(self, dsn: str, worker_id: str, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        worker_id: str,
+        lease_seconds: float,
+        *,
+        pooler: connection.Pooler = "none",
+    ) -> None:
         self.dsn = dsn
+        self.pooler: connection.Pooler = pooler
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
         self.interval = lease_seconds / 3
@@ -175,7 +183,7 @@ class LeaseKeeper:
             if conn is None:
                 # No longer than a round: a connect that hangs (a partition) must not hold
                 # the rounds after it.
-                conn = await asyncpg.connect(self.dsn, timeout=self.interval)
+                conn = await connection.connect(self.dsn, pooler=self.pooler, timeout=self.interval)
             sql, *args = queries.bind(
                 "renew_leases",
                 worker=self.worker_id,

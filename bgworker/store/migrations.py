@@ -91,10 +91,10 @@ async def pending(conn: asyncpg.Connection) -> list[Migration]:
 async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     """``bgworker migrate``: create the database if missing, apply what is missing, and say
     each once."""
-    dsn = settings.database_url.get_secret_value()
-    if await connection.ensure_database(dsn):
+    dsn, pooler = settings.database_url.get_secret_value(), settings.database_pooler
+    if await connection.ensure_database(dsn, pooler=pooler):
         print(f"created database {dsn.rsplit('/', 1)[-1]}")
-    conn = await asyncpg.connect(dsn)
+    conn = await connection.connect(dsn, pooler=pooler)
     try:
         applied = await apply(conn)
     finally:

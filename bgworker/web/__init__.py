@@ -56,8 +56,38 @@ async def storage_unavailable(request: web.Request, handler: Handler) -> web.Str
         return responses.json_response(body, status=503, headers=headers)
 
 
+# The methods counted by name; any other (a tchar sequence of the client's choosing) is
+# "other", and a path no route matches is "unmatched": the labels stay a short list.
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``bgworker_http_requests_total`` and ``..._in_flight``: every request a route or the
+    router answers (a line aiohttp cannot parse never gets this far)."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    method = request.method if request.method in _METHODS else "other"
+    status = "500"  # what aiohttp answers for an exception of a handler
+    metrics.HTTP_IN_FLIGHT.inc()
+    try:
+        response = await handler(request)
+        status = str(response.status)
+        return response
+    except web.HTTPException as exc:
+        status = str(exc.status)
+        raise
+    except asyncio.CancelledError:
+        status = "cancelled"
+        raise
+    finally:
+        metrics.HTTP_IN_FLIGHT.dec()
+        metrics.HTTP_REQUESTS.labels(route, method, status).inc()
+
+
 async def metrics_view(request: web.Request) -> web.Response:
     # The server's own registry only: the worker's series live in the worker processes.
+    # Under `serve --workers N`, summed over the N processes (metrics.exposition).
     return metrics.exposition(metrics.SERVER)
 
 
@@ -71,7 +101,7 @@ def create_app(
     ``settings.web.identity_header``, if set). ``db`` lets an embedding app share its pool."""
     if settings.tracing.enabled:
         tracing.enable()
-    app = web.Application(middlewares=[storage_unavailable])
+    app = web.Application(middlewares=[count_requests, storage_unavailable])
     app[keys.SIGNER] = tokens.Signer(settings.tokens, bind=tokens.binds_requester(settings))
     tokens.warn_unusable_links(settings, identity_callable=identity is not None)
     app[keys.IDENTITY] = identity or identity_mod.header_identity(settings.web.identity_header)
@@ -87,7 +117,9 @@ def create_app(
             app[keys.STORE] = db
             yield
             return
-        pool = await store.create_pool(settings.database_url.get_secret_value())
+        pool = await store.create_pool(
+            settings.database_url.get_secret_value(), pooler=settings.database_pooler
+        )
         app[keys.STORE] = store.Store(pool)
         yield
         await pool.close()

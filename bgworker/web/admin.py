@@ -51,7 +51,11 @@ def create_admin(settings: settings_mod.Settings) -> web.Application:
     guard = admin_auth.middleware(auth, frozenset({"/admin/login"}), _db)
     app = web.Application(middlewares=[guard])
     app[keys.ADMIN_AUTH] = auth
-    app[keys.ADMIN_AMQP] = (settings.amqp_url.get_secret_value(), settings.namespace)
+    app[keys.ADMIN_AMQP] = (
+        settings.amqp_url.get_secret_value(),
+        settings.namespace,
+        settings.queue_type,
+    )
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.PackageLoader("bgworker", "templates/admin"),
@@ -88,9 +92,9 @@ def _db(request: web.Request) -> store.Store:
 
 @contextlib.asynccontextmanager
 async def _dlq(request: web.Request) -> AsyncIterator[queue.DeadLetterQueue]:
-    url, namespace = request.app[keys.ADMIN_AMQP]
+    url, namespace, queue_type = request.app[keys.ADMIN_AMQP]
     try:
-        async with queue.DeadLetterQueue(url, namespace) as q:
+        async with queue.DeadLetterQueue(url, namespace, queue_type) as q:
             yield q
     except queue.DlqError as exc:
         if "/api/" in request.path:

@@ -126,9 +126,9 @@ async def _details(request: web.Request) -> dict[str, Any]:
     shown = row.to_json()
     shown.pop("lease_token", None)
     letter, dlq_error = None, None
-    url, namespace = request.app[keys.ADMIN_AMQP]
+    url, namespace, queue_type = request.app[keys.ADMIN_AMQP]
     try:
-        async with queue.DeadLetterQueue(url, namespace) as q:
+        async with queue.DeadLetterQueue(url, namespace, queue_type) as q:
             letter = await reading.show(q, str(request_id))
     except queue.DlqError as exc:
         dlq_error = str(exc)  # the page still shows what PostgreSQL knows

@@ -29,7 +29,11 @@ ACTOR: Final = "http:/erasures"
 
 
 def mount(app: web.Application, settings: settings_mod.Settings) -> None:
-    app[keys.DLQ_ADDRESS] = (settings.amqp_url.get_secret_value(), settings.namespace)
+    app[keys.DLQ_ADDRESS] = (
+        settings.amqp_url.get_secret_value(),
+        settings.namespace,
+        settings.queue_type,
+    )
     app.router.add_post(ROUTE, erase)
 
 
@@ -69,8 +73,8 @@ async def erase(request: web.Request) -> web.Response:
 
 
 async def _forget(request: web.Request, subject: erasure.Subject) -> erasure.Report:
-    url, namespace = request.app[keys.DLQ_ADDRESS]
-    dlq = queue.DeadLetterQueue(url, namespace)
+    url, namespace, queue_type = request.app[keys.DLQ_ADDRESS]
+    dlq = queue.DeadLetterQueue(url, namespace, queue_type)
     try:
         await dlq.connect()
     except queue.DlqError as exc:

@@ -4,7 +4,8 @@ Each child is today's single-process ``bgworker serve`` started with ``--parent 
 binds the port with SO_REUSEPORT (``web.TCPSite(..., reuse_port=True)``; aiohttp's docs:
 the kernel lets every endpoint that set the flag bind the same port) and the kernel
 spreads new connections over the N listening sockets. Children share nothing in memory;
-each has its own PostgreSQL pool.
+each has its own PostgreSQL pool. Their metrics meet in a directory the parent makes for
+the run (``metrics.shared_dir``): a scrape of any child sums them all.
 
 The parent only supervises: it forwards SIGTERM/SIGINT to every child (the first signal
 drains each child's in-flight requests, a second one makes them exit at once, as for a
@@ -25,7 +26,10 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Final
+
+from bgworker.observe import metrics
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +45,14 @@ class Supervisor:
         self.children: list[asyncio.subprocess.Process] = []
         self.stopping = False
         self.status = 0
+        self.metrics_dir = Path()  # set by run
 
     async def run(self) -> int:
         """Start the children and wait for all of them; the parent's exit status."""
+        with metrics.shared_dir() as self.metrics_dir:
+            return await self._run()
+
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._forward, sig)
@@ -80,11 +89,14 @@ class Supervisor:
             # Its own process group: a terminal's Ctrl-C (SIGINT to the foreground group)
             # reaches the parent only, which passes it on once; reaching the children too,
             # it would count as their second signal and cut the drain short.
-            return await asyncio.create_subprocess_exec(*self.argv, process_group=0)
+            return await asyncio.create_subprocess_exec(
+                *self.argv, process_group=0, env=metrics.process_env(self.metrics_dir)
+            )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def _exited(self, child: asyncio.subprocess.Process, code: int) -> None:
+        metrics.process_gone(child.pid, self.metrics_dir)
         if not self.stopping:
             log.error(
                 "serve: process %d exited (status %d) while serving; stopping the others",

@@ -20,11 +20,11 @@ import asyncio
 import logging
 from typing import Final
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from bgworker import faults, store
 from bgworker.contract import events
-from bgworker.messaging import topology
+from bgworker.messaging import broker, topology
 from bgworker.observe import metrics
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,17 @@ log = logging.getLogger(__name__)
 PREFETCH: Final = 16
 # A cancel that met a database outage goes back to the queue after this pause.
 OUTAGE_PAUSE_SECONDS: Final = 1.0
+
+
+async def start(
+    db: store.Store,
+    connection: AbstractRobustConnection,
+    topo: topology.Topology,
+    stopping: asyncio.Event,
+) -> asyncio.Task[None]:
+    """The worker's side task, on a channel of its own (so no job's channel delays it)."""
+    cancels = Cancels(db, await broker.open_channel(connection), topo)
+    return asyncio.create_task(cancels.run(stopping), name="producer-cancels")
 
 
 class Cancels:

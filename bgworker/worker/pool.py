@@ -35,7 +35,7 @@ from bgworker import settings as settings_mod
 from bgworker.contract import states
 from bgworker.effects import mail, outbox
 from bgworker.links import tokens
-from bgworker.messaging import broker, topology
+from bgworker.messaging import broker, declaring, topology
 from bgworker.observe import logs, tracing
 from bgworker.worker import cancels, health, intake, jobs, loopwatch, reaper, sampler, settling
 
@@ -109,7 +109,14 @@ class Worker:
             db = await self._open_store(stack, handoff)
             connection = await self._connect(stack)
             channel = await broker.open_channel(connection)
-            queue = await self.topology.declare(channel)
+            # On the robust channel, restored after a reconnect (to whichever node): the
+            # exchanges and the work queue with its consumer. The other queues beside it,
+            # so that a queue a surviving node cannot serve never blocks it (``declaring``).
+            await self.topology.declare_exchanges(channel)
+            queue = await self.topology.declare_work(channel)
+            declarations = declaring.Declarations(connection, self.topology, work_queue=False)
+            await declarations.start()
+            stack.push_async_callback(declarations.close)
             dispatcher = await self._make_dispatcher(stack, db, handoff, connection, signer)
             # The registries' lifespans: opened once before the first job, closed by the
             # exit stack after the drain (it unwinds in reverse, before the pool).
@@ -126,6 +133,7 @@ class Worker:
                     self.settings.database_url.get_secret_value(),
                     self.worker_id,
                     self.settings.worker.lease_seconds,
+                    pooler=self.settings.database_pooler,
                 )
             )
             runner = self._make_runner(db, files, channel, resources, leases)
@@ -134,7 +142,13 @@ class Worker:
                 db, connection, channel, dispatcher, runner, consuming
             )
             metered, self.metrics_url = await sampler.start(
-                stack, self.settings.metrics, db, connection, self.topology, self.stopping
+                stack,
+                self.settings.metrics,
+                db,
+                connection,
+                self.topology,
+                self.stopping,
+                self.health,
             )
             side.append(metered)
             self._log_start()
@@ -148,7 +162,9 @@ class Worker:
         cfg = self.settings.worker
         dsn = self.settings.database_url.get_secret_value()
         pool = await self._ride_out(
-            lambda: store.create_pool(dsn, max_size=cfg.concurrency + 4),
+            lambda: store.create_pool(
+                dsn, max_size=cfg.concurrency + 4, pooler=self.settings.database_pooler
+            ),
             f"PostgreSQL at {logs.address(dsn)}",
         )
         stack.push_async_callback(pool.close)
@@ -263,10 +279,8 @@ class Worker:
             webhooks=self.settings.webhooks,
         )
         watching = health.Health(db=db, connection=connection, status=self.health)
-        # Producers' cancels on a channel of their own, whatever the slots (see ``cancels``).
-        cancelling = cancels.Cancels(db, await broker.open_channel(connection), self.topology)
         side = [
-            asyncio.create_task(cancelling.run(self.stopping), name="producer-cancels"),
+            await cancels.start(db, connection, self.topology, self.stopping),
             asyncio.create_task(consuming.run(), name="intake"),
             asyncio.create_task(dispatcher.run(self.stopping), name="outbox-dispatcher"),
             asyncio.create_task(reaping.run(self.stopping), name="lease-reaper"),

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -35,12 +36,14 @@ async def start(
     connection: AbstractRobustConnection,
     topo: topology.Topology,
     stopping: asyncio.Event,
+    health: Mapping[str, bool],
 ) -> tuple[asyncio.Task[None], str | None]:
     """A worker's metrics: its registry served when a port is set (closed by ``stack``),
-    and the sampler task either way. Returns the task and the URL served, if any."""
+    with ``health`` (health.Health's dict) at /healthz for a readiness probe, and the
+    sampler task either way. Returns the task and the URL served, if any."""
     url = None
     if cfg.port is not None:
-        served, url = await metrics.serve(metrics.WORKER, cfg.host, cfg.port)
+        served, url = await metrics.serve(metrics.WORKER, cfg.host, cfg.port, health)
         stack.push_async_callback(served.cleanup)
         log.info("metrics on %s", url)
     sampling = Sampler(

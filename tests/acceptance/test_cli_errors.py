@@ -122,6 +122,27 @@ MISTAKES = [
         ("cannot reach RabbitMQ at 127.0.0.1:1", "BGWORKER_AMQP_URL"),
     ),
     Mistake(
+        "an empty entry in a list of RabbitMQ nodes",
+        {"BGWORKER_AMQP_URL": f"{WRONG_PASSWORD_URL},  ,{AMQP_URL}"},
+        ("worker", "--burst"),
+        USAGE,
+        ("BGWORKER_AMQP_URL: entry 2 of 3 is empty",),
+    ),
+    Mistake(
+        "a list of RabbitMQ nodes with a malformed entry",
+        {"BGWORKER_AMQP_URL": f"{AMQP_URL},http://guest:wrong-password@mq2:5672/"},
+        ("publish", "login_events"),
+        USAGE,
+        ("BGWORKER_AMQP_URL: entry 2 of 2 must start with amqp:// or amqps://",),
+    ),
+    Mistake(
+        "a list of RabbitMQ nodes none of which answers",
+        {"BGWORKER_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/,amqp://guest:guest@127.0.0.1:2/"},
+        ("publish", "login_events"),
+        UNAVAILABLE,
+        ("cannot reach RabbitMQ at 127.0.0.1:1,127.0.0.1:2", "BGWORKER_AMQP_URL"),
+    ),
+    Mistake(
         "invalid DSN",
         {"BGWORKER_DATABASE_URL": "postgres-on-the-box"},
         ("status", ANY_ID),
@@ -173,4 +194,5 @@ async def test_one_line_naming_the_setting_and_a_sysexits_code(
     assert line.startswith(f"bgworker {mistake.command[0]}: "), line
     for part in mistake.says:
         assert part in line, line
+    assert "wrong-password" not in result.err  # a URL's password is never said
     assert result.out == ""

@@ -9,7 +9,15 @@ import aio_pika
 from bgworker import settings as settings_mod
 from bgworker import store
 from tests.acceptance.workers import WorkerProcs
-from tests.helpers import AMQP_URL, Publish, get_row, settings_env, wait_for_status, wait_until
+from tests.helpers import (
+    AMQP_URL,
+    Publish,
+    dead_queue_of,
+    get_row,
+    settings_env,
+    wait_for_status,
+    wait_until,
+)
 
 
 async def test_handler_that_kills_its_worker_is_failed_after_max_attempts(
@@ -44,7 +52,7 @@ async def test_handler_that_kills_its_worker_is_failed_after_max_attempts(
     connection = await aio_pika.connect(AMQP_URL)
     try:
         channel = await connection.channel()
-        queue = await channel.get_queue(f"{settings.namespace}.dead", ensure=False)
+        queue = await channel.get_queue(dead_queue_of(settings), ensure=False)
         letter = await queue.get(fail=False)
         assert letter is not None
         assert letter.headers["x-bgworker-reason"] == "worker_lost"

@@ -1,6 +1,6 @@
 """``bgworker serve --workers 3``: three processes answer on one port, SIGTERM drains a
 download in flight and the parent exits 0; a child that dies is reported and fails the
-parent."""
+parent; a scrape of ``/metrics`` counts the requests of all three."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import aiohttp
@@ -18,6 +19,7 @@ from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.cli.smtp_sink import free_port
 from bgworker.links import tokens
+from tests.acceptance import scrapes
 from tests.acceptance.processes import Proc, Spawn, run_cli, wait_healthy
 from tests.handlers import blob_bytes
 from tests.helpers import REPO, Publish, StartWorker, settings_env, wait_for_status, wait_until
@@ -172,3 +174,32 @@ async def test_children_stop_when_the_parent_is_killed(spawn: Spawn) -> None:
     proc.signal(signal.SIGKILL)
     await proc.wait_exit()
     await wait_until(lambda: not any(_alive(pid) for pid in children), timeout=30)
+
+
+async def test_a_scrape_counts_every_process(spawn: Spawn) -> None:
+    proc = await spawn("serve", "--workers", "3")
+    assert proc.port is not None
+    await wait_until(lambda: len(_children(proc.pid)) == 3)
+    assert len(await _pids_answering(proc, at_least=3)) == 3  # all three listen by now
+    [metrics_dir] = _metrics_dirs(proc.pid)
+    before = await scrapes.scrape(proc.port)  # wait_healthy's requests are in it
+    answered = await scrapes.healthz_pids(proc.port, 90)
+    assert len(answered) == 3 and set(answered) <= _children(proc.pid), answered
+    # Each scrape reaches one process, whichever: every one sees all 90, and the scrapes
+    # before it (a request is counted once answered, so a scrape does not see itself).
+    for scraped in range(1, 7):
+        samples = await scrapes.scrape(proc.port)
+        healthz = scrapes.requests_to(samples, "/healthz")
+        assert healthz == scrapes.requests_to(before, "/healthz") + 90, samples
+        assert scrapes.requests_to(samples, "/metrics") == scraped
+        # In flight: the scrape itself, in one process (a live sum, not one per process).
+        assert samples[("bgworker_http_requests_in_flight", frozenset())] == 1
+        # Only the server's series: the worker's, defined in the same module, stay out.
+        assert not any(name.startswith("bgworker_jobs") for name, _ in samples)
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait_exit(timeout=60) == 0
+    assert not metrics_dir.exists()  # the run's files go with it
+
+
+def _metrics_dirs(parent: int) -> list[Path]:
+    return list(Path(tempfile.gettempdir()).glob(f"bgworker-metrics-{parent}-*"))

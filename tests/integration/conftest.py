@@ -82,7 +82,7 @@ def cli(settings: settings_mod.Settings) -> Cli:
 async def dead_queue(
     settings: settings_mod.Settings, amqp: aio_pika.abc.AbstractChannel
 ) -> AsyncIterator[queue.DeadLetterQueue]:
-    async with queue.DeadLetterQueue(AMQP_URL, settings.namespace) as q:
+    async with queue.DeadLetterQueue(AMQP_URL, settings.namespace, settings.queue_type) as q:
         yield q
 
 

@@ -16,7 +16,7 @@ from bgworker import web as web_app
 from bgworker.messaging import broker
 from bgworker.ops.deadletters import queue, reading
 from tests import dlq_handlers
-from tests.helpers import Publish, StartWorker, get_row, wait_for_status
+from tests.helpers import Publish, StartWorker, dead_queue_of, get_row, wait_for_status
 from tests.integration.console import PASSWORD, basic, client, csrf_token, log_in
 from tests.integration.letters import depth, make_letters
 
@@ -114,9 +114,9 @@ async def test_posts_without_csrf_token_are_rejected(
     start_worker: StartWorker,
 ) -> None:
     await start_worker()
-    [request_id] = await make_letters(db, amqp, f"{settings.namespace}.dead", publish, "fixable", 1)
+    [request_id] = await make_letters(db, amqp, dead_queue_of(settings), publish, "fixable", 1)
     dlq_handlers.FIXED["value"] = True
-    dead = f"{settings.namespace}.dead"
+    dead = dead_queue_of(settings)
     async with client() as http:
         # The login form itself needs its token.
         form = {"user": "admin", "password": PASSWORD}
@@ -156,7 +156,7 @@ async def test_json_endpoints_and_purge_confirmation(
     start_worker: StartWorker,
 ) -> None:
     await start_worker()
-    dead = f"{settings.namespace}.dead"
+    dead = dead_queue_of(settings)
     ids = await make_letters(db, amqp, dead, publish, "permanent", 2)
     auth = basic("admin", PASSWORD)
     async with client() as http:
@@ -209,7 +209,7 @@ async def test_browser_login_view_replay(
     from playwright.async_api import async_playwright
 
     await start_worker()
-    dead = f"{settings.namespace}.dead"
+    dead = dead_queue_of(settings)
     ids = await make_letters(db, amqp, dead, publish, "fixable", 2)
     await make_letters(db, amqp, dead, publish, "permanent", 1)
     target = str(ids[0])
@@ -260,7 +260,9 @@ async def test_browser_login_view_replay(
         finally:
             await browser.close()
 
-    async with queue.DeadLetterQueue(settings.amqp_url.get_secret_value(), settings.namespace) as q:
+    async with queue.DeadLetterQueue(
+        settings.amqp_url.get_secret_value(), settings.namespace, settings.queue_type
+    ) as q:
         left = [letter.key async for letter in reading.matching(q)]
     assert target not in left and len(left) == 2
     assert await broker.queue_depth(amqp, dead) == 2

@@ -17,7 +17,14 @@ from bgworker.cli.smtp_sink import SmtpSink
 from bgworker.contract import events
 from bgworker.web import admin_requests
 from tests import dlq_handlers
-from tests.helpers import Publish, StartWorker, get_row, insert_request, wait_for_status
+from tests.helpers import (
+    Publish,
+    StartWorker,
+    dead_queue_of,
+    get_row,
+    insert_request,
+    wait_for_status,
+)
 from tests.integration.console import PASSWORD, basic, client, csrf_token, log_in
 from tests.integration.letters import make_letters
 
@@ -103,7 +110,7 @@ async def test_request_page_shows_attempts_effects_and_dead_letter_history(
     start_worker: StartWorker,
 ) -> None:
     await start_worker()
-    [request_id] = await make_letters(db, amqp, f"{settings.namespace}.dead", publish, "fixable", 1)
+    [request_id] = await make_letters(db, amqp, dead_queue_of(settings), publish, "fixable", 1)
     async with client() as http:
         async with http.get(f"{console}/admin/api/requests/{request_id}", headers=AUTH) as r:
             shown = await r.json()

@@ -23,7 +23,7 @@ from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.messaging import amqp_frames, broker
 from bgworker.ops.deadletters import letters, queue, reading
-from tests.helpers import REPO
+from tests.helpers import REPO, dead_queue_of
 from tests.integration.console import CSRF_RE, basic, client, log_in
 from tests.integration.letters import Cli, depth, drain, wait_depth
 
@@ -189,7 +189,7 @@ async def test_cli_lists_shows_counts_and_purges_any_letter(
     assert nan["payload"]["criteria"] == {"x": "nan"}
     huge = strict_json((await cli("dlq", "show", hostile["huge"]))[1])
     assert huge["size"] > 6 * 1024 * 1024 and len(huge["body"]) == letters.SHOW_BYTES
-    assert await depth(amqp, f"{settings.namespace}.dead") == n  # reads changed nothing
+    assert await depth(amqp, dead_queue_of(settings)) == n  # reads changed nothing
 
     # Replay survives them too: each is kept as invalid, or (valid JSON with no id) replayed.
     code, out, err = await cli("dlq", "replay", "--all", "--dry-run", "--json")
@@ -202,7 +202,7 @@ async def test_cli_lists_shows_counts_and_purges_any_letter(
     code, out, err = await cli("dlq", "purge", "--all", "--yes")
     assert code == 0, err
     assert f"purged {n - 1}" in out
-    assert await depth(amqp, f"{settings.namespace}.dead") == 0
+    assert await depth(amqp, dead_queue_of(settings)) == 0
     actions = await db.pool.fetch("SELECT letter_key, action FROM bgworker_dlq_actions")
     assert {(a["letter_key"], a["action"]) for a in actions} == {(k, "purge") for k in keys}
 
@@ -243,7 +243,7 @@ async def test_console_lists_shows_and_purges_any_letter(
         ) as r:
             page = await r.text()
         assert "Shown with replacements" in page and "lone UTF-16 surrogates" in page
-        assert await depth(amqp, f"{settings.namespace}.dead") == n
+        assert await depth(amqp, dead_queue_of(settings)) == n
 
         # Purge one by its key from its page, then all the rest as a selection.
         token = await log_in(http, console)
@@ -262,7 +262,7 @@ async def test_console_lists_shows_and_purges_any_letter(
         ) as r:
             assert r.status == 200
             assert f"<b>purged</b> {n - 1}" in await r.text()
-    assert await depth(amqp, f"{settings.namespace}.dead") == 0
+    assert await depth(amqp, dead_queue_of(settings)) == 0
 
 
 class RawTimestamp(int):
@@ -323,7 +323,7 @@ async def test_letters_pamqp_refuses_are_read_leniently(
     assert sorted(row["size"] for row in strict_json(out)) == [1, 1]
     code, out, err = await cli("dlq", "purge", "--all", "--yes")
     assert code == 0 and "purged 2" in out, err
-    assert await depth(amqp, f"{settings.namespace}.dead") == 0
+    assert await depth(amqp, dead_queue_of(settings)) == 0
 
 
 async def test_letters_the_client_cannot_decode_are_named_and_purged(
@@ -359,7 +359,7 @@ async def test_letters_the_client_cannot_decode_are_named_and_purged(
     for message in letters:
         await broker.publish(channel, dead_queue.topology.dead_exchange, "", message)
     await channel.close()
-    dead = f"{settings.namespace}.dead"
+    dead = dead_queue_of(settings)
 
     code, out, err = await cli("dlq", "list", "--json")
     assert code == 1 and "Traceback" not in err

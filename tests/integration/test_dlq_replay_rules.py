@@ -19,7 +19,15 @@ from bgworker.contract import events
 from bgworker.messaging import topology
 from bgworker.ops.deadletters import actions, queue, reading, rule, selection
 from tests import dlq_handlers
-from tests.helpers import EventLog, Publish, StartWorker, get_row, wait_for_status, wait_until
+from tests.helpers import (
+    EventLog,
+    Publish,
+    StartWorker,
+    dead_queue_of,
+    get_row,
+    wait_for_status,
+    wait_until,
+)
 from tests.integration.console import client, log_in
 from tests.integration.letters import Cli, depth, drain, make_letters, wait_depth
 
@@ -39,7 +47,7 @@ async def dead_letter_from_work_queue(
     message = await work.get(no_ack=False)
     assert message is not None and message.message_id == str(event.id)
     await message.reject(requeue=False)
-    dead = f"{settings.namespace}.dead"
+    dead = dead_queue_of(settings)
 
     async def arrived() -> bool:
         return await depth(amqp, dead) == 1

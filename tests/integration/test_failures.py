@@ -18,6 +18,7 @@ from tests.helpers import (
     Publish,
     StartWorker,
     consume_all,
+    dead_queue_of,
     get_row,
     insert_request,
     list_outbox,
@@ -78,7 +79,7 @@ async def test_always_failing_handler_is_dead_lettered_and_others_continue(
     assert mail["To"] == "carol@example.com"
     assert "could not be created" in mail["Subject"]
 
-    letters = await consume_all(f"{settings.namespace}.dead")
+    letters = await consume_all(dead_queue_of(settings))
     assert len(letters) == 1
     headers = letters[0].headers
     assert headers["x-bgworker-reason"] == "max_attempts"
@@ -100,7 +101,7 @@ async def test_permanent_error_skips_retries(
     row = await wait_for_status(db, event.id, "failed")
     assert row.attempts == 1
     assert row.failure_reason == "permanent_error"
-    [letter] = await consume_all(f"{settings.namespace}.dead")
+    [letter] = await consume_all(dead_queue_of(settings))
     assert letter.headers["x-bgworker-reason"] == "permanent_error"
 
 

@@ -20,6 +20,7 @@ from tests.helpers import (
     Publish,
     StartWorker,
     consume_all,
+    dead_queue_of,
     settings_env,
     stored_keys,
     unfinished_writes,
@@ -90,7 +91,7 @@ async def test_hung_async_handler_is_stopped_by_its_time_limit_and_dead_lettered
     assert [a["error_class"] for a in attempts] == ["TimeLimitError", "TimeLimitError"]
     assert [a["outcome"] for a in attempts] == ["retrying", "failed"]
 
-    [letter] = await consume_all(f"{settings.namespace}.dead")
+    [letter] = await consume_all(dead_queue_of(settings))
     assert letter.headers["x-bgworker-error-class"] == "TimeLimitError"
     assert letter.headers["x-bgworker-reason"] == "max_attempts"
     # The handler had written bytes: the writer was aborted, nothing partial remains.

@@ -132,3 +132,38 @@ async def test_server_metrics_are_the_servers_own(
     assert "bgworker_downloads_total" in text
     for worker_only in ("bgworker_jobs_total", "bgworker_job_seconds", "bgworker_queue_messages"):
         assert worker_only not in text, worker_only
+
+
+async def test_a_worker_answers_its_readiness_probe_next_to_its_metrics(
+    settings: settings_mod.Settings, start_worker: helpers.StartWorker
+) -> None:
+    settings.metrics = settings_mod.MetricsSettings(port=0)
+    w = await start_worker()
+    assert w.metrics_url is not None
+    url = w.metrics_url.removesuffix("/metrics") + "/healthz"
+
+    async def ready() -> bool:
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            return response.status == 200 and (await response.json())["database"] is True
+
+    await helpers.wait_until(ready)
+
+
+async def test_health_answers_503_until_every_dependency_is_up() -> None:
+    health: dict[str, bool] = {}  # as health.Health keeps it: filled in place
+    runner, url = await metrics.serve(metrics.WORKER, "127.0.0.1", 0, health)
+    url = url.removesuffix("/metrics") + "/healthz"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for state, expected in (
+                ({}, 503),  # nothing checked yet
+                ({"database": False, "broker": True}, 503),
+                ({"database": True, "broker": True}, 200),
+            ):
+                health.clear()
+                health.update(state)
+                async with http.get(url) as response:
+                    assert response.status == expected, state
+                    assert (await response.json()).items() >= state.items()
+    finally:
+        await runner.cleanup()

@@ -131,7 +131,9 @@ async def test_publish_without_declared_topology_raises(namespace: str) -> None:
         topo = topology.Topology(missing)
         connection = await aio_pika.connect(AMQP_URL)
         try:
-            await topo.declare_intake(await connection.channel())
+            channel = await connection.channel()
+            await topo.declare_exchanges(channel)
+            await topo.declare_work(channel)
             event = _request()
 
             async def delivered() -> bool:

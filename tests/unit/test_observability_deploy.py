@@ -69,7 +69,7 @@ def test_the_dashboard_queries_only_series_bgworker_exports() -> None:
     exported = _exported()
     queried: set[str] = set()
     for panel in dashboard["panels"]:
-        for target in panel["targets"]:
+        for target in panel.get("targets", []):  # a row has none
             assert target["datasource"]["uid"] == "prometheus"
             queried.update(SERIES_RE.findall(target["expr"]))
     assert sorted(queried - exported) == []
@@ -84,3 +84,23 @@ def test_the_dashboard_queries_only_series_bgworker_exports() -> None:
         "bgworker_requests",
     ):
         assert wanted in queried, wanted
+
+
+def test_the_dashboard_breaks_figures_down_by_host() -> None:
+    # Prometheus' `instance` label names the scraped target (a worker's metrics port, a
+    # server whose `serve --workers N` sums its processes, metrics.exposition); without its
+    # port it names the host, so two workers on one host add up.
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "bgworker.json").read_text())
+    per_host = [p for p in dashboard["panels"] if " by host" in p["title"]]
+    series: set[str] = set()
+    for panel in per_host:
+        [target] = panel["targets"]
+        expr = target["expr"]
+        assert re.match(r"(sum|min|max) by \(host\b[^)]*\) \(label_replace\(", expr), expr
+        assert expr.endswith(', "host", "$1", "instance", "(.*):[0-9]+"))'), expr
+        assert "{{host}}" in target["legendFormat"]
+        series.update(SERIES_RE.findall(target["expr"]))
+    # The worker's jobs and the server's requests, each per host.
+    assert {"bgworker_jobs_total", "bgworker_http_requests_total"} <= series
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))

@@ -129,7 +129,9 @@ async def _show(
     request_id = found.get("request_id")
     if request_id:
         with contextlib.suppress(*store.TRANSIENT_ERRORS):
-            async with store.opened(settings.database_url.get_secret_value()) as db:
+            async with store.opened(
+                settings.database_url.get_secret_value(), pooler=settings.database_pooler
+            ) as db:
                 row = await db.requests.get_request(uuid.UUID(request_id))
                 found["request"] = (
                     None
@@ -180,7 +182,9 @@ async def _act(
     if chosen.is_empty:
         print(f"dlq {args.dlq_command}: name ids, give a filter, or pass --all", file=sys.stderr)
         return EXIT_USAGE
-    async with store.opened(settings.database_url.get_secret_value()) as db:
+    async with store.opened(
+        settings.database_url.get_secret_value(), pooler=settings.database_pooler
+    ) as db:
         if args.dlq_command == "purge" and not (args.yes or args.dry_run):
             preview = await actions.purge(q, db, chosen, actor=actor(), dry_run=True)
             if not preview.outcomes:
@@ -235,7 +239,9 @@ async def _confirm(question: str) -> int | None:
 async def _purge_undecodable(
     q: queue.DeadLetterQueue, settings: settings_mod.Settings, args: argparse.Namespace
 ) -> int:
-    async with store.opened(settings.database_url.get_secret_value()) as db:
+    async with store.opened(
+        settings.database_url.get_secret_value(), pooler=settings.database_pooler
+    ) as db:
         preview = await actions.purge_undecodable(q, db, actor=actor(), dry_run=True)
         if not preview.outcomes:
             print(f"purge: every letter in {q.name} decodes; nothing to do")
@@ -262,7 +268,7 @@ async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     logging.getLogger("aiormq.connection").setLevel(logging.ERROR)
     try:
         async with queue.DeadLetterQueue(
-            settings.amqp_url.get_secret_value(), settings.namespace
+            settings.amqp_url.get_secret_value(), settings.namespace, settings.queue_type
         ) as q:
             if args.dlq_command == "list":
                 return await _list(q, args)
@@ -270,6 +276,10 @@ async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
                 return await _show(q, settings, args)
             if args.dlq_command == "stats":
                 return await _stats(q, args)
+            if args.dlq_command == "migrate":
+                moved = await q.migrate_classic()
+                print(f"moved {moved} letter(s) from {q.topology.classic_dead_queue} to {q.name}")
+                return 0
             return await _act(q, settings, args)
     except queue.UndecodableLetterError as exc:
         print(f"bgworker dlq {args.dlq_command}: {exc}", file=sys.stderr)

@@ -11,6 +11,7 @@ A caller removes a letter only by acknowledging it (``Held.ack``), once its effe
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Final
@@ -20,10 +21,14 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from bgworker.messaging import broker, topology
+from bgworker.messaging import broker, failover, topology
+from bgworker.observe import logs
 from bgworker.ops.deadletters import letters
 
 GET_TIMEOUT: Final = 30.0
+# How long a scan waits for a quorum queue to have taken back the letters it held (others
+# may take some meanwhile: then it stops waiting at this bound).
+RETURN_WAIT: Final = 5.0
 
 
 class DlqError(Exception):
@@ -58,6 +63,8 @@ class Held:
 
 
 def _safe_url(url: str) -> str:
+    if "," in url:  # several nodes (messaging.failover)
+        return logs.address(url)
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port or 5672}{parts.path or '/'}"
 
@@ -65,9 +72,9 @@ def _safe_url(url: str) -> str:
 class DeadLetterQueue:
     """A connection to one namespace's dead-letter queue (``async with``)."""
 
-    def __init__(self, amqp_url: str, namespace: str) -> None:
+    def __init__(self, amqp_url: str, namespace: str, queue_type: str = "quorum") -> None:
         self.amqp_url = amqp_url
-        self.topology = topology.Topology(namespace)
+        self.topology = topology.Topology(namespace, queue_type=queue_type)
         self._connection: AbstractConnection | None = None
         self._confirm: AbstractChannel | None = None
 
@@ -86,7 +93,7 @@ class DeadLetterQueue:
         try:
             # A plain connection, not a robust one: an operator command should fail clearly
             # rather than reconnect and silently re-read.
-            self._connection = await aio_pika.connect(self.amqp_url, timeout=10)
+            self._connection = await failover.connect_plain(self.amqp_url, timeout=10)
         except (OSError, aiormq.exceptions.AMQPError, TimeoutError) as exc:
             raise DlqError(
                 f"cannot reach RabbitMQ at {_safe_url(self.amqp_url)}: {exc or type(exc).__name__}"
@@ -172,12 +179,46 @@ class DeadLetterQueue:
         finally:
             await channel.close()
 
+    async def migrate_classic(self) -> int:
+        """Move every letter of the classic dead-letter queue of before the queues were
+        replicated (``topology``) into this one, in order: each is published (confirmed,
+        by the default exchange straight to this queue) before it is acknowledged, so none
+        is lost; one caught between the two is moved twice. The emptied queue is deleted.
+        The number moved; DlqError when there is no such queue."""
+        old = self.topology.classic_dead_queue
+        if old == self.name:
+            raise DlqError(f"{old} is the dead-letter queue (BGWORKER_QUEUE_TYPE=classic)")
+        channel = await self.connection.channel()
+        confirm = await broker.open_channel(self.connection)  # type: ignore[arg-type]
+        moved = 0
+        try:
+            try:
+                await broker.queue_depth(channel, old)
+            except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                raise DlqError(f"no classic queue {old} to migrate: {exc.args[-1]}") from exc
+            queue = await channel.get_queue(old, ensure=False)
+            while True:
+                message = await queue.get(no_ack=False, fail=False, timeout=GET_TIMEOUT)
+                if message is None:
+                    break
+                await broker.publish(confirm, "", self.name, _copy(message))
+                await message.ack()
+                moved += 1
+            raw = await channel.get_underlay_channel()
+            await raw.queue_delete(old, if_empty=True)
+        finally:
+            for opened in (channel, confirm):
+                if not opened.is_closed:
+                    await opened.close()
+        return moved
+
     async def scan(self) -> AsyncGenerator[Held, None]:
         """Every message present when the scan starts, in queue order, held unacknowledged
         until the scan ends (then the broker puts back the ones not acknowledged). One
         message is in memory at a time. Use with ``contextlib.aclosing``."""
         total = await self.depth()
         channel = await self.connection.channel()
+        taken = acked = 0
         try:
             queue = await channel.get_queue(self.name, ensure=False)
             for position in range(total):
@@ -187,7 +228,46 @@ class DeadLetterQueue:
                     raise UndecodableLetterError(self.name, position, str(exc)) from exc
                 if message is None:  # another reader holds the rest
                     break
+                taken += 1
                 yield Held(letters.Letter.from_message(message), message)
+                acked += message.processed
         finally:
             if not channel.is_closed:
                 await channel.close()
+            if self.topology.quorum and taken > acked:
+                await self._returned(total - acked)
+
+    async def _returned(self, expected: int) -> None:
+        """Wait (briefly) until the letters a scan held are back: a quorum queue takes
+        them back after the channel's close has returned, so a scan right after would
+        find fewer. Classic queues have them back at once."""
+        deadline = asyncio.get_running_loop().time() + RETURN_WAIT
+        # A connection gone (a letter it could not decode closes it) is reopened by the
+        # caller, and the next depth it reads is the broker's own.
+        while not self.connection.is_closed and asyncio.get_running_loop().time() < deadline:
+            try:
+                if await self.depth() >= expected:
+                    return
+            except (DlqError, aiormq.exceptions.AMQPError, RuntimeError):
+                return
+            await asyncio.sleep(0.05)
+
+
+def _copy(message: AbstractIncomingMessage) -> aio_pika.Message:
+    """A letter as it was, to publish elsewhere: its body, headers and properties, except
+    an expiration (it would start again) and the user id (the broker checks it against the
+    publishing connection's user)."""
+    return aio_pika.Message(
+        message.body,
+        headers=message.headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+    )
