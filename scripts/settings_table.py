@@ -176,7 +176,8 @@ MEANING: Final[dict[str, str]] = {
         "producer outbox's published rows are kept"
     ),
     "BGWORKER_RETENTION__DEAD_LETTERS_DAYS": (
-        "days dead letters stay in `ns.dead`, and the records of their replays and purges"
+        "days dead letters stay in the dead-letter queue, and the records of their replays "
+        "and purges"
     ),
     "BGWORKER_RETENTION__ROWS_DAYS": (
         "days after a request ends that its row is kept (then deleted with what is left of it)"
