@@ -13,17 +13,11 @@ from pathlib import Path
 from typing import Annotated, Final, Literal
 from urllib.parse import urlsplit
 
-from pydantic import (
-    BaseModel,
-    Field,
-    IPvAnyNetwork,
-    SecretStr,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bgworker.contract import callback_urls
+from bgworker.contract.retention import RetentionSettings
 
 ENV_PREFIX: Final = "BGWORKER_"
 NAMESPACE_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -314,6 +308,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     _split = field_validator("handlers", mode="before")(_split_list)
 

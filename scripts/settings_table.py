@@ -161,6 +161,30 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_WEBHOOKS__ALLOW_PRIVATE": (
         "send webhooks to loopback, private and other non-public addresses"
     ),
+    "BGWORKER_RETENTION__CRITERIA_DAYS": (
+        "days after a request ends that its criteria, description, file name and last error "
+        "are kept ([Data retention and erasure](retention.md))"
+    ),
+    "BGWORKER_RETENTION__ADDRESSES_DAYS": (
+        "days after a request ends that the requester's email address and id are kept"
+    ),
+    "BGWORKER_RETENTION__ATTEMPTS_DAYS": (
+        "days after a request ends that its attempt history is kept"
+    ),
+    "BGWORKER_RETENTION__OUTBOX_DAYS": (
+        "days the performed or given-up effects (email, event, webhook payloads) and the "
+        "producer outbox's published rows are kept"
+    ),
+    "BGWORKER_RETENTION__DEAD_LETTERS_DAYS": (
+        "days dead letters stay in the dead-letter queue, and the records of their replays "
+        "and purges"
+    ),
+    "BGWORKER_RETENTION__ROWS_DAYS": (
+        "days after a request ends that its row is kept (then deleted with what is left of it)"
+    ),
+    "BGWORKER_RETENTION__BATCH_SIZE": (
+        "rows `bgworker clean` prunes per statement (one short transaction each)"
+    ),
     "BGWORKER_WEB__ADMIN_SECRET_KEY": (
         "signs the console's login CSRF token; unset: a random key stored in PostgreSQL"
     ),

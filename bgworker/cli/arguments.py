@@ -96,6 +96,13 @@ SETTINGS: Final[tuple[tuple[str, str, bool], ...]] = (
     ("BGWORKER_WEBHOOKS__MAX_ATTEMPTS", "6", False),
     ("BGWORKER_WEBHOOKS__TIMEOUT_SECONDS", "10.0", False),
     ("BGWORKER_WEBHOOKS__ALLOW_PRIVATE", "False", False),
+    ("BGWORKER_RETENTION__CRITERIA_DAYS", "30", False),
+    ("BGWORKER_RETENTION__ADDRESSES_DAYS", "30", False),
+    ("BGWORKER_RETENTION__ATTEMPTS_DAYS", "30", False),
+    ("BGWORKER_RETENTION__OUTBOX_DAYS", "30", False),
+    ("BGWORKER_RETENTION__DEAD_LETTERS_DAYS", "14", False),
+    ("BGWORKER_RETENTION__ROWS_DAYS", "90", False),
+    ("BGWORKER_RETENTION__BATCH_SIZE", "500", False),
 )
 # settings-table:end
 
@@ -241,6 +248,26 @@ def _operations(sub: Any) -> None:
     cl.add_argument("--timeout", type=float, help="stop after this many seconds")
     cl.add_argument("--sleep", type=float, default=0.0, help="pause between deletions (s)")
     cl.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    cl.add_argument(
+        "--no-retention",
+        action="store_true",
+        help="files only: prune no rows nor dead letters (BGWORKER_RETENTION__*)",
+    )
+    cl.add_argument(
+        "--metrics-file",
+        help="write bgworker_pruned_total there (node_exporter textfile collector)",
+    )
+
+    fg = sub.add_parser(
+        "forget", help="erase one person's requests, files, effects and dead letters"
+    )
+    fg.add_argument("--requester", required=True, help="the requester's email address")
+    fg.add_argument("--json", action="store_true", help="the report as JSON")
+
+    rl = sub.add_parser("relay", help="publish the producer outbox's committed events")
+    rl.add_argument("--database-url", help="the producer's database (default: bgworker's)")
+    rl.add_argument("--create-table", action="store_true", help="create the table there first")
+    rl.add_argument("--once", action="store_true", help="publish what is there, then exit")
 
     sc = sub.add_parser("schemas", help="JSON Schemas of the events and the AsyncAPI document")
     sc.add_argument("action", choices=["export"], help="export: write the files")

@@ -45,10 +45,10 @@ PROBE_TIMEOUT_SECONDS: Final = 10.0
 # What each command needs before it can do anything (others probe nothing). `migrate` is
 # absent: it creates a missing database, so it maps its errors afterwards instead.
 NEEDS_KEYS: Final = frozenset({"worker", "serve"})
-NEEDS_DATABASE: Final = frozenset({"worker", "serve", "status", "cancel", "clean"})
-NEEDS_BROKER: Final = frozenset({"worker", "publish", "dlq"})
+NEEDS_DATABASE: Final = frozenset({"worker", "serve", "status", "cancel", "clean", "forget"})
+NEEDS_BROKER: Final = frozenset({"worker", "publish", "dlq", "forget", "relay"})
 NEEDS_HANDLERS: Final = frozenset({"worker"})
-NEEDS_STORAGE: Final = frozenset({"worker", "serve", "clean"})
+NEEDS_STORAGE: Final = frozenset({"worker", "serve", "clean", "forget"})
 # Started by a supervisor, often next to the services: they wait out a service that is not
 # up yet (BGWORKER_STARTUP_RETRY_SECONDS). A one-shot command answers at once.
 RIDES_OUT: Final = frozenset({"worker", "serve"})

@@ -218,9 +218,9 @@ async def _cmd_status(settings: settings_mod.Settings, args: argparse.Namespace)
 
 
 async def _cmd_clean(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    from bgworker.ops import cleanup
+    from bgworker import ops  # clean, forget, relay
 
-    return await cleanup.run(settings, args)
+    return await ops.run(settings, args)
 
 
 async def _cmd_migrate(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
@@ -290,6 +290,8 @@ ASYNC_COMMANDS: Final[dict[str, Command]] = {
     "cancel": _cmd_cancel,
     "status": _cmd_status,
     "clean": _cmd_clean,
+    "forget": _cmd_clean,
+    "relay": _cmd_clean,
     "dlq": _cmd_dlq,
     "link": _cmd_links,
     "revoke": _cmd_links,

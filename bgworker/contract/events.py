@@ -167,8 +167,19 @@ class FileFailed(_Event):
     failed_at: AwareDatetime
 
 
+class CancelRequested(_Event):
+    """Published by a producer to stop a request: ``id`` is the request's. Idempotent, and it
+    wins: a queued or retrying request ends cancelled, a running one stops at its next lease
+    renewal and never becomes ready, and a cancel that arrives before its request makes the
+    request end cancelled unbuilt when it comes. A request already ready or failed stays so."""
+
+    schema_version: Annotated[Literal[1], BeforeValidator(_schema_version)] = SCHEMA_VERSION
+    id: event_fields.Uuid = Field(description="The id of the FileRequested to cancel.")
+
+
 EVENT_MODELS: Final[dict[str, type[BaseModel]]] = {
     "FileRequested": FileRequested,
+    "CancelRequested": CancelRequested,
     "FileReady": FileReady,
     "FileFailed": FileFailed,
 }
@@ -247,6 +258,19 @@ def parse_file_requested(body: bytes) -> FileRequested:
         return FileRequested.model_validate(raw)
     except ValidationError as exc:
         raise _invalid("invalid_schema", validation_errors(exc), request_id) from None
+
+
+def parse_cancel_requested(body: bytes) -> CancelRequested:
+    """A ``CancelRequested`` body; raises InvalidEventError and nothing else."""
+    raw = decode_json(body)
+    if not isinstance(raw, dict):
+        raise _invalid("invalid_schema", [("body", "must be a JSON object")])
+    try:
+        return CancelRequested.model_validate(raw)
+    except ValidationError as exc:
+        raise _invalid(
+            "invalid_schema", validation_errors(exc), _maybe_uuid(raw.get("id"))
+        ) from None
 
 
 def validation_errors(exc: ValidationError) -> list[FieldError]:

@@ -120,6 +120,20 @@ def _messages() -> dict[str, Any]:
             "payload": _payload("FileRequested"),
             "bindings": _message_binding("FileRequested"),
         },
+        "CancelRequested": {
+            "name": "CancelRequested",
+            "title": "A producer cancels a request",
+            "summary": "Idempotent; cancel wins, even when it comes before the request.",
+            "description": (
+                "AMQP properties: `message_id` `<id>.cancel`, `type` `CancelRequested`. A "
+                "queued or retrying request ends cancelled, a running one stops at its next "
+                "lease renewal and never becomes ready; an id not seen yet is recorded "
+                "cancelled, so its request is never built. A ready or failed one is unchanged."
+            ),
+            "contentType": wire.JSON,
+            "payload": _payload("CancelRequested"),
+            "bindings": _message_binding("CancelRequested"),
+        },
         "FileReady": {
             "name": "FileReady",
             "title": "A file is ready",
@@ -189,6 +203,13 @@ def document() -> dict[str, Any]:
             f"The requests exchange, bound to the work queue `{topo.work_queue}` "
             f"(quorum, delivery limit {topology.DELIVERY_LIMIT}, unless classic).",
         ),
+        "cancels": _routing_channel(
+            topology.CANCEL_KEY,
+            requests,
+            "CancelRequested",
+            f"The requests exchange, bound to the cancel queue `{topo.cancel_queue}` (quorum "
+            "unless classic), which every worker consumes whatever its free slots.",
+        ),
         "fileReady": _routing_channel(
             topology.READY_KEY,
             events_exchange,
@@ -224,6 +245,14 @@ def document() -> dict[str, Any]:
             "FileRequested",
             "Workers consume requests and ack once the claim is committed in PostgreSQL. "
             "Producers publish them persistent and mandatory, with publisher confirms.",
+            {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING_VERSION}},
+        ),
+        "receiveCancelRequested": _operation(
+            "receive",
+            "cancels",
+            "CancelRequested",
+            "Workers apply a cancel in PostgreSQL, then ack. A body that is not a "
+            "CancelRequested is logged and dropped.",
             {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING_VERSION}},
         ),
         "sendFileReady": _operation("send", "fileReady", "FileReady", "Announced once.", confirmed),

@@ -109,6 +109,13 @@ async def publish_request(
         await put_back(channel, topo, event.model_dump(mode="json"), str(event.id))
 
 
+async def publish_cancel(
+    channel: AbstractChannel, topo: topology.Topology, cancel: events.CancelRequested
+) -> None:
+    """A producer's cancel, confirmed into the cancel queue."""
+    await publish(channel, topo.requests_exchange, topology.CANCEL_KEY, wire.cancel(cancel))
+
+
 async def publish_retry(
     channel: AbstractChannel, topo: topology.Topology, body: bytes, request_id: str, delay: float
 ) -> None:

@@ -81,6 +81,21 @@ class Publisher:
             raise RuntimeError("Publisher is not connected: use `async with` or connect()")
         await broker.publish_request(self._channel, self.topology, event)
 
+    async def publish_recorded(self, body: dict[str, Any], request_id: uuid.UUID) -> None:
+        """A ``FileRequested`` as recorded (the producer outbox's relay), sent unchanged:
+        the worker validates it as any other."""
+        if self._channel is None:
+            raise RuntimeError("Publisher is not connected: use `async with` or connect()")
+        await broker.put_back(self._channel, self.topology, body, str(request_id))
+
+    async def cancel(self, request_id: uuid.UUID) -> None:
+        """Publish ``CancelRequested`` for ``request_id`` (idempotent; it may come before
+        the request itself)."""
+        if self._channel is None:
+            raise RuntimeError("Publisher is not connected: use `async with` or connect()")
+        cancel = events.CancelRequested(id=request_id)
+        await broker.publish_cancel(self._channel, self.topology, cancel)
+
 
 class PrivateLoop:
     """An event loop on a daemon thread of its own, for code that has none (Django, Flask,
@@ -138,6 +153,9 @@ class SyncPublisher:
 
     def publish(self, event: events.FileRequested) -> None:
         self.loop.call(self.publisher.publish(event), self._timeout)
+
+    def cancel(self, request_id: uuid.UUID) -> None:
+        self.loop.call(self.publisher.cancel(request_id), self._timeout)
 
     def close(self) -> None:
         try:

@@ -3,6 +3,7 @@
 Routes (``ns`` is the configured namespace)::
 
     producers --file.requested--> ns.requests --> ns.work --> workers
+    producers --request.cancel--> ns.requests --> ns.cancel --> every worker's cancel consumer
     workers  --retry.Nms--> ns.retry --> ns.retry.Nms (TTL) --dead-letter--> ns.requests
     workers  --dead--> ns.dead (fanout) --> ns.dead (queue, reason headers)
     workers  --file.ready|file.failed--> ns.events (topic) --> other services' queues
@@ -35,6 +36,9 @@ from typing import Any, Final
 from aio_pika.abc import AbstractChannel, AbstractQueue, ExchangeType
 
 REQUESTED_KEY: Final = "file.requested"
+# CancelRequested: a queue of its own, so a cancel never waits behind the work backlog (a
+# worker takes work only into free slots; it takes cancels whenever they come).
+CANCEL_KEY: Final = "request.cancel"
 READY_KEY: Final = "file.ready"
 FAILED_KEY: Final = "file.failed"
 # Quorum queues dead-letter a message redelivered this often (a worker crashing on it each
@@ -66,6 +70,10 @@ class Topology:
     @property
     def work_queue(self) -> str:
         return f"{self.namespace}.work"
+
+    @property
+    def cancel_queue(self) -> str:
+        return f"{self.namespace}.cancel"
 
     @property
     def retry_exchange(self) -> str:
@@ -172,17 +180,28 @@ class Topology:
         )
         await queue.bind(self.retry_exchange, self.retry_key(delay))
 
+    async def declare_cancels(self, channel: AbstractChannel) -> AbstractQueue:
+        """The cancel queue, bound (its exchange declared too): a worker declares it on the
+        robust channel it consumes it on, whose consumer is then restored after a
+        reconnect, as the work queue's."""
+        await channel.declare_exchange(self.requests_exchange, ExchangeType.DIRECT, durable=True)
+        args: dict[str, Any] = {"x-queue-type": "quorum"} if self.quorum else {}
+        cancels = await channel.declare_queue(self.cancel_queue, durable=True, arguments=args)
+        await cancels.bind(self.requests_exchange, CANCEL_KEY)
+        return cancels
+
     async def declare(self, channel: AbstractChannel) -> AbstractQueue:
         """Everything on one channel, idempotent (redeclaring with the same arguments is a
         no-op): for tests and tools; a connection uses ``declaring.Declarations``."""
         await self.declare_exchanges(channel)
         await self.declare_side_queues(channel)
+        await self.declare_cancels(channel)
         return await self.declare_work(channel)
 
     async def delete(self, channel: AbstractChannel) -> None:
         """Remove everything ``declare`` made, and the classic queues of before (tests,
         uninstall)."""
-        queues = {self.work_queue, self.dead_queue, self.classic_dead_queue}
+        queues = {self.work_queue, self.cancel_queue, self.dead_queue, self.classic_dead_queue}
         for delay in set(self.retry_delays_seconds):
             queues |= {self.retry_queue(delay), self.classic_retry_queue(delay)}
         for name in sorted(queues):

@@ -137,6 +137,18 @@ def event(model: events.FileReady | events.FileFailed, routing_key: str) -> aio_
     )
 
 
+def cancel(model: events.CancelRequested) -> aio_pika.Message:
+    """A ``CancelRequested`` (routing key ``topology.CANCEL_KEY``); message id
+    ``<request id>.cancel``."""
+    return aio_pika.Message(
+        model.model_dump_json().encode(),
+        content_type=JSON,
+        delivery_mode=DeliveryMode.PERSISTENT,
+        message_id=f"{model.id}.cancel",
+        type="CancelRequested",
+    )
+
+
 def redelivered(message: AbstractIncomingMessage) -> bool:
     """Whether the broker delivered this message before: the AMQP ``redelivered`` flag, or
     a quorum queue's ``x-delivery-count`` (which RabbitMQ sets from the second delivery on:

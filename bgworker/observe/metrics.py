@@ -40,6 +40,9 @@ _DIR_RE: Final = re.compile(rf"{_DIR_PREFIX}(\d+)-")
 
 WORKER: Final = CollectorRegistry()
 SERVER: Final = CollectorRegistry()
+# `bgworker clean` and `bgworker forget`: one-shot commands, written as a node_exporter
+# textfile (`clean --metrics-file`) since no scraper sees a process that exits.
+MAINTENANCE: Final = CollectorRegistry()
 
 # --- worker: jobs ------------------------------------------------------------------------
 JOBS: Final = Counter(
@@ -72,6 +75,24 @@ REUSED: Final = Counter(
 )
 DEAD_LETTERS: Final = Counter(
     "bgworker_dead_letters_total", "Messages dead-lettered", ["reason"], registry=WORKER
+)
+CANCELS: Final = Counter(
+    "bgworker_producer_cancels_total",
+    "CancelRequested messages by outcome: applied, before_request, not_cancellable, invalid",
+    ["outcome"],
+    registry=WORKER,
+)
+PRUNED: Final = Counter(
+    "bgworker_pruned_total",
+    "What `bgworker clean` removed under the retention settings, by kind",
+    ["kind"],
+    registry=MAINTENANCE,
+)
+ERASED: Final = Counter(
+    "bgworker_erased_total",
+    "What `bgworker forget` removed, by kind",
+    ["kind"],
+    registry=MAINTENANCE,
 )
 REAPED: Final = Counter("bgworker_leases_reaped_total", "Expired leases requeued", registry=WORKER)
 RECOVERED: Final = Counter(

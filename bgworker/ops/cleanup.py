@@ -1,5 +1,6 @@
 """``bgworker clean``: delete expired files and files no request points to (and the
-records of ``POST /requests`` that no POST needs any more).
+records of ``POST /requests`` that no POST needs any more), then prune what the retention
+settings no longer keep (``ops.retention``).
 
 Parity with dj-bgfiles' ``bgfiles clean --timeout --sleep --leeway``, without its swapped
 arguments: ``leeway`` keeps recently expired files for last-minute downloads, ``timeout``
@@ -13,13 +14,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 
+import prometheus_client
+
 from bgworker import settings as settings_mod
 from bgworker import storage, store
+from bgworker.contract import retention as retention_settings
 from bgworker.contract import states
+from bgworker.observe import metrics
+from bgworker.ops import retention
+from bgworker.ops.deadletters import queue
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +42,8 @@ class CleanReport:
     temp_parts: int = 0
     # Records of POST /requests that no POST needs any more (store.front_door).
     front_door: int = 0
+    # Retention (ops.retention): pruned rows, scrubs and dead letters by kind.
+    pruned: dict[str, int] = field(default_factory=dict)
     bytes_freed: int = 0
     stopped_early: bool = False
     errors: list[str] = field(default_factory=list)
@@ -111,6 +122,8 @@ async def clean(
     db: store.Store,
     files: storage.Storage,
     *,
+    policy: retention_settings.RetentionSettings | None = None,
+    dlq: queue.DeadLetterQueue | None = None,
     leeway_seconds: float = 3600,
     orphan_age_seconds: float = 86400,
     timeout_seconds: float | None = None,
@@ -125,6 +138,15 @@ async def clean(
         run.report.front_door = await db.front_door.prune(
             states.SUPERSEDABLE, orphan_age_seconds, dry_run=dry_run
         )
+    if policy is not None and not run.out_of_time():
+        run.report.pruned = await retention.prune(
+            db,
+            policy,
+            dlq,
+            dry_run=dry_run,
+            out_of_time=run.out_of_time,
+            pause_seconds=sleep_seconds,
+        )
     log.info("clean: %s", run.report)
     return run.report
 
@@ -136,10 +158,16 @@ async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
             settings.database_url.get_secret_value(), pooler=settings.database_pooler
         ) as db,
         storage.opened(settings) as files,
+        contextlib.AsyncExitStack() as stack,
     ):
+        dlq = None
+        if not args.no_retention:
+            dlq = await _dead_letters(settings, stack)
         report = await clean(
             db,
             files,
+            policy=None if args.no_retention else settings.retention,
+            dlq=dlq,
             leeway_seconds=args.leeway,
             orphan_age_seconds=args.orphan_age,
             timeout_seconds=args.timeout,
@@ -153,4 +181,30 @@ async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
         f"{report.bytes_freed} bytes freed"
         + ("; stopped at --timeout" if report.stopped_early else "")
     )
+    if report.pruned:
+        print(f"{verb} (retention): " + ", ".join(f"{k} {n}" for k, n in report.pruned.items()))
+    if args.metrics_file:
+        # Written whole then renamed (prometheus_client does both): node_exporter's textfile
+        # collector never reads half a file.
+        prometheus_client.write_to_textfile(args.metrics_file, metrics.MAINTENANCE)
     return 0
+
+
+async def _dead_letters(
+    settings: settings_mod.Settings, stack: contextlib.AsyncExitStack
+) -> queue.DeadLetterQueue | None:
+    """The dead-letter queue, or None when no worker has declared it yet (no letters)."""
+    dlq = queue.DeadLetterQueue(
+        settings.amqp_url.get_secret_value(), settings.namespace, settings.queue_type
+    )
+    try:
+        await dlq.connect()
+    except queue.DlqError as exc:
+        # A missing queue holds no letters; an unreachable broker must not stop the rest of
+        # the cleaning: the letters wait for the next run.
+        if "does not exist" not in str(exc):
+            log.warning("clean: dead letters not pruned this time: %s", exc)
+            print(f"dead letters not pruned: {exc}", file=sys.stderr)
+        return None
+    stack.push_async_callback(dlq.__aexit__)
+    return dlq

@@ -17,7 +17,10 @@ query file each, composed into ``Store``:
   ``gauges``: what the worker's metrics sample; ``traces``: a job's trace context.
   ``admin_sessions``: the console's server-side sessions and secrets; ``front_door``: the
   events ``POST /requests`` accepted, by id; ``dedupe``: reusing a ready file of identical
-  content, or waiting for the one being built.
+  content, or waiting for the one being built; ``erasure``: one person's data erased
+  (``bgworker forget``); ``retention``: pruning what the retention settings no longer
+  keep, a batch at a time (``bgworker clean``); ``producer_outbox``: producers' events
+  written in their own transactions, for the relay.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from bgworker.store import (
     connection,
     dead_letters,
     dedupe,
+    erasure,
     front_door,
     gauges,
     leases,
@@ -40,9 +44,11 @@ from bgworker.store import (
     listing,
     maintenance,
     outbox,
+    producer_outbox,
     queries,
     recovery,
     requests,
+    retention,
     rows,
     traces,
 )
@@ -98,9 +104,10 @@ class Store:
     on_effects=...)``, then one part per concept, each its own object: ``db.requests``,
     ``db.recovery``, ``db.outbox``, ``db.dedupe``, ``db.links``, ``db.maintenance``,
     ``db.gauges``, ``db.traces``, ``db.dead_letters``, ``db.listing``,
-    ``db.admin_sessions``, ``db.front_door``. The parts whose transactions cause effects
-    (requests, recovery, dedupe) write them through the one ``outbox``, which knows how
-    they reach this process's dispatcher (``claim_effects_seconds``, ``on_effects``)."""
+    ``db.admin_sessions``, ``db.front_door``, ``db.erasure``,
+    ``db.retention``, ``db.producer_outbox``. The parts whose transactions
+    cause effects (requests, recovery, dedupe) write them through the one ``outbox``, which
+    knows how they reach this process's dispatcher (``claim_effects_seconds``, ``on_effects``)."""
 
     def __init__(
         self,
@@ -124,6 +131,9 @@ class Store:
         self.listing = listing.Listing(pool)
         self.admin_sessions = admin_sessions.AdminSessions(pool)
         self.front_door = front_door.FrontDoor(pool)
+        self.erasure = erasure.Erasure(pool)
+        self.retention = retention.Retention(pool)
+        self.producer_outbox = producer_outbox.ProducerOutbox(pool)
 
 
 @asynccontextmanager

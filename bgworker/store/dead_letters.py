@@ -98,6 +98,8 @@ class RequestState:
     attempts: int | None
     cancel_requested: bool
     lease_live: bool  # judged by the database clock
+    # A placeholder: cancelled before it arrived, or erased (``rows.RequestRow.body_kept``).
+    placeholder: bool = False
 
 
 class Verdict(Protocol):
@@ -145,6 +147,7 @@ class DeadLetterRecords:
                 attempts=row["attempts"] if row else None,
                 cancel_requested=bool(row and row["cancel_requested"]),
                 lease_live=bool(row and row["lease_live"]),
+                placeholder=bool(row and row["placeholder"]),
             )
             verdict = decide(state)
             change = verdict.change

@@ -4,7 +4,8 @@
 -- name: dlq_lock_request
 -- The lease is judged by the database clock, like the reaper does.
 SELECT id, status, attempts, replay_count, cancel_requested,
-       coalesce(lease_expires_at > now(), false) AS lease_live
+       coalesce(lease_expires_at > now(), false) AS lease_live,
+       (event = '{}'::jsonb AND status = 'cancelled') OR scrubbed_at IS NOT NULL AS placeholder
 FROM bgworker_requests WHERE id = $1 FOR UPDATE;
 
 -- name: dlq_take_attempts

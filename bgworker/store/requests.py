@@ -329,6 +329,20 @@ class Requests(outbox.WritesEffects):
         status: str | None = await self.pool.fetchval(Q["request_cancel"], request_id)
         return None if status is None else states.Status(status)
 
+    async def cancel_or_placeholder(self, request_id: uuid.UUID) -> rows.Cancelled:
+        """A producer's cancel (see ``cancel_or_placeholder`` in the SQL); idempotent."""
+        for _ in range(3):  # a row inserted by a racing statement is read on the next turn
+            record = await self.pool.fetchrow(Q["cancel_or_placeholder"], request_id)
+            if record is None:
+                record = await self.pool.fetchrow(Q["request_status"], request_id)
+                if record is None:
+                    continue
+                status = states.Status(record["status"])
+                return rows.Cancelled(status, record["cancel_requested"])
+            status = states.Status(record["status"])
+            return rows.Cancelled(status, True, bool(record["placeholder"]), changed=True)
+        raise RuntimeError(f"request {request_id}: neither cancelled nor found")
+
     # -- reading ------------------------------------------------------------------------
 
     async def get_request(self, request_id: uuid.UUID) -> rows.RequestRow | None:

@@ -217,3 +217,24 @@ SELECT * FROM bgworker_requests WHERE id = $1;
 
 -- name: list_attempts
 SELECT * FROM bgworker_attempts WHERE request_id = $1 ORDER BY attempt;
+
+-- name: cancel_or_placeholder
+-- A producer's cancel (CancelRequested, DELETE /requests/{id}), as request_cancel, and one
+-- that comes before its request records a placeholder: a cancelled row with an empty event
+-- (and cancel_requested), which record_and_claim never claims, so the request is never
+-- built when it comes. Returns the status afterwards and whether the placeholder was made;
+-- no row back: the id is recorded and no longer cancellable (its status is read then).
+INSERT INTO bgworker_requests AS r
+    (id, file_type, status, event, filename, content_type, requested_at, finished_at,
+     cancel_requested)
+VALUES ($1, '', 'cancelled', '{}', '', 'application/octet-stream', now(), now(), true)
+ON CONFLICT (id) DO UPDATE
+SET cancel_requested = true,
+    status = CASE WHEN r.status = 'running' THEN r.status ELSE 'cancelled' END,
+    finished_at = CASE WHEN r.status = 'running' THEN r.finished_at ELSE now() END,
+    updated_at = now()
+WHERE r.status IN ('queued', 'running', 'retrying')
+RETURNING status, (xmax = 0) AS placeholder;
+
+-- name: request_status
+SELECT status, cancel_requested FROM bgworker_requests WHERE id = $1;

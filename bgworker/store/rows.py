@@ -51,6 +51,15 @@ class RequestRow:
     # request that built or reused a file, and the request whose bytes it reuses.
     fingerprint: str | None = None
     reused_from: uuid.UUID | None = None
+    # Set once retention or erasure removed what the event said (migration 0014).
+    scrubbed_at: datetime | None = None
+
+    @property
+    def body_kept(self) -> bool:
+        """Whether ``event`` is still the body as published: not a cancel that came before
+        the request (a placeholder, event ``{}``) nor a row whose content retention or
+        erasure removed. Only a kept body can tell a conflicting duplicate from a plain one."""
+        return bool(self.event) and self.scrubbed_at is None
 
     @property
     def percent(self) -> float | None:
@@ -59,7 +68,8 @@ class RequestRow:
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> RequestRow:
-        values = {name: record[name] for name in _request_fields()}
+        # .get: a query that selects the columns of an older schema leaves the newer ones None.
+        values = {name: record.get(name) for name in _request_fields()}
         # The column's CHECK constraint holds exactly these values (tests/.../test_states.py).
         values["status"] = states.Status(values["status"])
         return cls(**values)
@@ -97,6 +107,18 @@ Effects = Callable[[RequestRow], list[tuple[str, dict[str, Any]]]]
 def _request_fields() -> tuple[str, ...]:
     # Read once: ``dataclasses.fields`` builds its tuple anew on every call (one per row read).
     return tuple(f.name for f in fields(RequestRow))
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """What a producer's cancel found (``Requests.cancel_or_placeholder``): the status
+    afterwards, whether a running request now has a cancel pending, and whether the cancel
+    came first (a placeholder was recorded). ``changed``: this call made the change."""
+
+    status: states.Status
+    cancel_requested: bool
+    placeholder: bool = False
+    changed: bool = False
 
 
 @dataclass(frozen=True)

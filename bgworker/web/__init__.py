@@ -141,9 +141,10 @@ def create_app(
         app.add_subapp("/admin/", admin.create_admin(settings))
     if settings.web.api_keys:
         # POST /requests, and with it the server's only RabbitMQ connection.
-        from bgworker.web import front_door
+        from bgworker.web import erasures, front_door
 
         front_door.mount(app, settings)
+        erasures.mount(app, settings)  # POST /erasures: `bgworker forget` over HTTP
     return app
 
 

@@ -1,4 +1,5 @@
-"""``POST /requests``: the HTTP front door, for services that cannot speak AMQP.
+"""``POST /requests`` and ``DELETE /requests/{id}``: the HTTP front door, for services that
+cannot speak AMQP.
 
 Mounted only when ``BGWORKER_WEB__API_KEYS`` is set. The body is a ``FileRequested`` in
 JSON, parsed by the worker's own parser (``events.parse_file_requested``), so the door
@@ -21,6 +22,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import uuid
 from typing import Any, Final
 
 from aiohttp import web
@@ -58,6 +60,7 @@ def mount(app: web.Application, settings: settings_mod.Settings) -> None:
 
     app.on_cleanup.append(close_gateway)
     app.router.add_post(ROUTE, create_request)
+    app.router.add_delete(ROUTE + "/{id}", cancel_request)
     log.info("POST %s is on (%d API key(s))", ROUTE, len(app[keys.API_KEYS]))
 
 
@@ -111,10 +114,9 @@ async def _read_body(request: web.Request) -> bytes | None:
 
 
 async def create_request(request: web.Request) -> web.Response:
-    ok = authorized(request.headers.get("Authorization"), request.app[keys.API_KEYS])
-    if not ok:
-        challenge = CHALLENGE if ok is None else f'{CHALLENGE}, error="invalid_token"'
-        return _refusal(401, "an API key is required", headers={"WWW-Authenticate": challenge})
+    refused = refuse_caller(request)
+    if refused is not None:
+        return refused
     charset = (request.charset or "utf-8").lower()
     if request.content_type != "application/json" or charset != "utf-8":
         return _refusal(415, "the body must be application/json in UTF-8")
@@ -139,6 +141,51 @@ async def create_request(request: web.Request) -> web.Response:
         raise
 
 
+def refuse_caller(request: web.Request) -> web.Response | None:
+    """401 unless the request carries one of the API keys."""
+    ok = authorized(request.headers.get("Authorization"), request.app[keys.API_KEYS])
+    if ok:
+        return None
+    challenge = CHALLENGE if ok is None else f'{CHALLENGE}, error="invalid_token"'
+    return _refusal(401, "an API key is required", headers={"WWW-Authenticate": challenge})
+
+
+async def cancel_request(request: web.Request) -> web.Response:
+    """``DELETE /requests/{id}``: a producer's cancel, idempotent, with the CLI's rule
+    (``Requests.cancel_or_placeholder``). 200: cancelled (now, before, or before it even
+    came); 202: running, stops at its next lease renewal; 409: already ended otherwise."""
+    refused = refuse_caller(request)
+    if refused is not None:
+        return refused
+    try:
+        request_id = uuid.UUID(request.match_info["id"])
+    except ValueError:
+        return _refusal(404, "no such request: the id is not a UUID")
+    try:
+        result = await request.app[keys.STORE].requests.cancel_or_placeholder(request_id)
+    except Exception as exc:
+        if faults.is_infrastructure(exc):
+            return _unavailable(exc)
+        raise
+    body: dict[str, Any] = {
+        "id": str(request_id),
+        "status": result.status.value,
+        "cancel_requested": result.cancel_requested,
+    }
+    if result.status == states.Status.CANCELLED:
+        log.info("DELETE %s/%s: cancelled", ROUTE, request_id)
+        return responses.json_response(body)
+    if result.status == states.Status.RUNNING and result.cancel_requested:
+        return responses.json_response(body, status=202)
+    # "status" is the HTTP status in a refusal: the request's goes as "request_status".
+    return _refusal(
+        409,
+        f"request {request_id} has ended ({result.status}): nothing to cancel",
+        id=str(request_id),
+        request_status=result.status.value,
+    )
+
+
 async def _accept(request: web.Request, event: events.FileRequested) -> web.Response:
     db = request.app[keys.STORE]
     row = await db.requests.get_request(event.id)
@@ -147,6 +194,8 @@ async def _accept(request: web.Request, event: events.FileRequested) -> web.Resp
     if row is not None and not (
         row.status == states.Status.FAILED and row.failure_reason in states.SUPERSEDABLE
     ):
+        if not row.body_kept:  # cancelled before it came, or scrubbed: nothing to compare
+            return await _accepted(request, event, row.status)
         differ = events.differing_fields(row.event, event)
         if differ:
             return _conflict(event, differ, row.status)

@@ -35,6 +35,8 @@ TEMPLATE_DIR: Final[web.AppKey[Path | None]] = web.AppKey("template_dir")
 ADMIN_AUTH: Final = web.AppKey("admin_auth", admin_auth.Auth)
 # (AMQP URL, namespace, queue type): the console opens its own broker connection per page.
 ADMIN_AMQP: Final[web.AppKey[tuple[str, str, str]]] = web.AppKey("admin_amqp")
+# POST /erasures: (AMQP URL, namespace, queue type) of the dead-letter queue it erases from.
+DLQ_ADDRESS: Final[web.AppKey[tuple[str, str, str]]] = web.AppKey("dlq_address")
 
 # Set by the front door (web/front_door.py), only when API keys are configured.
 API_KEYS: Final[web.AppKey[tuple[bytes, ...]]] = web.AppKey("api_keys")

@@ -202,6 +202,12 @@ class Runner:
                     row.failure_reason,
                 )
                 return claim
+        if row is not None and not row.body_kept:
+            # A cancel that came first (placeholder), or a row retention or erasure scrubbed:
+            # nothing to compare with, and nothing to run.
+            await _ack(message)
+            log.info("request %s: %s, not run; acked", event.id, _why_not(row))
+            return None
         if row is not None and not events.same_request(row.event, event):
             fields = ", ".join(events.differing_fields(row.event, event)) or "?"
             await self.rejecter.reject(
@@ -369,3 +375,9 @@ async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+def _why_not(row: store.RequestRow) -> str:
+    if row.scrubbed_at is not None:
+        return "its record was scrubbed (retention or erasure)"
+    return "cancelled before it arrived"

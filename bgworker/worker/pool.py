@@ -37,7 +37,7 @@ from bgworker.effects import mail, outbox
 from bgworker.links import tokens
 from bgworker.messaging import broker, declaring, topology
 from bgworker.observe import logs, tracing
-from bgworker.worker import health, intake, jobs, loopwatch, reaper, sampler, settling
+from bgworker.worker import cancels, health, intake, jobs, loopwatch, reaper, sampler, settling
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -138,7 +138,9 @@ class Worker:
             )
             runner = self._make_runner(db, files, channel, resources, leases)
             consuming = await self._consume(queue, runner)
-            side = self._start_side_tasks(db, connection, channel, dispatcher, runner, consuming)
+            side = await self._start_side_tasks(
+                db, connection, channel, dispatcher, runner, consuming
+            )
             metered, self.metrics_url = await sampler.start(
                 stack,
                 self.settings.metrics,
@@ -258,7 +260,7 @@ class Worker:
         await consuming.sync()  # consuming from here on
         return consuming
 
-    def _start_side_tasks(
+    async def _start_side_tasks(
         self,
         db: store.Store,
         connection: AbstractRobustConnection,
@@ -278,6 +280,7 @@ class Worker:
         )
         watching = health.Health(db=db, connection=connection, status=self.health)
         side = [
+            await cancels.start(db, connection, self.topology, self.stopping),
             asyncio.create_task(consuming.run(), name="intake"),
             asyncio.create_task(dispatcher.run(self.stopping), name="outbox-dispatcher"),
             asyncio.create_task(reaping.run(self.stopping), name="lease-reaper"),

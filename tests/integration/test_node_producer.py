@@ -144,3 +144,21 @@ async def test_ajv_agrees_with_the_conformance_corpus(example: Path) -> None:
     ]
     assert disagree == []
     assert len(cases) > 60
+
+
+async def test_a_cancel_published_from_node_stops_the_request(
+    example: Path,
+    settings: settings_mod.Settings,
+    db: store.Store,
+    amqp: aio_pika.abc.AbstractChannel,
+    start_worker: StartWorker,
+) -> None:
+    await start_worker()
+    request_id = uuid.uuid4()
+    env = {"AMQP_URL": AMQP_URL, "BGWORKER_NAMESPACE": settings.namespace}
+    code, _, err = await run_node(example, ["publish.mjs", "--cancel", str(request_id)], env=env)
+    assert code == 0, err
+    row = await wait_for_status(db, request_id, "cancelled")
+    assert row.event == {}  # it came first: the request will never be built
+    code, _, err = await run_node(example, ["publish.mjs", "--cancel", "nope"], env=env)
+    assert code == 1 and "/id" in err

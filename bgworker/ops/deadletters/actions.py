@@ -205,6 +205,9 @@ async def _plan_one(
         cancel_requested=bool(row and row.cancel_requested),
         lease_live=lease is not None and lease > datetime.now(UTC),
         force=force,
+        # As dlq_lock_request reads it.
+        placeholder=row is not None
+        and ((row.status == "cancelled" and not row.event) or row.scrubbed_at is not None),
     )
     if decision.plan.publishes:
         replayed.add(key)

@@ -61,8 +61,13 @@ def decide(
     cancel_requested: bool = False,
     lease_live: bool = False,
     force: bool = False,
+    placeholder: bool = False,
 ) -> Decision:
     """The replay rule for the request ``request_id`` in ``status`` (None: not recorded)."""
+    if placeholder:
+        # Cancelled before it arrived, or erased (`bgworker forget`), or its contents pruned:
+        # not even --force may run it again (the letter may hold what was erased).
+        return Decision(Plan.DROP, "request was erased or cancelled before it came: never run")
     if status in states.DONE:
         # Its file was built: never run twice. The letter is stale.
         return Decision(Plan.DROP, f"request is {status}: not run twice")
@@ -100,4 +105,5 @@ def decide_for(request_id: str, state: dead_letters.RequestState, *, force: bool
         cancel_requested=state.cancel_requested,
         lease_live=state.lease_live,
         force=force,
+        placeholder=state.placeholder,
     )

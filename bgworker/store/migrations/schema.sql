@@ -2,6 +2,20 @@
 -- beside it by scripts/schema_sql.py (make schema-sql), checked by make test.
 -- Never applied: `bgworker migrate` applies the migrations.
 
+CREATE FUNCTION public.bgworker_ended_batch(keep_seconds double precision, lim integer, after_at timestamp with time zone, after_key text) RETURNS TABLE(id uuid, ended timestamp with time zone, key text)
+    LANGUAGE sql
+    AS $$
+    SELECT r.id, greatest(r.finished_at, r.expires_at), r.id::text
+    FROM bgworker_requests r
+    WHERE r.finished_at IS NOT NULL
+      AND greatest(r.finished_at, r.expires_at) < now() - make_interval(secs => keep_seconds)
+      AND (greatest(r.finished_at, r.expires_at), r.id::text) > (after_at, after_key)
+      AND r.status NOT IN ('queued', 'running', 'retrying')
+    ORDER BY greatest(r.finished_at, r.expires_at), r.id::text
+    LIMIT lim
+    FOR UPDATE SKIP LOCKED
+$$;
+
 CREATE TABLE public.bgworker_admin_login_failures (
     id bigint NOT NULL,
     client text NOT NULL,
@@ -71,6 +85,31 @@ CREATE SEQUENCE public.bgworker_dlq_actions_id_seq
 
 ALTER SEQUENCE public.bgworker_dlq_actions_id_seq OWNED BY public.bgworker_dlq_actions.id;
 
+CREATE TABLE public.bgworker_erasures (
+    id bigint NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    subject_kind text NOT NULL,
+    subject_salt bytea NOT NULL,
+    subject_hash text NOT NULL,
+    actor text NOT NULL,
+    requests integer DEFAULT 0 NOT NULL,
+    files integer DEFAULT 0 NOT NULL,
+    effects integer DEFAULT 0 NOT NULL,
+    dead_letters integer DEFAULT 0 NOT NULL,
+    pending integer DEFAULT 0 NOT NULL,
+    CONSTRAINT bgworker_erasures_subject_hash_check CHECK ((subject_hash ~ '^[0-9a-f]{64}$'::text)),
+    CONSTRAINT bgworker_erasures_subject_kind_check CHECK ((subject_kind = 'requester'::text))
+);
+
+ALTER TABLE public.bgworker_erasures ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.bgworker_erasures_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 CREATE TABLE public.bgworker_front_door (
     id uuid NOT NULL,
     event jsonb NOT NULL,
@@ -97,6 +136,13 @@ CREATE TABLE public.bgworker_outbox (
     done_at timestamp with time zone,
     CONSTRAINT bgworker_outbox_kind_check CHECK ((kind = ANY (ARRAY['email_ready'::text, 'email_failed'::text, 'event_ready'::text, 'event_failed'::text, 'webhook_ready'::text, 'webhook_failed'::text]))),
     CONSTRAINT bgworker_outbox_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'done'::text, 'given_up'::text])))
+);
+
+CREATE TABLE public.bgworker_producer_outbox (
+    request_id uuid NOT NULL,
+    event jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    published_at timestamp with time zone
 );
 
 CREATE TABLE public.bgworker_requests (
@@ -139,6 +185,7 @@ CREATE TABLE public.bgworker_requests (
     progress_total bigint,
     fingerprint text,
     reused_from uuid,
+    scrubbed_at timestamp with time zone,
     CONSTRAINT bgworker_requests_fingerprint_check CHECK (((fingerprint IS NULL) OR (fingerprint ~ '^[0-9a-f]{64}$'::text))),
     CONSTRAINT bgworker_requests_link_generation_check CHECK ((link_generation >= 0)),
     CONSTRAINT bgworker_requests_progress_check CHECK (((progress IS NULL) OR ((progress >= (0)::double precision) AND (progress <= (1)::double precision)))),
@@ -165,6 +212,9 @@ ALTER TABLE ONLY public.bgworker_attempts
 ALTER TABLE ONLY public.bgworker_dlq_actions
     ADD CONSTRAINT bgworker_dlq_actions_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.bgworker_erasures
+    ADD CONSTRAINT bgworker_erasures_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.bgworker_front_door
     ADD CONSTRAINT bgworker_front_door_pkey PRIMARY KEY (id);
 
@@ -173,6 +223,9 @@ ALTER TABLE ONLY public.bgworker_migrations
 
 ALTER TABLE ONLY public.bgworker_outbox
     ADD CONSTRAINT bgworker_outbox_pkey PRIMARY KEY (request_id, kind);
+
+ALTER TABLE ONLY public.bgworker_producer_outbox
+    ADD CONSTRAINT bgworker_producer_outbox_pkey PRIMARY KEY (request_id);
 
 ALTER TABLE ONLY public.bgworker_requests
     ADD CONSTRAINT bgworker_requests_pkey PRIMARY KEY (id);
@@ -183,13 +236,25 @@ CREATE INDEX bgworker_admin_login_failures_client ON public.bgworker_admin_login
 
 CREATE INDEX bgworker_admin_sessions_expiry ON public.bgworker_admin_sessions USING btree (expires_at);
 
+CREATE INDEX bgworker_dlq_actions_at ON public.bgworker_dlq_actions USING btree (at);
+
 CREATE INDEX bgworker_dlq_actions_request ON public.bgworker_dlq_actions USING btree (request_id, at);
 
 CREATE INDEX bgworker_outbox_due ON public.bgworker_outbox USING btree (next_attempt_at) WHERE (status = 'pending'::text);
 
+CREATE INDEX bgworker_outbox_finished ON public.bgworker_outbox USING btree (COALESCE(done_at, created_at)) WHERE (status <> 'pending'::text);
+
+CREATE INDEX bgworker_producer_outbox_published ON public.bgworker_producer_outbox USING btree (published_at) WHERE (published_at IS NOT NULL);
+
+CREATE INDEX bgworker_producer_outbox_unpublished ON public.bgworker_producer_outbox USING btree (created_at) WHERE (published_at IS NULL);
+
+CREATE INDEX bgworker_requests_ended ON public.bgworker_requests USING btree (GREATEST(finished_at, expires_at)) WHERE (finished_at IS NOT NULL);
+
 CREATE INDEX bgworker_requests_expires ON public.bgworker_requests USING btree (expires_at) WHERE (status = 'ready'::text);
 
 CREATE INDEX bgworker_requests_fingerprint ON public.bgworker_requests USING btree (fingerprint, finished_at) WHERE (fingerprint IS NOT NULL);
+
+CREATE INDEX bgworker_requests_requester_email ON public.bgworker_requests USING btree (lower(requester_email)) WHERE (requester_email IS NOT NULL);
 
 CREATE INDEX bgworker_requests_running_lease ON public.bgworker_requests USING btree (lease_expires_at) WHERE (status = 'running'::text);
 

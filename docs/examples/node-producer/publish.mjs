@@ -12,6 +12,12 @@
 //    content type application/json, message id = the request id, type FileRequested,
 //    persistent, mandatory. Returns once RabbitMQ has confirmed it; an unroutable or
 //    refused message is an error (exit 2). Prints the request id.
+//
+//   node publish.mjs --cancel REQUEST_ID
+//
+// publishes a CancelRequested instead (validated against schemas/CancelRequested.json), with
+// routing key request.cancel, message id <id>.cancel and type CancelRequested: the request
+// stops (or, if it has not arrived yet, is never built). Idempotent.
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,6 +29,7 @@ import amqp from 'amqplib';
 const HERE = dirname(fileURLToPath(import.meta.url));
 const SCHEMAS = process.env.BGWORKER_SCHEMAS || join(HERE, '..', '..', '..', 'schemas');
 const REQUESTED_KEY = 'file.requested';
+const CANCEL_KEY = 'request.cancel';
 
 // Nesting of a JSON value: an object or array is one level more than its deepest child.
 function depth(value) {
@@ -51,8 +58,8 @@ function keywordsOf(schema, found = new Set()) {
   return found;
 }
 
-export function loadValidator(schemasDir = SCHEMAS) {
-  const schema = JSON.parse(readFileSync(join(schemasDir, 'FileRequested.json'), 'utf8'));
+export function loadValidator(schemasDir = SCHEMAS, model = 'FileRequested') {
+  const schema = JSON.parse(readFileSync(join(schemasDir, `${model}.json`), 'utf8'));
   const ajv = new Ajv2020({ allErrors: true, strict: true, allowUnionTypes: true });
   addFormats(ajv);
   for (const keyword of keywordsOf(schema)) {
@@ -81,6 +88,15 @@ export function loadValidator(schemasDir = SCHEMAS) {
 }
 
 export async function publish(url, namespace, event) {
+  return send(url, namespace, REQUESTED_KEY, event, event.id, 'FileRequested');
+}
+
+export async function cancel(url, namespace, requestId) {
+  const body = { id: requestId };
+  return send(url, namespace, CANCEL_KEY, body, `${requestId}.cancel`, 'CancelRequested');
+}
+
+async function send(url, namespace, key, event, messageId, type) {
   const connection = await amqp.connect(url);
   // A channel error (no such exchange: 404) is reported by the promise below; without a
   // listener Node would also throw it as an unhandled 'error' event.
@@ -97,12 +113,12 @@ export async function publish(url, namespace, event) {
       channel.on('error', (err) => reject(new Error(`channel closed: ${err.message}`)));
       channel.publish(
         `${namespace}.requests`,
-        REQUESTED_KEY,
+        key,
         body,
         {
           contentType: 'application/json',
-          messageId: event.id,
-          type: 'FileRequested',
+          messageId,
+          type,
           persistent: true,
           mandatory: true,
         },
@@ -118,13 +134,17 @@ export async function publish(url, namespace, event) {
 }
 
 async function main() {
-  const [path] = process.argv.slice(2);
-  if (!path) {
+  const [path, cancelId] = process.argv.slice(2);
+  if (!path || (path === '--cancel' && !cancelId)) {
     console.error('usage: node publish.mjs EVENT.json   (or - for standard input)');
+    console.error('       node publish.mjs --cancel REQUEST_ID');
     process.exit(64);
   }
-  const event = JSON.parse(readFileSync(path === '-' ? 0 : path, 'utf8'));
-  const errors = loadValidator()(event);
+  const cancelling = path === '--cancel';
+  const event = cancelling
+    ? { id: cancelId }
+    : JSON.parse(readFileSync(path === '-' ? 0 : path, 'utf8'));
+  const errors = loadValidator(SCHEMAS, cancelling ? 'CancelRequested' : 'FileRequested')(event);
   if (errors.length) {
     console.error(JSON.stringify({ refused: event.id ?? null, errors }, null, 2));
     process.exit(1);
@@ -132,7 +152,7 @@ async function main() {
   const url = process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672/';
   const namespace = process.env.BGWORKER_NAMESPACE || 'bgworker';
   try {
-    await publish(url, namespace, event);
+    await (cancelling ? cancel(url, namespace, event.id) : publish(url, namespace, event));
   } catch (err) {
     console.error(`not published: ${err.message}`);
     process.exit(2);

@@ -1,0 +1,124 @@
+-- Retention (bgworker.store.retention, `bgworker clean`): each query prunes one batch.
+-- Every one takes the same four parameters: $1 how long to keep (seconds after a request
+-- ended), $2 the batch size, $3 and $4 where the previous batch stopped (the time and a
+-- text key that orders rows of the same time: group commit ends many requests at one
+-- now()), so a run never reads the same rows twice and rows it skipped, locked, wait for
+-- the next run. Each returns the rows it looked at (time and key, in order; fewer than $2:
+-- done) with, on each, how many it pruned. Batches of requests come from
+-- bgworker_ended_batch (migration 0014): ended when neither waiting nor running, at
+-- finished_at or when the file expired if later (index bgworker_requests_ended). SKIP
+-- LOCKED: a row a worker or an operator holds is left for the next run, never waited for;
+-- each batch is its own short transaction.
+
+-- name: retention_criteria
+-- What the event said beyond routing (criteria, description, file name), the error text
+-- (a handler's exception may quote its input) and the dedupe fingerprint (a hash of the
+-- criteria), on the row.
+WITH batch AS MATERIALIZED (SELECT * FROM bgworker_ended_batch($1, $2, $3, $4)),
+done AS (
+    UPDATE bgworker_requests r
+    SET event = r.event - 'criteria' - 'description' - 'filename',
+        filename = r.file_type, last_error = NULL, fingerprint = NULL,
+        scrubbed_at = coalesce(r.scrubbed_at, now())
+    FROM batch
+    WHERE r.id = batch.id
+      AND (r.event ?| array['criteria', 'description', 'filename'] OR r.last_error IS NOT NULL
+           OR r.fingerprint IS NOT NULL)
+    RETURNING 1
+)
+SELECT ended, key, (SELECT count(*) FROM done) AS pruned FROM batch ORDER BY ended, key;
+
+-- name: retention_addresses
+-- Who asked: the requester's address and id, on the row and in the event (language and
+-- time zone stay: they say nothing of who).
+WITH batch AS MATERIALIZED (SELECT * FROM bgworker_ended_batch($1, $2, $3, $4)),
+done AS (
+    UPDATE bgworker_requests r
+    SET event = r.event #- '{requester,email}' #- '{requester,id}',
+        requester_email = NULL, requester_id = NULL,
+        scrubbed_at = coalesce(r.scrubbed_at, now())
+    FROM batch
+    WHERE r.id = batch.id
+      AND (r.requester_email IS NOT NULL OR r.requester_id IS NOT NULL
+           OR coalesce(r.event -> 'requester' ?| array['email', 'id'], false))
+    RETURNING 1
+)
+SELECT ended, key, (SELECT count(*) FROM done) AS pruned FROM batch ORDER BY ended, key;
+
+-- name: retention_attempts
+-- The attempt history (workers, times, error texts) of ended requests.
+WITH batch AS MATERIALIZED (SELECT * FROM bgworker_ended_batch($1, $2, $3, $4)),
+done AS (
+    DELETE FROM bgworker_attempts a USING batch WHERE a.request_id = batch.id RETURNING 1
+)
+SELECT ended, key, (SELECT count(*) FROM done) AS pruned FROM batch ORDER BY ended, key;
+
+-- name: retention_outbox
+-- Effects performed or given up (their payloads: an email's recipient and link), by when
+-- they finished; pending ones are still work and stay.
+WITH batch AS (
+    SELECT request_id, kind, coalesce(done_at, created_at) AS ended,
+           request_id::text || kind AS key
+    FROM bgworker_outbox
+    WHERE status <> 'pending'
+      AND coalesce(done_at, created_at) < now() - make_interval(secs => $1)
+      AND (coalesce(done_at, created_at), request_id::text || kind) > ($3, $4)
+    ORDER BY coalesce(done_at, created_at), request_id::text || kind
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), done AS (
+    DELETE FROM bgworker_outbox o USING batch
+    WHERE o.request_id = batch.request_id AND o.kind = batch.kind
+    RETURNING 1
+)
+SELECT ended, key, (SELECT count(*) FROM done) AS pruned FROM batch ORDER BY ended, key;
+
+-- name: retention_producer_outbox
+-- The producer outbox's rows the relay has published (each holds a whole event).
+WITH batch AS (
+    SELECT request_id, published_at AS ended, request_id::text AS key
+    FROM bgworker_producer_outbox
+    WHERE published_at < now() - make_interval(secs => $1)
+      AND (published_at, request_id::text) > ($3, $4)
+    ORDER BY published_at, request_id::text
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), done AS (
+    DELETE FROM bgworker_producer_outbox p USING batch
+    WHERE p.request_id = batch.request_id
+    RETURNING 1
+)
+SELECT ended, key, (SELECT count(*) FROM done) AS pruned FROM batch ORDER BY ended, key;
+
+-- name: retention_dlq_actions
+-- The records of dead-letter replays and purges (the letter's error, the attempt log), by
+-- age, as the letters themselves.
+WITH batch AS (
+    SELECT id, at AS ended, id::text AS key FROM bgworker_dlq_actions
+    WHERE at < now() - make_interval(secs => $1) AND (at, id::text) > ($3, $4)
+    ORDER BY at, id::text
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), done AS (
+    DELETE FROM bgworker_dlq_actions d USING batch WHERE d.id = batch.id RETURNING 1
+)
+SELECT ended, key, (SELECT count(*) FROM done) AS pruned FROM batch ORDER BY ended, key;
+
+-- name: retention_rows
+-- The request rows themselves, with whatever still hangs off them (a file its row still
+-- named expired rows_days ago; unreferenced now, the orphan step deletes it). After this
+-- a copy of the request published again would be built again: keep rows longer than any
+-- message can wait (dead letters included).
+WITH batch AS MATERIALIZED (SELECT * FROM bgworker_ended_batch($1, $2, $3, $4)),
+attempts AS (
+    DELETE FROM bgworker_attempts a USING batch WHERE a.request_id = batch.id
+), effects AS (
+    DELETE FROM bgworker_outbox o USING batch WHERE o.request_id = batch.id
+), actions AS (
+    DELETE FROM bgworker_dlq_actions d USING batch WHERE d.request_id = batch.id
+), door AS (
+    DELETE FROM bgworker_front_door f USING batch WHERE f.id = batch.id
+), done AS (
+    DELETE FROM bgworker_requests r USING batch WHERE r.id = batch.id RETURNING 1
+)
+SELECT ended, key, (SELECT count(*) FROM done) AS pruned FROM batch ORDER BY ended, key;

@@ -1,0 +1,89 @@
+"""``POST /erasures``: ``bgworker forget`` over HTTP, for the service that handles a
+person's erasure request (GDPR article 17). Mounted with the front door (same API keys).
+
+The address goes in the JSON body, ``{"requester": "ann@example.com"}``, never in the URL:
+URLs end up in access logs. The answer is the erasure's report (counts and the audit row's
+id), which names no one. Idempotent: a second call finds nothing more to erase (and still
+records that it was asked).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Final
+
+from aiohttp import web
+
+from bgworker import faults
+from bgworker import settings as settings_mod
+from bgworker.ops import erasure
+from bgworker.ops.deadletters import queue
+from bgworker.web import front_door, keys, responses
+
+log = logging.getLogger(__name__)
+
+ROUTE: Final = "/erasures"
+MAX_BODY_BYTES: Final = 4096
+ACTOR: Final = "http:/erasures"
+
+
+def mount(app: web.Application, settings: settings_mod.Settings) -> None:
+    app[keys.DLQ_ADDRESS] = (
+        settings.amqp_url.get_secret_value(),
+        settings.namespace,
+        settings.queue_type,
+    )
+    app.router.add_post(ROUTE, erase)
+
+
+def _refusal(status: int, error: str) -> web.Response:
+    return responses.json_response({"error": error, "status": status}, status=status)
+
+
+async def erase(request: web.Request) -> web.Response:
+    refused = front_door.refuse_caller(request)
+    if refused is not None:
+        return refused
+    if request.content_type != "application/json":
+        return _refusal(415, "the body must be application/json")
+    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        return _refusal(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw)
+        given = body["requester"] if isinstance(body, dict) else None
+        if not isinstance(given, str):
+            raise ValueError("a JSON object with a string field requester is required")
+        subject = erasure.parse_requester(given)
+    except (ValueError, KeyError):
+        return _refusal(422, 'the body must be {"requester": "<email address>"}')
+    try:
+        report = await _forget(request, subject)
+    except Exception as exc:
+        if faults.is_infrastructure(exc) or isinstance(exc, queue.DlqError):
+            log.warning("POST %s: a service is away: %s", ROUTE, type(exc).__name__)
+            return responses.json_response(
+                {"error": "the service is unavailable; retry later", "status": 503},
+                status=503,
+                headers={"Retry-After": str(front_door.RETRY_AFTER_SECONDS)},
+            )
+        raise
+    return responses.json_response(report.to_json(), status=200 if not report.errors else 207)
+
+
+async def _forget(request: web.Request, subject: erasure.Subject) -> erasure.Report:
+    url, namespace, queue_type = request.app[keys.DLQ_ADDRESS]
+    dlq = queue.DeadLetterQueue(url, namespace, queue_type)
+    try:
+        await dlq.connect()
+    except queue.DlqError as exc:
+        if "does not exist" not in str(exc):  # no worker has declared it: no letters
+            raise
+        return await erasure.forget(
+            request.app[keys.STORE], request.app[keys.STORAGE], None, subject, actor=ACTOR
+        )
+    async with dlq:
+        return await erasure.forget(
+            request.app[keys.STORE], request.app[keys.STORAGE], dlq, subject, actor=ACTOR
+        )
