@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bgworker.contract import callback_urls
+from bgworker.contract import fairness as fair_share
 
 ENV_PREFIX: Final = "BGWORKER_"
 NAMESPACE_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -308,6 +309,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    fairness: fair_share.FairnessSettings = Field(default_factory=fair_share.FairnessSettings)
 
     _split = field_validator("handlers", mode="before")(_split_list)
 

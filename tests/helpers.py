@@ -105,6 +105,9 @@ def settings_env(settings: settings_mod.Settings) -> dict[str, str]:
         "BGWORKER_WORKER__DRAIN_TIMEOUT_SECONDS": str(w.drain_timeout_seconds),
         "BGWORKER_WORKER__OUTBOX_CLAIM_SECONDS": str(w.outbox_claim_seconds),
         "BGWORKER_WORKER__CONCURRENCY": str(w.concurrency),
+        "BGWORKER_FAIRNESS__TENANT_IN_FLIGHT": str(settings.fairness.tenant_in_flight),
+        "BGWORKER_FAIRNESS__TENANT_LIMITS": json.dumps(settings.fairness.tenant_limits),
+        "BGWORKER_FAIRNESS__FILE_TYPE_LIMITS": json.dumps(settings.fairness.file_type_limits),
         **_storage_env(settings.storage),
     }
     base = {k: v for k, v in os.environ.items() if not k.startswith("BGWORKER_")}

@@ -95,6 +95,9 @@ SETTINGS: Final[tuple[tuple[str, str, bool], ...]] = (
     ("BGWORKER_WEBHOOKS__MAX_ATTEMPTS", "6", False),
     ("BGWORKER_WEBHOOKS__TIMEOUT_SECONDS", "10.0", False),
     ("BGWORKER_WEBHOOKS__ALLOW_PRIVATE", "False", False),
+    ("BGWORKER_FAIRNESS__TENANT_IN_FLIGHT", "0", False),
+    ("BGWORKER_FAIRNESS__TENANT_LIMITS", "{}", False),
+    ("BGWORKER_FAIRNESS__FILE_TYPE_LIMITS", "{}", False),
 )
 # settings-table:end
 
@@ -191,6 +194,9 @@ def _requests(sub: Any) -> None:
     pub.add_argument("--language", help="requester's language, e.g. de or pt-BR (default en)")
     pub.add_argument(
         "--timezone", help="requester's IANA time zone, e.g. Europe/Paris (default UTC)"
+    )
+    pub.add_argument(
+        "--tenant", help="fairness key: caps and quotas count per tenant (default: --requester-id)"
     )
     pub.add_argument("--lifetime", type=int, help="seconds the file stays downloadable")
     pub.add_argument("--callback-url", help="receives FileReady or FileFailed (a webhook)")

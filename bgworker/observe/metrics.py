@@ -50,6 +50,16 @@ RECOVERED: Final = Counter(
     "Waiting requests republished after their message was lost",
     registry=WORKER,
 )
+PARKED: Final = Counter(
+    "bgworker_requests_parked_total",
+    "Claims that found their tenant or file type at its cap and parked the request",
+    registry=WORKER,
+)
+WOKEN: Final = Counter(
+    "bgworker_requests_woken_total",
+    "Parked requests republished once a slot freed",
+    registry=WORKER,
+)
 OUTBOX_DONE: Final = Counter(
     "bgworker_outbox_done_total", "Effects performed", ["kind"], registry=WORKER
 )

@@ -17,7 +17,8 @@ query file each, composed into ``Store``:
   ``gauges``: what the worker's metrics sample; ``traces``: a job's trace context.
   ``admin_sessions``: the console's server-side sessions and secrets; ``front_door``: the
   events ``POST /requests`` accepted, by id; ``dedupe``: reusing a ready file of identical
-  content, or waiting for the one being built.
+  content, or waiting for the one being built; ``fairness``: the capped claim, parked
+  requests and their wake (fair share).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from bgworker.store import (
     connection,
     dead_letters,
     dedupe,
+    fairness,
     front_door,
     gauges,
     leases,
@@ -57,12 +59,14 @@ __all__ = [
     "LeaseKeeper",
     "OutboxBacklog",
     "OutboxItem",
+    "Parked",
     "PostgresError",
     "Q",
     "ReapReport",
     "RecoveryReport",
     "RequestRow",
     "Store",
+    "TenantCounts",
     "VanishedError",
     "create_pool",
     "ensure_database",
@@ -78,6 +82,8 @@ ensure_database: Final = connection.ensure_database
 RequestRow = rows.RequestRow
 VanishedError = front_door.VanishedError
 Claim = rows.Claim
+Parked = rows.Parked
+TenantCounts = rows.TenantCounts
 DedupeDecision = dedupe.Decision
 DedupeStep = dedupe.Step
 OutboxItem = rows.OutboxItem
@@ -94,9 +100,10 @@ class Store:
     on_effects=...)``, then one part per concept, each its own object: ``db.requests``,
     ``db.recovery``, ``db.outbox``, ``db.dedupe``, ``db.links``, ``db.maintenance``,
     ``db.gauges``, ``db.traces``, ``db.dead_letters``, ``db.listing``,
-    ``db.admin_sessions``, ``db.front_door``. The parts whose transactions cause effects
-    (requests, recovery, dedupe) write them through the one ``outbox``, which knows how
-    they reach this process's dispatcher (``claim_effects_seconds``, ``on_effects``)."""
+    ``db.admin_sessions``, ``db.front_door``, ``db.fairness``. The parts whose
+    transactions cause effects (requests, recovery, dedupe) write them through the one
+    ``outbox``, which knows how they reach this process's dispatcher
+    (``claim_effects_seconds``, ``on_effects``)."""
 
     def __init__(
         self,
@@ -120,6 +127,7 @@ class Store:
         self.listing = listing.Listing(pool)
         self.admin_sessions = admin_sessions.AdminSessions(pool)
         self.front_door = front_door.FrontDoor(pool)
+        self.fairness = fairness.FairShare(pool)
 
 
 @asynccontextmanager

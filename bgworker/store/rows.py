@@ -111,6 +111,23 @@ class Claim:
         return cls(record["id"], record["attempts"], record["lease_token"], record["max_attempts"])
 
 
+@dataclass(frozen=True)
+class Parked:
+    """A capped claim that found no free slot: the request waits in PostgreSQL (parked)."""
+
+    request_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class TenantCounts:
+    """One tenant's requests by where they stand (the console, ``bgworker status``)."""
+
+    tenant: str
+    in_flight: int
+    parked: int
+    queued: int
+
+
 @dataclass
 class ReapReport:
     requeued: int = 0

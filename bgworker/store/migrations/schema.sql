@@ -75,7 +75,8 @@ CREATE TABLE public.bgworker_front_door (
     id uuid NOT NULL,
     event jsonb NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    published_at timestamp with time zone
+    published_at timestamp with time zone,
+    tenant text DEFAULT ''::text NOT NULL
 );
 
 CREATE TABLE public.bgworker_migrations (
@@ -139,13 +140,15 @@ CREATE TABLE public.bgworker_requests (
     progress_total bigint,
     fingerprint text,
     reused_from uuid,
+    tenant text DEFAULT ''::text NOT NULL,
+    woken_at timestamp with time zone,
     CONSTRAINT bgworker_requests_fingerprint_check CHECK (((fingerprint IS NULL) OR (fingerprint ~ '^[0-9a-f]{64}$'::text))),
     CONSTRAINT bgworker_requests_link_generation_check CHECK ((link_generation >= 0)),
     CONSTRAINT bgworker_requests_progress_check CHECK (((progress IS NULL) OR ((progress >= (0)::double precision) AND (progress <= (1)::double precision)))),
     CONSTRAINT bgworker_requests_progress_counts CHECK (((progress_total IS NULL) OR (progress_done <= progress_total))),
     CONSTRAINT bgworker_requests_progress_done_check CHECK (((progress_done IS NULL) OR (progress_done >= 0))),
     CONSTRAINT bgworker_requests_progress_total_check CHECK (((progress_total IS NULL) OR (progress_total >= 0))),
-    CONSTRAINT bgworker_requests_status_check CHECK ((status = ANY (ARRAY['queued'::text, 'running'::text, 'retrying'::text, 'ready'::text, 'failed'::text, 'cancelled'::text, 'expired'::text])))
+    CONSTRAINT bgworker_requests_status_check CHECK ((status = ANY (ARRAY['queued'::text, 'parked'::text, 'running'::text, 'retrying'::text, 'ready'::text, 'failed'::text, 'cancelled'::text, 'expired'::text])))
 );
 
 ALTER TABLE ONLY public.bgworker_dlq_actions ALTER COLUMN id SET DEFAULT nextval('public.bgworker_dlq_actions_id_seq'::regclass);
@@ -185,9 +188,13 @@ CREATE INDEX bgworker_admin_sessions_expiry ON public.bgworker_admin_sessions US
 
 CREATE INDEX bgworker_dlq_actions_request ON public.bgworker_dlq_actions USING btree (request_id, at);
 
+CREATE INDEX bgworker_front_door_tenant ON public.bgworker_front_door USING btree (tenant, created_at);
+
 CREATE INDEX bgworker_outbox_due ON public.bgworker_outbox USING btree (next_attempt_at) WHERE (status = 'pending'::text);
 
 CREATE INDEX bgworker_requests_expires ON public.bgworker_requests USING btree (expires_at) WHERE (status = 'ready'::text);
+
+CREATE INDEX bgworker_requests_file_type_live ON public.bgworker_requests USING btree (file_type) WHERE (status = ANY (ARRAY['running'::text, 'parked'::text, 'queued'::text]));
 
 CREATE INDEX bgworker_requests_fingerprint ON public.bgworker_requests USING btree (fingerprint, finished_at) WHERE (fingerprint IS NOT NULL);
 
@@ -196,6 +203,10 @@ CREATE INDEX bgworker_requests_running_lease ON public.bgworker_requests USING b
 CREATE INDEX bgworker_requests_status ON public.bgworker_requests USING btree (status, received_at);
 
 CREATE INDEX bgworker_requests_storage_key ON public.bgworker_requests USING btree (storage_key) WHERE (storage_key IS NOT NULL);
+
+CREATE INDEX bgworker_requests_tenant_live ON public.bgworker_requests USING btree (tenant) WHERE (status = ANY (ARRAY['running'::text, 'parked'::text, 'queued'::text]));
+
+CREATE INDEX bgworker_requests_tenant_received ON public.bgworker_requests USING btree (tenant, received_at);
 
 CREATE INDEX bgworker_requests_waiting ON public.bgworker_requests USING btree (updated_at) WHERE (status = ANY (ARRAY['queued'::text, 'retrying'::text]));
 
