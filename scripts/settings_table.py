@@ -162,6 +162,14 @@ MEANING: Final[dict[str, str]] = {
         "requests of one file type running at once on the whole deployment, "
         "`ledger_export=2,...` or a JSON object"
     ),
+    "BGWORKER_FAIRNESS__QUOTA_PER_HOUR": (
+        "requests one tenant may make in any rolling hour; 0: no quota"
+    ),
+    "BGWORKER_FAIRNESS__QUOTA_PER_DAY": "requests one tenant may make in any rolling day; 0: none",
+    "BGWORKER_FAIRNESS__OVER_QUOTA": (
+        "an AMQP request over its quota: `wait` (deferred on a retry queue) or `fail` "
+        "(failed, reason `over_quota`)"
+    ),
     "BGWORKER_WEBHOOKS__ALLOW_PRIVATE": (
         "send webhooks to loopback, private and other non-public addresses"
     ),

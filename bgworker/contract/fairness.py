@@ -14,7 +14,7 @@ name with a comma or an equals sign.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import NoDecode
@@ -56,6 +56,15 @@ class FairnessSettings(BaseModel):
         Field(default_factory=dict)
     )
 
+    # Requests one tenant may make in any hour and any day (rolling windows; 0: no quota),
+    # counted when a worker first records a request or POST /requests accepts it.
+    quota_per_hour: int = Field(0, ge=0, le=MAX_LIMIT * 1000)
+    quota_per_day: int = Field(0, ge=0, le=MAX_LIMIT * 1000)
+    # An AMQP request over its quota: "wait" (put on a retry queue, tried again once the
+    # window has room) or "fail" (failed and dead-lettered with reason over_quota; the same
+    # id published again later supersedes it). POST /requests answers 429 either way.
+    over_quota: Literal["wait", "fail"] = "wait"
+
     _parse = field_validator("tenant_limits", "file_type_limits", mode="before")(parse_limits)
 
     @field_validator("tenant_limits", "file_type_limits")
@@ -73,8 +82,17 @@ class FairnessSettings(BaseModel):
     def file_type_cap(self, file_type: str) -> int | None:
         return self.file_type_limits.get(file_type)
 
+    def quotas(self) -> list[tuple[str, int, int]]:
+        """(name, limit, window seconds) of every quota set, the shorter window first."""
+        found = [("per_hour", self.quota_per_hour, 3600), ("per_day", self.quota_per_day, 86400)]
+        return [q for q in found if q[1]]
+
     @property
     def capping(self) -> bool:
         """Any cap at all: only then do finished jobs wake parked requests (the sweep wakes
         them regardless, so requests parked under older limits are never stranded)."""
         return bool(self.tenant_in_flight or self.tenant_limits or self.file_type_limits)
+
+    def limits_tenant(self, tenant: str) -> bool:
+        """Whether a claim of ``tenant`` must take its lock: a cap or a quota applies."""
+        return self.tenant_cap(tenant) is not None or bool(self.quotas())

@@ -83,6 +83,7 @@ class JobOutcome(StrEnum):
     RELEASED = "released"
     DUPLICATE = "duplicate"
     PARKED = "parked"  # over a cap: recorded as parked and acked, runs when woken
+    OVER_QUOTA = "over_quota"  # its tenant's quota used up: deferred or failed
     INVALID = "invalid"
     UNSTORABLE = "unstorable"
     UNPROCESSABLE = "unprocessable"
@@ -90,7 +91,7 @@ class JobOutcome(StrEnum):
 
 
 # Outcomes that are not a job run (``--max-jobs`` does not count them).
-NOT_A_RUN: Final = frozenset({JobOutcome.DUPLICATE, JobOutcome.PARKED})
+NOT_A_RUN: Final = frozenset({JobOutcome.DUPLICATE, JobOutcome.PARKED, JobOutcome.OVER_QUOTA})
 
 
 class Reason(StrEnum):
@@ -108,6 +109,7 @@ class Reason(StrEnum):
     MAX_ATTEMPTS = "max_attempts"
     WORKER_LOST = "worker_lost"
     DELIVERY_LIMIT = "delivery_limit"
+    OVER_QUOTA = "over_quota"  # its tenant's quota was used up (BGWORKER_FAIRNESS__OVER_QUOTA=fail)
 
 
 # A request that failed for one of these never ran: a valid event published under the same
@@ -118,5 +120,7 @@ SUPERSEDABLE: Final = frozenset(
         Reason.UNSUPPORTED_SCHEMA_VERSION,
         Reason.MALFORMED_JSON,
         Reason.UNSTORABLE,
+        # Refused for its tenant's quota, never run: published again later, it may run.
+        Reason.OVER_QUOTA,
     }
 )

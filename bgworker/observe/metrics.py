@@ -60,6 +60,12 @@ WOKEN: Final = Counter(
     "Parked requests republished once a slot freed",
     registry=WORKER,
 )
+OVER_QUOTA: Final = Counter(
+    "bgworker_requests_over_quota_total",
+    "New requests over their tenant's quota, by quota and what was done (wait, fail)",
+    ["quota", "action"],
+    registry=WORKER,
+)
 OUTBOX_DONE: Final = Counter(
     "bgworker_outbox_done_total", "Effects performed", ["kind"], registry=WORKER
 )

@@ -59,6 +59,7 @@ __all__ = [
     "LeaseKeeper",
     "OutboxBacklog",
     "OutboxItem",
+    "OverQuota",
     "Parked",
     "PostgresError",
     "Q",
@@ -83,6 +84,7 @@ RequestRow = rows.RequestRow
 VanishedError = front_door.VanishedError
 Claim = rows.Claim
 Parked = rows.Parked
+OverQuota = rows.OverQuota
 TenantCounts = rows.TenantCounts
 DedupeDecision = dedupe.Decision
 DedupeStep = dedupe.Step

@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+import asyncpg
+
 from bgworker.contract import events, fairness
 from bgworker.store import connection, queries, requests, rows
 
@@ -35,19 +37,27 @@ class FairShare(connection.Connected):
         lease_seconds: float,
         limits: fairness.FairnessSettings,
         names: tuple[str, str] | None = None,
-    ) -> rows.Claim | rows.Parked | None:
-        """``Requests.record_and_claim`` for a request a cap applies to: a claim when its
-        tenant and file type have a free slot, else ``Parked`` (recorded as parked, no
-        attempt counted). None: not runnable (as record_and_claim)."""
+    ) -> rows.Claim | rows.Parked | rows.OverQuota | None:
+        """``Requests.record_and_claim`` for a request a cap or quota applies to: a claim
+        when its tenant and file type have a free slot, else ``Parked`` (recorded as parked,
+        no attempt counted); ``OverQuota`` (nothing recorded) when it is new and its
+        tenant's quota is used up. None: not runnable (as record_and_claim)."""
         tenant = events.tenant_of(event)
         tenant_cap = limits.tenant_cap(tenant)
         file_type_cap = limits.file_type_cap(event.file_type)
         async with self.transaction() as conn:
             # Always tenant before file type (see lock_cap).
-            if tenant_cap is not None:
+            if limits.limits_tenant(tenant):
                 await conn.execute(Q["lock_cap"], _cap_key("tenant", tenant))
             if file_type_cap is not None:
                 await conn.execute(Q["lock_cap"], _cap_key("file_type", event.file_type))
+            # A quota counts a request once, when first recorded: a redelivery, a woken or
+            # a retried request is not counted again.
+            quotas = limits.quotas()
+            if quotas and not await conn.fetchval(Q["recorded"], event.id):
+                over = await _over_quota(conn, tenant, quotas)
+                if over is not None:
+                    return over
             record = await conn.fetchrow(
                 *bind(
                     "record_and_claim_capped",
@@ -104,6 +114,17 @@ class FairShare(connection.Connected):
                     woken.append(record["id"])
         return woken
 
+    async def over_quota(
+        self, tenant: str, limits: fairness.FairnessSettings
+    ) -> rows.OverQuota | None:
+        """For POST /requests: the quota a new request of ``tenant`` would exceed, if any.
+        Without the claim's lock: POSTs racing for a tenant's last request may overshoot."""
+        quotas = limits.quotas()
+        if not quotas:
+            return None
+        async with self.pool.acquire() as conn:
+            return await _over_quota(conn, tenant, quotas)
+
     async def tenant_counts(
         self, tenant: str | None = None, limit: int = 20
     ) -> list[rows.TenantCounts]:
@@ -112,3 +133,13 @@ class FairShare(connection.Connected):
             rows.TenantCounts(r["tenant"], r["in_flight"], r["parked"], r["queued"])
             for r in await self.pool.fetch(Q["tenant_counts"], tenant, limit)
         ]
+
+
+async def _over_quota(
+    conn: asyncpg.Connection, tenant: str, quotas: list[tuple[str, int, int]]
+) -> rows.OverQuota | None:
+    for name, limit, window in quotas:
+        usage = await conn.fetchrow(Q["quota_usage"], tenant, float(window))
+        if usage["used"] >= limit:
+            return rows.OverQuota(name, limit, usage["used"], max(1.0, usage["frees_in"]))
+    return None

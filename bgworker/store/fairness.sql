@@ -133,3 +133,24 @@ WHERE status IN ('running', 'parked', 'queued') AND ($1::text IS NULL OR tenant 
 GROUP BY tenant
 ORDER BY count(*) DESC, tenant
 LIMIT $2;
+
+-- name: quota_usage
+-- A tenant's requests in the last $2 seconds: recorded by a worker (not those refused for
+-- the quota), or accepted by POST /requests and not recorded yet; and how many seconds until
+-- the oldest of them leaves the window (when the next request may fit).
+WITH seen AS (
+    SELECT received_at AS at FROM bgworker_requests
+    WHERE tenant = $1 AND received_at > now() - make_interval(secs => $2)
+      AND failure_reason IS DISTINCT FROM 'over_quota'
+    UNION ALL
+    SELECT d.created_at FROM bgworker_front_door d
+    WHERE d.tenant = $1 AND d.created_at > now() - make_interval(secs => $2)
+      AND NOT EXISTS (SELECT 1 FROM bgworker_requests r WHERE r.id = d.id)
+)
+SELECT count(*) AS used,
+       coalesce(extract(epoch FROM min(at) + make_interval(secs => $2) - now()), 0)::float8
+           AS frees_in
+FROM seen;
+
+-- name: recorded
+SELECT EXISTS (SELECT 1 FROM bgworker_requests WHERE id = $1);

@@ -119,6 +119,17 @@ class Parked:
 
 
 @dataclass(frozen=True)
+class OverQuota:
+    """A request its tenant's quota has no room for: which quota, and in how many seconds
+    the oldest request counted leaves its window."""
+
+    quota: str  # per_hour, per_day
+    limit: int
+    used: int
+    retry_after: float
+
+
+@dataclass(frozen=True)
 class TenantCounts:
     """One tenant's requests by where they stand (the console, ``bgworker status``)."""
 

@@ -6,7 +6,8 @@ delivery acked at once: it holds no worker slot, no delivery and no lease while 
 and its delivery count cannot grow. It runs when woken: a worker whose job of that tenant or
 file type ended (or that parked one: a slot may have freed meanwhile) wakes the oldest
 parked requests that now fit, republishing each, and every worker's reaper sweeps for
-parked requests that fit (their waker may have died), so none is forgotten.
+parked requests that fit (their waker may have died), so none is forgotten. A new request
+over its tenant's quota is deferred or failed (``over_quota``).
 docs/architecture.md, "Fair share", says why this design.
 """
 
@@ -16,12 +17,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from bgworker import faults, store
-from bgworker.contract import events, fairness
+from bgworker.contract import events, fairness, states
 from bgworker.messaging import broker, topology
 from bgworker.observe import logs, metrics
+from bgworker.worker import rejection
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +37,10 @@ class FairShare:
     lease_seconds: float
 
     def capped(self, event: events.FileRequested) -> bool:
+        """A cap or a quota applies: the claim goes through ``store.fairness``."""
         limits = self.limits
-        return (
-            limits.tenant_cap(events.tenant_of(event)) is not None
-            or limits.file_type_cap(event.file_type) is not None
+        return limits.limits_tenant(events.tenant_of(event)) or (
+            limits.file_type_cap(event.file_type) is not None
         )
 
     async def claim(
@@ -47,7 +49,7 @@ class FairShare:
         max_attempts: int,
         worker: str,
         names: tuple[str, str] | None,
-    ) -> store.Claim | store.Parked | None:
+    ) -> store.Claim | store.Parked | store.OverQuota | None:
         """The claim: through the caps when one applies, else the plain one (no lock, no
         count: a deployment without caps claims as before)."""
         if not self.capped(event):
@@ -57,6 +59,44 @@ class FairShare:
         return await self.db.fairness.claim_capped(
             event, max_attempts, worker, self.lease_seconds, self.limits, names
         )
+
+    async def over_quota(
+        self,
+        message: AbstractIncomingMessage,
+        event: events.FileRequested,
+        over: store.OverQuota,
+        rejecter: rejection.Rejecter,
+    ) -> states.JobOutcome:
+        """A new request its tenant's quota has no room for (nothing recorded): deferred on
+        the retry queue whose delay covers the wait (the longest there is, else), as a new
+        message, so no delivery count grows; or, with ``over_quota=fail``, failed and
+        dead-lettered with reason ``over_quota``."""
+        tenant = events.tenant_of(event)
+        metrics.OVER_QUOTA.labels(over.quota, self.limits.over_quota).inc()
+        if self.limits.over_quota == "fail":
+            await rejecter.reject(
+                message,
+                states.Reason.OVER_QUOTA,
+                "OverQuotaError",
+                f"tenant {tenant!r} used its quota of {over.limit} requests "
+                f"{over.quota.replace('_', ' ')}; the next fits in {over.retry_after:.0f}s",
+                event.id,
+            )
+            return states.JobOutcome.OVER_QUOTA
+        tiers = sorted(self.topology.retry_delays_seconds)
+        delay = next((t for t in tiers if t >= over.retry_after), tiers[-1])
+        await broker.publish_retry(self.channel, self.topology, message.body, str(event.id), delay)
+        await message.ack()  # after the deferred copy is confirmed: raise if it is not
+        log.info(
+            "request %s: tenant %r over its quota %s (%d of %d); tried again in %.0fs",
+            event.id,
+            tenant,
+            over.quota,
+            over.used,
+            over.limit,
+            delay,
+        )
+        return states.JobOutcome.OVER_QUOTA
 
     async def parked(self, event: events.FileRequested) -> None:
         """After a request was parked (and its delivery acked)."""

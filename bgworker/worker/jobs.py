@@ -130,6 +130,8 @@ class Runner:
         try:
             with tracing.span("claim", request_id=str(event.id), file_type=event.file_type):
                 claim = await self.fair.claim(event, max_attempts, self.worker_id, names)
+            if isinstance(claim, store.OverQuota):
+                return await self.fair.over_quota(message, event, claim, self.rejecter)
             if isinstance(claim, store.Parked):
                 # Over a cap: recorded parked, so the delivery is done with (fairness).
                 await _ack(message)
