@@ -108,6 +108,9 @@ def settings_env(settings: settings_mod.Settings) -> dict[str, str]:
         "BGWORKER_FAIRNESS__TENANT_IN_FLIGHT": str(settings.fairness.tenant_in_flight),
         "BGWORKER_FAIRNESS__TENANT_LIMITS": json.dumps(settings.fairness.tenant_limits),
         "BGWORKER_FAIRNESS__FILE_TYPE_LIMITS": json.dumps(settings.fairness.file_type_limits),
+        "BGWORKER_FAIRNESS__QUOTA_PER_HOUR": str(settings.fairness.quota_per_hour),
+        "BGWORKER_FAIRNESS__QUOTA_PER_DAY": str(settings.fairness.quota_per_day),
+        "BGWORKER_FAIRNESS__OVER_QUOTA": settings.fairness.over_quota,
         **_storage_env(settings.storage),
     }
     base = {k: v for k, v in os.environ.items() if not k.startswith("BGWORKER_")}

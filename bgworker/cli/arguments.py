@@ -201,6 +201,12 @@ def _requests(sub: Any) -> None:
     pub.add_argument(
         "--tenant", help="fairness key: caps and quotas count per tenant (default: --requester-id)"
     )
+    pub.add_argument(
+        "--priority",
+        choices=("low", "normal", "high"),
+        default="normal",
+        help="order in the work queue (default normal)",
+    )
     pub.add_argument("--lifetime", type=int, help="seconds the file stays downloadable")
     pub.add_argument("--callback-url", help="receives FileReady or FileFailed (a webhook)")
     pub.add_argument("--id", help="request id (default: a new UUID)")
@@ -210,8 +216,17 @@ def _requests(sub: Any) -> None:
         help="then follow it until it ends (a progress bar on a terminal); exit 1 unless ready",
     )
 
-    st = sub.add_parser("status", help="a request's state, progress, file, times and errors")
-    _request_id(st)
+    st = sub.add_parser(
+        "status",
+        help="a request's state, progress, file, times and errors; or a tenant's share",
+    )
+    st.add_argument(
+        "id", type=uuid.UUID, nargs="?", help="the request's id (a UUID, as `publish` printed)"
+    )
+    st.add_argument(
+        "--tenant",
+        help="instead: this tenant's requests running (and its cap), parked, queued; its quotas",
+    )
     st.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     st.add_argument(
         "--watch",

@@ -122,6 +122,15 @@ class FileRequested(_Event):
             "Absent or null: the requester's id (no requester id: the tenant-less share)."
         ),
     )
+    priority: event_fields.Priority = Field(
+        "normal",
+        description=(
+            "Order in the work queue: the AMQP message priority bgworker publishes it with "
+            "(low 0, normal 1, high 5). A classic queue serves higher first; a RabbitMQ 4 "
+            "quorum queue has two levels (0-4 normal, 5+ high, served 2:1); RabbitMQ 3.x "
+            "quorum queues ignore it."
+        ),
+    )
     requested_at: event_fields.RequestedAt = Field(default_factory=_now)
     lifetime_seconds: event_fields.JsonInteger = Field(
         7 * 24 * 3600,

@@ -14,10 +14,14 @@ queue: a 5 s retry behind a 5 min one would wait 5 min in a single mixed-TTL que
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Final
 
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractQueue, ExchangeType
+
+log = logging.getLogger(__name__)
 
 REQUESTED_KEY: Final = "file.requested"
 READY_KEY: Final = "file.ready"
@@ -25,6 +29,9 @@ FAILED_KEY: Final = "file.failed"
 # Quorum queues dead-letter a message redelivered this often (a worker crashing on it each
 # time). RabbitMQ 4.x defaults to 20; we set it so 3.x behaves the same.
 DELIVERY_LIMIT: Final = 20
+# x-max-priority of a classic work queue: low, normal and high (wire.PRIORITIES: 0, 1, 5;
+# a priority above the maximum counts as the maximum). Few levels: each costs the queue.
+MAX_PRIORITY: Final = 2
 
 
 @dataclass(frozen=True)
@@ -70,11 +77,15 @@ class Topology:
         """The delay before the attempt after failed attempt ``attempt`` (1-based)."""
         return self.retry_delays_seconds[min(attempt, len(self.retry_delays_seconds)) - 1]
 
-    def _work_arguments(self) -> dict[str, Any]:
+    def _work_arguments(self, *, priorities: bool = True) -> dict[str, Any]:
         args: dict[str, Any] = {"x-dead-letter-exchange": self.dead_exchange}
         if self.queue_type == "quorum":
             args["x-queue-type"] = "quorum"
             args["x-delivery-limit"] = DELIVERY_LIMIT
+        elif priorities:
+            # Classic queues serve priorities only when declared with a maximum (quorum
+            # queues of RabbitMQ 4 always do, with two levels; those of 3.x never do).
+            args["x-max-priority"] = MAX_PRIORITY
         return args
 
     async def declare_intake(self, channel: AbstractChannel) -> AbstractQueue:
@@ -87,9 +98,24 @@ class Topology:
         dead = await channel.declare_exchange(self.dead_exchange, ExchangeType.FANOUT, durable=True)
         dead_queue = await channel.declare_queue(self.dead_queue, durable=True)
         await dead_queue.bind(dead, "")
-        work = await channel.declare_queue(
-            self.work_queue, durable=True, arguments=self._work_arguments()
-        )
+        try:
+            work = await channel.declare_queue(
+                self.work_queue, durable=True, arguments=self._work_arguments()
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed:
+            if self.queue_type == "quorum":
+                raise
+            # A classic work queue declared before priorities existed: a queue's arguments
+            # cannot change, so it stays FIFO (the broker closed the channel: reopen it).
+            log.warning(
+                "%s was declared without x-max-priority: request priorities are ignored "
+                "until it is drained, deleted and declared again",
+                self.work_queue,
+            )
+            await channel.reopen()
+            work = await channel.declare_queue(
+                self.work_queue, durable=True, arguments=self._work_arguments(priorities=False)
+            )
         await work.bind(requests, REQUESTED_KEY)
         return work
 

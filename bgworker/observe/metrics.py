@@ -97,6 +97,16 @@ OUTBOX_OLDEST_SECONDS: Final = Gauge(
 REQUESTS: Final = Gauge(
     "bgworker_requests", "Requests in PostgreSQL by status", ["status"], registry=WORKER
 )
+# Fair share: the busiest tenants by name, every other one summed under "other", so the
+# series stay bounded however many tenants a deployment has (worker.sampler).
+TENANT_REQUESTS: Final = Gauge(
+    "bgworker_tenant_requests",
+    "Requests running (live lease) and parked, for the busiest tenants and 'other'",
+    ["tenant", "status"],
+    registry=WORKER,
+)
+TOP_TENANTS: Final = 10
+OTHER_TENANTS: Final = "other"
 SAMPLED: Final = Gauge(
     "bgworker_gauges_sampled_timestamp_seconds",
     "When the broker and database gauges were last sampled (Unix time)",

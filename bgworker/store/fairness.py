@@ -92,6 +92,15 @@ class FairShare(connection.Connected):
         file_types = list(limits.file_type_limits)
         woken: list[uuid.UUID] = []
         async with self.transaction() as conn:
+            # The locks of the caps this slot counted against, as the claims take them: a
+            # claim that counted the slot as busy and parked a request has committed before
+            # this looks, so no request is parked behind a slot whose wake did not see it.
+            if tenant is not None and limits.limits_tenant(tenant):
+                await conn.execute(Q["lock_cap"], _cap_key("tenant", tenant))
+            if file_type is not None and limits.file_type_cap(file_type) is not None:
+                await conn.execute(Q["lock_cap"], _cap_key("file_type", file_type))
+            if not await conn.fetchval(Q["any_parked"], tenant, file_type):
+                return woken
             await conn.execute(Q["lock_wakes"])
             ids = await conn.fetch(
                 *bind(
@@ -124,6 +133,12 @@ class FairShare(connection.Connected):
             return None
         async with self.pool.acquire() as conn:
             return await _over_quota(conn, tenant, quotas)
+
+    async def quota_usage(self, tenant: str, window_seconds: float) -> tuple[int, float]:
+        """Requests of ``tenant`` counted in the last ``window_seconds``, and the seconds
+        until the oldest of them leaves the window."""
+        usage = await self.pool.fetchrow(Q["quota_usage"], tenant, float(window_seconds))
+        return int(usage["used"]), float(usage["frees_in"])
 
     async def tenant_counts(
         self, tenant: str | None = None, limit: int = 20

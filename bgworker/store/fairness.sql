@@ -67,7 +67,8 @@ WITH room AS (
 SELECT id, attempts, lease_token, max_attempts, status FROM claimed;
 
 -- name: lock_wakes
--- One wake at a time: two would both see the same free slot and hand it out twice.
+-- One wake at a time: two would both see the same free slot and hand it out twice. Taken
+-- after any lock_cap (claims never take it): no two transactions wait on each other.
 SELECT pg_advisory_xact_lock(hashtextextended('bgworker.fair_share.wake', 0));
 
 -- name: parked_to_wake
@@ -92,12 +93,22 @@ WITH tenant_caps AS (
     SELECT tenant, count(*) AS n FROM holding GROUP BY tenant
 ), file_type_busy AS (
     SELECT file_type, count(*) AS n FROM holding GROUP BY file_type
+), parked_tenants AS (
+    SELECT DISTINCT tenant FROM bgworker_requests
+    WHERE status = 'parked' AND ($1::text IS NULL OR tenant = $1 OR file_type = $2)
 ), candidates AS (
-    SELECT p.id, p.tenant, p.file_type, p.received_at,
-           row_number() OVER (PARTITION BY p.tenant ORDER BY p.received_at, p.id) AS nth
-    FROM bgworker_requests p
-    WHERE p.status = 'parked' AND NOT p.cancel_requested
-      AND ($1::text IS NULL OR p.tenant = $1 OR p.file_type = $2)
+    -- Each tenant's oldest $9 at most (bgworker_requests_parked): a tenant with thousands
+    -- parked costs no more to wake than one with a few.
+    SELECT p.id, t.tenant, p.file_type, p.received_at,
+           row_number() OVER (PARTITION BY t.tenant ORDER BY p.received_at, p.id) AS nth
+    FROM parked_tenants t
+    CROSS JOIN LATERAL (
+        SELECT q.id, q.file_type, q.received_at FROM bgworker_requests q
+        WHERE q.status = 'parked' AND q.tenant = t.tenant AND NOT q.cancel_requested
+          AND ($1::text IS NULL OR q.tenant = $1 OR q.file_type = $2)
+        ORDER BY q.received_at, q.id
+        LIMIT $9
+    ) p
 ), tenant_fits AS (
     SELECT c.id, c.file_type, c.received_at,
            row_number() OVER (PARTITION BY c.file_type ORDER BY c.received_at, c.id) AS nth
@@ -112,6 +123,15 @@ LEFT JOIN file_type_busy fb ON fb.file_type = f.file_type
 WHERE f.nth <= coalesce(fc.cap, 1000000000) - coalesce(fb.n, 0)
 ORDER BY f.received_at, f.id
 LIMIT $9;
+
+-- name: any_parked
+-- Whether a wake has anything to look at: parked requests of the tenant or file type ($1,
+-- $2; $1 NULL: any). Cheap (bgworker_requests_parked), so a finished job whose tenant has
+-- none parked pays one indexed look.
+SELECT EXISTS (
+    SELECT 1 FROM bgworker_requests
+    WHERE status = 'parked' AND ($1::text IS NULL OR tenant = $1 OR file_type = $2)
+);
 
 -- name: wake_parked
 -- A parked request woken: queued again, holding its slot (woken_at) until claimed; the

@@ -4,9 +4,9 @@ A request a cap applies to is claimed by ``store.fairness`` under the cap's advi
 counting the slots in use by live leases. One over its cap is recorded ``parked`` and its
 delivery acked at once: it holds no worker slot, no delivery and no lease while it waits,
 and its delivery count cannot grow. It runs when woken: a worker whose job of that tenant or
-file type ended (or that parked one: a slot may have freed meanwhile) wakes the oldest
-parked requests that now fit, republishing each, and every worker's reaper sweeps for
-parked requests that fit (their waker may have died), so none is forgotten. A new request
+file type ended wakes the oldest parked requests that now fit, republishing each, and
+every worker's reaper sweeps for parked requests that fit (their waker may have died), so
+none is forgotten. A new request
 over its tenant's quota is deferred or failed (``over_quota``).
 docs/architecture.md, "Fair share", says why this design.
 """
@@ -98,18 +98,17 @@ class FairShare:
         )
         return states.JobOutcome.OVER_QUOTA
 
-    async def parked(self, event: events.FileRequested) -> None:
-        """After a request was parked (and its delivery acked)."""
+    def parked(self, event: events.FileRequested) -> None:
+        """After a request was parked (and its delivery acked). Nothing to wake: a slot
+        that freed after the claim counted it is woken by its job, whose wake waits for the
+        claim's lock (``store.fairness``), so it sees this request parked."""
         metrics.PARKED.inc()
-        log.info(
+        log.debug(
             "request %s: parked (tenant %r or file type %s at its cap)",
             event.id,
             events.tenant_of(event),
             event.file_type,
         )
-        # A slot of its tenant may have freed between the count and the commit, its job's
-        # wake not seeing this row yet: look once more now that the row is committed.
-        await self.freed(event)
 
     async def freed(self, event: events.FileRequested) -> None:
         """A job of ``event``'s tenant and file type no longer holds its slot: wake what
@@ -135,5 +134,5 @@ class FairShare:
         )
         if woken:
             metrics.WOKEN.inc(len(woken))
-            log.info("woke %d parked request(s): %s", len(woken), ", ".join(map(str, woken[:5])))
+            log.debug("woke %d parked request(s): %s", len(woken), ", ".join(map(str, woken[:5])))
         return len(woken)

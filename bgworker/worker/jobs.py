@@ -135,7 +135,7 @@ class Runner:
             if isinstance(claim, store.Parked):
                 # Over a cap: recorded parked, so the delivery is done with (fairness).
                 await _ack(message)
-                await self.fair.parked(event)
+                self.fair.parked(event)
                 return states.JobOutcome.PARKED
             if claim is None:
                 claim = await self._not_runnable(message, event, max_attempts, names)

@@ -14,11 +14,15 @@ ALTER TABLE bgworker_requests ADD CONSTRAINT bgworker_requests_status_check CHEC
 UPDATE bgworker_requests
 SET tenant = coalesce(event ->> 'tenant', requester_id, '')
 WHERE status IN ('queued', 'running', 'retrying');
--- The claim counts a tenant's and a file type's live requests; the wake finds parked ones.
-CREATE INDEX bgworker_requests_tenant_live ON bgworker_requests (tenant)
+-- The claim counts a tenant's and a file type's running requests (by status first: a
+-- tenant with thousands parked is counted over its few running ones); the wake takes each
+-- tenant's oldest parked ones.
+CREATE INDEX bgworker_requests_tenant_live ON bgworker_requests (tenant, status)
     WHERE status IN ('running', 'parked', 'queued');
-CREATE INDEX bgworker_requests_file_type_live ON bgworker_requests (file_type)
+CREATE INDEX bgworker_requests_file_type_live ON bgworker_requests (file_type, status)
     WHERE status IN ('running', 'parked', 'queued');
+CREATE INDEX bgworker_requests_parked ON bgworker_requests (tenant, received_at, id)
+    WHERE status = 'parked';
 -- Quotas count a tenant's requests received in the last hour or day.
 CREATE INDEX bgworker_requests_tenant_received ON bgworker_requests (tenant, received_at);
 -- POST /requests counts what it accepted but no worker has recorded yet against the quota.

@@ -194,9 +194,11 @@ CREATE INDEX bgworker_outbox_due ON public.bgworker_outbox USING btree (next_att
 
 CREATE INDEX bgworker_requests_expires ON public.bgworker_requests USING btree (expires_at) WHERE (status = 'ready'::text);
 
-CREATE INDEX bgworker_requests_file_type_live ON public.bgworker_requests USING btree (file_type) WHERE (status = ANY (ARRAY['running'::text, 'parked'::text, 'queued'::text]));
+CREATE INDEX bgworker_requests_file_type_live ON public.bgworker_requests USING btree (file_type, status) WHERE (status = ANY (ARRAY['running'::text, 'parked'::text, 'queued'::text]));
 
 CREATE INDEX bgworker_requests_fingerprint ON public.bgworker_requests USING btree (fingerprint, finished_at) WHERE (fingerprint IS NOT NULL);
+
+CREATE INDEX bgworker_requests_parked ON public.bgworker_requests USING btree (tenant, received_at, id) WHERE (status = 'parked'::text);
 
 CREATE INDEX bgworker_requests_running_lease ON public.bgworker_requests USING btree (lease_expires_at) WHERE (status = 'running'::text);
 
@@ -204,7 +206,7 @@ CREATE INDEX bgworker_requests_status ON public.bgworker_requests USING btree (s
 
 CREATE INDEX bgworker_requests_storage_key ON public.bgworker_requests USING btree (storage_key) WHERE (storage_key IS NOT NULL);
 
-CREATE INDEX bgworker_requests_tenant_live ON public.bgworker_requests USING btree (tenant) WHERE (status = ANY (ARRAY['running'::text, 'parked'::text, 'queued'::text]));
+CREATE INDEX bgworker_requests_tenant_live ON public.bgworker_requests USING btree (tenant, status) WHERE (status = ANY (ARRAY['running'::text, 'parked'::text, 'queued'::text]));
 
 CREATE INDEX bgworker_requests_tenant_received ON public.bgworker_requests USING btree (tenant, received_at);
 

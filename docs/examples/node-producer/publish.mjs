@@ -10,7 +10,8 @@
 // 2. Publishes it on a confirm channel to <namespace>.requests with routing key
 //    file.requested and the properties bgworker's own publisher sets (bgworker/messaging/wire.py):
 //    content type application/json, message id = the request id, type FileRequested,
-//    persistent, mandatory. Returns once RabbitMQ has confirmed it; an unroutable or
+//    persistent, mandatory, and the AMQP priority of the event's `priority`. Returns once
+//    RabbitMQ has confirmed it; an unroutable or
 //    refused message is an error (exit 2). Prints the request id.
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -23,6 +24,9 @@ import amqp from 'amqplib';
 const HERE = dirname(fileURLToPath(import.meta.url));
 const SCHEMAS = process.env.BGWORKER_SCHEMAS || join(HERE, '..', '..', '..', 'schemas');
 const REQUESTED_KEY = 'file.requested';
+// The event's priority as the AMQP message priority, as bgworker's own publisher sets it
+// (bgworker/messaging/wire.py PRIORITIES): the broker orders the work queue by it.
+const PRIORITIES = { low: 0, normal: 1, high: 5 };
 
 // Nesting of a JSON value: an object or array is one level more than its deepest child.
 function depth(value) {
@@ -105,6 +109,7 @@ export async function publish(url, namespace, event) {
           type: 'FileRequested',
           persistent: true,
           mandatory: true,
+          priority: PRIORITIES[event.priority ?? 'normal'],
         },
         (err) => (err ? reject(new Error('the broker refused the message (nack)')) : resolve()),
       );
