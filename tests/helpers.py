@@ -337,8 +337,8 @@ def node_project(folder: Path) -> Path:
 _INSERT_REQUEST: Final = """
 INSERT INTO bgworker_requests
     (id, file_type, event, filename, content_type, requester_id, requester_email,
-     requested_at, max_attempts)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+     requested_at, max_attempts, tenant)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (id) DO NOTHING
 """
 

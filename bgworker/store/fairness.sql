@@ -53,9 +53,12 @@ WITH room AS (
         progress_total = CASE WHEN excluded.status = 'running' THEN NULL
                               ELSE r.progress_total END,
         updated_at = now()
+    -- A running row whose lease expired is taken only into a free slot: parked, its lost
+    -- attempt would stay open; left alone, the reaper closes it and requeues the request.
     WHERE NOT r.cancel_requested
       AND (r.status IN ('queued', 'retrying', 'parked')
-           OR (r.status = 'running' AND r.lease_expires_at < now()))
+           OR (r.status = 'running' AND r.lease_expires_at < now()
+               AND excluded.status = 'running'))
       AND CASE WHEN $12 THEN r.event = excluded.event
                ELSE (r.event - 'requested_at') = (excluded.event - 'requested_at') END
     RETURNING id, attempts, lease_token, max_attempts, status

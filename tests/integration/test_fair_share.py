@@ -225,3 +225,26 @@ async def test_a_claim_over_the_cap_counts_only_live_leases(
     )
     again = await db.fairness.claim_capped(b, 4, "w", 30, settings.fairness)
     assert isinstance(again, store.Claim) and again.attempt == 1
+
+
+async def test_an_expired_lease_over_the_cap_is_left_to_the_reaper(
+    db: store.Store, settings: settings_mod.Settings
+) -> None:
+    """A redelivery of a request whose worker died, while its tenant's slots are taken:
+    not parked (its lost attempt would stay open), left running-and-expired for the reaper,
+    which closes the attempt and requeues it."""
+    settings.fairness.tenant_in_flight = 1
+    lost, busy = (
+        events.FileRequested(id=uuid.uuid4(), file_type="blob", criteria={}, tenant="t")
+        for _ in range(2)
+    )
+    limits = settings.fairness
+    assert isinstance(await db.fairness.claim_capped(lost, 4, "dead", 30, limits), store.Claim)
+    await db.pool.execute(
+        "UPDATE bgworker_requests SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+        lost.id,
+    )
+    assert isinstance(await db.fairness.claim_capped(busy, 4, "w", 30, limits), store.Claim)
+    assert await db.fairness.claim_capped(lost, 4, "w", 30, limits) is None
+    row = await db.requests.get_request(lost.id)
+    assert row is not None and row.status == "running" and row.attempts == 1
