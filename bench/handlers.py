@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Final
 
@@ -47,3 +48,11 @@ async def bench_bytes(ctx: handlers.JobContext, out: storage.FileWriter) -> None
         written += n
         index += 1
         ctx.report_progress(written, size)
+
+
+@registry.handler("bench_sleep")
+async def bench_sleep(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
+    """A job that waits ``ms`` milliseconds (an export waiting on its queries: the fairness
+    benchmark), then writes one line."""
+    await asyncio.sleep(_int(ctx, "ms", 100) / 1000)
+    await out.write(b"done\n")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bgworker.contract import callback_urls
+from bgworker.contract import fairness as fair_share
 from bgworker.contract.retention import RetentionSettings
 
 ENV_PREFIX: Final = "BGWORKER_"
@@ -309,6 +310,7 @@ class Settings(BaseSettings):
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    fairness: fair_share.FairnessSettings = Field(default_factory=fair_share.FairnessSettings)
 
     _split = field_validator("handlers", mode="before")(_split_list)
 

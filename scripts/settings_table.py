@@ -158,6 +158,25 @@ MEANING: Final[dict[str, str]] = {
     ),
     "BGWORKER_WEBHOOKS__MAX_ATTEMPTS": "attempts before a webhook is given up (`given_up`)",
     "BGWORKER_WEBHOOKS__TIMEOUT_SECONDS": "limit of one webhook attempt, connect to response",
+    "BGWORKER_FAIRNESS__TENANT_IN_FLIGHT": (
+        "requests of one tenant running at once on the whole deployment; 0: no cap "
+        "(see [Fair share](operating.md#fair-share))"
+    ),
+    "BGWORKER_FAIRNESS__TENANT_LIMITS": (
+        "per-tenant caps replacing the default, `name=N,...` or a JSON object"
+    ),
+    "BGWORKER_FAIRNESS__FILE_TYPE_LIMITS": (
+        "requests of one file type running at once on the whole deployment, "
+        "`ledger_export=2,...` or a JSON object"
+    ),
+    "BGWORKER_FAIRNESS__QUOTA_PER_HOUR": (
+        "requests one tenant may make in any rolling hour; 0: no quota"
+    ),
+    "BGWORKER_FAIRNESS__QUOTA_PER_DAY": "requests one tenant may make in any rolling day; 0: none",
+    "BGWORKER_FAIRNESS__OVER_QUOTA": (
+        "an AMQP request over its quota: `wait` (deferred on a retry queue) or `fail` "
+        "(failed, reason `over_quota`)"
+    ),
     "BGWORKER_WEBHOOKS__ALLOW_PRIVATE": (
         "send webhooks to loopback, private and other non-public addresses"
     ),

@@ -106,6 +106,12 @@ def settings_env(settings: settings_mod.Settings) -> dict[str, str]:
         "BGWORKER_WORKER__DRAIN_TIMEOUT_SECONDS": str(w.drain_timeout_seconds),
         "BGWORKER_WORKER__OUTBOX_CLAIM_SECONDS": str(w.outbox_claim_seconds),
         "BGWORKER_WORKER__CONCURRENCY": str(w.concurrency),
+        "BGWORKER_FAIRNESS__TENANT_IN_FLIGHT": str(settings.fairness.tenant_in_flight),
+        "BGWORKER_FAIRNESS__TENANT_LIMITS": json.dumps(settings.fairness.tenant_limits),
+        "BGWORKER_FAIRNESS__FILE_TYPE_LIMITS": json.dumps(settings.fairness.file_type_limits),
+        "BGWORKER_FAIRNESS__QUOTA_PER_HOUR": str(settings.fairness.quota_per_hour),
+        "BGWORKER_FAIRNESS__QUOTA_PER_DAY": str(settings.fairness.quota_per_day),
+        "BGWORKER_FAIRNESS__OVER_QUOTA": settings.fairness.over_quota,
         **_storage_env(settings.storage),
     }
     base = {k: v for k, v in os.environ.items() if not k.startswith("BGWORKER_")}
@@ -339,8 +345,8 @@ def node_project(folder: Path) -> Path:
 _INSERT_REQUEST: Final = """
 INSERT INTO bgworker_requests
     (id, file_type, event, filename, content_type, requester_id, requester_email,
-     requested_at, max_attempts)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+     requested_at, max_attempts, tenant)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (id) DO NOTHING
 """
 

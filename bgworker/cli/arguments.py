@@ -103,6 +103,12 @@ SETTINGS: Final[tuple[tuple[str, str, bool], ...]] = (
     ("BGWORKER_RETENTION__DEAD_LETTERS_DAYS", "14", False),
     ("BGWORKER_RETENTION__ROWS_DAYS", "90", False),
     ("BGWORKER_RETENTION__BATCH_SIZE", "500", False),
+    ("BGWORKER_FAIRNESS__TENANT_IN_FLIGHT", "0", False),
+    ("BGWORKER_FAIRNESS__TENANT_LIMITS", "{}", False),
+    ("BGWORKER_FAIRNESS__FILE_TYPE_LIMITS", "{}", False),
+    ("BGWORKER_FAIRNESS__QUOTA_PER_HOUR", "0", False),
+    ("BGWORKER_FAIRNESS__QUOTA_PER_DAY", "0", False),
+    ("BGWORKER_FAIRNESS__OVER_QUOTA", "wait", False),
 )
 # settings-table:end
 
@@ -200,6 +206,15 @@ def _requests(sub: Any) -> None:
     pub.add_argument(
         "--timezone", help="requester's IANA time zone, e.g. Europe/Paris (default UTC)"
     )
+    pub.add_argument(
+        "--tenant", help="fairness key: caps and quotas count per tenant (default: --requester-id)"
+    )
+    pub.add_argument(
+        "--priority",
+        choices=("low", "normal", "high"),
+        default="normal",
+        help="order in the work queue (default normal)",
+    )
     pub.add_argument("--lifetime", type=int, help="seconds the file stays downloadable")
     pub.add_argument("--callback-url", help="receives FileReady or FileFailed (a webhook)")
     pub.add_argument("--id", help="request id (default: a new UUID)")
@@ -209,8 +224,17 @@ def _requests(sub: Any) -> None:
         help="then follow it until it ends (a progress bar on a terminal); exit 1 unless ready",
     )
 
-    st = sub.add_parser("status", help="a request's state, progress, file, times and errors")
-    _request_id(st)
+    st = sub.add_parser(
+        "status",
+        help="a request's state, progress, file, times and errors; or a tenant's share",
+    )
+    st.add_argument(
+        "id", type=uuid.UUID, nargs="?", help="the request's id (a UUID, as `publish` printed)"
+    )
+    st.add_argument(
+        "--tenant",
+        help="instead: this tenant's requests running (and its cap), parked, queued; its quotas",
+    )
     st.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     st.add_argument(
         "--watch",

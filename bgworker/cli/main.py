@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 # Not imported here either: asyncio and logging (with ssl, concurrent.futures), a third of
 # what `bgworker --help` would load.
 EXIT_FAILED: Final = 1  # refused (overview.EXIT_UNSUCCESSFUL: a followed request failed)
+EXIT_ARGUMENTS: Final = 2  # as argparse exits for an unknown option
 EXIT_CLOSED_PIPE: Final = 141  # 128 + SIGPIPE: what a shell shows for `yes | head -1`
 
 
@@ -212,6 +213,13 @@ async def _cmd_dlq(settings: settings_mod.Settings, args: argparse.Namespace) ->
 
 
 async def _cmd_status(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    if (args.id is None) == (args.tenant is None):
+        _say("status", "give a request id or --tenant T (one of them)")
+        return EXIT_ARGUMENTS
+    if args.tenant is not None:
+        from bgworker.ops import tenants
+
+        return await tenants.run(settings, args)
     from bgworker.ops import overview
 
     return await overview.run(settings, args)

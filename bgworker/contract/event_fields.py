@@ -344,6 +344,30 @@ RequesterId = Annotated[
         lambda v: "must be 1 to 200 characters long" if not 1 <= len(v) <= 200 else None,
     ),
 ]
+# A request's place in the work queue (messaging.wire maps each to an AMQP priority).
+PRIORITY_LEVELS: Final = ("low", "normal", "high")
+Priority = Annotated[
+    str,
+    *_text(
+        {"enum": list(PRIORITY_LEVELS)},
+        lambda v: None if v in PRIORITY_LEVELS else f"must be one of {', '.join(PRIORITY_LEVELS)}",
+    ),
+]
+# The fairness key (caps and quotas count per tenant). Short: it is a metrics label (for
+# the busiest tenants) and a console column, and no line breaks like every field that
+# reaches a header or a log line.
+MAX_TENANT_LENGTH: Final = 100
+Tenant = Annotated[
+    str,
+    *_text(
+        {"minLength": 1, "maxLength": MAX_TENANT_LENGTH},
+        lambda v: (
+            f"must be 1 to {MAX_TENANT_LENGTH} characters long"
+            if not 1 <= len(v) <= MAX_TENANT_LENGTH
+            else None
+        ),
+    ),
+]
 
 
 # -- Values that are not text ------------------------------------------------------------------

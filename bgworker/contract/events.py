@@ -115,6 +115,22 @@ class FileRequested(_Event):
     )
     description: event_fields.Description = ""
     requester: Requester | None = None
+    tenant: event_fields.Tenant | None = Field(
+        None,
+        description=(
+            "The fairness key: caps, quotas and the console count requests per tenant. "
+            "Absent or null: the requester's id (no requester id: the tenant-less share)."
+        ),
+    )
+    priority: event_fields.Priority = Field(
+        "normal",
+        description=(
+            "Order in the work queue: the AMQP message priority bgworker publishes it with "
+            "(low 0, normal 1, high 5). A classic queue serves higher first; a RabbitMQ 4 "
+            "quorum queue has two levels (0-4 normal, 5+ high, served 2:1); RabbitMQ 3.x "
+            "quorum queues ignore it."
+        ),
+    )
     requested_at: event_fields.RequestedAt = Field(default_factory=_now)
     lifetime_seconds: event_fields.JsonInteger = Field(
         7 * 24 * 3600,
@@ -131,6 +147,17 @@ class FileRequested(_Event):
             "deployment allows them."
         ),
     )
+
+
+def tenant_of(event: FileRequested) -> str:
+    """Whom a request counts against: its tenant, else its requester's id, else "" (every
+    request without either shares one tenant; the contract refuses an empty tenant, so ""
+    never collides with a named one)."""
+    if event.tenant is not None:
+        return event.tenant
+    if event.requester is not None and event.requester.id is not None:
+        return event.requester.id
+    return ""
 
 
 class FileReady(_Event):

@@ -17,6 +17,9 @@ class Status(StrEnum):
     """A request row's status (``bgworker_requests.status``)."""
 
     QUEUED = "queued"
+    # Over its tenant's or file type's in-flight cap: waits in PostgreSQL without a message
+    # until a slot frees (docs/architecture.md, "Fair share").
+    PARKED = "parked"
     RUNNING = "running"
     RETRYING = "retrying"
     READY = "ready"
@@ -27,7 +30,7 @@ class Status(StrEnum):
 
 # Not finished yet: a worker may still run it (the dead-letter tools and the download
 # server both ask this).
-IN_PROGRESS: Final = frozenset({Status.QUEUED, Status.RUNNING, Status.RETRYING})
+IN_PROGRESS: Final = frozenset({Status.QUEUED, Status.PARKED, Status.RUNNING, Status.RETRYING})
 # Waiting for a message to carry it to a worker (the recovery sweep looks after these).
 WAITING: Final = frozenset({Status.QUEUED, Status.RETRYING})
 # Its file was built (and may since have expired): never run twice.
@@ -79,6 +82,8 @@ class JobOutcome(StrEnum):
     LOST = "lost"
     RELEASED = "released"
     DUPLICATE = "duplicate"
+    PARKED = "parked"  # over a cap: recorded as parked and acked, runs when woken
+    OVER_QUOTA = "over_quota"  # its tenant's quota used up: deferred or failed
     INVALID = "invalid"
     UNSTORABLE = "unstorable"
     UNPROCESSABLE = "unprocessable"
@@ -86,7 +91,7 @@ class JobOutcome(StrEnum):
 
 
 # Outcomes that are not a job run (``--max-jobs`` does not count them).
-NOT_A_RUN: Final = frozenset({JobOutcome.DUPLICATE})
+NOT_A_RUN: Final = frozenset({JobOutcome.DUPLICATE, JobOutcome.PARKED, JobOutcome.OVER_QUOTA})
 
 
 class Reason(StrEnum):
@@ -104,6 +109,7 @@ class Reason(StrEnum):
     MAX_ATTEMPTS = "max_attempts"
     WORKER_LOST = "worker_lost"
     DELIVERY_LIMIT = "delivery_limit"
+    OVER_QUOTA = "over_quota"  # its tenant's quota was used up (BGWORKER_FAIRNESS__OVER_QUOTA=fail)
 
 
 # A request that failed for one of these never ran: a valid event published under the same
@@ -114,5 +120,7 @@ SUPERSEDABLE: Final = frozenset(
         Reason.UNSUPPORTED_SCHEMA_VERSION,
         Reason.MALFORMED_JSON,
         Reason.UNSTORABLE,
+        # Refused for its tenant's quota, never run: published again later, it may run.
+        Reason.OVER_QUOTA,
     }
 )

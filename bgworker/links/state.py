@@ -25,7 +25,7 @@ class LinkState(StrEnum):
     LINK_EXPIRED = "link_expired"  # older than MAX_AGE_SECONDS
     REVOKED = "revoked"  # issued before `bgworker revoke`
     STATUS_ONLY = "status_only"  # a status link used to download
-    WAITING = "waiting"  # queued, or not seen by any worker yet
+    WAITING = "waiting"  # queued, parked (fair share), or not seen by any worker yet
     RUNNING = "running"  # running, or waiting for a retry
     READY = "ready"
     FAILED = "failed"
@@ -58,7 +58,7 @@ STATUS_REFUSALS: Final = frozenset(
 def of_row(row: store.RequestRow, now: datetime | None = None) -> LinkState:
     """The state of a valid link to ``row``'s request, by the row alone (``READY``: the
     row says so; whether the bytes are still stored is the caller's to ask)."""
-    if row.status == states.Status.QUEUED:
+    if row.status in (states.Status.QUEUED, states.Status.PARKED):
         return LinkState.WAITING
     if row.status in states.IN_PROGRESS:
         return LinkState.RUNNING
@@ -76,6 +76,9 @@ def of_row(row: store.RequestRow, now: datetime | None = None) -> LinkState:
 
 
 def message(state: LinkState, row: store.RequestRow) -> str:
+    if row.status == states.Status.PARKED:
+        # Over its tenant's cap: the requester's other requests go first (fair share).
+        return "the file is not ready yet: waiting for your earlier requests (status: parked)"
     if state in {LinkState.WAITING, LinkState.RUNNING}:
         return f"the file is not ready yet (status: {row.status})"
     if state == LinkState.FAILED:

@@ -196,6 +196,9 @@ def from_flags(args: argparse.Namespace) -> events.FileRequested:
         "description": args.description,
         "requester": {k: v for k, v in given.items() if v is not None} or None,
         "callback_url": args.callback_url,
+        # Left out, the requester's id is the tenant (events.tenant_of).
+        "tenant": args.tenant,
+        "priority": args.priority,
     }
     if args.lifetime is not None:  # 0 too: the contract refuses it, it is not "unset"
         raw["lifetime_seconds"] = args.lifetime

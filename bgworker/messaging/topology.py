@@ -30,10 +30,14 @@ rather than blocking the connection.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Final
 
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractQueue, ExchangeType
+
+log = logging.getLogger(__name__)
 
 REQUESTED_KEY: Final = "file.requested"
 # CancelRequested: a queue of its own, so a cancel never waits behind the work backlog (a
@@ -51,6 +55,9 @@ DELIVERY_LIMIT: Final = 20
 # at its first read).
 DEAD_DELIVERY_LIMIT: Final = 1_000_000
 QUORUM_SUFFIX: Final = ".quorum"
+# x-max-priority of a classic work queue: low, normal and high (wire.PRIORITIES: 0, 1, 5;
+# a priority above the maximum counts as the maximum). Few levels: each costs the queue.
+MAX_PRIORITY: Final = 2
 
 
 @dataclass(frozen=True)
@@ -117,11 +124,15 @@ class Topology:
     def tiers(self) -> list[float]:
         return sorted(set(self.retry_delays_seconds))
 
-    def _work_arguments(self) -> dict[str, Any]:
+    def _work_arguments(self, *, priorities: bool = True) -> dict[str, Any]:
         args: dict[str, Any] = {"x-dead-letter-exchange": self.dead_exchange}
         if self.quorum:
             args["x-queue-type"] = "quorum"
             args["x-delivery-limit"] = DELIVERY_LIMIT
+        elif priorities:
+            # Classic queues serve priorities only when declared with a maximum (quorum
+            # queues of RabbitMQ 4 always do, with two levels; those of 3.x never do).
+            args["x-max-priority"] = MAX_PRIORITY
         return args
 
     def _dead_arguments(self) -> dict[str, Any]:
@@ -155,9 +166,24 @@ class Topology:
     async def declare_work(self, channel: AbstractChannel) -> AbstractQueue:
         """The work queue, bound. Returns it: consume from this object, since on a robust
         channel only declared queues have their consumers restored after a reconnect."""
-        work = await channel.declare_queue(
-            self.work_queue, durable=True, arguments=self._work_arguments()
-        )
+        try:
+            work = await channel.declare_queue(
+                self.work_queue, durable=True, arguments=self._work_arguments()
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed:
+            if self.quorum:
+                raise
+            # A classic work queue declared before priorities existed: a queue's arguments
+            # cannot change, so it stays FIFO (the broker closed the channel: reopen it).
+            log.warning(
+                "%s was declared without x-max-priority: request priorities are ignored "
+                "until it is drained, deleted and declared again",
+                self.work_queue,
+            )
+            await channel.reopen()
+            work = await channel.declare_queue(
+                self.work_queue, durable=True, arguments=self._work_arguments(priorities=False)
+            )
         await work.bind(self.requests_exchange, REQUESTED_KEY)
         return work
 

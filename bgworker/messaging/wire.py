@@ -37,6 +37,10 @@ ROUTING_KEY: Final = "x-bgworker-routing-key"
 TRACEBACK: Final = "x-bgworker-traceback"
 # A request put back by `bgworker dlq replay`: how many times it was replayed.
 REPLAY: Final = "x-bgworker-replay"
+# A request's `priority` as the AMQP message priority. RabbitMQ 4 quorum queues map 0-4 to
+# normal and 5 and up to high (two levels, served 2:1); a classic work queue is declared
+# with x-max-priority topology.MAX_PRIORITY (2), which serves 5 as 2: three strict levels.
+PRIORITIES: Final = {"low": 0, "normal": 1, "high": 5}
 # Set by RabbitMQ on letters it dead-lettered itself (delivery limit, reject), and on
 # quorum-queue redeliveries.
 # W3C Trace Context headers: named by tracing (their owner), here beside the others.
@@ -93,6 +97,24 @@ def request(
         message_id=request_id,
         type="FileRequested",
         headers=headers or None,
+        priority=priority_of(body),
+    )
+
+
+def priority_of(body: dict[str, Any] | bytes) -> int:
+    """The AMQP priority of a request: its ``priority`` field (``PRIORITIES``), normal when
+    it has none or the body is not a JSON object (a dead letter's body may be anything)."""
+    event: object = body
+    if isinstance(body, bytes):
+        try:
+            event = json.loads(body)
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to read
+            return PRIORITIES["normal"]
+    named = event.get("priority") if isinstance(event, dict) else None
+    return (
+        PRIORITIES.get(named, PRIORITIES["normal"])
+        if isinstance(named, str)
+        else (PRIORITIES["normal"])
     )
 
 

@@ -100,6 +100,22 @@ RECOVERED: Final = Counter(
     "Waiting requests republished after their message was lost",
     registry=WORKER,
 )
+PARKED: Final = Counter(
+    "bgworker_requests_parked_total",
+    "Claims that found their tenant or file type at its cap and parked the request",
+    registry=WORKER,
+)
+WOKEN: Final = Counter(
+    "bgworker_requests_woken_total",
+    "Parked requests republished once a slot freed",
+    registry=WORKER,
+)
+OVER_QUOTA: Final = Counter(
+    "bgworker_requests_over_quota_total",
+    "New requests over their tenant's quota, by quota and what was done (wait, fail)",
+    ["quota", "action"],
+    registry=WORKER,
+)
 OUTBOX_DONE: Final = Counter(
     "bgworker_outbox_done_total", "Effects performed", ["kind"], registry=WORKER
 )
@@ -142,6 +158,16 @@ REQUESTS: Final = Gauge(
     registry=WORKER,
     multiprocess_mode="livemostrecent",
 )
+# Fair share: the busiest tenants by name, every other one summed under "other", so the
+# series stay bounded however many tenants a deployment has (worker.sampler).
+TENANT_REQUESTS: Final = Gauge(
+    "bgworker_tenant_requests",
+    "Requests running (live lease) and parked, for the busiest tenants and 'other'",
+    ["tenant", "status"],
+    registry=WORKER,
+)
+TOP_TENANTS: Final = 10
+OTHER_TENANTS: Final = "other"
 SAMPLED: Final = Gauge(
     "bgworker_gauges_sampled_timestamp_seconds",
     "When the broker and database gauges were last sampled (Unix time)",

@@ -20,7 +20,8 @@ query file each, composed into ``Store``:
   content, or waiting for the one being built; ``erasure``: one person's data erased
   (``bgworker forget``); ``retention``: pruning what the retention settings no longer
   keep, a batch at a time (``bgworker clean``); ``producer_outbox``: producers' events
-  written in their own transactions, for the relay.
+  written in their own transactions, for the relay; ``fairness``: the capped claim, parked
+  requests and their wake (fair share).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from bgworker.store import (
     dead_letters,
     dedupe,
     erasure,
+    fairness,
     front_door,
     gauges,
     leases,
@@ -63,6 +65,8 @@ __all__ = [
     "LeaseKeeper",
     "OutboxBacklog",
     "OutboxItem",
+    "OverQuota",
+    "Parked",
     "Pooler",
     "PostgresError",
     "Q",
@@ -70,6 +74,7 @@ __all__ = [
     "RecoveryReport",
     "RequestRow",
     "Store",
+    "TenantCounts",
     "VanishedError",
     "create_pool",
     "ensure_database",
@@ -88,6 +93,9 @@ Pooler = connection.Pooler
 RequestRow = rows.RequestRow
 VanishedError = front_door.VanishedError
 Claim = rows.Claim
+Parked = rows.Parked
+OverQuota = rows.OverQuota
+TenantCounts = rows.TenantCounts
 DedupeDecision = dedupe.Decision
 DedupeStep = dedupe.Step
 OutboxItem = rows.OutboxItem
@@ -105,7 +113,7 @@ class Store:
     ``db.recovery``, ``db.outbox``, ``db.dedupe``, ``db.links``, ``db.maintenance``,
     ``db.gauges``, ``db.traces``, ``db.dead_letters``, ``db.listing``,
     ``db.admin_sessions``, ``db.front_door``, ``db.erasure``,
-    ``db.retention``, ``db.producer_outbox``. The parts whose transactions
+    ``db.retention``, ``db.producer_outbox``, ``db.fairness``. The parts whose transactions
     cause effects (requests, recovery, dedupe) write them through the one ``outbox``, which
     knows how they reach this process's dispatcher (``claim_effects_seconds``, ``on_effects``)."""
 
@@ -134,6 +142,7 @@ class Store:
         self.erasure = erasure.Erasure(pool)
         self.retention = retention.Retention(pool)
         self.producer_outbox = producer_outbox.ProducerOutbox(pool)
+        self.fairness = fairness.FairShare(pool)
 
 
 @asynccontextmanager

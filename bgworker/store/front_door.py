@@ -37,16 +37,22 @@ class FrontDoor:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def reserve(self, request_id: uuid.UUID, event: dict[str, Any]) -> Reserved:
-        """Record ``event`` under its id unless one is recorded already; either way, the
-        recorded one."""
-        inserted = await self.pool.fetchval(Q["front_door_reserve"], request_id, event)
+    async def reserve(
+        self, request_id: uuid.UUID, event: dict[str, Any], tenant: str = ""
+    ) -> Reserved:
+        """Record ``event`` (of ``tenant``, for quotas) under its id unless one is recorded
+        already; either way, the recorded one."""
+        inserted = await self.pool.fetchval(Q["front_door_reserve"], request_id, event, tenant)
         if inserted is not None:
             return Reserved(event=event, published_at=None)
         row = await self.pool.fetchrow(Q["front_door_get"], request_id)
         if row is None:  # `bgworker clean` dropped it between the two statements
             raise VanishedError(request_id)
         return Reserved(event=dict(row["event"]), published_at=row["published_at"])
+
+    async def known(self, request_id: uuid.UUID) -> bool:
+        """Whether an event is recorded under this id (a repeated POST: no quota counts it)."""
+        return await self.pool.fetchrow(Q["front_door_get"], request_id) is not None
 
     async def prune(
         self, supersedable: Iterable[str], unpublished_age_seconds: float, *, dry_run: bool

@@ -2,8 +2,9 @@
 
 -- name: front_door_reserve
 -- The first POST of an id wins the row; a later one gets nothing back and reads it.
-INSERT INTO bgworker_front_door (id, event)
-VALUES ($1, $2)
+-- $3: its tenant, which quotas count (events.tenant_of).
+INSERT INTO bgworker_front_door (id, event, tenant)
+VALUES ($1, $2, $3)
 ON CONFLICT (id) DO NOTHING
 RETURNING id;
 

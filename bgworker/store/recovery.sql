@@ -62,5 +62,5 @@ WHERE id = $1;
 -- cancelled: nothing will ever claim them.
 UPDATE bgworker_requests
 SET status = 'cancelled', finished_at = now(), next_run_at = NULL, updated_at = now()
-WHERE status IN ('queued', 'retrying') AND cancel_requested
+WHERE status IN ('queued', 'parked', 'retrying') AND cancel_requested
 RETURNING id;

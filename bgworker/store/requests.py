@@ -28,10 +28,10 @@ bind: Final = queries.bind
 def request_columns(
     event: events.FileRequested, max_attempts: int, names: tuple[str, str] | None = None
 ) -> dict[str, Any]:
-    """The columns an event fills: the first nine parameters of
-    record_and_claim and supersede_invalid. ``event`` is stored as published, so a
-    redelivery compares equal to it; ``names`` is the (filename, content_type) to serve, as
-    the worker filled them from the handler when the producer left them out."""
+    """The columns an event fills: the first nine parameters of record_and_claim and
+    supersede_invalid, and the tenant (their last). ``event`` is stored as published, so
+    a redelivery compares equal to it; ``names`` is the (filename, content_type) to serve,
+    as the worker filled them from the handler when the producer left them out."""
     requester = event.requester
     # Recorded without the worker's fill: the defaults of a file type that declares nothing.
     filename, content_type = names or (
@@ -48,6 +48,7 @@ def request_columns(
         "requester_email": requester.email if requester else None,
         "requested_at": event.requested_at,
         "max_attempts": max_attempts,
+        "tenant": events.tenant_of(event),
     }
 
 

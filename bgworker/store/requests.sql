@@ -15,8 +15,9 @@ RETURNING id;
 
 -- name: record_and_claim
 -- params: id, file_type, event, filename, content_type, requester_id, requester_email,
---         requested_at, max_attempts, worker, lease_seconds, requested_at_set
--- What a worker runs for each delivery: the first sighting inserts the row already claimed;
+--         requested_at, max_attempts, worker, lease_seconds, requested_at_set, tenant
+-- What a worker runs for each delivery of a request no cap applies to (a capped one:
+-- record_and_claim_capped in fairness.sql): the first sighting inserts the row already claimed;
 -- a later one takes it if runnable: queued, waiting for a retry, or running under a lease
 -- that expired (its worker died). The lease token fences out a worker that lost its lease.
 -- The attempt row is written by the same statement. No row back: not runnable (a duplicate
@@ -25,11 +26,12 @@ WITH claimed AS (
     INSERT INTO bgworker_requests AS r
         (id, file_type, event, filename, content_type, requester_id, requester_email,
          requested_at, max_attempts, status, attempts, lease_owner, lease_token,
-         lease_expires_at, started_at, progress)
+         lease_expires_at, started_at, progress, tenant)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'running', 1, $10, gen_random_uuid(),
-            now() + make_interval(secs => $11), now(), 0)
+            now() + make_interval(secs => $11), now(), 0, $13)
     ON CONFLICT (id) DO UPDATE
     SET status = 'running',
+        woken_at = NULL,
         attempts = r.attempts + 1,
         lease_owner = excluded.lease_owner,
         lease_token = gen_random_uuid(),
@@ -38,8 +40,9 @@ WITH claimed AS (
         next_run_at = NULL,
         progress = 0, progress_done = NULL, progress_total = NULL,
         updated_at = now()
+    -- parked: left by caps since lifted (a parked message is acked, so this is the wake's).
     WHERE NOT r.cancel_requested
-      AND (r.status IN ('queued', 'retrying')
+      AND (r.status IN ('queued', 'retrying', 'parked')
            OR (r.status = 'running' AND r.lease_expires_at < now()))
       -- Only the recorded request may run under its id: a different body published under
       -- it (a conflicting duplicate) claims nothing. requested_at is compared only when the
@@ -56,7 +59,7 @@ SELECT id, attempts, lease_token, max_attempts FROM claimed;
 
 -- name: supersede_invalid
 -- params: id, file_type, event, filename, content_type, requester_id, requester_email,
---         requested_at, max_attempts, worker, lease_seconds, reasons
+--         requested_at, max_attempts, worker, lease_seconds, reasons, tenant
 -- A request that failed validation ($12: the reasons that may be superseded), published
 -- again under the same id with a valid event: the new event replaces the rejected body and
 -- is claimed at once. The rejected version's failure effects are dropped so the new
@@ -64,7 +67,7 @@ SELECT id, attempts, lease_token, max_attempts FROM claimed;
 WITH claimed AS (
     UPDATE bgworker_requests
     SET file_type = $2, event = $3, filename = $4, content_type = $5, requester_id = $6,
-        requester_email = $7, requested_at = $8, max_attempts = $9,
+        requester_email = $7, requested_at = $8, max_attempts = $9, tenant = $13,
         status = 'running', attempts = 1, lease_owner = $10, lease_token = gen_random_uuid(),
         lease_expires_at = now() + make_interval(secs => $11), started_at = now(),
         finished_at = NULL, notified_at = NULL, failure_reason = NULL,
@@ -172,7 +175,7 @@ SET status = 'cancelled',
     finished_at = now(),
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
     updated_at = now()
-WHERE id = $1 AND status IN ('queued', 'running', 'retrying')
+WHERE id = $1 AND status IN ('queued', 'parked', 'running', 'retrying')
 RETURNING id;
 
 -- name: cancel_claimed
@@ -202,14 +205,14 @@ RETURNING event;
 DELETE FROM bgworker_attempts WHERE request_id = $1 AND attempt = $2;
 
 -- name: request_cancel
--- Queued or retrying requests are cancelled at once; a running one is flagged, and its
+-- Queued, parked or retrying requests are cancelled at once; a running one is flagged, and its
 -- worker stops the handler at its next lease renewal.
 UPDATE bgworker_requests
 SET cancel_requested = true,
     status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
     finished_at = CASE WHEN status = 'running' THEN finished_at ELSE now() END,
     updated_at = now()
-WHERE id = $1 AND status IN ('queued', 'running', 'retrying')
+WHERE id = $1 AND status IN ('queued', 'parked', 'running', 'retrying')
 RETURNING status;
 
 -- name: get_request

@@ -133,6 +133,34 @@ class Claim:
         return cls(record["id"], record["attempts"], record["lease_token"], record["max_attempts"])
 
 
+@dataclass(frozen=True)
+class Parked:
+    """A capped claim that found no free slot: the request waits in PostgreSQL (parked)."""
+
+    request_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class OverQuota:
+    """A request its tenant's quota has no room for: which quota, and in how many seconds
+    the oldest request counted leaves its window."""
+
+    quota: str  # per_hour, per_day
+    limit: int
+    used: int
+    retry_after: float
+
+
+@dataclass(frozen=True)
+class TenantCounts:
+    """One tenant's requests by where they stand (the console, ``bgworker status``)."""
+
+    tenant: str
+    in_flight: int
+    parked: int
+    queued: int
+
+
 @dataclass
 class ReapReport:
     requeued: int = 0

@@ -27,11 +27,13 @@ from bgworker.web import admin_auth, admin_requests, keys
 
 STATUSES: Final = (
     states.Status.QUEUED,
+    states.Status.PARKED,
     states.Status.RUNNING,
     states.Status.RETRYING,
     states.Status.FAILED,
     states.Status.READY,
 )
+TENANTS_SHOWN: Final = 20  # the busiest tenants on the requests page
 PAGE_LIMIT: Final = 1000  # letters rendered on one page; the counts cover all of them
 ACTIONS: Final = ("replay", "purge")
 
@@ -56,6 +58,7 @@ def create_admin(settings: settings_mod.Settings) -> web.Application:
         settings.namespace,
         settings.queue_type,
     )
+    app[keys.FAIRNESS] = settings.fairness
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.PackageLoader("bgworker", "templates/admin"),
@@ -287,6 +290,11 @@ async def _requests(request: web.Request) -> dict[str, Any]:
         "rows": {s: await db.listing.requests_by_status(s, limit) for s in statuses},
         "statuses": STATUSES,
         "selected": selected,
+        # The busiest tenants (fair share): running, parked and queued, with their caps.
+        "tenants": [
+            {**vars(t), "cap": request.app[keys.FAIRNESS].tenant_cap(t.tenant)}
+            for t in await db.fairness.tenant_counts(limit=TENANTS_SHOWN)
+        ],
     }
 
 
@@ -327,4 +335,4 @@ async def letter_json(request: web.Request) -> web.Response:
 
 async def requests_json(request: web.Request) -> web.Response:
     data = await _requests(request)
-    return _json(data["counts"] | {"rows": data["rows"]})
+    return _json(data["counts"] | {"rows": data["rows"], "tenants": data["tenants"]})

@@ -175,6 +175,8 @@ async def _page(request: web.Request, *, download: bool) -> web.Response:
     kind = pages.KIND_OF[view.state]
     if view.state == LinkState.WAITING and view.row is None:
         kind = pages.Kind.WAITING
+    elif view.row is not None and view.row.status == states.Status.PARKED:
+        kind = pages.Kind.PARKED
     # A refused link names nothing (pages._context): a revoked one found its row, but its
     # page may say no more than the JSON refusal, in the browser's language.
     row = None if view.state in STATUS_REFUSALS else view.row

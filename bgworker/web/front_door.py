@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import math
 import uuid
 from typing import Any, Final
 
@@ -31,7 +32,7 @@ from bgworker import faults, store
 from bgworker import settings as settings_mod
 from bgworker.contract import events, states
 from bgworker.links import lifecycle, tokens
-from bgworker.web import gateway, keys, responses
+from bgworker.web import gateway, headers, keys, responses
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def mount(app: web.Application, settings: settings_mod.Settings) -> None:
     # whichever byte differs, and whichever key (RFC 6750 section 5.2 asks for it).
     app[keys.API_KEYS] = tuple(_digest(k.get_secret_value()) for k in settings.web.api_keys)
     app[keys.GATEWAY] = gateway.Gateway(settings)
+    app[keys.FAIRNESS] = settings.fairness
 
     async def close_gateway(app: web.Application) -> None:
         await app[keys.GATEWAY].close()
@@ -200,7 +202,14 @@ async def _accept(request: web.Request, event: events.FileRequested) -> web.Resp
         if differ:
             return _conflict(event, differ, row.status)
         return await _accepted(request, event, row.status)
-    reserved = await db.front_door.reserve(event.id, event.model_dump(mode="json"))
+    tenant = events.tenant_of(event)
+    limits = request.app[keys.FAIRNESS]
+    # A quota counts new requests only: a repeated POST is answered as before.
+    if limits.quotas() and row is None and not await db.front_door.known(event.id):
+        over = await db.fairness.over_quota(tenant, limits)
+        if over is not None:
+            return _over_quota(tenant, over)
+    reserved = await db.front_door.reserve(event.id, event.model_dump(mode="json"), tenant)
     differ = events.differing_fields(reserved.event, event)
     if differ:
         return _conflict(event, differ, None)
@@ -214,6 +223,32 @@ async def _accept(request: web.Request, event: events.FileRequested) -> web.Resp
                 await locked.mark_published()
                 log.info("POST %s: request %s published", ROUTE, event.id)
     return await _accepted(request, event, None)
+
+
+def _over_quota(tenant: str, over: store.OverQuota) -> web.Response:
+    """429 with Retry-After (RFC 6585 section 4) and an RFC 9457 problem naming the quota.
+    A request already accepted under the same id is answered from its record, never this."""
+    retry_after = math.ceil(over.retry_after)
+    problem = {
+        "type": "https://bgworker.invalid/problems/over-quota",
+        "title": "the tenant's request quota is used up",
+        "status": 429,
+        "detail": (
+            f"tenant {tenant!r} made {over.used} requests {over.quota.replace('_', ' ')}, "
+            f"its quota is {over.limit}; the next one fits in {retry_after}s"
+        ),
+        "quota": over.quota,
+        "limit": over.limit,
+        "used": over.used,
+        "tenant": tenant,
+        "retry_after": retry_after,
+    }
+    return web.Response(
+        text=responses.dumps(problem),
+        status=429,
+        content_type="application/problem+json",
+        headers={**headers.SECURITY_HEADERS, "Retry-After": str(retry_after)},
+    )
 
 
 def _conflict(

@@ -13,6 +13,7 @@ from typing import Final
 from aiohttp import web
 
 from bgworker import storage, store
+from bgworker.contract import fairness
 from bgworker.links import tokens
 from bgworker.web import admin_auth, gateway, identity
 
@@ -41,3 +42,5 @@ DLQ_ADDRESS: Final[web.AppKey[tuple[str, str, str]]] = web.AppKey("dlq_address")
 # Set by the front door (web/front_door.py), only when API keys are configured.
 API_KEYS: Final[web.AppKey[tuple[bytes, ...]]] = web.AppKey("api_keys")
 GATEWAY: Final = web.AppKey("gateway", gateway.Gateway)
+# Fair share's quotas, which POST /requests answers 429 for.
+FAIRNESS: Final = web.AppKey("fairness", fairness.FairnessSettings)

@@ -30,6 +30,7 @@ POLL_MILLISECONDS: Final = 1000
 
 class Kind(StrEnum):
     WAITING = "waiting"  # no worker has recorded the request yet
+    PARKED = "parked"  # its tenant's other requests hold every slot of its cap (fair share)
     IN_PROGRESS = "in_progress"  # queued, running or retrying
     READY = "ready"
     FAILED = "failed"

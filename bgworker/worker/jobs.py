@@ -27,7 +27,7 @@ from bgworker.contract import events, progress, states
 from bgworker.handlers import execution
 from bgworker.messaging import topology
 from bgworker.observe import logs, metrics, tracing
-from bgworker.worker import dedupe, finalize, rejection
+from bgworker.worker import dedupe, fairness, finalize, rejection
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class Runner:
     execution: execution.Execution = field(init=False)
     finalizer: finalize.Finalizer = field(init=False)
     rejecter: rejection.Rejecter = field(init=False)
+    fair: fairness.FairShare = field(init=False)  # the claim, through caps when set
 
     def __post_init__(self) -> None:
         self.config = self.settings.worker
@@ -81,6 +82,13 @@ class Runner:
             worker_id=self.worker_id,
             max_attempts=self.config.max_attempts,
             webhooks=self.settings.webhooks,
+        )
+        self.fair = fairness.FairShare(
+            db=self.db,
+            channel=self.channel,
+            topology=self.topology,
+            limits=self.settings.fairness,
+            lease_seconds=self.config.lease_seconds,
         )
         self.rejecter = rejection.Rejecter(
             db=self.db,
@@ -119,12 +127,16 @@ class Runner:
         max_attempts = (registration.max_attempts if registration else None) or (
             self.config.max_attempts
         )
-        lease = self.config.lease_seconds
         try:
             with tracing.span("claim", request_id=str(event.id), file_type=event.file_type):
-                claim = await self.db.requests.record_and_claim(
-                    event, max_attempts, self.worker_id, lease, names
-                )
+                claim = await self.fair.claim(event, max_attempts, self.worker_id, names)
+            if isinstance(claim, store.OverQuota):
+                return await self.fair.over_quota(message, event, claim, self.rejecter)
+            if isinstance(claim, store.Parked):
+                # Over a cap: recorded parked, so the delivery is done with (fairness).
+                await _ack(message)
+                self.fair.parked(event)
+                return states.JobOutcome.PARKED
             if claim is None:
                 claim = await self._not_runnable(message, event, max_attempts, names)
                 if claim is None:
@@ -144,12 +156,24 @@ class Runner:
             return states.JobOutcome.UNSTORABLE
         await _ack(message)
         logs.bind(attempt=claim.attempt)
+        outcome = await self._attempt(event, claim, registration, message.body)
+        # Its slot is free (the outcome is committed): a parked request may fit now.
+        await self.fair.freed(event)
+        return outcome
+
+    async def _attempt(
+        self,
+        event: events.FileRequested,
+        claim: store.Claim,
+        registration: handlers.Registration | None,
+        body: bytes,
+    ) -> states.JobOutcome:
         if registration is None:
             return await self._counted(
                 UNKNOWN_FILE_TYPE_LABEL,
                 self.finalizer.fail(
                     claim,
-                    message.body,
+                    body,
                     handlers.UnknownFileTypeError(
                         f"no handler for file_type {event.file_type!r} "
                         f"(registered: {', '.join(self.registry.file_types) or 'none'})"
@@ -158,9 +182,7 @@ class Runner:
                 ),
             )
         filled = handlers.with_defaults(event, registration)
-        return await self._counted(
-            event.file_type, self._run(filled, claim, registration, message.body)
-        )
+        return await self._counted(event.file_type, self._run(filled, claim, registration, body))
 
     async def _counted(
         self, file_type: str, attempt: Awaitable[states.JobOutcome]

@@ -277,6 +277,7 @@ class Worker:
             worker_id=self.worker_id,
             config=cfg,
             webhooks=self.settings.webhooks,
+            fair=runner.fair,
         )
         watching = health.Health(db=db, connection=connection, status=self.health)
         side = [

@@ -4,7 +4,8 @@ Every worker runs it every ``reap_interval_seconds``. Expired leases (``SELECT .
 UPDATE SKIP LOCKED``, so workers never take the same row) are put back on the requests
 exchange and set ``queued``, or, once their attempts are used up that way, marked
 ``failed`` (``worker_lost``) and dead-lettered. Waiting requests unclaimed for
-``recovery_grace_seconds`` (their message was lost) are republished.
+``recovery_grace_seconds`` (their message was lost) are republished. Parked requests
+whose caps have room are woken (fair share: their waker may have died, or the caps changed).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bgworker.contract import states
 from bgworker.effects import outcomes
 from bgworker.messaging import broker, topology, wire
 from bgworker.observe import logs, metrics
+from bgworker.worker import fairness
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class Reaper:
     worker_id: str
     config: settings.WorkerSettings
     webhooks: settings.WebhookSettings  # the deployment's webhook (a request's own wins)
+    fair: fairness.FairShare  # wakes parked requests that fit
 
     async def run(self, stopping: asyncio.Event) -> None:
         async def requeue(event: dict[str, Any]) -> None:
@@ -72,6 +75,8 @@ class Reaper:
                 recovered = await self.db.recovery.recover_stalled(
                     self.config.recovery_grace_seconds, REAP_BATCH, requeue
                 )
+                # After the reaping: an expired lease no longer holds its slot.
+                await self.fair.wake()
             except Exception as exc:  # database or broker away: try next round
                 if not faults.report(exc, "reaper"):
                     log.warning("reaper: %s", logs.describe(exc))

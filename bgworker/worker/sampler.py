@@ -91,4 +91,24 @@ class Sampler:
         # its last count.
         for status in states.Status:
             metrics.REQUESTS.labels(status).set(counts.get(status, 0))
+        await self._sample_tenants(counts)
         metrics.SAMPLED.set(time.time())
+
+    async def _sample_tenants(self, counts: dict[str, int]) -> None:
+        """The busiest tenants by name, the rest as ``other`` (a tenant that left the top
+        loses its series: cleared and set again each time)."""
+        top = await self.db.fairness.tenant_counts(limit=metrics.TOP_TENANTS + 1)
+        named, rest = top[: metrics.TOP_TENANTS], top[metrics.TOP_TENANTS :]
+        metrics.TENANT_REQUESTS.clear()
+        for t in named:
+            # A tenant named "other" shares the series of the rest: harmless, and bounded.
+            name = t.tenant or "(none)"
+            metrics.TENANT_REQUESTS.labels(name, states.Status.RUNNING).set(t.in_flight)
+            metrics.TENANT_REQUESTS.labels(name, states.Status.PARKED).set(t.parked)
+        if rest:
+            for status, shown in (
+                (states.Status.RUNNING, sum(t.in_flight for t in named)),
+                (states.Status.PARKED, sum(t.parked for t in named)),
+            ):
+                others = max(0, counts.get(status, 0) - shown)
+                metrics.TENANT_REQUESTS.labels(metrics.OTHER_TENANTS, status).set(others)

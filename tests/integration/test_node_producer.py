@@ -101,7 +101,8 @@ async def test_a_request_published_from_node_becomes_ready(
         ({"criteria": json.loads("[" * 40 + "]" * 40)}, "/criteria"),  # not an object
         ({"criteria": {"a": json.loads('{"b":' * 35 + "1" + "}" * 35)}}, "/criteria"),
         ({"requester": {"email": "ann@example.test"}}, "/requester/email"),  # special-use
-        ({"priority": 1}, "(body)"),  # unknown field
+        ({"urgency": 1}, "(body)"),  # unknown field
+        ({"priority": 1}, "/priority"),  # not a level
     ],
 )
 async def test_a_bad_event_is_refused_before_publishing(

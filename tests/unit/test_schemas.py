@@ -58,7 +58,7 @@ def test_drift_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
     """The comparison above is not vacuous: a model that gains a field no longer matches."""
 
     class FileRequested(events.FileRequested):
-        priority: int = 0
+        urgency: int = 0
 
     monkeypatch.setitem(events.EVENT_MODELS, "FileRequested", FileRequested)
     committed = (SCHEMAS / "FileRequested.json").read_text(encoding="utf-8")

@@ -114,7 +114,8 @@ CREATE TABLE public.bgworker_front_door (
     id uuid NOT NULL,
     event jsonb NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    published_at timestamp with time zone
+    published_at timestamp with time zone,
+    tenant text DEFAULT ''::text NOT NULL
 );
 
 CREATE TABLE public.bgworker_migrations (
@@ -185,6 +186,8 @@ CREATE TABLE public.bgworker_requests (
     progress_total bigint,
     fingerprint text,
     reused_from uuid,
+    tenant text DEFAULT ''::text NOT NULL,
+    woken_at timestamp with time zone,
     scrubbed_at timestamp with time zone,
     CONSTRAINT bgworker_requests_fingerprint_check CHECK (((fingerprint IS NULL) OR (fingerprint ~ '^[0-9a-f]{64}$'::text))),
     CONSTRAINT bgworker_requests_link_generation_check CHECK ((link_generation >= 0)),
@@ -192,7 +195,7 @@ CREATE TABLE public.bgworker_requests (
     CONSTRAINT bgworker_requests_progress_counts CHECK (((progress_total IS NULL) OR (progress_done <= progress_total))),
     CONSTRAINT bgworker_requests_progress_done_check CHECK (((progress_done IS NULL) OR (progress_done >= 0))),
     CONSTRAINT bgworker_requests_progress_total_check CHECK (((progress_total IS NULL) OR (progress_total >= 0))),
-    CONSTRAINT bgworker_requests_status_check CHECK ((status = ANY (ARRAY['queued'::text, 'running'::text, 'retrying'::text, 'ready'::text, 'failed'::text, 'cancelled'::text, 'expired'::text])))
+    CONSTRAINT bgworker_requests_status_check CHECK ((status = ANY (ARRAY['queued'::text, 'parked'::text, 'running'::text, 'retrying'::text, 'ready'::text, 'failed'::text, 'cancelled'::text, 'expired'::text])))
 );
 
 ALTER TABLE ONLY public.bgworker_dlq_actions ALTER COLUMN id SET DEFAULT nextval('public.bgworker_dlq_actions_id_seq'::regclass);
@@ -240,6 +243,8 @@ CREATE INDEX bgworker_dlq_actions_at ON public.bgworker_dlq_actions USING btree 
 
 CREATE INDEX bgworker_dlq_actions_request ON public.bgworker_dlq_actions USING btree (request_id, at);
 
+CREATE INDEX bgworker_front_door_tenant ON public.bgworker_front_door USING btree (tenant, created_at);
+
 CREATE INDEX bgworker_outbox_due ON public.bgworker_outbox USING btree (next_attempt_at) WHERE (status = 'pending'::text);
 
 CREATE INDEX bgworker_outbox_finished ON public.bgworker_outbox USING btree (COALESCE(done_at, created_at)) WHERE (status <> 'pending'::text);
@@ -252,7 +257,11 @@ CREATE INDEX bgworker_requests_ended ON public.bgworker_requests USING btree (GR
 
 CREATE INDEX bgworker_requests_expires ON public.bgworker_requests USING btree (expires_at) WHERE (status = 'ready'::text);
 
+CREATE INDEX bgworker_requests_file_type_live ON public.bgworker_requests USING btree (file_type, status) WHERE (status = ANY (ARRAY['running'::text, 'parked'::text, 'queued'::text]));
+
 CREATE INDEX bgworker_requests_fingerprint ON public.bgworker_requests USING btree (fingerprint, finished_at) WHERE (fingerprint IS NOT NULL);
+
+CREATE INDEX bgworker_requests_parked ON public.bgworker_requests USING btree (tenant, received_at, id) WHERE (status = 'parked'::text);
 
 CREATE INDEX bgworker_requests_requester_email ON public.bgworker_requests USING btree (lower(requester_email)) WHERE (requester_email IS NOT NULL);
 
@@ -261,6 +270,10 @@ CREATE INDEX bgworker_requests_running_lease ON public.bgworker_requests USING b
 CREATE INDEX bgworker_requests_status ON public.bgworker_requests USING btree (status, received_at);
 
 CREATE INDEX bgworker_requests_storage_key ON public.bgworker_requests USING btree (storage_key) WHERE (storage_key IS NOT NULL);
+
+CREATE INDEX bgworker_requests_tenant_live ON public.bgworker_requests USING btree (tenant, status) WHERE (status = ANY (ARRAY['running'::text, 'parked'::text, 'queued'::text]));
+
+CREATE INDEX bgworker_requests_tenant_received ON public.bgworker_requests USING btree (tenant, received_at);
 
 CREATE INDEX bgworker_requests_waiting ON public.bgworker_requests USING btree (updated_at) WHERE (status = ANY (ARRAY['queued'::text, 'retrying'::text]));
 

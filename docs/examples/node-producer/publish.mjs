@@ -10,7 +10,8 @@
 // 2. Publishes it on a confirm channel to <namespace>.requests with routing key
 //    file.requested and the properties bgworker's own publisher sets (bgworker/messaging/wire.py):
 //    content type application/json, message id = the request id, type FileRequested,
-//    persistent, mandatory. Returns once RabbitMQ has confirmed it; an unroutable or
+//    persistent, mandatory, and the AMQP priority of the event's `priority`. Returns once
+//    RabbitMQ has confirmed it; an unroutable or
 //    refused message is an error (exit 2). Prints the request id.
 //
 //   node publish.mjs --cancel REQUEST_ID
@@ -30,6 +31,9 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const SCHEMAS = process.env.BGWORKER_SCHEMAS || join(HERE, '..', '..', '..', 'schemas');
 const REQUESTED_KEY = 'file.requested';
 const CANCEL_KEY = 'request.cancel';
+// The event's priority as the AMQP message priority, as bgworker's own publisher sets it
+// (bgworker/messaging/wire.py PRIORITIES): the broker orders the work queue by it.
+const PRIORITIES = { low: 0, normal: 1, high: 5 };
 
 // Nesting of a JSON value: an object or array is one level more than its deepest child.
 function depth(value) {
@@ -121,6 +125,7 @@ async function send(url, namespace, key, event, messageId, type) {
           type,
           persistent: true,
           mandatory: true,
+          priority: PRIORITIES[event.priority ?? 'normal'],
         },
         (err) => (err ? reject(new Error('the broker refused the message (nack)')) : resolve()),
       );

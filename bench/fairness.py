@@ -1,0 +1,206 @@
+"""Fair share (issue 21): tenant A publishes N requests, then tenants B..E publish M each.
+
+    python -m bench.fairness [--a 2000] [--others 20] [--job-ms 250] [--workers 2]
+                             [--concurrency 8] [--cap 8 --cap 12]
+
+Runs the same workload on fresh queues and tables: without caps (what a deployment gets
+today: B..E wait behind all of A) and with ``BGWORKER_FAIRNESS__TENANT_IN_FLIGHT`` = each
+``--cap``. A request's wait is its start (the row's ``started_at``) minus its publish time
+(one machine, one clock). A's throughput is its requests over the time from its first start
+to its last finish. Prints a markdown table per run and the comparison; ``--json`` writes
+the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+
+from bench import common
+from bgworker.contract import events
+from bgworker.messaging import topology, wire
+
+TENANTS: Final = ("B", "C", "D", "E")
+
+
+async def _run_once(
+    dsn: str, storage: Path, logdir: Path, args: argparse.Namespace, cap: int
+) -> dict[str, Any]:
+    # Not bench.throughput's helpers: they import the contenders (celery), which this
+    # benchmark does not need installed.
+    topo = topology.Topology(f"bgw_fair_{uuid.uuid4().hex[:8]}")
+    connection = await common.amqp_connect("bench-fairness")
+    await topo.declare(await connection.channel())
+    await common.reset_tables(dsn)
+    env = common.child_env(
+        {
+            "BGWORKER_AMQP_URL": common.AMQP_URL,
+            "BGWORKER_DATABASE_URL": dsn,
+            "BGWORKER_NAMESPACE": topo.namespace,
+            "BGWORKER_STORAGE_DIR": str(storage),
+            "BGWORKER_HANDLERS": "bench.handlers:registry",
+            "BGWORKER_TOKENS__SECRET_KEYS": secrets.token_urlsafe(24),
+            "BGWORKER_LOG_LEVEL": "WARNING",
+            "BGWORKER_WORKER__CONCURRENCY": str(args.concurrency),
+            "BGWORKER_FAIRNESS__TENANT_IN_FLIGHT": str(cap),
+        }
+    )
+    tag = f"fair-cap{cap}"
+    children = [
+        common.python_child(f"{tag}-{i}", ["bgworker", "worker"], env, logdir)
+        for i in range(args.workers)
+    ]
+    published: dict[uuid.UUID, tuple[str, float]] = {}
+    try:
+        await common.wait_consumers(connection, topo.work_queue, args.workers)
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+
+        def batch(tenant: str, n: int) -> list[Any]:
+            messages = []
+            for i in range(n):
+                event = events.FileRequested(
+                    id=uuid.uuid4(),
+                    file_type="bench_sleep",
+                    criteria={"ms": args.job_ms, "seed": i},
+                    tenant=tenant,
+                )
+                published[event.id] = (tenant, 0.0)
+                body = event.model_dump(mode="json", exclude_none=True)
+                messages.append((event, wire.request(body, str(event.id))))
+            return messages
+
+        async def send(items: list[Any]) -> None:
+            now = time.time()
+            for event, _ in items:
+                published[event.id] = (published[event.id][0], now)
+            await common.publish_all(
+                channel, topo.requests_exchange, topology.REQUESTED_KEY, [m for _, m in items]
+            )
+
+        big = batch("A", args.a)
+        small = [item for t in TENANTS for item in batch(t, args.others)]
+        await send(big)
+        await send(small)
+        db = await asyncpg.connect(dsn)
+        try:
+            async with asyncio.timeout(args.timeout):
+                while True:
+                    for child in children:
+                        child.check_alive()
+                    done = await db.fetchval(
+                        "SELECT count(*) FROM bgworker_requests WHERE status = 'ready'"
+                    )
+                    if done >= len(published):
+                        break
+                    await asyncio.sleep(0.5)
+            rows = await db.fetch(
+                "SELECT id, started_at, finished_at, attempts FROM bgworker_requests"
+            )
+        finally:
+            await db.close()
+    finally:
+        for child in children:
+            await child.stop()
+        await topo.delete(await connection.channel())
+        await connection.close()
+    waits: dict[str, list[float]] = {}
+    a_spans: list[tuple[float, float]] = []
+    for row in rows:
+        tenant, at = published[row["id"]]
+        waits.setdefault(tenant, []).append(row["started_at"].timestamp() - at)
+        if tenant == "A":
+            a_spans.append((row["started_at"].timestamp(), row["finished_at"].timestamp()))
+    a_seconds = max(f for _, f in a_spans) - min(s for s, _ in a_spans)
+    return {
+        "cap": cap,
+        "per_tenant": {
+            t: {
+                "n": len(w),
+                "p50": common.percentile(w, 50),
+                "p95": common.percentile(w, 95),
+                "max": max(w),
+            }
+            for t, w in sorted(waits.items())
+        },
+        "a_jobs_per_second": len(a_spans) / a_seconds,
+        "a_seconds": a_seconds,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    label = f"cap {result['cap']}" if result["cap"] else "no cap"
+    lines = [
+        f"| {label}: tenant | requests | wait p50 s | wait p95 s | wait max s |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for tenant, s in result["per_tenant"].items():
+        lines.append(f"| {tenant} | {s['n']} | {s['p50']:.2f} | {s['p95']:.2f} | {s['max']:.2f} |")
+    lines.append(
+        f"| A's throughput | {result['a_jobs_per_second']:.1f} jobs/s | "
+        f"({result['a_seconds']:.1f} s) | | |"
+    )
+    return "\n".join(lines)
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    logdir = Path(tempfile.mkdtemp(prefix="bgw_fair_logs_"))
+    results = []
+    async with common.bench_database() as dsn:
+        with common.storage_dir(Path(tempfile.gettempdir()), "fair") as storage:
+            for cap in (0, *args.cap):
+                common.log(f"fairness: run with cap {cap or 'none'}")
+                results.append(await _run_once(dsn, storage, logdir, args, cap))
+                common.empty_dir(storage)
+    off = results[0]
+    summary: dict[str, Any] = {
+        "job_seconds": args.job_ms / 1000,
+        "slots": args.workers * args.concurrency,
+    }
+    for run in results:
+        others = [t for t in TENANTS if t in run["per_tenant"]]
+        summary[f"cap {run['cap'] or 'none'}"] = {
+            "b_e_p95_wait": max(run["per_tenant"][t]["p95"] for t in others),
+            "b_e_max_wait": max(run["per_tenant"][t]["max"] for t in others),
+            "a_jobs_per_second": run["a_jobs_per_second"],
+            "a_throughput_change": run["a_jobs_per_second"] / off["a_jobs_per_second"] - 1,
+        }
+        print(table(run))
+        print()
+    print(json.dumps(summary, indent=1))
+    return {"runs": results, "summary": summary, "logs": str(logdir)}
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.fairness", description=__doc__)
+    p.add_argument("--a", type=int, default=2000, help="requests of tenant A")
+    p.add_argument("--others", type=int, default=20, help="requests of each of B..E")
+    p.add_argument("--job-ms", type=int, default=250, help="each job's length")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument(
+        "--cap",
+        type=int,
+        action="append",
+        help="TENANT_IN_FLIGHT of a capped run (repeatable; default 8 and 12)",
+    )
+    p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--json", type=Path, help="write the figures here")
+    args = p.parse_args(argv)
+    args.cap = args.cap or [8, 12]
+    return args
+
+
+if __name__ == "__main__":
+    arguments = parse()
+    out = asyncio.run(main(arguments))
+    if arguments.json:
+        arguments.json.write_text(json.dumps(out, indent=1, default=str) + "\n")
