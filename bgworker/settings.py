@@ -273,11 +273,9 @@ class Settings(BaseSettings):
 
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/bgworker")
-    # What DATABASE_URL points at: "none" for PostgreSQL itself or a session-mode pooler;
-    # "transaction" for a pooler in transaction mode (PgBouncer pool_mode=transaction):
-    # asyncpg's statement cache is then off (statement_cache_size=0) in every pool and
-    # connection, since the next transaction may run on a server connection that never saw
-    # a statement prepared on another (docs/operating.md, PgBouncer).
+    # "transaction": DATABASE_URL is a pooler in transaction mode (PgBouncer); asyncpg's
+    # statement cache is then off everywhere, as the next transaction may run on a server
+    # connection that never saw the statement. "none": PostgreSQL or a session-mode pooler.
     database_pooler: Literal["none", "transaction"] = "none"
     # Prefix of every exchange and queue: two deployments (or test runs) never collide.
     namespace: str = "bgworker"
@@ -296,9 +294,8 @@ class Settings(BaseSettings):
     # every line about a job (bgworker.observe.logs); "text" for people at a terminal.
     log_format: Literal["text", "json"] = "text"
     # `worker` and `serve` wait this long at start for RabbitMQ, PostgreSQL and storage while
-    # they refuse, reset or time out (restarting, or started after us), one line per retry,
-    # then exit 69. A name that does not resolve or refused credentials exit at once. 0: no
-    # waiting.
+    # they refuse, reset or time out, one line per retry, then exit 69. A name that does not
+    # resolve or refused credentials exit at once. 0: no waiting.
     startup_retry_seconds: float = Field(60.0, ge=0, allow_inf_nan=False)
 
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)

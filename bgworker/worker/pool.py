@@ -37,7 +37,17 @@ from bgworker.effects import mail, outbox
 from bgworker.links import tokens
 from bgworker.messaging import broker, declaring, topology
 from bgworker.observe import logs, tracing
-from bgworker.worker import cancels, health, intake, jobs, loopwatch, reaper, sampler, settling
+from bgworker.worker import (
+    announce,
+    cancels,
+    health,
+    intake,
+    jobs,
+    loopwatch,
+    reaper,
+    sampler,
+    settling,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -151,11 +161,11 @@ class Worker:
                 self.health,
             )
             side.append(metered)
-            self._log_start()
+            announce.started(self.worker_id, self.topology, self.settings, self.registry)
             self.ready.set()
             await self._wait_until_stopped(side)
             await self._shutdown(consuming, runner, dispatcher, side)
-        self._log_summary(consuming)
+        announce.stopped(self.worker_id, self._started, self.outcomes, consuming)
         return self.outcomes
 
     async def _open_store(self, stack: AsyncExitStack, handoff: outbox.Handoff) -> store.Store:
@@ -314,28 +324,6 @@ class Worker:
         await dispatcher.close()
         await asyncio.wait(side, timeout=self.settings.worker.outbox_interval_seconds + 5)
         await jobs.cancel_all(side)
-
-    def _log_start(self) -> None:
-        log.info(
-            "worker %s consuming %s (concurrency %d, handlers: %s)",
-            self.worker_id,
-            self.topology.work_queue,
-            self.settings.worker.concurrency,
-            ", ".join(self.registry.file_types),
-        )
-        # Once it runs (a start that fails says only why): what it runs with, no secret.
-        log.info("worker %s settings: %s", self.worker_id, self.settings.summary())
-
-    def _log_summary(self, consuming: intake.Intake) -> None:
-        summary = ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items())) or "no jobs"
-        flow = ", ".join(f"{k}={v}" for k, v in sorted(consuming.counts.items()))
-        log.info(
-            "worker %s stopped after %.1fs: %s (deliveries: %s)",
-            self.worker_id,
-            time.monotonic() - self._started,
-            summary,
-            flow or "none",
-        )
 
     async def _wait_until_stopped(self, side: list[asyncio.Task[Any]]) -> None:
         stop = asyncio.create_task(self.stopping.wait(), name="stop-event")
