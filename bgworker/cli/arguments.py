@@ -283,9 +283,11 @@ def _operations(sub: Any) -> None:
     )
 
     fg = sub.add_parser(
-        "forget", help="erase one person's requests, files, effects and dead letters"
+        "forget", help="erase one person's (or tenant's) requests, files, effects, dead letters"
     )
-    fg.add_argument("--requester", required=True, help="the requester's email address")
+    whose = fg.add_mutually_exclusive_group(required=True)
+    whose.add_argument("--requester", help="the requester's email address")
+    whose.add_argument("--tenant", help="a tenant: every request that counts against it")
     fg.add_argument("--json", action="store_true", help="the report as JSON")
 
     rl = sub.add_parser("relay", help="publish the producer outbox's committed events")

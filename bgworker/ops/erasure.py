@@ -1,4 +1,5 @@
-"""``bgworker forget --requester EMAIL`` (and ``POST /erasures``): erase one person's data.
+"""``bgworker forget --requester EMAIL`` or ``--tenant T`` (and ``POST /erasures``): erase
+one person's data, or one tenant's.
 
 In order, each step safe to run again:
 
@@ -10,9 +11,10 @@ In order, each step safe to run again:
    unless another request's row still points to the same file (a dedupe reuse: the file is
    also that request's, and erasing one person must not take another's download).
 3. The dead-letter queue: a scan (``ops.deadletters.queue``) acknowledges, and so removes,
-   every letter of one of those requests or whose body or headers name the address; every
-   other letter goes back to its place when the scan's channel closes.
-4. An audit row (``bgworker_erasures``): counts and a salted hash of the address.
+   every letter of one of those requests or whose body or headers name the address (for a
+   tenant: whose event counts against it); every other letter goes back to its place when
+   the scan's channel closes.
+4. An audit row (``bgworker_erasures``): counts and a salted hash of the address or tenant.
 
 A second run finds nothing in PostgreSQL (the rows are scrubbed) and still removes, by
 address, letters a failed first run left. Not reached: messages still in the work or retry
@@ -28,6 +30,7 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +71,29 @@ def names(subject: Subject) -> re.Pattern[bytes]:
     )
 
 
+def _counts_against(tenant: str, body: bytes) -> bool:
+    """Whether a letter's body is an event that counts against ``tenant`` (its tenant, else
+    its requester's id: ``events.tenant_of``, read from the raw JSON since a dead letter
+    need not be a valid event)."""
+    try:
+        event = json.loads(body)
+    except ValueError:
+        return False
+    if not isinstance(event, dict):
+        return False
+    requester = event.get("requester")
+    fallback = requester.get("id") if isinstance(requester, dict) else None
+    return event.get("tenant", fallback) == tenant
+
+
+def letter_matcher(subject: Subject) -> Callable[[bytes, bytes], bool]:
+    """Whether a letter (body, headers) is the subject's, beyond its request ids."""
+    if subject.kind == "tenant":
+        return lambda body, _headers: _counts_against(subject.value, body)
+    pattern = names(subject)
+    return lambda body, headers: bool(pattern.search(body) or pattern.search(headers))
+
+
 async def forget(
     db: store.Store,
     files: storage.Storage,
@@ -95,7 +121,7 @@ async def forget(
     if dlq is not None:
         try:
             ids = {str(i) for i in erased.request_ids + erased.pending_ids}
-            report.dead_letters = await _erase_letters(dlq, ids, names(subject))
+            report.dead_letters = await _erase_letters(dlq, ids, letter_matcher(subject))
         except queue.DlqError as exc:
             report.errors.append(f"dead letters: {exc} (run forget again)")
     report.audit_id, _ = await db.erasure.record(
@@ -109,7 +135,7 @@ async def forget(
 
 
 async def _erase_letters(
-    dlq: queue.DeadLetterQueue, ids: set[str], pattern: re.Pattern[bytes]
+    dlq: queue.DeadLetterQueue, ids: set[str], matches: Callable[[bytes, bytes], bool]
 ) -> int:
     removed = 0
     async with contextlib.aclosing(dlq.scan()) as held:
@@ -119,8 +145,7 @@ async def _erase_letters(
             if (
                 (letter.request_id is not None and str(letter.request_id) in ids)
                 or (message.message_id or "") in ids
-                or pattern.search(message.body)
-                or pattern.search(headers)
+                or matches(message.body, headers)
             ):
                 await item.ack()
                 removed += 1
@@ -133,6 +158,14 @@ def parse_requester(value: str) -> Subject:
     if "@" not in value or not value.strip() or len(value) > 1000:
         raise ValueError("--requester must be an email address")
     return Subject.requester(value)
+
+
+def parse_tenant(value: str) -> Subject:
+    """A ``--tenant`` value, exactly as producers send it (or a requester's id, which is
+    the tenant of a request that names none)."""
+    if not value or len(value) > 1000:
+        raise ValueError("--tenant must be 1 to 1000 characters")
+    return Subject.tenant(value)
 
 
 async def erase_with(
@@ -154,9 +187,13 @@ async def erase_with(
 
 
 async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
-    """``bgworker forget --requester EMAIL [--json]``."""
+    """``bgworker forget --requester EMAIL | --tenant T [--json]``."""
     try:
-        subject = parse_requester(args.requester)
+        subject = (
+            parse_tenant(args.tenant)
+            if args.tenant is not None
+            else parse_requester(args.requester)
+        )
     except ValueError as exc:
         print(f"bgworker forget: {exc}", file=sys.stderr)
         return 64

@@ -9,9 +9,9 @@ acknowledged unbuilt instead of recording the person again. Requests accepted bu
 recorded get such a placeholder too. The audit row records a salted hash, never the
 address.
 
-A subject is a kind and a value: the contract names one kind today, the requester's email
-address (``requester``). A tenant (when the contract has one) is another kind: its finding
-queries go in ``FIND`` and the rest is shared.
+A subject is a kind and a value: the requester's email address (``requester``), or a
+tenant (``tenant``: every request that counts against it, ``events.tenant_of``); each kind
+has its finding queries in ``FIND``, the rest is shared.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ bind: Final = queries.bind
 # finding those accepted but not recorded yet.
 FIND: Final[dict[str, tuple[str, str]]] = {
     "requester": ("erase_find_requester", "erase_pending_requester"),
+    "tenant": ("erase_find_tenant", "erase_pending_tenant"),
 }
 
 
@@ -50,6 +51,12 @@ class Subject:
         # beats leaving some behind (mail domains are case-insensitive; local parts almost
         # always are in practice).
         return cls("requester", email.strip().lower())
+
+    @classmethod
+    def tenant(cls, name: str) -> Subject:
+        # Exact: a tenant is an identifier the producer chose (the contract's pattern), not
+        # an address; "acme" and "Acme" are two tenants to the caps, so to erasure too.
+        return cls("tenant", name)
 
     def digest(self, salt: bytes) -> str:
         return hashlib.sha256(salt + self.value.encode("utf-8")).hexdigest()

@@ -22,6 +22,27 @@ SELECT id FROM bgworker_front_door WHERE lower(event #>> '{requester,email}') = 
 UNION
 SELECT request_id FROM bgworker_producer_outbox WHERE lower(event #>> '{requester,email}') = $1;
 
+-- name: erase_find_tenant
+-- The requests that count against tenant $1 (events.tenant_of: the event's tenant, else
+-- its requester's id), locked. Rows recorded before fair share have tenant '' unless they
+-- were live then: those are found by their event.
+SELECT id, storage_key FROM bgworker_requests
+WHERE id IN (
+    SELECT id FROM bgworker_requests WHERE tenant = $1
+    UNION
+    SELECT id FROM bgworker_requests
+    WHERE tenant = '' AND coalesce(event ->> 'tenant', event #>> '{requester,id}') = $1)
+ORDER BY id
+FOR UPDATE;
+
+-- name: erase_pending_tenant
+-- Requests of tenant $1 accepted but not recorded by a worker yet (as erase_pending_requester).
+SELECT id FROM bgworker_front_door
+WHERE coalesce(event ->> 'tenant', event #>> '{requester,id}') = $1
+UNION
+SELECT request_id FROM bgworker_producer_outbox
+WHERE coalesce(event ->> 'tenant', event #>> '{requester,id}') = $1;
+
 -- name: erase_dependents
 -- What hangs off the requests $1: attempt history (error texts), effects (email payloads
 -- name the address), dead-letter action records (errors, attempt logs), the front door's

@@ -1,7 +1,8 @@
 """``POST /erasures``: ``bgworker forget`` over HTTP, for the service that handles a
 person's erasure request (GDPR article 17). Mounted with the front door (same API keys).
 
-The address goes in the JSON body, ``{"requester": "ann@example.com"}``, never in the URL:
+The address goes in the JSON body, ``{"requester": "ann@example.com"}`` (or a tenant,
+``{"tenant": "acme"}``: every request that counts against it), never in the URL:
 URLs end up in access logs. The answer is the erasure's report (counts and the audit row's
 id), which names no one. Idempotent: a second call finds nothing more to erase (and still
 records that it was asked).
@@ -52,12 +53,17 @@ async def erase(request: web.Request) -> web.Response:
         return _refusal(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:
         body = json.loads(raw)
-        given = body["requester"] if isinstance(body, dict) else None
+        if not isinstance(body, dict) or len(body.keys() & {"requester", "tenant"}) != 1:
+            raise ValueError("a JSON object with one of requester and tenant is required")
+        given = body.get("requester", body.get("tenant"))
         if not isinstance(given, str):
-            raise ValueError("a JSON object with a string field requester is required")
-        subject = erasure.parse_requester(given)
-    except (ValueError, KeyError):
-        return _refusal(422, 'the body must be {"requester": "<email address>"}')
+            raise ValueError("the field must be a string")
+        parse = erasure.parse_requester if "requester" in body else erasure.parse_tenant
+        subject = parse(given)
+    except ValueError:
+        return _refusal(
+            422, 'the body must be {"requester": "<email address>"} or {"tenant": "<tenant>"}'
+        )
     try:
         report = await _forget(request, subject)
     except Exception as exc:

@@ -255,3 +255,55 @@ async def test_erasing_an_address_never_touches_a_longer_one(
         assert erased.request_ids == [gone.id], (first, second)
         row = await db.requests.get_request(kept.id)
         assert row is not None and row.requester_email == second
+
+
+async def test_forget_a_tenant_takes_every_request_that_counts_against_it(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    cli: Cli,
+) -> None:
+    """``--tenant``: the requests whose event names the tenant, and those whose requester's
+    id is the tenant (a request naming none counts against its requester), with their files
+    and dead letters; another tenant's, and a tenant differing only in case, untouched."""
+    await start_worker()
+    named = await publish("blob", {"size": 300}, tenant="acme", requester={"email": ANN})
+    by_id = await publish("permanent", {"n": 1}, requester={"email": ANN, "id": "acme"})
+    other = await publish("blob", {"size": 300}, tenant="Acme", requester={"email": BOB})
+    failed_other = await publish("permanent", {"n": 2}, tenant="globex", requester={"email": BOB})
+    kept = await wait_for_status(db, other.id, "ready")
+    await wait_for_status(db, named.id, "ready")
+    for request_id in (by_id.id, failed_other.id):
+        await wait_for_status(db, request_id, "failed")
+    await wait_until(lambda: _letters_of(settings.namespace, 2))
+    await wait_until(lambda: _effects_done(db))
+
+    code, out, err = await cli("forget", "--tenant", "acme", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["requests"] == 2 and report["files"] == 1 and report["dead_letters"] == 1
+    assert await tables_naming(db, ANN) == []  # all of Ann's requests were acme's
+    assert (await wait_for_status(db, other.id, "ready")).requester_email == BOB
+    assert await stored_keys(settings) == [kept.storage_key]
+    left = await letters(settings.namespace)
+    assert [json.loads(m.body)["id"] for m in left] == [str(failed_other.id)]
+    assert await db.erasure.was_erased(erasure.Subject.tenant("acme"))
+    assert not await db.erasure.was_erased(erasure.Subject.tenant("Acme"))
+
+    code, _, err = await cli("forget", "--tenant", "acme", "--requester", ANN)
+    assert code == 2 and "not allowed with" in err  # one subject per erasure
+    code, _, err = await cli("forget", "--tenant", "")
+    assert code == 64 and "--tenant" in err
+
+
+async def test_the_front_door_takes_one_subject(
+    keyed: settings_mod.Settings, start_server: StartServer
+) -> None:
+    base = await start_server()
+    both = {"requester": ANN, "tenant": "acme"}
+    for body in (both, {}, {"tenant": 5}, {"tenant": ""}, {"who": "acme"}):
+        status, answer = await _post_erasure(base, body)
+        assert status == 422 and "tenant" in answer["error"], (body, answer)
+    status, report = await _post_erasure(base, {"tenant": "nobody-here"})
+    assert status == 200 and report["requests"] == 0, report

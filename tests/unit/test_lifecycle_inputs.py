@@ -80,3 +80,27 @@ def test_the_retention_defaults_are_the_documented_ones() -> None:
     assert (policy.criteria_days, policy.addresses_days, policy.attempts_days) == (30, 30, 30)
     assert (policy.outbox_days, policy.dead_letters_days, policy.rows_days) == (30, 14, 90)
     assert policy.seconds("dead_letters") == 14 * 86400
+
+
+@given(st.binary(max_size=300))
+def test_a_letter_of_any_bytes_never_breaks_the_tenant_matcher(body: bytes) -> None:
+    # Dead letters need not be valid events, nor JSON: the matcher answers, never raises.
+    assert erasure.letter_matcher(erasure.Subject.tenant("acme"))(body, b"") in (True, False)
+
+
+@given(
+    tenant=st.one_of(st.none(), st.text(min_size=1, max_size=20)),
+    requester_id=st.one_of(st.none(), st.text(min_size=1, max_size=20)),
+    subject=st.text(min_size=1, max_size=20),
+)
+def test_a_letter_is_a_tenants_exactly_when_its_event_counts_against_it(
+    tenant: str | None, requester_id: str | None, subject: str
+) -> None:
+    event: dict[str, object] = {"id": str(uuid.uuid4()), "file_type": "blob"}
+    if tenant is not None:
+        event["tenant"] = tenant
+    if requester_id is not None:
+        event["requester"] = {"id": requester_id}
+    counts_against = tenant if tenant is not None else requester_id
+    matches = erasure.letter_matcher(erasure.Subject.tenant(subject))
+    assert matches(json.dumps(event).encode(), b"") == (counts_against == subject)

@@ -27,7 +27,7 @@ CREATE INDEX bgworker_outbox_finished
 CREATE TABLE bgworker_erasures (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     at           timestamptz NOT NULL DEFAULT now(),
-    subject_kind text NOT NULL CHECK (subject_kind IN ('requester')),
+    subject_kind text NOT NULL CHECK (subject_kind IN ('requester', 'tenant')),
     subject_salt bytea NOT NULL,
     subject_hash text NOT NULL CHECK (subject_hash ~ '^[0-9a-f]{64}$'),
     actor        text NOT NULL,

@@ -98,7 +98,7 @@ CREATE TABLE public.bgworker_erasures (
     dead_letters integer DEFAULT 0 NOT NULL,
     pending integer DEFAULT 0 NOT NULL,
     CONSTRAINT bgworker_erasures_subject_hash_check CHECK ((subject_hash ~ '^[0-9a-f]{64}$'::text)),
-    CONSTRAINT bgworker_erasures_subject_kind_check CHECK ((subject_kind = 'requester'::text))
+    CONSTRAINT bgworker_erasures_subject_kind_check CHECK ((subject_kind = ANY (ARRAY['requester'::text, 'tenant'::text])))
 );
 
 ALTER TABLE public.bgworker_erasures ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
