@@ -60,11 +60,11 @@ SELECT count(*) FROM o;
 -- ever claim it and build it again), scrubbed_at set. In progress: cancelled (a running
 -- worker loses its lease and deletes its file); ready: expired (the file is deleted).
 UPDATE bgworker_requests
-SET status = CASE WHEN status IN ('queued', 'running', 'retrying') THEN 'cancelled'
+SET status = CASE WHEN status IN ('queued', 'parked', 'running', 'retrying') THEN 'cancelled'
                   WHEN status = 'ready' THEN 'expired' ELSE status END,
     finished_at = coalesce(finished_at, now()),
     event = '{}', file_type = '', filename = '', content_type = 'application/octet-stream',
-    requester_id = NULL, requester_email = NULL,
+    requester_id = NULL, requester_email = NULL, tenant = '',
     last_error_class = NULL, last_error = NULL,
     size_bytes = NULL, sha256 = NULL, storage_key = NULL, fingerprint = NULL,
     reused_from = NULL, progress_done = NULL, progress_total = NULL,

@@ -236,7 +236,7 @@ SET cancel_requested = true,
     status = CASE WHEN r.status = 'running' THEN r.status ELSE 'cancelled' END,
     finished_at = CASE WHEN r.status = 'running' THEN r.finished_at ELSE now() END,
     updated_at = now()
-WHERE r.status IN ('queued', 'running', 'retrying')
+WHERE r.status IN ('queued', 'parked', 'running', 'retrying')
 RETURNING status, (xmax = 0) AS placeholder;
 
 -- name: request_status

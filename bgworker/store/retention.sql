@@ -30,12 +30,14 @@ SELECT ended, key, (SELECT count(*) FROM done) AS pruned FROM batch ORDER BY end
 
 -- name: retention_addresses
 -- Who asked: the requester's address and id, on the row and in the event (language and
--- time zone stay: they say nothing of who).
+-- time zone stay: they say nothing of who), and the tenant where it is that id (fair
+-- share's default: a request naming no tenant counts against its requester).
 WITH batch AS MATERIALIZED (SELECT * FROM bgworker_ended_batch($1, $2, $3, $4)),
 done AS (
     UPDATE bgworker_requests r
     SET event = r.event #- '{requester,email}' #- '{requester,id}',
         requester_email = NULL, requester_id = NULL,
+        tenant = CASE WHEN r.tenant = r.requester_id THEN '' ELSE r.tenant END,
         scrubbed_at = coalesce(r.scrubbed_at, now())
     FROM batch
     WHERE r.id = batch.id

@@ -142,6 +142,8 @@ async def test_forget_leaves_nothing_of_the_person_and_everything_of_others(
     assert report["files"] == 1 and report["dead_letters"] == 2 and report["effects"] >= 2
 
     assert await tables_naming(db, ANN) == []
+    # Nor her requester id: it was her requests' tenant too (fair share's default).
+    assert await tables_naming(db, f"user-{ANN[:3]}") == []
     assert await stored_keys(settings) == [bob_ready.storage_key]
     assert await stored_bytes(settings, bob_ready) == bob_bytes
     left = await letters(settings.namespace)

@@ -198,6 +198,31 @@ async def test_a_parked_request_can_be_cancelled(
     assert [(c.in_flight, c.parked) for c in counts] == [(1, 0)]
 
 
+async def test_a_producers_cancel_and_an_erasure_reach_a_parked_request(
+    db: store.Store, settings: settings_mod.Settings
+) -> None:
+    """CancelRequested / DELETE /requests/{id} (``cancel_or_placeholder``) and ``forget``
+    end a parked request too: it must never be woken, built, or left parked and empty."""
+    settings.fairness.tenant_in_flight = 1
+    a, b, c = (
+        events.FileRequested(
+            id=uuid.uuid4(), file_type="blob", criteria={}, tenant="t", requester={"id": "p"}
+        )
+        for _ in range(3)
+    )
+    assert isinstance(await db.fairness.claim_capped(a, 4, "w", 30, settings.fairness), store.Claim)
+    for parked in (b, c):
+        assert isinstance(
+            await db.fairness.claim_capped(parked, 4, "w", 30, settings.fairness), store.Parked
+        )
+    cancelled = await db.requests.cancel_or_placeholder(b.id)
+    assert cancelled.status == "cancelled" and cancelled.changed
+    await db.erasure.erase(store.erasure.Subject.tenant("t"))
+    row = await db.requests.get_request(c.id)
+    assert row is not None and row.status == "cancelled"
+    assert await db.fairness.wake(settings.fairness, 30, _never, tenant=None) == []
+
+
 async def _never(event: dict[str, Any]) -> None:
     raise AssertionError(f"woke {event['id']}")
 

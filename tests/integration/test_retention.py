@@ -153,6 +153,10 @@ async def test_clean_prunes_each_kind_after_its_period_and_nothing_younger(
     assert "criteria" not in row.event and "description" not in row.event
     assert "email" not in row.event["requester"] and row.event["file_type"] == "blob"
     assert middle["attempts"] == 0 and middle["effects"] == 0
+    # The tenant was the requester's id (the default): it goes with the id.
+    tenants = "SELECT tenant FROM bgworker_requests WHERE id = $1"
+    assert await db.pool.fetchval(tenants, ids["middle"]) == ""
+    assert await db.pool.fetchval(tenants, ids["young"]) == "young"
     young = await state(db, ids["young"])
     assert young["row"].requester_email == "young@example.com" and young["row"].event["criteria"]
     assert young["attempts"] == 1 and young["effects"] >= 2
