@@ -15,8 +15,8 @@ import pytest
 from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.contract import events
-from bgworker.messaging import broker, topology
-from tests.helpers import Publish, StartWorker, wait_for_status, wait_until
+from bgworker.messaging import broker
+from tests.helpers import Publish, StartWorker, dead_queue_of, wait_for_status, wait_until
 
 
 @pytest.fixture(params=["quorum", "classic"])
@@ -150,7 +150,7 @@ async def test_a_parked_request_is_never_dead_lettered_for_waiting(
     started = await _times(db, evs, "started_at")
     in_parking_order = [s for _, s in sorted(zip(received, started, strict=True))]
     assert in_parking_order == sorted(started)
-    dead = await broker.queue_depth(amqp, topology.Topology(settings.namespace).dead_queue)
+    dead = await broker.queue_depth(amqp, dead_queue_of(settings))
     assert dead == 0
     assert w.intake is not None and w.intake.counts["redelivered"] == 0
 

@@ -52,7 +52,8 @@ async def test_every_queue_is_a_quorum_queue(
     event = await publish("blob", {"size": 10, "seed": 2})
     await wait_for_status(db, event.id, "ready")
     topo, _ = _topologies(settings)
-    expected = {topo.work_queue, topo.dead_queue, *map(topo.retry_queue, topo.tiers)}
+    expected = {topo.work_queue, topo.dead_queue, topo.cancel_queue}
+    expected |= set(map(topo.retry_queue, topo.tiers))
     assert await queue_types(settings.namespace) == dict.fromkeys(expected, "quorum")
 
 
