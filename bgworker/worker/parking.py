@@ -180,4 +180,6 @@ class Parker:
         self.counts["parked"] += parked
         self.counts["handed_back"] += handed_back
         if handed_back:
+            # The queue's head fits: closed until a job slot parks again (after this).
+            self.fair.park_wanted.clear()
             await self._cancel()
