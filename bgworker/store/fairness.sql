@@ -197,8 +197,10 @@ WITH room AS (
 ), parked AS (
     INSERT INTO bgworker_requests AS r
         (id, file_type, event, filename, content_type, requester_id, requester_email,
-         requested_at, max_attempts, tenant, status, attempts)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $11, 'parked', 0
+         requested_at, max_attempts, tenant, status, attempts, received_at)
+    -- clock_timestamp(), not now(): a batch's rows are one transaction, and wakes go
+    -- oldest first by received_at, so each must be later than the one parked before it.
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $11, 'parked', 0, clock_timestamp()
     FROM room WHERE NOT ok
     ON CONFLICT (id) DO UPDATE
     SET status = 'parked',

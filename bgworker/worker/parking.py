@@ -39,10 +39,10 @@ from aio_pika.abc import (
 )
 
 from bgworker import faults, store
-from bgworker.contract import events
+from bgworker.contract import events, states
 from bgworker.messaging import broker, topology
 from bgworker.observe import logs, metrics
-from bgworker.worker import fairness
+from bgworker.worker import fairness, jobs
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +59,18 @@ async def start(
     db: store.Store,
     connection: AbstractRobustConnection,
     topo: topology.Topology,
-    fair: fairness.FairShare,
-    claim_args: ClaimArgs,
+    runner: jobs.Runner,
+    outcomes: Counter[str],
     stopping: asyncio.Event,
 ) -> asyncio.Task[None]:
-    """The worker's side task; without caps it only waits for the stop."""
-    if not fair.limits.capping:
+    """The worker's side task; without caps it only waits for the stop. Each request it
+    parks counts in the worker's ``outcomes`` as ``parked``, as a job slot's park does."""
+    if not runner.fair.limits.capping:
         return asyncio.create_task(_idle(stopping), name="parker")
     channel = await broker.open_channel(connection)
     await channel.set_qos(prefetch_count=PREFETCH)
     queue = await topo.declare_work(channel)
-    parker = Parker(db, channel, queue, topo, fair, claim_args)
+    parker = Parker(db, channel, queue, topo, runner.fair, runner.claim_args, outcomes)
     return asyncio.create_task(parker.run(stopping), name="parker")
 
 
@@ -86,6 +87,7 @@ class Parker:
         topo: topology.Topology,
         fair: fairness.FairShare,
         claim_args: ClaimArgs,
+        outcomes: Counter[str],
     ) -> None:
         self.db = db
         self.channel = channel
@@ -93,6 +95,7 @@ class Parker:
         self.topology = topo
         self.fair = fair
         self.claim_args = claim_args
+        self.outcomes = outcomes
         self._tag: ConsumerTag | None = None
         self._buffer: list[AbstractIncomingMessage] = []
         self._changed = asyncio.Event()
@@ -178,6 +181,7 @@ class Parker:
         handed_back = len(batch) - parked
         metrics.PARKED.inc(parked)
         self.counts["parked"] += parked
+        self.outcomes[states.JobOutcome.PARKED] += parked
         self.counts["handed_back"] += handed_back
         if handed_back:
             # The queue's head fits: closed until a job slot parks again (after this).

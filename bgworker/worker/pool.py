@@ -294,7 +294,7 @@ class Worker:
         side = [
             await cancels.start(db, connection, self.topology, self.stopping),
             await parking.start(
-                db, connection, self.topology, runner.fair, runner.claim_args, self.stopping
+                db, connection, self.topology, runner, self.outcomes, self.stopping
             ),
             asyncio.create_task(consuming.run(), name="intake"),
             asyncio.create_task(dispatcher.run(self.stopping), name="outbox-dispatcher"),
