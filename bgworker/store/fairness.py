@@ -75,6 +75,50 @@ class FairShare(connection.Connected):
             return rows.Parked(record["id"])
         return rows.Claim.from_record(record)
 
+    async def park_many(
+        self,
+        items: list[tuple[events.FileRequested, int, tuple[str, str] | None]],
+        limits: fairness.FairnessSettings,
+    ) -> list[bool]:
+        """Park, in one transaction, each of ``items`` (event, max_attempts, names) that is
+        over a cap, as ``claim_capped`` would; True for each parked. False: it fits its caps
+        (or is not runnable, or is new with a quota set, which only the claim may count),
+        so nothing changed and it belongs to a job slot's claim. The cap locks are taken
+        all tenants' first, then all file types', each in sorted order: a claim takes one
+        tenant's then one file type's, so no two transactions wait on each other."""
+        tenants = sorted({events.tenant_of(e) for e, _, _ in items})
+        file_types = sorted({e.file_type for e, _, _ in items})
+        parked: list[bool] = []
+        async with self.transaction() as conn:
+            for tenant in tenants:
+                if limits.limits_tenant(tenant):
+                    await conn.execute(Q["lock_cap"], _cap_key("tenant", tenant))
+            for file_type in file_types:
+                if limits.file_type_cap(file_type) is not None:
+                    await conn.execute(Q["lock_cap"], _cap_key("file_type", file_type))
+            quotas = bool(limits.quotas())
+            for event, max_attempts, names in items:
+                tenant = events.tenant_of(event)
+                tenant_cap = limits.tenant_cap(tenant)
+                file_type_cap = limits.file_type_cap(event.file_type)
+                if (tenant_cap is None and file_type_cap is None) or (
+                    quotas and not await conn.fetchval(Q["recorded"], event.id)
+                ):
+                    parked.append(False)
+                    continue
+                parked.append(
+                    await conn.fetchval(
+                        *bind(
+                            "park_capped",
+                            **requests.request_columns(event, max_attempts, names),
+                            requested_at_set="requested_at" in event.model_fields_set,
+                            tenant_cap=tenant_cap or fairness.UNLIMITED,
+                            file_type_cap=file_type_cap or fairness.UNLIMITED,
+                        )
+                    )
+                )
+        return parked
+
     async def wake(
         self,
         limits: fairness.FairnessSettings,

@@ -177,3 +177,43 @@ FROM seen;
 
 -- name: recorded
 SELECT EXISTS (SELECT 1 FROM bgworker_requests WHERE id = $1);
+
+-- name: park_capped
+-- params: id, file_type, event, filename, content_type, requester_id, requester_email,
+--         requested_at, max_attempts, requested_at_set, tenant, tenant_cap, file_type_cap
+-- The parker's statement (worker/parking.py): record_and_claim_capped without the claim,
+-- for a delivery taken without a job slot. Run after lock_cap for the tenant and the file
+-- type, like the claim. Over a cap, the row is recorded, or left, `parked` exactly as the
+-- claim parks it; fitting its caps (or not runnable: cancelled, running, finished) nothing
+-- changes and `parked` comes back false: the caller hands the delivery back to the work
+-- queue, for a job slot's claim.
+WITH room AS (
+    SELECT (SELECT count(*) FROM bgworker_requests b
+            WHERE b.tenant = $11 AND b.status = 'running' AND b.lease_expires_at >= now()
+              AND b.id <> $1) < $12
+       AND (SELECT count(*) FROM bgworker_requests b
+            WHERE b.file_type = $2 AND b.status = 'running' AND b.lease_expires_at >= now()
+              AND b.id <> $1) < $13 AS ok
+), parked AS (
+    INSERT INTO bgworker_requests AS r
+        (id, file_type, event, filename, content_type, requester_id, requester_email,
+         requested_at, max_attempts, tenant, status, attempts, received_at)
+    -- clock_timestamp(), not now(): a batch's rows are one transaction, and wakes go
+    -- oldest first by received_at, so each must be later than the one parked before it.
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $11, 'parked', 0, clock_timestamp()
+    FROM room WHERE NOT ok
+    ON CONFLICT (id) DO UPDATE
+    SET status = 'parked',
+        lease_owner = NULL,
+        lease_token = NULL,
+        lease_expires_at = NULL,
+        next_run_at = NULL,
+        woken_at = NULL,
+        updated_at = now()
+    WHERE NOT r.cancel_requested
+      AND r.status IN ('queued', 'retrying', 'parked')
+      AND CASE WHEN $10 THEN r.event = excluded.event
+               ELSE (r.event - 'requested_at') = (excluded.event - 'requested_at') END
+    RETURNING id
+)
+SELECT EXISTS (SELECT 1 FROM parked) AS parked;

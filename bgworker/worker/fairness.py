@@ -13,8 +13,9 @@ docs/architecture.md, "Fair share", says why this design.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
@@ -35,6 +36,8 @@ class FairShare:
     topology: topology.Topology
     limits: fairness.FairnessSettings
     lease_seconds: float
+    # Set when a job slot's claim parked a request: the parker (``parking``) opens.
+    park_wanted: asyncio.Event = field(default_factory=asyncio.Event)
 
     def capped(self, event: events.FileRequested) -> bool:
         """A cap or a quota applies: the claim goes through ``store.fairness``."""
@@ -103,6 +106,7 @@ class FairShare:
         that freed after the claim counted it is woken by its job, whose wake waits for the
         claim's lock (``store.fairness``), so it sees this request parked."""
         metrics.PARKED.inc()
+        self.park_wanted.set()
         log.debug(
             "request %s: parked (tenant %r or file type %s at its cap)",
             event.id,

@@ -109,6 +109,16 @@ class Runner:
         with tracing.span("job", parent=parent, kind="consumer", worker=self.worker_id):
             return await self._handle(message)
 
+    def claim_args(self, event: events.FileRequested) -> tuple[int, tuple[str, str]]:
+        """What a claim records ``event`` with: its max attempts, and the filename and content
+        type to serve (the handler's fill where the producer left them out)."""
+        registration = self.registry.find(event.file_type)
+        names = handlers.served_names(event, registration)
+        max_attempts = (registration.max_attempts if registration else None) or (
+            self.config.max_attempts
+        )
+        return max_attempts, names
+
     async def _handle(self, message: AbstractIncomingMessage) -> states.JobOutcome:
         try:
             event = events.parse_file_requested(message.body)
@@ -120,13 +130,7 @@ class Runner:
             return states.JobOutcome.INVALID
         logs.bind(request_id=str(event.id), file_type=event.file_type, worker_id=self.worker_id)
         registration = self.registry.find(event.file_type)
-        # What the handler declares fills a filename or content type the producer left out.
-        # The event is recorded as published (a redelivery must compare equal to it); the
-        # filled names go to the row's columns and to the handler.
-        names = handlers.served_names(event, registration)
-        max_attempts = (registration.max_attempts if registration else None) or (
-            self.config.max_attempts
-        )
+        max_attempts, names = self.claim_args(event)
         try:
             with tracing.span("claim", request_id=str(event.id), file_type=event.file_type):
                 claim = await self.fair.claim(event, max_attempts, self.worker_id, names)

@@ -44,6 +44,7 @@ from bgworker.worker import (
     intake,
     jobs,
     loopwatch,
+    parking,
     reaper,
     sampler,
     settling,
@@ -292,6 +293,9 @@ class Worker:
         watching = health.Health(db=db, connection=connection, status=self.health)
         side = [
             await cancels.start(db, connection, self.topology, self.stopping),
+            await parking.start(
+                db, connection, self.topology, runner, self.outcomes, self.stopping
+            ),
             asyncio.create_task(consuming.run(), name="intake"),
             asyncio.create_task(dispatcher.run(self.stopping), name="outbox-dispatcher"),
             asyncio.create_task(reaping.run(self.stopping), name="lease-reaper"),
