@@ -12,7 +12,6 @@ worker that lost its lease can change nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -393,14 +392,6 @@ async def _ack(message: AbstractIncomingMessage) -> None:
             message.message_id,
             logs.describe(exc),
         )
-
-
-async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
 
 
 def _why_not(row: store.RequestRow) -> str:

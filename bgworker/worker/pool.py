@@ -48,6 +48,7 @@ from bgworker.worker import (
     reaper,
     sampler,
     settling,
+    tasks,
 )
 
 log = logging.getLogger(__name__)
@@ -327,7 +328,7 @@ class Worker:
         # and another worker would repeat them.
         await dispatcher.close()
         await asyncio.wait(side, timeout=self.settings.worker.outbox_interval_seconds + 5)
-        await jobs.cancel_all(side)
+        await tasks.cancel_all(side)
 
     async def _wait_until_stopped(self, side: list[asyncio.Task[Any]]) -> None:
         stop = asyncio.create_task(self.stopping.wait(), name="stop-event")
@@ -379,7 +380,7 @@ class Worker:
         if pending:
             log.warning("drain timeout: releasing %d job(s) back to the queue", len(pending))
             runner.releasing = True
-            await jobs.cancel_all(list(pending))
+            await tasks.cancel_all(list(pending))
 
     async def _watch_limits(self, channel: AbstractChannel) -> None:
         deadline = (time.monotonic() + self.limits.max_seconds) if self.limits.max_seconds else None
