@@ -16,6 +16,7 @@ holding every host's disk hidden, so no host sees another's files.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,9 +31,38 @@ from tests.hosts.proxy import Proxy
 
 FILES: Final = Path("/srv")  # a host's files directory, as its processes see it
 GW: Final = 254  # the bridge's own address, last octet
+
+
+def _kept_in_tmp() -> list[Path]:
+    """The checkout and the interpreter's environment where they live under /tmp (a clone
+    made there, as a CI runner may): a host's own /tmp would hide them, and with them the
+    code every host runs. Outermost paths only."""
+    tmp = Path("/tmp")
+    paths = sorted({REPO, Path(sys.prefix).resolve()})
+    kept: list[Path] = []
+    for path in paths:
+        if path.is_relative_to(tmp) and path != tmp:
+            if not any(path.is_relative_to(k) for k in kept):
+                kept.append(path)
+    return kept
+
+
+def _keep_script(kept: Sequence[Path]) -> str:
+    # Each kept path is bound onto an empty directory at the same place inside the host's
+    # own /tmp ("$1") before that directory goes over /tmp; --rbind carries those binds
+    # along. Only this command's mount namespace sees them (ip netns exec makes it private).
+    parts = []
+    for path in kept:
+        inner = '"$1"/' + shlex.quote(str(path.relative_to("/tmp")))
+        parts.append(f"mkdir -p {inner}; mount --bind {shlex.quote(str(path))} {inner}; ")
+    return "".join(parts)
+
+
 # The host side of a command: hostname, private /tmp and /srv, the others' disks hidden.
 _ENTER: Final = (
-    'set -e; hostname "$0"; mount --bind "$1" /tmp; mount --bind "$2" /srv; '
+    'set -e; hostname "$0"; '
+    + _keep_script(_kept_in_tmp())
+    + 'mount --rbind "$1" /tmp; mount --bind "$2" /srv; '
     f"mount -t tmpfs -o size=64k,mode=0755 hidden {registry.REGISTRY}; "
     f"mount -t tmpfs -o size=64k,mode=0755 hidden {registry.DISKS}; "
     'shift 2; exec "$@"'
