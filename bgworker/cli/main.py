@@ -8,13 +8,13 @@ and a mistyped flag answer at once (``tests/unit/test_arguments.py``).
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
 from bgworker.cli import arguments
+from bgworker.cli.output import OutputClosedError, guard_stdout, output_closed, say
 
 if TYPE_CHECKING:
     from bgworker import settings as settings_mod
@@ -25,65 +25,6 @@ if TYPE_CHECKING:
 # what `bgworker --help` would load.
 EXIT_FAILED: Final = 1  # refused (overview.EXIT_UNSUCCESSFUL: a followed request failed)
 EXIT_ARGUMENTS: Final = 2  # as argparse exits for an unknown option
-EXIT_CLOSED_PIPE: Final = 141  # 128 + SIGPIPE: what a shell shows for `yes | head -1`
-
-
-# -- output ---------------------------------------------------------------------------
-
-
-class OutputClosedError(Exception):
-    """Whoever read our standard output went away (``bgworker dlq list | head -1``).
-
-    Not an OSError on purpose: a BrokenPipeError is also what a socket to a vanished
-    service raises, and every handler that rides out (or reports) a lost connection would
-    take it for one."""
-
-
-class _Stdout(io.TextIOWrapper):
-    """Standard output that raises OutputClosedError when the pipe's reader is gone."""
-
-    def write(self, text: str) -> int:
-        try:
-            return super().write(text)
-        except BrokenPipeError as exc:
-            raise OutputClosedError from exc
-
-    def flush(self) -> None:
-        try:
-            super().flush()
-        except BrokenPipeError as exc:
-            raise OutputClosedError from exc
-
-
-def _guard_stdout() -> None:
-    """Put _Stdout in place of sys.stdout (the same descriptor and encoding). Characters the
-    terminal's encoding lacks become "?" rather than an error (what `dlq` did for itself)."""
-    stream = sys.stdout
-    if stream is not sys.__stdout__ or not isinstance(stream, io.TextIOWrapper):
-        return  # replaced by a test harness (or done already), or no stdout at all
-    encoding, line_buffering = stream.encoding, stream.line_buffering
-    sys.stdout = _Stdout(
-        stream.detach(), encoding=encoding, errors="replace", line_buffering=line_buffering
-    )
-    if isinstance(sys.stderr, io.TextIOWrapper):
-        sys.stderr.reconfigure(errors="replace")
-
-
-def _output_closed() -> int:
-    # Quietly, like other Unix tools; what is still buffered goes to /dev/null so that the
-    # interpreter's last flush does not fail again.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    return EXIT_CLOSED_PIPE
-
-
-def _say(command: str, line: str) -> None:
-    """One line on stderr, named after the command, like every error of this CLI."""
-    try:
-        print(f"bgworker {command}: {line}", file=sys.stderr)
-    except BrokenPipeError:
-        pass  # nobody reads stderr either: the exit status says it
 
 
 # -- commands -------------------------------------------------------------------------
@@ -193,7 +134,7 @@ async def _cmd_cancel(settings: settings_mod.Settings, args: argparse.Namespace)
         row = await db.requests.get_request(args.id)
     if status is None:
         state = row.status if row else "unknown to this database"
-        _say("cancel", f"{args.id}: not cancellable (status: {state})")
+        say("cancel", f"{args.id}: not cancellable (status: {state})")
         return EXIT_FAILED
     print(f"{args.id}: {'cancelling (running)' if status == 'running' else 'cancelled'}")
     return 0
@@ -214,7 +155,7 @@ async def _cmd_dlq(settings: settings_mod.Settings, args: argparse.Namespace) ->
 
 async def _cmd_status(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     if (args.id is None) == (args.tenant is None):
-        _say("status", "give a request id or --tenant T (one of them)")
+        say("status", "give a request id or --tenant T (one of them)")
         return EXIT_ARGUMENTS
     if args.tenant is not None:
         from bgworker.ops import tenants
@@ -261,7 +202,7 @@ def _cmd_schemas(settings: settings_mod.Settings, args: argparse.Namespace) -> i
 
     stale = asyncapi.export(Path(args.dir), check=args.check)
     if args.check and stale:
-        _say("schemas", f"out of date: {', '.join(stale)}; run `bgworker schemas export`")
+        say("schemas", f"out of date: {', '.join(stale)}; run `bgworker schemas export`")
         return EXIT_FAILED
     return 0
 
@@ -316,7 +257,7 @@ SYNC_COMMANDS: Final[dict[str, Callable[[settings_mod.Settings, argparse.Namespa
 
 
 def main(argv: list[str] | None = None) -> int:
-    _guard_stdout()
+    guard_stdout()
     try:
         try:
             return _main(argv)
@@ -324,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             if sys.stdout is not None:
                 sys.stdout.flush()  # what is still buffered: a closed pipe shows here too
     except OutputClosedError:
-        return _output_closed()
+        return output_closed()
 
 
 def _main(argv: list[str] | None) -> int:
@@ -399,7 +340,7 @@ async def _run(settings: settings_mod.Settings, args: argparse.Namespace) -> int
 
 
 def _fail(args: argparse.Namespace, exc: diagnosis.StartupError) -> int:
-    _say(args.command, exc.line)
+    say(args.command, exc.line)
     return exc.code
 
 

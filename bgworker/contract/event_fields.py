@@ -26,88 +26,38 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from bgworker.contract import strict_json
-
-# Handler input, measured as the UTF-8 bytes of its compact JSON (strict_json.json_size).
-MAX_CRITERIA_BYTES: Final = 64 * 1024
-# Levels of nesting in criteria; the criteria object itself is level 1.
-MAX_CRITERIA_DEPTH: Final = 32
-MAX_LIFETIME_SECONDS: Final = 366 * 24 * 3600
-
-FILE_TYPE_PATTERN: Final = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
-# RFC 9110 section 8.3.1: media-type = type "/" subtype parameters, parameters =
-# *( OWS ";" OWS [ parameter ] ), parameter-value = token / quoted-string (5.6.2, 5.6.4).
-# Narrowed to visible ASCII and SP: no HTAB or obs-text, so the value is safe in any header.
-_TOKEN: Final = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_QUOTED: Final = r'"(?:[ !#-\[\]-~]|\\[ -~])*"'
-CONTENT_TYPE_PATTERN: Final = rf"^{_TOKEN}/{_TOKEN}(?: *;(?: *{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))?)*$"
-# Canonical 8-4-4-4-12 hex form (RFC 9562 section 4); hex is case-insensitive on input.
-UUID_PATTERN: Final = (
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+from bgworker.contract.patterns import (
+    BIDI,
+    BIDI_RE,
+    CONTENT_TYPE_PATTERN,
+    CONTENT_TYPE_RE,
+    EMAIL_PATTERN,
+    EMAIL_RE,
+    FILE_TYPE_PATTERN,
+    FILE_TYPE_RE,
+    FILENAME_SEPARATORS,
+    FILENAME_SEPARATORS_RE,
+    LANGUAGE_PATTERN,
+    LANGUAGE_RE,
+    LINE_BREAKING,
+    LINE_BREAKING_RE,
+    MAX_CRITERIA_BYTES,
+    MAX_CRITERIA_DEPTH,
+    MAX_EMAIL_LENGTH,
+    MAX_REQUESTED_YEAR,
+    MIN_REQUESTED_YEAR,
+    REQUESTED_AT_PATTERN,
+    REQUESTED_AT_RE,
+    SPACE,
+    SPACE_RE,
+    SPECIAL_USE_DOMAINS,
+    SPECIAL_USE_PATTERN,
+    SPECIAL_USE_RE,
+    TIMEZONE_SET,
+    TIMEZONES,
+    UUID_PATTERN,
+    UUID_RE,
 )
-LANGUAGE_PATTERN: Final = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"
-# RFC 3339 date-time, with the year as written in 1970..9998, 1 to 6 fractional digits and an
-# offset within +-23:59. Converted to UTC it stays within Python's datetime (years 1..9999)
-# and PostgreSQL's timestamptz: years 1 or 9999 with an extreme offset overflow when asyncpg
-# converts them, which is why the range is part of the contract.
-REQUESTED_AT_PATTERN: Final = (
-    r"^(?:19[7-9][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])"
-    r"-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
-    r"[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
-    r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$"
-)
-MIN_REQUESTED_YEAR: Final = 1970
-MAX_REQUESTED_YEAR: Final = 9998
-# Addresses are ASCII (RFC 5321 without the SMTPUTF8 extension of RFC 6531, which relays
-# need not support: an address they refuse would be retried by the outbox forever). An
-# internationalised domain is accepted in its A-label form (xn--...). The local part is a
-# dot-atom (RFC 5322 section 3.2.3; no quoted strings) of at most 64 octets, the domain has
-# at least two labels, and the whole address fits the 254 octets of a forward path.
-EMAIL_PATTERN: Final = (
-    r"^(?=[^@]{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
-    r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
-)
-MAX_EMAIL_LENGTH: Final = 254
-# Special-use domains that never receive mail (RFC 6761 test/invalid/localhost, RFC 6762
-# local, RFC 7686 onion, and arpa): the same list email-validator refuses by default.
-SPECIAL_USE_DOMAINS: Final = ("arpa", "invalid", "local", "localhost", "onion", "test")
-_SPECIAL_USE_PATTERN: Final = (
-    r"\.(?:"
-    + "|".join("".join(f"[{c.upper()}{c}]" for c in name) for name in SPECIAL_USE_DOMAINS)
-    + r")$"
-)
-# Characters no field outside criteria may hold, because those fields reach HTTP or email
-# headers or a one-line rendering: Unicode category Cc (U+0000-001F, U+007F-009F), Zl
-# (U+2028) and Zp (U+2029). Written as regex escapes that mean the same in ECMA 262 (the
-# dialect of JSON Schema patterns) and Python's re.
-_LINE_BREAKING: Final = r"[\x00-\x1f\x7f-\x9f\u2028\u2029]"
-# Bidirectional controls (Unicode UAX #9): in a filename they make `invoice<U+202E>fdp.exe`
-# display as `invoiceexe.pdf`.
-_BIDI: Final = r"[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
-# Python's str.isspace() set, spelled out so the schema does not depend on the interpreter.
-_SPACE: Final = r"[\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
-_FILENAME_SEPARATORS: Final = r'[/\\"]'
-
-LINE_BREAKING_RE: Final = re.compile(_LINE_BREAKING)
-_BIDI_RE: Final = re.compile(_BIDI)
-_FILENAME_SEPARATORS_RE: Final = re.compile(_FILENAME_SEPARATORS)
-_SPACE_RE: Final = re.compile(rf"^{_SPACE}|{_SPACE}$")
-UUID_RE: Final = re.compile(UUID_PATTERN)
-_LANGUAGE_RE: Final = re.compile(LANGUAGE_PATTERN)
-_EMAIL_RE: Final = re.compile(EMAIL_PATTERN)
-_SPECIAL_USE_RE: Final = re.compile(_SPECIAL_USE_PATTERN)
-_CONTENT_TYPE_RE: Final = re.compile(CONTENT_TYPE_PATTERN)
-_FILE_TYPE_RE: Final = re.compile(FILE_TYPE_PATTERN)
-_REQUESTED_AT_RE: Final = re.compile(REQUESTED_AT_PATTERN)
-
-# IANA zone names from the `tzdata` package, pinned to one version in pyproject.toml: the
-# machine's own tz database differs from host to host, and an enum built from it would make
-# `bgworker schemas export --check` fail on the next machine. zoneinfo falls back to the same
-# package when the system lacks a zone, so every listed name can be loaded.
-TIMEZONES: Final = tuple(
-    sorted(importlib.resources.files("tzdata").joinpath("zones").read_text("utf-8").split())
-)
-_TIMEZONE_SET: Final = frozenset(TIMEZONES)
 
 
 def _tzdata_version() -> str:
@@ -129,7 +79,7 @@ def _found(chars: set[str]) -> str:
 
 # -- Field types: each validates and states the same rule in the schema -------------------
 
-NO_LINE_BREAKS: Final[dict[str, Any]] = {"not": {"pattern": _LINE_BREAKING}}
+NO_LINE_BREAKS: Final[dict[str, Any]] = {"not": {"pattern": LINE_BREAKING}}
 
 
 def _text_rule(extra: Callable[[str], str | None] | None = None) -> Callable[[str], str]:
@@ -179,12 +129,12 @@ def _check_filename(value: str) -> str | None:
         return "must be 1 to 255 characters long"
     if value in {".", ".."}:
         return "must be a plain name, not '.' or '..'"
-    if _SPACE_RE.search(value):
+    if SPACE_RE.search(value):
         return "must not start or end with white space"
-    separators = set(_FILENAME_SEPARATORS_RE.findall(value))
+    separators = set(FILENAME_SEPARATORS_RE.findall(value))
     if separators:
         return f"must not contain path separators or quotes (found {_found(separators)})"
-    bidi = set(_BIDI_RE.findall(value))
+    bidi = set(BIDI_RE.findall(value))
     if bidi:
         return f"must not contain bidirectional control characters (found {_found(bidi)})"
     return None
@@ -195,18 +145,18 @@ def _check_length(limit: int) -> Callable[[str], str | None]:
 
 
 def _check_email(value: str) -> str | None:
-    if len(value) > MAX_EMAIL_LENGTH or not _EMAIL_RE.fullmatch(value):
+    if len(value) > MAX_EMAIL_LENGTH or not EMAIL_RE.fullmatch(value):
         return (
             "must be a plain ASCII address such as ann@example.com (no display name, "
             "no quoted local part; an internationalised domain in its xn-- form)"
         )
-    if _SPECIAL_USE_RE.search(value):
+    if SPECIAL_USE_RE.search(value):
         return f"must not use a special-use domain ({', '.join(SPECIAL_USE_DOMAINS)})"
     return None
 
 
 def _check_timezone(value: str) -> str | None:
-    return None if value in _TIMEZONE_SET else f"unknown IANA timezone {strict_json.show(value)}"
+    return None if value in TIMEZONE_SET else f"unknown IANA timezone {strict_json.show(value)}"
 
 
 def _uuid(value: object) -> object:
@@ -219,7 +169,7 @@ def _uuid(value: object) -> object:
 
 def _requested_at(value: object) -> object:
     if isinstance(value, str):
-        if not _REQUESTED_AT_RE.fullmatch(value):
+        if not REQUESTED_AT_RE.fullmatch(value):
             raise error(
                 f"must be an RFC 3339 date-time with an offset, year "
                 f"{MIN_REQUESTED_YEAR}-{MAX_REQUESTED_YEAR}, at most 6 fractional digits"
@@ -280,7 +230,7 @@ Uuid = Annotated[
 ]
 FileType = Annotated[
     str,
-    *_text({"pattern": FILE_TYPE_PATTERN}, _pattern(_FILE_TYPE_RE, "a registered handler name")),
+    *_text({"pattern": FILE_TYPE_PATTERN}, _pattern(FILE_TYPE_RE, "a registered handler name")),
 ]
 Filename = Annotated[
     str,
@@ -291,9 +241,9 @@ Filename = Annotated[
             "not": {
                 "anyOf": [
                     {"enum": [".", ".."]},
-                    {"pattern": f"^{_SPACE}|{_SPACE}$"},
-                    {"pattern": _FILENAME_SEPARATORS},
-                    {"pattern": _BIDI},
+                    {"pattern": f"^{SPACE}|{SPACE}$"},
+                    {"pattern": FILENAME_SEPARATORS},
+                    {"pattern": BIDI},
                 ]
             },
         },
@@ -306,7 +256,7 @@ ContentType = Annotated[
         {"maxLength": 255, "pattern": CONTENT_TYPE_PATTERN},
         lambda v: (
             _check_length(255)(v)
-            or _pattern(_CONTENT_TYPE_RE, "a media type (RFC 9110 section 8.3.1)")(v)
+            or _pattern(CONTENT_TYPE_RE, "a media type (RFC 9110 section 8.3.1)")(v)
         ),
     ),
 ]
@@ -318,7 +268,7 @@ Email = Annotated[
             "format": "email",
             "maxLength": MAX_EMAIL_LENGTH,
             "pattern": EMAIL_PATTERN,
-            "not": {"anyOf": [{"pattern": _SPECIAL_USE_PATTERN}]},
+            "not": {"anyOf": [{"pattern": SPECIAL_USE_PATTERN}]},
         },
         _check_email,
     ),
@@ -328,8 +278,7 @@ Language = Annotated[
     *_text(
         {"maxLength": 35, "pattern": LANGUAGE_PATTERN},
         lambda v: (
-            _check_length(35)(v)
-            or _pattern(_LANGUAGE_RE, "a BCP 47 tag such as 'en' or 'pt-BR'")(v)
+            _check_length(35)(v) or _pattern(LANGUAGE_RE, "a BCP 47 tag such as 'en' or 'pt-BR'")(v)
         ),
     ),
 ]

@@ -29,7 +29,7 @@ from pydantic import (
     ValidationError,
 )
 
-from bgworker.contract import callback_urls, event_fields, strict_json
+from bgworker.contract import callback_urls, event_fields, patterns, strict_json
 
 SCHEMA_VERSION: Final = 1
 # Nesting of a whole body, checked before parsing: above criteria's limit plus the levels
@@ -42,9 +42,9 @@ MAX_ERROR_CHARS: Final = 2000
 # Reasons an InvalidEventError carries (the dead letter's x-bgworker-reason).
 REASONS: Final = frozenset({"malformed_json", "invalid_schema", "unsupported_schema_version"})
 # The field limits, where callers (and tests) have always found them; event_fields owns them.
-MAX_CRITERIA_BYTES: Final = event_fields.MAX_CRITERIA_BYTES
-FILE_TYPE_PATTERN: Final = event_fields.FILE_TYPE_PATTERN
-TIMEZONES: Final = event_fields.TIMEZONES
+MAX_CRITERIA_BYTES: Final = patterns.MAX_CRITERIA_BYTES
+FILE_TYPE_PATTERN: Final = patterns.FILE_TYPE_PATTERN
+TIMEZONES: Final = patterns.TIMEZONES
 
 
 def _now() -> datetime:
@@ -93,8 +93,8 @@ class FileRequested(_Event):
     criteria: event_fields.Criteria = Field(
         default_factory=dict,
         description=(
-            f"Handler input; at most {event_fields.MAX_CRITERIA_BYTES} bytes as compact UTF-8 "
-            f"JSON and {event_fields.MAX_CRITERIA_DEPTH} levels deep (criteria itself is "
+            f"Handler input; at most {patterns.MAX_CRITERIA_BYTES} bytes as compact UTF-8 "
+            f"JSON and {patterns.MAX_CRITERIA_DEPTH} levels deep (criteria itself is "
             "level 1)."
         ),
     )
@@ -135,7 +135,7 @@ class FileRequested(_Event):
     lifetime_seconds: event_fields.JsonInteger = Field(
         7 * 24 * 3600,
         ge=60,
-        le=event_fields.MAX_LIFETIME_SECONDS,
+        le=patterns.MAX_LIFETIME_SECONDS,
         description="How long the file stays downloadable once ready.",
     )
     callback_url: callback_urls.CallbackUrl | None = Field(
@@ -317,13 +317,13 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def _cap(text: str) -> str:
-    text = event_fields.LINE_BREAKING_RE.sub("\ufffd", strict_json.SURROGATE_RE.sub("\ufffd", text))
+    text = patterns.LINE_BREAKING_RE.sub("\ufffd", strict_json.SURROGATE_RE.sub("\ufffd", text))
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
 def _maybe_uuid(value: object) -> uuid.UUID | None:
     """The request id when the body carries one the contract accepts, else None."""
-    if isinstance(value, str) and event_fields.UUID_RE.fullmatch(value):
+    if isinstance(value, str) and patterns.UUID_RE.fullmatch(value):
         return uuid.UUID(value)
     return None
 

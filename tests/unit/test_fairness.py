@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bgworker import settings as settings_mod
-from bgworker.contract import event_fields, events, fairness
+from bgworker.contract import event_fields, events, fairness, patterns
 
 
 def _event(**fields: object) -> bytes:
@@ -21,7 +21,7 @@ def _event(**fields: object) -> bytes:
 @given(st.text(max_size=120))
 def test_a_tenant_is_accepted_exactly_when_it_is_one_short_line(tenant: str) -> None:
     fits = 1 <= len(tenant) <= event_fields.MAX_TENANT_LENGTH and not (
-        event_fields.LINE_BREAKING_RE.search(tenant)
+        patterns.LINE_BREAKING_RE.search(tenant)
     )
     try:
         event = events.parse_file_requested(_event(tenant=tenant))
