@@ -58,10 +58,11 @@ class FairnessSettings(BaseModel):
 
     # Fair share (work-conserving): a tenant alone uses every slot; while other tenants'
     # requests wait, each freed slot takes the waiting request of the tenant with the fewest
-    # running, the oldest first (docs/architecture.md, "Fair share"). On by default: one
-    # tenant's backlog must not starve the others on any deployment, and it costs nothing
-    # while no slot is short. The hard caps above still hold, with it or without.
-    share: bool = True
+    # running, the oldest first (docs/architecture.md, "Fair share"). Off by default: under
+    # load it moves the backlog from the work queue into PostgreSQL, so the queue's depth no
+    # longer shows it (what autoscalers and alerts watch); a deployment turns it on knowing
+    # that. The hard caps above still hold, with it or without.
+    share: bool = False
 
     # Requests one tenant may make in any hour and any day (rolling windows; 0: no quota),
     # counted when a worker first records a request or POST /requests accepts it.

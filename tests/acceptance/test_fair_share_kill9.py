@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import aio_pika
+import pytest
 
 from bgworker import settings as settings_mod
 from bgworker import store
@@ -18,14 +19,17 @@ from tests.helpers import AMQP_URL, settings_env, wait_until
 from tests.integration.test_fair_share import all_ready, max_overlap
 
 
+@pytest.mark.parametrize("share", [False, True], ids=["caps", "caps+share"])
 async def test_a_kill9_leaks_no_slot_and_the_cap_holds(
     settings: settings_mod.Settings,
     db: store.Store,
     amqp: aio_pika.abc.AbstractChannel,
     tmp_path: Path,
+    share: bool,
 ) -> None:
     settings.worker.concurrency = 4
     settings.fairness.tenant_in_flight = 2
+    settings.fairness.share = share  # the cap holds with fair share too
     procs = WorkerProcs(settings_env(settings), tmp_path)
     procs.start()
     procs.start()
@@ -83,7 +87,7 @@ async def test_a_directly_claimed_request_whose_worker_is_killed_finishes_once(
     killed with -9 is put back by the lease expiry and the reaper, like any claim, and
     ends ready once."""
     settings.worker.concurrency = 1
-    assert settings.fairness.share
+    settings.fairness.share = True
     procs = WorkerProcs(settings_env(settings), tmp_path)
     victim = procs.start()
     first = events.FileRequested(

@@ -15,13 +15,14 @@ import pytest
 from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.messaging import broker
-from tests.helpers import Publish, StartWorker, dead_queue_of
+from tests.helpers import Publish, StartWorker, dead_queue_of, wait_for_status
 from tests.integration.test_fair_share import all_ready, max_overlap
 
 
 @pytest.fixture(params=["quorum", "classic"])
 def settings(settings: settings_mod.Settings, request: pytest.FixtureRequest) -> Any:
     settings.queue_type = request.param
+    settings.fairness.share = True
     return settings
 
 
@@ -40,7 +41,7 @@ async def test_a_second_tenant_is_served_ahead_of_the_first_tenants_backlog(
     amqp: aio_pika.abc.AbstractChannel,
 ) -> None:
     settings.worker.concurrency = 2
-    assert settings.fairness.share  # the default: no cap set anywhere
+    # No cap set anywhere: fair share alone.
     w = await start_worker()
     backlog = [await publish("slow", {"seconds": 0.3}, tenant="a") for _ in range(16)]
     others = [await publish("slow", {"seconds": 0.3}, tenant="b") for _ in range(3)]
@@ -126,3 +127,30 @@ async def test_off_keeps_the_fifo_order(
     order = await _started_order(db, everything)
     assert sorted(order.index(e.id) for e in others) == [8, 9]
     assert w.outcomes["parked"] == 0
+
+
+async def test_an_idle_worker_claims_what_a_busy_workers_parker_parked(
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    settings: settings_mod.Settings,
+) -> None:
+    """Parked rows are anyone's: a worker with an idle slot finds them (its poll) and runs
+    them, with no delivery and no hand-back."""
+    settings.worker.concurrency = 1
+    settings.worker.drain_timeout_seconds = 0.5  # teardown: release the 20 s job at once
+    busy = await start_worker(worker_id="busy")
+    slow = await publish("slow", {"seconds": 20})
+    await wait_for_status(db, slow.id, "running", timeout=10)
+    instant = await publish("blob", {"size": 10})
+    # The busy worker's one slot is taken: its parker parks the delivery.
+    await wait_for_status(db, instant.id, "parked", timeout=10)
+    idle = await start_worker(worker_id="idle")
+    row = await wait_for_status(db, instant.id, "ready", timeout=15)
+    assert row.attempts == 1
+    assert [a["worker"] for a in await db.requests.list_attempts(instant.id)] == ["idle"]
+    assert idle.intake is not None and busy.intake is not None
+    assert idle.intake.counts["taken"] == 0  # claimed from PostgreSQL: no delivery
+    assert busy.intake.counts["returned"] == 0
+    slow_row = await db.requests.get_request(slow.id)
+    assert slow_row is not None and slow_row.status == "running"

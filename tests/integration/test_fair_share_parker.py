@@ -39,9 +39,6 @@ async def test_a_backlog_is_parked_while_every_slot_is_busy(
 ) -> None:
     settings.worker.concurrency = 3
     settings.fairness.tenant_in_flight = 2
-    # The caps alone: under fair share every delivery the parker gets is parked
-    # (test_fair_share_direct.py).
-    settings.fairness.share = False
     w = await start_worker()
     # Two of tenant big run (long); the third is parked by the free slot's claim, which
     # opens the parker.
