@@ -88,6 +88,8 @@ class FairShare(connection.Connected):
         tenant's then one file type's, so no two transactions wait on each other."""
         # Under fair share every one is parked, cap or not: no count, so no lock.
         share = limits.share
+        if share and not limits.quotas():
+            return await self._park_all(items, limits)
         tenants = [] if share else sorted({events.tenant_of(e) for e, _, _ in items})
         file_types = [] if share else sorted({e.file_type for e, _, _ in items})
         parked: list[bool] = []
@@ -121,6 +123,34 @@ class FairShare(connection.Connected):
                     )
                 )
         return parked
+
+    async def _park_all(
+        self,
+        items: list[tuple[events.FileRequested, int, tuple[str, str] | None]],
+        limits: fairness.FairnessSettings,
+    ) -> list[bool]:
+        """``park_many`` under fair share without quotas: nothing to count or lock, so the
+        parks go pipelined (one round trip for the batch, in order: each gets a later
+        ``received_at``), then one look says which are parked (a duplicate delivery of a
+        request running or finished is not: handed back, its claim settles it)."""
+        args = [
+            bind(
+                "park_capped",
+                **requests.request_columns(event, max_attempts, names),
+                requested_at_set="requested_at" in event.model_fields_set,
+                tenant_cap=fairness.UNLIMITED,
+                file_type_cap=fairness.UNLIMITED,
+                share=True,
+            )[1:]
+            for event, max_attempts, names in items
+        ]
+        async with self.transaction() as conn:
+            await conn.executemany(Q["park_capped"], args)
+            found = await conn.fetch(Q["parked_of"], [e.id for e, _, _ in items])
+        # A different body under a parked id (a conflicting duplicate) was not parked: its
+        # claim dead-letters it.
+        parked = {r["id"]: r["event"] for r in found}
+        return [e.id in parked and events.same_request(parked[e.id], e) for e, _, _ in items]
 
     async def claim_parked(
         self, worker: str, lease_seconds: float, limits: fairness.FairnessSettings

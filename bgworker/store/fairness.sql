@@ -170,6 +170,10 @@ SELECT count(*) AS used,
            AS frees_in
 FROM seen;
 
+-- name: parked_of
+-- Which of the requests $1 are parked (after the parker's pipelined parks).
+SELECT id, event FROM bgworker_requests WHERE id = ANY($1::uuid[]) AND status = 'parked';
+
 -- name: recorded
 SELECT EXISTS (SELECT 1 FROM bgworker_requests WHERE id = $1);
 
