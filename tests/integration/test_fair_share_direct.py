@@ -15,7 +15,7 @@ import pytest
 from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.messaging import broker
-from tests.helpers import Publish, StartWorker, dead_queue_of, wait_for_status
+from tests.helpers import DeadLetters, Publish, StartWorker, dead_queue_of, wait_for_status
 from tests.integration.test_fair_share import all_ready, max_overlap
 
 
@@ -154,3 +154,30 @@ async def test_an_idle_worker_claims_what_a_busy_workers_parker_parked(
     assert busy.intake.counts["returned"] == 0
     slow_row = await db.requests.get_request(slow.id)
     assert slow_row is not None and slow_row.status == "running"
+
+
+async def test_another_body_under_a_parked_id_is_a_conflicting_duplicate(
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+) -> None:
+    """Hostile input past the parker's batched parks: a different body published under the
+    id of a parked request is not taken for it (handed back, then dead-lettered by its
+    claim); the parked request runs with its own body, once."""
+    settings.worker.concurrency = 1
+    await start_worker()
+    holder = await publish("slow", {"seconds": 1.5}, tenant="a")
+    await wait_for_status(db, holder.id, "running", timeout=10)
+    parked = await publish("blob", {"size": 10, "seed": 1}, tenant="a")
+    await wait_for_status(db, parked.id, "parked", timeout=10)
+    await publish("blob", {"size": 99, "seed": 2}, tenant="a", id=parked.id)
+    letters = DeadLetters(amqp, settings.namespace, settings.queue_type)
+    [letter] = await letters.wait_for(1)
+    assert letter.headers is not None
+    assert letter.headers["x-bgworker-reason"] == "conflicting_duplicate"
+    await all_ready(db, [holder.id, parked.id], timeout=30)
+    row = await db.requests.get_request(parked.id)
+    assert row is not None and row.attempts == 1
+    assert row.event["criteria"] == {"size": 10, "seed": 1}
