@@ -1,11 +1,13 @@
 """Fair share (issue 21): tenant A publishes N requests, then tenants B..E publish M each.
 
     python -m bench.fairness [--a 2000] [--others 20] [--job-ms 250] [--workers 2]
-                             [--concurrency 8] [--cap 8 --cap 12]
+                             [--concurrency 8] [--run fifo --run share --run cap=12 ...]
 
-Runs the same workload on fresh queues and tables: without caps (what a deployment gets
-today: B..E wait behind all of A) and with ``BGWORKER_FAIRNESS__TENANT_IN_FLIGHT`` = each
-``--cap``. A request's wait is its start (the row's ``started_at``) minus its publish time
+Runs the same workload on fresh queues and tables, once per ``--run`` (default: fifo and
+share): ``fifo`` neither fair share nor caps (one FIFO queue: B..E wait behind all of A),
+``share`` fair share (``BGWORKER_FAIRNESS__SHARE``, work-conserving), ``cap=N`` the hard
+cap ``BGWORKER_FAIRNESS__TENANT_IN_FLIGHT=N`` alone, ``share+cap=N`` both.
+A request's wait is its start (the row's ``started_at``) minus its publish time
 (one machine, one clock). A's throughput is its requests over the time from its first start
 to its last finish. Prints a markdown table per run and the comparison; ``--json`` writes
 the figures.
@@ -32,9 +34,17 @@ from bgworker.messaging import topology, wire
 TENANTS: Final = ("B", "C", "D", "E")
 
 
+def _mode(run: str) -> tuple[bool, int]:
+    """(share, cap) of a ``--run``."""
+    share = run == "share" or run.startswith("share+")
+    _, _, cap = run.partition("cap=")
+    return share, int(cap or 0)
+
+
 async def _run_once(
-    dsn: str, storage: Path, logdir: Path, args: argparse.Namespace, cap: int
+    dsn: str, storage: Path, logdir: Path, args: argparse.Namespace, run: str
 ) -> dict[str, Any]:
+    share, cap = _mode(run)
     # Not bench.throughput's helpers: they import the contenders (celery), which this
     # benchmark does not need installed.
     topo = topology.Topology(f"bgw_fair_{uuid.uuid4().hex[:8]}")
@@ -52,9 +62,10 @@ async def _run_once(
             "BGWORKER_LOG_LEVEL": "WARNING",
             "BGWORKER_WORKER__CONCURRENCY": str(args.concurrency),
             "BGWORKER_FAIRNESS__TENANT_IN_FLIGHT": str(cap),
+            "BGWORKER_FAIRNESS__SHARE": str(share).lower(),
         }
     )
-    tag = f"fair-cap{cap}"
+    tag = f"fair-{run.replace('=', '')}"
     children = [
         common.python_child(f"{tag}-{i}", ["bgworker", "worker"], env, logdir)
         for i in range(args.workers)
@@ -103,7 +114,7 @@ async def _run_once(
                         break
                     await asyncio.sleep(0.5)
             rows = await db.fetch(
-                "SELECT id, started_at, finished_at, attempts FROM bgworker_requests"
+                "SELECT id, received_at, started_at, finished_at, attempts FROM bgworker_requests"
             )
         finally:
             await db.close()
@@ -113,15 +124,22 @@ async def _run_once(
         await topo.delete(await connection.channel())
         await connection.close()
     waits: dict[str, list[float]] = {}
+    # Publish to first recorded (parked, under fair share or a cap): how long the backlog
+    # ahead kept B..E out of PostgreSQL's reach.
+    recorded: list[float] = []
     a_spans: list[tuple[float, float]] = []
+    all_spans: list[tuple[float, float]] = []
     for row in rows:
+        all_spans.append((row["started_at"].timestamp(), row["finished_at"].timestamp()))
         tenant, at = published[row["id"]]
         waits.setdefault(tenant, []).append(row["started_at"].timestamp() - at)
+        if tenant != "A":
+            recorded.append(row["received_at"].timestamp() - at)
         if tenant == "A":
             a_spans.append((row["started_at"].timestamp(), row["finished_at"].timestamp()))
     a_seconds = max(f for _, f in a_spans) - min(s for s, _ in a_spans)
     return {
-        "cap": cap,
+        "run": run,
         "per_tenant": {
             t: {
                 "n": len(w),
@@ -133,11 +151,17 @@ async def _run_once(
         },
         "a_jobs_per_second": len(a_spans) / a_seconds,
         "a_seconds": a_seconds,
+        "b_e_recorded_p95": common.percentile(recorded, 95),
+        # Every tenant's jobs over the whole run's span: under fair share B..E's jobs run
+        # inside A's span, so A's own rate drops by their share (80 of 2,080: 3.8%) even at
+        # no cost; this one does not.
+        "all_jobs_per_second": len(all_spans)
+        / (max(f for _, f in all_spans) - min(s for s, _ in all_spans)),
     }
 
 
 def table(result: dict[str, Any]) -> str:
-    label = f"cap {result['cap']}" if result["cap"] else "no cap"
+    label = result["run"]
     lines = [
         f"| {label}: tenant | requests | wait p50 s | wait p95 s | wait max s |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -148,6 +172,7 @@ def table(result: dict[str, Any]) -> str:
         f"| A's throughput | {result['a_jobs_per_second']:.1f} jobs/s | "
         f"({result['a_seconds']:.1f} s) | | |"
     )
+    lines.append(f"| all tenants' throughput | {result['all_jobs_per_second']:.1f} jobs/s | | | |")
     return "\n".join(lines)
 
 
@@ -156,9 +181,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     async with common.bench_database() as dsn:
         with common.storage_dir(Path(tempfile.gettempdir()), "fair") as storage:
-            for cap in (0, *args.cap):
-                common.log(f"fairness: run with cap {cap or 'none'}")
-                results.append(await _run_once(dsn, storage, logdir, args, cap))
+            for run in args.run:
+                common.log(f"fairness: run {run}")
+                results.append(await _run_once(dsn, storage, logdir, args, run))
                 common.empty_dir(storage)
     off = results[0]
     summary: dict[str, Any] = {
@@ -167,11 +192,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     }
     for run in results:
         others = [t for t in TENANTS if t in run["per_tenant"]]
-        summary[f"cap {run['cap'] or 'none'}"] = {
+        summary[run["run"]] = {
             "b_e_p95_wait": max(run["per_tenant"][t]["p95"] for t in others),
             "b_e_max_wait": max(run["per_tenant"][t]["max"] for t in others),
             "a_jobs_per_second": run["a_jobs_per_second"],
+            "a_p95_wait": run["per_tenant"]["A"]["p95"],
+            "b_e_recorded_p95": run["b_e_recorded_p95"],
             "a_throughput_change": run["a_jobs_per_second"] / off["a_jobs_per_second"] - 1,
+            "all_jobs_per_second": run["all_jobs_per_second"],
+            "all_throughput_change": run["all_jobs_per_second"] / off["all_jobs_per_second"] - 1,
         }
         print(table(run))
         print()
@@ -187,15 +216,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument(
-        "--cap",
-        type=int,
+        "--run",
         action="append",
-        help="TENANT_IN_FLIGHT of a capped run (repeatable; default 8 and 12)",
+        help="fifo, share, cap=N or share+cap=N (repeatable; default fifo and share); "
+        "A's throughput change is against the first",
     )
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--json", type=Path, help="write the figures here")
     args = p.parse_args(argv)
-    args.cap = args.cap or [8, 12]
+    args.run = args.run or ["fifo", "share"]
+    for run in args.run:
+        if run not in ("fifo", "share") and not run.removeprefix("share+").startswith("cap="):
+            p.error(f"--run {run!r}: fifo, share, cap=N or share+cap=N")
     return args
 
 

@@ -169,6 +169,10 @@ MEANING: Final[dict[str, str]] = {
         "requests of one file type running at once on the whole deployment, "
         "`ledger_export=2,...` or a JSON object"
     ),
+    "BGWORKER_FAIRNESS__SHARE": (
+        "fair share: a tenant alone uses every slot; while others wait, a freed slot goes "
+        "to the tenant with the fewest running (work-conserving; the caps still hold)"
+    ),
     "BGWORKER_FAIRNESS__QUOTA_PER_HOUR": (
         "requests one tenant may make in any rolling hour; 0: no quota"
     ),

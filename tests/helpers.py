@@ -112,6 +112,7 @@ def settings_env(settings: settings_mod.Settings) -> dict[str, str]:
         "BGWORKER_FAIRNESS__QUOTA_PER_HOUR": str(settings.fairness.quota_per_hour),
         "BGWORKER_FAIRNESS__QUOTA_PER_DAY": str(settings.fairness.quota_per_day),
         "BGWORKER_FAIRNESS__OVER_QUOTA": settings.fairness.over_quota,
+        "BGWORKER_FAIRNESS__SHARE": str(settings.fairness.share).lower(),
         **_storage_env(settings.storage),
     }
     base = {k: v for k, v in os.environ.items() if not k.startswith("BGWORKER_")}

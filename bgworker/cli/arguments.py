@@ -106,6 +106,7 @@ SETTINGS: Final[tuple[tuple[str, str, bool], ...]] = (
     ("BGWORKER_FAIRNESS__TENANT_IN_FLIGHT", "0", False),
     ("BGWORKER_FAIRNESS__TENANT_LIMITS", "{}", False),
     ("BGWORKER_FAIRNESS__FILE_TYPE_LIMITS", "{}", False),
+    ("BGWORKER_FAIRNESS__SHARE", "False", False),
     ("BGWORKER_FAIRNESS__QUOTA_PER_HOUR", "0", False),
     ("BGWORKER_FAIRNESS__QUOTA_PER_DAY", "0", False),
     ("BGWORKER_FAIRNESS__OVER_QUOTA", "wait", False),

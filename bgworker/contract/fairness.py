@@ -56,6 +56,14 @@ class FairnessSettings(BaseModel):
         Field(default_factory=dict)
     )
 
+    # Fair share (work-conserving): a tenant alone uses every slot; while other tenants'
+    # requests wait, each freed slot takes the waiting request of the tenant with the fewest
+    # running, the oldest first (docs/architecture.md, "Fair share"). Off by default: under
+    # load it moves the backlog from the work queue into PostgreSQL, so the queue's depth no
+    # longer shows it (what autoscalers and alerts watch); a deployment turns it on knowing
+    # that. The hard caps above still hold, with it or without.
+    share: bool = False
+
     # Requests one tenant may make in any hour and any day (rolling windows; 0: no quota),
     # counted when a worker first records a request or POST /requests accepts it.
     quota_per_hour: int = Field(0, ge=0, le=MAX_LIMIT * 1000)

@@ -60,6 +60,7 @@ __all__ = [
     "Claim",
     "DedupeDecision",
     "DedupeStep",
+    "DirectClaim",
     "Effects",
     "ExpiredFile",
     "LeaseKeeper",
@@ -94,6 +95,7 @@ RequestRow = rows.RequestRow
 VanishedError = front_door.VanishedError
 Claim = rows.Claim
 Parked = rows.Parked
+DirectClaim = rows.DirectClaim
 OverQuota = rows.OverQuota
 TenantCounts = rows.TenantCounts
 DedupeDecision = dedupe.Decision

@@ -86,8 +86,12 @@ class FairShare(connection.Connected):
         so nothing changed and it belongs to a job slot's claim. The cap locks are taken
         all tenants' first, then all file types', each in sorted order: a claim takes one
         tenant's then one file type's, so no two transactions wait on each other."""
-        tenants = sorted({events.tenant_of(e) for e, _, _ in items})
-        file_types = sorted({e.file_type for e, _, _ in items})
+        # Under fair share every one is parked, cap or not: no count, so no lock.
+        share = limits.share
+        if share and not limits.quotas():
+            return await self._park_all(items, limits)
+        tenants = [] if share else sorted({events.tenant_of(e) for e, _, _ in items})
+        file_types = [] if share else sorted({e.file_type for e, _, _ in items})
         parked: list[bool] = []
         async with self.transaction() as conn:
             for tenant in tenants:
@@ -101,7 +105,7 @@ class FairShare(connection.Connected):
                 tenant = events.tenant_of(event)
                 tenant_cap = limits.tenant_cap(tenant)
                 file_type_cap = limits.file_type_cap(event.file_type)
-                if (tenant_cap is None and file_type_cap is None) or (
+                if (not share and tenant_cap is None and file_type_cap is None) or (
                     quotas and not await conn.fetchval(Q["recorded"], event.id)
                 ):
                     parked.append(False)
@@ -114,10 +118,67 @@ class FairShare(connection.Connected):
                             requested_at_set="requested_at" in event.model_fields_set,
                             tenant_cap=tenant_cap or fairness.UNLIMITED,
                             file_type_cap=file_type_cap or fairness.UNLIMITED,
+                            share=share,
                         )
                     )
                 )
         return parked
+
+    async def _park_all(
+        self,
+        items: list[tuple[events.FileRequested, int, tuple[str, str] | None]],
+        limits: fairness.FairnessSettings,
+    ) -> list[bool]:
+        """``park_many`` under fair share without quotas: nothing to count or lock, so the
+        parks go pipelined (one round trip for the batch, in order: each gets a later
+        ``received_at``), then one look says which are parked (a duplicate delivery of a
+        request running or finished is not: handed back, its claim settles it)."""
+        args = [
+            bind(
+                "park_capped",
+                **requests.request_columns(event, max_attempts, names),
+                requested_at_set="requested_at" in event.model_fields_set,
+                tenant_cap=fairness.UNLIMITED,
+                file_type_cap=fairness.UNLIMITED,
+                share=True,
+            )[1:]
+            for event, max_attempts, names in items
+        ]
+        async with self.transaction() as conn:
+            await conn.executemany(Q["park_capped"], args)
+            found = await conn.fetch(Q["parked_of"], [e.id for e, _, _ in items])
+        # A different body under a parked id (a conflicting duplicate) was not parked: its
+        # claim dead-letters it.
+        parked = {r["id"]: r["event"] for r in found}
+        return [e.id in parked and events.same_request(parked[e.id], e) for e, _, _ in items]
+
+    async def claim_parked(
+        self, worker: str, lease_seconds: float, limits: fairness.FairnessSettings
+    ) -> rows.DirectClaim | None:
+        """Fair share: the fairest parked request that fits its hard caps, claimed for a
+        freed job slot (``claim_parked`` in fairness.sql); None: none fits now. Without hard
+        caps one statement; with them, the pick is claimed again under its caps' locks (as
+        ``claim_capped`` counts), so a cap holds exactly against concurrent claims."""
+        caps = _cap_arrays(limits)
+        args = {"worker": worker, "lease_seconds": lease_seconds, **caps}
+        if not limits.capping:
+            record = await self.pool.fetchrow(*bind("claim_parked", **args, only=None, dry=False))
+            return _direct(record)
+        pick = await self.pool.fetchrow(*bind("claim_parked", **args, only=None, dry=True))
+        if pick is None:
+            return None
+        async with self.transaction() as conn:
+            # Tenant before file type, as every claim takes them (lock_cap).
+            if limits.limits_tenant(pick["tenant"]):
+                await conn.execute(Q["lock_cap"], _cap_key("tenant", pick["tenant"]))
+            if limits.file_type_cap(pick["file_type"]) is not None:
+                await conn.execute(Q["lock_cap"], _cap_key("file_type", pick["file_type"]))
+            record = await conn.fetchrow(*bind("claim_parked", **args, only=pick["id"], dry=False))
+        return _direct(record)
+
+    async def any_parked(self) -> bool:
+        """Whether any request is parked (one indexed look)."""
+        return bool(await self.pool.fetchval(Q["any_parked"], None, None))
 
     async def wake(
         self,
@@ -132,8 +193,6 @@ class FairShare(connection.Connected):
         ``queued`` and republished (confirmed) in one transaction, so a crash leaves it
         parked for the next wake. ``tenant``/``file_type``: only those a slot of that
         tenant or file type frees (a finished job); neither: all (the sweep)."""
-        tenants = list(limits.tenant_limits)
-        file_types = list(limits.file_type_limits)
         woken: list[uuid.UUID] = []
         async with self.transaction() as conn:
             # The locks of the caps this slot counted against, as the claims take them: a
@@ -151,11 +210,7 @@ class FairShare(connection.Connected):
                     "parked_to_wake",
                     tenant=tenant,
                     file_type=file_type,
-                    default_cap=limits.tenant_in_flight or None,
-                    tenants=tenants,
-                    tenant_caps=[limits.tenant_limits[t] for t in tenants],
-                    file_types=file_types,
-                    file_type_caps=[limits.file_type_limits[f] for f in file_types],
+                    **_cap_arrays(limits),
                     lease_seconds=lease_seconds,
                     limit=WAKE_BATCH,
                 )
@@ -192,6 +247,24 @@ class FairShare(connection.Connected):
             rows.TenantCounts(r["tenant"], r["in_flight"], r["parked"], r["queued"])
             for r in await self.pool.fetch(Q["tenant_counts"], tenant, limit)
         ]
+
+
+def _cap_arrays(limits: fairness.FairnessSettings) -> dict[str, Any]:
+    tenants = list(limits.tenant_limits)
+    file_types = list(limits.file_type_limits)
+    return {
+        "default_cap": limits.tenant_in_flight or None,
+        "tenants": tenants,
+        "tenant_caps": [limits.tenant_limits[t] for t in tenants],
+        "file_types": file_types,
+        "file_type_caps": [limits.file_type_limits[f] for f in file_types],
+    }
+
+
+def _direct(record: asyncpg.Record | None) -> rows.DirectClaim | None:
+    if record is None or record["lease_token"] is None:
+        return None  # nothing fits, or the pick was claimed by another slot meanwhile
+    return rows.DirectClaim(rows.Claim.from_record(record), record["event"])
 
 
 async def _over_quota(

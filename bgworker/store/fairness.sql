@@ -19,12 +19,7 @@ SELECT pg_advisory_xact_lock(hashtextextended($1, 0));
 -- republishes the request when a slot frees. Same runnable rule and fence as
 -- record_and_claim; the row comes back with its status (running or parked).
 WITH room AS (
-    SELECT (SELECT count(*) FROM bgworker_requests b
-            WHERE b.tenant = $13 AND b.status = 'running' AND b.lease_expires_at >= now()
-              AND b.id <> $1) < $14
-       AND (SELECT count(*) FROM bgworker_requests b
-            WHERE b.file_type = $2 AND b.status = 'running' AND b.lease_expires_at >= now()
-              AND b.id <> $1) < $15 AS ok
+    SELECT bgworker_cap_room($1, $13, $2, $14, $15) AS ok  -- migration 0015
 ), claimed AS (
     INSERT INTO bgworker_requests AS r
         (id, file_type, event, filename, content_type, requester_id, requester_email,
@@ -175,25 +170,27 @@ SELECT count(*) AS used,
            AS frees_in
 FROM seen;
 
+-- name: parked_of
+-- Which of the requests $1 are parked (after the parker's pipelined parks).
+SELECT id, event FROM bgworker_requests WHERE id = ANY($1::uuid[]) AND status = 'parked';
+
 -- name: recorded
 SELECT EXISTS (SELECT 1 FROM bgworker_requests WHERE id = $1);
 
 -- name: park_capped
 -- params: id, file_type, event, filename, content_type, requester_id, requester_email,
---         requested_at, max_attempts, requested_at_set, tenant, tenant_cap, file_type_cap
+--         requested_at, max_attempts, requested_at_set, tenant, tenant_cap, file_type_cap,
+--         share
 -- The parker's statement (worker/parking.py): record_and_claim_capped without the claim,
 -- for a delivery taken without a job slot. Run after lock_cap for the tenant and the file
 -- type, like the claim. Over a cap, the row is recorded, or left, `parked` exactly as the
 -- claim parks it; fitting its caps (or not runnable: cancelled, running, finished) nothing
 -- changes and `parked` comes back false: the caller hands the delivery back to the work
--- queue, for a job slot's claim.
+-- queue, for a job slot's claim. With share (fair share on) it is parked even if it fits.
 WITH room AS (
-    SELECT (SELECT count(*) FROM bgworker_requests b
-            WHERE b.tenant = $11 AND b.status = 'running' AND b.lease_expires_at >= now()
-              AND b.id <> $1) < $12
-       AND (SELECT count(*) FROM bgworker_requests b
-            WHERE b.file_type = $2 AND b.status = 'running' AND b.lease_expires_at >= now()
-              AND b.id <> $1) < $13 AS ok
+    -- Under fair share ($14) every delivery the parker holds is parked: it got it because
+    -- no job slot could take it (docs/architecture.md, "Fair share").
+    SELECT $14::boolean OR NOT bgworker_cap_room($1, $11, $2, $12, $13) AS park
 ), parked AS (
     INSERT INTO bgworker_requests AS r
         (id, file_type, event, filename, content_type, requester_id, requester_email,
@@ -201,7 +198,7 @@ WITH room AS (
     -- clock_timestamp(), not now(): a batch's rows are one transaction, and wakes go
     -- oldest first by received_at, so each must be later than the one parked before it.
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $11, 'parked', 0, clock_timestamp()
-    FROM room WHERE NOT ok
+    FROM room WHERE park
     ON CONFLICT (id) DO UPDATE
     SET status = 'parked',
         lease_owner = NULL,
@@ -217,3 +214,78 @@ WITH room AS (
     RETURNING id
 )
 SELECT EXISTS (SELECT 1 FROM parked) AS parked;
+
+-- name: claim_parked
+-- params: worker, lease_seconds, default_cap, tenants, tenant_caps, file_types,
+--         file_type_caps, only, dry
+-- Fair share (docs/architecture.md, "Fair share"): a freed job slot takes the fairest
+-- parked request directly, with no message: of the tenants with a parked request and room
+-- under their hard cap (default $3, overrides $4/$5), the one with the fewest requests
+-- running under a live lease; ties (and within a tenant) the oldest parked first; file
+-- types at their cap ($6/$7) skipped. The row is set running under a new lease, its attempt
+-- counted and recorded, as record_and_claim does, in this one statement; the caller runs
+-- the stored event. SKIP LOCKED: two slots claiming at once take two different rows, so
+-- each tenant offers its oldest few. $8: only that request (NULL: any). $9 (dry): pick,
+-- change nothing (the caller then takes the caps' locks and claims $8 = the pick, so hard
+-- caps hold exactly). Returns nothing when no parked request fits.
+WITH RECURSIVE parked_tenants AS (
+    -- The distinct tenants with parked requests, one index probe each
+    -- (bgworker_requests_parked), however many requests each has parked.
+    (SELECT tenant FROM bgworker_requests WHERE status = 'parked' ORDER BY tenant LIMIT 1)
+    UNION ALL
+    SELECT (SELECT q.tenant FROM bgworker_requests q
+            WHERE q.status = 'parked' AND q.tenant > t.tenant ORDER BY q.tenant LIMIT 1)
+    FROM parked_tenants t WHERE t.tenant IS NOT NULL
+), running AS (
+    SELECT tenant, file_type FROM bgworker_requests
+    WHERE status = 'running' AND lease_expires_at >= now()
+), tenant_busy AS (
+    SELECT tenant, count(*) AS n FROM running GROUP BY tenant
+), file_type_full AS (
+    SELECT f.file_type FROM unnest($6::text[], $7::int[]) AS f (file_type, cap)
+    WHERE (SELECT count(*) FROM running r WHERE r.file_type = f.file_type) >= f.cap
+), candidates AS (
+    SELECT p.id, coalesce(b.n, 0) AS busy, p.received_at
+    FROM parked_tenants t
+    LEFT JOIN tenant_busy b ON b.tenant = t.tenant
+    LEFT JOIN unnest($4::text[], $5::int[]) AS c (tenant, cap) ON c.tenant = t.tenant
+    CROSS JOIN LATERAL (
+        SELECT q.id, q.received_at FROM bgworker_requests q
+        WHERE q.status = 'parked' AND q.tenant = t.tenant AND NOT q.cancel_requested
+          AND q.file_type NOT IN (SELECT file_type FROM file_type_full)
+          AND ($8::uuid IS NULL OR q.id = $8)
+        ORDER BY q.received_at, q.id
+        LIMIT 4
+    ) p
+    WHERE t.tenant IS NOT NULL AND coalesce(b.n, 0) < coalesce(c.cap, $3, 1000000000)
+), pick AS (
+    SELECT r.id, r.tenant, r.file_type FROM bgworker_requests r
+    JOIN candidates c ON c.id = r.id
+    WHERE r.status = 'parked' AND NOT r.cancel_requested
+    ORDER BY c.busy, c.received_at, c.id
+    LIMIT 1
+    FOR UPDATE OF r SKIP LOCKED
+), claimed AS (
+    UPDATE bgworker_requests r
+    SET status = 'running',
+        attempts = r.attempts + 1,
+        lease_owner = $1,
+        lease_token = gen_random_uuid(),
+        lease_expires_at = now() + make_interval(secs => $2),
+        started_at = coalesce(r.started_at, now()),
+        next_run_at = NULL,
+        woken_at = NULL,
+        progress = 0,
+        progress_done = NULL,
+        progress_total = NULL,
+        updated_at = now()
+    FROM pick
+    WHERE r.id = pick.id AND NOT $9::boolean
+    RETURNING r.id, r.attempts, r.lease_token, r.max_attempts, r.event
+), attempt AS (
+    INSERT INTO bgworker_attempts (request_id, attempt, worker)
+    SELECT id, attempts, $1 FROM claimed
+    ON CONFLICT (request_id, attempt) DO UPDATE SET worker = excluded.worker, started_at = now()
+)
+SELECT p.id, p.tenant, p.file_type, c.attempts, c.lease_token, c.max_attempts, c.event
+FROM pick p LEFT JOIN claimed c ON c.id = p.id;

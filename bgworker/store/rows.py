@@ -134,6 +134,15 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class DirectClaim:
+    """Fair share: a parked request claimed by a freed job slot, with no message: the claim
+    and the stored event the slot runs."""
+
+    claim: Claim
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Parked:
     """A capped claim that found no free slot: the request waits in PostgreSQL (parked)."""
 

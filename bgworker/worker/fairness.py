@@ -29,7 +29,7 @@ from bgworker.worker import rejection
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class FairShare:
     db: store.Store
     channel: AbstractChannel
@@ -38,6 +38,11 @@ class FairShare:
     lease_seconds: float
     # Set when a job slot's claim parked a request: the parker (``parking``) opens.
     park_wanted: asyncio.Event = field(default_factory=asyncio.Event)
+    # Fair share (``sharing``): set while a parked request may fit a freed slot, which then
+    # claims it directly; ``seen``: requests were parked when last looked (a slot that frees
+    # may fit one of them). Neither is ever set while nothing was parked: no cost then.
+    waiting: asyncio.Event = field(default_factory=asyncio.Event)
+    seen: bool = False
 
     def capped(self, event: events.FileRequested) -> bool:
         """A cap or a quota applies: the claim goes through ``store.fairness``."""
@@ -107,6 +112,7 @@ class FairShare:
         claim's lock (``store.fairness``), so it sees this request parked."""
         metrics.PARKED.inc()
         self.park_wanted.set()
+        self.note_parked()
         log.debug(
             "request %s: parked (tenant %r or file type %s at its cap)",
             event.id,
@@ -114,9 +120,20 @@ class FairShare:
             event.file_type,
         )
 
+    def note_parked(self) -> None:
+        """Requests were just parked: under fair share a freed slot looks for them."""
+        if self.limits.share:
+            self.seen = True
+            self.waiting.set()
+
     async def freed(self, event: events.FileRequested) -> None:
-        """A job of ``event``'s tenant and file type no longer holds its slot: wake what
+        """A job of ``event``'s tenant and file type no longer holds its slot: under fair
+        share, the slot looks for a parked request that fits (``sharing``); else wake what
         now fits. Never raises: a wake that fails is the sweep's to do."""
+        if self.limits.share:
+            if self.seen:
+                self.waiting.set()
+            return
         if not self.limits.capping:
             return
         try:
@@ -128,7 +145,10 @@ class FairShare:
                 )
 
     async def wake(self, *, tenant: str | None = None, file_type: str | None = None) -> int:
-        """Wake the parked requests that fit (all of them: no tenant and file type given)."""
+        """Wake the parked requests that fit (all of them: no tenant and file type given).
+        Under fair share none: freed slots claim them directly (``sharing``)."""
+        if self.limits.share:
+            return 0
 
         async def republish(event: dict[str, Any]) -> None:
             await broker.put_back(self.channel, self.topology, event, str(event.get("id")))

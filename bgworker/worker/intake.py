@@ -91,12 +91,19 @@ class Intake:
         self._busy = 0  # deliveries in hand: being claimed or running
         self._taken = 0
         self._tags: set[ConsumerTag] = set()
+        self._closing = 0  # consumers cancelled, cancel-ok not yet back
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         # taken; redelivered (the broker had delivered it before); returned (nacked by the
         # intake: only on stop); opened / cancelled (consumers): for logs and tests.
         self.counts: Counter[str] = Counter()
         self.peak = 0  # most slots in use at once
+        # Fair share (``sharing``): while ``holding()``, a freed slot goes to a parked request
+        # (``take``) and no consumer opens for it; ``on_full`` is called when the last slot
+        # is taken (the parker opens); ``freed`` is set whenever a slot frees.
+        self.holding: Callable[[], bool] = lambda: False
+        self.on_full: Callable[[], None] = lambda: None
+        self.freed = asyncio.Event()
 
     @property
     def busy(self) -> int:
@@ -108,7 +115,7 @@ class Intake:
 
     def _room(self) -> int:
         """How many consumers may be open now."""
-        if self._stopping.is_set():
+        if self._stopping.is_set() or self.holding():
             return 0
         room = min(self._consumers, self._slots - self._busy)
         if self._limit is not None:
@@ -122,7 +129,9 @@ class Intake:
         async with self._lock:
             room = self._room()
             if len(self._tags) > room:
-                if self._stopping.is_set():
+                if self._stopping.is_set() or self.holding():
+                    # Holding: idle consumers closed, their slots go to parked requests once
+                    # cancel-ok came (``take`` counts them until then).
                     doomed = set(self._tags)
                 elif arrived_on in self._tags:
                     doomed = {arrived_on}
@@ -132,11 +141,16 @@ class Intake:
                 for tag in doomed:
                     self._tags.discard(tag)  # robust queue: never restored from here on
                     self.counts["cancelled"] += 1
+                    self._closing += 1
                     try:
                         async with asyncio.timeout(RPC_TIMEOUT):
                             await self._queue.cancel(tag)
                     except Exception as exc:  # the others still get theirs
                         failed = exc
+                    finally:
+                        self._closing -= 1
+                if doomed:
+                    self.freed.set()
                 if failed is not None:
                     raise failed
             while len(self._tags) < self._room():  # a delivery may arrive meanwhile
@@ -160,6 +174,25 @@ class Intake:
                     await self._changed.wait()
             self._changed.clear()
 
+    def take(self) -> bool:
+        """A slot for a claim without a delivery (fair share), if one is free that no open
+        consumer may fill: the flow-control sum above stays within the slots."""
+        free = self._slots - self._busy - len(self._tags) - self._closing
+        if self._limit is not None:
+            free = min(free, self._limit - self._taken)
+        if self._stopping.is_set() or free <= 0:
+            return False
+        self._busy += 1
+        self._taken += 1
+        self.peak = max(self.peak, self._busy)
+        if self._busy >= self._slots:
+            self.on_full()
+        return True
+
+    def poke(self) -> None:
+        """Look at the room again (``holding`` changed)."""
+        self._changed.set()
+
     def release(self, *, counted: bool = True) -> None:
         """A delivery is done with its slot. ``counted=False`` (a duplicate delivery) does not
         count towards the limit, so another is taken in its place."""
@@ -167,6 +200,7 @@ class Intake:
         if not counted:
             self._taken -= 1
         self._changed.set()
+        self.freed.set()
 
     async def close(self) -> None:
         """After the stop event: cancel every consumer (awaiting the cancel-oks)."""
@@ -184,6 +218,8 @@ class Intake:
         self._taken += 1
         self.counts["taken"] += 1
         self.peak = max(self.peak, self._busy)
+        if self._busy >= self._slots:
+            self.on_full()
         try:
             # Over the room now: cancel this consumer before its delivery can be acked.
             await self.sync(arrived_on=message.consumer_tag)

@@ -27,8 +27,9 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 from aio_pika.abc import (
     AbstractChannel,
@@ -42,7 +43,7 @@ from bgworker import faults, store
 from bgworker.contract import events, states
 from bgworker.messaging import broker, topology
 from bgworker.observe import logs, metrics
-from bgworker.worker import fairness, jobs
+from bgworker.worker import fairness, intake, jobs, sharing
 
 log = logging.getLogger(__name__)
 
@@ -56,50 +57,62 @@ ClaimArgs = Callable[[events.FileRequested], tuple[int, tuple[str, str] | None]]
 
 
 async def start(
-    db: store.Store,
     connection: AbstractRobustConnection,
-    topo: topology.Topology,
     runner: jobs.Runner,
     outcomes: Counter[str],
     stopping: asyncio.Event,
+    consuming: intake.Intake,
+    start_job: sharing.StartJob,
 ) -> asyncio.Task[None]:
-    """The worker's side task; without caps it only waits for the stop. Each request it
-    parks counts in the worker's ``outcomes`` as ``parked``, as a job slot's park does."""
-    if not runner.fair.limits.capping:
+    """The worker's side task: the parker, and under fair share the puller (``sharing``);
+    with neither caps nor fair share it only waits for the stop. Each request it parks
+    counts in the worker's ``outcomes`` as ``parked``, as a job slot's park does."""
+    db, topo, fair = runner.db, runner.topology, runner.fair
+    if not fair.limits.capping and not fair.limits.share:
         return asyncio.create_task(_idle(stopping), name="parker")
     channel = await broker.open_channel(connection)
     await channel.set_qos(prefetch_count=PREFETCH)
     queue = await topo.declare_work(channel)
-    parker = Parker(db, channel, queue, topo, runner.fair, runner.claim_args, outcomes)
-    return asyncio.create_task(parker.run(stopping), name="parker")
+    parker = Parker(
+        db=db,
+        channel=channel,
+        queue=queue,
+        topology=topo,
+        fair=fair,
+        claim_args=runner.claim_args,
+        outcomes=outcomes,
+    )
+    if not fair.limits.share:
+        return asyncio.create_task(parker.run(stopping), name="parker")
+    # Every slot busy: the parker opens and drains the work queue into ``parked``.
+    consuming.on_full = fair.park_wanted.set
+    if consuming.busy >= runner.config.concurrency:  # filled before this was set
+        fair.park_wanted.set()
+    puller = sharing.Puller(db=db, runner=runner, intake=consuming, start_job=start_job)
+    return asyncio.create_task(_both(parker.run(stopping), puller.run(stopping)), name="parker")
 
 
 async def _idle(stopping: asyncio.Event) -> None:
     await stopping.wait()
 
 
+async def _both(*tasks: Coroutine[Any, Any, None]) -> None:
+    await asyncio.gather(*tasks)
+
+
+@dataclass(kw_only=True)
 class Parker:
-    def __init__(
-        self,
-        db: store.Store,
-        channel: AbstractChannel,
-        queue: AbstractQueue,
-        topo: topology.Topology,
-        fair: fairness.FairShare,
-        claim_args: ClaimArgs,
-        outcomes: Counter[str],
-    ) -> None:
-        self.db = db
-        self.channel = channel
-        self.queue = queue
-        self.topology = topo
-        self.fair = fair
-        self.claim_args = claim_args
-        self.outcomes = outcomes
-        self._tag: ConsumerTag | None = None
-        self._buffer: list[AbstractIncomingMessage] = []
-        self._changed = asyncio.Event()
-        self.counts: Counter[str] = Counter()  # parked, handed_back, opened: logs and tests
+    db: store.Store
+    channel: AbstractChannel
+    queue: AbstractQueue
+    topology: topology.Topology
+    fair: fairness.FairShare
+    claim_args: ClaimArgs
+    outcomes: Counter[str]
+    counts: Counter[str] = field(default_factory=Counter)  # parked, handed_back, opened
+    _tag: ConsumerTag | None = field(default=None, init=False)
+    _buffer: list[AbstractIncomingMessage] = field(default_factory=list, init=False)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Until ``stopping``: open when a job slot parked, park what arrives, close when
@@ -182,6 +195,8 @@ class Parker:
         metrics.PARKED.inc(parked)
         self.counts["parked"] += parked
         self.outcomes[states.JobOutcome.PARKED] += parked
+        if parked:
+            self.fair.note_parked()
         self.counts["handed_back"] += handed_back
         if handed_back:
             # The queue's head fits: closed until a job slot parks again (after this).

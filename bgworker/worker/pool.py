@@ -18,7 +18,7 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -253,11 +253,11 @@ class Worker:
         """Start consuming: the intake takes deliveries into free slots only."""
 
         async def start_job(message: AbstractIncomingMessage) -> None:
-            task = asyncio.create_task(
-                self._process(message, runner, consuming), name=f"job-{message.message_id}"
+            hold = self.settings.worker.hold_timeout_seconds
+            job = settling.handle_until_settled(
+                message, runner, hold_seconds=hold, stopping=self.stopping
             )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start(job, f"job-{message.message_id}")
 
         # Prefetch 1, whatever the concurrency: see ``intake`` (flow control).
         await runner.channel.set_qos(prefetch_count=intake.PREFETCH)
@@ -295,7 +295,7 @@ class Worker:
         side = [
             await cancels.start(db, connection, self.topology, self.stopping),
             await parking.start(
-                db, connection, self.topology, runner, self.outcomes, self.stopping
+                connection, runner, self.outcomes, self.stopping, consuming, self._start
             ),
             asyncio.create_task(consuming.run(), name="intake"),
             asyncio.create_task(dispatcher.run(self.stopping), name="outbox-dispatcher"),
@@ -349,21 +349,21 @@ class Worker:
             self.stopping.set()
         stop.cancel()
 
-    async def _process(
-        self, message: AbstractIncomingMessage, runner: jobs.Runner, consuming: intake.Intake
-    ) -> None:
-        """The intake admitted this delivery into a free slot: run it, free the slot."""
+    def _start(self, job: Coroutine[Any, Any, states.JobOutcome], name: str) -> None:
+        """Run a job in the slot taken for it (a delivery's, or fair share's), drained."""
+        task = asyncio.create_task(self._process(job), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _process(self, job: Coroutine[Any, Any, states.JobOutcome]) -> None:
+        """The intake admitted this job into a free slot: run it, free the slot."""
+        assert self.intake is not None
         outcome = states.JobOutcome.ERROR
         try:
-            outcome = await settling.handle_until_settled(
-                message,
-                runner,
-                hold_seconds=self.settings.worker.hold_timeout_seconds,
-                stopping=self.stopping,
-            )
+            outcome = await job
         finally:
             # A duplicate ran nothing: it does not count towards --max-jobs.
-            consuming.release(counted=outcome not in states.NOT_A_RUN)
+            self.intake.release(counted=outcome not in states.NOT_A_RUN)
         self.outcomes[outcome] += 1
         if self.limits.max_jobs and self._finished_jobs() >= self.limits.max_jobs:
             self.stop()

@@ -2,6 +2,19 @@
 -- beside it by scripts/schema_sql.py (make schema-sql), checked by make test.
 -- Never applied: `bgworker migrate` applies the migrations.
 
+CREATE FUNCTION public.bgworker_cap_room(p_id uuid, p_tenant text, p_file_type text, p_tenant_cap integer, p_file_type_cap integer) RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT (p_tenant_cap >= 1000000000
+            OR (SELECT count(*) FROM bgworker_requests b
+                WHERE b.tenant = p_tenant AND b.status = 'running'
+                  AND b.lease_expires_at >= now() AND b.id <> p_id) < p_tenant_cap)
+       AND (p_file_type_cap >= 1000000000
+            OR (SELECT count(*) FROM bgworker_requests b
+                WHERE b.file_type = p_file_type AND b.status = 'running'
+                  AND b.lease_expires_at >= now() AND b.id <> p_id) < p_file_type_cap)
+$$;
+
 CREATE FUNCTION public.bgworker_ended_batch(keep_seconds double precision, lim integer, after_at timestamp with time zone, after_key text) RETURNS TABLE(id uuid, ended timestamp with time zone, key text)
     LANGUAGE sql
     AS $$
