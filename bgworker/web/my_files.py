@@ -254,17 +254,20 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def cross_site(request: web.Request) -> web.Response | None:
-    """403 for a browser's post from another site: an ``Origin`` that is neither this
-    server's public URL nor the host it was called by, or, without one, a
-    ``Sec-Fetch-Site`` other than same-origin. A client that sends neither (curl, a
-    service) is no browser another site could drive."""
+    """403 for a browser's post from another site. An ``Origin`` naming a site must be this
+    server's public URL or the host it was called by. The page's own forms send ``Origin:
+    null`` (its ``Referrer-Policy: no-referrer`` makes the browser hide it, Fetch standard),
+    so without a named origin ``Sec-Fetch-Site`` decides: same-origin only, and a ``null``
+    origin without it is refused. A client that sends neither header (curl, a service) is no
+    browser another site could drive."""
     origin = request.headers.get(hdrs.ORIGIN)
-    if origin is not None:
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if origin is not None and origin != "null":
         public = urlsplit(request.app[keys.PUBLIC_URL])
         allowed = {f"{public.scheme}://{public.netloc}", f"{request.scheme}://{request.host}"}
-        if origin in allowed:
+        if origin in allowed and fetch_site in (None, "same-origin"):
             return None
-    elif request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none"):
+    elif fetch_site == "same-origin" or (fetch_site is None and origin is None):
         return None
     return _error(403, "a form of this page must be posted from this page")
 

@@ -251,11 +251,18 @@ async def test_a_requester_never_reaches_another_requesters_files(
         {"Origin": "https://evil.example"},
         {"Origin": "null"},
         {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "null", "Sec-Fetch-Site": "same-site"},
+        {"Origin": base, "Sec-Fetch-Site": "cross-site"},
     ):
         assert (await _post(base, "cancel", a_token, a_waiting.id, **headers))[0] == 403
     assert (await db.requests.get_request(a_waiting.id)).status == "queued"  # type: ignore[union-attr]
     status, _, _ = await _post(
-        base, "cancel", a_token, a_waiting.id, **{"Sec-Fetch-Site": "same-origin"}
+        # What the page's own form sends: Origin null (its no-referrer policy), same-origin.
+        base,
+        "cancel",
+        a_token,
+        a_waiting.id,
+        **{"Origin": "null", "Sec-Fetch-Site": "same-origin"},
     )
     assert status == 200
 
