@@ -125,6 +125,10 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_TOKENS__LINK_MODE": (
         "`auto` (bound to the requester only with an identity header), `general` or `bound`"
     ),
+    "BGWORKER_TOKENS__MY_FILES_SECONDS": (
+        "lifetime of a requester's [My files](links-and-pages.md#my-files) link;"
+        " `MAX_AGE_SECONDS` can only shorten it"
+    ),
     "BGWORKER_WEB__HOST": "`bgworker serve` listen address",
     "BGWORKER_WEB__PORT": "`bgworker serve` port",
     "BGWORKER_WEB__PUBLIC_URL": "base URL of the links in emails and events",
@@ -217,6 +221,13 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_WEB__API_KEYS": (
         "keys of `POST /requests` (`Authorization: Bearer`), comma-separated, 16+ characters;"
         " unset: no `POST /requests`"
+    ),
+    "BGWORKER_WEB__MY_FILES_MAIL_INTERVAL_SECONDS": (
+        "My files: at most one email per file (resend) and per address (`POST /my-files`)"
+        " this often"
+    ),
+    "BGWORKER_WEB__MY_FILES_RECENT_SECONDS": (
+        "My files: failed and cancelled requests stay listed this long after they ended"
     ),
 }
 
