@@ -161,17 +161,20 @@ async def page(request: web.Request) -> web.Response:
         {"name": s.name, "template": s.template, "items": await s.load(db, requester.email, locale)}
         for s in SECTIONS
     ]
-    if not pages.wants_html(request):
-        public = request.app[keys.PUBLIC_URL]
-        for item in files:
-            if item["download_url"]:
-                item["download_url"] = tokens.download_url(public, item["download_url"])
+    html = pages.wants_html(request)
+    public = request.app[keys.PUBLIC_URL]
+    for item in files:
+        token_ = item.pop("download_token")
+        if token_ is None:
+            item["download_url"] = None
+        elif html:  # relative to /my-files/<token>: a path prefix in front is kept
+            item["download_url"] = f"../download/{token_}?{pages.FILE_PARAM}=1"
+        else:
+            item["download_url"] = tokens.download_url(public, token_)
+    if not html:
         body = {"email": requester.email, "files": files, "more": len(found) > LIMIT}
         body["sections"] = {s["name"]: s["items"] for s in sections}
         return responses.json_response(body)
-    for item in files:  # relative to /my-files/<token>: a path prefix in front is kept
-        if item["download_url"]:
-            item["download_url"] = f"../download/{item['download_url']}?{pages.FILE_PARAM}=1"
     note = request.query.get("note")
     return _render(
         request,
@@ -201,12 +204,12 @@ def _item(
         cancellable=state in (link_states.LinkState.WAITING, link_states.LinkState.RUNNING)
         and not (running and row.cancel_requested),
         resendable=state in (link_states.LinkState.READY, link_states.LinkState.FAILED),
-        download_url=None,
+        download_token=None,
     )
     if state == link_states.LinkState.READY:
         # A fresh link under the row's current generation, as a resent email would carry
         # (bound to the requester in the link mode that binds).
-        item["download_url"] = signer.issue(
+        item["download_token"] = signer.issue(
             row.id, requester_id=row.requester_id, generation=generation
         )
     return item
