@@ -75,7 +75,7 @@ MEANING: Final[dict[str, str]] = {
         "download with 503 within about 5x this"
     ),
     "BGWORKER_TEMPLATE_DIR": "directory whose templates override the shipped ones "
-    "(`email/*.j2`, `pages/page.html.j2`)",
+    "(`email/*.j2`, `pages/page.html.j2`, `pages/my_files.html.j2`)",
     "BGWORKER_HANDLERS": "handler registries to load, comma-separated `module:attribute`",
     "BGWORKER_LOG_LEVEL": "logging level",
     "BGWORKER_LOG_FORMAT": "`text`, or `json`: one object a line, job lines carry `request_id`",

@@ -11,10 +11,14 @@ import re
 import time
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
 import yarl
+from hypothesis import Phase, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from bgworker import settings as settings_mod
 from bgworker import store
@@ -22,6 +26,7 @@ from bgworker.cli.smtp_sink import SmtpSink, text_body
 from bgworker.contract import events
 from bgworker.links import tokens
 from bgworker.web import my_files
+from tests import helpers
 from tests.helpers import (
     Publish,
     StartServer,
@@ -332,3 +337,46 @@ async def test_a_further_section_plugs_in_with_its_template_and_the_address(
     finally:
         my_files.SECTIONS.remove(section)
     assert seen == ["dee@x.org", "dee@x.org"]
+
+
+def _hostile(n: int) -> list[tuple[str, str, str]]:
+    """n (token, id, email) triples from hypothesis, the same on every run: text of any
+    kind, near-tokens (a real token's prefix with junk), ids and addresses."""
+    real = tokens.Signer(settings_mod.TokenSettings(secret_keys=["k" * 20])).my_files("a@x.org")
+    text = st.text(max_size=80)
+    token = st.one_of(text, text.map(lambda t: real[: len(real) // 2] + t), st.just(real))
+    ident = st.one_of(text, st.uuids().map(str))
+    email = st.one_of(text, st.emails(), text.map(lambda t: f"{t}@x.org"))
+    out: list[tuple[str, str, str]] = []
+
+    @hsettings(max_examples=n, database=None, derandomize=True, phases=[Phase.generate])
+    @given(st.tuples(token, ident, email))
+    def collect(triple: tuple[str, str, str]) -> None:
+        out.append(triple)
+
+    collect()
+    return out
+
+
+async def test_hostile_forms_and_tokens_never_fail_nor_touch_another_requester(
+    settings: settings_mod.Settings, start_server: StartServer, db: store.Store
+) -> None:
+    base = await start_server()
+    other = events.FileRequested(
+        id=uuid.uuid4(), file_type="blob", filename="b.bin", requester={"email": "b@x.org"}
+    )
+    await insert_request(db, other, max_attempts=3)
+    for token, ident, email in _hostile(helpers.examples(60)):
+        for action in ("resend", "cancel"):
+            status, _, _ = await fetch(
+                "POST", f"{base}/my-files/{action}", data={"token": token, "id": ident}
+            )
+            assert status in (400, 404, 410), (action, token, ident)
+        status, _, _ = await fetch("POST", f"{base}/my-files", data={"email": email})
+        assert status in (202, 400), email
+        status, _, _ = await fetch("GET", f"{base}/my-files/{quote(token, safe='')}")
+        assert status < 500, token
+    assert (await db.requests.get_request(other.id)).status == "queued"  # type: ignore[union-attr]
+    # Only b@x.org has a request: no other address was ever sent anything.
+    rows = await db.pool.fetch("SELECT payload ->> 'to' AS to FROM bgworker_outbox")
+    assert {r["to"] for r in rows} <= {"b@x.org"}
