@@ -380,3 +380,28 @@ async def test_hostile_forms_and_tokens_never_fail_nor_touch_another_requester(
     # Only b@x.org has a request: no other address was ever sent anything.
     rows = await db.pool.fetch("SELECT payload ->> 'to' AS to FROM bgworker_outbox")
     assert {r["to"] for r in rows} <= {"b@x.org"}
+
+
+async def test_bound_links_on_the_page_open_only_for_their_requester(
+    settings: settings_mod.Settings,
+    start_server: StartServer,
+    start_worker: StartWorker,
+    publish: Publish,
+    db: store.Store,
+) -> None:
+    """With an identity header (links bound to the requester's id), the page's download
+    links are bound as the email's are: the requester opens them, someone else gets 403."""
+    settings.web.identity_header = "X-Auth-User"
+    base = await start_server()
+    await start_worker()
+    event = await publish("blob", {"size": 10}, requester={"id": "ann", "email": "ann@x.org"})
+    row = await wait_for_status(db, event.id, "ready")
+    doc = await _page(base, tokens.Signer(settings.tokens).my_files("ann@x.org"))
+    [listed] = doc["files"]
+    token = listed["download_url"].rsplit("/", 1)[1]
+    assert token.startswith(tokens.BOUND_PREFIX)
+    url = f"{base}/download/{token}"
+    assert (await fetch("GET", url, headers={"X-Auth-User": "bob"}))[0] == 403
+    assert (await fetch("GET", url))[0] == 403
+    status, _, content = await fetch("GET", url, headers={"X-Auth-User": "ann"})
+    assert status == 200 and hashlib.sha256(content).hexdigest() == row.sha256
