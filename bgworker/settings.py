@@ -104,6 +104,9 @@ class TokenSettings(BaseModel):
     # (web.identity_header set); bound: always (a server with an identity callable in code);
     # general: never. Worker and server read the same setting, so they agree.
     link_mode: Literal["auto", "general", "bound"] = "auto"
+    # How long a requester's "my files" link (emailed on request and in every email's
+    # footer) lives; MAX_AGE_SECONDS, when set, can only shorten it.
+    my_files_seconds: int = Field(7 * 86400, gt=0)
 
     _split = field_validator("secret_keys", mode="before")(_split_list)
 
@@ -143,6 +146,12 @@ class WebSettings(BaseModel):
     # once let a key be rotated without downtime. Unset: no POST /requests, and the server
     # never connects to RabbitMQ.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    # The requester's "my files" page: the most emails of one kind it sends for one file (a
+    # resend) or one address (its link, POST /my-files): one per this many seconds.
+    my_files_mail_interval_seconds: int = Field(300, ge=0)
+    # Failed and cancelled requests stay listed on the page this long after they ended.
+    my_files_recent_seconds: int = Field(3 * 86400, ge=0)
 
     _split = field_validator("api_keys", "trusted_proxies", mode="before")(_split_list)
 

@@ -75,7 +75,7 @@ MEANING: Final[dict[str, str]] = {
         "download with 503 within about 5x this"
     ),
     "BGWORKER_TEMPLATE_DIR": "directory whose templates override the shipped ones "
-    "(`email/*.j2`, `pages/page.html.j2`)",
+    "(`email/*.j2`, `pages/page.html.j2`, `pages/my_files.html.j2`)",
     "BGWORKER_HANDLERS": "handler registries to load, comma-separated `module:attribute`",
     "BGWORKER_LOG_LEVEL": "logging level",
     "BGWORKER_LOG_FORMAT": "`text`, or `json`: one object a line, job lines carry `request_id`",
@@ -124,6 +124,10 @@ MEANING: Final[dict[str, str]] = {
     ),
     "BGWORKER_TOKENS__LINK_MODE": (
         "`auto` (bound to the requester only with an identity header), `general` or `bound`"
+    ),
+    "BGWORKER_TOKENS__MY_FILES_SECONDS": (
+        "lifetime of a requester's [My files](links-and-pages.md#my-files) link;"
+        " `MAX_AGE_SECONDS` can only shorten it"
     ),
     "BGWORKER_WEB__HOST": "`bgworker serve` listen address",
     "BGWORKER_WEB__PORT": "`bgworker serve` port",
@@ -221,6 +225,13 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_WEB__API_KEYS": (
         "keys of `POST /requests` (`Authorization: Bearer`), comma-separated, 16+ characters;"
         " unset: no `POST /requests`"
+    ),
+    "BGWORKER_WEB__MY_FILES_MAIL_INTERVAL_SECONDS": (
+        "My files: at most one email per file (resend) and per address (`POST /my-files`)"
+        " this often"
+    ),
+    "BGWORKER_WEB__MY_FILES_RECENT_SECONDS": (
+        "My files: failed and cancelled requests stay listed this long after they ended"
     ),
 }
 

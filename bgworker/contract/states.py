@@ -56,9 +56,14 @@ class EffectKind(StrEnum):
     EVENT_FAILED = "event_failed"
     WEBHOOK_READY = "webhook_ready"
     WEBHOOK_FAILED = "webhook_failed"
+    # The email with the link to a requester's "my files" page (POST /my-files), on the
+    # address's newest request.
+    EMAIL_MY_FILES = "email_my_files"
 
 
-EMAILS: Final = frozenset({EffectKind.EMAIL_READY, EffectKind.EMAIL_FAILED})
+EMAILS: Final = frozenset(
+    {EffectKind.EMAIL_READY, EffectKind.EMAIL_FAILED, EffectKind.EMAIL_MY_FILES}
+)
 # Given up after ``webhooks.max_attempts`` (a receiver may be gone for good); emails and
 # events are retried until they succeed.
 WEBHOOKS: Final = frozenset({EffectKind.WEBHOOK_READY, EffectKind.WEBHOOK_FAILED})

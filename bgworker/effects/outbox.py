@@ -277,6 +277,7 @@ class Dispatcher:
                 **p,
                 "request_id": str(rid),
                 "download_url": await self._url(item),
+                "my_files_url": self._my_files_url(p["to"]),
             }
             message = _resent(self.mailer.render("ready", p["to"], context), p)
             await self.mailer.send(message, done)
@@ -285,7 +286,13 @@ class Dispatcher:
             safe = p.get("message") or requester_texts.failure(p.get("reason"))
             context = {**p, "error_class": "", "error": safe, "message": safe}
             context["request_id"] = str(rid)
+            context["my_files_url"] = self._my_files_url(p["to"])
             message = _resent(self.mailer.render("failed", p["to"], context), p)
+            await self.mailer.send(message, done)
+        elif item.kind == states.EffectKind.EMAIL_MY_FILES:
+            # The link is signed now, so it lives its whole lifetime from the sending.
+            context = {**p, "request_id": str(rid), "my_files_url": self._my_files_url(p["to"])}
+            message = _resent(self.mailer.render("my_files", p["to"], context), p)
             await self.mailer.send(message, done)
         else:
             raise ValueError(f"unknown outbox kind {item.kind!r}")
@@ -303,6 +310,11 @@ class Dispatcher:
             expires_at=datetime.fromisoformat(p["expires_at"]),
             download_url=await self._url(item),
         )
+
+    def _my_files_url(self, to: str) -> str:
+        """The footer's link to the requester's page of their files, for the address the
+        email goes to (only that mailbox receives it)."""
+        return tokens.my_files_url(self.public_url, self.signer.my_files(to))
 
     async def _url(self, item: store.OutboxItem) -> str:
         # The generation read when the item was claimed (the same moment as a query here

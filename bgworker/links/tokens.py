@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 GENERAL_SALT_SUFFIX: Final = ".general"
 BOUND_SALT_SUFFIX: Final = ".requester"
 BOUND_PREFIX: Final = "u."
+# A requester's "my files" link (``my_files``): its own salt, so a download token can never
+# be read as one and vice versa, and its own prefix, so each is refused by its form first.
+MY_FILES_SALT_SUFFIX: Final = ".my-files"
+MY_FILES_PREFIX: Final = "m."
 
 # itsdangerous' default signer: HMAC-SHA1, whose 20-byte digest is 27 base64url characters.
 _SIGNATURE_BYTES: Final = hashlib.sha1().digest_size
@@ -68,6 +72,20 @@ class NotRequesterError(TokenError):
 
 class MissingKeyError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class Requester:
+    """What a my-files token grants: the files requested with this email address."""
+
+    email: str  # lower case (``normal_email``), as the listing compares it
+    expires_at: int  # unix seconds
+
+
+def normal_email(address: str) -> str:
+    """The form a my-files token carries and the listing compares (``lower``, as the
+    requests' email index): one address, one link, whatever its capitals."""
+    return address.strip().lower()
 
 
 @dataclass(frozen=True)
@@ -177,6 +195,10 @@ class Signer:
         self._bound = itsdangerous.URLSafeTimedSerializer(
             keys, salt=config.salt + BOUND_SALT_SUFFIX, signer=_ClockedSigner
         )
+        self._my_files = itsdangerous.URLSafeTimedSerializer(
+            keys, salt=config.salt + MY_FILES_SALT_SUFFIX, signer=_ClockedSigner
+        )
+        self.my_files_seconds = config.my_files_seconds
 
     def issue(
         self,
@@ -237,6 +259,40 @@ class Signer:
             raise NotRequesterError("this link belongs to another user")
         return grant
 
+    def my_files(self, email: str, *, lifetime: float | None = None) -> str:
+        """A link to the page of every file requested with ``email``, living ``lifetime``
+        seconds (default ``TOKENS__MY_FILES_SECONDS``); it names the address, never a
+        request, and opens no file by itself."""
+        expires_at = int(self._clock() + (lifetime or self.my_files_seconds))
+        payload = {"e": normal_email(email), "x": expires_at}
+        return MY_FILES_PREFIX + self._my_files.dumps(payload)
+
+    def verify_my_files(self, token: str) -> Requester:
+        """As ``verify``, for a my-files token: form, signature (its own salt), issue time,
+        ``MAX_AGE_SECONDS`` and the expiry it carries; raises a TokenError subclass."""
+        body = token.removeprefix(MY_FILES_PREFIX)
+        if body == token or body.startswith(BOUND_PREFIX) or not is_canonical(body):
+            raise SuspiciousTokenError("this link is not valid")
+        try:
+            payload, signed_at = self._my_files.loads(body, return_timestamp=True)
+        except itsdangerous.BadData:
+            raise SuspiciousTokenError("this link is not valid") from None
+        now = self._clock()
+        age = now - signed_at.timestamp()
+        if age < -self.skew:
+            raise SuspiciousTokenError("this link is not valid")
+        try:
+            email, expires_at = payload["e"], payload["x"]
+        except (KeyError, TypeError):
+            raise SuspiciousTokenError("this link is not valid") from None
+        if not isinstance(email, str) or not email or type(expires_at) is not int:
+            raise SuspiciousTokenError("this link is not valid")
+        if now > expires_at + self.skew or (
+            self.max_age is not None and age > self.max_age + self.skew
+        ):
+            raise SignatureExpiredError("this link has expired")
+        return Requester(email, expires_at)
+
 
 def _payload(
     request_id: uuid.UUID, requester_id: str | None, generation: int, status_only: bool
@@ -268,6 +324,10 @@ def _grant(payload: Any, bound: bool) -> Grant:
 
 def download_url(public_url: str, token: str) -> str:
     return f"{public_url.rstrip('/')}/download/{token}"
+
+
+def my_files_url(public_url: str, token: str) -> str:
+    return f"{public_url.rstrip('/')}/my-files/{token}"
 
 
 def status_link(public_url: str, token: str) -> str:

@@ -19,7 +19,8 @@ query file each, composed into ``Store``:
   events ``POST /requests`` accepted, by id; ``dedupe``: reusing a ready file of identical
   content, or waiting for the one being built; ``erasure``: one person's data erased
   (``bgworker forget``); ``retention``: pruning what the retention settings no longer
-  keep, a batch at a time (``bgworker clean``); ``producer_outbox``: producers' events
+  keep, a batch at a time (``bgworker clean``); ``my_files``: the requester's page of
+  their own files; ``producer_outbox``: producers' events
   written in their own transactions, for the relay; ``fairness``: the capped claim, parked
   requests and their wake (fair share).
 """
@@ -45,6 +46,7 @@ from bgworker.store import (
     links,
     listing,
     maintenance,
+    my_files,
     outbox,
     producer_outbox,
     queries,
@@ -113,7 +115,7 @@ class Store:
     """The one way to the database: ``Store(pool, claim_effects_seconds=...,
     on_effects=...)``, then one part per concept, each its own object: ``db.requests``,
     ``db.recovery``, ``db.outbox``, ``db.dedupe``, ``db.links``, ``db.maintenance``,
-    ``db.gauges``, ``db.traces``, ``db.dead_letters``, ``db.listing``,
+    ``db.gauges``, ``db.traces``, ``db.dead_letters``, ``db.listing``, ``db.my_files``,
     ``db.admin_sessions``, ``db.front_door``, ``db.erasure``,
     ``db.retention``, ``db.producer_outbox``, ``db.fairness``. The parts whose transactions
     cause effects (requests, recovery, dedupe) write them through the one ``outbox``, which
@@ -139,6 +141,7 @@ class Store:
         self.traces = traces.Traces(pool)
         self.dead_letters = dead_letters.DeadLetterRecords(pool)
         self.listing = listing.Listing(pool)
+        self.my_files = my_files.MyFiles(pool)
         self.admin_sessions = admin_sessions.AdminSessions(pool)
         self.front_door = front_door.FrontDoor(pool)
         self.erasure = erasure.Erasure(pool)

@@ -30,8 +30,12 @@ class Links(connection.Connected):
         value: int | None = await self.pool.fetchval(Q["revoke_links"], request_id)
         return value
 
-    async def resend_email(self, request_id: uuid.UUID) -> str | None:
+    async def resend_email(
+        self, request_id: uuid.UUID, *, email: str | None = None, interval: float | None = None
+    ) -> str | None:
         """Re-arm the request's sent email; its kind, or None when there is none to send
-        again (no email, not sent yet, or the request is neither ready nor failed)."""
-        kind: str | None = await self.pool.fetchval(Q["resend_email"], request_id)
+        again (no email, not sent yet, or the request is neither ready nor failed). The
+        "my files" page passes the requester's ``email`` (another address's request is
+        never re-armed) and ``interval``: none if the email went less than that ago."""
+        kind: str | None = await self.pool.fetchval(Q["resend_email"], request_id, email, interval)
         return kind

@@ -325,9 +325,12 @@ class Requests(outbox.WritesEffects):
             await publish(event)
         return True
 
-    async def request_cancel(self, request_id: uuid.UUID) -> states.Status | None:
-        """Cancel a request; returns its status afterwards, or None if it is not cancellable."""
-        status: str | None = await self.pool.fetchval(Q["request_cancel"], request_id)
+    async def request_cancel(
+        self, request_id: uuid.UUID, *, email: str | None = None
+    ) -> states.Status | None:
+        """Cancel a request; returns its status afterwards, or None if it is not cancellable
+        (or, with ``email``, the "my files" page's address, not requested with it)."""
+        status: str | None = await self.pool.fetchval(Q["request_cancel"], request_id, email)
         return None if status is None else states.Status(status)
 
     async def cancel_or_placeholder(self, request_id: uuid.UUID) -> rows.Cancelled:

@@ -206,13 +206,15 @@ DELETE FROM bgworker_attempts WHERE request_id = $1 AND attempt = $2;
 
 -- name: request_cancel
 -- Queued, parked or retrying requests are cancelled at once; a running one is flagged, and its
--- worker stops the handler at its next lease renewal.
+-- worker stops the handler at its next lease renewal. $2: the requester's address when the
+-- "my files" page asks (another address's request is left alone), NULL for operators.
 UPDATE bgworker_requests
 SET cancel_requested = true,
     status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
     finished_at = CASE WHEN status = 'running' THEN finished_at ELSE now() END,
     updated_at = now()
 WHERE id = $1 AND status IN ('queued', 'parked', 'running', 'retrying')
+  AND ($2::text IS NULL OR (lower(requester_email) = $2 AND requester_email IS NOT NULL))
 RETURNING status;
 
 -- name: get_request

@@ -16,7 +16,7 @@ from bgworker import settings as settings_mod
 from bgworker import storage, store
 from bgworker.links import tokens
 from bgworker.observe import metrics, tracing
-from bgworker.web import access_log, downloads, keys, responses, supervisor
+from bgworker.web import access_log, downloads, keys, my_files, responses, supervisor
 from bgworker.web import identity as identity_mod
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ def create_app(
     app[keys.ACCEL_PREFIX] = settings.web.accel_prefix if accel else None
     app[keys.PUBLIC_URL] = settings.web.public_url
     app[keys.TEMPLATE_DIR] = settings.template_dir
+    app[keys.WEB_SETTINGS] = settings.web
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         if db is not None:
@@ -133,6 +134,7 @@ def create_app(
     app.cleanup_ctx.append(files)
     app.router.add_get("/download/{token}", downloads.download)  # GET also answers HEAD
     app.router.add_get("/status/{token}", downloads.status)
+    my_files.mount(app)  # the requester's page of their files, and POST /my-files
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
     if settings.web.admin_password is not None:

@@ -12,6 +12,7 @@ from typing import Final
 
 from aiohttp import web
 
+from bgworker import settings as settings_mod
 from bgworker import storage, store
 from bgworker.contract import fairness
 from bgworker.links import tokens
@@ -31,6 +32,8 @@ ACCEL_PREFIX: Final[web.AppKey[str | None]] = web.AppKey("accel_prefix")
 PUBLIC_URL: Final = web.AppKey("public_url", str)
 # The operator's template directory (settings.template_dir), read by the requester's page.
 TEMPLATE_DIR: Final[web.AppKey[Path | None]] = web.AppKey("template_dir")
+# settings.web: the "my files" page reads its rate limit and listing window from it.
+WEB_SETTINGS: Final = web.AppKey("web_settings", settings_mod.WebSettings)
 
 # Set by the admin console's sub-app (web/admin.py).
 ADMIN_AUTH: Final = web.AppKey("admin_auth", admin_auth.Auth)

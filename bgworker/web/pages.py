@@ -119,10 +119,15 @@ def _context(request: web.Request, state: State, locale: str, nonce: str) -> dic
         "download_url": f"../download/{token}?{FILE_PARAM}=1",
         "row": None,
     }
-    if row is None:
-        return ctx
+    if row is not None:
+        ctx["row"] = row_view(row, locale)
+    return ctx
+
+
+def row_view(row: store.RequestRow, locale: str) -> dict[str, Any]:
+    """What a page shows of a request: texts in ``locale``, dates in the requester's zone."""
     timezone = _requester(row).get("timezone")
-    ctx["row"] = {
+    return {
         "id": str(row.id),
         "filename": row.filename,
         "status": row.status.value,
@@ -138,32 +143,25 @@ def _context(request: web.Request, state: State, locale: str, nonce: str) -> dic
         ),
         "requested_at": languages.format_datetime(row.requested_at, timezone, locale),
     }
-    return ctx
 
 
-def _csp(nonce: str) -> str:
-    # One inline script (the poller) allowed by its nonce; it may only fetch this origin.
+def csp(nonce: str, *, form_action: str = "'none'") -> str:
+    """One inline script (the poller) allowed by its nonce; it may only fetch this origin.
+    ``form_action``: where the page's forms may post (the requester's page has none)."""
     return (
         f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; "
-        "connect-src 'self'; img-src 'self'; form-action 'none'; frame-ancestors 'none'; "
-        "base-uri 'none'"
+        f"connect-src 'self'; img-src 'self'; form-action {form_action}; "
+        "frame-ancestors 'none'; base-uri 'none'"
     )
 
 
-def render(request: web.Request, state: State) -> web.Response:
-    """The page for ``state``, in the requester's language (or, with no request to ask, in
-    the browser's ``Accept-Language``), with the security headers and no-store."""
-    language = _requester(state.row).get("language")
-    if language:
-        locale = languages.locale_for(str(language))
-    else:
-        locale = languages.from_accept_language(request.headers.get(hdrs.ACCEPT_LANGUAGE))
-    nonce = secrets.token_urlsafe(16)
-    env = languages.environment(request.app[keys.TEMPLATE_DIR], locale)
-    body = env.get_template(PAGE_TEMPLATE).render(_context(request, state, locale, nonce))
+def html_response(
+    body: str, *, status: int, locale: str, nonce: str, form_action: str = "'none'"
+) -> web.Response:
+    """A requester-facing page with the security headers, no-store and its CSP."""
     return web.Response(
         text=body,
-        status=state.status,
+        status=status,
         content_type="text/html",
         charset="utf-8",
         headers={
@@ -171,6 +169,23 @@ def render(request: web.Request, state: State) -> web.Response:
             "Content-Language": locale.replace("_", "-"),
             "Vary": "Accept, Accept-Language",
             "X-Frame-Options": "DENY",
-            "Content-Security-Policy": _csp(nonce),
+            "Content-Security-Policy": csp(nonce, form_action=form_action),
         },
     )
+
+
+def page_locale(request: web.Request, language: object) -> str:
+    """The requester's ``language`` when known, else the browser's ``Accept-Language``."""
+    if language:
+        return languages.locale_for(str(language))
+    return languages.from_accept_language(request.headers.get(hdrs.ACCEPT_LANGUAGE))
+
+
+def render(request: web.Request, state: State) -> web.Response:
+    """The page for ``state``, in the requester's language (or, with no request to ask, in
+    the browser's ``Accept-Language``), with the security headers and no-store."""
+    locale = page_locale(request, _requester(state.row).get("language"))
+    nonce = secrets.token_urlsafe(16)
+    env = languages.environment(request.app[keys.TEMPLATE_DIR], locale)
+    body = env.get_template(PAGE_TEMPLATE).render(_context(request, state, locale, nonce))
+    return html_response(body, status=state.status, locale=locale, nonce=nonce)

@@ -148,7 +148,7 @@ CREATE TABLE public.bgworker_outbox (
     claimed_until timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     done_at timestamp with time zone,
-    CONSTRAINT bgworker_outbox_kind_check CHECK ((kind = ANY (ARRAY['email_ready'::text, 'email_failed'::text, 'event_ready'::text, 'event_failed'::text, 'webhook_ready'::text, 'webhook_failed'::text]))),
+    CONSTRAINT bgworker_outbox_kind_check CHECK ((kind = ANY (ARRAY['email_ready'::text, 'email_failed'::text, 'event_ready'::text, 'event_failed'::text, 'webhook_ready'::text, 'webhook_failed'::text, 'email_my_files'::text]))),
     CONSTRAINT bgworker_outbox_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'done'::text, 'given_up'::text])))
 );
 
