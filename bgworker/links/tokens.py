@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 GENERAL_SALT_SUFFIX: Final = ".general"
 BOUND_SALT_SUFFIX: Final = ".requester"
 BOUND_PREFIX: Final = "u."
+UNSUBSCRIBE_SALT_SUFFIX: Final = ".unsubscribe"
 
 # itsdangerous' default signer: HMAC-SHA1, whose 20-byte digest is 27 base64url characters.
 _SIGNATURE_BYTES: Final = hashlib.sha1().digest_size
@@ -177,6 +178,11 @@ class Signer:
         self._bound = itsdangerous.URLSafeTimedSerializer(
             keys, salt=config.salt + BOUND_SALT_SUFFIX, signer=_ClockedSigner
         )
+        # A schedule's one-click unsubscribe: a salt of its own, so no download token is
+        # ever accepted as one (nor the reverse).
+        self._unsubscribe = itsdangerous.URLSafeTimedSerializer(
+            keys, salt=config.salt + UNSUBSCRIBE_SALT_SUFFIX, signer=_ClockedSigner
+        )
 
     def issue(
         self,
@@ -236,6 +242,27 @@ class Signer:
         if bound and (caller_id is None or caller_id != grant.requester_id):
             raise NotRequesterError("this link belongs to another user")
         return grant
+
+
+    def unsubscribe(self, schedule_id: uuid.UUID) -> str:
+        """The token of a schedule's unsubscribe link; it never expires (ending an ended
+        schedule changes nothing), and only ends that one schedule."""
+        return self._unsubscribe.dumps({"sch": str(schedule_id)})
+
+    def verify_unsubscribe(self, token: str) -> uuid.UUID:
+        """The schedule an unsubscribe token names; SuspiciousTokenError if it is not one
+        we issued, exactly as issued."""
+        if not is_canonical(token) or token.startswith(BOUND_PREFIX):
+            raise SuspiciousTokenError("this link is not valid")
+        try:
+            payload = self._unsubscribe.loads(token)
+            return uuid.UUID(payload["sch"])
+        except (itsdangerous.BadData, KeyError, TypeError, ValueError, AttributeError):
+            raise SuspiciousTokenError("this link is not valid") from None
+
+
+def unsubscribe_url(public_url: str, token: str) -> str:
+    return f"{public_url.rstrip('/')}/schedules/unsubscribe?token={token}"
 
 
 def _payload(

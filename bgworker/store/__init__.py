@@ -21,7 +21,8 @@ query file each, composed into ``Store``:
   (``bgworker forget``); ``retention``: pruning what the retention settings no longer
   keep, a batch at a time (``bgworker clean``); ``producer_outbox``: producers' events
   written in their own transactions, for the relay; ``fairness``: the capped claim, parked
-  requests and their wake (fair share).
+  requests and their wake (fair share); ``schedules``: recurring requests, their leases and
+  the period each firing records (issue 23).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from bgworker.store import (
     requests,
     retention,
     rows,
+    schedules,
     traces,
 )
 
@@ -113,7 +115,7 @@ class Store:
     ``db.recovery``, ``db.outbox``, ``db.dedupe``, ``db.links``, ``db.maintenance``,
     ``db.gauges``, ``db.traces``, ``db.dead_letters``, ``db.listing``,
     ``db.admin_sessions``, ``db.front_door``, ``db.erasure``,
-    ``db.retention``, ``db.producer_outbox``, ``db.fairness``. The parts whose transactions
+    ``db.retention``, ``db.producer_outbox``, ``db.fairness``, ``db.schedules``. The parts whose transactions
     cause effects (requests, recovery, dedupe) write them through the one ``outbox``, which
     knows how they reach this process's dispatcher (``claim_effects_seconds``, ``on_effects``)."""
 
@@ -143,6 +145,7 @@ class Store:
         self.retention = retention.Retention(pool)
         self.producer_outbox = producer_outbox.ProducerOutbox(pool)
         self.fairness = fairness.FairShare(pool)
+        self.schedules = schedules.Schedules(pool)
 
 
 @asynccontextmanager
