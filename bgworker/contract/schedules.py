@@ -4,15 +4,19 @@ A schedule is a cron expression read in the requester's time zone, an optional e
 request to publish each period (a ``FileRequested`` without ``id`` and ``requested_at``: the
 period fills them). Fire times come from cronsim (five fields, Vixie/Debian cron syntax).
 
-Time zones and daylight saving time, as Debian's cron does them (and cronsim with it):
+Time zones and daylight saving time, as Debian's cron does them (cronsim's behaviour,
+pinned by tests/unit/test_schedule_times.py). For an expression whose minute and hour
+fields both name values (neither starts with ``*``: ``30 2 * * *``, ``0 9,17 * * 1-5``):
 
 - a local time that does not exist (the hour skipped when clocks go forward) fires at the
   first instant after the gap, once: ``30 2 * * *`` in Europe/Berlin fires at 03:00 CEST on
   the last Sunday of March;
 - a local time that exists twice (the hour repeated when clocks go back) fires once, at its
-  first occurrence (``fold=0``);
-- expressions whose hour is ``*`` (``*/15 * * * *``) follow elapsed time through both
-  transitions instead: every real quarter hour, including the repeated hour's.
+  first occurrence (``fold=0``).
+
+An expression whose minute or hour field starts with ``*`` (``*/15 * * * *``,
+``30 * * * *``, ``0 */2 * * *``) follows elapsed time instead: every matching instant,
+so it fires in both copies of a repeated hour and never in a skipped one.
 
 Each period's request id is ``uuid5(schedule id, period in UTC)``: the same period always
 makes the same request, so a period published twice (a crash between the broker's confirm

@@ -243,7 +243,6 @@ class Signer:
             raise NotRequesterError("this link belongs to another user")
         return grant
 
-
     def unsubscribe(self, schedule_id: uuid.UUID) -> str:
         """The token of a schedule's unsubscribe link; it never expires (ending an ended
         schedule changes nothing), and only ends that one schedule."""

@@ -62,8 +62,10 @@ async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
             created = await db.schedules.create(schedule, now)
             got = await db.schedules.get(schedule.id)
             assert got is not None
-            print(f"schedule {schedule.id} {'created' if created else 'already exists'}; "
-                  f"next run {got.next_run_at.isoformat() if got.next_run_at else '-'}")
+            print(
+                f"schedule {schedule.id} {'created' if created else 'already exists'}; "
+                f"next run {got.next_run_at.isoformat() if got.next_run_at else '-'}"
+            )
             return 0
         if action == "list":
             rows = await db.schedules.list(args.status, args.limit)

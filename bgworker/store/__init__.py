@@ -114,8 +114,8 @@ class Store:
     on_effects=...)``, then one part per concept, each its own object: ``db.requests``,
     ``db.recovery``, ``db.outbox``, ``db.dedupe``, ``db.links``, ``db.maintenance``,
     ``db.gauges``, ``db.traces``, ``db.dead_letters``, ``db.listing``,
-    ``db.admin_sessions``, ``db.front_door``, ``db.erasure``,
-    ``db.retention``, ``db.producer_outbox``, ``db.fairness``, ``db.schedules``. The parts whose transactions
+    ``db.admin_sessions``, ``db.front_door``, ``db.erasure``, ``db.retention``,
+    ``db.producer_outbox``, ``db.fairness``, ``db.schedules``. The parts whose transactions
     cause effects (requests, recovery, dedupe) write them through the one ``outbox``, which
     knows how they reach this process's dispatcher (``claim_effects_seconds``, ``on_effects``)."""
 

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from bgworker.contract import events
 from bgworker.contract import schedules as contract
 from bgworker.store import queries
 
@@ -98,7 +99,7 @@ class Schedules:
                 file_type=event.file_type,
                 requester_id=requester.id if requester else None,
                 requester_email=requester.email if requester else None,
-                tenant=contract.events.tenant_of(event),
+                tenant=events.tenant_of(event),
                 next_run_at=first,
             )
         )
@@ -161,9 +162,7 @@ class Schedules:
             for r in records:
                 await publish(r["request_id"], r["event"])
             if records:
-                await conn.execute(
-                    Q["schedule_runs_published"], [r["request_id"] for r in records]
-                )
+                await conn.execute(Q["schedule_runs_published"], [r["request_id"] for r in records])
         return len(records)
 
     async def release(self, worker: str) -> None:

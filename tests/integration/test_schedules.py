@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -59,11 +60,12 @@ async def make_due(db: store.Store, schedule_id: uuid.UUID, ago: timedelta) -> d
 
 
 async def runs(db: store.Store, schedule_id: uuid.UUID) -> list[Any]:
-    return await db.pool.fetch(
+    found: list[Any] = await db.pool.fetch(
         "SELECT period, request_id, published_at FROM bgworker_schedule_runs "
         "WHERE schedule_id = $1 ORDER BY period",
         schedule_id,
     )
+    return found
 
 
 async def test_a_schedule_from_creation_to_email_to_download_to_unsubscribe(
@@ -81,7 +83,7 @@ async def test_a_schedule_from_creation_to_email_to_download_to_unsubscribe(
     created = await db.schedules.get(request.id)
     assert created is not None and created.status == "active" and created.next_run_at
     # The first fire time is a Monday 08:00 in Paris.
-    local = created.next_run_at.astimezone(contract.ZoneInfo("Europe/Paris"))
+    local = created.next_run_at.astimezone(ZoneInfo("Europe/Paris"))
     assert (local.weekday(), local.hour, local.minute) == (0, 8, 0)
 
     await start_worker()
@@ -96,7 +98,7 @@ async def test_a_schedule_from_creation_to_email_to_download_to_unsubscribe(
     header = str(mail["List-Unsubscribe"])
     url = must_match(r"^<(http://[^>]+/schedules/unsubscribe\?token=[A-Za-z0-9_.-]+)>$", header)[1]
     assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    text = mail.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    text = mail.get_body(("plain",)).get_content()
     assert url in text
     download = must_match(r"(http://\S+/download/\S+)", text)[1]
 
@@ -223,4 +225,3 @@ async def test_pause_resume_end(db: store.Store) -> None:
     assert not await db.schedules.resume(request.id, now)
     assert not await db.schedules.end(request.id, "operator")
     assert [s.id for s in await db.schedules.list("ended")] == [request.id]
-
