@@ -25,6 +25,7 @@ and the commit) is one request to the worker.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -104,9 +105,14 @@ class ScheduleRequested(BaseModel):
     )
     request: dict[str, Any] = Field(
         description=(
-            "A FileRequested without `id` and `requested_at`: what each period publishes. "
-            "Its requester's timezone is the schedule's."
-        )
+            "A FileRequested without `id` and `requested_at`: what each period publishes "
+            "(validated as one). Its requester's timezone is the schedule's."
+        ),
+        json_schema_extra={
+            "required": ["file_type"],
+            "not": {"anyOf": [{"required": [name]} for name in PER_PERIOD]},
+            "x-bgworker-file-requested": "FileRequested.json",
+        },
     )
 
     @model_validator(mode="after")
@@ -177,3 +183,12 @@ def _latest_at_or_before(cron: str, timezone: str, now: datetime, floor: datetim
         if found is not None:
             return found
     return floor
+
+
+def json_schemas() -> dict[str, str]:
+    """``ScheduleRequested.json`` for ``bgworker schemas export``: the body ``bgworker
+    schedules create`` and ``store.schedules`` take (not an AMQP message)."""
+    schema = ScheduleRequested.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://bgworker.dev/schemas/ScheduleRequested.v1.json"
+    return {"ScheduleRequested.json": json.dumps(schema, indent=2, sort_keys=True) + "\n"}

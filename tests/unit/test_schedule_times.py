@@ -264,3 +264,19 @@ def test_any_cron_text_is_accepted_or_refused_cleanly(text: str) -> None:
         return
     # Accepted: it fires, in any zone.
     assert schedules.next_fire(text, "Europe/Berlin", datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_the_committed_schedule_schema_matches_the_model_and_validates() -> None:
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    [(name, text)] = schedules.json_schemas().items()
+    committed = Path(__file__).resolve().parents[2] / "schemas" / name
+    assert committed.read_text(encoding="utf-8") == text, "run `bgworker schemas export`"
+    schema = json.loads(text)
+    checker = jsonschema.Draft202012Validator(schema)
+    assert checker.is_valid(_body() | {"id": str(uuid.uuid4())})
+    assert not checker.is_valid(_body(request={"file_type": "blob", "id": str(uuid.uuid4())}))
+    assert not checker.is_valid(_body(cron="x" * 300))
