@@ -71,7 +71,12 @@ def render(
     the exception text of a failure: the failed email says what the requester can do."""
     locale = languages.locale_for(context.get("language"))
     env = languages.environment(template_dir, locale)
-    ctx = {"description": "", **context, "language": locale.replace("_", "-")}
+    ctx = {
+        "description": "",
+        "unsubscribe_url": "",
+        **context,
+        "language": locale.replace("_", "-"),
+    }
     if ctx.get("size") is not None:
         ctx["size_human"] = languages.format_size(int(ctx["size"]), locale)
     if ctx.get("expires_at"):
