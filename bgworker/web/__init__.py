@@ -142,9 +142,10 @@ def create_app(
         app.add_subapp("/admin/", admin.create_admin(settings))
     if settings.web.api_keys:
         # POST /requests, and with it the server's only RabbitMQ connection.
-        from bgworker.web import erasures, front_door
+        from bgworker.web import erasures, front_door, front_door_schedules
 
         front_door.mount(app, settings)
+        front_door_schedules.mount(app)  # POST /schedules, behind the same keys
         erasures.mount(app, settings)  # POST /erasures: `bgworker forget` over HTTP
     return app
 

@@ -4,13 +4,16 @@ the console's schedules page with the same actions."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import sys
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import pytest
+from pydantic import SecretStr
 
 from bgworker import settings as settings_mod
 from bgworker import store
@@ -121,3 +124,40 @@ async def test_console_lists_pauses_resumes_and_ends(console: str, db: store.Sto
             assert r.status == 400
         async with http.post(f"{base}/{request.id}/explode", data={"csrf": token}) as r:
             assert r.status == 404
+
+
+async def test_front_door_post_schedules(
+    db: store.Store, settings: settings_mod.Settings, start_server: Any
+) -> None:
+    settings.web.api_keys = [SecretStr("sched-key")]
+    base = await start_server()
+    url = f"{base}/schedules"
+    auth = {"Authorization": "Bearer sched-key"}
+    body: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "cron": "0 7 * * *",
+        "request": {"file_type": "blob", "requester": {"timezone": "Asia/Tokyo"}},
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json=body) as r:
+            assert r.status == 401
+        async with http.post(url, json=body, headers={"Authorization": "Bearer nope"}) as r:
+            assert r.status == 401
+        async with http.post(url, json=body, headers=auth) as r:
+            assert r.status == 201
+            answer = await r.json()
+            assert answer["next_run_local"].endswith("T07:00:00+09:00")
+        async with http.post(url, json=body, headers=auth) as r:
+            assert r.status == 200  # the same schedule again
+        async with http.post(url, json=body | {"cron": "0 8 * * *"}, headers=auth) as r:
+            assert r.status == 409
+        async with http.post(url, json=body | {"cron": "bogus"}, headers=auth) as r:
+            assert r.status == 422 and (await r.json())["errors"][0]["location"] == "cron"
+        dup = b'{"id": "x", "id": "y"}'
+        headers = auth | {"Content-Type": "application/json"}
+        async with http.post(url, data=dup, headers=headers) as r:
+            assert r.status == 400
+        async with http.post(url, data=io.BytesIO(b"x" * (2 << 20)), headers=headers) as r:
+            assert r.status == 413
+    stored = await db.schedules.get(uuid.UUID(body["id"]))
+    assert stored is not None and stored.cron == "0 7 * * *" and stored.timezone == "Asia/Tokyo"
