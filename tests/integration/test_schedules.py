@@ -19,6 +19,7 @@ import pytest
 from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.contract import schedules as contract
+from bgworker.store import erasure
 from tests.helpers import StartServer, StartWorker, must_match, wait_for_status, wait_until
 
 pytestmark = pytest.mark.asyncio
@@ -225,3 +226,21 @@ async def test_pause_resume_end(db: store.Store) -> None:
     assert not await db.schedules.resume(request.id, now)
     assert not await db.schedules.end(request.id, "operator")
     assert [s.id for s in await db.schedules.list("ended")] == [request.id]
+
+
+async def test_forget_erases_the_persons_schedules_and_their_periods(db: store.Store) -> None:
+    mine, theirs = schedule_request(), schedule_request()
+    other = {**theirs.request, "requester": {"email": "bo@example.com"}}
+    theirs = contract.ScheduleRequested.model_validate(
+        {"id": str(theirs.id), "cron": theirs.cron, "request": other}
+    )
+    for s in (mine, theirs):
+        assert await db.schedules.create(s, datetime.now(UTC))
+    await make_due(db, mine.id, timedelta(minutes=1))
+    held = next(h for h in await db.schedules.claim("w", 5, 10) if h.id == mine.id)
+    assert await db.schedules.fire(held) is not None
+    erased = await db.erasure.erase(erasure.Subject.requester(EMAIL.upper()))
+    assert erased.schedules == 1
+    assert await db.schedules.get(mine.id) is None
+    assert await runs(db, mine.id) == []  # the recorded period went with it
+    assert await db.schedules.get(theirs.id) is not None
