@@ -106,10 +106,15 @@ class Schedules:
         return created is not None
 
     async def claim(self, worker: str, lease_seconds: float, batch: int) -> list[Held]:
-        records = await self.pool.fetch(
+        """Renew every schedule ``worker`` holds, then take up to ``batch`` free ones: what
+        it holds now."""
+        renewed = await self.pool.fetch(
+            *bind("schedule_renew", worker=worker, lease_seconds=lease_seconds)
+        )
+        taken = await self.pool.fetch(
             *bind("schedule_claim", worker=worker, lease_seconds=lease_seconds, batch=batch)
         )
-        return [Held(r["id"], r["lease_token"], r["due"]) for r in records]
+        return [Held(r["id"], r["lease_token"], r["due"]) for r in [*renewed, *taken]]
 
     async def fire(self, held: Held) -> Fired | None:
         """Fire a held, due schedule in one transaction: the latest period at or before

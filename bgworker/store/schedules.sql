@@ -12,23 +12,29 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (id) DO NOTHING
 RETURNING id;
 
+-- name: schedule_renew
+-- params: worker, lease_seconds
+-- Every schedule this worker still holds (its lease not expired, so no other worker can
+-- have taken it): extended, whatever their number.
+UPDATE bgworker_schedules
+SET lease_expires_at = now() + make_interval(secs => $2)
+WHERE lease_owner = $1 AND lease_expires_at >= now() AND status = 'active'
+RETURNING id, lease_token, next_run_at <= now() AS due;
+
 -- name: schedule_claim
 -- params: worker, lease_seconds, batch
--- Take the active schedules nobody holds (or whose holder's lease expired: it died) and
--- renew the ones this worker holds, in one statement. SKIP LOCKED: two workers never take
--- one schedule; a lease still held keeps its token, a taken one gets a new token, which
--- fences out the worker that lost it (schedule_lock_due).
+-- Take up to $3 active schedules nobody holds (or whose holder's lease expired: it died),
+-- the soonest due first. SKIP LOCKED: two workers never take one schedule; each taking
+-- gets a new token, which fences out a worker that lost its lease (schedule_lock_due).
 WITH free AS (
     SELECT id FROM bgworker_schedules
-    WHERE status = 'active'
-      AND (lease_owner = $1 OR lease_expires_at IS NULL OR lease_expires_at < now())
+    WHERE status = 'active' AND (lease_expires_at IS NULL OR lease_expires_at < now())
     ORDER BY next_run_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
 UPDATE bgworker_schedules s
-SET lease_token = CASE WHEN s.lease_owner = $1 AND s.lease_expires_at >= now()
-                       THEN s.lease_token ELSE gen_random_uuid() END,
+SET lease_token = gen_random_uuid(),
     lease_owner = $1,
     lease_expires_at = now() + make_interval(secs => $2)
 FROM free

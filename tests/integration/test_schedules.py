@@ -244,3 +244,17 @@ async def test_forget_erases_the_persons_schedules_and_their_periods(db: store.S
     assert await db.schedules.get(mine.id) is None
     assert await runs(db, mine.id) == []  # the recorded period went with it
     assert await db.schedules.get(theirs.id) is not None
+
+
+async def test_a_worker_holding_a_full_batch_still_takes_the_rest(db: store.Store) -> None:
+    # Renewing what it holds never uses up the batch: more schedules than one round's batch
+    # are all held after enough rounds (and so all fire), by a single worker.
+    made = [schedule_request() for _ in range(5)]
+    for s in made:
+        assert await db.schedules.create(s, datetime.now(UTC))
+    held: list[Any] = []
+    for _ in range(3):
+        held = await db.schedules.claim("only", 5, 2)
+    assert sorted(h.id for h in held) == sorted(s.id for s in made)
+    assert len({h.lease_token for h in held}) == 5
+    assert await db.schedules.claim("other", 5, 10) == []  # all held, none expired
