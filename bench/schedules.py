@@ -69,13 +69,11 @@ async def _one(dsn: str, n: int) -> tuple[float, float, int]:
 
 
 async def main(counts: list[int]) -> None:
-    print(
-        f"{'schedules':>10} {'rounds':>7} {'all due, s':>11} {'ms/period':>10} {'idle round ms':>14}"
-    )
+    print(f"{'schedules':>10} {'rounds':>7} {'all due, s':>11} {'ms/period':>10} {'idle ms':>8}")
     for n in counts:
         async with common.bench_database() as dsn:
             due, idle, rounds = await _one(dsn, n)
-        print(f"{n:>10} {rounds:>7} {due:>11.3f} {due / n * 1000:>10.2f} {idle * 1000:>14.1f}")
+        print(f"{n:>10} {rounds:>7} {due:>11.3f} {due / n * 1000:>10.2f} {idle * 1000:>8.1f}")
 
 
 if __name__ == "__main__":
