@@ -258,3 +258,28 @@ async def test_a_worker_holding_a_full_batch_still_takes_the_rest(db: store.Stor
     assert sorted(h.id for h in held) == sorted(s.id for s in made)
     assert len({h.lease_token for h in held}) == 5
     assert await db.schedules.claim("other", 5, 10) == []  # all held, none expired
+
+
+async def test_the_failure_email_of_a_period_carries_the_unsubscribe_too(
+    db: store.Store, start_worker: StartWorker, smtp_sink: Any
+) -> None:
+    request = schedule_request(request={"file_type": "permanent", "requester": {"email": EMAIL}})
+    assert await db.schedules.create(request, datetime.now(UTC))
+    period = await make_due(db, request.id, timedelta(minutes=1))
+    await start_worker()
+    await wait_for_status(db, contract.period_id(request.id, period), "failed", timeout=60)
+    [mail] = await smtp_sink.wait_for(1, timeout=30)
+    assert "/schedules/unsubscribe?token=" in str(mail["List-Unsubscribe"])
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+async def test_an_ordinary_request_email_has_no_unsubscribe(
+    start_worker: StartWorker, publish: Any, db: store.Store, smtp_sink: Any
+) -> None:
+    await start_worker()
+    event = await publish("blob", {"size": 10, "seed": 1}, requester={"email": EMAIL})
+    await wait_for_status(db, event.id, "ready")
+    [mail] = await smtp_sink.wait_for(1, timeout=30)
+    assert mail["List-Unsubscribe"] is None and mail["List-Unsubscribe-Post"] is None
+    text = mail.get_body(("plain",)).get_content()
+    assert "schedule" not in text

@@ -16,7 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from bgworker import settings as settings_mod
 from bgworker.contract import schedules
+from bgworker.links import tokens
 
 # Zones with DST of one hour (both hemispheres), half an hour (Lord Howe), none, and an
 # odd offset: the transitions are where fire times go wrong.
@@ -280,3 +282,38 @@ def test_the_committed_schedule_schema_matches_the_model_and_validates() -> None
     assert checker.is_valid(_body() | {"id": str(uuid.uuid4())})
     assert not checker.is_valid(_body(request={"file_type": "blob", "id": str(uuid.uuid4())}))
     assert not checker.is_valid(_body(cron="x" * 300))
+
+
+def _signer(keys: list[str] | None = None) -> tokens.Signer:
+    config = settings_mod.TokenSettings(secret_keys=keys or ["k1"])
+    return tokens.Signer(config)
+
+
+def test_unsubscribe_tokens_name_one_schedule_and_nothing_else() -> None:
+    signer = _signer()
+    sid = uuid.uuid4()
+    token = signer.unsubscribe(sid)
+    assert signer.verify_unsubscribe(token) == sid
+    assert tokens.unsubscribe_url("https://x.example/", token).startswith(
+        "https://x.example/schedules/unsubscribe?token="
+    )
+    for foreign in (
+        signer.general(sid),  # a download token for the same uuid
+        signer.bound(sid, "ann"),
+        _signer(["other key"]).unsubscribe(sid),
+        token + "=",
+        token[:-1] + ("A" if token[-1] != "A" else "B"),
+    ):
+        with pytest.raises(tokens.SuspiciousTokenError):
+            signer.verify_unsubscribe(foreign)
+    # Rotation: a token signed with the older key still verifies with both listed.
+    assert _signer(["new", "k1"]).verify_unsubscribe(token) == sid
+
+
+@given(st.text(max_size=200))
+def test_any_text_is_an_unsubscribe_token_or_refused_cleanly(text: str) -> None:
+    try:
+        _signer().verify_unsubscribe(text)
+    except tokens.SuspiciousTokenError:
+        return
+    raise AssertionError(f"accepted {text!r}")
