@@ -157,6 +157,7 @@ def parser() -> argparse.ArgumentParser:
     _requests(sub)
     _operations(sub)
     _dlq(sub)
+    _schedules(sub)
     return p
 
 
@@ -361,3 +362,21 @@ def _dlq(sub: Any) -> None:
                 action="store_true",
                 help="remove the first letter the AMQP client cannot decode (by position)",
             )
+
+
+def _schedules(sub: Any) -> None:
+    p = sub.add_parser("schedules", help="recurring requests: create, list, pause, resume, end")
+    commands = p.add_subparsers(dest="schedules_command", required=True, metavar="ACTION")
+    cr = commands.add_parser("create", help="record a ScheduleRequested (JSON) for the workers")
+    cr.add_argument("file", help="the ScheduleRequested as JSON, a file or - for stdin")
+    ls = commands.add_parser("list", help="schedules, newest first")
+    ls.add_argument("--status", choices=("active", "paused", "ended"), help="only these")
+    ls.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    ls.add_argument("--json", action="store_true", help="one JSON array, for scripts")
+    for name, text in (
+        ("pause", "stop publishing until resumed"),
+        ("resume", "publish again from the next period after now"),
+        ("end", "end for good, as the requester's unsubscribe does"),
+    ):
+        a = commands.add_parser(name, help=text)
+        a.add_argument("id", type=uuid.UUID, help="the schedule's id")

@@ -45,7 +45,9 @@ PROBE_TIMEOUT_SECONDS: Final = 10.0
 # What each command needs before it can do anything (others probe nothing). `migrate` is
 # absent: it creates a missing database, so it maps its errors afterwards instead.
 NEEDS_KEYS: Final = frozenset({"worker", "serve"})
-NEEDS_DATABASE: Final = frozenset({"worker", "serve", "status", "cancel", "clean", "forget"})
+NEEDS_DATABASE: Final = frozenset(
+    {"worker", "serve", "status", "cancel", "clean", "forget", "schedules"}
+)
 NEEDS_BROKER: Final = frozenset({"worker", "publish", "dlq", "forget", "relay"})
 NEEDS_HANDLERS: Final = frozenset({"worker"})
 NEEDS_STORAGE: Final = frozenset({"worker", "serve", "clean", "forget"})

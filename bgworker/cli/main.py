@@ -153,6 +153,12 @@ async def _cmd_dlq(settings: settings_mod.Settings, args: argparse.Namespace) ->
     return await dlq_cli.run(settings, args)
 
 
+async def _cmd_schedules(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from bgworker.ops import schedules
+
+    return await schedules.run(settings, args)
+
+
 async def _cmd_status(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     if (args.id is None) == (args.tenant is None):
         say("status", "give a request id or --tenant T (one of them)")
@@ -242,6 +248,7 @@ ASYNC_COMMANDS: Final[dict[str, Command]] = {
     "forget": _cmd_clean,
     "relay": _cmd_clean,
     "dlq": _cmd_dlq,
+    "schedules": _cmd_schedules,
     "link": _cmd_links,
     "revoke": _cmd_links,
     "resend": _cmd_links,

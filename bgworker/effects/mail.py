@@ -72,8 +72,13 @@ def render(
     locale = languages.locale_for(context.get("language"))
     env = languages.environment(template_dir, locale)
     # No footer link to the requester's page unless the dispatcher signed one.
-    ctx = {"description": "", "my_files_url": None, **context}
-    ctx["language"] = locale.replace("_", "-")
+    ctx = {
+        "description": "",
+        "my_files_url": None,
+        "unsubscribe_url": "",
+        **context,
+        "language": locale.replace("_", "-"),
+    }
     if ctx.get("size") is not None:
         ctx["size_human"] = languages.format_size(int(ctx["size"]), locale)
     if ctx.get("expires_at"):

@@ -278,17 +278,21 @@ class Dispatcher:
                 "request_id": str(rid),
                 "download_url": await self._url(item),
                 "my_files_url": self._my_files_url(p["to"]),
+                **await self._scheduled(rid),
             }
             message = _resent(self.mailer.render("ready", p["to"], context), p)
-            await self.mailer.send(message, done)
+            await self.mailer.send(_unsubscribe(message, context), done)
         elif item.kind == states.EffectKind.EMAIL_FAILED:
             # Rows written before ``message`` existed carry the exception as ``error``.
             safe = p.get("message") or requester_texts.failure(p.get("reason"))
             context = {**p, "error_class": "", "error": safe, "message": safe}
-            context["request_id"] = str(rid)
-            context["my_files_url"] = self._my_files_url(p["to"])
+            context.update(
+                request_id=str(rid),
+                my_files_url=self._my_files_url(p["to"]),
+                **await self._scheduled(rid),
+            )
             message = _resent(self.mailer.render("failed", p["to"], context), p)
-            await self.mailer.send(message, done)
+            await self.mailer.send(_unsubscribe(message, context), done)
         elif item.kind == states.EffectKind.EMAIL_MY_FILES:
             # The link is signed now, so it lives its whole lifetime from the sending.
             context = {**p, "request_id": str(rid), "my_files_url": self._my_files_url(p["to"])}
@@ -316,6 +320,14 @@ class Dispatcher:
         email goes to (only that mailbox receives it)."""
         return tokens.my_files_url(self.public_url, self.signer.my_files(to))
 
+    async def _scheduled(self, rid: uuid.UUID) -> dict[str, str]:
+        """A scheduled period's email: its schedule's unsubscribe URL. Only a version-5 id
+        can be one (``uuid5(schedule, period)``), so other emails cost no query."""
+        if rid.version != 5 or (schedule := await self.db.schedules.schedule_of(rid)) is None:
+            return {}
+        token = self.signer.unsubscribe(schedule)
+        return {"unsubscribe_url": tokens.unsubscribe_url(self.public_url, token)}
+
     async def _url(self, item: store.OutboxItem) -> str:
         # The generation read when the item was claimed (the same moment as a query here
         # would be, one round trip fewer); an item made without it asks.
@@ -340,6 +352,15 @@ def _failed_event(rid: uuid.UUID, p: dict[str, Any]) -> events.FileFailed:
         attempts=p["attempts"],
         failed_at=datetime.fromisoformat(p["failed_at"]),
     )
+
+
+def _unsubscribe(message: EmailMessage, context: dict[str, Any]) -> EmailMessage:
+    """RFC 8058 one-click unsubscribe: a mail client POSTs ``List-Unsubscribe=One-Click`` to
+    the URL, which ends the schedule (a GET only shows a confirmation page)."""
+    if url := context.get("unsubscribe_url"):
+        message["List-Unsubscribe"] = f"<{url}>"
+        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    return message
 
 
 def _resent(message: EmailMessage, payload: dict[str, Any]) -> EmailMessage:

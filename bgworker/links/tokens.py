@@ -41,6 +41,7 @@ BOUND_PREFIX: Final = "u."
 # be read as one and vice versa, and its own prefix, so each is refused by its form first.
 MY_FILES_SALT_SUFFIX: Final = ".my-files"
 MY_FILES_PREFIX: Final = "m."
+UNSUBSCRIBE_SALT_SUFFIX: Final = ".unsubscribe"
 
 # itsdangerous' default signer: HMAC-SHA1, whose 20-byte digest is 27 base64url characters.
 _SIGNATURE_BYTES: Final = hashlib.sha1().digest_size
@@ -199,6 +200,11 @@ class Signer:
             keys, salt=config.salt + MY_FILES_SALT_SUFFIX, signer=_ClockedSigner
         )
         self.my_files_seconds = config.my_files_seconds
+        # A schedule's one-click unsubscribe: a salt of its own, so no download token is
+        # ever accepted as one (nor the reverse).
+        self._unsubscribe = itsdangerous.URLSafeTimedSerializer(
+            keys, salt=config.salt + UNSUBSCRIBE_SALT_SUFFIX, signer=_ClockedSigner
+        )
 
     def issue(
         self,
@@ -292,6 +298,26 @@ class Signer:
         ):
             raise SignatureExpiredError("this link has expired")
         return Requester(email, expires_at)
+
+    def unsubscribe(self, schedule_id: uuid.UUID) -> str:
+        """The token of a schedule's unsubscribe link; it never expires (ending an ended
+        schedule changes nothing), and only ends that one schedule."""
+        return self._unsubscribe.dumps({"sch": str(schedule_id)})
+
+    def verify_unsubscribe(self, token: str) -> uuid.UUID:
+        """The schedule an unsubscribe token names; SuspiciousTokenError if it is not one
+        we issued, exactly as issued."""
+        if not is_canonical(token) or token.startswith(BOUND_PREFIX):
+            raise SuspiciousTokenError("this link is not valid")
+        try:
+            payload = self._unsubscribe.loads(token)
+            return uuid.UUID(payload["sch"])
+        except (itsdangerous.BadData, KeyError, TypeError, ValueError, AttributeError):
+            raise SuspiciousTokenError("this link is not valid") from None
+
+
+def unsubscribe_url(public_url: str, token: str) -> str:
+    return f"{public_url.rstrip('/')}/schedules/unsubscribe?token={token}"
 
 
 def _payload(

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Final
 
-from bgworker.contract import events, states
+from bgworker.contract import events, schedules, states
 from bgworker.messaging import topology, wire
 
 FILE_NAME: Final = "asyncapi.json"
@@ -315,7 +315,7 @@ def text() -> str:
 def schema_files() -> dict[str, str]:
     """Every file of ``schemas/`` (``bgworker schemas export``): the events' JSON Schemas and
     this document, which references them."""
-    return {**events.json_schemas(), FILE_NAME: text()}
+    return {**events.json_schemas(), **schedules.json_schemas(), FILE_NAME: text()}
 
 
 def export(target: Path, *, check: bool) -> list[str]:

@@ -57,6 +57,7 @@ class Report:
     files: int = 0
     effects: int = 0
     dead_letters: int = 0
+    schedules: int = 0  # deleted, with their recorded periods
     audit_id: int | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -106,7 +107,7 @@ async def forget(
     report = Report()
     erased = await db.erasure.erase(subject)
     report.requests, report.pending = len(erased.request_ids), len(erased.pending_ids)
-    report.effects = erased.effects
+    report.effects, report.schedules = erased.effects, erased.schedules
     keys = sorted(set(erased.storage_keys))
     # After the commit: a file another row still points to stays (a dedupe reuse).
     still_used = await db.maintenance.referenced_keys(keys) if keys else set()
@@ -205,7 +206,7 @@ async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
         print(
             f"erased: {report.requests} request(s), {report.pending} not yet recorded, "
             f"{report.files} file(s), {report.effects} effect(s), {report.dead_letters} "
-            f"dead letter(s); audit row {report.audit_id}"
+            f"dead letter(s), {report.schedules} schedule(s); audit row {report.audit_id}"
         )
         for error in report.errors:
             print(f"  not done: {error}", file=sys.stderr)

@@ -22,7 +22,8 @@ query file each, composed into ``Store``:
   keep, a batch at a time (``bgworker clean``); ``my_files``: the requester's page of
   their own files; ``producer_outbox``: producers' events
   written in their own transactions, for the relay; ``fairness``: the capped claim, parked
-  requests and their wake (fair share).
+  requests and their wake (fair share); ``schedules``: recurring requests, their leases and
+  the period each firing records (issue 23).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from bgworker.store import (
     requests,
     retention,
     rows,
+    schedules,
     traces,
 )
 
@@ -116,8 +118,8 @@ class Store:
     on_effects=...)``, then one part per concept, each its own object: ``db.requests``,
     ``db.recovery``, ``db.outbox``, ``db.dedupe``, ``db.links``, ``db.maintenance``,
     ``db.gauges``, ``db.traces``, ``db.dead_letters``, ``db.listing``, ``db.my_files``,
-    ``db.admin_sessions``, ``db.front_door``, ``db.erasure``,
-    ``db.retention``, ``db.producer_outbox``, ``db.fairness``. The parts whose transactions
+    ``db.admin_sessions``, ``db.front_door``, ``db.erasure``, ``db.retention``,
+    ``db.producer_outbox``, ``db.fairness``, ``db.schedules``. The parts whose transactions
     cause effects (requests, recovery, dedupe) write them through the one ``outbox``, which
     knows how they reach this process's dispatcher (``claim_effects_seconds``, ``on_effects``)."""
 
@@ -148,6 +150,7 @@ class Store:
         self.retention = retention.Retention(pool)
         self.producer_outbox = producer_outbox.ProducerOutbox(pool)
         self.fairness = fairness.FairShare(pool)
+        self.schedules = schedules.Schedules(pool)
 
 
 @asynccontextmanager

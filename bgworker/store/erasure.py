@@ -71,6 +71,7 @@ class Erased:
     pending_ids: list[uuid.UUID] = field(default_factory=list)
     storage_keys: list[str] = field(default_factory=list)
     effects: int = 0
+    schedules: int = 0  # deleted with their recorded periods
 
 
 class Erasure:
@@ -97,6 +98,8 @@ class Erasure:
             # The pending ones too: a worker may have recorded one since it was found (the
             # placeholder's insert then waited for that row and left it as it was).
             await conn.execute(Q["erase_rows"], ids)
+            query = f"erase_schedules_{subject.kind}"
+            erased.schedules = int(await conn.fetchval(Q[query], subject.value))
         return erased
 
     async def record(

@@ -93,3 +93,16 @@ RETURNING id, at;
 
 -- name: erase_audit
 SELECT * FROM bgworker_erasures ORDER BY id;
+
+-- name: erase_schedules_requester
+-- The schedules of requester $1 (lower-cased), with their recorded periods (cascade): no
+-- period of theirs is published after the erasure.
+WITH gone AS (
+    DELETE FROM bgworker_schedules
+    WHERE lower(requester_email) = $1 OR lower(template #>> '{requester,email}') = $1
+    RETURNING 1)
+SELECT count(*) FROM gone;
+
+-- name: erase_schedules_tenant
+WITH gone AS (DELETE FROM bgworker_schedules WHERE tenant = $1 RETURNING 1)
+SELECT count(*) FROM gone;

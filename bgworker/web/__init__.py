@@ -16,7 +16,7 @@ from bgworker import settings as settings_mod
 from bgworker import storage, store
 from bgworker.links import tokens
 from bgworker.observe import metrics, tracing
-from bgworker.web import access_log, downloads, keys, my_files, responses, supervisor
+from bgworker.web import access_log, downloads, keys, my_files, responses, supervisor, unsubscribe
 from bgworker.web import identity as identity_mod
 
 log = logging.getLogger(__name__)
@@ -137,15 +137,17 @@ def create_app(
     my_files.mount(app)  # the requester's page of their files, and POST /my-files
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
+    unsubscribe.mount(app)  # a schedule's one-click unsubscribe (RFC 8058)
     if settings.web.admin_password is not None:
         from bgworker.web import admin
 
         app.add_subapp("/admin/", admin.create_admin(settings))
     if settings.web.api_keys:
         # POST /requests, and with it the server's only RabbitMQ connection.
-        from bgworker.web import erasures, front_door
+        from bgworker.web import erasures, front_door, front_door_schedules
 
         front_door.mount(app, settings)
+        front_door_schedules.mount(app)  # POST /schedules, behind the same keys
         erasures.mount(app, settings)  # POST /erasures: `bgworker forget` over HTTP
     return app
 

@@ -23,7 +23,7 @@ from bgworker import store
 from bgworker.contract import states
 from bgworker.messaging import wire
 from bgworker.ops.deadletters import actions, letters, queue, reading, selection
-from bgworker.web import admin_auth, admin_requests, keys
+from bgworker.web import admin_auth, admin_requests, admin_schedules, keys
 
 STATUSES: Final = (
     states.Status.QUEUED,
@@ -82,6 +82,7 @@ def create_admin(settings: settings_mod.Settings) -> web.Application:
     app.router.add_get("/api/dead-letters/{key}", letter_json)
     app.router.add_get("/api/requests", requests_json)
     admin_requests.add_routes(app)
+    admin_schedules.add_routes(app)
     return app
 
 

@@ -2,10 +2,10 @@
 
 A worker consumes the work queue only while it has a free slot (see ``intake``) and runs
 each delivery as a named task (see ``jobs``). Side tasks: the intake (reopens the consumer
-when a slot frees), the reaper (requeues requests whose worker died) and the outbox
-dispatcher (emails, events). The first stop request cancels the consumer and drains
-running jobs up to ``drain_timeout_seconds``, then releases what is left back to the
-queue; the CLI turns a second signal into an immediate exit.
+when a slot frees), the reaper (requeues requests whose worker died), the outbox
+dispatcher (emails, events) and the schedules (publishes their periods). The first stop
+request cancels the consumer and drains running jobs up to ``drain_timeout_seconds``, then
+releases what is left back to the queue; the CLI turns a second signal into an exit.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from bgworker.worker import (
     parking,
     reaper,
     sampler,
+    schedules,
     settling,
     tasks,
 )
@@ -213,8 +214,7 @@ class Worker:
         signer: tokens.Signer,
     ) -> outbox.Dispatcher:
         mailer = mail.Mailer(self.settings.smtp, template_dir=self.settings.template_dir)
-        # The dispatcher's close QUITs the pooled SMTP connections after the drain; this
-        # covers a run that ends in an error before it (a second close does nothing).
+        # Closed by the dispatcher after the drain; this for a run that fails before it.
         stack.push_async_callback(mailer.close)
         return outbox.Dispatcher(
             db=db,
@@ -301,6 +301,7 @@ class Worker:
             asyncio.create_task(dispatcher.run(self.stopping), name="outbox-dispatcher"),
             asyncio.create_task(reaping.run(self.stopping), name="lease-reaper"),
             asyncio.create_task(watching.run(self.stopping), name="health"),
+            schedules.start(db, channel, self.topology, self.worker_id, cfg, self.stopping),
         ]
         if cfg.loop_block_warning_seconds > 0:
             watch = loopwatch.LoopWatch(cfg.loop_block_warning_seconds, runner.execution)

@@ -211,6 +211,39 @@ CREATE TABLE public.bgworker_requests (
     CONSTRAINT bgworker_requests_status_check CHECK ((status = ANY (ARRAY['queued'::text, 'parked'::text, 'running'::text, 'retrying'::text, 'ready'::text, 'failed'::text, 'cancelled'::text, 'expired'::text])))
 );
 
+CREATE TABLE public.bgworker_schedule_runs (
+    schedule_id uuid NOT NULL,
+    period timestamp with time zone NOT NULL,
+    request_id uuid NOT NULL,
+    event jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    published_at timestamp with time zone
+);
+
+CREATE TABLE public.bgworker_schedules (
+    id uuid NOT NULL,
+    cron text NOT NULL,
+    timezone text NOT NULL,
+    ends_at timestamp with time zone,
+    template jsonb NOT NULL,
+    file_type text NOT NULL,
+    requester_id text,
+    requester_email text,
+    tenant text DEFAULT ''::text NOT NULL,
+    status text DEFAULT 'active'::text NOT NULL,
+    ended_reason text,
+    next_run_at timestamp with time zone,
+    last_period timestamp with time zone,
+    runs integer DEFAULT 0 NOT NULL,
+    skipped integer DEFAULT 0 NOT NULL,
+    lease_owner text,
+    lease_token uuid,
+    lease_expires_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT bgworker_schedules_status_check CHECK ((status = ANY (ARRAY['active'::text, 'paused'::text, 'ended'::text])))
+);
+
 ALTER TABLE ONLY public.bgworker_dlq_actions ALTER COLUMN id SET DEFAULT nextval('public.bgworker_dlq_actions_id_seq'::regclass);
 
 ALTER TABLE ONLY public.bgworker_admin_login_failures
@@ -245,6 +278,15 @@ ALTER TABLE ONLY public.bgworker_producer_outbox
 
 ALTER TABLE ONLY public.bgworker_requests
     ADD CONSTRAINT bgworker_requests_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.bgworker_schedule_runs
+    ADD CONSTRAINT bgworker_schedule_runs_pkey PRIMARY KEY (schedule_id, period);
+
+ALTER TABLE ONLY public.bgworker_schedule_runs
+    ADD CONSTRAINT bgworker_schedule_runs_request_id_key UNIQUE (request_id);
+
+ALTER TABLE ONLY public.bgworker_schedules
+    ADD CONSTRAINT bgworker_schedules_pkey PRIMARY KEY (id);
 
 CREATE INDEX bgworker_admin_login_failures_age ON public.bgworker_admin_login_failures USING btree (failed_at);
 
@@ -290,8 +332,15 @@ CREATE INDEX bgworker_requests_tenant_received ON public.bgworker_requests USING
 
 CREATE INDEX bgworker_requests_waiting ON public.bgworker_requests USING btree (updated_at) WHERE (status = ANY (ARRAY['queued'::text, 'retrying'::text]));
 
+CREATE INDEX bgworker_schedule_runs_unpublished ON public.bgworker_schedule_runs USING btree (created_at) WHERE (published_at IS NULL);
+
+CREATE INDEX bgworker_schedules_due ON public.bgworker_schedules USING btree (next_run_at) WHERE (status = 'active'::text);
+
 ALTER TABLE ONLY public.bgworker_attempts
     ADD CONSTRAINT bgworker_attempts_request_id_fkey FOREIGN KEY (request_id) REFERENCES public.bgworker_requests(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.bgworker_outbox
     ADD CONSTRAINT bgworker_outbox_request_id_fkey FOREIGN KEY (request_id) REFERENCES public.bgworker_requests(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.bgworker_schedule_runs
+    ADD CONSTRAINT bgworker_schedule_runs_schedule_id_fkey FOREIGN KEY (schedule_id) REFERENCES public.bgworker_schedules(id) ON DELETE CASCADE;
