@@ -56,9 +56,12 @@ class EffectKind(StrEnum):
     EVENT_FAILED = "event_failed"
     WEBHOOK_READY = "webhook_ready"
     WEBHOOK_FAILED = "webhook_failed"
+    EMAIL_BUNDLE = "email_bundle"  # a bundle's one email, when its last part ended
 
 
-EMAILS: Final = frozenset({EffectKind.EMAIL_READY, EffectKind.EMAIL_FAILED})
+EMAILS: Final = frozenset(
+    {EffectKind.EMAIL_READY, EffectKind.EMAIL_FAILED, EffectKind.EMAIL_BUNDLE}
+)
 # Given up after ``webhooks.max_attempts`` (a receiver may be gone for good); emails and
 # events are retried until they succeed.
 WEBHOOKS: Final = frozenset({EffectKind.WEBHOOK_READY, EffectKind.WEBHOOK_FAILED})
@@ -82,6 +85,7 @@ class JobOutcome(StrEnum):
     LOST = "lost"
     RELEASED = "released"
     DUPLICATE = "duplicate"
+    BUNDLED = "bundled"  # a BundleRequested recorded and its parts published (no job ran)
     PARKED = "parked"  # over a cap: recorded as parked and acked, runs when woken
     OVER_QUOTA = "over_quota"  # its tenant's quota used up: deferred or failed
     INVALID = "invalid"
@@ -91,7 +95,9 @@ class JobOutcome(StrEnum):
 
 
 # Outcomes that are not a job run (``--max-jobs`` does not count them).
-NOT_A_RUN: Final = frozenset({JobOutcome.DUPLICATE, JobOutcome.PARKED, JobOutcome.OVER_QUOTA})
+NOT_A_RUN: Final = frozenset(
+    {JobOutcome.DUPLICATE, JobOutcome.PARKED, JobOutcome.OVER_QUOTA, JobOutcome.BUNDLED}
+)
 
 
 class Reason(StrEnum):

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 GENERAL_SALT_SUFFIX: Final = ".general"
 BOUND_SALT_SUFFIX: Final = ".requester"
 BOUND_PREFIX: Final = "u."
+# Bundle links (docs/bundles.md) are signed under a salt of their own: a request's token
+# never opens a bundle's page, nor a bundle's token a request.
+BUNDLE_SALT_SUFFIX: Final = ".bundle"
 
 # itsdangerous' default signer: HMAC-SHA1, whose 20-byte digest is 27 base64url characters.
 _SIGNATURE_BYTES: Final = hashlib.sha1().digest_size
@@ -160,6 +163,7 @@ class Signer:
                 "print(secrets.token_urlsafe(32))'`"
             )
         self.bind = bind
+        self._config = config
         self.max_age = config.max_age_seconds
         self.skew = config.clock_skew_seconds
         self._clock = clock
@@ -177,6 +181,11 @@ class Signer:
         self._bound = itsdangerous.URLSafeTimedSerializer(
             keys, salt=config.salt + BOUND_SALT_SUFFIX, signer=_ClockedSigner
         )
+
+    def for_bundles(self) -> Signer:
+        """The signer of bundle links: the same keys, binding and age rules as this one."""
+        salted = self._config.model_copy(update={"salt": self._config.salt + BUNDLE_SALT_SUFFIX})
+        return Signer(salted, bind=self.bind, clock=self._clock)
 
     def issue(
         self,
@@ -268,6 +277,10 @@ def _grant(payload: Any, bound: bool) -> Grant:
 
 def download_url(public_url: str, token: str) -> str:
     return f"{public_url.rstrip('/')}/download/{token}"
+
+
+def bundle_url(public_url: str, token: str) -> str:
+    return f"{public_url.rstrip('/')}/bundle/{token}"
 
 
 def status_link(public_url: str, token: str) -> str:

@@ -34,6 +34,7 @@ import asyncpg
 
 from bgworker.store import (
     admin_sessions,
+    bundles,
     connection,
     dead_letters,
     dedupe,
@@ -55,7 +56,12 @@ from bgworker.store import (
     traces,
 )
 
+PART_ENDED = bundles.PART_ENDED
+BundleRow = bundles.BundleRow
+
 __all__ = [
+    "PART_ENDED",
+    "BundleRow",
     "TRANSIENT_ERRORS",
     "Claim",
     "DedupeDecision",
@@ -113,7 +119,8 @@ class Store:
     ``db.recovery``, ``db.outbox``, ``db.dedupe``, ``db.links``, ``db.maintenance``,
     ``db.gauges``, ``db.traces``, ``db.dead_letters``, ``db.listing``,
     ``db.admin_sessions``, ``db.front_door``, ``db.erasure``,
-    ``db.retention``, ``db.producer_outbox``, ``db.fairness``. The parts whose transactions
+    ``db.retention``, ``db.producer_outbox``, ``db.fairness``, ``db.bundles``. The parts whose
+    transactions
     cause effects (requests, recovery, dedupe) write them through the one ``outbox``, which
     knows how they reach this process's dispatcher (``claim_effects_seconds``, ``on_effects``)."""
 
@@ -143,6 +150,7 @@ class Store:
         self.retention = retention.Retention(pool)
         self.producer_outbox = producer_outbox.ProducerOutbox(pool)
         self.fairness = fairness.FairShare(pool)
+        self.bundles = bundles.Bundles(pool)
 
 
 @asynccontextmanager

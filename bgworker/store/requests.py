@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from bgworker.contract import events, progress, states
-from bgworker.store import grouping, outbox, queries, rows
+from bgworker.store import bundles, grouping, outbox, queries, rows
 
 Q: Final = queries.QUERIES
 bind: Final = queries.bind
@@ -326,12 +326,22 @@ class Requests(outbox.WritesEffects):
         return True
 
     async def request_cancel(self, request_id: uuid.UUID) -> states.Status | None:
-        """Cancel a request; returns its status afterwards, or None if it is not cancellable."""
+        """Cancel a request; returns its status afterwards, or None if it is not cancellable.
+        A bundle's id cancels the bundle (no email) and each of its parts."""
+        if (parts := await bundles.cancel_bundle(self.pool, request_id)) is not None:
+            for part in parts:
+                await self.pool.fetchval(Q["request_cancel"], part)
+            return states.Status.CANCELLED
         status: str | None = await self.pool.fetchval(Q["request_cancel"], request_id)
         return None if status is None else states.Status(status)
 
     async def cancel_or_placeholder(self, request_id: uuid.UUID) -> rows.Cancelled:
-        """A producer's cancel (see ``cancel_or_placeholder`` in the SQL); idempotent."""
+        """A producer's cancel (see ``cancel_or_placeholder`` in the SQL); idempotent. A
+        bundle's id cancels the bundle (no email) and each of its parts."""
+        if (parts := await bundles.cancel_bundle(self.pool, request_id)) is not None:
+            for part in parts:
+                await self.pool.fetchrow(Q["cancel_or_placeholder"], part)
+            return rows.Cancelled(states.Status.CANCELLED, True, changed=True)
         for _ in range(3):  # a row inserted by a racing statement is read on the next turn
             record = await self.pool.fetchrow(Q["cancel_or_placeholder"], request_id)
             if record is None:

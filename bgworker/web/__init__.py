@@ -16,7 +16,7 @@ from bgworker import settings as settings_mod
 from bgworker import storage, store
 from bgworker.links import tokens
 from bgworker.observe import metrics, tracing
-from bgworker.web import access_log, downloads, keys, responses, supervisor
+from bgworker.web import access_log, bundles, downloads, keys, responses, supervisor
 from bgworker.web import identity as identity_mod
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ def create_app(
     app.cleanup_ctx.append(files)
     app.router.add_get("/download/{token}", downloads.download)  # GET also answers HEAD
     app.router.add_get("/status/{token}", downloads.status)
+    bundles.mount(app)  # /bundle/{token}, /bundle/{token}/zip
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
     if settings.web.admin_password is not None:

@@ -141,7 +141,7 @@ def _context(request: web.Request, state: State, locale: str, nonce: str) -> dic
     return ctx
 
 
-def _csp(nonce: str) -> str:
+def csp(nonce: str) -> str:
     # One inline script (the poller) allowed by its nonce; it may only fetch this origin.
     return (
         f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; "
@@ -171,6 +171,6 @@ def render(request: web.Request, state: State) -> web.Response:
             "Content-Language": locale.replace("_", "-"),
             "Vary": "Accept, Accept-Language",
             "X-Frame-Options": "DENY",
-            "Content-Security-Policy": _csp(nonce),
+            "Content-Security-Policy": csp(nonce),
         },
     )

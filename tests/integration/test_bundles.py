@@ -1,0 +1,216 @@
+"""Bundles (issue 23, part 1) on real RabbitMQ, PostgreSQL, an aiosmtpd SMTP server and HTTP
+over a socket: one BundleRequested, a request per part, one email, one page, one ZIP."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import uuid
+import zipfile
+from typing import Any
+
+import aio_pika
+import pytest
+
+from bgworker import settings as settings_mod
+from bgworker import store
+from bgworker.cli.smtp_sink import SmtpSink
+from bgworker.contract import bundles
+from bgworker.messaging import publisher
+from tests.handlers import blob_bytes
+from tests.helpers import AMQP_URL, StartServer, StartWorker, wait_until
+from tests.integration.downloads import fetch, tamper
+
+pytestmark = pytest.mark.usefixtures("amqp")
+
+
+async def _publish(settings: settings_mod.Settings, bundle: bundles.BundleRequested) -> None:
+    async with publisher.Publisher(
+        AMQP_URL, namespace=settings.namespace, queue_type=settings.queue_type
+    ) as pub:
+        await pub.publish_bundle(bundle)
+
+
+def _bundle(parts: list[dict[str, Any]], **fields: Any) -> bundles.BundleRequested:
+    return bundles.BundleRequested.model_validate(
+        {
+            "id": str(uuid.uuid4()),
+            "parts": parts,
+            "requester": {"email": "ann@example.com", "language": "en"},
+            "description": "Q3 <exports>",
+            **fields,
+        }
+    )
+
+
+def _body(message: Any) -> str:
+    part = message.get_body(("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+async def _ended(db: store.Store, bundle_id: uuid.UUID) -> list[store.RequestRow]:
+    async def done() -> bool:
+        found = await db.bundles.get(bundle_id)
+        return found is not None and found.finished_at is not None
+
+    await wait_until(done)
+    return await db.bundles.parts(bundle_id)
+
+
+THREE = [
+    {"file_type": "blob", "criteria": {"size": 1000, "seed": 1}, "filename": "a.bin"},
+    {"file_type": "blob", "criteria": {"size": 70000, "seed": 2}, "filename": "b.bin"},
+    {"file_type": "blob", "criteria": {"size": 0, "seed": 3}, "filename": "empty.bin"},
+]
+
+
+async def test_a_bundle_of_three_parts_end_to_end(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    start_worker: StartWorker,
+    start_server: StartServer,
+    smtp_sink: SmtpSink,
+) -> None:
+    await start_worker()
+    base = await start_server()
+    bundle = _bundle(THREE)
+    await _publish(settings, bundle)
+    await _publish(settings, bundle)  # a duplicate: one bundle, one email
+    parts = await _ended(db, bundle.id)
+    assert [p.status for p in parts] == ["ready"] * 3
+    assert [p.id for p in parts] == [bundles.part_id(bundle.id, i) for i in range(3)]
+    [mail] = await smtp_sink.wait_for(1, timeout=10)
+    text = _body(mail)
+    assert "a.bin" in text and "b.bin" in text and "empty.bin" in text
+    url = re.search(r"http://\S+/bundle/(\S+)", text)
+    assert url is not None
+    token = url.group(1)
+
+    # The page: each part, a link per part, the ZIP; the description escaped.
+    status, headers, page = await fetch("GET", f"{base}/bundle/{token}", headers={"Accept": "text/html"})
+    html = page.decode()
+    assert status == 200 and "default-src 'none'" in headers["Content-Security-Policy"]
+    assert html.count('class="download"') == 3 and "Q3 &lt;exports&gt;" in html
+    status, _, answer = await fetch("GET", f"{base}/bundle/{token}")
+    views = __import__("json").loads(answer)["parts"]
+    for view, spec in zip(views, THREE, strict=True):
+        link = view["download_url"].replace("../", f"{base}/")
+        status, _, data = await fetch("GET", link)
+        assert status == 200
+        assert data == blob_bytes(spec["criteria"]["size"], spec["criteria"]["seed"])
+
+    # The ZIP: HEAD gives the length, GET the archive, a Range the same slice of it.
+    status, head, _ = await fetch("HEAD", f"{base}/bundle/{token}/zip")
+    assert status == 200
+    length = int(head["Content-Length"])
+    status, got, whole = await fetch("GET", f"{base}/bundle/{token}/zip")
+    assert status == 200 and len(whole) == length and got["ETag"] == head["ETag"]
+    archive = zipfile.ZipFile(io.BytesIO(whole))
+    assert archive.testzip() is None
+    for spec in THREE:
+        expected = blob_bytes(spec["criteria"]["size"], spec["criteria"]["seed"])
+        digest = hashlib.sha256(archive.read(spec["filename"])).hexdigest()
+        assert digest == hashlib.sha256(expected).hexdigest()
+    for first, last in [(0, 99), (1100, 40000), (length - 50, length - 1), (500, length - 1)]:
+        status, part_headers, piece = await fetch(
+            "GET",
+            f"{base}/bundle/{token}/zip",
+            headers={"Range": f"bytes={first}-{last}", "If-Range": head["ETag"]},
+        )
+        assert status == 206 and piece == whole[first : last + 1]
+        assert part_headers["Content-Range"] == f"bytes {first}-{last}/{length}"
+
+    # Tokens: tampered, or a request's token used as a bundle's, are refused.
+    status, _, _ = await fetch("GET", f"{base}/bundle/{tamper(token)}")
+    assert status == 400
+    request_token = views[0]["download_url"].split("/")[-1].split("?")[0]
+    status, _, _ = await fetch("GET", f"{base}/bundle/{request_token}/zip")
+    assert status == 400
+    assert len(smtp_sink.messages) == 1
+
+
+async def test_a_part_that_fails_for_good_is_named_and_left_out_of_the_zip(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    start_worker: StartWorker,
+    start_server: StartServer,
+    smtp_sink: SmtpSink,
+) -> None:
+    await start_worker()
+    base = await start_server()
+    bundle = _bundle(
+        [THREE[0], {"file_type": "permanent", "filename": "broken.csv"}, THREE[1]]
+    )
+    await _publish(settings, bundle)
+    parts = await _ended(db, bundle.id)
+    assert [p.status for p in parts] == ["ready", "failed", "ready"]
+    [mail] = await smtp_sink.wait_for(1, timeout=10)
+    text = _body(mail)
+    assert "Failed: broken.csv" in text and "some could not be made" in str(mail["Subject"])
+    url = re.search(r"http://\S+/bundle/(\S+)", text)
+    assert url is not None
+    status, _, whole = await fetch("GET", f"{base}/bundle/{url.group(1)}/zip")
+    assert status == 200
+    assert sorted(zipfile.ZipFile(io.BytesIO(whole)).namelist()) == ["a.bin", "b.bin"]
+
+
+async def test_cancelling_a_bundle_cancels_its_parts(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    start_worker: StartWorker,
+    smtp_sink: SmtpSink,
+) -> None:
+    await start_worker()
+    bundle = _bundle(
+        [{"file_type": "slow", "criteria": {"seconds": 30 + i}, "filename": f"h{i}"} for i in range(2)]
+    )
+    await _publish(settings, bundle)
+
+    async def running() -> bool:
+        return [p.status for p in await db.bundles.parts(bundle.id)] == ["running"] * 2
+
+    await wait_until(running)
+    async with publisher.Publisher(
+        AMQP_URL, namespace=settings.namespace, queue_type=settings.queue_type
+    ) as pub:
+        await pub.cancel(bundle.id)
+
+    async def cancelled() -> bool:
+        return [p.status for p in await db.bundles.parts(bundle.id)] == ["cancelled"] * 2
+
+    await wait_until(cancelled)
+    found = await db.bundles.get(bundle.id)
+    assert found is not None and found.cancel_requested and found.finished_at is None
+    assert smtp_sink.messages == []
+
+
+@pytest.mark.parametrize(
+    ("parts", "problem"),
+    [
+        ([{"file_type": "blob"}] * (bundles.MAX_PARTS + 1), "at most 20"),
+        ([{"file_type": "blob"}, {"file_type": "blob"}], "the same part as parts[0]"),
+        ([{"file_type": "blob", "filename": "x"}, {"file_type": "slow", "filename": "x"}], "also"),
+        ([{"file_type": "no such type!"}], "file_type"),
+    ],
+)
+def test_hostile_bundles_are_refused_by_name(parts: list[dict[str, Any]], problem: str) -> None:
+    body = __import__("json").dumps({"id": str(uuid.uuid4()), "parts": parts}).encode()
+    with pytest.raises(bundles.events.InvalidEventError) as refused:
+        bundles.parse_bundle_requested(body)
+    assert problem in str(refused.value)
+
+
+async def test_a_bundle_naming_an_unknown_file_type_is_dead_lettered_whole(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    start_worker: StartWorker,
+    amqp: aio_pika.abc.AbstractChannel,
+) -> None:
+    worker = await start_worker()
+    bundle = _bundle([THREE[0], {"file_type": "not_registered"}])
+    await _publish(settings, bundle)
+    await wait_until(lambda: worker.outcomes["invalid"] == 1)
+    assert await db.bundles.get(bundle.id) is None
+    assert await db.requests.get_request(bundles.part_id(bundle.id, 0)) is None
