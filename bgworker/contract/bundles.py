@@ -117,3 +117,13 @@ def parse_bundle_requested(body: bytes) -> BundleRequested:
 def zip_name(event: dict[str, Any]) -> str:
     name = event.get("filename")
     return name if isinstance(name, str) and name else DEFAULT_ZIP_NAME
+
+
+# Every event of the contract: the request's and this module's (schemas/, the AsyncAPI
+# document and their tests read it here, events being below this module).
+ALL_EVENT_MODELS: Final = {**events.EVENT_MODELS, "BundleRequested": BundleRequested}
+
+
+def json_schemas() -> dict[str, str]:
+    """``events.json_schemas`` for every event, the bundle's included."""
+    return events.json_schemas({"BundleRequested": BundleRequested})

@@ -370,11 +370,12 @@ def json_schemas(more: dict[str, type[BaseModel]] | None = None) -> dict[str, st
     out: dict[str, str] = {}
     for name, model in {**EVENT_MODELS, **(more or {})}.items():
         schema = model.model_json_schema(mode="validation")
-        if model is FileRequested:
-            schema["$defs"]["CriteriaValue"] = event_fields.CRITERIA_VALUE_SCHEMA
-            schema["properties"]["criteria"]["additionalProperties"] = {
-                "$ref": "#/$defs/CriteriaValue"
-            }
+        # criteria, of the request or of each part of a bundle: the recursive value schema.
+        for owner in (schema, schema.get("$defs", {}).get("BundlePart", {})):
+            criteria = owner.get("properties", {}).get("criteria")
+            if criteria is not None:
+                schema["$defs"]["CriteriaValue"] = event_fields.CRITERIA_VALUE_SCHEMA
+                criteria["additionalProperties"] = {"$ref": "#/$defs/CriteriaValue"}
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"https://bgworker.dev/schemas/{name}.v{SCHEMA_VERSION}.json"
         out[f"{name}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"

@@ -154,7 +154,7 @@ async def stream(
     for entry in layout.entries:
         if entry.offset > end and not whole_tail:
             return
-        if (head := _clip(layout.local_header(entry), entry.offset, start, end)):
+        if head := _clip(layout.local_header(entry), entry.offset, start, end):
             yield head
         size = entry.member.size
         needs_crc = whole_tail or (entry.data_end <= end and entry.end > start)
@@ -167,11 +167,13 @@ async def stream(
             at = entry.data_start + first
             async for chunk in source.read(first, last, chunk_size):
                 crc = zlib.crc32(chunk, crc)
-                if (part := _clip(chunk, at, start, end)):
+                if part := _clip(chunk, at, start, end):
                     yield part
                 at += len(chunk)
             if at != entry.data_start + last + 1:
-                raise base.RangeNotSatisfiableError(f"{entry.member.key}: fewer bytes than recorded")
+                raise base.RangeNotSatisfiableError(
+                    f"{entry.member.key}: fewer bytes than recorded"
+                )
         crcs.append(crc)
         if needs_crc and (tail := _clip(layout.descriptor(entry, crc), entry.data_end, start, end)):
             yield tail

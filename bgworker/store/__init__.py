@@ -61,8 +61,8 @@ BundleRow = bundles.BundleRow
 
 __all__ = [
     "PART_ENDED",
-    "BundleRow",
     "TRANSIENT_ERRORS",
+    "BundleRow",
     "Claim",
     "DedupeDecision",
     "DedupeStep",

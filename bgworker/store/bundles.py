@@ -70,7 +70,10 @@ class Bundles(connection.Connected):
         return None if record is None else BundleRow.from_record(record)
 
     async def parts(self, bundle_id: uuid.UUID) -> list[rows.RequestRow]:
-        return [rows.RequestRow.from_record(r) for r in await self.pool.fetch(Q["bundle_parts"], bundle_id)]
+        return [
+            rows.RequestRow.from_record(r)
+            for r in await self.pool.fetch(Q["bundle_parts"], bundle_id)
+        ]
 
 
 async def cancel_bundle(pool: asyncpg.Pool, bundle_id: uuid.UUID) -> list[uuid.UUID] | None:
@@ -94,10 +97,10 @@ async def finish_effects(
         finished = await conn.fetchrow(Q["finish_bundle"], bundle_id)
         if finished is None or not finished["requester_email"]:
             continue
-        parts = [rows.RequestRow.from_record(r) for r in await conn.fetch(Q["bundle_parts"], bundle_id)]
-        items.append(
-            (request_id, states.EffectKind.EMAIL_BUNDLE, email_payload(finished, parts))
-        )
+        parts = [
+            rows.RequestRow.from_record(r) for r in await conn.fetch(Q["bundle_parts"], bundle_id)
+        ]
+        items.append((request_id, states.EffectKind.EMAIL_BUNDLE, email_payload(finished, parts)))
     return items
 
 

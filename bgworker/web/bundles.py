@@ -27,90 +27,132 @@ from bgworker.storage import zips
 from bgworker.web import headers, identity, keys, pages, ranges, responses
 
 PAGE_TEMPLATE: Final = "pages/bundle.html.j2"
-_REFUSALS: Final = {
-    tokens.SuspiciousTokenError: 400,
-    tokens.SignatureExpiredError: 410,
-    tokens.NotRequesterError: 403,
+# The page reloads itself this often while a part is in progress (a meta refresh: no script).
+REFRESH_SECONDS: Final = 2
+# A token refused: its HTTP status and the requester page's kind, as downloads answers.
+_REFUSALS: Final[dict[type[tokens.TokenError], tuple[int, pages.Kind]]] = {
+    tokens.SuspiciousTokenError: (400, pages.Kind.INVALID),
+    tokens.SignatureExpiredError: (410, pages.Kind.EXPIRED),
+    tokens.NotRequesterError: (403, pages.Kind.NOT_YOURS),
 }
+_INVALID: Final = (400, pages.Kind.INVALID)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, kind: pages.Kind, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+    def answer(self, request: web.Request, *, html: bool) -> web.StreamResponse:
+        if html and self.kind == pages.Kind.WAITING:
+            # Not recorded yet: the bundle's own page, no parts yet, refreshing itself.
+            locale = languages.from_accept_language(request.headers.get(hdrs.ACCEPT_LANGUAGE))
+            return _render(request, locale, {}, [], status=self.status)
+        if html:
+            return pages.render(request, pages.State(self.kind, self.status))
+        body = {"error": str(self), "status": self.status}
+        return responses.json_response(body, status=self.status)
 
 
 async def _bundle(request: web.Request) -> tuple[store.BundleRow, list[store.RequestRow]]:
-    """The bundle the token names, with its parts; raises the refusal as an HTTP error."""
+    """The bundle the token names, with its parts; raises ``_Refused``."""
     token = request.match_info["token"]
     if request.rel_url.raw_path.split("/")[2] != token:  # one URL per grant, as downloads
-        raise _refused(400, "this link is not valid")
+        raise _Refused(*_INVALID, "this link is not valid")
     caller = await identity.caller(request.app[keys.IDENTITY], request)
     try:
         grant = request.app[keys.SIGNER].for_bundles().verify(token, caller)
     except tokens.TokenError as exc:
-        raise _refused(_REFUSALS.get(type(exc), 400), str(exc)) from None
+        raise _Refused(*_REFUSALS.get(type(exc), _INVALID), str(exc)) from None
     db = request.app[keys.STORE]
     bundle = await db.bundles.get(grant.request_id)
     if bundle is None:
         # Signed by us, so published: no worker has recorded it yet.
-        raise _refused(404, "the files are not ready yet: waiting in the queue")
+        message = "the files are not ready yet: waiting in the queue"
+        raise _Refused(404, pages.Kind.WAITING, message)
     return bundle, await db.bundles.parts(bundle.id)
-
-
-def _refused(status: int, message: str) -> web.HTTPException:
-    return _error(status, {"error": message, "status": status})
-
-
-def _error(status: int, body: dict[str, Any]) -> web.HTTPException:
-    exc = web.HTTPException(headers=headers.SECURITY_HEADERS)
-    exc.set_status(status)
-    exc.content_type = "application/json"
-    exc.text = responses.json_response(body, status=status).text
-    return exc
 
 
 def _in_progress(parts: list[store.RequestRow]) -> bool:
     return any(p.status in states.IN_PROGRESS for p in parts)
 
 
-def _part_view(request: web.Request, part: store.RequestRow, locale: str) -> dict[str, Any]:
+async def _part_view(
+    request: web.Request, part: store.RequestRow, locale: str, *, html: bool
+) -> dict[str, Any]:
+    """A part as the page and the JSON show it; a ready one with its own download link,
+    signed as its email would be (its link generation: a revoked part's link is refused)."""
     link = None
     if part.status == states.Status.READY:
+        generation = await request.app[keys.STORE].links.link_generation(part.id)
         token = request.app[keys.SIGNER].issue(
-            part.id, requester_id=part.requester_id, generation=0
+            part.id, requester_id=part.requester_id, generation=generation or 0
         )
-        link = f"../download/{token}?{pages.FILE_PARAM}=1"
+        # The page links relative to itself (a proxy's path prefix is kept); JSON absolute.
+        link = (
+            f"../download/{token}?{pages.FILE_PARAM}=1"
+            if html
+            else tokens.download_url(request.app[keys.PUBLIC_URL], token)
+        )
     return {
+        "id": str(part.id),
         "index": part.bundle_index,
         "filename": part.filename,
         "status": part.status.value,
         "percent": languages.format_percent(part.progress or 0.0, locale),
         "progress": part.progress or 0.0,
         "size": languages.format_size(part.size_bytes, locale) if part.size_bytes else None,
+        "size_bytes": part.size_bytes,
         "download_url": link,
     }
 
 
 async def page(request: web.Request) -> web.StreamResponse:
-    bundle, parts = await _bundle(request)
+    try:
+        bundle, parts = await _bundle(request)
+    except _Refused as refused:
+        return refused.answer(request, html=pages.wants_html(request))
     requester = bundle.event.get("requester") or {}
     locale = languages.locale_for(str(requester.get("language") or "en"))
-    views = [_part_view(request, p, locale) for p in parts]
-    done = not _in_progress(parts)
-    if not pages.wants_html(request):
-        return responses.json_response(
-            {"id": str(bundle.id), "done": done, "parts": views}, status=200
-        )
+    html = pages.wants_html(request)
+    views = [await _part_view(request, p, locale, html=html) for p in parts]
+    if not html:
+        done = not _in_progress(parts)
+        token = request.match_info["token"]
+        zip_url = tokens.bundle_url(request.app[keys.PUBLIC_URL], token) + "/zip"
+        body = {"id": str(bundle.id), "done": done, "parts": views, "zip_url": zip_url}
+        return responses.json_response(body, status=200)
+    return _render(request, locale, bundle.event, views, status=200)
+
+
+def _render(
+    request: web.Request,
+    locale: str,
+    event: dict[str, Any],
+    views: list[dict[str, Any]],
+    *,
+    status: int,
+) -> web.Response:
+    """The bundle's page: the requester page's headers (CSP with a nonce, no framing,
+    no-store), its language; it refreshes itself while a part is in progress."""
     nonce = secrets.token_urlsafe(16)
     env = languages.environment(request.app[keys.TEMPLATE_DIR], locale)
+    done = bool(views) and not any(v["status"] in states.IN_PROGRESS for v in views)
     body = env.get_template(PAGE_TEMPLATE).render(
         language=locale.replace("_", "-"),
         nonce=nonce,
-        description=str(bundle.event.get("description") or ""),
+        description=str(event.get("description") or ""),
         parts=views,
         done=done,
-        ready=sum(1 for v in views if v["status"] == "ready"),
-        zip_name=bundle_contract.zip_name(bundle.event),
+        ready=sum(1 for v in views if v["status"] == states.Status.READY),
+        zip_name=bundle_contract.zip_name(event),
         zip_url=f"{request.match_info['token']}/zip",
-        poll_ms=pages.POLL_MILLISECONDS * 2,
+        refresh_seconds=REFRESH_SECONDS,
     )
     return web.Response(
         text=body,
+        status=status,
         content_type="text/html",
         charset="utf-8",
         headers={
@@ -142,12 +184,15 @@ def _members(parts: list[store.RequestRow]) -> list[zips.Member]:
 
 
 async def download_zip(request: web.Request) -> web.StreamResponse:
-    bundle, parts = await _bundle(request)
-    if _in_progress(parts):
-        raise _error(409, {"error": "some files are not ready yet", "status": 409})
-    members = _members(parts)
-    if not members:
-        raise _error(404, {"error": "none of these files could be made", "status": 404})
+    try:
+        bundle, parts = await _bundle(request)
+        if _in_progress(parts):
+            raise _Refused(409, pages.Kind.IN_PROGRESS, "some files are not ready yet")
+        members = _members(parts)
+        if not members:
+            raise _Refused(404, pages.Kind.FAILED, "none of these files is ready")
+    except _Refused as refused:
+        return refused.answer(request, html=False)
     modified = bundle.finished_at or bundle.created_at
     layout = zips.Layout(members, modified.astimezone(UTC))
     digest = hashlib.sha256(repr([(m.name, m.size, m.etag) for m in members]).encode())
@@ -200,4 +245,3 @@ async def download_zip(request: web.Request) -> web.StreamResponse:
 def mount(app: web.Application) -> None:
     app.router.add_get("/bundle/{token}", page)
     app.router.add_get("/bundle/{token}/zip", download_zip)  # GET also answers HEAD
-

@@ -31,7 +31,9 @@ async def intake(message: AbstractIncomingMessage, runner: jobs.Runner) -> state
             message, states.Reason(exc.reason), "InvalidEventError", str(exc), None
         )
         return states.JobOutcome.INVALID
-    unknown = sorted({p.file_type for p in bundle.parts if runner.registry.find(p.file_type) is None})
+    unknown = sorted(
+        {p.file_type for p in bundle.parts if runner.registry.find(p.file_type) is None}
+    )
     if unknown:
         error = (
             f"no handler for file_type {', '.join(map(repr, unknown))} "

@@ -20,8 +20,8 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from bgworker import faults
 from bgworker.contract import states
-from bgworker.observe import logs
 from bgworker.messaging import topology
+from bgworker.observe import logs
 from bgworker.worker import bundles, jobs
 
 log = logging.getLogger(__name__)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import uuid
 import zipfile
@@ -16,7 +17,7 @@ import pytest
 from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.cli.smtp_sink import SmtpSink
-from bgworker.contract import bundles
+from bgworker.contract import bundles, events
 from bgworker.messaging import publisher
 from tests.handlers import blob_bytes
 from tests.helpers import AMQP_URL, StartServer, StartWorker, wait_until
@@ -59,7 +60,7 @@ async def _ended(db: store.Store, bundle_id: uuid.UUID) -> list[store.RequestRow
     return await db.bundles.parts(bundle_id)
 
 
-THREE = [
+THREE: list[dict[str, Any]] = [
     {"file_type": "blob", "criteria": {"size": 1000, "seed": 1}, "filename": "a.bin"},
     {"file_type": "blob", "criteria": {"size": 70000, "seed": 2}, "filename": "b.bin"},
     {"file_type": "blob", "criteria": {"size": 0, "seed": 3}, "filename": "empty.bin"},
@@ -89,14 +90,16 @@ async def test_a_bundle_of_three_parts_end_to_end(
     token = url.group(1)
 
     # The page: each part, a link per part, the ZIP; the description escaped.
-    status, headers, page = await fetch("GET", f"{base}/bundle/{token}", headers={"Accept": "text/html"})
+    status, headers, page = await fetch(
+        "GET", f"{base}/bundle/{token}", headers={"Accept": "text/html"}
+    )
     html = page.decode()
     assert status == 200 and "default-src 'none'" in headers["Content-Security-Policy"]
     assert html.count('class="download"') == 3 and "Q3 &lt;exports&gt;" in html
     status, _, answer = await fetch("GET", f"{base}/bundle/{token}")
-    views = __import__("json").loads(answer)["parts"]
+    views = json.loads(answer)["parts"]
     for view, spec in zip(views, THREE, strict=True):
-        link = view["download_url"].replace("../", f"{base}/")
+        link = base + view["download_url"].removeprefix(settings.web.public_url)
         status, _, data = await fetch("GET", link)
         assert status == 200
         assert data == blob_bytes(spec["criteria"]["size"], spec["criteria"]["seed"])
@@ -140,9 +143,7 @@ async def test_a_part_that_fails_for_good_is_named_and_left_out_of_the_zip(
 ) -> None:
     await start_worker()
     base = await start_server()
-    bundle = _bundle(
-        [THREE[0], {"file_type": "permanent", "filename": "broken.csv"}, THREE[1]]
-    )
+    bundle = _bundle([THREE[0], {"file_type": "permanent", "filename": "broken.csv"}, THREE[1]])
     await _publish(settings, bundle)
     parts = await _ended(db, bundle.id)
     assert [p.status for p in parts] == ["ready", "failed", "ready"]
@@ -164,7 +165,10 @@ async def test_cancelling_a_bundle_cancels_its_parts(
 ) -> None:
     await start_worker()
     bundle = _bundle(
-        [{"file_type": "slow", "criteria": {"seconds": 30 + i}, "filename": f"h{i}"} for i in range(2)]
+        [
+            {"file_type": "slow", "criteria": {"seconds": 30 + i}, "filename": f"h{i}"}
+            for i in range(2)
+        ]
     )
     await _publish(settings, bundle)
 
@@ -196,8 +200,8 @@ async def test_cancelling_a_bundle_cancels_its_parts(
     ],
 )
 def test_hostile_bundles_are_refused_by_name(parts: list[dict[str, Any]], problem: str) -> None:
-    body = __import__("json").dumps({"id": str(uuid.uuid4()), "parts": parts}).encode()
-    with pytest.raises(bundles.events.InvalidEventError) as refused:
+    body = json.dumps({"id": str(uuid.uuid4()), "parts": parts}).encode()
+    with pytest.raises(events.InvalidEventError) as refused:
         bundles.parse_bundle_requested(body)
     assert problem in str(refused.value)
 
