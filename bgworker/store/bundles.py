@@ -55,14 +55,16 @@ class Bundles(connection.Connected):
         publish: Callable[[], Awaitable[None]],
     ) -> bool:
         """Record the bundle (``bundle``: insert_bundle's columns) and its parts (each
-        insert_bundle_part's), then ``publish`` their messages, in one transaction. False: a
-        bundle with this id is recorded already (nothing is done)."""
+        insert_bundle_part's), then ``publish`` their messages, in one transaction (not when a
+        cancel came first: the parts are recorded cancelled). False: a bundle with this id is
+        recorded already (nothing is done)."""
         async with self.transaction() as conn:
             if await conn.fetchval(*bind("insert_bundle", **bundle)) is None:
                 return False
             named = queries.NAMED["insert_bundle_part"]
             await conn.executemany(named.sql, [named.args(**part) for part in parts])
-            await publish()
+            if not await conn.fetch(Q["cancel_bundle_first"], bundle["id"]):
+                await publish()
         return True
 
     async def get(self, bundle_id: uuid.UUID) -> BundleRow | None:

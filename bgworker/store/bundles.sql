@@ -50,3 +50,19 @@ SELECT r.* FROM bgworker_requests r WHERE r.bundle_id = $1 ORDER BY r.bundle_ind
 UPDATE bgworker_bundles SET cancel_requested = true WHERE id = $1
 RETURNING (SELECT array_agg(r.id ORDER BY r.bundle_index)
            FROM bgworker_requests r WHERE r.bundle_id = $1) AS parts;
+
+-- name: cancel_bundle_first
+-- A cancel that came before its bundle (recorded as a placeholder request under the bundle's
+-- id, as for any request): the bundle and its parts are recorded cancelled, never built.
+WITH first AS (
+    SELECT 1 FROM bgworker_requests WHERE id = $1 AND cancel_requested
+), bundle AS (
+    UPDATE bgworker_bundles SET cancel_requested = true
+    WHERE id = $1 AND EXISTS (SELECT 1 FROM first)
+    RETURNING id
+)
+UPDATE bgworker_requests r
+SET status = 'cancelled', cancel_requested = true, finished_at = now(), updated_at = now()
+FROM bundle
+WHERE r.bundle_id = bundle.id
+RETURNING r.id;

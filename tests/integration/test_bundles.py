@@ -13,12 +13,14 @@ from typing import Any
 
 import aio_pika
 import pytest
+from pydantic import SecretStr
 
 from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.cli.smtp_sink import SmtpSink
 from bgworker.contract import bundles, events
 from bgworker.messaging import publisher
+from bgworker.ops import erasure
 from tests.handlers import blob_bytes
 from tests.helpers import AMQP_URL, StartServer, StartWorker, wait_until
 from tests.integration.downloads import fetch, tamper
@@ -218,3 +220,111 @@ async def test_a_bundle_naming_an_unknown_file_type_is_dead_lettered_whole(
     await wait_until(lambda: worker.outcomes["invalid"] == 1)
     assert await db.bundles.get(bundle.id) is None
     assert await db.requests.get_request(bundles.part_id(bundle.id, 0)) is None
+
+
+async def test_parts_ending_together_on_two_workers_send_each_bundle_one_email(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    start_worker: StartWorker,
+    smtp_sink: SmtpSink,
+) -> None:
+    # Parts of one bundle end at once in different transactions (and in one group commit):
+    # the bundle row's lock makes exactly one of them write the email.
+    await start_worker()
+    await start_worker()
+    made = [
+        _bundle([{"file_type": "blob", "criteria": {"size": 10, "seed": i}} for i in range(6)])
+        for _ in range(8)
+    ]
+    for bundle in made:
+        await _publish(settings, bundle)
+    for bundle in made:
+        await _ended(db, bundle.id)
+    await smtp_sink.wait_for(len(made), timeout=20)
+    ids = sorted(str(m["Message-ID"]) for m in smtp_sink.messages)
+    assert ids == sorted(f"<{b.id}.bundle@bgworker>" for b in made)
+    for bundle in made:
+        effects = await db.pool.fetch(
+            "SELECT kind FROM bgworker_outbox o JOIN bgworker_requests r ON r.id = o.request_id "
+            "WHERE r.bundle_id = $1 AND o.kind LIKE 'email%'",
+            bundle.id,
+        )
+        assert [e["kind"] for e in effects] == ["email_bundle"]
+
+
+async def test_a_cancel_before_its_bundle_means_no_part_is_built(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    start_worker: StartWorker,
+    smtp_sink: SmtpSink,
+) -> None:
+    worker = await start_worker()
+    bundle = _bundle(THREE)
+    async with publisher.Publisher(
+        AMQP_URL, namespace=settings.namespace, queue_type=settings.queue_type
+    ) as pub:
+        await pub.cancel(bundle.id)
+        await _wait_status(db, bundle.id)  # recorded as a placeholder, as for a request
+        await pub.publish_bundle(bundle)
+    await wait_until(lambda: worker.outcomes["bundled"] == 1)
+    parts = await db.bundles.parts(bundle.id)
+    assert [p.status for p in parts] == ["cancelled"] * 3
+    assert all(p.attempts == 0 for p in parts)
+    assert smtp_sink.messages == []
+
+
+async def _wait_status(db: store.Store, request_id: uuid.UUID) -> None:
+    async def placeholder() -> bool:
+        return await db.requests.get_request(request_id) is not None
+
+    await wait_until(placeholder)
+
+
+async def test_the_front_door_takes_a_bundle_and_answers_its_page_link(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    start_worker: StartWorker,
+    start_server: StartServer,
+    smtp_sink: SmtpSink,
+) -> None:
+    key = "k-" + "b" * 30
+    settings.web.api_keys = [SecretStr(key)]
+    await start_worker()
+    base = await start_server()
+    auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    bundle = _bundle(THREE[:2])
+    body = bundle.model_dump_json()
+    status, _, raw = await fetch("POST", f"{base}/bundles", data=body, headers=auth)
+    assert status == 202
+    answer = json.loads(raw)
+    assert answer["parts"] == [str(bundles.part_id(bundle.id, i)) for i in range(2)]
+    status, _, raw = await fetch("POST", f"{base}/bundles", data=body, headers=auth)
+    assert status == 202  # again: harmless
+    await _ended(db, bundle.id)
+    await smtp_sink.wait_for(1, timeout=10)
+    path = answer["bundle_url"].removeprefix(settings.web.public_url)
+    status, _, page = await fetch("GET", base + path)
+    assert status == 200 and json.loads(page)["done"] is True
+    assert len(smtp_sink.messages) == 1
+
+    hostile = {**json.loads(body), "parts": [{"file_type": "blob"}] * 2}
+    status, _, raw = await fetch("POST", f"{base}/bundles", data=json.dumps(hostile), headers=auth)
+    assert status == 422 and "the same part as parts[0]" in json.loads(raw)["error"]
+    status, _, _ = await fetch("POST", f"{base}/bundles", data=body)
+    assert status == 401
+
+
+async def test_forgetting_a_requester_scrubs_their_bundles(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    start_worker: StartWorker,
+    smtp_sink: SmtpSink,
+) -> None:
+    await start_worker()
+    bundle = _bundle(THREE[:1])
+    await _publish(settings, bundle)
+    await _ended(db, bundle.id)
+    await db.erasure.erase(erasure.Subject.requester("ann@example.com"))
+    found = await db.bundles.get(bundle.id)
+    assert found is not None
+    assert found.event == {} and found.requester_email is None and found.cancel_requested

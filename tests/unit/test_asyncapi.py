@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import pytest
 
-from bgworker.contract import bundles, events
+from bgworker.contract import bundles
 from bgworker.messaging import asyncapi, topology, wire
 from tests.helpers import REPO, node_project
 
