@@ -3,10 +3,13 @@ over a socket: one BundleRequested, a request per part, one email, one page, one
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
 import re
+import signal
+import sys
 import uuid
 import zipfile
 from typing import Any
@@ -22,7 +25,7 @@ from bgworker.contract import bundles, events
 from bgworker.messaging import publisher
 from bgworker.ops import erasure
 from tests.handlers import blob_bytes
-from tests.helpers import AMQP_URL, StartServer, StartWorker, wait_until
+from tests.helpers import AMQP_URL, REPO, StartServer, StartWorker, settings_env, wait_until
 from tests.integration.downloads import fetch, tamper
 
 pytestmark = pytest.mark.usefixtures("amqp")
@@ -328,3 +331,42 @@ async def test_forgetting_a_requester_scrubs_their_bundles(
     found = await db.bundles.get(bundle.id)
     assert found is not None
     assert found.event == {} and found.requester_email is None and found.cancel_requested
+
+
+async def test_a_worker_killed_mid_part_still_ends_the_bundle_with_one_email(
+    settings: settings_mod.Settings,
+    db: store.Store,
+    start_worker: StartWorker,
+    smtp_sink: SmtpSink,
+) -> None:
+    # A real worker process takes the bundle and its parts, and is killed -9 while the slow
+    # part runs: the reaper puts that part back when its lease runs out, a second worker
+    # builds it, and the bundle's one email is sent once.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bgworker",
+        "worker",
+        cwd=REPO,
+        env={**settings_env(settings), "BGWORKER_LOG_LEVEL": "WARNING"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        bundle = _bundle([THREE[0], {"file_type": "slow", "criteria": {"seconds": 8}}])
+        await _publish(settings, bundle)
+
+        async def slow_running() -> bool:
+            parts = await db.bundles.parts(bundle.id)
+            return [p.status for p in parts] == ["ready", "running"]
+
+        await wait_until(slow_running)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    await start_worker()
+    parts = await _ended(db, bundle.id)
+    assert [p.status for p in parts] == ["ready", "ready"]
+    assert parts[1].attempts == 2  # the killed attempt, then the one that built it
+    await smtp_sink.wait_for(1, timeout=30)
+    assert [str(m["Message-ID"]) for m in smtp_sink.messages] == [f"<{bundle.id}.bundle@bgworker>"]

@@ -122,7 +122,7 @@ async def test_a_part_over_4_gib_gets_zip64_and_zipfile_reads_the_directory() ->
             kept[at] = chunk
         at += len(chunk)
     assert at == layout.size
-    archive = zipfile.ZipFile(_Virtual(layout.size, kept))  # type: ignore[arg-type]
+    archive = zipfile.ZipFile(_Virtual(layout.size, kept))
     info = {i.filename: i for i in archive.infolist()}
     assert info["big.bin"].file_size == big and info["s.txt"].file_size == 5
     assert archive.read("s.txt") == b"hello"  # its CRC, after 4 GiB, checked by zipfile
