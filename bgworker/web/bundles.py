@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from aiohttp import hdrs, web
@@ -170,9 +170,12 @@ def _members(parts: list[store.RequestRow]) -> list[zips.Member]:
     part already has that name, as two parts of one file type without filenames would)."""
     members: list[zips.Member] = []
     seen: set[str] = set()
+    now = datetime.now(UTC)
     for part in parts:
         if part.status != states.Status.READY or part.storage_key is None:
             continue
+        if part.expires_at is not None and part.expires_at <= now:
+            continue  # past its lifetime, though `clean` has not marked it expired yet
         name = part.filename
         if name in seen:
             name = f"{(part.bundle_index or 0) + 1}-{name}"
