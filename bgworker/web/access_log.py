@@ -5,8 +5,8 @@ neither echo nor log the raw bytes.
 The rule does not depend on a route matching: a 404 or a garbled request is logged as well.
 ``redact`` writes a path segment by segment:
 
-- from the first segment named ``download`` or ``status`` (at any depth, in any case) the
-  rest of the path is ``<token>``: a link with a doubled slash, a proxy's prefix, a
+- from the first segment named ``download``, ``status`` or ``bundle`` (at any depth, in any
+  case) the rest of the path is ``<token>`` (a bundle's ``/zip`` with it): a link with a doubled slash, a proxy's prefix, a
   stray segment or characters a mail client added still names its token there;
 - any other segment that holds ``TOKEN_CHARS`` or more characters of a token's alphabet
   (base64url and the dot), counted over the whole decoded segment so that other
@@ -44,7 +44,7 @@ TOKEN_CHARS: Final = 20
 _TOKEN_ALPHABET: Final = re.compile(r"[A-Za-z0-9_.-]")
 _HEX: Final = re.compile(r"[0-9a-f-]*")
 # The routes whose next segment is a token (web.create_app).
-_TOKEN_ROUTES: Final = frozenset({"download", "status"})
+_TOKEN_ROUTES: Final = frozenset({"download", "status", "bundle"})
 _METHOD: Final = re.compile(r"[A-Z]{1,16}")
 # What may appear in a written segment as it is; anything else is percent-encoded, so a
 # decoded control character can never start a forged log line.

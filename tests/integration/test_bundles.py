@@ -22,6 +22,7 @@ from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.cli.smtp_sink import SmtpSink
 from bgworker.contract import bundles, events
+from bgworker.links import tokens
 from bgworker.messaging import publisher
 from bgworker.ops import erasure
 from tests.handlers import blob_bytes
@@ -370,3 +371,31 @@ async def test_a_worker_killed_mid_part_still_ends_the_bundle_with_one_email(
     assert parts[1].attempts == 2  # the killed attempt, then the one that built it
     await smtp_sink.wait_for(1, timeout=30)
     assert [str(m["Message-ID"]) for m in smtp_sink.messages] == [f"<{bundle.id}.bundle@bgworker>"]
+
+
+async def test_a_bundle_link_is_refused_to_another_user_and_from_another_key(
+    settings: settings_mod.Settings, start_server: StartServer
+) -> None:
+    settings.web.identity_header = "X-Remote-User"
+    base = await start_server()
+    bundle_id = uuid.uuid4()
+    bound = tokens.Signer(settings.tokens, bind=True).for_bundles()
+    token = bound.issue(bundle_id, requester_id="ann")
+    url = f"{base}/bundle/{token}"
+    status, _, _ = await fetch("GET", url, headers={"X-Remote-User": "ann"})
+    assert status == 404  # hers, not recorded by a worker yet: waiting
+    status, _, page = await fetch(
+        "GET", url, headers={"X-Remote-User": "bob", "Accept": "text/html"}
+    )
+    assert status == 403 and "belongs to someone else" in page.decode()
+    status, _, _ = await fetch("GET", f"{url}/zip")
+    assert status == 403
+    other = settings.tokens.model_copy(
+        update={"secret_keys": [SecretStr("another-key-" + "x" * 20)]}
+    )
+    foreign = tokens.Signer(other).for_bundles().issue(bundle_id)
+    status, _, _ = await fetch("GET", f"{base}/bundle/{foreign}")
+    assert status == 400
+    request_link = tokens.Signer(settings.tokens).issue(bundle_id)  # a request's, not a bundle's
+    status, _, _ = await fetch("GET", f"{base}/bundle/{request_link}")
+    assert status == 400
