@@ -8,7 +8,9 @@ every request, so a Range resumed later continues the same archive. Each entry's
 computed while its bytes go by and written after them in a data descriptor (bit 3), so
 nothing is buffered: memory is one chunk. A Range reads only what it needs: the bytes of the
 entries it covers, and the whole of an entry only when the range covers the CRC after it
-(its descriptor, or the central directory at the end, which needs every entry's).
+(its descriptor, or the central directory at the end, which needs every entry's) and the
+CRC is not known yet (a caller records what a stream computed, ``on_crc``, and passes it in
+``Member.crc32`` later).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Member:
     size: int
     key: str  # its storage key
     etag: str  # quoted sha256, as the row recorded it
+    crc32: int | None = None  # when known (recorded by an earlier stream): never read for it
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,8 @@ class Layout:
 
 
 Opener = Callable[[Member], Awaitable[base.Source]]
+# Told each CRC-32 a stream computed by reading a whole member, to record it.
+OnCrc = Callable[[Member, int], Awaitable[None]]
 
 
 def _clip(data: bytes, at: int, start: int, end: int) -> bytes:
@@ -145,10 +150,17 @@ def _clip(data: bytes, at: int, start: int, end: int) -> bytes:
 
 
 async def stream(
-    layout: Layout, open_source: Opener, start: int, end: int, chunk_size: int
+    layout: Layout,
+    open_source: Opener,
+    start: int,
+    end: int,
+    chunk_size: int,
+    on_crc: OnCrc | None = None,
 ) -> AsyncIterator[bytes]:
     """Bytes ``start`` to ``end`` (both included) of the archive, reading each stored file
-    through ``open_source`` only where the range needs it."""
+    through ``open_source`` only where the range needs it: its bytes in the range, or all of
+    them when the range needs its CRC-32 and the member does not carry it (``on_crc`` is then
+    told the CRC, to record it)."""
     crcs: list[int] = []
     whole_tail = end >= layout.directory_offset  # the directory needs every CRC
     for entry in layout.entries:
@@ -159,10 +171,12 @@ async def stream(
         size = entry.member.size
         needs_crc = whole_tail or (entry.data_end <= end and entry.end > start)
         covers = entry.data_start <= end and entry.data_end > start
+        known = entry.member.crc32
+        reads_all = needs_crc and known is None
         crc = 0
-        if size and (needs_crc or covers):
-            first = 0 if needs_crc else max(start - entry.data_start, 0)
-            last = size - 1 if needs_crc else min(end - entry.data_start, size - 1)
+        if size and (reads_all or covers):
+            first = 0 if reads_all else max(start - entry.data_start, 0)
+            last = size - 1 if reads_all else min(end - entry.data_start, size - 1)
             source = await open_source(entry.member)
             at = entry.data_start + first
             async for chunk in source.read(first, last, chunk_size):
@@ -174,6 +188,10 @@ async def stream(
                 raise base.RangeNotSatisfiableError(
                     f"{entry.member.key}: fewer bytes than recorded"
                 )
+            if reads_all and on_crc is not None:
+                await on_crc(entry.member, crc)
+        if known is not None:
+            crc = known
         crcs.append(crc)
         if needs_crc and (tail := _clip(layout.descriptor(entry, crc), entry.data_end, start, end)):
             yield tail

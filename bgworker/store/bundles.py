@@ -77,6 +77,14 @@ class Bundles(connection.Connected):
             for r in await self.pool.fetch(Q["bundle_parts"], bundle_id)
         ]
 
+    async def crcs(self, bundle_id: uuid.UUID) -> dict[uuid.UUID, int]:
+        """The CRC-32s recorded for the bundle's parts (``record_crc``)."""
+        found = await self.pool.fetch(Q["part_crcs"], bundle_id)
+        return {r["id"]: r["crc32"] for r in found if r["crc32"] is not None}
+
+    async def record_crc(self, request_id: uuid.UUID, crc: int, sha256: str) -> None:
+        await self.pool.execute(Q["record_crc"], request_id, crc, sha256)
+
 
 async def cancel_bundle(pool: asyncpg.Pool, bundle_id: uuid.UUID) -> list[uuid.UUID] | None:
     """Mark the bundle cancelled (it sends no email then); its parts' ids, for the caller to

@@ -66,3 +66,11 @@ SET status = 'cancelled', cancel_requested = true, finished_at = now(), updated_
 FROM bundle
 WHERE r.bundle_id = bundle.id
 RETURNING r.id;
+
+-- name: part_crcs
+-- The CRC-32s recorded for bundle $1's parts (NULL: not computed yet).
+SELECT id, crc32 FROM bgworker_requests WHERE bundle_id = $1;
+
+-- name: record_crc
+-- A part's CRC-32 ($2), for the file of sha256 $3 only (the file the ZIP read).
+UPDATE bgworker_requests SET crc32 = $2 WHERE id = $1 AND sha256 = $3 AND crc32 IS NULL;

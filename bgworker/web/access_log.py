@@ -6,8 +6,9 @@ The rule does not depend on a route matching: a 404 or a garbled request is logg
 ``redact`` writes a path segment by segment:
 
 - from the first segment named ``download``, ``status`` or ``bundle`` (at any depth, in any
-  case) the rest of the path is ``<token>`` (a bundle's ``/zip`` with it): a link with a doubled slash, a proxy's prefix, a
-  stray segment or characters a mail client added still names its token there;
+  case) the rest of the path is ``<token>`` (a bundle's ``/zip`` with it): a link with a
+  doubled slash, a proxy's prefix, a stray segment or characters a mail client added still
+  names its token there;
 - any other segment that holds ``TOKEN_CHARS`` or more characters of a token's alphabet
   (base64url and the dot), counted over the whole decoded segment so that other
   characters mixed in cannot cut it into short runs, is ``<redacted>``: a token's

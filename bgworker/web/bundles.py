@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import uuid
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -165,9 +166,10 @@ def _render(
     )
 
 
-def _members(parts: list[store.RequestRow]) -> list[zips.Member]:
+def _members(parts: list[store.RequestRow], crcs: dict[uuid.UUID, int]) -> list[zips.Member]:
     """The ready parts, each under its filename (the part's number before it when another
-    part already has that name, as two parts of one file type without filenames would)."""
+    part already has that name, as two parts of one file type without filenames would),
+    with the CRC-32 an earlier stream recorded."""
     members: list[zips.Member] = []
     seen: set[str] = set()
     now = datetime.now(UTC)
@@ -180,9 +182,9 @@ def _members(parts: list[store.RequestRow]) -> list[zips.Member]:
         if name in seen:
             name = f"{(part.bundle_index or 0) + 1}-{name}"
         seen.add(name)
-        members.append(
-            zips.Member(name, part.size_bytes or 0, part.storage_key, f'"{part.sha256}"')
-        )
+        etag = f'"{part.sha256}"'
+        size = part.size_bytes or 0
+        members.append(zips.Member(name, size, part.storage_key, etag, crcs.get(part.id)))
     return members
 
 
@@ -191,7 +193,8 @@ async def download_zip(request: web.Request) -> web.StreamResponse:
         bundle, parts = await _bundle(request)
         if _in_progress(parts):
             raise _Refused(409, pages.Kind.IN_PROGRESS, "some files are not ready yet")
-        members = _members(parts)
+        db = request.app[keys.STORE]
+        members = _members(parts, await db.bundles.crcs(bundle.id))
         if not members:
             raise _Refused(404, pages.Kind.FAILED, "none of these files is ready")
     except _Refused as refused:
@@ -229,20 +232,46 @@ async def download_zip(request: web.Request) -> web.StreamResponse:
         start, end = decision.start, decision.end
         response.headers[hdrs.CONTENT_RANGE] = decision.content_range
     response.content_length = end - start + 1
+    files = request.app[keys.STORAGE]
+    # Every part's bytes still stored, checked before any header goes: a part removed behind
+    # its row (an operator, `clean` at its expiry) is a 410, as a single download's is.
+    for member in members:
+        if not await files.exists(member.key):
+            body = {"error": "a file of this bundle is no longer stored", "status": 410}
+            return responses.json_response({**body, "state": "gone"}, status=410)
     await response.prepare(request)
     if request.method != hdrs.METH_HEAD:
-        files = request.app[keys.STORAGE]
-
-        async def opened(member: zips.Member) -> storage.Source:
-            return await files.source(member.key, size=member.size, etag=member.etag)
-
-        chunk_size = request.app[keys.CHUNK_SIZE]
-        # A part deleted behind its row after the headers went: the connection is cut short
-        # (the client sees fewer bytes than Content-Length and may resume).
-        async for chunk in zips.stream(layout, opened, start, end, chunk_size):
-            await response.write(chunk)
+        await _send(request, response, layout, parts, start, end)
     await response.write_eof()
     return response
+
+
+async def _send(
+    request: web.Request,
+    response: web.StreamResponse,
+    layout: zips.Layout,
+    parts: list[store.RequestRow],
+    start: int,
+    end: int,
+) -> None:
+    """Bytes ``start``..``end`` of the ZIP, from the storage backend, recording the CRC-32s
+    the stream computed."""
+    files, db = request.app[keys.STORAGE], request.app[keys.STORE]
+    by_key = {p.storage_key: p for p in parts}
+
+    async def opened(member: zips.Member) -> storage.Source:
+        return await files.source(member.key, size=member.size, etag=member.etag)
+
+    async def record(member: zips.Member, crc: int) -> None:
+        # Later ranges that need it (a resume near the end) read none of the part for it.
+        part = by_key[member.key]
+        await db.bundles.record_crc(part.id, crc, part.sha256 or "")
+
+    # A part deleted after the check (a race): the connection is cut short, the client sees
+    # fewer bytes than Content-Length and may resume.
+    chunk_size = request.app[keys.CHUNK_SIZE]
+    async for chunk in zips.stream(layout, opened, start, end, chunk_size, record):
+        await response.write(chunk)
 
 
 def mount(app: web.Application) -> None:

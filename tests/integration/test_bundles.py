@@ -12,6 +12,7 @@ import signal
 import sys
 import uuid
 import zipfile
+import zlib
 from typing import Any
 
 import aio_pika
@@ -19,14 +20,22 @@ import pytest
 from pydantic import SecretStr
 
 from bgworker import settings as settings_mod
-from bgworker import store
+from bgworker import storage, store
 from bgworker.cli.smtp_sink import SmtpSink
 from bgworker.contract import bundles, events
 from bgworker.links import tokens
 from bgworker.messaging import publisher
 from bgworker.ops import erasure
 from tests.handlers import blob_bytes
-from tests.helpers import AMQP_URL, REPO, StartServer, StartWorker, settings_env, wait_until
+from tests.helpers import (
+    AMQP_URL,
+    REPO,
+    StartServer,
+    StartWorker,
+    settings_env,
+    stored_path,
+    wait_until,
+)
 from tests.integration.downloads import fetch, tamper
 
 pytestmark = pytest.mark.usefixtures("amqp")
@@ -130,6 +139,24 @@ async def test_a_bundle_of_three_parts_end_to_end(
         )
         assert status == 206 and piece == whole[first : last + 1]
         assert part_headers["Content-Range"] == f"bytes {first}-{last}/{length}"
+
+    # The CRCs the whole download computed are recorded: a resume near the end then reads no
+    # part (one removed from storage here) and still gets the same bytes.
+    crcs = await db.bundles.crcs(bundle.id)
+    assert set(crcs) == {parts[0].id, parts[1].id}  # the empty part has nothing to read
+    assert crcs[parts[0].id] == zlib.crc32(blob_bytes(1000, 1))
+    # Same size, other bytes: read again for its CRC, the directory would differ.
+    stored = stored_path(storage.LocalStorage(settings.storage_dir), parts[1])
+    stored.write_bytes(bytes(len(stored.read_bytes())))
+    status, _, tail = await fetch(
+        "GET", f"{base}/bundle/{token}/zip", headers={"Range": f"bytes={archive.start_dir}-"}
+    )
+    assert status == 206 and tail == whole[archive.start_dir :]
+
+    # A part removed behind its row: the ZIP is a 410 before any byte, not a cut stream.
+    stored.unlink()
+    status, _, gone = await fetch("GET", f"{base}/bundle/{token}/zip")
+    assert status == 410 and json.loads(gone)["state"] == "gone"
 
     # Tokens: tampered, or a request's token used as a bundle's, are refused.
     status, _, _ = await fetch("GET", f"{base}/bundle/{tamper(token)}")

@@ -128,3 +128,32 @@ async def test_a_part_over_4_gib_gets_zip64_and_zipfile_reads_the_directory() ->
     assert archive.read("s.txt") == b"hello"  # its CRC, after 4 GiB, checked by zipfile
     with archive.open("big.bin") as opened_big:
         assert opened_big.read(1000) == bytes(1000)
+
+
+async def test_a_known_crc_spares_reading_the_member_for_the_directory() -> None:
+    # The first whole stream tells each CRC; with them, the tail reads no member at all.
+    layout = _layout(FILES)
+    told: dict[str, int] = {}
+
+    async def record(member: zips.Member, crc: int) -> None:
+        told[member.key] = crc
+
+    async def opened(member: zips.Member) -> base.Source:
+        return _Bytes(FILES[member.key])  # type: ignore[return-value]
+
+    whole = b"".join(
+        [c async for c in zips.stream(layout, opened, 0, layout.size - 1, 999, record)]
+    )
+    assert set(told) == {"a.csv", "é ü.bin"}  # the empty member has nothing to read
+
+    async def never(member: zips.Member) -> base.Source:
+        raise AssertionError(f"{member.key} read")
+
+    known = [
+        zips.Member(m.name, m.size, m.key, m.etag, told.get(m.key, 0))
+        for m in (e.member for e in layout.entries)
+    ]
+    again = zips.Layout(known, MODIFIED)
+    start = again.directory_offset - 10  # the last descriptor and the directory
+    tail = [c async for c in zips.stream(again, never, start, again.size - 1, 999)]
+    assert b"".join(tail) == whole[start:]

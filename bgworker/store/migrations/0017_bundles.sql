@@ -18,6 +18,12 @@ ALTER TABLE bgworker_requests
     ADD COLUMN bundle_id uuid REFERENCES bgworker_bundles (id) ON DELETE SET NULL,
     ADD COLUMN bundle_index integer CHECK (bundle_index IS NULL OR bundle_index >= 0);
 
+-- The CRC-32 of a part's file, recorded the first time a bundle's ZIP streamed all of it:
+-- later ranges of the ZIP that need it (the central directory, a resume near the end) then
+-- read none of the file for it.
+ALTER TABLE bgworker_requests
+    ADD COLUMN crc32 bigint CHECK (crc32 IS NULL OR crc32 BETWEEN 0 AND 4294967295);
+
 CREATE UNIQUE INDEX bgworker_requests_bundle_part
     ON bgworker_requests (bundle_id, bundle_index) WHERE bundle_id IS NOT NULL;
 
