@@ -37,6 +37,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.integration.downloads import fetch, tamper
+from tests.integration.letters import Cli
 
 pytestmark = pytest.mark.usefixtures("amqp")
 
@@ -283,6 +284,32 @@ async def test_parts_ending_together_on_two_workers_send_each_bundle_one_email(
         assert [e["kind"] for e in effects] == ["email_bundle"]
 
 
+async def test_bgworker_cancel_of_a_bundle_id_cancels_its_parts(
+    settings: settings_mod.Settings, db: store.Store, start_worker: StartWorker, cli: Cli
+) -> None:
+    await start_worker()
+    bundle = _bundle(
+        [
+            {"file_type": "slow", "criteria": {"seconds": 30 + i}, "filename": f"s{i}"}
+            for i in range(2)
+        ]
+    )
+    await _publish(settings, bundle)
+
+    async def running() -> bool:
+        return [p.status for p in await db.bundles.parts(bundle.id)] == ["running"] * 2
+
+    await wait_until(running)
+    code, out, err = await cli("cancel", str(bundle.id))
+    assert code == 0, err
+    assert out.strip() == f"{bundle.id}: cancelling (running)"
+
+    async def cancelled() -> bool:
+        return [p.status for p in await db.bundles.parts(bundle.id)] == ["cancelled"] * 2
+
+    await wait_until(cancelled)
+
+
 async def test_a_cancel_before_its_bundle_means_no_part_is_built(
     settings: settings_mod.Settings,
     db: store.Store,
@@ -337,6 +364,10 @@ async def test_the_front_door_takes_a_bundle_and_answers_its_page_link(
     status, _, page = await fetch("GET", base + path)
     assert status == 200 and json.loads(page)["done"] is True
     assert len(smtp_sink.messages) == 1
+
+    # Every part ended: nothing to cancel, as for a request that ended.
+    status, _, raw = await fetch("DELETE", f"{base}/bundles/{bundle.id}", headers=auth)
+    assert status == 409 and json.loads(raw)["request_status"] == "ready"
 
     hostile = {**json.loads(body), "parts": [{"file_type": "blob"}] * 2}
     status, _, raw = await fetch("POST", f"{base}/bundles", data=json.dumps(hostile), headers=auth)
