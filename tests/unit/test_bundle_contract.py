@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bgworker.contract import bundles, events
+from bgworker.effects import mail
 
 FILE_TYPES = st.sampled_from(["blob", "report", "a-b_c", "", "Bad Type", "x" * 200, 7, None])
 PARTS = st.lists(
@@ -70,3 +71,35 @@ def test_a_bundle_of_no_parts_or_too_many_is_refused(count: int) -> None:
 def test_part_ids_are_uuid5_of_the_bundle_and_the_index() -> None:
     bundle_id = uuid.UUID("2f1b6f0e-8a4e-4c8e-9d7e-0b8f3d6b1a11")
     assert bundles.part_id(bundle_id, 0) == uuid.uuid5(bundle_id, "0")
+
+
+@pytest.mark.parametrize(
+    ("statuses", "subject"),
+    [
+        (["ready", "ready"], "Your files are ready"),
+        (["ready", "failed"], "Your files are ready, some could not be made"),
+        (["failed", "failed"], "Your files could not be made"),
+    ],
+)
+def test_the_bundle_email_says_what_came_of_the_parts(statuses: list[str], subject: str) -> None:
+    parts = [
+        {"index": i, "filename": f"f{i}.csv", "status": s, "message": "the file could not be made"}
+        for i, s in enumerate(statuses)
+    ]
+    context = {
+        "bundle_id": str(uuid.uuid4()),
+        "request_id": "x",
+        "parts": parts,
+        "ready": statuses.count("ready"),
+        "failed": statuses.count("failed"),
+        "bundle_url": "https://files.example.com/bundle/t",
+        "description": "<b>Q3</b>",
+    }
+    message = mail.render("bundle", "ann@example.com", "bgworker@example.com", context)
+    assert message["Subject"] == subject
+    html = message.get_body(("html",))
+    assert html is not None and "&lt;b&gt;Q3&lt;/b&gt;" in str(html.get_content())
+    text = message.get_body(("plain",))
+    assert text is not None
+    for part in parts:
+        assert f"{part['filename']}" in str(text.get_content())
