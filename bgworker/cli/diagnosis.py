@@ -287,11 +287,26 @@ def database_error(exc: BaseException, dsn: str) -> StartupError:
     if isinstance(exc, asyncpg.ClientConfigurationError | ValueError):
         return config(f"{DATABASE_URL} is not a usable PostgreSQL URL: {exc}")
     if isinstance(exc, asyncpg.PostgresError):
-        return unavailable(f"{where} refused the connection: {exc}")
+        return _database_answer(exc, where)
     return unavailable(
         f"cannot reach {where} ({_reason(exc)}): start it (`make services`) or fix "
         f"the host and port in {DATABASE_URL}"
     )
+
+
+def _database_answer(exc: asyncpg.PostgresError, where: str) -> StartupError:
+    """The server answered, with an error: say which (its SQLSTATE), not "refused"."""
+    state = exc.sqlstate or ""
+    if state == "57P03":  # cannot_connect_now: starting up, shutting down, recovering
+        return unavailable(f"{where} is not accepting connections yet ({exc}): try again")
+    if state.startswith("53"):  # insufficient resources: too_many_connections, disk_full...
+        return unavailable(
+            f"{where} is out of resources ({state}: {exc}): lower the pool sizes, add a "
+            "pooler (BGWORKER_DATABASE_POOLER) or raise the server's limits"
+        )
+    if state == "42501":  # insufficient_privilege
+        return config(f"{DATABASE_URL}: the user has no permission: {exc}")
+    return unavailable(f"{where} answered with an error ({state or 'no SQLSTATE'}): {exc}")
 
 
 def broker_error(exc: BaseException, url: str) -> StartupError:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 
 from bgworker import settings as settings_mod
 from tests.acceptance.processes import run_cli
-from tests.helpers import AMQP_URL, db_url, settings_env
+from tests.helpers import AMQP_URL, PG_ADMIN, db_url, settings_env
 
 USAGE = 64  # EX_USAGE: the settings are wrong
 UNAVAILABLE = 69  # EX_UNAVAILABLE: the service does not answer
@@ -196,3 +198,29 @@ async def test_one_line_naming_the_setting_and_a_sysexits_code(
         assert part in line, line
     assert "wrong-password" not in result.err  # a URL's password is never said
     assert result.out == ""
+
+
+async def test_a_server_that_answers_with_an_error_is_named_by_its_sqlstate(
+    settings: settings_mod.Settings,
+) -> None:
+    """PostgreSQL at the address, answering the login with an error that is neither a wrong
+    password nor a missing database (here 53300, too many connections: a role allowed none):
+    the line says what the server said and its SQLSTATE, not that it refused the
+    connection."""
+    role = "bgw_nolimit_" + uuid.uuid4().hex[:8]
+    admin = await asyncpg.connect(PG_ADMIN)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
+        parts = urlsplit(PG_ADMIN)
+        url = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rsplit('@', 1)[-1]}"))
+        env = {**settings_env(settings), "BGWORKER_DATABASE_URL": url}
+        result = await run_cli("status", ANY_ID, env=env, timeout=60)
+    finally:
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()
+    assert result.code == UNAVAILABLE, result.err
+    [line] = result.err.splitlines()
+    assert line.startswith("bgworker status: PostgreSQL at "), line
+    assert "is out of resources (53300: too many connections" in line, line
+    assert "BGWORKER_DATABASE_POOLER" in line, line
+    assert "refused the connection" not in line

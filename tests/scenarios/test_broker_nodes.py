@@ -44,9 +44,11 @@ def _leader(deployment: Deployment) -> str:
     return deployment.site.holders(deployment.settings.namespace)[deployment.topology.work_queue]
 
 
-async def test_kill9_of_the_node_leading_the_work_queue_then_back(
-    deployment: Deployment, reports: list[Report]
+async def _kill9_of_the_work_queue_leader(
+    deployment: Deployment, reports: list[Report], back_after: float | None
 ) -> None:
+    """Kill -9 the node leading the work queue 6 s into publishing; start it again after
+    ``back_after`` seconds, or never (None: only when the site is restored)."""
     await deployment.start()
     site = deployment.site
     holder = await asyncio.to_thread(_holder, deployment)
@@ -59,49 +61,39 @@ async def test_kill9_of_the_node_leading_the_work_queue_then_back(
         await asyncio.sleep(6)
         await asyncio.to_thread(node.kill)
         killed.append(time.time())
-        await asyncio.sleep(20)
+        if back_after is None:
+            return
+        await asyncio.sleep(back_after)
         moved.append(await asyncio.to_thread(_leader, deployment))
         node.start()
         await asyncio.to_thread(site.cluster.wait)
 
+    how = "for good" if back_after is None else f"back after {back_after:g} s"
     scenario = deployment.scenario(
-        f"kill -9 of {holder} (work queue leader), back after 20 s", REQUESTS, publish_seconds=25
+        f"kill -9 of {holder} (work queue leader), {how}", REQUESTS, publish_seconds=25
     )
     report = await scenario.run(fault)
-    report.notes.append(
-        f"work queue led by {moved[0]} while {holder} was down; builds after the kill: "
-        + _builds_after(scenario, killed[0])
+    led = (
+        f"work queue now led by {_leader(deployment)}"
+        if back_after is None
+        else f"work queue led by {moved[0]} while {holder} was down"
     )
+    report.notes.append(f"{led}; builds after the kill: " + _builds_after(scenario, killed[0]))
     reports.append(report)
     print(report.line())
     report.check()
+
+
+async def test_kill9_of_the_node_leading_the_work_queue_then_back(
+    deployment: Deployment, reports: list[Report]
+) -> None:
+    await _kill9_of_the_work_queue_leader(deployment, reports, back_after=20)
 
 
 async def test_kill9_of_the_node_leading_the_work_queue_for_good(
     deployment: Deployment, reports: list[Report]
 ) -> None:
-    await deployment.start()
-    holder = await asyncio.to_thread(_holder, deployment)
-    node = deployment.site.node(holder)
-
-    killed: list[float] = []
-
-    async def fault() -> None:
-        await asyncio.sleep(6)
-        await asyncio.to_thread(node.kill)  # not started again until the site is restored
-        killed.append(time.time())
-
-    scenario = deployment.scenario(
-        f"kill -9 of {holder} (work queue leader) for good", REQUESTS, publish_seconds=25
-    )
-    report = await scenario.run(fault)
-    report.notes.append(
-        f"work queue now led by {_leader(deployment)}; builds after the kill: "
-        + _builds_after(scenario, killed[0])
-    )
-    reports.append(report)
-    print(report.line())
-    report.check()
+    await _kill9_of_the_work_queue_leader(deployment, reports, back_after=None)
 
 
 async def test_rolling_restart_of_the_three_nodes(
