@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -217,6 +217,7 @@ EVENT_MODELS: Final[dict[str, type[BaseModel]]] = {
 MAX_ERRORS: Final = 100
 
 FieldError = tuple[str, str]
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class InvalidEventError(Exception):
@@ -289,11 +290,21 @@ def parse_file_requested(body: bytes) -> FileRequested:
 
 def parse_cancel_requested(body: bytes) -> CancelRequested:
     """A ``CancelRequested`` body; raises InvalidEventError and nothing else."""
+    return parse_model(body, CancelRequested)
+
+
+def parse_model(body: bytes, model: type[_M]) -> _M:
+    """A body as ``model`` (an event without the FileRequested's version and storability
+    checks of its own); raises InvalidEventError and nothing else."""
     raw = decode_json(body)
     if not isinstance(raw, dict):
         raise _invalid("invalid_schema", [("body", "must be a JSON object")])
+    problems = strict_json.unstorable(raw)
+    if problems:
+        errors = [(where or "(body)", problem) for where, problem in problems]
+        raise _invalid("invalid_schema", errors, _maybe_uuid(raw.get("id")))
     try:
-        return CancelRequested.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         raise _invalid(
             "invalid_schema", validation_errors(exc), _maybe_uuid(raw.get("id"))
@@ -353,16 +364,18 @@ def storable_body(body: bytes) -> dict[str, JsonValue]:
     return stored
 
 
-def json_schemas() -> dict[str, str]:
-    """File name -> JSON Schema text for every event, stable so the files diff cleanly."""
+def json_schemas(more: dict[str, type[BaseModel]] | None = None) -> dict[str, str]:
+    """File name -> JSON Schema text for every event (and ``more``: models of modules built
+    on this one), stable so the files diff cleanly."""
     out: dict[str, str] = {}
-    for name, model in EVENT_MODELS.items():
+    for name, model in {**EVENT_MODELS, **(more or {})}.items():
         schema = model.model_json_schema(mode="validation")
-        if model is FileRequested:
-            schema["$defs"]["CriteriaValue"] = event_fields.CRITERIA_VALUE_SCHEMA
-            schema["properties"]["criteria"]["additionalProperties"] = {
-                "$ref": "#/$defs/CriteriaValue"
-            }
+        # criteria, of the request or of each part of a bundle: the recursive value schema.
+        for owner in (schema, schema.get("$defs", {}).get("BundlePart", {})):
+            criteria = owner.get("properties", {}).get("criteria")
+            if criteria is not None:
+                schema["$defs"]["CriteriaValue"] = event_fields.CRITERIA_VALUE_SCHEMA
+                criteria["additionalProperties"] = {"$ref": "#/$defs/CriteriaValue"}
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"https://bgworker.dev/schemas/{name}.v{SCHEMA_VERSION}.json"
         out[f"{name}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"

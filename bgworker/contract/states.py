@@ -59,10 +59,16 @@ class EffectKind(StrEnum):
     # The email with the link to a requester's "my files" page (POST /my-files), on the
     # address's newest request.
     EMAIL_MY_FILES = "email_my_files"
+    EMAIL_BUNDLE = "email_bundle"  # a bundle's one email, when its last part ended
 
 
 EMAILS: Final = frozenset(
-    {EffectKind.EMAIL_READY, EffectKind.EMAIL_FAILED, EffectKind.EMAIL_MY_FILES}
+    {
+        EffectKind.EMAIL_READY,
+        EffectKind.EMAIL_FAILED,
+        EffectKind.EMAIL_MY_FILES,
+        EffectKind.EMAIL_BUNDLE,
+    }
 )
 # Given up after ``webhooks.max_attempts`` (a receiver may be gone for good); emails and
 # events are retried until they succeed.
@@ -87,6 +93,7 @@ class JobOutcome(StrEnum):
     LOST = "lost"
     RELEASED = "released"
     DUPLICATE = "duplicate"
+    BUNDLED = "bundled"  # a BundleRequested recorded and its parts published (no job ran)
     PARKED = "parked"  # over a cap: recorded as parked and acked, runs when woken
     OVER_QUOTA = "over_quota"  # its tenant's quota used up: deferred or failed
     INVALID = "invalid"
@@ -96,7 +103,9 @@ class JobOutcome(StrEnum):
 
 
 # Outcomes that are not a job run (``--max-jobs`` does not count them).
-NOT_A_RUN: Final = frozenset({JobOutcome.DUPLICATE, JobOutcome.PARKED, JobOutcome.OVER_QUOTA})
+NOT_A_RUN: Final = frozenset(
+    {JobOutcome.DUPLICATE, JobOutcome.PARKED, JobOutcome.OVER_QUOTA, JobOutcome.BUNDLED}
+)
 
 
 class Reason(StrEnum):

@@ -282,6 +282,14 @@ class Dispatcher:
             }
             message = _resent(self.mailer.render("ready", p["to"], context), p)
             await self.mailer.send(_unsubscribe(message, context), done)
+        elif item.kind == states.EffectKind.EMAIL_BUNDLE:
+            # One email for the whole bundle, on the outbox row of the part that ended it.
+            bundles = self.signer.for_bundles()
+            token = bundles.issue(uuid.UUID(p["bundle_id"]), requester_id=p.get("requester_id"))
+            context = {**p, "request_id": p["bundle_id"]}
+            context["bundle_url"] = tokens.bundle_url(self.public_url, token)
+            context["my_files_url"] = self._my_files_url(p["to"])
+            await self.mailer.send(self.mailer.render("bundle", p["to"], context), done)
         elif item.kind == states.EffectKind.EMAIL_FAILED:
             # Rows written before ``message`` existed carry the exception as ``error``.
             safe = p.get("message") or requester_texts.failure(p.get("reason"))

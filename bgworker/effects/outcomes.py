@@ -6,6 +6,8 @@ A ready request always gets its FileReady event, and its email when the requeste
 address; a failed one its FileFailed and its failure email. A webhook goes to the request's
 own ``callback_url`` when it has one, else to the deployment's ``webhooks.url`` when set:
 never both, so a producer that names its receiver gets exactly one webhook per outcome.
+A bundle's part gets no email of its own: its bundle's one email is written when the last
+part ends.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def ready_effects(
     effects: list[tuple[str, dict[str, Any]]] = [(states.EffectKind.EVENT_READY, common)]
     url = row.event.get("callback_url") or webhook_url
     effects += _webhook(states.EffectKind.WEBHOOK_READY, common, url)
+    if row.bundle_id is not None:
+        return effects + _part_ended(row)
     if requester.get("email"):
         effects.append(
             (
@@ -67,6 +71,12 @@ def ready_effects(
             )
         )
     return effects
+
+
+def _part_ended(row: store.RequestRow) -> list[tuple[str, dict[str, Any]]]:
+    """A bundle's part sends no email of its own: the bundle sends one when its last part
+    ended (``store.bundles``, which this pseudo-effect asks to look)."""
+    return [(store.PART_ENDED, {"bundle_id": str(row.bundle_id)})]
 
 
 def _trace() -> dict[str, Any]:
@@ -100,6 +110,8 @@ def failed_effects(
         return effects + _webhook(states.EffectKind.WEBHOOK_FAILED, common, webhook_url)
     url = requested.callback_url or webhook_url
     effects += _webhook(states.EffectKind.WEBHOOK_FAILED, common, url)
+    if row.bundle_id is not None:
+        return effects + _part_ended(row)
     if requested.requester and requested.requester.email:
         effects.append(
             (

@@ -42,6 +42,9 @@ BOUND_PREFIX: Final = "u."
 MY_FILES_SALT_SUFFIX: Final = ".my-files"
 MY_FILES_PREFIX: Final = "m."
 UNSUBSCRIBE_SALT_SUFFIX: Final = ".unsubscribe"
+# Bundle links (docs/bundles.md) are signed under a salt of their own: a request's token
+# never opens a bundle's page, nor a bundle's token a request.
+BUNDLE_SALT_SUFFIX: Final = ".bundle"
 
 # itsdangerous' default signer: HMAC-SHA1, whose 20-byte digest is 27 base64url characters.
 _SIGNATURE_BYTES: Final = hashlib.sha1().digest_size
@@ -179,6 +182,7 @@ class Signer:
                 "print(secrets.token_urlsafe(32))'`"
             )
         self.bind = bind
+        self._config = config
         self.max_age = config.max_age_seconds
         self.skew = config.clock_skew_seconds
         self._clock = clock
@@ -205,6 +209,11 @@ class Signer:
         self._unsubscribe = itsdangerous.URLSafeTimedSerializer(
             keys, salt=config.salt + UNSUBSCRIBE_SALT_SUFFIX, signer=_ClockedSigner
         )
+
+    def for_bundles(self) -> Signer:
+        """The signer of bundle links: the same keys, binding and age rules as this one."""
+        salted = self._config.model_copy(update={"salt": self._config.salt + BUNDLE_SALT_SUFFIX})
+        return Signer(salted, bind=self.bind, clock=self._clock)
 
     def issue(
         self,
@@ -354,6 +363,10 @@ def download_url(public_url: str, token: str) -> str:
 
 def my_files_url(public_url: str, token: str) -> str:
     return f"{public_url.rstrip('/')}/my-files/{token}"
+
+
+def bundle_url(public_url: str, token: str) -> str:
+    return f"{public_url.rstrip('/')}/bundle/{token}"
 
 
 def status_link(public_url: str, token: str) -> str:

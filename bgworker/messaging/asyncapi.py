@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Final
 
-from bgworker.contract import events, schedules, states
+from bgworker.contract import bundles, events, schedules, states
 from bgworker.messaging import topology, wire
 
 FILE_NAME: Final = "asyncapi.json"
@@ -120,6 +120,19 @@ def _messages() -> dict[str, Any]:
             "payload": _payload("FileRequested"),
             "bindings": _message_binding("FileRequested"),
         },
+        "BundleRequested": {
+            "name": "BundleRequested",
+            "title": "Several files are requested together",
+            "summary": "Published by a producer; `id` is the idempotency key of the bundle.",
+            "description": (
+                "AMQP properties: `message_id` is the bundle id. Its parts are built as "
+                "requests of their own, part i under the id uuid5(id, str(i)); one email when "
+                "the last part ended (docs/bundles.md)."
+            ),
+            "contentType": wire.JSON,
+            "payload": _payload("BundleRequested"),
+            "bindings": _message_binding("BundleRequested"),
+        },
         "CancelRequested": {
             "name": "CancelRequested",
             "title": "A producer cancels a request",
@@ -203,6 +216,13 @@ def document() -> dict[str, Any]:
             f"The requests exchange, bound to the work queue `{topo.work_queue}` "
             f"(quorum, delivery limit {topology.DELIVERY_LIMIT}, unless classic).",
         ),
+        "bundles": _routing_channel(
+            topology.BUNDLE_KEY,
+            requests,
+            "BundleRequested",
+            f"The requests exchange, bound to the work queue `{topo.work_queue}` too: the "
+            "worker that takes a bundle records it and publishes its parts as requests.",
+        ),
         "cancels": _routing_channel(
             topology.CANCEL_KEY,
             requests,
@@ -245,6 +265,14 @@ def document() -> dict[str, Any]:
             "FileRequested",
             "Workers consume requests and ack once the claim is committed in PostgreSQL. "
             "Producers publish them persistent and mandatory, with publisher confirms.",
+            {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING_VERSION}},
+        ),
+        "receiveBundleRequested": _operation(
+            "receive",
+            "bundles",
+            "BundleRequested",
+            "A worker records the bundle and its parts and publishes the parts (confirmed) in "
+            "one transaction, then acks; an invalid bundle is dead-lettered whole.",
             {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING_VERSION}},
         ),
         "receiveCancelRequested": _operation(
@@ -315,7 +343,7 @@ def text() -> str:
 def schema_files() -> dict[str, str]:
     """Every file of ``schemas/`` (``bgworker schemas export``): the events' JSON Schemas and
     this document, which references them."""
-    return {**events.json_schemas(), **schedules.json_schemas(), FILE_NAME: text()}
+    return {**bundles.json_schemas(), **schedules.json_schemas(), FILE_NAME: text()}
 
 
 def export(target: Path, *, check: bool) -> list[str]:

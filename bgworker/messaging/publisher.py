@@ -23,8 +23,8 @@ from typing import Any, Self, TypeVar
 import pydantic
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from bgworker.contract import events
-from bgworker.messaging import broker, declaring, topology
+from bgworker.contract import bundles, events
+from bgworker.messaging import broker, declaring, topology, wire
 
 T = TypeVar("T")
 
@@ -87,6 +87,15 @@ class Publisher:
         if self._channel is None:
             raise RuntimeError("Publisher is not connected: use `async with` or connect()")
         await broker.put_back(self._channel, self.topology, body, str(request_id))
+
+    async def publish_bundle(self, bundle: bundles.BundleRequested) -> None:
+        """Publish a ``BundleRequested`` (routing key ``bundle.requested``, docs/bundles.md):
+        its parts are built as requests of their own; publishing it twice is harmless."""
+        if self._channel is None:
+            raise RuntimeError("Publisher is not connected: use `async with` or connect()")
+        message = wire.request(bundle.model_dump(mode="json"), str(bundle.id))
+        exchange = self.topology.requests_exchange
+        await broker.publish(self._channel, exchange, topology.BUNDLE_KEY, message)
 
     async def cancel(self, request_id: uuid.UUID) -> None:
         """Publish ``CancelRequested`` for ``request_id`` (idempotent; it may come before

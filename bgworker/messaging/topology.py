@@ -40,6 +40,9 @@ from aio_pika.abc import AbstractChannel, AbstractQueue, ExchangeType
 log = logging.getLogger(__name__)
 
 REQUESTED_KEY: Final = "file.requested"
+# BundleRequested: into the work queue beside the requests; the worker that takes one records
+# the bundle and publishes its parts as requests (docs/bundles.md).
+BUNDLE_KEY: Final = "bundle.requested"
 # CancelRequested: a queue of its own, so a cancel never waits behind the work backlog (a
 # worker takes work only into free slots; it takes cancels whenever they come).
 CANCEL_KEY: Final = "request.cancel"
@@ -185,6 +188,7 @@ class Topology:
                 self.work_queue, durable=True, arguments=self._work_arguments(priorities=False)
             )
         await work.bind(self.requests_exchange, REQUESTED_KEY)
+        await work.bind(self.requests_exchange, BUNDLE_KEY)
         return work
 
     async def declare_side_queues(self, channel: AbstractChannel, *, retry: bool = True) -> None:

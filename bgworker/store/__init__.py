@@ -36,6 +36,7 @@ import asyncpg
 
 from bgworker.store import (
     admin_sessions,
+    bundles,
     connection,
     dead_letters,
     dedupe,
@@ -59,8 +60,13 @@ from bgworker.store import (
     traces,
 )
 
+PART_ENDED = bundles.PART_ENDED
+BundleRow = bundles.BundleRow
+
 __all__ = [
+    "PART_ENDED",
     "TRANSIENT_ERRORS",
+    "BundleRow",
     "Claim",
     "DedupeDecision",
     "DedupeStep",
@@ -119,7 +125,8 @@ class Store:
     ``db.recovery``, ``db.outbox``, ``db.dedupe``, ``db.links``, ``db.maintenance``,
     ``db.gauges``, ``db.traces``, ``db.dead_letters``, ``db.listing``, ``db.my_files``,
     ``db.admin_sessions``, ``db.front_door``, ``db.erasure``, ``db.retention``,
-    ``db.producer_outbox``, ``db.fairness``, ``db.schedules``. The parts whose transactions
+    ``db.producer_outbox``, ``db.fairness``, ``db.schedules``, ``db.bundles``. The parts whose
+    transactions
     cause effects (requests, recovery, dedupe) write them through the one ``outbox``, which
     knows how they reach this process's dispatcher (``claim_effects_seconds``, ``on_effects``)."""
 
@@ -151,6 +158,7 @@ class Store:
         self.producer_outbox = producer_outbox.ProducerOutbox(pool)
         self.fairness = fairness.FairShare(pool)
         self.schedules = schedules.Schedules(pool)
+        self.bundles = bundles.Bundles(pool)
 
 
 @asynccontextmanager

@@ -46,8 +46,14 @@ WHERE coalesce(event ->> 'tenant', event #>> '{requester,id}') = $1;
 -- name: erase_dependents
 -- What hangs off the requests $1: attempt history (error texts), effects (email payloads
 -- name the address), dead-letter action records (errors, attempt logs), the front door's
--- and the producer outbox's copies of the event. Returns the effects removed.
+-- and the producer outbox's copies of the event; the bundles they are parts of lose their
+-- event and requester (and, cancelled, send no email). Returns the effects removed.
 WITH a AS (DELETE FROM bgworker_attempts WHERE request_id = ANY($1::uuid[])),
+     b AS (UPDATE bgworker_bundles
+           SET event = '{}', requester_id = NULL, requester_email = NULL, tenant = '',
+               cancel_requested = true
+           WHERE id IN (SELECT bundle_id FROM bgworker_requests
+                        WHERE id = ANY($1::uuid[]) AND bundle_id IS NOT NULL)),
      d AS (DELETE FROM bgworker_dlq_actions WHERE request_id = ANY($1::uuid[])),
      f AS (DELETE FROM bgworker_front_door WHERE id = ANY($1::uuid[])),
      p AS (DELETE FROM bgworker_producer_outbox WHERE request_id = ANY($1::uuid[])),

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from bgworker.store import connection, grouping, queries, rows
+from bgworker.store import bundles, connection, grouping, queries, rows
 
 Q: Final = queries.QUERIES
 
@@ -48,7 +48,12 @@ class Outbox(connection.Connected):
     async def insert_effects_of(
         self, conn: asyncpg.Connection, items: list[tuple[uuid.UUID, str, Any]]
     ) -> list[rows.OutboxItem]:
-        """The same for the effects of several requests (group commit), in one statement."""
+        """The same for the effects of several requests (group commit), in one statement.
+        A bundle's part that ended here may end its bundle: its email is written with them."""
+        ended = [(rid, uuid.UUID(p["bundle_id"])) for rid, k, p in items if k == bundles.PART_ENDED]
+        if ended:
+            items = [item for item in items if item[1] != bundles.PART_ENDED]
+            items += await bundles.finish_effects(conn, ended)
         if not items:
             return []
         # One execution per effect, pipelined: one round trip (see insert_outbox in the SQL).

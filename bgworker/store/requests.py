@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from bgworker.contract import events, progress, states
-from bgworker.store import grouping, outbox, queries, rows
+from bgworker.store import bundles, grouping, outbox, queries, rows
 
 Q: Final = queries.QUERIES
 bind: Final = queries.bind
@@ -329,12 +329,23 @@ class Requests(outbox.WritesEffects):
         self, request_id: uuid.UUID, *, email: str | None = None
     ) -> states.Status | None:
         """Cancel a request; returns its status afterwards, or None if it is not cancellable
-        (or, with ``email``, the "my files" page's address, not requested with it)."""
+        (or, with ``email``, the "my files" page's address, not requested with it). Without
+        ``email``, a bundle's id cancels the bundle (no email) and each of its parts."""
+        parts = None if email is not None else await bundles.cancel_bundle(self.pool, request_id)
+        if parts is not None:
+            found = {await self.request_cancel(part) for part in parts}
+            # Running parts stop at their next lease renewal; None: every part had ended.
+            if states.Status.RUNNING in found:
+                return states.Status.RUNNING
+            return states.Status.CANCELLED if states.Status.CANCELLED in found else None
         status: str | None = await self.pool.fetchval(Q["request_cancel"], request_id, email)
         return None if status is None else states.Status(status)
 
     async def cancel_or_placeholder(self, request_id: uuid.UUID) -> rows.Cancelled:
-        """A producer's cancel (see ``cancel_or_placeholder`` in the SQL); idempotent."""
+        """A producer's cancel (see ``cancel_or_placeholder`` in the SQL); idempotent. A
+        bundle's id cancels the bundle (no email) and each of its parts."""
+        if (parts := await bundles.cancel_bundle(self.pool, request_id)) is not None:
+            return _of_bundle([await self.cancel_or_placeholder(part) for part in parts])
         for _ in range(3):  # a row inserted by a racing statement is read on the next turn
             record = await self.pool.fetchrow(Q["cancel_or_placeholder"], request_id)
             if record is None:
@@ -355,6 +366,17 @@ class Requests(outbox.WritesEffects):
 
     async def list_attempts(self, request_id: uuid.UUID) -> list[dict[str, Any]]:
         return [dict(r) for r in await self.pool.fetch(Q["list_attempts"], request_id)]
+
+
+def _of_bundle(parts: list[rows.Cancelled]) -> rows.Cancelled:
+    """A bundle's cancel as one answer: running while a part stops at its next renewal,
+    cancelled when a part was, else the status of a part that had ended (nothing to do)."""
+    if any(p.status == states.Status.RUNNING and p.cancel_requested for p in parts):
+        return rows.Cancelled(states.Status.RUNNING, True, changed=True)
+    if any(p.changed for p in parts):
+        return rows.Cancelled(states.Status.CANCELLED, True, changed=True)
+    ended = [p.status for p in parts if p.status != states.Status.CANCELLED]
+    return rows.Cancelled(ended[0] if ended else states.Status.CANCELLED, False)
 
 
 def _finish_attempt(

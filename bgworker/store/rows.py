@@ -53,6 +53,9 @@ class RequestRow:
     reused_from: uuid.UUID | None = None
     # Set once retention or erasure removed what the event said (migration 0014).
     scrubbed_at: datetime | None = None
+    # A part of a bundle (migration 0017): its bundle, and its place in it.
+    bundle_id: uuid.UUID | None = None
+    bundle_index: int | None = None
 
     @property
     def body_kept(self) -> bool:

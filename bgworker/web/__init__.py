@@ -16,7 +16,7 @@ from bgworker import settings as settings_mod
 from bgworker import storage, store
 from bgworker.links import tokens
 from bgworker.observe import metrics, tracing
-from bgworker.web import access_log, downloads, keys, my_files, responses, supervisor, unsubscribe
+from bgworker.web import access_log, bundles, downloads, keys, my_files, responses, supervisor, unsubscribe
 from bgworker.web import identity as identity_mod
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,7 @@ def create_app(
     app.router.add_get("/download/{token}", downloads.download)  # GET also answers HEAD
     app.router.add_get("/status/{token}", downloads.status)
     my_files.mount(app)  # the requester's page of their files, and POST /my-files
+    bundles.mount(app)  # /bundle/{token}, /bundle/{token}/zip
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
     unsubscribe.mount(app)  # a schedule's one-click unsubscribe (RFC 8058)

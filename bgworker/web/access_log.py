@@ -5,10 +5,11 @@ neither echo nor log the raw bytes.
 The rule does not depend on a route matching: a 404 or a garbled request is logged as well.
 ``redact`` writes a path segment by segment:
 
-- from the first segment named ``download``, ``status`` or ``my-files`` (at any depth, in
-  any case; the last also hides the name of a my-files form's action) the
-  rest of the path is ``<token>``: a link with a doubled slash, a proxy's prefix, a
-  stray segment or characters a mail client added still names its token there;
+- from the first segment named ``download``, ``status``, ``bundle`` or ``my-files`` (at any
+  depth, in any case; ``my-files`` also hides the name of a my-files form's action) the
+  rest of the path is ``<token>`` (a bundle's ``/zip`` with it): a link with a doubled
+  slash, a proxy's prefix, a stray segment or characters a mail client added still names
+  its token there;
 - any other segment that holds ``TOKEN_CHARS`` or more characters of a token's alphabet
   (base64url and the dot), counted over the whole decoded segment so that other
   characters mixed in cannot cut it into short runs, is ``<redacted>``: a token's
@@ -45,7 +46,7 @@ TOKEN_CHARS: Final = 20
 _TOKEN_ALPHABET: Final = re.compile(r"[A-Za-z0-9_.-]")
 _HEX: Final = re.compile(r"[0-9a-f-]*")
 # The routes whose next segment is a token (web.create_app).
-_TOKEN_ROUTES: Final = frozenset({"download", "status", "my-files"})
+_TOKEN_ROUTES: Final = frozenset({"download", "status", "bundle", "my-files"})
 _METHOD: Final = re.compile(r"[A-Z]{1,16}")
 # What may appear in a written segment as it is; anything else is percent-encoded, so a
 # decoded control character can never start a forged log line.

@@ -30,13 +30,14 @@ from aiohttp import web
 
 from bgworker import faults, store
 from bgworker import settings as settings_mod
-from bgworker.contract import events, states
+from bgworker.contract import bundles, events, states
 from bgworker.links import lifecycle, tokens
 from bgworker.web import gateway, headers, keys, responses
 
 log = logging.getLogger(__name__)
 
 ROUTE: Final = "/requests"
+BUNDLES_ROUTE: Final = "/bundles"
 # The worker's own bound on a message body: a bigger one could never be accepted.
 MAX_BODY_BYTES: Final = events.MAX_BODY_BYTES
 READ_CHUNK: Final = 64 * 1024
@@ -63,6 +64,8 @@ def mount(app: web.Application, settings: settings_mod.Settings) -> None:
     app.on_cleanup.append(close_gateway)
     app.router.add_post(ROUTE, create_request)
     app.router.add_delete(ROUTE + "/{id}", cancel_request)
+    app.router.add_post(BUNDLES_ROUTE, create_bundle)
+    app.router.add_delete(BUNDLES_ROUTE + "/{id}", cancel_request)  # a bundle's id: its parts
     log.info("POST %s is on (%d API key(s))", ROUTE, len(app[keys.API_KEYS]))
 
 
@@ -141,6 +144,38 @@ async def create_request(request: web.Request) -> web.Response:
         if faults.is_infrastructure(exc):
             return _unavailable(exc)
         raise
+
+
+async def create_bundle(request: web.Request) -> web.Response:
+    """``POST /bundles``: a ``BundleRequested``, published (idempotent by its id: the worker
+    records a bundle once). 202 with the bundle's page link, for the requester."""
+    refused = refuse_caller(request)
+    if refused is not None:
+        return refused
+    charset = (request.charset or "utf-8").lower()
+    if request.content_type != "application/json" or charset != "utf-8":
+        return _refusal(415, "the body must be application/json in UTF-8")
+    body = await _read_body(request)
+    if body is None:
+        return _refusal(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        bundle = bundles.parse_bundle_requested(body)
+    except events.InvalidEventError as exc:
+        status = 400 if exc.reason == states.Reason.MALFORMED_JSON else 422
+        errors = [{"location": where, "message": message} for where, message in exc.errors]
+        return _refusal(status, str(exc), reason=exc.reason, errors=errors)
+    try:
+        await request.app[keys.GATEWAY].publish_bundle(bundle)
+    except Exception as exc:
+        if faults.is_infrastructure(exc):
+            return _unavailable(exc)
+        raise
+    requester_id = bundle.requester.id if bundle.requester else None
+    token = request.app[keys.SIGNER].for_bundles().issue(bundle.id, requester_id=requester_id)
+    url = tokens.bundle_url(request.app[keys.PUBLIC_URL], token)
+    parts = [str(bundles.part_id(bundle.id, i)) for i in range(len(bundle.parts))]
+    answer = {"id": str(bundle.id), "parts": parts, "bundle_url": url}
+    return responses.json_response(answer, status=202, headers={"Location": url})
 
 
 def refuse_caller(request: web.Request) -> web.Response | None:

@@ -14,7 +14,7 @@ import logging
 from typing import Final
 
 from bgworker import settings as settings_mod
-from bgworker.contract import events
+from bgworker.contract import bundles, events
 from bgworker.messaging import publisher
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,12 @@ class Gateway:
         if not self._connected:
             await self._connect()
         await self._publisher.publish(event)
+
+    async def publish_bundle(self, bundle: bundles.BundleRequested) -> None:
+        """A ``BundleRequested``, confirmed (``Publisher.publish_bundle``)."""
+        if not self._connected:
+            await self._connect()
+        await self._publisher.publish_bundle(bundle)
 
     async def close(self) -> None:
         await self._publisher.close()

@@ -20,8 +20,9 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from bgworker import faults
 from bgworker.contract import states
+from bgworker.messaging import topology
 from bgworker.observe import logs
-from bgworker.worker import jobs
+from bgworker.worker import bundles, jobs
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ async def handle_until_settled(
     delay = INFRA_BACKOFF_SECONDS
     while True:
         try:
+            if message.routing_key == topology.BUNDLE_KEY:
+                return await bundles.intake(message, runner)
             return await runner.handle(message)
         except asyncio.CancelledError:
             raise

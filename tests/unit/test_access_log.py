@@ -29,6 +29,8 @@ BOUND = SIGNER.bound(uuid.UUID(int=2), "alice")
         (f"/download//{TOKEN}", "/download/<token>"),
         (f"/download/x/{TOKEN}", "/download/<token>"),
         (f"/status//{BOUND}", "/status/<token>"),
+        (f"/bundle/{TOKEN}", "/bundle/<token>"),
+        (f"/bundle/{TOKEN}/zip", "/bundle/<token>"),
         (f"//download/{TOKEN}", "//download/<token>"),
         (f"/files/download/{TOKEN}", "/files/download/<token>"),
         (f"/DOWNLOAD/{TOKEN}", "/DOWNLOAD/<token>"),

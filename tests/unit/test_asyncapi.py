@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import pytest
 
-from bgworker.contract import events
+from bgworker.contract import bundles
 from bgworker.messaging import asyncapi, topology, wire
 from tests.helpers import REPO, node_project
 
@@ -51,7 +51,7 @@ def test_every_payload_references_a_committed_schema() -> None:
         ref = message["payload"].get("schema", {}).get("$ref")
         if ref is not None:
             assert (SCHEMAS / ref).is_file(), ref
-            assert ref.removeprefix("./").removesuffix(".json") in events.EVENT_MODELS
+            assert ref.removeprefix("./").removesuffix(".json") in bundles.ALL_EVENT_MODELS
 
 
 def parse(folder: Path) -> tuple[int, dict[str, Any]]:
@@ -72,9 +72,9 @@ def test_the_reference_parser_accepts_it_and_resolves_the_payloads() -> None:
     code, report = parse(SCHEMAS)
     assert code == 0 and report["valid"], report
     assert report["errors"] == [] and report["warnings"] == []
-    assert sorted(report["messages"]) == sorted(["DeadLetter", *events.EVENT_MODELS])
+    assert sorted(report["messages"]) == sorted(["DeadLetter", *bundles.ALL_EVENT_MODELS])
     # The titles come from the referenced JSON Schema files: the $refs were followed.
-    assert set(events.EVENT_MODELS) <= set(report["payloadTitles"])
+    assert set(bundles.ALL_EVENT_MODELS) <= set(report["payloadTitles"])
 
 
 @pytest.mark.parametrize("breakage", ["unknown action", "binding out of spec"])

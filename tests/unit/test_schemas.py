@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bgworker.contract import events, schedules
+from bgworker.contract import bundles, events, schedules
 from bgworker.messaging import asyncapi
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -20,21 +20,21 @@ def test_every_event_has_a_committed_schema_and_nothing_else() -> None:
     # And ScheduleRequested, the body of a schedule (not an AMQP message: test_schedules).
     others = {asyncapi.FILE_NAME, *schedules.json_schemas()}
     committed = sorted(p.name for p in SCHEMAS.glob("*.json") if p.name not in others)
-    assert committed == sorted(events.json_schemas())
-    assert committed == sorted(f"{name}.json" for name in events.EVENT_MODELS)
+    assert committed == sorted(bundles.json_schemas())
+    assert committed == sorted(f"{name}.json" for name in bundles.ALL_EVENT_MODELS)
     assert sorted(asyncapi.schema_files()) == sorted([*committed, *others])
 
 
-@pytest.mark.parametrize("name", sorted(events.json_schemas()))
+@pytest.mark.parametrize("name", sorted(bundles.json_schemas()))
 def test_committed_schema_matches_the_model(name: str) -> None:
-    generated = events.json_schemas()[name]
+    generated = bundles.json_schemas()[name]
     committed = (SCHEMAS / name).read_text(encoding="utf-8")
     assert committed == generated, (
         f"schemas/{name} is out of date: regenerate it with `bgworker schemas export`"
     )
 
 
-@pytest.mark.parametrize("name", sorted(events.json_schemas()))
+@pytest.mark.parametrize("name", sorted(bundles.json_schemas()))
 def test_committed_schema_is_valid_json_schema_document(name: str) -> None:
     schema = json.loads((SCHEMAS / name).read_text(encoding="utf-8"))
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"

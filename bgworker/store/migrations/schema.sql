@@ -71,6 +71,19 @@ CREATE TABLE public.bgworker_attempts (
     CONSTRAINT bgworker_attempts_outcome_check CHECK ((outcome = ANY (ARRAY['ready'::text, 'retrying'::text, 'failed'::text, 'cancelled'::text, 'lost'::text])))
 );
 
+CREATE TABLE public.bgworker_bundles (
+    id uuid NOT NULL,
+    event jsonb NOT NULL,
+    requester_id text,
+    requester_email text,
+    tenant text DEFAULT ''::text NOT NULL,
+    parts integer NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone,
+    cancel_requested boolean DEFAULT false NOT NULL,
+    CONSTRAINT bgworker_bundles_parts_check CHECK ((parts > 0))
+);
+
 CREATE TABLE public.bgworker_dlq_actions (
     id bigint NOT NULL,
     request_id uuid,
@@ -148,7 +161,7 @@ CREATE TABLE public.bgworker_outbox (
     claimed_until timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     done_at timestamp with time zone,
-    CONSTRAINT bgworker_outbox_kind_check CHECK ((kind = ANY (ARRAY['email_ready'::text, 'email_failed'::text, 'event_ready'::text, 'event_failed'::text, 'webhook_ready'::text, 'webhook_failed'::text, 'email_my_files'::text]))),
+    CONSTRAINT bgworker_outbox_kind_check CHECK ((kind = ANY (ARRAY['email_ready'::text, 'email_failed'::text, 'event_ready'::text, 'event_failed'::text, 'webhook_ready'::text, 'webhook_failed'::text, 'email_bundle'::text]))),
     CONSTRAINT bgworker_outbox_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'done'::text, 'given_up'::text])))
 );
 
@@ -202,6 +215,11 @@ CREATE TABLE public.bgworker_requests (
     tenant text DEFAULT ''::text NOT NULL,
     woken_at timestamp with time zone,
     scrubbed_at timestamp with time zone,
+    bundle_id uuid,
+    bundle_index integer,
+    crc32 bigint,
+    CONSTRAINT bgworker_requests_bundle_index_check CHECK (((bundle_index IS NULL) OR (bundle_index >= 0))),
+    CONSTRAINT bgworker_requests_crc32_check CHECK (((crc32 IS NULL) OR ((crc32 >= 0) AND (crc32 <= '4294967295'::bigint)))),
     CONSTRAINT bgworker_requests_fingerprint_check CHECK (((fingerprint IS NULL) OR (fingerprint ~ '^[0-9a-f]{64}$'::text))),
     CONSTRAINT bgworker_requests_link_generation_check CHECK ((link_generation >= 0)),
     CONSTRAINT bgworker_requests_progress_check CHECK (((progress IS NULL) OR ((progress >= (0)::double precision) AND (progress <= (1)::double precision)))),
@@ -258,6 +276,9 @@ ALTER TABLE ONLY public.bgworker_admin_sessions
 ALTER TABLE ONLY public.bgworker_attempts
     ADD CONSTRAINT bgworker_attempts_pkey PRIMARY KEY (request_id, attempt);
 
+ALTER TABLE ONLY public.bgworker_bundles
+    ADD CONSTRAINT bgworker_bundles_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.bgworker_dlq_actions
     ADD CONSTRAINT bgworker_dlq_actions_pkey PRIMARY KEY (id);
 
@@ -308,6 +329,8 @@ CREATE INDEX bgworker_producer_outbox_published ON public.bgworker_producer_outb
 
 CREATE INDEX bgworker_producer_outbox_unpublished ON public.bgworker_producer_outbox USING btree (created_at) WHERE (published_at IS NULL);
 
+CREATE UNIQUE INDEX bgworker_requests_bundle_part ON public.bgworker_requests USING btree (bundle_id, bundle_index) WHERE (bundle_id IS NOT NULL);
+
 CREATE INDEX bgworker_requests_ended ON public.bgworker_requests USING btree (GREATEST(finished_at, expires_at)) WHERE (finished_at IS NOT NULL);
 
 CREATE INDEX bgworker_requests_expires ON public.bgworker_requests USING btree (expires_at) WHERE (status = 'ready'::text);
@@ -344,3 +367,5 @@ ALTER TABLE ONLY public.bgworker_outbox
 
 ALTER TABLE ONLY public.bgworker_schedule_runs
     ADD CONSTRAINT bgworker_schedule_runs_schedule_id_fkey FOREIGN KEY (schedule_id) REFERENCES public.bgworker_schedules(id) ON DELETE CASCADE;
+ALTER TABLE ONLY public.bgworker_requests
+    ADD CONSTRAINT bgworker_requests_bundle_id_fkey FOREIGN KEY (bundle_id) REFERENCES public.bgworker_bundles(id) ON DELETE SET NULL;
