@@ -36,13 +36,16 @@ def _rows(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 # Per job, in ms of CPU: the worker's processes, RabbitMQ (shared with the machine),
-# the PostgreSQL backends of the bench database, their sum; commits: PostgreSQL round trips.
+# the PostgreSQL backends of the bench database, their sum; commits: transactions committed.
 CPU_COLUMNS: Final = {
     "worker_cpu_ms_per_job": "worker ms",
     "broker_cpu_ms_per_job": "broker ms",
     "pg_cpu_ms_per_job": "PG ms",
     "total_cpu_ms_per_job": "total CPU ms/job",
     "pg_commits_per_job": "PG commits/job",
+    # From a counting trial of its own (bench.trips): Sync + Query messages; AMQP methods.
+    "pg_round_trips_per_job": "PG round trips/job",
+    "amqp_methods_per_job": "AMQP methods/job",
     "publish_seconds": "publish s",
 }
 
