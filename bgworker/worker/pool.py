@@ -259,8 +259,9 @@ class Worker:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-        # Prefetch 1, whatever the concurrency: see ``intake`` (flow control).
-        await runner.channel.set_qos(prefetch_count=intake.PREFETCH)
+        # The prefetch of each consumer: the claim batch (see ``intake``, flow control).
+        prefetch = intake.prefetch_for(self.settings.worker.concurrency, self.limits.max_jobs)
+        await runner.channel.set_qos(prefetch_count=prefetch)
         consuming = intake.Intake(
             queue,
             start_job,
