@@ -72,7 +72,8 @@ from typing import Final
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, ConsumerTag
 
-from bgworker import faults
+from bgworker import faults, handlers
+from bgworker import settings as settings_mod
 from bgworker.messaging import wire
 from bgworker.observe import logs
 
@@ -93,6 +94,14 @@ Deliver = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
 def consumers_for(slots: int) -> int:
     return CONSUMERS + 1 if slots >= SECOND_CONSUMER_AT else CONSUMERS
+
+
+def slots_for(config: settings_mod.WorkerSettings, registry: handlers.Registry) -> int:
+    """Jobs at once: the concurrency, or fewer when every handler is a plain ``def`` (each
+    needs a handler thread: a job claimed without one would wait in hand)."""
+    if registry.all_sync():
+        return min(config.concurrency, config.handler_threads)
+    return config.concurrency
 
 
 def prefetch_for(slots: int, limit: int | None) -> int:

@@ -259,13 +259,13 @@ class Worker:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-        # The prefetch of each consumer: the claim batch (see ``intake``, flow control).
-        prefetch = intake.prefetch_for(self.settings.worker.concurrency, self.limits.max_jobs)
+        slots = intake.slots_for(self.settings.worker, self.registry)  # flow control: intake
+        prefetch = intake.prefetch_for(slots, self.limits.max_jobs)
         await runner.channel.set_qos(prefetch_count=prefetch)
         consuming = intake.Intake(
             queue,
             start_job,
-            slots=self.settings.worker.concurrency,
+            slots=slots,
             limit=self.limits.max_jobs,
             stopping=self.stopping,
         )
