@@ -438,19 +438,24 @@ async def run(
     results: dict[str, dict[str, dict[str, common.Series]]] = {
         where: {c.name: {} for c in contenders} for where in storages
     }
+
+    async def one(c: Contender, where: str, label: str, how: Any) -> dict[str, Any]:
+        tag = f"{label}-{where}-{c.kind}{c.processes}{c.pool}{c.concurrency}"
+        tag += f"{c.queue_type[0]}{'-base' if c.baseline else ''}"
+        what = f"{c.name} {where}" + (" (counting)" if how is counted else "")
+        got: dict[str, Any] = await common.retrying(
+            what, functools.partial(how, c, setup, storages[where], n, tag)
+        )
+        for k, v in got.items():
+            results[where][c.name].setdefault(k, common.Series()).add(v)
+        return got
+
     try:
         for rep in range(reps):
-            for where, storage in storages.items():
+            for where in storages:
                 # Interleaved: every contender sees the same stretch of machine noise.
                 for c in contenders:
-                    tag = f"r{rep}-{where}-{c.kind}{c.processes}{c.pool}{c.concurrency}"
-                    tag += f"{c.queue_type[0]}{'-base' if c.baseline else ''}"
-                    got = await common.retrying(
-                        f"{c.name} {where}",
-                        functools.partial(trial, c, setup, storage, n, tag),
-                    )
-                    for k, v in got.items():
-                        results[where][c.name].setdefault(k, common.Series()).add(v)
+                    got = await one(c, where, f"r{rep}", trial)
                     common.log(
                         f"throughput {where:5} rep {rep + 1}/{reps} {c.name:26} "
                         f"{got['msg_per_s']:8.0f} msg/s  "
@@ -458,22 +463,14 @@ async def run(
                         f"{got['total_cpu_ms_per_job']:.2f} total, "
                         f"{got['pg_commits_per_job']:.1f} PG commits/job)"
                     )
-        if count:
-            for where, storage in storages.items():
-                for c in contenders:
-                    tag = f"count-{where}-{c.kind}{c.processes}{c.pool}{c.concurrency}"
-                    tag += f"{c.queue_type[0]}{'-base' if c.baseline else ''}"
-                    got = await common.retrying(
-                        f"{c.name} {where} (counting)",
-                        functools.partial(counted, c, setup, storage, n, tag),
-                    )
-                    for k, v in got.items():
-                        results[where][c.name].setdefault(k, common.Series()).add(v)
-                    common.log(
-                        f"throughput {where:5} counted   {c.name:26} "
-                        f"{got['pg_round_trips_per_job']:.2f} PG round trips/job, "
-                        f"{got['amqp_methods_per_job']:.2f} AMQP methods/job"
-                    )
+        for where in storages if count else ():
+            for c in contenders:
+                got = await one(c, where, "count", counted)
+                common.log(
+                    f"throughput {where:5} counted   {c.name:26} "
+                    f"{got['pg_round_trips_per_job']:.2f} PG round trips/job, "
+                    f"{got['amqp_methods_per_job']:.2f} AMQP methods/job"
+                )
     finally:
         await common.wait_for_services()
         await cleanup(setup)

@@ -8,6 +8,7 @@ import asyncio
 import collections
 import signal
 import sys
+import uuid
 
 from bgworker import settings as settings_mod
 from bgworker import store
@@ -17,8 +18,8 @@ from tests.helpers import REPO, Publish, StartWorker, settings_env, wait_for_sta
 SLOTS = 16  # two consumers of prefetch 4: batches of up to four claims
 
 
-async def _running(db: store.Store, ids: list[object]) -> list[str]:
-    rows = [await db.requests.get_request(i) for i in ids]  # type: ignore[arg-type]
+async def _running(db: store.Store, ids: list[uuid.UUID]) -> list[str]:
+    rows = [await db.requests.get_request(i) for i in ids]
     return [r.lease_owner or "" for r in rows if r is not None and r.status == "running"]
 
 
