@@ -104,7 +104,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if args.storage:
                     storages = {args.storage: storages[args.storage]}
                 result["throughput"] = await throughput.run(
-                    dsn, storages, n, reps, logdir, args.contenders, args.baseline
+                    dsn,
+                    storages,
+                    n,
+                    reps,
+                    logdir,
+                    args.contenders,
+                    args.baseline,
+                    not args.no_count,
                 )
             if "latency" in only:
                 seconds = 3 if quick else 20
@@ -155,6 +162,11 @@ def main() -> None:
         "--baseline",
         metavar="REV",
         help="throughput: also run this commit's worker (own cached venv) as bgworker@REV",
+    )
+    r.add_argument(
+        "--no-count",
+        action="store_true",
+        help="throughput: skip the counting trials (round trips per job, bench.trips)",
     )
     r.add_argument("--out", type=Path, help="JSON path (default bench/results/<time>.json)")
     t = sub.add_parser("table", help="print the table of a results JSON file")

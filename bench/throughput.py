@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import secrets
@@ -18,7 +19,7 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import DeliveryMode
 
-from bench import baseline, celery_app, common, services
+from bench import baseline, celery_app, common, services, trips
 from bgworker.contract import events
 from bgworker.messaging import topology, wire
 
@@ -45,8 +46,9 @@ class Contender:
         return "bgworker_requests" if self.kind == "bgworker" else "bench_jobs"
 
 
-# Concurrency 4 everywhere unless the name says otherwise; the queue type is in the name
-# where it is not the contender's default, so the table separates the causes.
+# Concurrency 4 everywhere unless the name says otherwise (bgworker's default is 16 since
+# issue 22: "bgworker x1 -c16" is bgworker at its default settings); the queue type is in
+# the name where it is not the contender's default, so the table separates the causes.
 CONTENDERS: Final = (
     Contender("bgworker x1", "bgworker", processes=1),
     Contender("bgworker x1 classic", "bgworker", processes=1, queue_type="classic"),
@@ -76,6 +78,7 @@ class Setup:
     namespace: str
     logdir: Path
     baseline: tuple[Path, Path] | None = None  # (source tree, python) of --baseline
+    amqp_url: str = common.AMQP_URL  # the contenders' (a counting trial's proxy: bench.trips)
 
     @property
     def database(self) -> str:
@@ -97,7 +100,7 @@ class Setup:
 def bgworker_env(setup: Setup, storage: Path, **extra: str) -> dict[str, str]:
     return common.child_env(
         {
-            "BGWORKER_AMQP_URL": common.AMQP_URL,
+            "BGWORKER_AMQP_URL": setup.amqp_url,
             "BGWORKER_DATABASE_URL": setup.dsn,
             "BGWORKER_NAMESPACE": setup.namespace,
             "BGWORKER_STORAGE_DIR": str(storage),
@@ -139,7 +142,7 @@ def start(
     if c.kind == "celery":
         env = common.child_env(
             {
-                "BENCH_AMQP_URL": common.AMQP_URL,
+                "BENCH_AMQP_URL": setup.amqp_url,
                 "BENCH_DSN": setup.dsn,
                 "BENCH_STORAGE": str(storage),
                 "BENCH_CELERY_QUEUE": setup.celery_queue(c.queue_type),
@@ -175,7 +178,7 @@ def start(
         "--prefetch",
         str(c.concurrency),
         "--amqp-url",
-        common.AMQP_URL,
+        setup.amqp_url,
     ]
     return [common.python_child(f"{tag}-floor", argv, common.child_env({}), setup.logdir)]
 
@@ -291,13 +294,36 @@ async def trial(
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One timed run: fresh processes, ``n`` requests, back to an empty table."""
+    return await _trial(c, setup, storage, n, tag, extra, None)
+
+
+async def counted(c: Contender, setup: Setup, storage: Path, n: int, tag: str) -> dict[str, Any]:
+    """An untimed run through the counting proxy (bench.trips): round trips per job."""
+    async with trips.counting(setup.dsn, setup.amqp_url) as via:
+        got = await _trial(c, setup, storage, n, tag, None, via)
+    return {k: v for k, v in got.items() if k.endswith(trips.FIGURES)}
+
+
+async def _trial(
+    c: Contender,
+    setup: Setup,
+    storage: Path,
+    n: int,
+    tag: str,
+    extra: Mapping[str, str] | None,
+    via: trips.Counting | None,
+) -> dict[str, Any]:
+    # The contender reaches the services through the proxy when counting; the bench direct.
+    workers = (
+        setup if via is None else dataclasses.replace(setup, dsn=via.dsn, amqp_url=via.amqp_url)
+    )
     await declare(setup)
     await common.reset_tables(setup.dsn)
     common.empty_dir(storage)
     exchange, key, queue, factory = route(c, setup)
     seeds = range(n)
     messages = [factory(uuid.uuid4(), seed) for seed in seeds]
-    children = start(c, setup, storage, tag, extra)
+    children = start(c, workers, storage, tag, extra)
     connection = await common.amqp_connect("bench-publisher")
     # A broker restart that everyone rides out still ruins the timing: run the trial again.
     restarted: list[object] = []
@@ -313,6 +339,7 @@ async def trial(
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         cpu_before = common.cpu_seconds(p for ch in children for p in common.tree_pids(ch.pid))
         await services_cpu.start()
+        trips_before = via.snapshot() if via else None
         t0 = time.time()
         await common.publish_all(channel, exchange, key, messages)
         published = time.time() - t0
@@ -329,6 +356,8 @@ async def trial(
             await asyncio.sleep(0.05)
         cpu = common.cpu_seconds(p for ch in children for p in common.tree_pids(ch.pid))
         shared = await services_cpu.cpu(n)
+        if via and trips_before:
+            shared |= via.per_job(trips_before, n)
         elapsed = float(last) - t0
         if restarted:
             raise ConnectionError("RabbitMQ restarted during the trial")
@@ -388,7 +417,10 @@ async def run(
     logdir: Path,
     only: str | None = None,
     baseline_rev: str | None = None,
+    count: bool = True,
 ) -> dict[str, Any]:
+    """``count``: after the timed repetitions, one counting trial per contender (round
+    trips per job through bench.trips' proxy; untimed, the proxy slows what it counts)."""
     everyone = list(CONTENDERS)
     installed = None
     if baseline_rev:
@@ -406,19 +438,24 @@ async def run(
     results: dict[str, dict[str, dict[str, common.Series]]] = {
         where: {c.name: {} for c in contenders} for where in storages
     }
+
+    async def one(c: Contender, where: str, label: str, how: Any) -> dict[str, Any]:
+        tag = f"{label}-{where}-{c.kind}{c.processes}{c.pool}{c.concurrency}"
+        tag += f"{c.queue_type[0]}{'-base' if c.baseline else ''}"
+        what = f"{c.name} {where}" + (" (counting)" if how is counted else "")
+        got: dict[str, Any] = await common.retrying(
+            what, functools.partial(how, c, setup, storages[where], n, tag)
+        )
+        for k, v in got.items():
+            results[where][c.name].setdefault(k, common.Series()).add(v)
+        return got
+
     try:
         for rep in range(reps):
-            for where, storage in storages.items():
+            for where in storages:
                 # Interleaved: every contender sees the same stretch of machine noise.
                 for c in contenders:
-                    tag = f"r{rep}-{where}-{c.kind}{c.processes}{c.pool}{c.concurrency}"
-                    tag += f"{c.queue_type[0]}{'-base' if c.baseline else ''}"
-                    got = await common.retrying(
-                        f"{c.name} {where}",
-                        functools.partial(trial, c, setup, storage, n, tag),
-                    )
-                    for k, v in got.items():
-                        results[where][c.name].setdefault(k, common.Series()).add(v)
+                    got = await one(c, where, f"r{rep}", trial)
                     common.log(
                         f"throughput {where:5} rep {rep + 1}/{reps} {c.name:26} "
                         f"{got['msg_per_s']:8.0f} msg/s  "
@@ -426,6 +463,14 @@ async def run(
                         f"{got['total_cpu_ms_per_job']:.2f} total, "
                         f"{got['pg_commits_per_job']:.1f} PG commits/job)"
                     )
+        for where in storages if count else ():
+            for c in contenders:
+                got = await one(c, where, "count", counted)
+                common.log(
+                    f"throughput {where:5} counted   {c.name:26} "
+                    f"{got['pg_round_trips_per_job']:.2f} PG round trips/job, "
+                    f"{got['amqp_methods_per_job']:.2f} AMQP methods/job"
+                )
     finally:
         await common.wait_for_services()
         await cleanup(setup)

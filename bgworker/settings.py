@@ -49,7 +49,12 @@ class SmtpSettings(BaseModel):
 
 
 class WorkerSettings(BaseModel):
-    concurrency: int = Field(4, ge=1, le=1000)
+    # Jobs at once per worker process. 16: async handlers wait on I/O, and more of them at
+    # once lets a worker claim, finish and publish them in batches (BENCHMARKS.md, issue 22).
+    concurrency: int = Field(16, ge=1, le=1000)
+    # Plain `def` handlers at once, each on a thread of its own (the GIL is shared). A worker
+    # whose handlers are all plain def takes only this many jobs (the lower of the two).
+    handler_threads: int = Field(4, ge=1, le=1000)
     # A claimed job holds a lease in PostgreSQL; the worker's lease keeper (a thread) renews
     # it every third of it.
     lease_seconds: float = Field(60.0, gt=0)

@@ -94,6 +94,8 @@ MEANING: Final[dict[str, str]] = {
         "a connection is closed after this many emails (some servers limit it)"
     ),
     "BGWORKER_WORKER__CONCURRENCY": "jobs at once per worker process",
+    "BGWORKER_WORKER__HANDLER_THREADS": "plain `def` handlers at once (threads); a worker "
+    "whose handlers are all plain `def` takes no more jobs than this",
     "BGWORKER_WORKER__LEASE_SECONDS": (
         "lease of a claimed job; renewed every third of it from a thread"
     ),

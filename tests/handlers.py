@@ -68,6 +68,15 @@ async def slow(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
     await out.write(f"slept {seconds}s\n".encode())
 
 
+@registry.handler("slow_first")
+async def slow_first(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
+    """Sleeps ``seconds`` on its first attempt only: a worker killed while it runs leaves a
+    second attempt that ends at once."""
+    if ctx.attempt == 1:
+        await asyncio.sleep(float(ctx.criteria.get("seconds", 1.0)))  # type: ignore[arg-type]
+    await out.write(f"attempt {ctx.attempt}\n".encode())
+
+
 @registry.handler("crash", max_attempts=2)
 async def crash(ctx: handlers.JobContext, out: storage.FileWriter) -> None:
     """Kills its own process, as a handler exhausting memory would (subprocess tests only)."""

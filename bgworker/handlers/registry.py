@@ -317,6 +317,10 @@ class Registry:
     def find(self, file_type: str) -> Registration | None:
         return self._by_type.get(file_type)
 
+    def all_sync(self) -> bool:
+        """Every handler is a plain ``def`` (none registered: False)."""
+        return bool(self._by_type) and all(r.sync for r in self._by_type.values())
+
     @property
     def file_types(self) -> list[str]:
         return sorted(self._by_type)

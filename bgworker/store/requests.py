@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from bgworker.contract import events, progress, states
-from bgworker.store import bundles, grouping, outbox, queries, rows
+from bgworker.store import bundles, claiming, grouping, outbox, queries, rows
 
 Q: Final = queries.QUERIES
 bind: Final = queries.bind
@@ -111,17 +111,22 @@ class Requests(outbox.WritesEffects):
         names: tuple[str, str] | None = None,
     ) -> rows.Claim | None:
         """Insert the request if new and claim it if runnable, in one statement. None: not
-        runnable (done, running elsewhere, cancelled, or a different body under this id)."""
-        record = await self.pool.fetchrow(
-            *bind(
-                "record_and_claim",
-                **request_columns(event, max_attempts, names),
-                worker=worker,
-                lease_seconds=lease_seconds,
-                requested_at_set="requested_at" in event.model_fields_set,
-            )
+        runnable (done, running elsewhere, cancelled, or a different body under this id).
+        Deliveries that arrive together (a consumer's prefetch, see ``worker.intake``) are
+        claimed together: one pipelined round trip and one commit (``grouping``), every row
+        with its own lease token."""
+        _, *args = bind(
+            "record_and_claim",
+            **request_columns(event, max_attempts, names),
+            worker=worker,
+            lease_seconds=lease_seconds,
+            requested_at_set="requested_at" in event.model_fields_set,
         )
-        return None if record is None else rows.Claim.from_record(record)
+        return await self.claims.claim(event.id, tuple(args))
+
+    @functools.cached_property
+    def claims(self) -> claiming.Claims:
+        return claiming.Claims(self.pool)
 
     async def supersede_invalid(
         self,

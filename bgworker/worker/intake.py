@@ -3,43 +3,62 @@
 A delivery is acknowledged as soon as its claim commits (see ``jobs``), so a prefetch
 window no longer counts running jobs: with prefetch = concurrency a busy worker was sent
 more deliveries than it had free slots, and held them. Instead the intake opens up to
-``CONSUMERS`` consumers on the work queue, each with a prefetch of 1 (``basic.qos`` with
-``global=false`` applies per consumer: https://www.rabbitmq.com/docs/consumer-prefetch).
-An open consumer can be sent at most one delivery beyond those already in hand, because
-the broker sends it the next one only once the one before is acked (claimed). So with
+``CONSUMERS`` consumers on the work queue, each with a prefetch of ``p`` (``basic.qos``
+with ``global=false`` applies per consumer:
+https://www.rabbitmq.com/docs/consumer-prefetch). An open consumer can be sent at most
+``p`` deliveries beyond those already in hand, because the broker sends it more only as
+the ones it sent are acked (claimed). So with
 
-    open consumers + deliveries in hand (claiming or running) <= concurrency
+    open consumers * p + deliveries in hand (claiming or running) <= concurrency
 
 every delivery arrives to a free slot. Keeping that true:
 
-- A slot frees: open consumers again, up to ``CONSUMERS`` and the free slots.
+- A slot frees: open consumers again, up to ``CONSUMERS`` and the free slots / ``p``.
 - A delivery arrives: one more slot in use. If the sum is now over, cancel the consumer it
   came on and await ``basic.cancel-ok`` *before* the delivery is handed on to be claimed
-  and acked: until that ack the broker cannot send that consumer another, and after the
-  cancel-ok it sends none (AMQP 0-9-1 ``basic.cancel``: "does not affect already delivered
-  messages, but ... the server will not send any more messages for that consumer"). The
-  delivery stays unacked on the channel and is acked normally.
+  and acked: until that ack the broker can send that consumer only what its window still
+  allowed when the sum last held, and after the cancel-ok it sends none (AMQP 0-9-1
+  ``basic.cancel``: "does not affect already delivered messages, but ... the server will
+  not send any more messages for that consumer"). A delivery still on its way to a
+  consumer being cancelled arrives and is taken: the sum held before, so there is a slot
+  for it. The delivery stays unacked on the channel and is acked normally.
+
+Each arrival takes one slot, so the room (free slots / ``p``) shrinks by at most one
+consumer per arrival, and cancelling the consumer the delivery came on is always enough.
+
+``p`` (``prefetch_for``) is the claim batch: the deliveries one consumer is sent at once
+arrive together and are claimed together, in one statement and one commit (the claim's
+group commit, ``store.requests``). It is half the slots per consumer, at most
+``MAX_PREFETCH``: larger batches, but a consumer is cancelled once the free slots fall
+below ``p`` and reopened only when ``p`` are free again, so a worker runs with between
+``concurrency - p`` and ``concurrency`` jobs while the queue is deep, and one consume and
+one cancel are paid per batch instead of per job. Short jobs free ``p`` slots in a few
+milliseconds; long ones may hold them for minutes, so when fewer than ``p`` slots stay
+free for ``TAIL_SECONDS`` the intake fills them one at a time (consumers of prefetch 1,
+the channel's ``basic.qos`` set to 1 first), and goes back to batches (cancelling those
+consumers, ``basic.qos`` ``p``) once ``p`` slots are free. Every open consumer has the
+channel's current prefetch: a reconnect restores them all with it. Below 4 slots ``p`` is
+1, the one-at-a-time intake of before.
 
 ``--max-jobs`` is the same rule with the deliveries still allowed in place of the free
-slots. Nothing is ever handed back for lack of a slot, so a message's delivery count (the
-quorum queue's ``x-delivery-count``, which dead-letters it at the delivery limit) does not
-grow while it waits, and work waits in the queue, where any idle worker gets it. The one
-hand-back left is on stop: a delivery already on its way when the consumers are cancelled
-is nacked (requeued).
+slots, at ``p`` = 1 (a window of ``p`` could overshoot the limit). Nothing is ever handed
+back for lack of a slot, so a message's delivery count (the quorum queue's
+``x-delivery-count``, which dead-letters it at the delivery limit) does not grow while it
+waits, and work waits in the queue, where any idle worker gets it. The one hand-back left
+is on stop: a delivery already on its way when the consumers are cancelled is nacked
+(requeued).
 
-Consumers of prefetch 1 rather than one consumer with a larger prefetch: with prefetch P
-the cancel would have to come before the ack of *another* delivery (in ``jobs``), since any
-ack opens the window; with prefetch 1 the delivery that fills the last slot is the one
-whose ack is held back. One consumer serialises the claims (the next delivery comes only
+Cancel on arrival rather than before an ack: with ``p`` > 1 any ack opens the window, so a
+cancel tied to acks would have to come before the ack of *another* delivery (in ``jobs``);
+counting every delivery in hand as if already acked keeps the cancel where the delivery
+enters. One consumer serialises the claims of ``p`` = 1 (the next delivery comes only
 after the previous claim's commit and ack); two overlap them, but at concurrency 4 they
-are cancelled and reopened for most jobs (the sum reaches the limit at 3 busy slots), and
-measured no faster while costing more CPU per job. So one consumer below a concurrency of
-``SECOND_CONSUMER_AT``, two from there on, where the sum reaches the limit only with all
-but one slot busy, so a cancel and re-consume stays rare.
+are cancelled and reopened for most jobs, and measured no faster while costing more CPU
+per job. So one consumer below a concurrency of ``SECOND_CONSUMER_AT``, two from there on.
 
 aio-pika's robust queue forgets a consumer as soon as ``cancel`` is called, so a reconnect
-restores only the open ones; a consume that fails (channel being restored) is retried by
-``run``.
+restores only the open ones (with the channel's ``basic.qos``, which aio-pika re-applies);
+a consume that fails (channel being restored) is retried by ``run``.
 """
 
 from __future__ import annotations
@@ -53,21 +72,43 @@ from typing import Final
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, ConsumerTag
 
-from bgworker import faults
+from bgworker import faults, handlers
+from bgworker import settings as settings_mod
 from bgworker.messaging import wire
 from bgworker.observe import logs
 
 log = logging.getLogger(__name__)
 
-PREFETCH: Final = 1  # per consumer; the invariant above depends on it
-CONSUMERS: Final = 1  # open at most (never more than the free slots) ...
+CONSUMERS: Final = 1  # open at most (never more than the free slots / p) ...
 SECOND_CONSUMER_AT: Final = 8  # ... and one more from this concurrency on
+MAX_PREFETCH: Final = 8  # the largest claim batch (p)
+# Fewer than p slots free for this long: the rest are filled one at a time (prefetch 1).
+TAIL_SECONDS: Final = 0.1
 RETRY_SECONDS: Final = 1.0
 # aio-pika waits for a lost connection to come back before sending a consume or cancel: bound
 # it, so a stop during a broker outage (or a delivery's cancel) does not wait for the broker.
 RPC_TIMEOUT: Final = 10.0
 
 Deliver = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+def consumers_for(slots: int) -> int:
+    return CONSUMERS + 1 if slots >= SECOND_CONSUMER_AT else CONSUMERS
+
+
+def slots_for(config: settings_mod.WorkerSettings, registry: handlers.Registry) -> int:
+    """Jobs at once: the concurrency, or fewer when every handler is a plain ``def`` (each
+    needs a handler thread: a job claimed without one would wait in hand)."""
+    if registry.all_sync():
+        return min(config.concurrency, config.handler_threads)
+    return config.concurrency
+
+
+def prefetch_for(slots: int, limit: int | None) -> int:
+    """``p``: the prefetch of each consumer (the channel's ``basic.qos``), the claim batch."""
+    if limit is not None:
+        return 1
+    return max(1, min(MAX_PREFETCH, slots // (2 * consumers_for(slots))))
 
 
 class Intake:
@@ -85,12 +126,18 @@ class Intake:
         self._queue = queue
         self._deliver = deliver  # starts the job; must not wait for it
         self._slots = slots
-        self._consumers = CONSUMERS + 1 if slots >= SECOND_CONSUMER_AT else CONSUMERS
+        self._consumers = consumers_for(slots)
+        self.prefetch = prefetch_for(slots, limit)  # p: the invariant above depends on it
         self._limit = limit  # --max-jobs: deliveries to take in all (duplicates excepted)
         self._stopping = stopping  # the worker's stop event: take nothing more once it is set
         self._busy = 0  # deliveries in hand: being claimed or running
         self._taken = 0
         self._tags: set[ConsumerTag] = set()
+        # The channel's prefetch for the next consumers (the pool sets p before consuming);
+        # None: none fits the free slots yet. Since when fewer than p were free (the tail).
+        self._qos: int | None = self.prefetch
+        self._channel_qos = self.prefetch
+        self._short_since: float | None = None
         self._closing = 0  # consumers cancelled, cancel-ok not yet back
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
@@ -113,22 +160,29 @@ class Intake:
     def consumers(self) -> int:
         return len(self._tags)
 
-    def _room(self) -> int:
-        """How many consumers may be open now."""
-        if self._stopping.is_set() or self.holding():
+    def _free(self) -> int:
+        """Deliveries this worker may be sent now: free slots (and the limit's rest)."""
+        if self._stopping.is_set():
             return 0
-        room = min(self._consumers, self._slots - self._busy)
+        free = self._slots - self._busy
         if self._limit is not None:
-            room = min(room, self._limit - self._taken)
-        return max(room, 0)
+            free = min(free, self._limit - self._taken)
+        return max(free, 0)
+
+    def _room(self) -> int:
+        """How many consumers may be open now, each with the channel's prefetch."""
+        if self.holding():
+            return 0  # fair share: freed slots go to parked requests first
+        if not self._tags and self._qos is None:
+            return 0  # none open, and no prefetch fits yet (see _choose_prefetch)
+        return min(self._consumers, self._free() // (self._qos or self.prefetch))
 
     async def sync(self, arrived_on: ConsumerTag | None = None) -> None:
         """Open or cancel consumers to fit the room. Only these may be cancelled: the one a
-        delivery ``arrived_on`` (that delivery is in hand, so nothing else is on its way to
-        that consumer), and, on stop, all."""
+        delivery ``arrived_on`` (that delivery is in hand, so the sum still held before it),
+        on stop all, and consumers of the tail's prefetch 1 once a batch fits again."""
         async with self._lock:
-            room = self._room()
-            if len(self._tags) > room:
+            if len(self._tags) > self._room():
                 if self._stopping.is_set() or self.holding():
                     # Holding: idle consumers closed, their slots go to parked requests once
                     # cancel-ok came (``take`` counts them until then).
@@ -137,27 +191,60 @@ class Intake:
                     doomed = {arrived_on}
                 else:
                     doomed = set()
-                failed: Exception | None = None
-                for tag in doomed:
-                    self._tags.discard(tag)  # robust queue: never restored from here on
-                    self.counts["cancelled"] += 1
-                    self._closing += 1
-                    try:
-                        async with asyncio.timeout(RPC_TIMEOUT):
-                            await self._queue.cancel(tag)
-                    except Exception as exc:  # the others still get theirs
-                        failed = exc
-                    finally:
-                        self._closing -= 1
-                if doomed:
-                    self.freed.set()
-                if failed is not None:
-                    raise failed
+                await self._cancel(doomed)
+            if self._tags and self._qos == 1 < self.prefetch <= self._free():
+                # The tail is over: back to batches (after the cancel-oks, whatever was on
+                # its way to these consumers is in hand and counted).
+                await self._cancel(set(self._tags))
+            if not self._tags:
+                await self._choose_prefetch()
             while len(self._tags) < self._room():  # a delivery may arrive meanwhile
                 async with asyncio.timeout(RPC_TIMEOUT):
                     tag = await self._queue.consume(self._on_message)
                 self._tags.add(tag)
                 self.counts["opened"] += 1
+
+    async def _cancel(self, doomed: set[ConsumerTag]) -> None:
+        failed: Exception | None = None
+        for tag in doomed:
+            self._tags.discard(tag)  # robust queue: never restored from here on
+            self.counts["cancelled"] += 1
+            self._closing += 1
+            try:
+                async with asyncio.timeout(RPC_TIMEOUT):
+                    await self._queue.cancel(tag)
+            except Exception as exc:  # the others still get theirs
+                failed = exc
+            finally:
+                self._closing -= 1
+        if doomed:
+            self.freed.set()
+        if failed is not None:
+            raise failed
+
+    async def _choose_prefetch(self) -> None:
+        """With no consumer open: the prefetch the next ones get (``basic.qos`` applies to
+        the consumers opened after it, and a reconnect restores every consumer with the
+        last one, so all open consumers share one). ``p`` once ``p`` slots are free; with
+        fewer free for ``TAIL_SECONDS`` (long jobs hold the slots), 1, so every slot fills;
+        else none yet (short jobs free ``p`` slots sooner than that)."""
+        free = self._free()
+        now = asyncio.get_running_loop().time()
+        if free >= self.prefetch:
+            want: int | None = self.prefetch
+            self._short_since = None
+        elif free == 0:
+            want, self._short_since = None, None
+        else:
+            if self._short_since is None:
+                self._short_since = now
+            want = 1 if now - self._short_since >= TAIL_SECONDS else None
+        if want is not None and want != self._channel_qos:
+            async with asyncio.timeout(RPC_TIMEOUT):
+                await self._queue.channel.set_qos(prefetch_count=want)
+            self._channel_qos = want
+            self.counts["prefetch set"] += 1
+        self._qos = want
 
     async def run(self) -> None:
         """Side task: open consumers when slots free; retry a consume that failed."""
@@ -169,15 +256,18 @@ class Intake:
                     log.warning(
                         "intake: consumers not in step yet (%s); retrying", logs.describe(exc)
                     )
+            wait = RETRY_SECONDS if self._short_since is None else TAIL_SECONDS
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RETRY_SECONDS):
+                async with asyncio.timeout(wait):
                     await self._changed.wait()
             self._changed.clear()
 
     def take(self) -> bool:
         """A slot for a claim without a delivery (fair share), if one is free that no open
-        consumer may fill: the flow-control sum above stays within the slots."""
-        free = self._slots - self._busy - len(self._tags) - self._closing
+        consumer may fill: each open (or closing) consumer may still be sent its prefetch,
+        so the flow-control sum above stays within the slots."""
+        reserved = (len(self._tags) + self._closing) * self._channel_qos
+        free = self._slots - self._busy - reserved
         if self._limit is not None:
             free = min(free, self._limit - self._taken)
         if self._stopping.is_set() or free <= 0:

@@ -70,9 +70,8 @@ class Runner:
 
     def __post_init__(self) -> None:
         self.config = self.settings.worker
-        self.execution = execution.Execution(
-            self.config.concurrency, self.config.time_limit_seconds
-        )
+        threads = min(self.config.concurrency, self.config.handler_threads)
+        self.execution = execution.Execution(threads, self.config.time_limit_seconds)
         self.finalizer = finalize.Finalizer(
             db=self.db,
             files=self.files,

@@ -259,12 +259,13 @@ class Worker:
             )
             self._start(job, f"job-{message.message_id}")
 
-        # Prefetch 1, whatever the concurrency: see ``intake`` (flow control).
-        await runner.channel.set_qos(prefetch_count=intake.PREFETCH)
+        slots = intake.slots_for(self.settings.worker, self.registry)  # flow control: intake
+        prefetch = intake.prefetch_for(slots, self.limits.max_jobs)
+        await runner.channel.set_qos(prefetch_count=prefetch)
         consuming = intake.Intake(
             queue,
             start_job,
-            slots=self.settings.worker.concurrency,
+            slots=slots,
             limit=self.limits.max_jobs,
             stopping=self.stopping,
         )
