@@ -95,6 +95,14 @@ async def cancel_bundle(pool: asyncpg.Pool, bundle_id: uuid.UUID) -> list[uuid.U
     return list(record["parts"] or [])
 
 
+def status_of_parts(found: set[states.Status | None]) -> states.Status | None:
+    """A bundle's cancel answered from its parts' own: running while any runs (it stops at
+    its next lease renewal), cancelled if any was, None when every part had ended."""
+    if states.Status.RUNNING in found:
+        return states.Status.RUNNING
+    return states.Status.CANCELLED if states.Status.CANCELLED in found else None
+
+
 async def finish_effects(
     conn: asyncpg.Connection, ended: list[tuple[uuid.UUID, uuid.UUID]]
 ) -> list[tuple[uuid.UUID, str, Any]]:

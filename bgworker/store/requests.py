@@ -338,11 +338,7 @@ class Requests(outbox.WritesEffects):
         ``email``, a bundle's id cancels the bundle (no email) and each of its parts."""
         parts = None if email is not None else await bundles.cancel_bundle(self.pool, request_id)
         if parts is not None:
-            found = {await self.request_cancel(part) for part in parts}
-            # Running parts stop at their next lease renewal; None: every part had ended.
-            if states.Status.RUNNING in found:
-                return states.Status.RUNNING
-            return states.Status.CANCELLED if states.Status.CANCELLED in found else None
+            return bundles.status_of_parts({await self.request_cancel(p) for p in parts})
         status: str | None = await self.pool.fetchval(Q["request_cancel"], request_id, email)
         return None if status is None else states.Status(status)
 

@@ -16,7 +16,16 @@ from bgworker import settings as settings_mod
 from bgworker import storage, store
 from bgworker.links import tokens
 from bgworker.observe import metrics, tracing
-from bgworker.web import access_log, bundles, downloads, keys, my_files, responses, supervisor, unsubscribe
+from bgworker.web import (
+    access_log,
+    bundles,
+    downloads,
+    keys,
+    my_files,
+    responses,
+    supervisor,
+    unsubscribe,
+)
 from bgworker.web import identity as identity_mod
 
 log = logging.getLogger(__name__)

@@ -262,12 +262,9 @@ class Worker:
         slots = intake.slots_for(self.settings.worker, self.registry)  # flow control: intake
         prefetch = intake.prefetch_for(slots, self.limits.max_jobs)
         await runner.channel.set_qos(prefetch_count=prefetch)
+        limit = self.limits.max_jobs
         consuming = intake.Intake(
-            queue,
-            start_job,
-            slots=slots,
-            limit=self.limits.max_jobs,
-            stopping=self.stopping,
+            queue, start_job, slots=slots, limit=limit, stopping=self.stopping
         )
         self.intake = consuming
         await consuming.sync()  # consuming from here on

@@ -161,7 +161,7 @@ CREATE TABLE public.bgworker_outbox (
     claimed_until timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     done_at timestamp with time zone,
-    CONSTRAINT bgworker_outbox_kind_check CHECK ((kind = ANY (ARRAY['email_ready'::text, 'email_failed'::text, 'event_ready'::text, 'event_failed'::text, 'webhook_ready'::text, 'webhook_failed'::text, 'email_bundle'::text]))),
+    CONSTRAINT bgworker_outbox_kind_check CHECK ((kind = ANY (ARRAY['email_ready'::text, 'email_failed'::text, 'event_ready'::text, 'event_failed'::text, 'webhook_ready'::text, 'webhook_failed'::text, 'email_bundle'::text, 'email_my_files'::text]))),
     CONSTRAINT bgworker_outbox_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'done'::text, 'given_up'::text])))
 );
 
@@ -365,7 +365,8 @@ ALTER TABLE ONLY public.bgworker_attempts
 ALTER TABLE ONLY public.bgworker_outbox
     ADD CONSTRAINT bgworker_outbox_request_id_fkey FOREIGN KEY (request_id) REFERENCES public.bgworker_requests(id) ON DELETE CASCADE;
 
-ALTER TABLE ONLY public.bgworker_schedule_runs
-    ADD CONSTRAINT bgworker_schedule_runs_schedule_id_fkey FOREIGN KEY (schedule_id) REFERENCES public.bgworker_schedules(id) ON DELETE CASCADE;
 ALTER TABLE ONLY public.bgworker_requests
     ADD CONSTRAINT bgworker_requests_bundle_id_fkey FOREIGN KEY (bundle_id) REFERENCES public.bgworker_bundles(id) ON DELETE SET NULL;
+
+ALTER TABLE ONLY public.bgworker_schedule_runs
+    ADD CONSTRAINT bgworker_schedule_runs_schedule_id_fkey FOREIGN KEY (schedule_id) REFERENCES public.bgworker_schedules(id) ON DELETE CASCADE;
