@@ -53,7 +53,7 @@ class RequestRow:
     reused_from: uuid.UUID | None = None
     # Set once retention or erasure removed what the event said (migration 0014).
     scrubbed_at: datetime | None = None
-    # A part of a bundle (migration 0017): its bundle, and its place in it.
+    # A part of a bundle (migration 0016): its bundle, and its place in it.
     bundle_id: uuid.UUID | None = None
     bundle_index: int | None = None
 
