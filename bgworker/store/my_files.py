@@ -1,6 +1,8 @@
-"""The requester's "my files" page (``my_files.sql``): the live requests of one address,
-one of them if it is that address's, and the email that carries the page's link. Resend
-and cancel are ``Links.resend_email`` and ``Requests.request_cancel`` given the address."""
+"""The requester's "my files" page (``my_files.sql``): the live requests, bundles and
+schedules of one address, one of them if it is that address's, and the email that carries
+the page's link. Resend and cancel are ``Links.resend_email`` and ``Requests.request_cancel``
+given the address; ending a schedule is ``Schedules.end``, as the unsubscribe link does,
+once ``schedule_status`` found it the address's."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from datetime import datetime
 from typing import Final
 
 from bgworker.contract import states
-from bgworker.store import connection, queries, rows
+from bgworker.store import bundles, connection, queries, rows, schedules
 
 Q: Final = queries.QUERIES
 
@@ -23,6 +25,15 @@ class Owned:
     status: states.Status
     cancel_requested: bool
     mailed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class LiveBundle:
+    """A bundle of the page's address, with how many of its parts ended and are ready."""
+
+    bundle: bundles.BundleRow
+    done: int
+    ready: int
 
 
 class MyFiles(connection.Connected):
@@ -59,3 +70,28 @@ class MyFiles(connection.Connected):
             *queries.bind("my_files_ask", email=email, interval=interval)
         )
         return found is not None
+
+    async def list_bundles(self, email: str, *, limit: int) -> list[LiveBundle]:
+        """The address's bundles with a part in progress or ready and not expired, newest
+        first."""
+        records = await self.pool.fetch(*queries.bind("my_files_bundles", email=email, limit=limit))
+        fields = bundles.BundleRow.__dataclass_fields__
+        return [
+            LiveBundle(bundles.BundleRow(**{f: r[f] for f in fields}), r["done"], r["ready"])
+            for r in records
+        ]
+
+    async def list_schedules(self, email: str, *, limit: int) -> list[schedules.Schedule]:
+        """The address's active and paused schedules, newest first."""
+        records = await self.pool.fetch(
+            *queries.bind("my_files_schedules", email=email, limit=limit)
+        )
+        return [schedules.Schedule.from_record(r) for r in records]
+
+    async def schedule_status(self, schedule_id: uuid.UUID, email: str) -> str | None:
+        """The schedule's status when its requester is ``email``; None for another's or an
+        unknown id."""
+        status: str | None = await self.pool.fetchval(
+            *queries.bind("my_files_own_schedule", schedule_id=schedule_id, email=email)
+        )
+        return status

@@ -56,3 +56,45 @@ SET status = 'pending', attempts = 0, last_error = NULL, claimed_until = NULL,
     payload = excluded.payload || jsonb_build_object(
         'resend', coalesce((o.payload ->> 'resend')::integer, 0) + 1)
 RETURNING o.request_id;
+
+-- name: my_files_bundles
+-- The live bundles of an address, newest first: found through their parts (the requests'
+-- email index; a part carries its bundle's address), live while a part is in progress or
+-- a ready part is not past its lifetime. The bundle's own address must be the page's too
+-- (an erased bundle has none). done: parts no longer in progress; ready: downloadable ones.
+-- params: email, limit
+WITH live AS (
+    SELECT DISTINCT bundle_id FROM bgworker_requests
+    WHERE lower(requester_email) = $1 AND requester_email IS NOT NULL
+      AND bundle_id IS NOT NULL
+      AND (status IN ('queued', 'parked', 'running', 'retrying')
+           OR (status = 'ready' AND expires_at > now()))
+)
+SELECT b.id, b.event, b.requester_id, b.requester_email, b.tenant, b.parts, b.created_at,
+       b.finished_at, b.cancel_requested,
+       count(r.id) FILTER (
+           WHERE r.status NOT IN ('queued', 'parked', 'running', 'retrying')) AS done,
+       count(r.id) FILTER (WHERE r.status = 'ready' AND r.expires_at > now()) AS ready
+FROM bgworker_bundles b
+JOIN live ON live.bundle_id = b.id
+JOIN bgworker_requests r ON r.bundle_id = b.id
+WHERE lower(b.requester_email) = $1 AND b.requester_email IS NOT NULL
+GROUP BY b.id
+ORDER BY b.created_at DESC, b.id
+LIMIT $2;
+
+-- name: my_files_schedules
+-- The active and paused schedules of an address (the requester of their FileRequested
+-- template), newest first. No index on the address (schedules are few per deployment).
+-- params: email, limit
+SELECT * FROM bgworker_schedules
+WHERE lower(requester_email) = $1 AND requester_email IS NOT NULL
+  AND status IN ('active', 'paused')
+ORDER BY created_at DESC, id
+LIMIT $2;
+
+-- name: my_files_own_schedule
+-- One schedule of the address, its status: NULL row for another address's or an unknown id.
+-- params: schedule_id, email
+SELECT status FROM bgworker_schedules
+WHERE id = $1 AND lower(requester_email) = $2 AND requester_email IS NOT NULL;

@@ -10,7 +10,7 @@ unknown one ("not one of your files").
 The page's forms (resend, cancel) carry the token in the body, never a cookie: a site that
 does not hold the link cannot post on its behalf, and a browser's cross-site post is refused
 by its ``Origin`` (or ``Sec-Fetch-Site``) before the body is read. Bundles and schedules
-plug in as further ``SECTIONS`` and ``ACTIONS``.
+plug in as further ``SECTIONS`` and ``ACTIONS`` (``my_files_sections``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from bgworker import languages, store
 from bgworker.contract import states
 from bgworker.links import state as link_states
 from bgworker.links import tokens
-from bgworker.web import headers, keys, pages, responses
+from bgworker.web import headers, keys, my_files_sections, pages, responses
 
 ROUTE: Final = "/my-files"
 PAGE_TEMPLATE: Final = "pages/my_files.html.j2"
@@ -46,15 +46,25 @@ MAX_FORM_BYTES: Final = 4096
 class Section:
     """A part of the page after the files. ``load(db, email, locale)`` returns what it lists,
     only the address's own; ``template`` (under ``templates/pages/``) renders
-    ``section.items`` and may post to an action of ``ACTIONS`` with the page's ``token``."""
+    ``section.items`` and may post to an action of ``ACTIONS`` with the page's ``token``.
+    ``links(signer, base, item)``, if given, adds an item's signed links: ``base`` is
+    ``..`` for the page (relative: a path prefix in front is kept) or the public URL."""
 
     name: str
     template: str
     load: Callable[[store.Store, str, str], Awaitable[list[dict[str, Any]]]]
+    links: Callable[[tokens.Signer, str, dict[str, Any]], None] | None = None
 
 
-# Bundles and schedules are added here (a list of each, with end-a-schedule an action).
-SECTIONS: Final[list[Section]] = []
+SECTIONS: Final[list[Section]] = [
+    Section(
+        "bundles",
+        my_files_sections.BUNDLES_TEMPLATE,
+        my_files_sections.bundles,
+        my_files_sections.bundle_links,
+    ),
+    Section("schedules", my_files_sections.SCHEDULES_TEMPLATE, my_files_sections.schedules),
+]
 
 # What a form post did, as the note the page shows after it, and its HTTP status.
 NOTES: Final[dict[str, int]] = {
@@ -65,6 +75,8 @@ NOTES: Final[dict[str, int]] = {
     "cancelling": 202,
     "not-cancellable": 409,
     "not-yours": 404,
+    "schedule-ended": 200,
+    "schedule-already-ended": 409,
 }
 
 Action = Callable[[web.Request, str, uuid.UUID], Awaitable[str]]
@@ -157,12 +169,15 @@ async def page(request: web.Request) -> web.Response:
         _item(row, generation, signer, locale)
         for row, generation in zip(found[:LIMIT], generations, strict=False)
     ]
-    sections = [
-        {"name": s.name, "template": s.template, "items": await s.load(db, requester.email, locale)}
-        for s in SECTIONS
-    ]
     html = pages.wants_html(request)
     public = request.app[keys.PUBLIC_URL]
+    sections = []
+    for section in SECTIONS:
+        items = await section.load(db, requester.email, locale)
+        if section.links is not None:
+            for entry in items:
+                section.links(signer, ".." if html else public, entry)
+        sections.append({"name": section.name, "template": section.template, "items": items})
     for item in files:
         token_ = item.pop("download_token")
         if token_ is None:
@@ -335,4 +350,8 @@ async def cancel(request: web.Request, email: str, request_id: uuid.UUID) -> str
     return "cancelled" if status == states.Status.CANCELLED else "cancelling"
 
 
-ACTIONS: Final[dict[str, Action]] = {"resend": resend, "cancel": cancel}
+ACTIONS: Final[dict[str, Action]] = {
+    "resend": resend,
+    "cancel": cancel,
+    "end-schedule": my_files_sections.end_schedule,
+}

@@ -308,12 +308,12 @@ async def test_a_further_section_plugs_in_with_its_template_and_the_address(
     db: store.Store,
     tmp_path: Any,
 ) -> None:
-    """The hook bundles and schedules use: a Section's loader gets the token's address
-    only, its template (here from BGWORKER_TEMPLATE_DIR) renders its items, escaped, and
-    the JSON answer carries them under its name."""
+    """The hook bundles and schedules use (and a further one may): a Section's loader gets
+    the token's address only, its template (here from BGWORKER_TEMPLATE_DIR) renders its
+    items, escaped, and the JSON answer carries them under its name."""
     (tmp_path / "pages").mkdir()
-    (tmp_path / "pages" / "schedules.html.j2").write_text(
-        '<h2>Schedules</h2>{% for s in section["items"] %}<p class="schedule">{{ s.name }}</p>'
+    (tmp_path / "pages" / "reports.html.j2").write_text(
+        '<h2>Reports</h2>{% for s in section["items"] %}<p class="report">{{ s.name }}</p>'
         "{% endfor %}"
     )
     settings.template_dir = tmp_path
@@ -323,17 +323,21 @@ async def test_a_further_section_plugs_in_with_its_template_and_the_address(
         seen.append(email)
         return [{"name": "<weekly> report"}]
 
-    section = my_files.Section("schedules", "pages/schedules.html.j2", load)
+    section = my_files.Section("reports", "pages/reports.html.j2", load)
     my_files.SECTIONS.append(section)
     try:
         base = await start_server()
         token = tokens.Signer(settings.tokens).my_files("Dee@X.org")
         status, _, body = await fetch("GET", f"{base}/my-files/{token}", headers=HTML)
         assert status == 200
-        assert '<section id="schedules">' in body.decode()
-        assert '<p class="schedule">&lt;weekly&gt; report</p>' in body.decode()
+        assert '<section id="reports">' in body.decode()
+        assert '<p class="report">&lt;weekly&gt; report</p>' in body.decode()
         doc = await _page(base, token)
-        assert doc["sections"] == {"schedules": [{"name": "<weekly> report"}]}
+        assert doc["sections"] == {
+            "bundles": [],
+            "schedules": [],
+            "reports": [{"name": "<weekly> report"}],
+        }
     finally:
         my_files.SECTIONS.remove(section)
     assert seen == ["dee@x.org", "dee@x.org"]

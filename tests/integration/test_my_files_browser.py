@@ -12,7 +12,9 @@ from typing import Any
 from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.cli.smtp_sink import SmtpSink, text_body
+from bgworker.links import tokens
 from tests.helpers import Publish, StartServer, StartWorker, must_match, wait_for_status
+from tests.integration import test_my_files_sections as sections
 from tests.integration.test_requester_page_browser import browser, pytestmark
 
 __all__ = ["browser", "pytestmark"]
@@ -85,4 +87,40 @@ async def test_ask_list_download_resend_cancel_in_the_browser(
     await page.wait_for_selector(f"#file-{slow.id}[data-state=cancelled]", timeout=30_000)
     await wait_for_status(db, slow.id, "cancelled")
     await page.screenshot(path=tmp_path / "my-files-after-cancel.png", full_page=True)
+    await page.close()
+
+
+async def test_a_bundle_link_and_end_a_schedule_in_the_browser(
+    settings: settings_mod.Settings,
+    start_server: StartServer,
+    start_worker: StartWorker,
+    db: store.Store,
+    smtp_sink: SmtpSink,
+    browser: Any,
+    tmp_path: Path,
+) -> None:
+    """The bundles and schedules sections: the bundle's link opens its page, and "End this
+    schedule" posts from the page (Chromium's own Origin and Sec-Fetch-Site) and ends it."""
+    base = await start_server()
+    settings.web.public_url = base
+    await start_worker()
+    bundle_id = await sections._bundle(settings, db, "ann@example.com")
+    schedule_id = await sections._schedule(db, "ann@example.com", "Weekly stock <b>report</b>")
+    link = tokens.Signer(settings.tokens).my_files("ann@example.com")
+
+    page = await browser.new_page(viewport={"width": 900, "height": 900})
+    await page.goto(f"{base}/my-files/{link}")
+    assert await page.inner_text(f"#bundle-{bundle_id} .parts") == "Files done: 2 of 2"
+    name = await page.inner_text(f"#schedule-{schedule_id} .name")
+    assert name == "Weekly stock <b>report</b>"  # shown as text, not markup
+    await page.screenshot(path=tmp_path / "my-files-sections.png", full_page=True)
+    await page.click(f"#schedule-{schedule_id} button.end-schedule")
+    await page.wait_for_selector("#note[data-note=schedule-ended]")
+    assert await page.query_selector(f"#schedule-{schedule_id}") is None
+    ended = await db.schedules.get(schedule_id)
+    assert ended is not None and (ended.status, ended.ended_reason) == ("ended", "unsubscribed")
+
+    await page.click(f"#bundle-{bundle_id} a.bundle-link")
+    await page.wait_for_selector("a.download")
+    assert await page.eval_on_selector_all("a.download", "l => l.length") == 2
     await page.close()
