@@ -25,7 +25,6 @@ from bgworker import store
 from bgworker.cli.smtp_sink import SmtpSink, text_body
 from bgworker.contract import events
 from bgworker.links import tokens
-from bgworker.web import my_files
 from tests import helpers
 from tests.helpers import (
     Publish,
@@ -300,47 +299,6 @@ async def test_the_page_and_the_footer_speak_the_requesters_language(
     assert status == 200 and hdrs["Content-Language"] == language
     heading = {"fr": "Vos fichiers", "de": "Ihre Dateien", "nl": "Uw bestanden"}
     assert f"<h1>{heading[language]}</h1>" in body.decode()
-
-
-async def test_a_further_section_plugs_in_with_its_template_and_the_address(
-    settings: settings_mod.Settings,
-    start_server: StartServer,
-    db: store.Store,
-    tmp_path: Any,
-) -> None:
-    """The hook bundles and schedules use (and a further one may): a Section's loader gets
-    the token's address only, its template (here from BGWORKER_TEMPLATE_DIR) renders its
-    items, escaped, and the JSON answer carries them under its name."""
-    (tmp_path / "pages").mkdir()
-    (tmp_path / "pages" / "reports.html.j2").write_text(
-        '<h2>Reports</h2>{% for s in section["items"] %}<p class="report">{{ s.name }}</p>'
-        "{% endfor %}"
-    )
-    settings.template_dir = tmp_path
-    seen: list[str] = []
-
-    async def load(db_: store.Store, email: str, locale: str) -> list[dict[str, Any]]:
-        seen.append(email)
-        return [{"name": "<weekly> report"}]
-
-    section = my_files.Section("reports", "pages/reports.html.j2", load)
-    my_files.SECTIONS.append(section)
-    try:
-        base = await start_server()
-        token = tokens.Signer(settings.tokens).my_files("Dee@X.org")
-        status, _, body = await fetch("GET", f"{base}/my-files/{token}", headers=HTML)
-        assert status == 200
-        assert '<section id="reports">' in body.decode()
-        assert '<p class="report">&lt;weekly&gt; report</p>' in body.decode()
-        doc = await _page(base, token)
-        assert doc["sections"] == {
-            "bundles": [],
-            "schedules": [],
-            "reports": [{"name": "<weekly> report"}],
-        }
-    finally:
-        my_files.SECTIONS.remove(section)
-    assert seen == ["dee@x.org", "dee@x.org"]
 
 
 def _hostile(n: int) -> list[tuple[str, str, str]]:

@@ -21,6 +21,7 @@ from bgworker.contract import bundles
 from bgworker.contract import schedules as contract
 from bgworker.links import tokens
 from bgworker.messaging import publisher
+from bgworker.web import my_files
 from tests import helpers
 from tests.helpers import AMQP_URL, StartServer, StartWorker, must_match, wait_until
 from tests.integration.downloads import fetch
@@ -207,3 +208,44 @@ async def test_hostile_end_schedule_posts_never_fail_nor_end_anothers_schedule(
     assert found is not None and found.status == "active"
     doc: dict[str, Any] = await _page(base, a_token)
     assert doc["sections"] == {"bundles": [], "schedules": []}
+
+
+async def test_a_further_section_plugs_in_with_its_template_and_the_address(
+    settings: settings_mod.Settings,
+    start_server: StartServer,
+    db: store.Store,
+    tmp_path: Any,
+) -> None:
+    """The hook bundles and schedules use (and a further one may): a Section's loader gets
+    the token's address only, its template (here from BGWORKER_TEMPLATE_DIR) renders its
+    items, escaped, and the JSON answer carries them under its name."""
+    (tmp_path / "pages").mkdir()
+    (tmp_path / "pages" / "reports.html.j2").write_text(
+        '<h2>Reports</h2>{% for s in section["items"] %}<p class="report">{{ s.name }}</p>'
+        "{% endfor %}"
+    )
+    settings.template_dir = tmp_path
+    seen: list[str] = []
+
+    async def load(db_: store.Store, email: str, locale: str) -> list[dict[str, Any]]:
+        seen.append(email)
+        return [{"name": "<weekly> report"}]
+
+    section = my_files.Section("reports", "pages/reports.html.j2", load)
+    my_files.SECTIONS.append(section)
+    try:
+        base = await start_server()
+        token = tokens.Signer(settings.tokens).my_files("Dee@X.org")
+        status, _, body = await fetch("GET", f"{base}/my-files/{token}", headers=HTML)
+        assert status == 200
+        assert '<section id="reports">' in body.decode()
+        assert '<p class="report">&lt;weekly&gt; report</p>' in body.decode()
+        doc = await _page(base, token)
+        assert doc["sections"] == {
+            "bundles": [],
+            "schedules": [],
+            "reports": [{"name": "<weekly> report"}],
+        }
+    finally:
+        my_files.SECTIONS.remove(section)
+    assert seen == ["dee@x.org", "dee@x.org"]
