@@ -292,7 +292,8 @@ def cross_site(request: web.Request) -> web.Response | None:
 
 async def act(request: web.Request) -> web.Response:
     """``POST /my-files/{action}`` with ``token`` and ``id`` in a form body: the action on
-    one of the token's files; a browser is sent back to the page with a note (303)."""
+    one of the token's files (or schedules); a browser is sent back to the page with a
+    note (303)."""
     action = ACTIONS.get(request.match_info["action"])
     if action is None:
         raise web.HTTPNotFound()
