@@ -85,7 +85,7 @@ LIMIT $2;
 
 -- name: my_files_schedules
 -- The active and paused schedules of an address (the requester of their FileRequested
--- template), newest first. No index on the address (schedules are few per deployment).
+-- template), newest first (bgworker_schedules_requester_email).
 -- params: email, limit
 SELECT * FROM bgworker_schedules
 WHERE lower(requester_email) = $1 AND requester_email IS NOT NULL

@@ -157,6 +157,10 @@ class Intake:
         return self._busy
 
     @property
+    def slots(self) -> int:
+        return self._slots
+
+    @property
     def consumers(self) -> int:
         return len(self._tags)
 

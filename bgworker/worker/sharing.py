@@ -53,7 +53,7 @@ class Puller:
 
     async def run(self, stopping: asyncio.Event) -> None:
         fair = self.runner.fair
-        slots = self.runner.config.concurrency
+        slots = self.intake.slots  # the concurrency, or the handler threads (all plain def)
         polled = 0.0
         while not stopping.is_set():
             self.intake.freed.clear()

@@ -282,7 +282,10 @@ async def test_smtp_sink_prints_and_saves_what_a_worker_sends(
             printed.append(await _next_line(sink))
         assert "to ann@example.com" in printed[0] and "from bgworker" in printed[0]
         assert printed[1].startswith("subject: ") and "blob" in printed[1]
-        [link] = [line.split()[1] for line in printed if line.startswith("link:")]
+        links = [line.split()[1] for line in printed if line.startswith("link:")]
+        # The download link, then the footer's link to the requester's "my files" page.
+        assert len(links) == 2 and "/my-files/" in links[1], printed
+        [link] = [each for each in links if "/download/" in each]
         assert link.startswith(settings.web.public_url + "/download/")
         [eml] = saved.glob("*.eml")
         assert printed[-1].split()[1] == str(eml)

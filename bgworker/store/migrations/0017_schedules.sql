@@ -33,6 +33,11 @@ CREATE TABLE bgworker_schedules (
 -- What the workers claim: active schedules, the ones due first.
 CREATE INDEX bgworker_schedules_due ON bgworker_schedules (next_run_at) WHERE status = 'active';
 
+-- A requester's "my files" page and erasure find an address's schedules case-insensitively.
+CREATE INDEX bgworker_schedules_requester_email
+    ON bgworker_schedules (lower(requester_email))
+    WHERE requester_email IS NOT NULL;
+
 -- One row per published period: its primary key is what makes a period publish at most
 -- one request, whatever crashes; published_at NULL until the broker confirmed it.
 CREATE TABLE bgworker_schedule_runs (
