@@ -359,6 +359,8 @@ CREATE INDEX bgworker_schedule_runs_unpublished ON public.bgworker_schedule_runs
 
 CREATE INDEX bgworker_schedules_due ON public.bgworker_schedules USING btree (next_run_at) WHERE (status = 'active'::text);
 
+CREATE INDEX bgworker_schedules_requester_email ON public.bgworker_schedules USING btree (lower(requester_email)) WHERE (requester_email IS NOT NULL);
+
 ALTER TABLE ONLY public.bgworker_attempts
     ADD CONSTRAINT bgworker_attempts_request_id_fkey FOREIGN KEY (request_id) REFERENCES public.bgworker_requests(id) ON DELETE CASCADE;
 
