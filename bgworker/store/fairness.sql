@@ -225,9 +225,11 @@ SELECT EXISTS (SELECT 1 FROM parked) AS parked;
 -- types at their cap ($6/$7) skipped. The row is set running under a new lease, its attempt
 -- counted and recorded, as record_and_claim does, in this one statement; the caller runs
 -- the stored event. SKIP LOCKED: two slots claiming at once take two different rows, so
--- each tenant offers its oldest few. $8: only that request (NULL: any). $9 (dry): pick,
--- change nothing (the caller then takes the caps' locks and claims $8 = the pick, so hard
--- caps hold exactly). Returns nothing when no parked request fits.
+-- each tenant offers its oldest 8 (the statement's snapshot may hold some another worker
+-- has claimed since: the caller then claims again, worker/sharing.py). $8: only that
+-- request (NULL: any). $9 (dry): pick, change nothing (the caller then takes the caps'
+-- locks and claims $8 = the pick, so hard caps hold exactly). Returns nothing when no
+-- parked request fits.
 WITH RECURSIVE parked_tenants AS (
     -- The distinct tenants with parked requests, one index probe each
     -- (bgworker_requests_parked), however many requests each has parked.
@@ -255,7 +257,7 @@ WITH RECURSIVE parked_tenants AS (
           AND q.file_type NOT IN (SELECT file_type FROM file_type_full)
           AND ($8::uuid IS NULL OR q.id = $8)
         ORDER BY q.received_at, q.id
-        LIMIT 4
+        LIMIT 8
     ) p
     WHERE t.tenant IS NOT NULL AND coalesce(b.n, 0) < coalesce(c.cap, $3, 1000000000)
 ), pick AS (

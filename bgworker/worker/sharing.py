@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS: Final = 0.5  # a worker with idle slots looks for parked requests this often
 RETRY_SECONDS: Final = 1.0
+RETRIES: Final = 3  # claims that found nothing while parked rows are left, retried at once
 
 # Runs a job in the slot the puller took, as a task the worker drains and counts.
 StartJob = Callable[[Coroutine[Any, Any, states.JobOutcome], str], None]
@@ -46,7 +47,8 @@ class Puller:
     runner: jobs.Runner
     intake: intake.Intake
     start_job: StartJob
-    counts: Counter[str] = field(default_factory=Counter)  # claimed, none, polled: tests
+    counts: Counter[str] = field(default_factory=Counter)  # claimed, none, raced, polled
+    _misses: int = field(default=0, init=False)  # claims in a row that found nothing
 
     def __post_init__(self) -> None:
         self.intake.holding = self.runner.fair.waiting.is_set
@@ -92,6 +94,9 @@ class Puller:
             except BaseException:
                 self.intake.release(counted=False)
                 raise
+            if direct is None and await self._raced():
+                self.intake.release(counted=False)
+                continue
             if direct is None:
                 self.counts["none"] += 1
                 self.intake.release(counted=False)
@@ -100,8 +105,22 @@ class Puller:
                 # Still parked (over a hard cap, or taken meanwhile): a slot that frees looks.
                 fair.seen = await self.db.fairness.any_parked()
                 return
+            self._misses = 0
             self.counts["claimed"] += 1
             self.start_job(run_parked(self.runner, direct), f"job-{direct.claim.request_id}")
+
+    async def _raced(self) -> bool:
+        """Whether a claim that found nothing lost a race rather than the parked rows: its
+        statement saw each tenant's oldest few as of its start, and another worker may have
+        claimed those since. Parked rows left, and this happened fewer than ``RETRIES`` times
+        in a row: claim again at once (giving up would idle the slot until the next poll).
+        Rows left over a hard cap end it after ``RETRIES``."""
+        self._misses += 1
+        if self._misses > RETRIES or not await self.db.fairness.any_parked():
+            self._misses = 0
+            return False
+        self.counts["raced"] += 1
+        return True
 
 
 async def run_parked(runner: jobs.Runner, direct: store.DirectClaim) -> states.JobOutcome:
