@@ -209,7 +209,9 @@ MEANING: Final[dict[str, str]] = {
         "and purges"
     ),
     "BGWORKER_RETENTION__ROWS_DAYS": (
-        "days after a request ends that its row is kept (then deleted with what is left of it)"
+        "days after a request ends that its row is kept (then deleted with what is left of "
+        "it); also bundles left without parts, schedules' published periods and ended "
+        "schedules ([Data retention and erasure](retention.md#how-long-retention))"
     ),
     "BGWORKER_RETENTION__BATCH_SIZE": (
         "rows `bgworker clean` prunes per statement (one short transaction each)"

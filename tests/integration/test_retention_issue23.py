@@ -6,10 +6,12 @@ a worker for the bundles); the clock is the one thing faked (rows are moved into
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 
 from bgworker import settings as settings_mod
@@ -213,3 +215,34 @@ async def test_a_period_whose_request_is_in_progress_is_kept(db: store.Store) ->
     )
     pruned = await ops_retention.prune(db, policy, None)
     assert pruned["schedules"] == 1 and await db.schedules.get(schedule_id) is None
+
+
+async def test_a_period_or_schedule_someone_holds_is_skipped_not_waited_for(
+    db: store.Store, database_url: str
+) -> None:
+    live, latest = await with_history(db, 3, by=OLD)
+    gone, _ = await with_history(db, 0)
+    await end(db, gone, OLD)
+    held_period = latest - timedelta(weeks=2)
+    other = await asyncpg.connect(database_url)
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await other.execute(
+            "SELECT 1 FROM bgworker_schedule_runs WHERE schedule_id = $1 AND period = $2 "
+            "FOR UPDATE",
+            live,
+            held_period,
+        )
+        await other.execute("SELECT 1 FROM bgworker_schedules WHERE id = $1 FOR UPDATE", gone)
+        policy = retention.RetentionSettings(batch_size=1)
+        # Bounded only as a guard against a hang: a lock waited for would never return.
+        pruned = await asyncio.wait_for(ops_retention.prune(db, policy, None), 60)
+        assert pruned["schedule_runs"] == 2 and pruned["schedules"] == 0
+        assert await periods(db, live) == [held_period, latest]
+        await tx.rollback()
+    finally:
+        await other.close()
+    pruned = await ops_retention.prune(db, policy, None)
+    assert pruned["schedule_runs"] == 1 and pruned["schedules"] == 1
+    assert await periods(db, live) == [latest] and await db.schedules.get(gone) is None
