@@ -195,7 +195,7 @@ MEANING: Final[dict[str, str]] = {
         "are kept ([Data retention and erasure](retention.md))"
     ),
     "BGWORKER_RETENTION__ADDRESSES_DAYS": (
-        "days after a request ends that the requester's email address and id are kept"
+        "days after a request (or a bundle) ends that the requester's email address and id are kept"
     ),
     "BGWORKER_RETENTION__ATTEMPTS_DAYS": (
         "days after a request ends that its attempt history is kept"

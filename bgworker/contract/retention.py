@@ -22,7 +22,8 @@ def _days(default: float) -> float:
 class RetentionSettings(BaseModel):
     # The event's criteria, description and file name, and the last error text.
     criteria_days: float = _days(30)
-    # The requester's email address and id (on the row and in the event).
+    # The requester's email address and id (on the row and in the event), of requests and
+    # of bundles.
     addresses_days: float = _days(30)
     # Attempt history: one row per attempt, with its worker, times and error text.
     attempts_days: float = _days(30)

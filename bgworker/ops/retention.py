@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 _PERIOD = {
     "dead_letter_records": "dead_letters",
     "producer_outbox": "outbox",
+    "bundle_addresses": "addresses",
     # A bundle outlives no part; a period's row is the link from its request to the
     # schedule (the request's email reads it) and a period's at-most-once key: kept as
     # long as the request rows, not the effects' payloads.

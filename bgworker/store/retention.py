@@ -23,6 +23,7 @@ Q: Final = queries.QUERIES
 STAGES: Final = {
     "criteria": "retention_criteria",
     "addresses": "retention_addresses",
+    "bundle_addresses": "retention_bundle_addresses",
     "attempts": "retention_attempts",
     "outbox": "retention_outbox",
     "producer_outbox": "retention_producer_outbox",

@@ -47,6 +47,35 @@ done AS (
 )
 SELECT ended, key, (SELECT count(*) FROM done) AS pruned FROM batch ORDER BY ended, key;
 
+-- name: retention_bundle_addresses
+-- Who asked for a bundle (its row's address and id, and the event's), as for its parts
+-- (retention_addresses) and after as long: erasure finds a bundle through its parts'
+-- addresses, so once theirs are gone the bundle's must not stay. Ended: finished, or
+-- created when it never finished (cancelled); none of its parts in progress.
+WITH batch AS (
+    SELECT b.id, coalesce(b.finished_at, b.created_at) AS ended, b.id::text AS key
+    FROM bgworker_bundles b
+    WHERE coalesce(b.finished_at, b.created_at) < now() - make_interval(secs => $1)
+      AND (coalesce(b.finished_at, b.created_at), b.id::text) > ($3, $4)
+      AND NOT EXISTS (
+          SELECT 1 FROM bgworker_requests r
+          WHERE r.bundle_id = b.id AND r.status IN ('queued', 'parked', 'running', 'retrying'))
+    ORDER BY coalesce(b.finished_at, b.created_at), b.id::text
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), done AS (
+    UPDATE bgworker_bundles d
+    SET event = d.event #- '{requester,email}' #- '{requester,id}',
+        requester_email = NULL, requester_id = NULL,
+        tenant = CASE WHEN d.tenant = d.requester_id THEN '' ELSE d.tenant END
+    FROM batch
+    WHERE d.id = batch.id
+      AND (d.requester_email IS NOT NULL OR d.requester_id IS NOT NULL
+           OR coalesce(d.event -> 'requester' ?| array['email', 'id'], false))
+    RETURNING 1
+)
+SELECT ended, key, (SELECT count(*) FROM done) AS pruned FROM batch ORDER BY ended, key;
+
 -- name: retention_attempts
 -- The attempt history (workers, times, error texts) of ended requests.
 WITH batch AS MATERIALIZED (SELECT * FROM bgworker_ended_batch($1, $2, $3, $4)),

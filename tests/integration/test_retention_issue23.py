@@ -71,7 +71,16 @@ async def test_bundles_go_once_their_parts_are_pruned_and_not_before(
     assert await bundle_ids(db) == set(made)
     pruned = await ops_retention.prune(db, policy, None)
     assert pruned["rows"] == 5 and pruned["bundles"] == 2
+    assert preview["bundle_addresses"] == pruned["bundle_addresses"] == 3
     assert await bundle_ids(db) == {young, held}
+    # The old bundle still kept lost its address with its parts (ADDRESSES_DAYS); the
+    # young one has it.
+    scrubbed = await db.bundles.get(held)
+    assert scrubbed is not None and scrubbed.requester_email is None
+    assert "email" not in scrubbed.event.get("requester", {})
+    kept = await db.bundles.get(young)
+    assert kept is not None and kept.requester_email == "b2@example.com"
+    assert kept.event["requester"]["email"] == "b2@example.com"
     part = await db.requests.get_request(kept_part)
     assert part is not None
     assert await db.pool.fetchval("SELECT bundle_id FROM bgworker_requests WHERE id = $1", part.id)
