@@ -195,7 +195,7 @@ MEANING: Final[dict[str, str]] = {
         "are kept ([Data retention and erasure](retention.md))"
     ),
     "BGWORKER_RETENTION__ADDRESSES_DAYS": (
-        "days after a request ends that the requester's email address and id are kept"
+        "days after a request (or a bundle) ends that the requester's email address and id are kept"
     ),
     "BGWORKER_RETENTION__ATTEMPTS_DAYS": (
         "days after a request ends that its attempt history is kept"
@@ -209,7 +209,9 @@ MEANING: Final[dict[str, str]] = {
         "and purges"
     ),
     "BGWORKER_RETENTION__ROWS_DAYS": (
-        "days after a request ends that its row is kept (then deleted with what is left of it)"
+        "days after a request ends that its row is kept (then deleted with what is left of "
+        "it); also bundles left without parts, schedules' published periods and ended "
+        "schedules ([Data retention and erasure](retention.md#how-long-retention))"
     ),
     "BGWORKER_RETENTION__BATCH_SIZE": (
         "rows `bgworker clean` prunes per statement (one short transaction each)"

@@ -22,7 +22,8 @@ def _days(default: float) -> float:
 class RetentionSettings(BaseModel):
     # The event's criteria, description and file name, and the last error text.
     criteria_days: float = _days(30)
-    # The requester's email address and id (on the row and in the event).
+    # The requester's email address and id (on the row and in the event), of requests and
+    # of bundles.
     addresses_days: float = _days(30)
     # Attempt history: one row per attempt, with its worker, times and error text.
     attempts_days: float = _days(30)
@@ -31,7 +32,8 @@ class RetentionSettings(BaseModel):
     outbox_days: float = _days(30)
     # Dead letters in ns.dead, and the records of their replays and purges.
     dead_letters_days: float = _days(14)
-    # The request rows themselves (what is left of them).
+    # The request rows themselves (what is left of them); then bundle rows left without
+    # parts, schedules' published periods and ended schedules.
     rows_days: float = _days(90)
     # Rows one pruning statement handles: each batch is one short transaction.
     batch_size: int = Field(500, ge=1, le=10000)

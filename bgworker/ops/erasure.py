@@ -128,7 +128,7 @@ async def forget(
     report.audit_id, _ = await db.erasure.record(
         subject, actor=actor, erased=erased, files=report.files, dead_letters=report.dead_letters
     )
-    for kind in ("requests", "pending", "files", "effects", "dead_letters"):
+    for kind in ("requests", "pending", "files", "effects", "dead_letters", "schedules"):
         metrics.ERASED.labels(kind).inc(getattr(report, kind))
     # The log names the audit row, never the address.
     log.info("forget: erasure %s: %s", report.audit_id, report)

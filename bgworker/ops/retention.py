@@ -27,7 +27,17 @@ from bgworker.store import retention as store_retention
 log = logging.getLogger(__name__)
 
 # The setting that rules each stage (by default its own name).
-_PERIOD = {"dead_letter_records": "dead_letters", "producer_outbox": "outbox"}
+_PERIOD = {
+    "dead_letter_records": "dead_letters",
+    "producer_outbox": "outbox",
+    "bundle_addresses": "addresses",
+    # A bundle outlives no part; a period's row is the link from its request to the
+    # schedule (the request's email reads it) and a period's at-most-once key: kept as
+    # long as the request rows, not the effects' payloads.
+    "bundles": "rows",
+    "schedule_runs": "rows",
+    "schedules": "rows",
+}
 
 
 async def prune(

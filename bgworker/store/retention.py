@@ -23,11 +23,16 @@ Q: Final = queries.QUERIES
 STAGES: Final = {
     "criteria": "retention_criteria",
     "addresses": "retention_addresses",
+    "bundle_addresses": "retention_bundle_addresses",
     "attempts": "retention_attempts",
     "outbox": "retention_outbox",
     "producer_outbox": "retention_producer_outbox",
     "dead_letter_records": "retention_dlq_actions",
     "rows": "retention_rows",
+    # Issue 23's tables, after the rows: a bundle goes once its parts' rows are gone.
+    "bundles": "retention_bundles",
+    "schedule_runs": "retention_schedule_runs",
+    "schedules": "retention_schedules",
 }
 # Where a first batch starts: before any row.
 START: Final = (datetime(1, 1, 1, tzinfo=UTC), "")

@@ -47,6 +47,35 @@ done AS (
 )
 SELECT ended, key, (SELECT count(*) FROM done) AS pruned FROM batch ORDER BY ended, key;
 
+-- name: retention_bundle_addresses
+-- Who asked for a bundle (its row's address and id, and the event's), as for its parts
+-- (retention_addresses) and after as long: erasure finds a bundle through its parts'
+-- addresses, so once theirs are gone the bundle's must not stay. Ended: finished, or
+-- created when it never finished (cancelled); none of its parts in progress.
+WITH batch AS (
+    SELECT b.id, coalesce(b.finished_at, b.created_at) AS ended, b.id::text AS key
+    FROM bgworker_bundles b
+    WHERE coalesce(b.finished_at, b.created_at) < now() - make_interval(secs => $1)
+      AND (coalesce(b.finished_at, b.created_at), b.id::text) > ($3, $4)
+      AND NOT EXISTS (
+          SELECT 1 FROM bgworker_requests r
+          WHERE r.bundle_id = b.id AND r.status IN ('queued', 'parked', 'running', 'retrying'))
+    ORDER BY coalesce(b.finished_at, b.created_at), b.id::text
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), done AS (
+    UPDATE bgworker_bundles d
+    SET event = d.event #- '{requester,email}' #- '{requester,id}',
+        requester_email = NULL, requester_id = NULL,
+        tenant = CASE WHEN d.tenant = d.requester_id THEN '' ELSE d.tenant END
+    FROM batch
+    WHERE d.id = batch.id
+      AND (d.requester_email IS NOT NULL OR d.requester_id IS NOT NULL
+           OR coalesce(d.event -> 'requester' ?| array['email', 'id'], false))
+    RETURNING 1
+)
+SELECT ended, key, (SELECT count(*) FROM done) AS pruned FROM batch ORDER BY ended, key;
+
 -- name: retention_attempts
 -- The attempt history (workers, times, error texts) of ended requests.
 WITH batch AS MATERIALIZED (SELECT * FROM bgworker_ended_batch($1, $2, $3, $4)),
@@ -122,5 +151,77 @@ attempts AS (
     DELETE FROM bgworker_front_door f USING batch WHERE f.id = batch.id
 ), done AS (
     DELETE FROM bgworker_requests r USING batch WHERE r.id = batch.id RETURNING 1
+)
+SELECT ended, key, (SELECT count(*) FROM done) AS pruned FROM batch ORDER BY ended, key;
+
+-- name: retention_bundles
+-- Bundle rows (bgworker_bundles: the BundleRequested event, the requester) none of whose
+-- parts is left, ended (finished, or created when it never finished: cancelled) before $1.
+-- A bundle still naming a part waits for the part's row (retention_rows, which runs first):
+-- deleting it would set the part's bundle_id NULL (ON DELETE SET NULL), locking, and maybe
+-- waiting for, a request row, and end the ZIP download of parts whose files still live.
+WITH batch AS (
+    SELECT b.id, coalesce(b.finished_at, b.created_at) AS ended, b.id::text AS key
+    FROM bgworker_bundles b
+    WHERE coalesce(b.finished_at, b.created_at) < now() - make_interval(secs => $1)
+      AND (coalesce(b.finished_at, b.created_at), b.id::text) > ($3, $4)
+      AND NOT EXISTS (SELECT 1 FROM bgworker_requests r WHERE r.bundle_id = b.id)
+    ORDER BY coalesce(b.finished_at, b.created_at), b.id::text
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), done AS (
+    DELETE FROM bgworker_bundles d USING batch WHERE d.id = batch.id RETURNING 1
+)
+SELECT ended, key, (SELECT count(*) FROM done) AS pruned FROM batch ORDER BY ended, key;
+
+-- name: retention_schedule_runs
+-- A schedule's published periods (each holds its whole event) by when they were published.
+-- Kept: unpublished ones (still work: schedule_runs_take), those whose request is still in
+-- progress (its email looks its schedule up here: schedule_of_request), and the latest
+-- period of a schedule not ended (the missed-period rule reads the schedule's own
+-- next_run_at and last_period, not this table; kept as the at-most-once key of the period
+-- the schedule last fired, one row a schedule).
+WITH batch AS (
+    SELECT sr.schedule_id, sr.period, sr.published_at AS ended, sr.request_id::text AS key
+    FROM bgworker_schedule_runs sr
+    JOIN bgworker_schedules s ON s.id = sr.schedule_id
+    WHERE sr.published_at < now() - make_interval(secs => $1)
+      AND (sr.published_at, sr.request_id::text) > ($3, $4)
+      AND (s.status = 'ended' OR s.last_period IS DISTINCT FROM sr.period)
+      AND NOT EXISTS (
+          SELECT 1 FROM bgworker_requests r
+          WHERE r.id = sr.request_id AND r.status IN ('queued', 'parked', 'running', 'retrying'))
+    ORDER BY sr.published_at, sr.request_id::text
+    LIMIT $2
+    FOR UPDATE OF sr SKIP LOCKED
+), done AS (
+    DELETE FROM bgworker_schedule_runs d USING batch
+    WHERE d.schedule_id = batch.schedule_id AND d.period = batch.period
+    RETURNING 1
+)
+SELECT ended, key, (SELECT count(*) FROM done) AS pruned FROM batch ORDER BY ended, key;
+
+-- name: retention_schedules
+-- Schedules ended (end date, unsubscribed, operator) before $1 (updated_at: set when it
+-- ended, never after), with their periods (ON DELETE CASCADE). One with a period still
+-- needed (unpublished, or its request in progress) waits: the cascade would otherwise take
+-- (or wait for) it.
+WITH batch AS (
+    SELECT s.id, s.updated_at AS ended, s.id::text AS key
+    FROM bgworker_schedules s
+    WHERE s.status = 'ended'
+      AND s.updated_at < now() - make_interval(secs => $1)
+      AND (s.updated_at, s.id::text) > ($3, $4)
+      AND NOT EXISTS (
+          SELECT 1 FROM bgworker_schedule_runs sr
+          LEFT JOIN bgworker_requests r ON r.id = sr.request_id
+          WHERE sr.schedule_id = s.id
+            AND (sr.published_at IS NULL
+                 OR r.status IN ('queued', 'parked', 'running', 'retrying')))
+    ORDER BY s.updated_at, s.id::text
+    LIMIT $2
+    FOR UPDATE OF s SKIP LOCKED
+), done AS (
+    DELETE FROM bgworker_schedules d USING batch WHERE d.id = batch.id RETURNING 1
 )
 SELECT ended, key, (SELECT count(*) FROM done) AS pruned FROM batch ORDER BY ended, key;

@@ -221,6 +221,13 @@ async def test_the_command_prunes_and_writes_its_metrics(
     text = metrics_file.read_text()
     assert 'bgworker_pruned_total{kind="addresses"} 1.0' in text
     assert 'bgworker_pruned_total{kind="rows"} 0.0' in text
+    for kind in (
+        "bundle_addresses",
+        "bundles",
+        "schedule_runs",
+        "schedules",
+    ):  # issue 23's tables, too
+        assert f"{kind} 0" in out and f'bgworker_pruned_total{{kind="{kind}"}} 0.0' in text
     code, out, err = await cli("clean", BGWORKER_RETENTION__ROWS_DAYS="30")
     assert code == 0 and "rows 1" in out, (out, err)
     assert await db.requests.get_request(event.id) is None

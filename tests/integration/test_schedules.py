@@ -17,8 +17,10 @@ import aiohttp
 import pytest
 
 from bgworker import settings as settings_mod
-from bgworker import store
+from bgworker import storage, store
 from bgworker.contract import schedules as contract
+from bgworker.observe import metrics
+from bgworker.ops import erasure as ops_erasure
 from bgworker.store import erasure
 from tests.helpers import StartServer, StartWorker, must_match, wait_for_status, wait_until
 
@@ -244,6 +246,25 @@ async def test_forget_erases_the_persons_schedules_and_their_periods(db: store.S
     assert await db.schedules.get(mine.id) is None
     assert await runs(db, mine.id) == []  # the recorded period went with it
     assert await db.schedules.get(theirs.id) is not None
+
+
+async def test_forget_counts_the_schedules_in_its_report_and_metrics(
+    settings: settings_mod.Settings, db: store.Store
+) -> None:
+    request = schedule_request()
+    assert await db.schedules.create(request, datetime.now(UTC))
+    before = erased_total("schedules")
+    async with storage.opened(settings) as files:
+        report = await ops_erasure.forget(
+            db, files, None, erasure.Subject.requester(EMAIL), actor="test"
+        )
+    assert report.schedules == 1 and erased_total("schedules") == before + 1
+    assert await db.schedules.get(request.id) is None
+
+
+def erased_total(kind: str) -> float:
+    found = metrics.MAINTENANCE.get_sample_value("bgworker_erased_total", {"kind": kind})
+    return found or 0.0
 
 
 async def test_a_worker_holding_a_full_batch_still_takes_the_rest(db: store.Store) -> None:
