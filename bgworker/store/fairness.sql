@@ -58,9 +58,12 @@ WITH room AS (
                ELSE (r.event - 'requested_at') = (excluded.event - 'requested_at') END
     RETURNING id, attempts, lease_token, max_attempts, status
 ), attempt AS (
-    INSERT INTO bgworker_attempts (request_id, attempt, worker)
-    SELECT id, attempts, $10 FROM claimed WHERE status = 'running'
-    ON CONFLICT (request_id, attempt) DO UPDATE SET worker = excluded.worker, started_at = now()
+    -- clock_timestamp(), not now() (the transaction's start, before lock_cap's wait): an
+    -- attempt starts after the commit that freed its slot, as the caps count it.
+    INSERT INTO bgworker_attempts (request_id, attempt, worker, started_at)
+    SELECT id, attempts, $10, clock_timestamp() FROM claimed WHERE status = 'running'
+    ON CONFLICT (request_id, attempt)
+    DO UPDATE SET worker = excluded.worker, started_at = excluded.started_at
 )
 SELECT id, attempts, lease_token, max_attempts, status FROM claimed;
 
@@ -285,9 +288,11 @@ WITH RECURSIVE parked_tenants AS (
     WHERE r.id = pick.id AND NOT $9::boolean
     RETURNING r.id, r.attempts, r.lease_token, r.max_attempts, r.event
 ), attempt AS (
-    INSERT INTO bgworker_attempts (request_id, attempt, worker)
-    SELECT id, attempts, $1 FROM claimed
-    ON CONFLICT (request_id, attempt) DO UPDATE SET worker = excluded.worker, started_at = now()
+    -- clock_timestamp(): after the caps' locks, as in record_and_claim_capped.
+    INSERT INTO bgworker_attempts (request_id, attempt, worker, started_at)
+    SELECT id, attempts, $1, clock_timestamp() FROM claimed
+    ON CONFLICT (request_id, attempt)
+    DO UPDATE SET worker = excluded.worker, started_at = excluded.started_at
 )
 SELECT p.id, p.tenant, p.file_type, c.attempts, c.lease_token, c.max_attempts, c.event
 FROM pick p LEFT JOIN claimed c ON c.id = p.id;
