@@ -28,6 +28,7 @@ from bgworker import storage, store, worker
 from bgworker.contract import events
 from bgworker.messaging import broker, topology
 from bgworker.store import requests as store_requests
+from bgworker.worker import intake as worker_intake
 
 AMQP_URL: Final = os.environ.get("BGWORKER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 PG_ADMIN: Final = os.environ.get(
@@ -212,6 +213,18 @@ class DeadLetters:
 def dead_queue_of(settings: settings_mod.Settings) -> str:
     """The dead-letter queue of the test's namespace and queue type."""
     return topology.Topology(settings.namespace, queue_type=settings.queue_type).dead_queue
+
+
+def assert_never_handed_back(intake: worker_intake.Intake | None, queue_type: str) -> None:
+    """The worker handed no delivery back to the queue. On a classic queue nothing was
+    redelivered either. A quorum queue returns a delivery that reaches the broker's channel
+    after its consumer's ``basic.cancel`` (rabbit_fifo_client, rabbitmq-server#3729: the
+    worker never sees it) and delivers it again, redelivered; the intake and the parker
+    cancel consumers as they go, so there a redelivery is the broker's, not the worker's."""
+    assert intake is not None
+    assert intake.counts["returned"] == 0
+    if queue_type == "classic":
+        assert intake.counts["redelivered"] == 0
 
 
 async def get_row(db: store.Store, request_id: uuid.UUID) -> store.RequestRow:

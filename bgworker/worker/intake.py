@@ -21,7 +21,11 @@ every delivery arrives to a free slot. Keeping that true:
   ``basic.cancel``: "does not affect already delivered messages, but ... the server will
   not send any more messages for that consumer"). A delivery still on its way to a
   consumer being cancelled arrives and is taken: the sum held before, so there is a slot
-  for it. The delivery stays unacked on the channel and is acked normally.
+  for it. The delivery stays unacked on the channel and is acked normally. (A quorum queue
+  instead returns a delivery that reaches the broker's channel process after the cancel:
+  rabbit_fifo_client gives back what comes for a consumer it no longer has,
+  rabbitmq-server#3729. The worker never sees it; it is delivered again, redelivered, and on
+  RabbitMQ 3.10 to 4.2 its ``x-delivery-count`` grows by one.)
 
 Each arrival takes one slot, so the room (free slots / ``p``) shrinks by at most one
 consumer per arrival, and cancelling the consumer the delivery came on is always enough.

@@ -16,7 +16,14 @@ from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.contract import events
 from bgworker.messaging import broker
-from tests.helpers import Publish, StartWorker, dead_queue_of, wait_for_status, wait_until
+from tests.helpers import (
+    Publish,
+    StartWorker,
+    assert_never_handed_back,
+    dead_queue_of,
+    wait_for_status,
+    wait_until,
+)
 
 
 @pytest.fixture(params=["quorum", "classic"])
@@ -87,9 +94,8 @@ async def test_tenant_cap_holds_across_two_workers_and_others_do_not_wait(
         row = await db.requests.get_request(e.id)
         assert row is not None and row.attempts == 1
     for w in (first, second):
-        assert w.intake is not None
-        assert w.intake.counts["returned"] == 0
-        assert w.intake.counts["redelivered"] == 0
+        assert_never_handed_back(w.intake, settings.queue_type)
+    assert await broker.queue_depth(amqp, dead_queue_of(settings)) == 0
     assert first.outcomes["parked"] + second.outcomes["parked"] > 0
     # `small` published after all of `big` finished before `big`'s last started.
     small_done = max(await _times(db, small, "finished_at"))
@@ -152,7 +158,7 @@ async def test_a_parked_request_is_never_dead_lettered_for_waiting(
     assert in_parking_order == sorted(started)
     dead = await broker.queue_depth(amqp, dead_queue_of(settings))
     assert dead == 0
-    assert w.intake is not None and w.intake.counts["redelivered"] == 0
+    assert_never_handed_back(w.intake, settings.queue_type)
 
 
 async def test_a_parked_request_whose_waker_died_is_woken_by_the_sweep(
