@@ -10,7 +10,6 @@ records that it was asked).
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Final
 
@@ -18,6 +17,7 @@ from aiohttp import web
 
 from bgworker import faults
 from bgworker import settings as settings_mod
+from bgworker.contract import events
 from bgworker.ops import erasure
 from bgworker.ops.deadletters import queue
 from bgworker.web import front_door, keys, responses
@@ -38,21 +38,16 @@ def mount(app: web.Application, settings: settings_mod.Settings) -> None:
     app.router.add_post(ROUTE, erase)
 
 
-def _refusal(status: int, error: str) -> web.Response:
-    return responses.json_response({"error": error, "status": status}, status=status)
-
-
 async def erase(request: web.Request) -> web.Response:
-    refused = front_door.refuse_caller(request)
-    if refused is not None:
-        return refused
-    if request.content_type != "application/json":
-        return _refusal(415, "the body must be application/json")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        return _refusal(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    raw = await front_door.json_body(request, MAX_BODY_BYTES)
+    if isinstance(raw, web.Response):
+        return raw
     try:
-        body = json.loads(raw)
+        # Strict JSON: ``{"requester": a, "requester": b}`` is refused, never read as b.
+        body = events.decode_json(raw)
+    except events.InvalidEventError as exc:
+        return front_door.invalid(exc)
+    try:
         if not isinstance(body, dict) or len(body.keys() & {"requester", "tenant"}) != 1:
             raise ValueError("a JSON object with one of requester and tenant is required")
         given = body.get("requester", body.get("tenant"))
@@ -61,19 +56,14 @@ async def erase(request: web.Request) -> web.Response:
         parse = erasure.parse_requester if "requester" in body else erasure.parse_tenant
         subject = parse(given)
     except ValueError:
-        return _refusal(
+        return front_door.refusal(
             422, 'the body must be {"requester": "<email address>"} or {"tenant": "<tenant>"}'
         )
     try:
         report = await _forget(request, subject)
     except Exception as exc:
         if faults.is_infrastructure(exc) or isinstance(exc, queue.DlqError):
-            log.warning("POST %s: a service is away: %s", ROUTE, type(exc).__name__)
-            return responses.json_response(
-                {"error": "the service is unavailable; retry later", "status": 503},
-                status=503,
-                headers={"Retry-After": str(front_door.RETRY_AFTER_SECONDS)},
-            )
+            return front_door.unavailable(exc, ROUTE)
         raise
     return responses.json_response(report.to_json(), status=200 if not report.errors else 207)
 

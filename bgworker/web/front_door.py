@@ -87,7 +87,7 @@ def authorized(header: str | None, digests: tuple[bytes, ...]) -> bool | None:
     return found
 
 
-def _refusal(
+def refusal(
     status: int, error: str, *, headers: dict[str, str] | None = None, **extra: Any
 ) -> web.Response:
     return responses.json_response(
@@ -95,46 +95,62 @@ def _refusal(
     )
 
 
-def _unavailable(exc: Exception) -> web.Response:
-    log.warning("POST %s: a service is away: %s: %s", ROUTE, type(exc).__name__, exc)
-    return _refusal(
+def unavailable(exc: Exception, route: str = ROUTE) -> web.Response:
+    """503 with Retry-After: RabbitMQ or PostgreSQL is away (``faults.is_infrastructure``)."""
+    log.warning("POST %s: a service is away: %s: %s", route, type(exc).__name__, exc)
+    return refusal(
         503,
         "the service is unavailable; retry the same body later",
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 
 
-async def _read_body(request: web.Request) -> bytes | None:
-    """The body, or None when it is longer than MAX_BODY_BYTES (read no further)."""
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None when it is longer than ``limit`` bytes (read no further)."""
+    if request.content_length is not None and request.content_length > limit:
         return None
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_chunked(READ_CHUNK):
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
+        if size > limit:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-async def create_request(request: web.Request) -> web.Response:
+async def json_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes | web.Response:
+    """The body of a POST to the front door (``/requests``, ``/bundles``, ``/schedules``,
+    ``/erasures``), or the refusal that answers it: 401 without an API key, 415 unless JSON
+    in UTF-8, 413 over ``limit`` bytes (read no further)."""
     refused = refuse_caller(request)
     if refused is not None:
         return refused
     charset = (request.charset or "utf-8").lower()
     if request.content_type != "application/json" or charset != "utf-8":
-        return _refusal(415, "the body must be application/json in UTF-8")
-    body = await _read_body(request)
+        return refusal(415, "the body must be application/json in UTF-8")
+    body = await _read_body(request, limit)
     if body is None:
-        return _refusal(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+        return refusal(413, f"the body is larger than {limit} bytes")
+    return body
+
+
+def invalid(exc: events.InvalidEventError) -> web.Response:
+    """RFC 9110: 400 for what is not JSON at all, 422 for JSON that is not the event; the
+    problems as a list of ``{location, message}``."""
+    status = 400 if exc.reason == states.Reason.MALFORMED_JSON else 422
+    errors = [{"location": where, "message": message} for where, message in exc.errors]
+    return refusal(status, str(exc), reason=exc.reason, errors=errors)
+
+
+async def create_request(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    if isinstance(body, web.Response):
+        return body
     try:
         event = events.parse_file_requested(body)
     except events.InvalidEventError as exc:
-        # RFC 9110: 400 for what is not JSON at all, 422 for JSON that is not a request.
-        status = 400 if exc.reason == states.Reason.MALFORMED_JSON else 422
-        errors = [{"location": where, "message": message} for where, message in exc.errors]
-        return _refusal(status, str(exc), reason=exc.reason, errors=errors)
+        return invalid(exc)
     try:
         for _ in range(DECISIONS - 1):
             with contextlib.suppress(store.VanishedError):
@@ -142,33 +158,25 @@ async def create_request(request: web.Request) -> web.Response:
         return await _accept(request, event)
     except Exception as exc:
         if faults.is_infrastructure(exc):
-            return _unavailable(exc)
+            return unavailable(exc)
         raise
 
 
 async def create_bundle(request: web.Request) -> web.Response:
     """``POST /bundles``: a ``BundleRequested``, published (idempotent by its id: the worker
     records a bundle once). 202 with the bundle's page link, for the requester."""
-    refused = refuse_caller(request)
-    if refused is not None:
-        return refused
-    charset = (request.charset or "utf-8").lower()
-    if request.content_type != "application/json" or charset != "utf-8":
-        return _refusal(415, "the body must be application/json in UTF-8")
-    body = await _read_body(request)
-    if body is None:
-        return _refusal(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    body = await json_body(request)
+    if isinstance(body, web.Response):
+        return body
     try:
         bundle = bundles.parse_bundle_requested(body)
     except events.InvalidEventError as exc:
-        status = 400 if exc.reason == states.Reason.MALFORMED_JSON else 422
-        errors = [{"location": where, "message": message} for where, message in exc.errors]
-        return _refusal(status, str(exc), reason=exc.reason, errors=errors)
+        return invalid(exc)
     try:
         await request.app[keys.GATEWAY].publish_bundle(bundle)
     except Exception as exc:
         if faults.is_infrastructure(exc):
-            return _unavailable(exc)
+            return unavailable(exc, BUNDLES_ROUTE)
         raise
     requester_id = bundle.requester.id if bundle.requester else None
     token = request.app[keys.SIGNER].for_bundles().issue(bundle.id, requester_id=requester_id)
@@ -184,7 +192,7 @@ def refuse_caller(request: web.Request) -> web.Response | None:
     if ok:
         return None
     challenge = CHALLENGE if ok is None else f'{CHALLENGE}, error="invalid_token"'
-    return _refusal(401, "an API key is required", headers={"WWW-Authenticate": challenge})
+    return refusal(401, "an API key is required", headers={"WWW-Authenticate": challenge})
 
 
 async def cancel_request(request: web.Request) -> web.Response:
@@ -197,12 +205,12 @@ async def cancel_request(request: web.Request) -> web.Response:
     try:
         request_id = uuid.UUID(request.match_info["id"])
     except ValueError:
-        return _refusal(404, "no such request: the id is not a UUID")
+        return refusal(404, "no such request: the id is not a UUID")
     try:
         result = await request.app[keys.STORE].requests.cancel_or_placeholder(request_id)
     except Exception as exc:
         if faults.is_infrastructure(exc):
-            return _unavailable(exc)
+            return unavailable(exc)
         raise
     body: dict[str, Any] = {
         "id": str(request_id),
@@ -215,7 +223,7 @@ async def cancel_request(request: web.Request) -> web.Response:
     if result.status == states.Status.RUNNING and result.cancel_requested:
         return responses.json_response(body, status=202)
     # "status" is the HTTP status in a refusal: the request's goes as "request_status".
-    return _refusal(
+    return refusal(
         409,
         f"request {request_id} has ended ({result.status}): nothing to cancel",
         id=str(request_id),
@@ -290,7 +298,7 @@ def _conflict(
     event: events.FileRequested, differ: list[str], status: states.Status | None
 ) -> web.Response:
     where = f"({status})" if status else "(accepted, not yet taken by a worker)"
-    return _refusal(
+    return refusal(
         409,
         f"request {event.id} is already recorded {where} with a different body "
         f"(fields that differ: {', '.join(differ)}); the recorded request is unchanged",

@@ -309,3 +309,13 @@ async def test_the_front_door_takes_one_subject(
         assert status == 422 and "tenant" in answer["error"], (body, answer)
     status, report = await _post_erasure(base, {"tenant": "nobody-here"})
     assert status == 200 and report["requests"] == 0, report
+    # Strict JSON, refused as POST /requests refuses: a repeated key is never read as its
+    # last value (which subject would be erased?), and what is not JSON is 400.
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+    for sent in (b'{"tenant": "acme", "tenant": "other"}', b"{not json", b'{"tenant": "a"'):
+        status, _, content = await fetch("POST", f"{base}/erasures", data=sent, headers=headers)
+        answer = json.loads(content)
+        assert status == 400 and answer["reason"] == "malformed_json", (sent, answer)
+    latin = headers | {"Content-Type": "application/json; charset=latin-1"}
+    status, _, content = await fetch("POST", f"{base}/erasures", data=b"{}", headers=latin)
+    assert status == 415 and json.loads(content)["status"] == 415

@@ -152,12 +152,20 @@ async def test_front_door_post_schedules(
         async with http.post(url, json=body | {"cron": "0 8 * * *"}, headers=auth) as r:
             assert r.status == 409
         async with http.post(url, json=body | {"cron": "bogus"}, headers=auth) as r:
-            assert r.status == 422 and (await r.json())["errors"][0]["location"] == "cron"
+            # Refused with the body POST /requests refuses with: status, reason, errors.
+            refused = await r.json()
+            assert r.status == 422 and refused["errors"][0]["location"] == "cron"
+            assert refused["status"] == 422 and refused["reason"] == "invalid_schema"
         dup = b'{"id": "x", "id": "y"}'
         headers = auth | {"Content-Type": "application/json"}
         async with http.post(url, data=dup, headers=headers) as r:
-            assert r.status == 400
+            assert r.status == 400 and (await r.json())["reason"] == "malformed_json"
+        async with http.post(url, data=b"[1]", headers=headers) as r:
+            assert r.status == 422  # JSON, but not an object
+        latin = auth | {"Content-Type": "application/json; charset=latin-1"}
+        async with http.post(url, data=json.dumps(body), headers=latin) as r:
+            assert r.status == 415
         async with http.post(url, data=io.BytesIO(b"x" * (2 << 20)), headers=headers) as r:
-            assert r.status == 413
+            assert r.status == 413 and (await r.json())["status"] == 413
     stored = await db.schedules.get(uuid.UUID(body["id"]))
     assert stored is not None and stored.cron == "0 7 * * *" and stored.timezone == "Asia/Tokyo"
