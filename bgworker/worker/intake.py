@@ -80,6 +80,7 @@ from bgworker import faults, handlers
 from bgworker import settings as settings_mod
 from bgworker.messaging import wire
 from bgworker.observe import logs
+from bgworker.worker import acking
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,9 @@ class Intake:
         # taken; redelivered (the broker had delivered it before); returned (nacked by the
         # intake: only on stop); opened / cancelled (consumers): for logs and tests.
         self.counts: Counter[str] = Counter()
+        # The acks of this channel's deliveries, told of each first (``acking``); its counts
+        # ("acks multiple", "acks covered", "acks single") join these.
+        self.acks = acking.Acks(self.counts)
         self.peak = 0  # most slots in use at once
         # Fair share (``sharing``): while ``holding()``, a freed slot goes to a parked request
         # (``take``) and no consumer opens for it; ``on_full`` is called when the last slot
@@ -306,6 +310,7 @@ class Intake:
         await self.sync()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self.acks.arrived(message)  # before any await: in the deliveries' order (acking)
         if wire.redelivered(message):
             self.counts["redelivered"] += 1
         if self._stopping.is_set():

@@ -26,7 +26,7 @@ from bgworker.contract import events, progress, states
 from bgworker.handlers import execution
 from bgworker.messaging import topology
 from bgworker.observe import logs, metrics, tracing
-from bgworker.worker import dedupe, fairness, finalize, rejection
+from bgworker.worker import acking, dedupe, fairness, finalize, rejection
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ class Runner:
     # lifespans opened (see handlers.Registry.resources).
     resources: Mapping[str, Any] = field(default_factory=lambda: handlers.NO_RESOURCES)
     releasing: bool = False
+    # The job channel's acks: those of a batch claimed together go out as one (acking).
+    acks: acking.Acks = field(default_factory=acking.Acks)
     config: settings_mod.WorkerSettings = field(init=False)  # settings.worker
     # Runs the handlers: sync ones on threads, time limits (see execution.Execution).
     execution: execution.Execution = field(init=False)
@@ -136,7 +138,7 @@ class Runner:
                 return await self.fair.over_quota(message, event, claim, self.rejecter)
             if isinstance(claim, store.Parked):
                 # Over a cap: recorded parked, so the delivery is done with (fairness).
-                await _ack(message)
+                await _ack(self.acks, message)
                 self.fair.parked(event)
                 return states.JobOutcome.PARKED
             if claim is None:
@@ -156,7 +158,7 @@ class Runner:
                 event.id,
             )
             return states.JobOutcome.UNSTORABLE
-        await _ack(message)
+        await _ack(self.acks, message)
         logs.bind(attempt=claim.attempt)
         outcome = await self._attempt(event, claim, registration, message.body)
         # Its slot is free (the outcome is committed): a parked request may fit now.
@@ -229,7 +231,7 @@ class Runner:
         if row is not None and not row.body_kept:
             # A cancel that came first (placeholder), or a row retention or erasure scrubbed:
             # nothing to compare with, and nothing to run.
-            await _ack(message)
+            await _ack(self.acks, message)
             log.info("request %s: %s, not run; acked", event.id, _why_not(row))
             return None
         if row is not None and not events.same_request(row.event, event):
@@ -245,7 +247,7 @@ class Runner:
             return None
         # Ready, failed, cancelled, or running under another worker's live lease: this
         # delivery is a duplicate (redelivery, double publish). PostgreSQL has it covered.
-        await _ack(message)
+        await _ack(self.acks, message)
         log.info("request %s: not runnable (duplicate delivery), acked", event.id)
         return None
 
@@ -272,11 +274,10 @@ class Runner:
         started = time.monotonic()
 
         def stop_job() -> None:
-            # Cancelled, or taken over after the lease expired: the finalizer says which
-            # once the handler has stopped. ctx.cancelled turns true first, so an async
-            # handler that catches the cancellation still sees why. Once: the keeper and
-            # the progress saver may both find out, and a second cancel would interrupt
-            # the finalizer.
+            # Cancelled, or taken over after the lease expired: the finalizer says which once
+            # the handler has stopped. ctx.cancelled turns true first, so an async handler
+            # that catches the cancellation still sees why. Once: the keeper and the progress
+            # saver may both find out, and a second cancel would interrupt the finalizer.
             if lost.is_set():
                 return
             self.leases.drop(claim)
@@ -285,11 +286,10 @@ class Runner:
             lost.set()
             job.cancel()
 
-        # The lease is renewed from the keeper's own thread, whatever the handler does to
-        # this loop (see store.leases); progress is saved from this loop. The progress
-        # saver's first look is one poll interval away: a timer until then, and a task only
-        # for a job still running at that point (most end sooner: a task per job cost more
-        # than the timer; BENCHMARKS.md, issue 11).
+        # The lease is renewed from the keeper's own thread, whatever the handler does to this
+        # loop (see store.leases); progress is saved from this loop. The progress saver's
+        # first look is one poll interval away: a timer until then, and a task only for a job
+        # still running then (most end sooner: a task per job cost more; BENCHMARKS.md, #11).
         self.leases.hold(claim, stop_job)
         beat: list[asyncio.Task[None]] = []
 
@@ -378,11 +378,12 @@ class Runner:
                 return
 
 
-async def _ack(message: AbstractIncomingMessage) -> None:
-    """Ack after the claim committed. If the channel died meanwhile (broker restart), the
-    message comes back and is recognised as a duplicate: the job still runs here."""
+async def _ack(acks: acking.Acks, message: AbstractIncomingMessage) -> None:
+    """Ack after the claim committed (with the batch's others, see ``acking``). If the
+    channel died meanwhile (broker restart), the message comes back and is recognised as a
+    duplicate: the job still runs here."""
     try:
-        await message.ack()
+        await acks.ack(message)
     except Exception as exc:
         # The channel went with a lost connection (said once by faults.report): routine.
         log.log(

@@ -260,12 +260,12 @@ class Worker:
             self._start(job, f"job-{message.message_id}")
 
         slots = intake.slots_for(self.settings.worker, self.registry)  # flow control: intake
-        prefetch = intake.prefetch_for(slots, self.limits.max_jobs)
-        await runner.channel.set_qos(prefetch_count=prefetch)
         limit = self.limits.max_jobs
+        await runner.channel.set_qos(prefetch_count=intake.prefetch_for(slots, limit))
         consuming = intake.Intake(
             queue, start_job, slots=slots, limit=limit, stopping=self.stopping
         )
+        runner.acks = consuming.acks  # the intake sees every delivery: see acking
         self.intake = consuming
         await consuming.sync()  # consuming from here on
         return consuming

@@ -82,3 +82,25 @@ async def test_a_worker_killed_holding_a_claimed_batch_leaves_each_request_to_en
         )
         assert [e["status"] for e in effects] == ["done"]
     assert await _running(db, ids) == []
+
+
+async def test_a_batch_claimed_together_is_acked_together(
+    db: store.Store,
+    publish: Publish,
+    start_worker: StartWorker,
+    settings: settings_mod.Settings,
+) -> None:
+    """A deep queue: deliveries come in batches of ``p``, are claimed together, and their
+    acks go out as one ``basic.ack multiple`` (``worker.acking``); every delivery is acked
+    once (a second ack of a tag would close the channel and bring the batch back)."""
+    settings.worker.concurrency = SLOTS
+    events = [await publish("blob", {"size": 10, "seed": i}) for i in range(48)]
+    w = await start_worker()
+    for e in events:
+        row = await wait_for_status(db, e.id, "ready", timeout=60)
+        assert row.attempts == 1
+    assert w.intake is not None
+    counts = w.intake.counts
+    assert counts["acks multiple"] >= 1, counts
+    assert counts["acks covered"] + counts["acks single"] == counts["taken"] == len(events)
+    assert counts["returned"] == 0
