@@ -161,7 +161,28 @@ async def test_a_node_lost_for_good_loses_nothing(
                 return False
         return True
 
-    await wait_until(all_settled, timeout=120)
+    try:
+        await wait_until(all_settled, timeout=120)
+    except TimeoutError:
+        # Say which and where they stand, and what the worker's intake holds.
+        stuck = await db.pool.fetch(
+            """SELECT id, status, attempts, lease_owner, lease_expires_at, next_run_at,
+                      updated_at, now() AS now
+               FROM bgworker_requests WHERE id = ANY($1) AND status NOT IN ('ready', 'failed')""",
+            confirmed,
+        )
+        missing = set(confirmed) - {
+            r["id"]
+            for r in await db.pool.fetch(
+                "SELECT id FROM bgworker_requests WHERE id = ANY($1)", confirmed
+            )
+        }
+        intake = worker.intake
+        held = (intake.busy, intake.consumers, dict(intake.counts)) if intake else None
+        raise AssertionError(
+            f"not settled 120 s after the kill: {[dict(r) for r in stuck]}; never recorded: "
+            f"{sorted(map(str, missing))}; intake (busy, consumers, counts): {held}"
+        ) from None
     settled = time.monotonic() - killed
     # Figures for the report (no timing is asserted): run with -s to see them.
     gap = max(b - a for a, b in itertools.pairwise(times))
