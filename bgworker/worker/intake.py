@@ -55,10 +55,12 @@ is on stop: a delivery already on its way when the consumers are cancelled is na
 Cancel on arrival rather than before an ack: with ``p`` > 1 any ack opens the window, so a
 cancel tied to acks would have to come before the ack of *another* delivery (in ``jobs``);
 counting every delivery in hand as if already acked keeps the cancel where the delivery
-enters. One consumer serialises the claims of ``p`` = 1 (the next delivery comes only
-after the previous claim's commit and ack); two overlap them, but at concurrency 4 they
-are cancelled and reopened for most jobs, and measured no faster while costing more CPU
-per job. So one consumer below a concurrency of ``SECOND_CONSUMER_AT``, two from there on.
+enters. One consumer of ``p`` = 8 at the default concurrency of 16 (between 8 and 16 jobs
+running while the queue is deep) against two of ``p`` = 4 (12 to 16): in one interleaved
+run of 5 repetitions (BENCHMARKS.md, issue 22), +2% jobs per second, -5% CPU per job,
+PostgreSQL round trips per job 1.98 -> 1.53, AMQP methods 4.15 -> 3.76 (a consume and a
+cancel per 8 jobs instead of per 4). So one consumer below a concurrency of
+``SECOND_CONSUMER_AT``, two from there on, where ``p`` stays at ``MAX_PREFETCH``.
 
 aio-pika's robust queue forgets a consumer as soon as ``cancel`` is called, so a reconnect
 restores only the open ones (with the channel's ``basic.qos``, which aio-pika re-applies);
@@ -85,7 +87,7 @@ from bgworker.worker import acking
 log = logging.getLogger(__name__)
 
 CONSUMERS: Final = 1  # open at most (never more than the free slots / p) ...
-SECOND_CONSUMER_AT: Final = 8  # ... and one more from this concurrency on
+SECOND_CONSUMER_AT: Final = 32  # ... and one more from this concurrency on
 MAX_PREFETCH: Final = 8  # the largest claim batch (p)
 # Fewer than p slots free for this long: the rest are filled one at a time (prefetch 1).
 TAIL_SECONDS: Final = 0.1

@@ -15,7 +15,7 @@ from bgworker import store
 from bgworker.worker import intake
 from tests.helpers import REPO, Publish, StartWorker, settings_env, wait_for_status, wait_until
 
-SLOTS = 16  # two consumers of prefetch 4: batches of up to four claims
+SLOTS = 16  # one consumer of prefetch 8: batches of up to eight claims
 
 
 async def _running(db: store.Store, ids: list[uuid.UUID]) -> list[str]:
