@@ -160,18 +160,19 @@ class Runner:
             return states.JobOutcome.UNSTORABLE
         await _ack(self.acks, message)
         logs.bind(attempt=claim.attempt)
-        outcome = await self._attempt(event, claim, registration, message.body)
+        outcome = await self.attempt(event, claim, registration, message.body)
         # Its slot is free (the outcome is committed): a parked request may fit now.
         await self.fair.freed(event)
         return outcome
 
-    async def _attempt(
+    async def attempt(
         self,
         event: events.FileRequested,
         claim: store.Claim,
         registration: handlers.Registration | None,
         body: bytes,
     ) -> states.JobOutcome:
+        """A claimed request run to its outcome (a delivery's, or a parked one: sharing)."""
         if registration is None:
             return await self._counted(
                 UNKNOWN_FILE_TYPE_LABEL,
@@ -379,9 +380,8 @@ class Runner:
 
 
 async def _ack(acks: acking.Acks, message: AbstractIncomingMessage) -> None:
-    """Ack after the claim committed (with the batch's others, see ``acking``). If the
-    channel died meanwhile (broker restart), the message comes back and is recognised as a
-    duplicate: the job still runs here."""
+    """Ack after the claim committed (with its batch: ``acking``). A channel dead meanwhile:
+    the message comes back and is recognised as a duplicate; the job still runs here."""
     try:
         await acks.ack(message)
     except Exception as exc:

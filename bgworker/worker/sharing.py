@@ -139,8 +139,7 @@ async def run_parked(runner: jobs.Runner, direct: store.DirectClaim) -> states.J
     )
     log.debug("request %s: claimed from parked (fair share)", event.id)
     registration = runner.registry.find(event.file_type)
-    # Runner._attempt: what a delivery's claim runs after its ack (jobs.py stays as it is).
-    outcome = await runner._attempt(event, claim, registration, body)
+    outcome = await runner.attempt(event, claim, registration, body)
     await runner.fair.freed(event)
     return outcome
 
