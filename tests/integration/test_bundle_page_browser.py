@@ -11,25 +11,18 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.cli.smtp_sink import SmtpSink, text_body
 from bgworker.contract import bundles
 from bgworker.links import tokens
 from bgworker.messaging import publisher
+from tests.browser import MARKS, browser
 from tests.handlers import blob_bytes
 from tests.helpers import AMQP_URL, StartServer, StartWorker, must_match
-from tests.integration.test_requester_page_browser import CHROMIUM, browser
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (apt-get install -y chromium)"
-    ),
-]
-__all__ = ["browser"]  # the fixture, shared with the requester page's browser test
+pytestmark = MARKS
+__all__ = ["browser"]  # the fixture, imported
 
 
 async def test_the_bundle_page_from_in_progress_to_the_zip(

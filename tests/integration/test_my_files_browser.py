@@ -13,11 +13,12 @@ from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.cli.smtp_sink import SmtpSink, text_body
 from bgworker.links import tokens
+from tests.browser import MARKS, browser
 from tests.helpers import Publish, StartServer, StartWorker, must_match, wait_for_status
 from tests.integration import test_my_files_sections as sections
-from tests.integration.test_requester_page_browser import browser, pytestmark
 
-__all__ = ["browser", "pytestmark"]
+pytestmark = MARKS
+__all__ = ["browser"]  # the fixture, imported
 
 
 async def test_ask_list_download_resend_cancel_in_the_browser(

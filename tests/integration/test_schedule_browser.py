@@ -5,42 +5,19 @@ the test's tmp dir (``pytest --basetemp`` to keep them; docs/schedule-*.png came
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.contract import schedules as contract
 from bgworker.links import tokens
+from tests.browser import MARKS, browser
 from tests.helpers import StartServer
 
-CHROMIUM = Path("/usr/bin/chromium")
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (apt-get install -y chromium)"
-    ),
-]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
-        )
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
+pytestmark = MARKS
+__all__ = ["browser"]  # the fixture, imported
 
 
 async def test_unsubscribe_page_confirms_then_the_button_ends_the_schedule(
