@@ -55,6 +55,8 @@ CONTENDERS: Final = (
     Contender("bgworker x2", "bgworker", processes=2),
     # Celery's best runs at -c20: bgworker at a concurrency of that order.
     Contender("bgworker x1 -c16", "bgworker", processes=1, concurrency=16),
+    # Two processes at the default settings: the machine's two cores, as Celery prefork -c2.
+    Contender("bgworker x2 -c16", "bgworker", processes=2, concurrency=16),
     Contender("celery threads -c4", "celery", pool="threads", concurrency=4, queue_type="classic"),
     Contender("celery threads -c4 quorum", "celery", pool="threads", concurrency=4),
     Contender(
