@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.contract import schedules as contract
+from tests import tcp_proxy
 from tests.helpers import REPO, settings_env
 from tests.integration.console import client, log_in
 
@@ -169,3 +170,28 @@ async def test_front_door_post_schedules(
             assert r.status == 413 and (await r.json())["status"] == 413
     stored = await db.schedules.get(uuid.UUID(body["id"]))
     assert stored is not None and stored.cron == "0 7 * * *" and stored.timezone == "Asia/Tokyo"
+
+
+async def test_post_schedules_answers_503_while_postgresql_is_away(
+    settings: settings_mod.Settings, start_server: Any
+) -> None:
+    """The server's PostgreSQL goes away (its proxy stops listening and resets what is
+    open): POST /schedules answers 503 with Retry-After, as POST /requests does, not a 500."""
+    settings.web.api_keys = [SecretStr("sched-key")]
+    auth = {"Authorization": "Bearer sched-key"}
+    url = settings.database_url.get_secret_value()
+
+    def body() -> dict[str, Any]:
+        return {"id": str(uuid.uuid4()), "cron": "0 7 * * *", "request": {"file_type": "blob"}}
+
+    async with tcp_proxy.proxy_to(url) as proxy:
+        settings.database_url = SecretStr(proxy.url(url))
+        base = await start_server()
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/schedules", json=body(), headers=auth) as r:
+                assert r.status == 201
+            await proxy.refuse()
+            async with http.post(f"{base}/schedules", json=body(), headers=auth) as r:
+                answer = await r.json()
+                assert r.status == 503, answer
+                assert r.headers["Retry-After"] == "5" and answer["status"] == 503
