@@ -22,6 +22,7 @@ from bgworker import languages, store
 from bgworker import settings as settings_mod
 from bgworker.contract import states
 from bgworker.links import state as link_states
+from bgworker.ops import bundle_status
 from bgworker.store import rows
 
 # The row's progress is saved about once a second (bgworker.contract.progress): polling twice as
@@ -43,6 +44,8 @@ async def run(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
         settings.database_url.get_secret_value(), pooler=settings.database_pooler
     ) as db:
         snap = await read(db, args.id)
+        if snap is None and await bundle_status.show(db, args.id, as_json=args.json):
+            return 0  # a bundle's id
     if snap is None:
         # Producers publish without writing to the database: a request exists here only
         # once a worker has taken (or rejected) its message.

@@ -300,6 +300,12 @@ async def test_bgworker_cancel_of_a_bundle_id_cancels_its_parts(
         return [p.status for p in await db.bundles.parts(bundle.id)] == ["running"] * 2
 
     await wait_until(running)
+    # `bgworker status` of the bundle's id: the bundle and its parts, each with its status.
+    code, out, err = await cli("status", str(bundle.id))
+    assert code == 0, err
+    parts = [str(p.id) for p in await db.bundles.parts(bundle.id)]
+    assert out.startswith(f"bundle {bundle.id}: 2 part(s) (2 running); in progress"), out
+    assert all(f"{part}  slow  running" in out for part in parts), out
     code, out, err = await cli("cancel", str(bundle.id))
     assert code == 0, err
     assert out.strip() == f"{bundle.id}: cancelling (running)"
@@ -308,6 +314,16 @@ async def test_bgworker_cancel_of_a_bundle_id_cancels_its_parts(
         return [p.status for p in await db.bundles.parts(bundle.id)] == ["cancelled"] * 2
 
     await wait_until(cancelled)
+    code, out, err = await cli("status", str(bundle.id), "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["kind"] == "bundle" and shown["cancel_requested"] is True
+    assert [(p["id"], p["status"]) for p in shown["part_status"]] == [
+        (part, "cancelled") for part in parts
+    ]
+    # An id that is neither a request's nor a bundle's: not recorded (exit 3), as before.
+    code, _, err = await cli("status", str(uuid.uuid4()))
+    assert code == 3 and "not recorded" in err
 
 
 async def test_a_cancel_before_its_bundle_means_no_part_is_built(
