@@ -125,6 +125,7 @@ class Erasure:
                 effects=erased.effects,
                 dead_letters=dead_letters,
                 pending=len(erased.pending_ids),
+                schedules=erased.schedules,
             )
         )
         return record["id"], record["at"]

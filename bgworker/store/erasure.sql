@@ -90,11 +90,11 @@ FROM unnest($1::uuid[]) AS id
 ON CONFLICT (id) DO NOTHING;
 
 -- name: erase_record
--- params: kind, salt, hash, actor, requests, files, effects, dead_letters, pending
+-- params: kind, salt, hash, actor, requests, files, effects, dead_letters, pending, schedules
 INSERT INTO bgworker_erasures
     (subject_kind, subject_salt, subject_hash, actor, requests, files, effects, dead_letters,
-     pending)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+     pending, schedules)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 RETURNING id, at;
 
 -- name: erase_audit

@@ -260,6 +260,9 @@ async def test_forget_counts_the_schedules_in_its_report_and_metrics(
         )
     assert report.schedules == 1 and erased_total("schedules") == before + 1
     assert await db.schedules.get(request.id) is None
+    # The audit row, which outlives the report, counts them too (migration 0019).
+    [audit] = [row for row in await db.erasure.audit() if row["id"] == report.audit_id]
+    assert audit["schedules"] == 1 and audit["actor"] == "test"
 
 
 def erased_total(kind: str) -> float:

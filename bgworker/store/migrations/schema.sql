@@ -123,6 +123,7 @@ CREATE TABLE public.bgworker_erasures (
     effects integer DEFAULT 0 NOT NULL,
     dead_letters integer DEFAULT 0 NOT NULL,
     pending integer DEFAULT 0 NOT NULL,
+    schedules integer DEFAULT 0 NOT NULL,
     CONSTRAINT bgworker_erasures_subject_hash_check CHECK ((subject_hash ~ '^[0-9a-f]{64}$'::text)),
     CONSTRAINT bgworker_erasures_subject_kind_check CHECK ((subject_kind = ANY (ARRAY['requester'::text, 'tenant'::text])))
 );
