@@ -45,12 +45,7 @@ class _Channel:
 
     def prune(self) -> None:
         """Forget what was settled meanwhile (any way) and move the floor past it."""
-        for tag in [t for t, m in self.unsettled.items() if m.processed]:
-            del self.unsettled[tag]
-            self.settled_above.add(tag)
-        while self.floor + 1 in self.settled_above:
-            self.floor += 1
-            self.settled_above.discard(self.floor)
+        self.settled([t for t, m in self.unsettled.items() if m.processed])
 
     def settled(self, tags: list[int]) -> None:
         for tag in tags:
