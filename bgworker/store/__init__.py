@@ -6,6 +6,7 @@ procrastinate's ``JobManager`` does. The store is split by concept, one module a
 query file each, composed into ``Store``:
 
 - ``requests``: intake, claim, progress, the fenced outcomes of an attempt, reading;
+- ``ready``: the ``ready`` outcome with its effects, for the jobs that finish together;
 - ``leases``: the running jobs' leases, renewed from a thread and connection of their own;
 - ``recovery``: the lease reaper and the sweep for requests whose message went missing;
 - ``outbox``: side effects written with their state change, then performed;
@@ -52,6 +53,7 @@ from bgworker.store import (
     outbox,
     producer_outbox,
     queries,
+    ready,
     recovery,
     requests,
     retention,
@@ -122,12 +124,12 @@ LeaseKeeper = leases.LeaseKeeper
 class Store:
     """The one way to the database: ``Store(pool, claim_effects_seconds=...,
     on_effects=...)``, then one part per concept, each its own object: ``db.requests``,
-    ``db.recovery``, ``db.outbox``, ``db.dedupe``, ``db.links``, ``db.maintenance``,
+    ``db.ready``, ``db.recovery``, ``db.outbox``, ``db.dedupe``, ``db.links``, ``db.maintenance``,
     ``db.gauges``, ``db.traces``, ``db.dead_letters``, ``db.listing``, ``db.my_files``,
     ``db.admin_sessions``, ``db.front_door``, ``db.erasure``, ``db.retention``,
     ``db.producer_outbox``, ``db.fairness``, ``db.schedules``, ``db.bundles``. The parts whose
     transactions
-    cause effects (requests, recovery, dedupe) write them through the one ``outbox``, which
+    cause effects (requests, ready, recovery, dedupe) write them through the one ``outbox``, which
     knows how they reach this process's dispatcher (``claim_effects_seconds``, ``on_effects``)."""
 
     def __init__(
@@ -142,6 +144,7 @@ class Store:
             pool, claim_effects_seconds=claim_effects_seconds, on_effects=on_effects
         )
         self.requests = requests.Requests(pool, self.outbox)
+        self.ready = ready.Ready(pool, self.outbox)
         self.recovery = recovery.Recovery(pool, self.outbox)
         self.dedupe = dedupe.Dedupe(pool, self.outbox)
         self.links = links.Links(pool)

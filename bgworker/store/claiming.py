@@ -71,7 +71,7 @@ class Claims(connection.Connected):
             except asyncpg.PostgresError:
                 alone = grouped + alone
             else:
-                claimed = {r["id"]: rows.Claim.from_record(r) for r in records}
+                claimed = {r["id"]: rows.Claim.with_row(r) for r in records}
                 for i in grouped:
                     results[i] = claimed.get(calls[i].request_id)
         for i in sorted(alone):
@@ -80,5 +80,5 @@ class Claims(connection.Connected):
             except Exception as exc:  # its caller's alone (a lost connection: each raises it)
                 results[i] = exc
             else:
-                results[i] = None if record is None else rows.Claim.from_record(record)
+                results[i] = None if record is None else rows.Claim.with_row(record)
         return results

@@ -10,16 +10,14 @@ transaction that records it.
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
 from bgworker.contract import events, progress, states
-from bgworker.store import bundles, claiming, grouping, outbox, queries, rows
+from bgworker.store import bundles, claiming, outbox, queries, rows
 
 Q: Final = queries.QUERIES
 bind: Final = queries.bind
@@ -50,21 +48,6 @@ def request_columns(
         "max_attempts": max_attempts,
         "tenant": events.tenant_of(event),
     }
-
-
-@dataclass(frozen=True)
-class _ReadyJob:
-    """One ``mark_ready`` call waiting for its group's transaction."""
-
-    claim: rows.Claim
-    size: int
-    sha256: str
-    storage_key: str
-    effects: rows.Effects
-    reported: progress.Progress | None
-    # The caller's context: its effects read the job's trace and log fields from it, even
-    # when another job's call runs the transaction.
-    context: contextvars.Context
 
 
 class Requests(outbox.WritesEffects):
@@ -170,63 +153,6 @@ class Requests(outbox.WritesEffects):
         return row is not None
 
     # -- outcomes (fenced by the lease token) -------------------------------------------
-
-    async def mark_ready(
-        self,
-        claim: rows.Claim,
-        *,
-        size: int,
-        sha256: str,
-        storage_key: str,
-        effects: rows.Effects,
-        reported: progress.Progress | None = None,
-    ) -> rows.RequestRow | None:
-        """Commit ``ready`` with its outbox rows, or None when the lease was lost.
-        ``reported``: the handler's last progress, saved with it. Jobs that finish while
-        another's commit is on its way share the next transaction (``grouping``)."""
-        job = _ReadyJob(
-            claim, size, sha256, storage_key, effects, reported, contextvars.copy_context()
-        )
-        return await self.ready_group.submit(job)
-
-    @functools.cached_property
-    def ready_group(self) -> grouping.GroupCommit[_ReadyJob, rows.RequestRow | None]:
-        return grouping.GroupCommit(self._mark_ready_many)
-
-    async def _mark_ready_many(self, jobs: list[_ReadyJob]) -> list[rows.RequestRow | None]:
-        """One transaction for jobs that finished together: every row fenced on its own
-        lease token, then the effects of those still ours, then one commit."""
-        # Sorted: rows locked in one order whichever jobs met in the statement.
-        ordered = sorted(jobs, key=lambda j: j.claim.request_id)
-        mark_ready = queries.NAMED["mark_ready"]
-        async with self.transaction() as conn:
-            # One execution per job, pipelined: one round trip (see mark_ready in the SQL).
-            records = await conn.fetchmany(
-                mark_ready.sql,
-                [
-                    mark_ready.args(
-                        request_id=j.claim.request_id,
-                        lease_token=j.claim.lease_token,
-                        size=j.size,
-                        sha256=j.sha256,
-                        storage_key=j.storage_key,
-                        attempt=j.claim.attempt,
-                        done=j.reported.done if j.reported else None,
-                        total=j.reported.total if j.reported else None,
-                    )
-                    for j in ordered
-                ],
-            )
-            ready = {r["id"]: rows.RequestRow.from_record(r) for r in records}
-            items = [
-                (row.id, kind, payload)
-                for j in ordered
-                if (row := ready.get(j.claim.request_id)) is not None
-                for kind, payload in j.context.run(j.effects, row)
-            ]
-            claimed = await self.outbox.insert_effects_of(conn, items)
-        self.outbox.announce(claimed)
-        return [ready.get(j.claim.request_id) for j in jobs]
 
     async def mark_retrying(
         self,

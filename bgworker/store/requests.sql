@@ -49,13 +49,14 @@ WITH claimed AS (
       -- producer set it ($12): left out, it defaults to the time each copy is parsed.
       AND CASE WHEN $12 THEN r.event = excluded.event
                ELSE (r.event - 'requested_at') = (excluded.event - 'requested_at') END
-    RETURNING id, attempts, lease_token, max_attempts
+    RETURNING *
 ), attempt AS (
     INSERT INTO bgworker_attempts (request_id, attempt, worker)
     SELECT id, attempts, $10 FROM claimed
     ON CONFLICT (request_id, attempt) DO UPDATE SET worker = excluded.worker, started_at = now()
 )
-SELECT id, attempts, lease_token, max_attempts FROM claimed;
+-- The whole row: the worker builds the outcome's effects from it (mark_ready's $9).
+SELECT * FROM claimed;
 
 -- name: supersede_invalid
 -- params: id, file_type, event, filename, content_type, requester_id, requester_email,
@@ -108,7 +109,8 @@ WHERE id = $1 AND lease_token = $2 AND status = 'running' AND NOT cancel_request
 RETURNING id;
 
 -- name: mark_ready
--- params: request_id, lease_token, size, sha256, storage_key, attempt, done, total
+-- params: request_id, lease_token, size, sha256, storage_key, attempt, done, total,
+--         effects, claim_seconds
 -- One job; the jobs that finish together run it in one pipelined round trip and one
 -- transaction (group commit: bgworker.store.requests). Scalar parameters, not arrays: with
 -- arrays (unnest) PostgreSQL re-planned the statement on every call (a custom plan always
@@ -116,6 +118,14 @@ RETURNING id;
 -- running it. Fenced on the lease token; no row back means the job is no longer ours. Also
 -- closes the attempt $6 in the same statement. $7, $8: the counts the handler reported last
 -- (NULL: none), which a short job had no time to save before.
+-- $9: the outbox rows of the outcome, [{kind, payload}], written by this statement only when
+-- the fenced update took the row, so no transaction around it is needed. The worker builds
+-- them ahead from the row as claimed; the two times of the payloads only this statement
+-- knows, ready_at and expires_at, are set here from the updated row, in UTC as Python's
+-- isoformat() writes them.
+-- $10 as insert_outbox's $4 (outbox.sql). The rows written come back in "inserted", with
+-- the request's link generation in the row. '[]' writes none (a bundle's part: its effects
+-- need the bundle, written after this statement in the same transaction).
 WITH ready AS (
     UPDATE bgworker_requests r
     SET status = 'ready',
@@ -141,8 +151,23 @@ WITH ready AS (
         next_run_at = NULL
     FROM ready
     WHERE a.request_id = ready.id AND a.attempt = $6
+), inserted AS (
+    INSERT INTO bgworker_outbox (request_id, kind, payload, claimed_until, attempts)
+    SELECT ready.id, e.kind,
+           e.payload || jsonb_build_object(
+               'ready_at', to_char(ready.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+               'expires_at', to_char(ready.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')),
+           now() + make_interval(secs => $10::double precision),
+           CASE WHEN $10::double precision IS NULL THEN 0 ELSE 1 END
+    FROM ready, jsonb_to_recordset($9::jsonb) AS e(kind text, payload jsonb)
+    ON CONFLICT (request_id, kind) DO NOTHING
+    RETURNING kind, payload, attempts
 )
-SELECT * FROM ready;
+SELECT ready.*,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'kind', i.kind, 'payload', i.payload, 'attempts', i.attempts)), '[]')
+        FROM inserted i) AS inserted
+FROM ready;
 
 -- name: mark_retrying
 -- params: request_id, lease_token, error_class, error, next_run_at

@@ -130,10 +130,19 @@ class Claim:
     attempt: int
     lease_token: uuid.UUID
     max_attempts: int | None
+    # The row as claimed, when the claim read it whole (record_and_claim, the job path):
+    # the outcome's effects are then built before the statement that records it.
+    row: RequestRow | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> Claim:
         return cls(record["id"], record["attempts"], record["lease_token"], record["max_attempts"])
+
+    @classmethod
+    def with_row(cls, record: asyncpg.Record) -> Claim:
+        """A claim that came back with every column of its row."""
+        row = RequestRow.from_record(record)
+        return cls(row.id, row.attempts, record["lease_token"], row.max_attempts, row)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ class Finalizer:
         digest: str,
         reported: progress.Progress | None = None,
     ) -> states.JobOutcome:
-        row = await self.db.requests.mark_ready(
+        row = await self.db.ready.mark_ready(
             claim,
             size=size,
             sha256=digest,

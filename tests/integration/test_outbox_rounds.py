@@ -9,6 +9,8 @@ import asyncio
 import dataclasses
 import functools
 import uuid
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 import pytest
@@ -36,9 +38,7 @@ async def _claimed(db: store.Store, email: str | None = "a@example.com") -> stor
 
 
 async def _ready(db: store.Store, claim: store.Claim) -> store.RequestRow:
-    row = await db.requests.mark_ready(
-        claim, size=3, sha256="0" * 64, storage_key="k", effects=READY
-    )
+    row = await db.ready.mark_ready(claim, size=3, sha256="0" * 64, storage_key="k", effects=READY)
     assert row is not None
     return row
 
@@ -93,12 +93,10 @@ async def test_jobs_finishing_together_share_one_transaction(db: store.Store) ->
     claims = [await _claimed(db, email=None if i % 2 else f"u{i}@example.com") for i in range(4)]
     stale = await _claimed(db)
     stale = dataclasses.replace(stale, lease_token=uuid.uuid4())
-    group = db.requests.ready_group
+    group = db.ready.group
     rows = await asyncio.gather(
         *(
-            db.requests.mark_ready(
-                c, size=i, sha256=f"{i}" * 64, storage_key=f"k{i}", effects=READY
-            )
+            db.ready.mark_ready(c, size=i, sha256=f"{i}" * 64, storage_key=f"k{i}", effects=READY)
             for i, c in enumerate([*claims, stale])
         )
     )
@@ -114,6 +112,50 @@ async def test_jobs_finishing_together_share_one_transaction(db: store.Store) ->
         assert [a["outcome"] for a in attempts] == ["ready"]
 
 
+async def test_effects_built_ahead_are_those_of_the_recorded_row(
+    db: store.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the job path (the claim read the row) the effects are built before the outcome is
+    recorded and written by mark_ready's own statement; without the row they are built from
+    the updated row after it. Both give the same rows: the times in the first are those the
+    statement recorded, not the placeholders they were built with."""
+    separate: list[int] = []
+    insert = db.outbox.insert_effects_of
+
+    async def counted(
+        conn: asyncpg.Connection, items: list[tuple[uuid.UUID, str, Any]]
+    ) -> list[store.OutboxItem]:
+        separate.append(len(items))
+        return await insert(conn, items)
+
+    monkeypatch.setattr(db.outbox, "insert_effects_of", counted)
+    ahead_claim = await _claimed(db)
+    assert ahead_claim.row is not None
+    ahead = await _ready(db, ahead_claim)
+    assert separate == []  # one statement wrote the row and its effects
+    after_claim = dataclasses.replace(await _claimed(db), row=None)
+    after = await _ready(db, after_claim)
+    assert separate == [2]
+
+    def times(payload: dict[str, object]) -> tuple[datetime, datetime]:
+        return (
+            datetime.fromisoformat(str(payload["ready_at"])),
+            datetime.fromisoformat(str(payload["expires_at"])),
+        )
+
+    built: dict[uuid.UUID, dict[str, dict[str, object]]] = {}
+    for claim, row in ((ahead_claim, ahead), (after_claim, after)):
+        outbox = {r["kind"]: r["payload"] for r in await list_outbox(db, claim.request_id)}
+        assert set(outbox) == {"event_ready", "email_ready"}
+        for payload in outbox.values():
+            assert times(payload) == (row.finished_at, row.expires_at)
+        built[claim.request_id] = {
+            k: {f: v for f, v in p.items() if f not in ("ready_at", "expires_at")}
+            for k, p in outbox.items()
+        }
+    assert built[ahead_claim.request_id] == built[after_claim.request_id]
+
+
 async def test_a_failed_statement_fails_every_caller_it_carried(database_url: str) -> None:
     pool = await store.create_pool(database_url)
     db = store.Store(pool)
@@ -121,13 +163,13 @@ async def test_a_failed_statement_fails_every_caller_it_carried(database_url: st
     await pool.close()
     results = await asyncio.gather(
         *(
-            db.requests.mark_ready(c, size=1, sha256="0" * 64, storage_key="k", effects=READY)
+            db.ready.mark_ready(c, size=1, sha256="0" * 64, storage_key="k", effects=READY)
             for c in claims
         ),
         return_exceptions=True,
     )
     assert all(isinstance(r, asyncpg.InterfaceError) for r in results), results
-    assert db.requests.ready_group.flushes == 0
+    assert db.ready.group.flushes == 0
 
 
 async def test_a_cancelled_caller_leaves_the_statement_to_the_others(db: store.Store) -> None:
@@ -178,7 +220,8 @@ async def test_finalize_statements_are_planned_once(database_url: str) -> None:
         }
         finishing = {
             name: next(v for k, v in plans.items() if store.Q[name].startswith(k))
-            for name in ("mark_ready", "insert_outbox", "outbox_done")
+            # On the job path mark_ready writes the outbox rows itself (no insert_outbox).
+            for name in ("mark_ready", "outbox_done")
         }
         for name, (generic, custom) in finishing.items():
             assert custom <= 5 and generic >= 7, (name, generic, custom)

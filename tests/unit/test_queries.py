@@ -54,6 +54,8 @@ def test_queries_with_many_parameters_name_them() -> None:
 def test_bind_orders_keywords_by_placeholder() -> None:
     sql, *args = queries.bind(
         "mark_ready",
+        claim_seconds=30.0,
+        effects=[],
         total=20,
         done=7,
         attempt=3,
@@ -64,7 +66,7 @@ def test_bind_orders_keywords_by_placeholder() -> None:
         request_id="id",
     )
     assert sql == queries.QUERIES["mark_ready"]
-    assert args == ["id", "token", 10, "f" * 64, "ab/key", 3, 7, 20]
+    assert args == ["id", "token", 10, "f" * 64, "ab/key", 3, 7, 20, [], 30.0]
 
 
 def test_bind_refuses_a_missing_or_unknown_name() -> None:
