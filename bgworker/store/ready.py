@@ -7,7 +7,8 @@ effects are built before it is recorded, from the row as it will be, and ``mark_
 writes them itself: the group is one pipelined statement in one implicit transaction (one
 round trip). The two times only that statement knows (``ready_at``, ``expires_at``) it
 sets in the payloads. A bundle's part (its last part writes the bundle's email) or a claim
-without its row writes its effects after the statement, in the same explicit transaction.
+without its row writes its effects after the statement, from the updated row; a group with
+one of those runs in an explicit transaction. Either way a group commits all or nothing.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import asyncpg
 
 from bgworker.contract import progress, states
 from bgworker.store import grouping, outbox, queries, rows
@@ -61,6 +63,13 @@ def _as_ready(job: ReadyJob) -> rows.RequestRow:
     )
 
 
+def _built_ahead(job: ReadyJob) -> list[dict[str, Any]]:
+    """The effects mark_ready writes itself ([] when they are written after it)."""
+    if not effects_ahead(job.claim):
+        return []
+    return [{"kind": k, "payload": p} for k, p in job.context.run(job.effects, _as_ready(job))]
+
+
 class Ready(outbox.WritesEffects):
     async def mark_ready(
         self,
@@ -85,20 +94,34 @@ class Ready(outbox.WritesEffects):
         return grouping.GroupCommit(self._mark_ready_many)
 
     async def _mark_ready_many(self, jobs: list[ReadyJob]) -> list[rows.RequestRow | None]:
-        """One commit for jobs that finished together: every row fenced on its own lease
-        token, and the effects of those still ours. A job whose claim read its row (the job
-        path) writes its effects in mark_ready's own statement, built ahead: the group is one
-        pipelined round trip in one implicit transaction. A bundle's part, or a claim without
-        its row, writes them after, from the updated row, in an explicit transaction."""
+        """One commit for the jobs that finished together: every row fenced on its own lease
+        token, and the effects of those still ours; all or nothing, as one flush promises.
+        When every claim read its row (the job path), the effects go in mark_ready's own
+        statement, built ahead: one pipelined round trip in one implicit transaction. A
+        bundle's part, or a claim without its row, writes them after the statement, from
+        the updated row, and then the group runs in an explicit transaction."""
         # Sorted: rows locked in one order whichever jobs met in the statement.
         ordered = sorted(jobs, key=lambda j: j.claim.request_id)
-        ahead = [j for j in ordered if effects_ahead(j.claim)]
-        after = [j for j in ordered if not effects_ahead(j.claim)]
-        ready: dict[uuid.UUID, rows.RequestRow] = {}
-        if ahead:
-            ready |= await self._with_effects(ahead)
-        if after:
-            ready |= await self._then_effects(after)
+        sql = queries.NAMED["mark_ready"].sql
+        args = [self._args(j, _built_ahead(j)) for j in ordered]
+        claimed: list[rows.OutboxItem] = []
+        if all(effects_ahead(j.claim) for j in ordered):
+            async with self.pool.acquire() as conn:
+                records = await conn.fetchmany(sql, args)
+        else:
+            async with self.transaction() as conn:
+                records = await conn.fetchmany(sql, args)
+                updated = {r["id"]: rows.RequestRow.from_record(r) for r in records}
+                items = [
+                    (row.id, kind, payload)
+                    for j in ordered
+                    if not effects_ahead(j.claim)
+                    and (row := updated.get(j.claim.request_id)) is not None
+                    for kind, payload in j.context.run(j.effects, row)
+                ]
+                claimed = await self.outbox.insert_effects_of(conn, items)
+        self.outbox.announce(self._written(records) + claimed)
+        ready = {r["id"]: rows.RequestRow.from_record(r) for r in records}
         return [ready.get(j.claim.request_id) for j in jobs]
 
     def _args(self, job: ReadyJob, effects: list[dict[str, Any]]) -> tuple[Any, ...]:
@@ -115,43 +138,19 @@ class Ready(outbox.WritesEffects):
             claim_seconds=self.outbox.claim_effects_seconds,
         )
 
-    async def _with_effects(self, jobs: list[ReadyJob]) -> dict[uuid.UUID, rows.RequestRow]:
-        args = []
-        for j in jobs:
-            expected = _as_ready(j)
-            effects = [{"kind": k, "payload": p} for k, p in j.context.run(j.effects, expected)]
-            args.append(self._args(j, effects))
-        # One execution per job, pipelined with one Sync: one round trip, one transaction.
-        async with self.pool.acquire() as conn:
-            records = await conn.fetchmany(queries.NAMED["mark_ready"].sql, args)
-        if self.outbox.claim_effects_seconds is not None:
-            self.outbox.announce(
-                [
-                    rows.OutboxItem(
-                        r["id"],
-                        states.EffectKind(e["kind"]),
-                        e["payload"],
-                        e["attempts"],
-                        r["link_generation"],
-                    )
-                    for r in records
-                    for e in r["inserted"]
-                ]
+    def _written(self, records: list[asyncpg.Record]) -> list[rows.OutboxItem]:
+        """The outbox rows mark_ready wrote itself, claimed by this process (none when it
+        leaves them to the sweep)."""
+        if self.outbox.claim_effects_seconds is None:
+            return []
+        return [
+            rows.OutboxItem(
+                r["id"],
+                states.EffectKind(e["kind"]),
+                e["payload"],
+                e["attempts"],
+                r["link_generation"],
             )
-        return {r["id"]: rows.RequestRow.from_record(r) for r in records}
-
-    async def _then_effects(self, jobs: list[ReadyJob]) -> dict[uuid.UUID, rows.RequestRow]:
-        async with self.transaction() as conn:
-            records = await conn.fetchmany(
-                queries.NAMED["mark_ready"].sql, [self._args(j, []) for j in jobs]
-            )
-            ready = {r["id"]: rows.RequestRow.from_record(r) for r in records}
-            items = [
-                (row.id, kind, payload)
-                for j in jobs
-                if (row := ready.get(j.claim.request_id)) is not None
-                for kind, payload in j.context.run(j.effects, row)
-            ]
-            claimed = await self.outbox.insert_effects_of(conn, items)
-        self.outbox.announce(claimed)
-        return ready
+            for r in records
+            for e in r["inserted"]
+        ]

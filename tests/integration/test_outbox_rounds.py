@@ -156,6 +156,36 @@ async def test_effects_built_ahead_are_those_of_the_recorded_row(
     assert built[ahead_claim.request_id] == built[after_claim.request_id]
 
 
+async def test_a_group_with_effects_built_after_commits_as_one(
+    db: store.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job whose effects were built ahead and one whose effects are built after (a claim
+    without its row, as a bundle's part's) finish together: one flush and one transaction
+    carry both, each with its own effects."""
+    separate: list[int] = []
+    insert = db.outbox.insert_effects_of
+
+    async def counted(
+        conn: asyncpg.Connection, items: list[tuple[uuid.UUID, str, Any]]
+    ) -> list[store.OutboxItem]:
+        assert conn.is_in_transaction()
+        separate.append(len(items))
+        return await insert(conn, items)
+
+    monkeypatch.setattr(db.outbox, "insert_effects_of", counted)
+    ahead = await _claimed(db)
+    after = dataclasses.replace(await _claimed(db, email=None), row=None)
+    rows = await asyncio.gather(*(_ready(db, c) for c in (ahead, after)))
+    assert (db.ready.group.flushes, db.ready.group.calls) == (1, 2)
+    assert separate == [1]  # only the one built after: its FileReady
+    assert [r.status for r in rows] == ["ready", "ready"]
+    assert {r["kind"] for r in await list_outbox(db, ahead.request_id)} == {
+        "event_ready",
+        "email_ready",
+    }
+    assert {r["kind"] for r in await list_outbox(db, after.request_id)} == {"event_ready"}
+
+
 async def test_a_failed_statement_fails_every_caller_it_carried(database_url: str) -> None:
     pool = await store.create_pool(database_url)
     db = store.Store(pool)
