@@ -125,10 +125,10 @@ async def test_a_node_lost_for_good_loses_nothing(
 ) -> None:
     urls = ",".join(node_urls)
     settings.amqp_url = SecretStr(urls)
-    # A retry whose delay ends while the work queue's leader moves can be held by RabbitMQ's
-    # at-least-once dead-letter worker until its confirm timeout (180 s by default in 3.10
-    # to 4.2) or longer: the row says it is due, and the reaper republishes it after this
-    # grace (a message that was only late then finds its request done, and is dropped).
+    # A retry whose delay ends around the kill can be held back in its retry queue by
+    # RabbitMQ's at-least-once dead-letter worker (for minutes: docs/operating.md): the row
+    # says it is due, and the reaper republishes it after this grace (a copy that was only
+    # late then finds its request done, and is dropped).
     settings.worker.recovery_grace_seconds = RECOVERY_GRACE
     worker = await start_worker()
     topo = worker.topology
