@@ -84,6 +84,12 @@ class WorkerSettings(BaseModel):
     # reaper republishes it, at most once per this period. Keep it above the longest wait
     # a healthy backlog causes; an early republish only costs a duplicate message.
     recovery_grace_seconds: float = Field(600.0, gt=0)
+    # A retrying request this long past its next run while the work queue holds no ready
+    # message has lost its way back (after a node loss a retry queue's dead-letter worker
+    # can hold retries for minutes): the reaper republishes it without waiting out the
+    # grace above. With messages waiting in the queue the retry may be among them, so the
+    # grace applies. 0: never sooner than the grace.
+    stranded_retry_seconds: float = Field(30.0, ge=0, allow_inf_nan=False)
     # Default time limit of a handler call; a file type may set its own
     # (`@registry.handler("x", time_limit=30)`). 0: no limit.
     time_limit_seconds: float = Field(3600.0, ge=0, allow_inf_nan=False)

@@ -110,6 +110,10 @@ MEANING: Final[dict[str, str]] = {
     "BGWORKER_WORKER__OUTBOX_CLAIM_SECONDS": "how long a dispatcher owns a claimed effect",
     "BGWORKER_WORKER__DRAIN_TIMEOUT_SECONDS": "on SIGTERM, wait this long for running jobs",
     "BGWORKER_WORKER__RECOVERY_GRACE_SECONDS": "republish a waiting request unclaimed this long",
+    "BGWORKER_WORKER__STRANDED_RETRY_SECONDS": (
+        "republish a retry due this long that has not come back, when the work queue is "
+        "empty (0: only after the recovery grace)"
+    ),
     "BGWORKER_WORKER__TIME_LIMIT_SECONDS": (
         "default time limit of a handler call (a file type may set its own); 0: none"
     ),

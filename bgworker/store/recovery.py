@@ -62,14 +62,18 @@ class Recovery(outbox.WritesEffects):
         grace_seconds: float,
         limit: int,
         republish: Callable[[dict[str, Any]], Awaitable[None]],
+        retry_grace_seconds: float | None = None,
     ) -> rows.RecoveryReport:
         """Republish waiting requests whose message has gone missing (see the query), and end
         waiting requests with a pending cancel. Each republish is confirmed inside the
-        transaction that records it, so a crash leaves the row eligible again."""
+        transaction that records it, so a crash leaves the row eligible again.
+        ``retry_grace_seconds``: for retrying rows, when not ``grace_seconds``."""
         report = rows.RecoveryReport()
         async with self.transaction() as conn:
             report.cancelled = len(await conn.fetch(Q["cancel_waiting"]))
-            for row in await conn.fetch(Q["stalled_requests"], grace_seconds, limit):
+            retry_grace = grace_seconds if retry_grace_seconds is None else retry_grace_seconds
+            stalled = await conn.fetch(Q["stalled_requests"], grace_seconds, limit, retry_grace)
+            for row in stalled:
                 await republish(row["event"])
                 await conn.execute(Q["mark_recovered"], row["id"])
                 report.republished.append(row["id"])

@@ -39,15 +39,16 @@ RETURNING *;
 
 -- name: stalled_requests
 -- Recovery: PostgreSQL is the source of truth for every non-terminal request. A queued
--- row nobody claimed for $1 seconds, or a retrying row $1 seconds past its next run, has
+-- row nobody claimed for $1 seconds, or a retrying row $3 seconds past its next run, has
 -- lost its message (dropped at a delivery limit, lost in a broker failure, removed from the
--- dead-letter queue): the caller republishes it. At most once per $1 seconds per row
--- (recovered_at); a message that was only slow turns into a duplicate, which claiming
--- makes harmless.
+-- dead-letter queue, held by a retry queue's dead-letter worker): the caller republishes
+-- it. At most once per that time per row (recovered_at); a message that was only slow
+-- turns into a duplicate, which claiming makes harmless.
 SELECT id, event, status FROM bgworker_requests
-WHERE ((status = 'queued' AND updated_at < now() - make_interval(secs => $1))
-       OR (status = 'retrying' AND next_run_at < now() - make_interval(secs => $1)))
-  AND (recovered_at IS NULL OR recovered_at < now() - make_interval(secs => $1))
+WHERE ((status = 'queued' AND updated_at < now() - make_interval(secs => $1)
+        AND (recovered_at IS NULL OR recovered_at < now() - make_interval(secs => $1)))
+       OR (status = 'retrying' AND next_run_at < now() - make_interval(secs => $3)
+           AND (recovered_at IS NULL OR recovered_at < now() - make_interval(secs => $3))))
   AND NOT cancel_requested
 ORDER BY updated_at
 LIMIT $2

@@ -4,8 +4,12 @@ Every worker runs it every ``reap_interval_seconds``. Expired leases (``SELECT .
 UPDATE SKIP LOCKED``, so workers never take the same row) are put back on the requests
 exchange and set ``queued``, or, once their attempts are used up that way, marked
 ``failed`` (``worker_lost``) and dead-lettered. Waiting requests unclaimed for
-``recovery_grace_seconds`` (their message was lost) are republished. Parked requests
-whose caps have room are woken (fair share: their waker may have died, or the caps changed).
+``recovery_grace_seconds`` (their message was lost) are republished, and retrying ones
+sooner (``stranded_retry_seconds``) while the work queue is empty: with nothing waiting in
+it, a retry that is due and has not come back is not behind a backlog; it is lost or held
+(after a node loss, a retry queue's dead-letter worker can hold it for minutes). Parked
+requests whose caps have room are woken (fair share: their waker may have died, or the
+caps changed).
 """
 
 from __future__ import annotations
@@ -42,6 +46,22 @@ class Reaper:
     webhooks: settings.WebhookSettings  # the deployment's webhook (a request's own wins)
     fair: fairness.FairShare  # wakes parked requests that fit
 
+    async def _retry_grace(self) -> float:
+        """How long past its next run a retrying request waits for its message this round:
+        ``stranded_retry_seconds`` when the work queue holds no ready message, else the full
+        recovery grace (a retry may be waiting behind a backlog, and republishing it would
+        only add duplicates to the queue)."""
+        grace = self.config.recovery_grace_seconds
+        soon = self.config.stranded_retry_seconds
+        if not soon or soon >= grace:
+            return grace
+        try:
+            waiting = await broker.queue_depth(self.channel, self.topology.work_queue)
+        except Exception as exc:  # the broker away: the full grace this round
+            log.debug("reaper: work queue depth: %s", logs.describe(exc))
+            return grace
+        return soon if waiting == 0 else grace
+
     async def run(self, stopping: asyncio.Event) -> None:
         async def requeue(event: dict[str, Any]) -> None:
             await broker.put_back(self.channel, self.topology, event, str(event.get("id")))
@@ -73,7 +93,10 @@ class Reaper:
                     functools.partial(outcomes.failed_effects, webhook_url=self.webhooks.url),
                 )
                 recovered = await self.db.recovery.recover_stalled(
-                    self.config.recovery_grace_seconds, REAP_BATCH, requeue
+                    self.config.recovery_grace_seconds,
+                    REAP_BATCH,
+                    requeue,
+                    retry_grace_seconds=await self._retry_grace(),
                 )
                 # After the reaping: an expired lease no longer holds its slot.
                 await self.fair.wake()

@@ -4,8 +4,10 @@ from PostgreSQL, a rejected event can be resubmitted, and a conflicting body is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -15,7 +17,7 @@ from bgworker import settings as settings_mod
 from bgworker import store
 from bgworker.cli.smtp_sink import SmtpSink
 from bgworker.contract import events
-from bgworker.messaging import topology
+from bgworker.messaging import broker, topology
 from tests.helpers import (
     DeadLetters,
     EventLog,
@@ -290,6 +292,81 @@ async def test_a_retry_message_lost_from_its_delay_queue_is_recovered_once(
     ready_events = [k for k, b in event_log if b["id"] == str(event.id)]
     assert ready_events == [topology.READY_KEY]
     assert len([m for m in smtp_sink.messages if m["To"] == "ann@example.com"]) == 1
+
+
+async def _lose_a_retry(
+    db: store.Store,
+    settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+    publish: Publish,
+    start_worker: StartWorker,
+) -> uuid.UUID:
+    """A request whose retry message is lost on its way back (as a retry queue's dead-letter
+    worker can hold it after a node loss), under the default recovery grace (600 s) and a
+    stranded-retry time of 2 s."""
+    settings.worker.retry_delays_seconds = [2.0]
+    settings.worker.reap_interval_seconds = 0.5
+    settings.worker.stranded_retry_seconds = 2.0
+    assert settings.worker.recovery_grace_seconds == 600.0
+    topo = topology.Topology(settings.namespace, (2.0,), settings.queue_type)
+    await topo.declare(amqp)
+    await start_worker()
+    event = await publish("flaky", {"fail_times": 1})
+    await wait_for_status(db, event.id, "retrying")
+    delay_queue = await amqp.get_queue(topo.retry_queue(2.0), ensure=False)
+    assert await delay_queue.purge()  # the retry was there, and is gone now
+    return event.id
+
+
+async def _recoveries(db: store.Store, request_id: uuid.UUID) -> int:
+    query = "SELECT recoveries FROM bgworker_requests WHERE id = $1"
+    return int(await db.pool.fetchval(query, request_id))
+
+
+async def test_a_due_retry_lost_on_its_way_back_is_republished_soon_when_nothing_waits(
+    db: store.Store,
+    settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+    publish: Publish,
+    start_worker: StartWorker,
+) -> None:
+    request_id = await _lose_a_retry(db, settings, amqp, publish, start_worker)
+    # Due in 2 s; with the work queue empty the reaper republishes it 2 s later, not 600.
+    row = await wait_for_status(db, request_id, "ready", timeout=20)
+    assert row.attempts == 2
+    assert await _recoveries(db, request_id) == 1
+
+
+async def test_a_due_retry_waits_out_the_grace_while_messages_wait_in_the_queue(
+    db: store.Store,
+    settings: settings_mod.Settings,
+    amqp: aio_pika.abc.AbstractChannel,
+    publish: Publish,
+    start_worker: StartWorker,
+    tmp_path: Path,
+) -> None:
+    """With a backlog the retry may be in it: no early republish (it would only add
+    duplicates to the queue); once the queue is empty, it comes."""
+    settings.worker.concurrency = 1
+    request_id = await _lose_a_retry(db, settings, amqp, publish, start_worker)
+    gate = tmp_path / "gate"
+    held = await publish("gate", {"path": str(gate)})  # takes the only slot
+    await wait_for_status(db, held.id, "running")
+    waiting = await publish("blob", {"size": 10})  # waits in the work queue
+    work_queue = topology.Topology(settings.namespace, (2.0,), settings.queue_type).work_queue
+
+    async def backlog() -> bool:
+        return await broker.queue_depth(amqp, work_queue) == 1
+
+    await wait_until(backlog, timeout=10)
+    await asyncio.sleep(8)  # due for 6 s: three times the stranded-retry time, reaped often
+    row = await db.requests.get_request(request_id)
+    assert row is not None and row.status == "retrying"
+    assert await _recoveries(db, request_id) == 0
+    gate.touch()
+    await wait_for_status(db, waiting.id, "ready", timeout=20)
+    row = await wait_for_status(db, request_id, "ready", timeout=20)
+    assert await _recoveries(db, request_id) == 1
 
 
 async def test_a_queued_request_whose_message_never_arrived_is_republished(

@@ -39,8 +39,7 @@ BLOBS = 40  # built once each
 FLAKY = 6  # fail once, then built: through the (quorum) retry queues
 PERMANENT = 4  # dead-lettered
 KILL_AFTER = 15  # confirmed publishes before the node goes
-RECOVERY_GRACE = 30.0  # the reaper's, for a message held back (below)
-SETTLE_WAIT = 180  # the recovery grace, a reaper's turn, and ample time for the rest
+SETTLE_WAIT = 180  # the stranded-retry time (30 s), a reaper's turn, and ample time for the rest
 
 
 @pytest.fixture
@@ -127,9 +126,10 @@ async def test_a_node_lost_for_good_loses_nothing(
     settings.amqp_url = SecretStr(urls)
     # A retry whose delay ends around the kill can be held back in its retry queue by
     # RabbitMQ's at-least-once dead-letter worker (for minutes: docs/operating.md): the row
-    # says it is due, and the reaper republishes it after this grace (a copy that was only
-    # late then finds its request done, and is dropped).
-    settings.worker.recovery_grace_seconds = RECOVERY_GRACE
+    # says it is due, and with the work queue empty the reaper republishes it after the
+    # default stranded_retry_seconds (30 s; a copy that was only late then finds its request
+    # done, and is dropped).
+    assert settings.worker.stranded_retry_seconds == 30.0
     worker = await start_worker()
     topo = worker.topology
     # Declared through the first node, every queue is led by it: the node to lose.
