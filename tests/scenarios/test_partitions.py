@@ -11,8 +11,9 @@ import time
 import pytest
 
 from bgworker.effects import outbox
+from tests.helpers import wait_until
 from tests.scenarios.deploy import Deployment
-from tests.scenarios.harness import Report
+from tests.scenarios.harness import LONG_SECONDS, Report
 from tests.scenarios.site import BROKERS, PG_PORT
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -35,8 +36,18 @@ async def test_a_worker_host_cut_off_from_the_broker_only(
     window: list[float] = []
     connections: list[int] = []
 
+    async def runs_a_long_build() -> bool:
+        query = (
+            "SELECT count(*) FROM bgworker_requests WHERE status = 'running'"
+            " AND lease_owner LIKE $1 AND (event -> 'criteria' ->> 'seconds')::float8 >= $2"
+        )
+        return bool(await deployment.db.pool.fetchval(query, f"{CUT}:%", LONG_SECONDS))
+
     async def fault() -> None:
         await asyncio.sleep(6)
+        # The cut catches a long build in flight on w1 (which host takes which request is
+        # the broker's choice: waited for, not assumed).
+        await wait_until(runs_a_long_build, timeout=15)
         connections.append(await asyncio.to_thread(site.connections_from, CUT))
         window.append(time.time())
         for broker in BROKERS:
