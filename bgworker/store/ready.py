@@ -41,7 +41,7 @@ class ReadyJob:
     context: contextvars.Context
 
 
-def effects_ahead(claim: rows.Claim) -> bool:
+def _effects_ahead(claim: rows.Claim) -> bool:
     """Whether a job's effects can be built before its outcome is recorded: its claim read
     the row, and it is no bundle's part (whose last part writes the bundle's email)."""
     return claim.row is not None and claim.row.bundle_id is None
@@ -65,7 +65,7 @@ def _as_ready(job: ReadyJob) -> rows.RequestRow:
 
 def _built_ahead(job: ReadyJob) -> list[dict[str, Any]]:
     """The effects mark_ready writes itself ([] when they are written after it)."""
-    if not effects_ahead(job.claim):
+    if not _effects_ahead(job.claim):
         return []
     return [{"kind": k, "payload": p} for k, p in job.context.run(job.effects, _as_ready(job))]
 
@@ -105,23 +105,23 @@ class Ready(outbox.WritesEffects):
         sql = queries.NAMED["mark_ready"].sql
         args = [self._args(j, _built_ahead(j)) for j in ordered]
         claimed: list[rows.OutboxItem] = []
-        if all(effects_ahead(j.claim) for j in ordered):
+        if all(_effects_ahead(j.claim) for j in ordered):
             async with self.pool.acquire() as conn:
                 records = await conn.fetchmany(sql, args)
+            ready = {r["id"]: rows.RequestRow.from_record(r) for r in records}
         else:
             async with self.transaction() as conn:
                 records = await conn.fetchmany(sql, args)
-                updated = {r["id"]: rows.RequestRow.from_record(r) for r in records}
+                ready = {r["id"]: rows.RequestRow.from_record(r) for r in records}
                 items = [
                     (row.id, kind, payload)
                     for j in ordered
-                    if not effects_ahead(j.claim)
-                    and (row := updated.get(j.claim.request_id)) is not None
+                    if not _effects_ahead(j.claim)
+                    and (row := ready.get(j.claim.request_id)) is not None
                     for kind, payload in j.context.run(j.effects, row)
                 ]
                 claimed = await self.outbox.insert_effects_of(conn, items)
         self.outbox.announce(self._written(records) + claimed)
-        ready = {r["id"]: rows.RequestRow.from_record(r) for r in records}
         return [ready.get(j.claim.request_id) for j in jobs]
 
     def _args(self, job: ReadyJob, effects: list[dict[str, Any]]) -> tuple[Any, ...]:
